@@ -1,0 +1,89 @@
+# Shared by up.sh and test.sh: make sure Postgres and Redis are installed, running and
+# reachable on loopback, with the roles Tessera and its tests use. Idempotent.
+# shellcheck shell=bash
+
+TESSERA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+LOCAL_DIR="$TESSERA_ROOT/.local"
+PG_HOST=127.0.0.1
+PG_PORT=5432
+REDIS_PORT=6379
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_packages() {
+  local missing=()
+  command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install a Rust toolchain (1.85 or newer) first"
+}
+
+pg_up() { (exec 3<>"/dev/tcp/$PG_HOST/$PG_PORT") 2>/dev/null; }
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
+
+ensure_running() {
+  if ! pg_up; then
+    log "starting PostgreSQL"
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+    pg_up || die "PostgreSQL did not start on $PG_HOST:$PG_PORT"
+  fi
+  if ! redis_up; then
+    log "starting Redis"
+    as_root redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no >/dev/null
+    for _ in $(seq 1 50); do redis_up && break; sleep 0.2; done
+    redis_up || die "Redis did not start on 127.0.0.1:$REDIS_PORT"
+  fi
+}
+
+# Runs SQL as the Postgres superuser: over the local socket as the postgres OS user when we can
+# (fresh Debian installs use peer authentication there), else over TCP.
+psql_super() {
+  if id postgres >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"
+  else
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"
+  fi
+}
+
+# A password generated once per checkout, kept out of git in .local/.
+local_secret() {
+  local name="$1" file="$LOCAL_DIR/$1"
+  mkdir -p "$LOCAL_DIR"
+  chmod 700 "$LOCAL_DIR"
+  if [ ! -s "$file" ]; then
+    (umask 077; openssl rand -hex 24 > "$file")
+  fi
+  printf '%s' "$file"
+}
+
+# Creates (or updates the password of) a login role. $2: extra attributes.
+ensure_role() {
+  local role="$1" attributes="$2" password_file="$3" password
+  password="$(cat "$password_file")"
+  psql_super -d postgres <<SQL >/dev/null
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN $attributes PASSWORD '$password';
+  ELSE
+    ALTER ROLE $role LOGIN $attributes PASSWORD '$password';
+  END IF;
+END \$\$;
+SQL
+}

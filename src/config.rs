@@ -1,0 +1,505 @@
+//! Typed, layered configuration.
+//!
+//! Layers, later wins: the defaults compiled into the binary (`config/default.toml`), then
+//! `<config dir>/<environment>.toml`, then `TESSERA__SECTION__KEY` environment variables.
+//! The environment is chosen by `TESSERA_ENV` (`development` when unset). Loading validates
+//! everything and fails with one line naming the offending key: a process never starts on a
+//! half-understood configuration.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+const ENV_PREFIX: &str = "TESSERA";
+
+/// Secret settings: never accepted from a configuration file, only from `TESSERA__…`
+/// environment variables or from a file named by the matching `…_file` key.
+const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret"];
+
+/// Stand-ins that make development and tests work out of the box. Production refuses them.
+const DEV_API_KEY_SECRET: &str = "dev-insecure-api-key-secret-change-me-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" | "local" => Ok(Environment::Development),
+            "test" => Ok(Environment::Test),
+            "production" | "prod" => Ok(Environment::Production),
+            other => Err(ConfigError::new(
+                "TESSERA_ENV",
+                format!("unknown environment `{other}` (expected development, test or production)"),
+            )),
+        }
+    }
+}
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub environment: Environment,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub telemetry: TelemetrySettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_seconds: u64,
+    pub keep_alive_seconds: u64,
+    pub tls: TlsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub service_name: String,
+    pub otlp: OtlpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub timeout_ms: u64,
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthSettings {
+    #[serde(default)]
+    api_key_secret: Option<SecretString>,
+    #[serde(default)]
+    api_key_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Key of the HMAC that turns API key secrets into stored digests.
+    pub api_key_secret: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    server: ServerSettings,
+    database: DatabaseSettings,
+    redis: RedisSettings,
+    telemetry: TelemetrySettings,
+    #[serde(default)]
+    auth: RawAuthSettings,
+}
+
+impl DatabaseSettings {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    /// Connection options with the password (if any) applied from its secret source.
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
+        let mut options = sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .map_err(|e| ConfigError::new("database.url", format!("not a valid Postgres URL: {e}")))?;
+        if let Some(password) = &self.password {
+            options = options.password(password.expose_secret());
+        }
+        Ok(options.application_name("tessera"))
+    }
+}
+
+impl RedisSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+}
+
+impl ServerSettings {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// Where the environment's TOML file is looked up: `TESSERA_CONFIG_DIR`, else `./config`.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("TESSERA_CONFIG_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config"))
+}
+
+impl Settings {
+    /// Loads the configuration of the process: `TESSERA_ENV`, the config directory and the
+    /// real environment variables.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let environment = match std::env::var("TESSERA_ENV") {
+            Ok(value) => value.parse()?,
+            Err(_) => Environment::Development,
+        };
+        Self::load_from(environment, &config_dir(), None)
+    }
+
+    /// Loads with an explicit environment and config directory. `env_override` replaces the
+    /// process environment (tests use it to stay independent of the shell they run in).
+    pub fn load_from(
+        environment: Environment,
+        dir: &Path,
+        env_override: Option<config::Map<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let env_file = dir.join(format!("{}.toml", environment.as_str()));
+        let file_layer = config::File::from(env_file.clone()).required(false);
+
+        // Secrets must not be written into files, whichever file it is.
+        let files_only = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(file_layer.clone())
+            .build()
+            .map_err(|e| ConfigError::new(env_file.display().to_string(), e.to_string()))?;
+        for key in SECRET_KEYS {
+            if files_only.get::<config::Value>(key).is_ok() {
+                return Err(ConfigError::new(
+                    *key,
+                    format!(
+                        "is a secret and may not appear in a configuration file; set TESSERA__{} or {key}_file",
+                        key.replace('.', "__").to_ascii_uppercase()
+                    ),
+                ));
+            }
+        }
+
+        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .ignore_empty(true)
+            .source(env_override);
+        let merged = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(file_layer)
+            .add_source(env_source)
+            .build()
+            .map_err(|e| ConfigError::new("configuration", e.to_string()))?;
+        let raw: RawSettings = merged.try_deserialize().map_err(config_error_to_key)?;
+        Self::finish(environment, raw)
+    }
+
+    fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
+        let RawSettings { server, mut database, redis, telemetry, auth } = raw;
+
+        if let Some(path) = database.password_file.take() {
+            database.password = Some(read_secret_file("database.password_file", &path)?);
+        }
+        let api_key_secret = match (auth.api_key_secret, auth.api_key_secret_file) {
+            (_, Some(path)) => Some(read_secret_file("auth.api_key_secret_file", &path)?),
+            (Some(secret), None) => Some(secret),
+            (None, None) => None,
+        };
+        let api_key_secret = match api_key_secret {
+            Some(secret) => secret,
+            None if environment == Environment::Production => {
+                return Err(ConfigError::new(
+                    "auth.api_key_secret",
+                    "is required in production (set TESSERA__AUTH__API_KEY_SECRET or auth.api_key_secret_file)",
+                ));
+            }
+            None => SecretString::from(DEV_API_KEY_SECRET),
+        };
+
+        let settings = Settings {
+            environment,
+            server,
+            database,
+            redis,
+            telemetry,
+            auth: AuthSettings { api_key_secret },
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.host.trim().is_empty() {
+            return Err(ConfigError::new("server.host", "must not be empty"));
+        }
+        if s.max_body_bytes < 1024 {
+            return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
+        }
+        if s.tls.enabled {
+            for (key, path) in [("server.tls.cert_path", &s.tls.cert_path), ("server.tls.key_path", &s.tls.key_path)] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::new(key, "must be set when server.tls.enabled is true"));
+                }
+                if !path.is_file() {
+                    return Err(ConfigError::new(key, format!("no readable file at {}", path.display())));
+                }
+            }
+        }
+        let db = &self.database;
+        db.connect_options()?;
+        if db.max_connections == 0 {
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+        }
+        if db.min_connections > db.max_connections {
+            return Err(ConfigError::new("database.min_connections", "must not exceed database.max_connections"));
+        }
+        redis::Client::open(self.redis.url.as_str())
+            .map_err(|e| ConfigError::new("redis.url", format!("not a valid Redis URL: {e}")))?;
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new("redis.key_prefix", "must be non-empty and contain no whitespace"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
+            .map_err(|e| ConfigError::new("telemetry.log_filter", e.to_string()))?;
+        let otlp = &self.telemetry.otlp;
+        if !otlp.endpoint.is_empty() && !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://")) {
+            return Err(ConfigError::new("telemetry.otlp.endpoint", "must be an http:// or https:// URL, or empty"));
+        }
+        if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+            return Err(ConfigError::new("telemetry.otlp.sample_ratio", "must be between 0.0 and 1.0"));
+        }
+
+        let api_key_secret = self.auth.api_key_secret.expose_secret();
+        if self.environment == Environment::Production && api_key_secret == DEV_API_KEY_SECRET {
+            return Err(ConfigError::new(
+                "auth.api_key_secret",
+                "is the development secret; production refuses to start with it",
+            ));
+        }
+        if api_key_secret.len() < 32 {
+            return Err(ConfigError::new("auth.api_key_secret", "must be at least 32 bytes"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML-like text with every secret replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        RedactedSettings(self).to_string()
+    }
+}
+
+fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(key, format!("{} is empty", path.display())));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// The config crate phrases errors as "... for key `a.b` in ..."; keep them on one line and
+/// lead with the key when it can be found.
+fn config_error_to_key(error: config::ConfigError) -> ConfigError {
+    let message = error.to_string().replace('\n', " ");
+    let key = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("for key"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| "configuration".to_owned());
+    ConfigError::new(key, message)
+}
+
+struct RedactedSettings<'a>(&'a Settings);
+
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Display for RedactedSettings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let secret = |present: bool| if present { "\"[redacted]\"" } else { "\"\" # not set" };
+        writeln!(f, "environment = \"{}\"", s.environment.as_str())?;
+        writeln!(f, "\n[server]")?;
+        writeln!(f, "host = {:?}\nport = {}\nworkers = {}", s.server.host, s.server.port, s.server.workers)?;
+        writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
+        writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;
+        writeln!(f, "keep_alive_seconds = {}", s.server.keep_alive_seconds)?;
+        writeln!(f, "\n[server.tls]\nenabled = {}", s.server.tls.enabled)?;
+        writeln!(f, "cert_path = {:?}\nkey_path = {:?}", s.server.tls.cert_path, s.server.tls.key_path)?;
+        writeln!(f, "\n[database]\nurl = {:?}", redact_url(&s.database.url))?;
+        writeln!(f, "password = {}", secret(s.database.password.is_some()))?;
+        writeln!(f, "max_connections = {}\nmin_connections = {}", s.database.max_connections, s.database.min_connections)?;
+        writeln!(f, "acquire_timeout_ms = {}", s.database.acquire_timeout_ms)?;
+        writeln!(f, "migrate_on_start = {}", s.database.migrate_on_start)?;
+        writeln!(f, "\n[redis]\nurl = {:?}", redact_url(&s.redis.url))?;
+        writeln!(f, "key_prefix = {:?}", s.redis.key_prefix)?;
+        writeln!(f, "connect_timeout_ms = {}\nresponse_timeout_ms = {}", s.redis.connect_timeout_ms, s.redis.response_timeout_ms)?;
+        writeln!(f, "\n[telemetry]\nlog_format = {:?}", format!("{:?}", s.telemetry.log_format).to_lowercase())?;
+        writeln!(f, "log_filter = {:?}\nservice_name = {:?}", s.telemetry.log_filter, s.telemetry.service_name)?;
+        writeln!(f, "\n[telemetry.otlp]\nendpoint = {:?}", s.telemetry.otlp.endpoint)?;
+        writeln!(f, "timeout_ms = {}\nsample_ratio = {}", s.telemetry.otlp.timeout_ms, s.telemetry.otlp.sample_ratio)?;
+        writeln!(f, "\n[auth]\napi_key_secret = {}", secret(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn defaults_load_in_development() {
+        let s = Settings::load_from(Environment::Development, &dir(), env(&[])).unwrap();
+        assert_eq!(s.server.port, 8080);
+    }
+
+    #[test]
+    fn environment_variables_override_files() {
+        let s = Settings::load_from(Environment::Development, &dir(), env(&[("TESSERA__SERVER__PORT", "9999")])).unwrap();
+        assert_eq!(s.server.port, 9999);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let e = Settings::load_from(Environment::Development, &dir(), env(&[("TESSERA__SERVER__PORT", "nope")])).unwrap_err();
+        assert_eq!(e.key, "server.port", "{e}");
+    }
+
+    #[test]
+    fn production_requires_a_real_secret() {
+        let e = Settings::load_from(Environment::Production, &dir(), env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.api_key_secret");
+        let e = Settings::load_from(
+            Environment::Production,
+            &dir(),
+            env(&[("TESSERA__AUTH__API_KEY_SECRET", DEV_API_KEY_SECRET)]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("development secret"), "{e}");
+        let ok = Settings::load_from(
+            Environment::Production,
+            &dir(),
+            env(&[("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42")]),
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn secrets_in_files_are_refused() {
+        let tmp = std::env::temp_dir().join(format!("tessera-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("development.toml"), "[database]\npassword = \"hunter2\"\n").unwrap();
+        let e = Settings::load_from(Environment::Development, &tmp, env(&[])).unwrap_err();
+        assert_eq!(e.key, "database.password");
+        std::fs::remove_dir_all(tmp).unwrap();
+    }
+
+    #[test]
+    fn redaction_hides_secrets_and_url_passwords() {
+        let s = Settings::load_from(
+            Environment::Development,
+            &dir(),
+            env(&[("TESSERA__DATABASE__URL", "postgres://app:topsecret@db/tessera")]),
+        )
+        .unwrap();
+        let text = s.redacted();
+        assert!(!text.contains("topsecret"));
+        assert!(!text.contains(DEV_API_KEY_SECRET));
+        assert!(text.contains("[redacted]"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Settings::load_from(Environment::Development, &dir(), env(&[("TESSERA__SERVER__PROT", "1")])).unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+    }
+}

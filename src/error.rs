@@ -1,0 +1,217 @@
+//! The one error type of the HTTP API, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Every failure a client can see carries a stable, machine-readable `code`. The table below is
+//! the single place where a code gets its HTTP status and title; the OpenAPI spec lists the same
+//! codes, so clients can switch on them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const PROBLEM_TYPE_PREFIX: &str = "urn:tessera:problem:";
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $status:ident, $title:literal), )*) => {
+        /// Stable error codes. Renaming one is a breaking API change.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code { $( $variant, )* }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[ $( Code::$variant, )* ];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $( Code::$variant => $code, )* }
+            }
+
+            pub const fn status(self) -> StatusCode {
+                match self { $( Code::$variant => StatusCode::$status, )* }
+            }
+
+            pub const fn title(self) -> &'static str {
+                match self { $( Code::$variant => $title, )* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidJson => ("invalid_json", BAD_REQUEST, "Malformed JSON body"),
+    InvalidRequest => ("invalid_request", BAD_REQUEST, "Invalid request"),
+    InvalidQuery => ("invalid_query", BAD_REQUEST, "Invalid query string"),
+    InvalidPath => ("invalid_path", BAD_REQUEST, "Invalid path parameter"),
+    InvalidHeader => ("invalid_header", BAD_REQUEST, "Invalid header"),
+    UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported content type"),
+    PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, "Request body too large"),
+    RouteNotFound => ("route_not_found", NOT_FOUND, "No such route"),
+    MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed"),
+    NotFound => ("not_found", NOT_FOUND, "Resource not found"),
+    Conflict => ("conflict", CONFLICT, "Conflict"),
+    Unauthenticated => ("unauthenticated", UNAUTHORIZED, "Authentication required"),
+    Forbidden => ("forbidden", FORBIDDEN, "Permission denied"),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many requests"),
+    ClientError => ("client_error", BAD_REQUEST, "Bad request"),
+    ServiceUnavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service unavailable"),
+    InternalError => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
+}
+
+/// An error on its way to the client. `detail` is shown to the client; `source` is logged only.
+pub struct ApiError {
+    code: Code,
+    detail: Cow<'static, str>,
+    retry_after_secs: Option<u64>,
+    source: Option<anyhow::Error>,
+}
+
+/// The wire shape of every error response (RFC 9457 plus `code`).
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:tessera:problem:<code>`
+    #[schema(example = "urn:tessera:problem:invalid_json")]
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[schema(example = "Malformed JSON body")]
+    pub title: &'static str,
+    #[schema(example = 400)]
+    pub status: u16,
+    #[schema(example = "expected value at line 1 column 2")]
+    pub detail: String,
+    /// Stable, machine-readable error code.
+    #[schema(example = "invalid_json")]
+    pub code: &'static str,
+}
+
+impl ApiError {
+    pub fn new(code: Code, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self { code, detail: detail.into(), retry_after_secs: None, source: None }
+    }
+
+    /// A server-side failure: the client learns only that it happened, the log gets the cause.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: Code::InternalError,
+            detail: Cow::Borrowed("the server failed to handle this request; it has been logged"),
+            retry_after_secs: None,
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn unavailable(detail: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {
+        Self::new(Code::ServiceUnavailable, detail).with_retry_after(retry_after_secs)
+    }
+
+    pub fn not_found(what: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Code::NotFound, what)
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_: format!("{PROBLEM_TYPE_PREFIX}{}", self.code.as_str()),
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            detail: self.detail.to_string(),
+            code: self.code.as_str(),
+        }
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)?;
+        if let Some(source) = &self.source {
+            write!(f, " (caused by: {source:#})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.code.status().is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        problem_response(self.code.status(), &self.problem(), self.retry_after_secs)
+    }
+}
+
+pub(crate) fn problem_response(status: StatusCode, problem: &Problem, retry_after_secs: Option<u64>) -> HttpResponse {
+    let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+    if let Some(secs) = retry_after_secs {
+        response.insert_header((header::RETRY_AFTER, secs));
+    }
+    response.body(body)
+}
+
+/// Any failure that is not an `ApiError` by the time it reaches the edge is the server's fault.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => ApiError::unavailable("the database is not reachable right now", 2).with_source(e),
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate code {}", code.as_str());
+            assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let e = ApiError::internal(anyhow::anyhow!("password=hunter2"));
+        assert!(!e.problem().detail.contains("hunter2"));
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

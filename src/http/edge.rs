@@ -1,0 +1,211 @@
+//! The outermost middleware: request ids, HTTP metrics and panic isolation.
+//!
+//! It sits outside everything else so that every response, including one produced by a
+//! panicking handler, carries `X-Request-Id` and is counted.
+
+use std::future::{Ready, ready};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError};
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+
+use crate::error::{ApiError, Code};
+use crate::metrics::{HttpLabels, Metrics};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The id of the current request: the caller's `X-Request-Id` when it is sane, else a new
+/// UUIDv7. Echoed on the response and recorded in logs, traces and audit events.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ever built from visible ASCII, so this cannot fail.
+        self.0.to_str().unwrap_or("")
+    }
+
+    fn from_request_header(value: Option<&HeaderValue>) -> Self {
+        match value {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= MAX_REQUEST_ID_LEN
+                    && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b)) =>
+            {
+                RequestId(v.clone())
+            }
+            _ => Self::generate(),
+        }
+    }
+
+    fn generate() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        RequestId(HeaderValue::from_str(text).expect("a UUID is a valid header value"))
+    }
+}
+
+impl FromRequest for RequestId {
+    type Error = Error;
+    type Future = Ready<Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(req.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)))
+    }
+}
+
+pub struct Edge {
+    metrics: Arc<Metrics>,
+}
+
+impl Edge {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Edge
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Transform = EdgeMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(EdgeMiddleware { service: Rc::new(service), metrics: self.metrics.clone() }))
+    }
+}
+
+pub struct EdgeMiddleware<S> {
+    service: Rc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<ServiceRequest> for EdgeMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let request_id = RequestId::from_request_header(req.headers().get(X_REQUEST_ID));
+        req.extensions_mut().insert(request_id.clone());
+        // Cloning the HttpRequest here would break routing (it must stay uniquely owned until
+        // matched), so failures that lose the request keep only what the metrics need.
+        let method = req.method().clone();
+        let metrics = self.metrics.clone();
+        let fut = self.service.call(req);
+
+        async move {
+            let mut response = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    let status = error.as_response_error().status_code().as_u16();
+                    metrics.observe_http(
+                        &HttpLabels { method: method.as_str().to_owned(), route: "unmatched".to_owned(), status },
+                        started.elapsed().as_secs_f64(),
+                    );
+                    return Err(error);
+                }
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".to_owned());
+                    tracing::error!(request_id = request_id.as_str(), panic = %message, "request handler panicked");
+                    metrics.observe_http(
+                        &HttpLabels { method: method.as_str().to_owned(), route: "unmatched".to_owned(), status: 500 },
+                        started.elapsed().as_secs_f64(),
+                    );
+                    return Err(HandlerPanicked { request_id }.into());
+                }
+            };
+            response.headers_mut().insert(X_REQUEST_ID, request_id.0);
+
+            let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+            if let Some(span) = response.request().extensions().get::<tracing_actix_web::RootSpan>() {
+                span.record("http.route", route.as_str());
+            }
+            let labels = HttpLabels {
+                method: method.as_str().to_owned(),
+                route,
+                status: response.status().as_u16(),
+            };
+            metrics.observe_http(&labels, started.elapsed().as_secs_f64());
+            Ok(response)
+        }
+        .boxed_local()
+    }
+}
+
+/// A handler panicked: the client gets a 500 problem (with its request id), the worker lives on.
+#[derive(Debug)]
+struct HandlerPanicked {
+    request_id: RequestId,
+}
+
+impl std::fmt::Display for HandlerPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request handler panicked")
+    }
+}
+
+impl ResponseError for HandlerPanicked {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut response =
+            ApiError::new(Code::InternalError, "the server failed to handle this request; it has been logged")
+                .error_response();
+        response.headers_mut().insert(X_REQUEST_ID, self.request_id.0.clone());
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_panicking_handler_becomes_a_500_problem_and_the_server_keeps_serving() {
+        let app = test::init_service(
+            App::new()
+                .route("/boom", web::get().to(|| async { panic!("boom"); #[allow(unreachable_code)] HttpResponse::Ok() }))
+                .route("/fine", web::get().to(|| async { HttpResponse::Ok().finish() }))
+                .wrap(Edge::new(Metrics::new())),
+        )
+        .await;
+        let response = test::try_call_service(&app, test::TestRequest::get().uri("/boom").to_request()).await;
+        let error = response.err().expect("a panic surfaces as an error");
+        let rendered = error.error_response();
+        assert_eq!(rendered.status(), 500);
+        assert_eq!(rendered.headers().get("content-type").unwrap(), crate::error::PROBLEM_JSON);
+        assert!(rendered.headers().contains_key(X_REQUEST_ID));
+
+        let response = test::call_service(&app, test::TestRequest::get().uri("/fine").to_request()).await;
+        assert_eq!(response.status(), 200);
+    }
+}

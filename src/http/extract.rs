@@ -1,0 +1,109 @@
+//! Extractor configuration: every way a request can fail to parse becomes an `ApiError`.
+
+use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
+use actix_web::web;
+
+use crate::error::{ApiError, Code};
+
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(limit).error_handler(|error, _| json_error(error).into())
+}
+
+pub fn payload_config(limit: usize) -> web::PayloadConfig {
+    web::PayloadConfig::new(limit)
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|error: QueryPayloadError, _| ApiError::new(Code::InvalidQuery, error.to_string()).into())
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|error: PathError, _| ApiError::new(Code::InvalidPath, error.to_string()).into())
+}
+
+pub fn json_error(error: JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
+            Code::PayloadTooLarge,
+            format!("the body has {length} bytes; the limit is {limit}"),
+        ),
+        JsonPayloadError::Overflow { limit } => {
+            ApiError::new(Code::PayloadTooLarge, format!("the body exceeds the limit of {limit} bytes"))
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::new(Code::UnsupportedMediaType, "this endpoint takes Content-Type: application/json")
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::new(Code::InvalidRequest, e.to_string()),
+        JsonPayloadError::Deserialize(e) => ApiError::new(Code::InvalidJson, e.to_string()),
+        JsonPayloadError::Payload(e) => payload_error(e),
+        other => ApiError::new(Code::InvalidRequest, other.to_string()),
+    }
+}
+
+pub fn payload_error(error: PayloadError) -> ApiError {
+    match error {
+        PayloadError::Overflow => ApiError::new(Code::PayloadTooLarge, "the body exceeds the configured limit"),
+        other => ApiError::new(Code::InvalidRequest, format!("the request body could not be read: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    async fn app() -> impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse, Error = actix_web::Error> {
+        test::init_service(
+            App::new()
+                .app_data(json_config(1024))
+                .route("/echo", web::post().to(|_: web::Json<Body>| async { HttpResponse::Ok().finish() })),
+        )
+        .await
+    }
+
+    async fn problem(request: test::TestRequest) -> (u16, serde_json::Value) {
+        let response = test::call_service(&app().await, request.to_request()).await;
+        let status = response.status().as_u16();
+        assert_eq!(response.headers().get("content-type").unwrap(), crate::error::PROBLEM_JSON);
+        (status, test::read_body_json(response).await)
+    }
+
+    #[actix_web::test]
+    async fn malformed_json_is_a_400_invalid_json() {
+        let request = test::TestRequest::post().uri("/echo").insert_header(("content-type", "application/json")).set_payload("{bad");
+        let (status, body) = problem(request).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")));
+    }
+
+    #[actix_web::test]
+    async fn well_formed_json_of_the_wrong_shape_is_a_400_invalid_request() {
+        let request = test::TestRequest::post().uri("/echo").insert_header(("content-type", "application/json")).set_payload("{}");
+        let (status, body) = problem(request).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_request")));
+        assert!(body["detail"].as_str().unwrap().contains("name"));
+    }
+
+    #[actix_web::test]
+    async fn a_wrong_content_type_is_a_415() {
+        let request = test::TestRequest::post().uri("/echo").insert_header(("content-type", "text/plain")).set_payload("{}");
+        let (status, body) = problem(request).await;
+        assert_eq!((status, body["code"].as_str()), (415, Some("unsupported_media_type")));
+    }
+
+    #[actix_web::test]
+    async fn an_oversized_body_is_a_413() {
+        let big = format!("{{\"name\":\"{}\"}}", "x".repeat(4096));
+        let request = test::TestRequest::post().uri("/echo").insert_header(("content-type", "application/json")).set_payload(big);
+        let (status, body) = problem(request).await;
+        assert_eq!((status, body["code"].as_str()), (413, Some("payload_too_large")));
+    }
+}

@@ -1,0 +1,102 @@
+//! The OpenAPI 3.1 document. Handlers carry their own `#[utoipa::path]`; the route table in
+//! `startup::routes` registers them, so the served routes and the spec cannot drift apart.
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::AppExt;
+
+use crate::error::{Code, PROBLEM_JSON, Problem};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera",
+        description = "Multi-tenant AI inference platform. Every error is an RFC 9457 problem document \
+                       (`application/problem+json`) with a stable `code`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    components(schemas(Problem)),
+    tags((name = "operations", description = "Liveness, readiness and metrics")),
+)]
+pub struct ApiDoc;
+
+/// The complete document, built from the same route table the server runs.
+pub fn spec() -> OpenApiDoc {
+    let (_, mut doc) = actix_web::App::new().into_utoipa_app().configure(crate::startup::routes).split_for_parts();
+    let mut base = ApiDoc::openapi();
+    base.merge(std::mem::take(&mut doc));
+    StandardErrors.modify(&mut base);
+    base
+}
+
+/// Pretty JSON with a trailing newline, exactly as committed in `openapi/openapi.json`.
+pub fn spec_json() -> String {
+    let mut text = spec().to_pretty_json().expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+/// Adds the error responses every operation can produce, so each operation documents them
+/// without repeating them by hand.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let described: String = Code::ALL
+            .iter()
+            .map(|c| format!("`{}` ({})", c.as_str(), c.status().as_u16()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(components) = openapi.components.as_mut() {
+            if let Some(RefOr::T(schema)) = components.schemas.get_mut("Problem") {
+                if let utoipa::openapi::schema::Schema::Object(object) = schema {
+                    object.description = Some(format!("An RFC 9457 problem document. Codes: {described}."));
+                }
+            }
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_standard_errors(operation);
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+            .build(),
+    )
+}
+
+fn add_standard_errors(operation: &mut Operation) {
+    let responses = &mut operation.responses.responses;
+    let mut add = |status: &str, description: &str| {
+        responses.entry(status.to_owned()).or_insert_with(|| problem_response(description));
+    };
+    if operation.request_body.is_some() {
+        add("400", "Malformed or invalid request (`invalid_json`, `invalid_request`)");
+        add("413", "Body larger than the configured limit (`payload_too_large`)");
+        add("415", "Wrong Content-Type (`unsupported_media_type`)");
+    } else if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+        add("400", "Invalid path or query parameter (`invalid_path`, `invalid_query`)");
+    }
+    if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+        add("401", "Missing, invalid, expired or revoked credentials (`unauthenticated`)");
+        add("403", "The caller lacks the permission this operation needs (`forbidden`)");
+        add("429", "Tenant rate limit exceeded; see `Retry-After` (`rate_limited`)");
+    }
+    add("500", "Unexpected server failure (`internal_error`)");
+}

@@ -1,0 +1,17 @@
+//! Tessera: a multi-tenant AI inference platform.
+//!
+//! See ARCHITECTURE.md for the module map and the invariants between modules.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod redis_store;
+pub mod startup;
+pub mod telemetry;
+pub mod tls;
+
+/// Version string reported by `/metrics` build info and `tessera --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

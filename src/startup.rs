@@ -1,0 +1,100 @@
+//! Builds the application: shared state, the route table, middleware order and the server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use sqlx::PgPool;
+use tracing_actix_web::TracingLogger;
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Settings;
+use crate::http::{edge::Edge, extract, fallback, health};
+use crate::metrics::Metrics;
+use crate::redis_store::RedisStore;
+use crate::telemetry::TesseraRootSpan;
+
+/// Process-wide state shared by every worker. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: PgPool,
+    pub redis: RedisStore,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Connects lazily to Postgres and Redis: nothing here waits for either.
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let db = crate::db::connect_lazy(&settings.database)?;
+        let redis = RedisStore::connect_lazy(&settings.redis)?;
+        Ok(Self { settings: Arc::new(settings), db, redis, metrics: Metrics::new() })
+    }
+}
+
+/// The route table. Both the server and `tessera openapi` are built from it.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(health::healthz).service(health::readyz).service(health::metrics);
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free one) and prepares the server without running it.
+    pub fn build(state: AppState) -> anyhow::Result<Self> {
+        let settings = state.settings.clone();
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let openapi = crate::http::openapi::spec();
+        let allowed_methods = web::Data::new(fallback::AllowedMethods::from_spec(&openapi));
+        let body_limit = settings.server.max_body_bytes;
+
+        let server = HttpServer::new(move || {
+            let state = state.clone();
+            let (app, _) = App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(allowed_methods.clone())
+                .app_data(extract::json_config(body_limit))
+                .app_data(extract::payload_config(body_limit))
+                .app_data(extract::query_config())
+                .app_data(extract::path_config())
+                .into_utoipa_app()
+                .configure(routes)
+                .split_for_parts();
+            app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .default_service(web::to(fallback::route_not_found))
+                // Middleware order, outermost last: Edge sees every response (request id,
+                // metrics, panics), then the per-request span, then problem+json rewriting.
+                .wrap(fallback::problem_rewriter())
+                .wrap(TracingLogger::<TesseraRootSpan>::new())
+                .wrap(Edge::new(state.metrics.clone()))
+        })
+        .shutdown_timeout(settings.server.shutdown_grace_seconds)
+        .keep_alive(std::time::Duration::from_secs(settings.server.keep_alive_seconds));
+        let server = if settings.server.workers > 0 { server.workers(settings.server.workers) } else { server };
+
+        let server = if settings.server.tls.enabled {
+            let tls = crate::tls::server_config(&settings.server.tls)?;
+            server.listen_rustls_0_23(listener, tls)?.run()
+        } else {
+            server.listen(listener)?.run()
+        };
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains in-flight requests within the grace period.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

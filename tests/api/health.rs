@@ -1,0 +1,94 @@
+use crate::helpers::{Outage, assert_problem, db_host_port, eventually, redis_host_port, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn healthz_answers_200_without_touching_dependencies() {
+    let app = spawn_app().await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn readyz_answers_200_when_postgres_and_redis_answer() {
+    let app = spawn_app().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(body["checks"]["redis"], "ok");
+}
+
+async fn ready(app: &crate::helpers::TestApp) -> u16 {
+    app.get("/readyz").await.status().as_u16()
+}
+
+#[tokio::test]
+async fn readyz_names_redis_while_it_is_down_and_recovers_without_restart() {
+    let mut redis = Outage::start(&redis_host_port()).await;
+    let port = redis.port;
+    let app = spawn_app_with(|s| s.redis.url = format!("redis://127.0.0.1:{port}")).await;
+    assert_eq!(ready(&app).await, 200);
+
+    redis.cut();
+    let response = app.get("/readyz").await;
+    let body = assert_problem(response, 503, "service_unavailable").await;
+    assert!(body["detail"].as_str().unwrap().contains("redis"), "{body}");
+    assert_ne!(body["checks"]["redis"], "ok");
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(app.get("/healthz").await.status(), 200, "liveness must not depend on Redis");
+
+    redis.restore().await;
+    assert!(eventually(10, || async { ready(&app).await == 200 }).await, "readyz did not recover after Redis came back");
+}
+
+#[tokio::test]
+async fn readyz_names_postgres_while_it_is_down_and_recovers_without_restart() {
+    let mut postgres = Outage::start(&db_host_port()).await;
+    let port = postgres.port;
+    let app = spawn_app_with(|s| {
+        let mut url = url::Url::parse(&s.database.url).unwrap();
+        url.set_port(Some(port)).unwrap();
+        s.database.url = url.to_string();
+    })
+    .await;
+    assert_eq!(ready(&app).await, 200);
+
+    postgres.cut();
+    let response = app.get("/readyz").await;
+    let body = assert_problem(response, 503, "service_unavailable").await;
+    assert!(body["detail"].as_str().unwrap().contains("postgres"), "{body}");
+    assert_eq!(body["checks"]["redis"], "ok");
+    assert_eq!(app.get("/healthz").await.status(), 200, "liveness must not depend on Postgres");
+
+    postgres.restore().await;
+    assert!(eventually(10, || async { ready(&app).await == 200 }).await, "readyz did not recover after Postgres came back");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_report_build_info() {
+    let app = spawn_app().await;
+    app.get("/healthz").await;
+    app.get("/no/such/route").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains(r#"tessera_http_requests_total{method="GET",route="/healthz",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(text.contains("tessera_http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("tessera_build_info"), "{text}");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+
+    let response = app.get("/healthz").await;
+    let generated = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
+    let response = app.client.get(app.url("/healthz")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    assert_ne!(response.headers()["x-request-id"], "bad id with spaces");
+}

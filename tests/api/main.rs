@@ -1,0 +1,11 @@
+//! One integration-test binary (one link step). Every test starts the real application on a
+//! random port against the real Postgres (a fresh database each) and the real Redis (a unique
+//! key prefix each); see `helpers`.
+
+mod helpers;
+
+mod cli;
+mod errors;
+mod health;
+mod openapi_drift;
+mod tls;
