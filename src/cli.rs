@@ -33,6 +33,92 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Platform administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Key material.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create the first platform administrator. The password is read from standard input (or
+    /// TESSERA_BOOTSTRAP_PASSWORD). Refused once an administrator exists.
+    Bootstrap {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    Create {
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Suspend { slug: String },
+    Resume { slug: String },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user to a tenant, creating the user when new (password from standard input or
+    /// TESSERA_USER_PASSWORD).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key and print its secret (shown once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new `kid:seed` entry for auth.jwt_signing_keys (put it first to rotate).
+    GenerateJwt {
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,13 +171,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let _telemetry = crate::telemetry::init(&settings.telemetry)?;
             actix_web::rt::System::new().block_on(async {
-                let pool = crate::db::connect_lazy(&settings.database)?;
-                crate::db::migrate(&pool).await?;
+                crate::db::migrate_with(&settings.database).await?;
                 tracing::info!("migrations applied");
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { command: KeysCommand::GenerateJwt { kid } } => {
+            println!("{}", crate::identity::jwt::generate_key_entry(&kid));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { command } => operate(|state| async move { admin(state, command).await }),
+        Command::Tenant { command } => operate(|state| async move { tenant(state, command).await }),
+        Command::User { command } => operate(|state| async move { user(state, command).await }),
+        Command::Apikey { command } => operate(|state| async move { apikey(state, command).await }),
         Command::Serve => {
             let settings = match load_settings() {
                 Ok(s) => s,
@@ -108,10 +201,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let migrate = settings.database.migrate_on_start;
     let scheme = if settings.server.tls.enabled { "https" } else { "http" };
     let host = settings.server.host.clone();
-    let state = AppState::new(settings)?;
     if migrate {
-        crate::db::migrate(&state.db).await?;
+        crate::db::migrate_with(&settings.database).await?;
     }
+    let state = AppState::new(settings)?;
     let app = Application::build(state)?;
     let shown_host = if host == "0.0.0.0" { "127.0.0.1".to_owned() } else { host };
     tracing::info!(port = app.port(), "serving");
@@ -119,4 +212,135 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs an operator command against the configured database, through the same services the
+/// HTTP API uses.
+fn operate<F, Fut>(command: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(AppState) -> Fut,
+    Fut: std::future::Future<Output = Result<String, crate::error::ApiError>>,
+{
+    let settings = match load_settings() {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let state = AppState::new(settings)?;
+        match command(state).await {
+            Ok(output) => {
+                println!("{output}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("tessera: {}", error.detail());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+fn read_secret_input(env_var: &str) -> Result<String, crate::error::ApiError> {
+    use crate::error::{ApiError, Code};
+    if let Ok(value) = std::env::var(env_var) {
+        return Ok(value);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("reading the password from standard input: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(ApiError::new(Code::InvalidRequest, format!("no password: pipe it on standard input or set {env_var}")));
+    }
+    Ok(password)
+}
+
+async fn tenant_by_slug(state: &AppState, slug: &str) -> Result<std::sync::Arc<crate::tenancy::TenantInfo>, crate::error::ApiError> {
+    state.tenants.by_slug(slug).await?.ok_or_else(|| crate::identity::guard::tenant_not_found(slug))
+}
+
+fn parse_role(role: &str) -> Result<crate::identity::Role, crate::error::ApiError> {
+    crate::identity::Role::parse(role).ok_or_else(|| {
+        crate::error::ApiError::new(
+            crate::error::Code::InvalidRequest,
+            format!("unknown role `{role}` (owner, admin, ml_engineer, auditor, inference)"),
+        )
+    })
+}
+
+async fn admin(state: AppState, command: AdminCommand) -> Result<String, crate::error::ApiError> {
+    match command {
+        AdminCommand::Bootstrap { email } => {
+            let password = read_secret_input("TESSERA_BOOTSTRAP_PASSWORD")?;
+            let id = state.identity.bootstrap_admin(&email, password).await?;
+            Ok(format!("platform administrator {email} created ({id})"))
+        }
+    }
+}
+
+async fn tenant(state: AppState, command: TenantCommand) -> Result<String, crate::error::ApiError> {
+    use crate::tenancy::{TenantSlug, TenantStatus, service::NewTenant};
+    match command {
+        TenantCommand::Create { slug, name } => {
+            let slug = TenantSlug::parse(&slug).map_err(|e| crate::error::ApiError::new(crate::error::Code::InvalidRequest, e))?;
+            let view = state
+                .tenant_admin
+                .create_tenant(NewTenant {
+                    slug,
+                    name,
+                    max_models: None,
+                    max_storage_bytes: None,
+                    rate_limit_per_second: None,
+                    rate_limit_burst: None,
+                })
+                .await?;
+            Ok(pretty(&view))
+        }
+        TenantCommand::List => {
+            let tenants = state.tenant_admin.list_tenants().await?;
+            Ok(tenants.iter().map(|t| format!("{}\t{}\t{}\t{}", t.slug, t.status, t.id, t.name)).collect::<Vec<_>>().join("\n"))
+        }
+        TenantCommand::Suspend { slug } => {
+            let t = tenant_by_slug(&state, &slug).await?;
+            Ok(pretty(&state.tenant_admin.set_status(t.id, TenantStatus::Suspended).await?))
+        }
+        TenantCommand::Resume { slug } => {
+            let t = tenant_by_slug(&state, &slug).await?;
+            Ok(pretty(&state.tenant_admin.set_status(t.id, TenantStatus::Active).await?))
+        }
+    }
+}
+
+async fn user(state: AppState, command: UserCommand) -> Result<String, crate::error::ApiError> {
+    match command {
+        UserCommand::Add { tenant, email, role } => {
+            let role = parse_role(&role)?;
+            let t = tenant_by_slug(&state, &tenant).await?;
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
+                .bind(email.trim())
+                .fetch_one(&state.db)
+                .await?;
+            let password = if exists { None } else { Some(read_secret_input("TESSERA_USER_PASSWORD")?) };
+            let operator = crate::identity::Principal::operator();
+            let member = state.tenant_admin.add_member(&operator, &t, &email, role, password).await?;
+            Ok(pretty(&member))
+        }
+    }
+}
+
+async fn apikey(state: AppState, command: ApiKeyCommand) -> Result<String, crate::error::ApiError> {
+    match command {
+        ApiKeyCommand::Create { tenant, name, role, expires_in_days } => {
+            let role = parse_role(&role)?;
+            let t = tenant_by_slug(&state, &tenant).await?;
+            let operator = crate::identity::Principal::operator();
+            let key = state.tenant_admin.create_api_key(&operator, &t, &name, role, expires_in_days).await?;
+            Ok(pretty(&key))
+        }
+    }
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
 }

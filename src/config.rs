@@ -19,10 +19,12 @@ const ENV_PREFIX: &str = "TESSERA";
 
 /// Secret settings: never accepted from a configuration file, only from `TESSERA__…`
 /// environment variables or from a file named by the matching `…_file` key.
-const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret"];
+const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys"];
 
 /// Stand-ins that make development and tests work out of the box. Production refuses them.
 const DEV_API_KEY_SECRET: &str = "dev-insecure-api-key-secret-change-me-0123456789";
+/// `kid:base64url(32-byte Ed25519 seed)`; the seed is public knowledge, so production refuses it.
+const DEV_JWT_SIGNING_KEYS: &str = "dev-insecure-1:ZGV2LWluc2VjdXJlLWVkMjU1MTktc2VlZC0wMDAwMDA";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,7 +106,11 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// The application's connection: a role without ownership and without BYPASSRLS.
     pub url: String,
+    /// The schema owner's connection, used only to apply migrations (defaults to `url`).
+    #[serde(default)]
+    pub migration_url: Option<String>,
     #[serde(default)]
     pub password: Option<SecretString>,
     #[serde(default)]
@@ -148,19 +154,45 @@ pub struct OtlpSettings {
     pub sample_ratio: f64,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuthSettings {
     #[serde(default)]
     api_key_secret: Option<SecretString>,
     #[serde(default)]
     api_key_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    jwt_signing_keys: Option<SecretString>,
+    #[serde(default)]
+    jwt_signing_keys_file: Option<PathBuf>,
+    issuer: String,
+    audience: String,
+    access_token_ttl_seconds: u64,
+    refresh_token_ttl_seconds: u64,
+    argon2_memory_kib: u32,
+    argon2_iterations: u32,
+    argon2_parallelism: u32,
+    login_max_failures_per_account: u32,
+    login_max_failures_per_address: u32,
+    login_lockout_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// Key of the HMAC that turns API key secrets into stored digests.
     pub api_key_secret: SecretString,
+    /// `kid:base64url(seed)[,kid:seed…]`: the first key signs, all of them verify.
+    pub jwt_signing_keys: SecretString,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl_seconds: u64,
+    pub refresh_token_ttl_seconds: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub login_max_failures_per_account: u32,
+    pub login_max_failures_per_address: u32,
+    pub login_lockout_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,7 +202,6 @@ struct RawSettings {
     database: DatabaseSettings,
     redis: RedisSettings,
     telemetry: TelemetrySettings,
-    #[serde(default)]
     auth: RawAuthSettings,
 }
 
@@ -187,6 +218,16 @@ impl DatabaseSettings {
             options = options.password(password.expose_secret());
         }
         Ok(options.application_name("tessera"))
+    }
+
+    /// The migrating connection: `migration_url`, or the application's when unset.
+    pub fn migration_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
+        match &self.migration_url {
+            Some(url) if !url.is_empty() => sqlx::postgres::PgConnectOptions::from_str(url)
+                .map(|o| o.application_name("tessera-migrate"))
+                .map_err(|e| ConfigError::new("database.migration_url", format!("not a valid Postgres URL: {e}"))),
+            _ => self.connect_options(),
+        }
     }
 }
 
@@ -270,21 +311,15 @@ impl Settings {
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
         }
-        let api_key_secret = match (auth.api_key_secret, auth.api_key_secret_file) {
-            (_, Some(path)) => Some(read_secret_file("auth.api_key_secret_file", &path)?),
-            (Some(secret), None) => Some(secret),
-            (None, None) => None,
-        };
-        let api_key_secret = match api_key_secret {
-            Some(secret) => secret,
-            None if environment == Environment::Production => {
-                return Err(ConfigError::new(
-                    "auth.api_key_secret",
-                    "is required in production (set TESSERA__AUTH__API_KEY_SECRET or auth.api_key_secret_file)",
-                ));
-            }
-            None => SecretString::from(DEV_API_KEY_SECRET),
-        };
+        let api_key_secret =
+            required_secret(environment, "auth.api_key_secret", auth.api_key_secret, auth.api_key_secret_file, DEV_API_KEY_SECRET)?;
+        let jwt_signing_keys = required_secret(
+            environment,
+            "auth.jwt_signing_keys",
+            auth.jwt_signing_keys,
+            auth.jwt_signing_keys_file,
+            DEV_JWT_SIGNING_KEYS,
+        )?;
 
         let settings = Settings {
             environment,
@@ -292,7 +327,20 @@ impl Settings {
             database,
             redis,
             telemetry,
-            auth: AuthSettings { api_key_secret },
+            auth: AuthSettings {
+                api_key_secret,
+                jwt_signing_keys,
+                issuer: auth.issuer,
+                audience: auth.audience,
+                access_token_ttl_seconds: auth.access_token_ttl_seconds,
+                refresh_token_ttl_seconds: auth.refresh_token_ttl_seconds,
+                argon2_memory_kib: auth.argon2_memory_kib,
+                argon2_iterations: auth.argon2_iterations,
+                argon2_parallelism: auth.argon2_parallelism,
+                login_max_failures_per_account: auth.login_max_failures_per_account,
+                login_max_failures_per_address: auth.login_max_failures_per_address,
+                login_lockout_seconds: auth.login_lockout_seconds,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -318,6 +366,7 @@ impl Settings {
         }
         let db = &self.database;
         db.connect_options()?;
+        db.migration_options()?;
         if db.max_connections == 0 {
             return Err(ConfigError::new("database.max_connections", "must be at least 1"));
         }
@@ -349,12 +398,53 @@ impl Settings {
         if api_key_secret.len() < 32 {
             return Err(ConfigError::new("auth.api_key_secret", "must be at least 32 bytes"));
         }
+        let jwt_keys = self.auth.jwt_signing_keys.expose_secret();
+        if self.environment == Environment::Production && jwt_keys.contains(DEV_JWT_SIGNING_KEYS) {
+            return Err(ConfigError::new(
+                "auth.jwt_signing_keys",
+                "contains the development key; production refuses to start with it",
+            ));
+        }
+        crate::identity::jwt::parse_signing_keys(jwt_keys).map_err(|e| ConfigError::new("auth.jwt_signing_keys", e))?;
+        let a = &self.auth;
+        if a.access_token_ttl_seconds < 30 || a.access_token_ttl_seconds > 86_400 {
+            return Err(ConfigError::new("auth.access_token_ttl_seconds", "must be between 30 and 86400"));
+        }
+        if a.refresh_token_ttl_seconds < a.access_token_ttl_seconds {
+            return Err(ConfigError::new("auth.refresh_token_ttl_seconds", "must be at least auth.access_token_ttl_seconds"));
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism || a.argon2_iterations == 0 || a.argon2_parallelism == 0 {
+            return Err(ConfigError::new("auth.argon2_memory_kib", "argon2 parameters are out of range"));
+        }
         Ok(())
     }
 
     /// The effective configuration as TOML-like text with every secret replaced by `[redacted]`.
     pub fn redacted(&self) -> String {
         RedactedSettings(self).to_string()
+    }
+}
+
+/// A secret from its value or its file; in development and test a missing one falls back to
+/// the development stand-in, in production it is an error.
+fn required_secret(
+    environment: Environment,
+    key: &str,
+    value: Option<SecretString>,
+    file: Option<PathBuf>,
+    development: &str,
+) -> Result<SecretString, ConfigError> {
+    match (value, file) {
+        (_, Some(path)) => read_secret_file(&format!("{key}_file"), &path),
+        (Some(secret), None) => Ok(secret),
+        (None, None) if environment == Environment::Production => Err(ConfigError::new(
+            key,
+            format!(
+                "is required in production (set TESSERA__{} or {key}_file)",
+                key.replace('.', "__").to_ascii_uppercase()
+            ),
+        )),
+        (None, None) => Ok(SecretString::from(development.to_owned())),
     }
 }
 
@@ -410,6 +500,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "cert_path = {:?}\nkey_path = {:?}", s.server.tls.cert_path, s.server.tls.key_path)?;
         writeln!(f, "\n[database]\nurl = {:?}", redact_url(&s.database.url))?;
         writeln!(f, "password = {}", secret(s.database.password.is_some()))?;
+        writeln!(f, "migration_url = {:?}", s.database.migration_url.as_deref().map(redact_url).unwrap_or_default())?;
         writeln!(f, "max_connections = {}\nmin_connections = {}", s.database.max_connections, s.database.min_connections)?;
         writeln!(f, "acquire_timeout_ms = {}", s.database.acquire_timeout_ms)?;
         writeln!(f, "migrate_on_start = {}", s.database.migrate_on_start)?;
@@ -420,7 +511,13 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "log_filter = {:?}\nservice_name = {:?}", s.telemetry.log_filter, s.telemetry.service_name)?;
         writeln!(f, "\n[telemetry.otlp]\nendpoint = {:?}", s.telemetry.otlp.endpoint)?;
         writeln!(f, "timeout_ms = {}\nsample_ratio = {}", s.telemetry.otlp.timeout_ms, s.telemetry.otlp.sample_ratio)?;
-        writeln!(f, "\n[auth]\napi_key_secret = {}", secret(true))
+        let a = &s.auth;
+        writeln!(f, "\n[auth]\napi_key_secret = {}\njwt_signing_keys = {}", secret(true), secret(true))?;
+        writeln!(f, "issuer = {:?}\naudience = {:?}", a.issuer, a.audience)?;
+        writeln!(f, "access_token_ttl_seconds = {}\nrefresh_token_ttl_seconds = {}", a.access_token_ttl_seconds, a.refresh_token_ttl_seconds)?;
+        writeln!(f, "argon2_memory_kib = {}\nargon2_iterations = {}\nargon2_parallelism = {}", a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)?;
+        writeln!(f, "login_max_failures_per_account = {}\nlogin_max_failures_per_address = {}", a.login_max_failures_per_account, a.login_max_failures_per_address)?;
+        writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)
     }
 }
 
@@ -461,16 +558,32 @@ mod tests {
         let e = Settings::load_from(
             Environment::Production,
             &dir(),
-            env(&[("TESSERA__AUTH__API_KEY_SECRET", DEV_API_KEY_SECRET)]),
+            env(&[
+                ("TESSERA__AUTH__API_KEY_SECRET", DEV_API_KEY_SECRET),
+                ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+            ]),
         )
         .unwrap_err();
         assert!(e.message.contains("development secret"), "{e}");
+        let e = Settings::load_from(
+            Environment::Production,
+            &dir(),
+            env(&[
+                ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
+                ("TESSERA__AUTH__JWT_SIGNING_KEYS", DEV_JWT_SIGNING_KEYS),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "auth.jwt_signing_keys", "{e}");
         let ok = Settings::load_from(
             Environment::Production,
             &dir(),
-            env(&[("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42")]),
+            env(&[
+                ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
+                ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+            ]),
         );
-        assert!(ok.is_ok());
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
+/// Applies migrations over the schema owner's connection (`database.migration_url`).
+pub async fn migrate_with(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new().max_connections(1).connect_with(settings.migration_options()?).await?;
+    migrate(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
 }

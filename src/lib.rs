@@ -7,10 +7,12 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod redis_store;
 pub mod startup;
 pub mod telemetry;
+pub mod tenancy;
 pub mod tls;
 
 /// Version string reported by `/metrics` build info and `tessera --version`.

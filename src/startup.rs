@@ -11,19 +11,39 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_swagger_ui::SwaggerUi;
 
+use secrecy::ExposeSecret;
+
 use crate::config::Settings;
+use crate::identity::authenticate::{Authenticate, Authenticator};
+use crate::identity::jwt::Keyring;
+use crate::identity::passwords::Passwords;
+use crate::identity::secrets::CredentialHasher;
+use crate::identity::service::IdentityService;
+use crate::identity::throttle::LoginThrottle;
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::rate_limit::RateLimiter;
+use crate::tenancy::service::TenantService;
 use crate::http::{edge::Edge, extract, fallback, health};
 use crate::metrics::Metrics;
 use crate::redis_store::RedisStore;
 use crate::telemetry::TesseraRootSpan;
 
 /// Process-wide state shared by every worker. Cheap to clone.
+///
+/// `db` connects as the application role, which is subject to row-level security: there is no
+/// pool here that could bypass it.
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: PgPool,
     pub redis: RedisStore,
     pub metrics: Arc<Metrics>,
+    pub tenants: TenantDirectory,
+    pub keyring: Arc<Keyring>,
+    pub authenticator: Arc<Authenticator>,
+    pub limiter: RateLimiter,
+    pub identity: IdentityService,
+    pub tenant_admin: TenantService,
 }
 
 impl AppState {
@@ -31,13 +51,65 @@ impl AppState {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let db = crate::db::connect_lazy(&settings.database)?;
         let redis = RedisStore::connect_lazy(&settings.redis)?;
-        Ok(Self { settings: Arc::new(settings), db, redis, metrics: Metrics::new() })
+        let auth = &settings.auth;
+        let keyring = Arc::new(
+            Keyring::new(auth.jwt_signing_keys.expose_secret(), &auth.issuer, &auth.audience)
+                .map_err(|e| anyhow::anyhow!("auth.jwt_signing_keys: {e}"))?,
+        );
+        let hasher = CredentialHasher::new(&auth.api_key_secret);
+        let tenants = TenantDirectory::new(db.clone());
+        let authenticator = Arc::new(Authenticator::new(keyring.clone(), hasher.clone(), db.clone(), tenants.clone()));
+        let identity = IdentityService::new(
+            db.clone(),
+            keyring.clone(),
+            Passwords::new(auth)?,
+            hasher.clone(),
+            LoginThrottle::new(redis.clone(), auth),
+            tenants.clone(),
+            authenticator.clone(),
+            auth,
+        );
+        let tenant_admin =
+            TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone());
+        Ok(Self {
+            settings: Arc::new(settings),
+            limiter: RateLimiter::new(redis.clone()),
+            db,
+            redis,
+            metrics: Metrics::new(),
+            tenants,
+            keyring,
+            authenticator,
+            identity,
+            tenant_admin,
+        })
     }
 }
 
 /// The route table. Both the server and `tessera openapi` are built from it.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(health::healthz).service(health::readyz).service(health::metrics);
+    use crate::identity::routes as auth;
+    use crate::tenancy::routes as tenancy;
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics)
+        .service(auth::jwks)
+        .service(auth::login)
+        .service(auth::refresh)
+        .service(auth::logout)
+        .service(auth::me)
+        .service(tenancy::create_tenant)
+        .service(tenancy::list_tenants)
+        .service(tenancy::get_tenant)
+        .service(tenancy::suspend_tenant)
+        .service(tenancy::resume_tenant)
+        .service(tenancy::list_members)
+        .service(tenancy::add_member)
+        .service(tenancy::change_member_role)
+        .service(tenancy::remove_member)
+        .service(tenancy::create_api_key)
+        .service(tenancy::list_api_keys)
+        .service(tenancy::revoke_api_key);
 }
 
 pub struct Application {
@@ -71,7 +143,9 @@ impl Application {
             app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
                 .default_service(web::to(fallback::route_not_found))
                 // Middleware order, outermost last: Edge sees every response (request id,
-                // metrics, panics), then the per-request span, then problem+json rewriting.
+                // metrics, panics), then the per-request span, then problem+json rewriting,
+                // then authentication (before any handler or body extractor runs).
+                .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
                 .wrap(fallback::problem_rewriter())
                 .wrap(TracingLogger::<TesseraRootSpan>::new())
                 .wrap(Edge::new(state.metrics.clone()))

@@ -9,8 +9,12 @@ cd "$TESSERA_ROOT"
 ensure_packages
 ensure_running
 
+# Two roles: tessera owns the schema and migrates; tessera_app is what the server connects as.
+# It owns nothing and cannot bypass row-level security.
 owner_password="$(local_secret db-owner-password)"
+app_password="$(local_secret db-app-password)"
 ensure_role tessera "" "$owner_password"
+ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
 if [ "$(psql_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'tessera'")" != "1" ]; then
   log "creating database tessera"
   psql_super -d postgres -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
@@ -21,8 +25,9 @@ cargo build --locked --quiet --bin tessera
 target_dir="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}"
 
 export TESSERA_ENV="${TESSERA_ENV:-development}"
-export TESSERA__DATABASE__URL="${TESSERA__DATABASE__URL:-postgres://tessera@127.0.0.1:5432/tessera}"
-export TESSERA__DATABASE__PASSWORD_FILE="${TESSERA__DATABASE__PASSWORD_FILE:-$owner_password}"
+export TESSERA__DATABASE__URL="${TESSERA__DATABASE__URL:-postgres://tessera_app@127.0.0.1:5432/tessera}"
+export TESSERA__DATABASE__PASSWORD_FILE="${TESSERA__DATABASE__PASSWORD_FILE:-$app_password}"
+export TESSERA__DATABASE__MIGRATION_URL="${TESSERA__DATABASE__MIGRATION_URL:-postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera}"
 
 log "applying migrations"
 "$target_dir/debug/tessera" migrate

@@ -17,7 +17,14 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(Problem)),
-    tags((name = "operations", description = "Liveness, readiness and metrics")),
+    tags(
+        (name = "operations", description = "Liveness, readiness and metrics"),
+        (name = "auth", description = "Login, token refresh and logout; the caller; token verification keys"),
+        (name = "tenants", description = "Tenants (platform administrators)"),
+        (name = "members", description = "A tenant's members and their roles"),
+        (name = "api-keys", description = "API keys for machines"),
+    ),
+    modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
 
@@ -35,6 +42,21 @@ pub fn spec_json() -> String {
     let mut text = spec().to_pretty_json().expect("the OpenAPI document serializes");
     text.push('\n');
     text
+}
+
+/// `Authorization: Bearer <access token or API key>`.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "An access token from `POST /v1/auth/login` (EdDSA JWT), or an API key (`tsk_…`).".to_owned(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
 }
 
 /// Adds the error responses every operation can produce, so each operation documents them

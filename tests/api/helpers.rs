@@ -70,8 +70,38 @@ pub struct TestDatabase {
     redis_prefix: String,
 }
 
+/// The application role's login, created once per test run (roles are cluster-wide).
+static APP_ROLE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+pub fn app_role_password() -> Option<String> {
+    std::env::var("TESSERA_TEST_APP_PASSWORD").ok().filter(|p| !p.is_empty())
+}
+
+async fn ensure_app_role() {
+    APP_ROLE
+        .get_or_init(|| async {
+            let mut conn = PgConnection::connect(&maintenance_url()).await.expect("Postgres is reachable");
+            let password = app_role_password().map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''"))).unwrap_or_default();
+            let sql = format!(
+                "DO $$ BEGIN CREATE ROLE tessera_app LOGIN{password}; \
+                 EXCEPTION WHEN duplicate_object THEN ALTER ROLE tessera_app LOGIN{password}; END $$"
+            );
+            conn.execute(sqlx::AssertSqlSafe(sql)).await.expect("application role");
+        })
+        .await;
+}
+
 impl TestDatabase {
+    /// The same database, reached as the application role.
+    pub fn app_url(&self) -> String {
+        let mut url = url::Url::parse(&self.url).unwrap();
+        url.set_username("tessera_app").unwrap();
+        url.set_password(app_role_password().as_deref()).unwrap();
+        url.to_string()
+    }
+
     pub async fn create() -> Arc<Self> {
+        ensure_app_role().await;
         let name = format!("tessera_test_{}", uuid::Uuid::new_v4().simple());
         let mut maintenance = PgConnection::connect(&maintenance_url()).await.expect("Postgres is reachable");
         maintenance.execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).await.expect("create test database");
@@ -125,6 +155,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 
     let db = PgPool::connect(&database.url).await.expect("connect to test database");
     tessera::db::migrate(&db).await.expect("migrations apply");
+    // The application connects as the RLS-bound application role, never as the owner.
+    settings.database.url = database.app_url();
+    settings.database.migration_url = Some(database.url.clone());
 
     customize(&mut settings);
     let state = AppState::new(settings.clone()).expect("state builds");
@@ -246,4 +279,151 @@ pub fn db_host_port() -> String {
 pub fn redis_host_port() -> String {
     let url = url::Url::parse(&redis_url()).unwrap();
     format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(6379))
+}
+
+pub const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// The roles a test can act as, including machine credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum As {
+    Anonymous,
+    PlatformAdmin,
+    Owner,
+    Admin,
+    MlEngineer,
+    Auditor,
+    Inference,
+    InferenceKey,
+    AdminKey,
+}
+
+impl As {
+    pub const ALL: [As; 9] = [
+        As::Anonymous,
+        As::PlatformAdmin,
+        As::Owner,
+        As::Admin,
+        As::MlEngineer,
+        As::Auditor,
+        As::Inference,
+        As::InferenceKey,
+        As::AdminKey,
+    ];
+
+    pub fn role(self) -> Option<&'static str> {
+        match self {
+            As::Owner => Some("owner"),
+            As::Admin | As::AdminKey => Some("admin"),
+            As::MlEngineer => Some("ml_engineer"),
+            As::Auditor => Some("auditor"),
+            As::Inference | As::InferenceKey => Some("inference"),
+            As::Anonymous | As::PlatformAdmin => None,
+        }
+    }
+}
+
+/// A tenant with one user per role and two API keys, created through the public API.
+pub struct TestTenant {
+    pub slug: String,
+    pub id: String,
+    pub emails: std::collections::HashMap<&'static str, String>,
+    pub inference_key: String,
+    pub admin_key: String,
+}
+
+impl TestApp {
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    pub async fn login(&self, email: &str, password: &str, tenant: Option<&str>) -> reqwest::Response {
+        let mut body = serde_json::json!({ "email": email, "password": password });
+        if let Some(tenant) = tenant {
+            body["tenant"] = tenant.into();
+        }
+        self.post_json("/v1/auth/login", None, &body).await
+    }
+
+    /// Logs in and returns (access token, refresh token).
+    pub async fn session(&self, email: &str, tenant: Option<&str>) -> (String, String) {
+        let response = self.login(email, PASSWORD, tenant).await;
+        assert_eq!(response.status(), 200, "login of {email} failed: {}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.unwrap();
+        (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
+    }
+
+    /// Creates the platform administrator (once per app) and returns its access token.
+    pub async fn platform_admin(&self) -> String {
+        let email = "root@tessera.test";
+        let _ = self.state.identity.bootstrap_admin(email, PASSWORD.to_owned()).await;
+        self.session(email, None).await.0
+    }
+
+    pub async fn create_tenant(&self, admin: &str, slug: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut body = serde_json::json!({ "slug": slug, "name": format!("Tenant {slug}") });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let response = self.post_json("/v1/tenants", Some(admin), &body).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    pub async fn create_api_key(&self, token: &str, tenant: &str, role: &str) -> serde_json::Value {
+        let body = serde_json::json!({ "name": format!("{role} key"), "role": role });
+        let response = self.post_json(&format!("/v1/tenants/{tenant}/api-keys"), Some(token), &body).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// A tenant with a member for every role and an inference and an admin API key.
+    pub async fn tenant_with_members(&self, admin: &str, slug: &str) -> TestTenant {
+        let tenant = self.create_tenant(admin, slug, serde_json::json!({})).await;
+        let mut emails = std::collections::HashMap::new();
+        for role in ["owner", "admin", "ml_engineer", "auditor", "inference"] {
+            let email = format!("{role}@{slug}.test");
+            let body = serde_json::json!({ "email": email, "role": role, "password": PASSWORD });
+            let response = self.post_json(&format!("/v1/tenants/{slug}/members"), Some(admin), &body).await;
+            assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+            emails.insert(role, email);
+        }
+        let inference_key = self.create_api_key(admin, slug, "inference").await["secret"].as_str().unwrap().to_owned();
+        let admin_key = self.create_api_key(admin, slug, "admin").await["secret"].as_str().unwrap().to_owned();
+        TestTenant { slug: slug.to_owned(), id: tenant["id"].as_str().unwrap().to_owned(), emails, inference_key, admin_key }
+    }
+
+    /// A credential acting as `who` in `tenant` (a fresh login for users).
+    pub async fn credential(&self, who: As, tenant: &TestTenant, admin: &str) -> Option<String> {
+        match who {
+            As::Anonymous => None,
+            As::PlatformAdmin => {
+                let _ = admin;
+                Some(self.session("root@tessera.test", None).await.0)
+            }
+            As::InferenceKey => Some(tenant.inference_key.clone()),
+            As::AdminKey => Some(tenant.admin_key.clone()),
+            user => Some(self.session(&tenant.emails[user.role().unwrap()], Some(&tenant.slug)).await.0),
+        }
+    }
+
+    /// Sends `method path` with an optional credential and a JSON body.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
 }

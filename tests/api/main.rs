@@ -4,8 +4,11 @@
 
 mod helpers;
 
+mod auth;
+mod authz_matrix;
 mod cli;
 mod errors;
 mod health;
 mod openapi_drift;
+mod tenant_isolation;
 mod tls;

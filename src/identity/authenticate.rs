@@ -1,0 +1,350 @@
+//! Authentication: `Authorization: Bearer …` → `Principal`, before any handler runs.
+//!
+//! The middleware refuses a presented-but-bad credential with a 401 before the request body is
+//! read, enforces the tenant's rate limit, and leaves requests without credentials to the
+//! guard (which answers 401 on any route that needs a caller).
+//!
+//! Hot path: verified JWTs and API key records are cached in process, so a repeat caller costs
+//! a hash-map lookup plus (for API keys) one HMAC. Cached facts are re-checked against Postgres
+//! every `RECHECK`; revocations and suspensions made in this process apply at once.
+
+use std::collections::{HashMap, HashSet};
+use std::future::{Ready, ready};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use actix_web::{Error, HttpMessage, ResponseError};
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use parking_lot::RwLock;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::jwt::{Keyring, TokenError};
+use super::permissions::Role;
+use super::principal::{Actor, Principal};
+use super::secrets::{CredentialHasher, api_key_prefix};
+use crate::error::{ApiError, Code};
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::rate_limit::{Decision, RateLimiter};
+use crate::tenancy::{TenantId, TenantInfo};
+
+const RECHECK: Duration = Duration::from_secs(2);
+const CACHE_LIMIT: usize = 100_000;
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct CachedToken {
+    user: Uuid,
+    tenant: Option<Uuid>,
+    role: Option<Role>,
+    platform_admin: bool,
+    jti: Uuid,
+    exp: u64,
+    checked_at: Instant,
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    id: Uuid,
+    tenant: Uuid,
+    role: Role,
+    digest: Vec<u8>,
+    expires_at: Option<time::OffsetDateTime>,
+    revoked: bool,
+    fetched_at: Instant,
+    touched_at: Option<Instant>,
+}
+
+pub struct Authenticator {
+    keyring: Arc<Keyring>,
+    hasher: CredentialHasher,
+    pool: PgPool,
+    tenants: TenantDirectory,
+    tokens: RwLock<HashMap<Box<str>, CachedToken>>,
+    keys: RwLock<HashMap<Box<str>, CachedKey>>,
+    revoked_here: RwLock<HashSet<Uuid>>,
+}
+
+impl Authenticator {
+    pub fn new(keyring: Arc<Keyring>, hasher: CredentialHasher, pool: PgPool, tenants: TenantDirectory) -> Self {
+        Self {
+            keyring,
+            hasher,
+            pool,
+            tenants,
+            tokens: Default::default(),
+            keys: Default::default(),
+            revoked_here: Default::default(),
+        }
+    }
+
+    /// Called after a logout or revocation in this process: effective immediately here.
+    pub fn token_revoked(&self, jti: Uuid) {
+        self.revoked_here.write().insert(jti);
+    }
+
+    pub fn api_key_revoked(&self, prefix: &str) {
+        self.keys.write().remove(prefix);
+    }
+
+    pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+        if credential.starts_with(super::secrets::API_KEY_PREFIX) {
+            self.authenticate_api_key(credential).await
+        } else {
+            self.authenticate_token(credential).await
+        }
+    }
+
+    async fn tenant(&self, id: Option<Uuid>) -> Result<Option<Arc<TenantInfo>>, ApiError> {
+        let Some(id) = id else { return Ok(None) };
+        let tenant = self
+            .tenants
+            .by_id(TenantId(id))
+            .await?
+            .ok_or_else(|| ApiError::new(Code::InvalidToken, "the credential's tenant no longer exists"))?;
+        if !tenant.is_active() {
+            return Err(ApiError::new(Code::TenantSuspended, format!("tenant {} is suspended", tenant.slug)));
+        }
+        Ok(Some(tenant))
+    }
+
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, ApiError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let cached = self.tokens.read().get(token).cloned();
+        let entry = match cached {
+            Some(entry) if entry.checked_at.elapsed() < RECHECK => entry,
+            _ => {
+                let claims = self.keyring.verify(token).map_err(|e| match e {
+                    TokenError::Invalid(reason) if reason.contains("ExpiredSignature") => {
+                        ApiError::new(Code::TokenExpired, "the access token has expired; refresh it")
+                    }
+                    other => ApiError::new(Code::InvalidToken, other.to_string()),
+                })?;
+                let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
+                    .bind(claims.jti)
+                    .fetch_one(&self.pool)
+                    .await?;
+                if revoked {
+                    return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
+                }
+                let entry = CachedToken {
+                    user: claims.sub,
+                    tenant: claims.tid,
+                    role: claims.role,
+                    platform_admin: claims.adm,
+                    jti: claims.jti,
+                    exp: claims.exp,
+                    checked_at: Instant::now(),
+                };
+                let mut tokens = self.tokens.write();
+                if tokens.len() >= CACHE_LIMIT {
+                    tokens.retain(|_, t| t.exp > now);
+                    if tokens.len() >= CACHE_LIMIT {
+                        tokens.clear();
+                    }
+                }
+                tokens.insert(token.into(), entry.clone());
+                entry
+            }
+        };
+        if entry.exp <= now {
+            return Err(ApiError::new(Code::TokenExpired, "the access token has expired; refresh it"));
+        }
+        if self.revoked_here.read().contains(&entry.jti) {
+            return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
+        }
+        let tenant = self.tenant(entry.tenant).await?;
+        Ok(Principal {
+            actor: Actor::User { id: entry.user },
+            tenant,
+            role: entry.role,
+            platform_admin: entry.platform_admin,
+            token: Some((entry.jti, entry.exp)),
+        })
+    }
+
+    async fn authenticate_api_key(&self, key: &str) -> Result<Principal, ApiError> {
+        let invalid = || ApiError::new(Code::InvalidToken, "the API key is not valid");
+        let prefix = api_key_prefix(key).ok_or_else(invalid)?;
+        let cached = self.keys.read().get(prefix).cloned();
+        let entry = match cached {
+            Some(entry) if entry.fetched_at.elapsed() < RECHECK => entry,
+            previous => {
+                #[derive(sqlx::FromRow)]
+                struct Row {
+                    id: Uuid,
+                    tenant_id: Uuid,
+                    role: String,
+                    secret_digest: Vec<u8>,
+                    expires_at: Option<time::OffsetDateTime>,
+                    revoked_at: Option<time::OffsetDateTime>,
+                }
+                let row: Row = sqlx::query_as("SELECT * FROM api_key_for_prefix($1)")
+                    .bind(prefix)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(invalid)?;
+                let entry = CachedKey {
+                    id: row.id,
+                    tenant: row.tenant_id,
+                    role: Role::parse(&row.role).ok_or_else(invalid)?,
+                    digest: row.secret_digest,
+                    expires_at: row.expires_at,
+                    revoked: row.revoked_at.is_some(),
+                    fetched_at: Instant::now(),
+                    touched_at: previous.and_then(|p| p.touched_at),
+                };
+                let mut keys = self.keys.write();
+                if keys.len() >= CACHE_LIMIT {
+                    keys.clear();
+                }
+                keys.insert(prefix.into(), entry.clone());
+                entry
+            }
+        };
+        if !self.hasher.matches(key, &entry.digest) {
+            return Err(invalid());
+        }
+        if entry.revoked {
+            return Err(ApiError::new(Code::TokenRevoked, "the API key has been revoked"));
+        }
+        if entry.expires_at.is_some_and(|at| at <= time::OffsetDateTime::now_utc()) {
+            return Err(ApiError::new(Code::TokenExpired, "the API key has expired"));
+        }
+        let tenant = self.tenant(Some(entry.tenant)).await?;
+        if entry.touched_at.is_none_or(|at| at.elapsed() >= LAST_USED_EVERY) {
+            self.touch(prefix, entry.id, entry.tenant);
+        }
+        Ok(Principal {
+            actor: Actor::ApiKey { id: entry.id },
+            tenant,
+            role: Some(entry.role),
+            platform_admin: false,
+            token: None,
+        })
+    }
+
+    /// Records `last_used_at` at most once a minute per key, in the background.
+    fn touch(&self, prefix: &str, id: Uuid, tenant: Uuid) {
+        if let Some(entry) = self.keys.write().get_mut(prefix) {
+            entry.touched_at = Some(Instant::now());
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let mut tx = crate::tenancy::db::TenantTx::begin(&pool, TenantId(tenant)).await?;
+                sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1").bind(id).execute(tx.conn()).await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not record API key use");
+            }
+        });
+    }
+}
+
+/// Extracts the credential of `Authorization: Bearer <credential>`.
+fn bearer(value: &HeaderValue) -> Result<&str, ApiError> {
+    let text = value.to_str().map_err(|_| ApiError::new(Code::InvalidToken, "the Authorization header is not ASCII"))?;
+    let (scheme, credential) = text
+        .split_once(' ')
+        .ok_or_else(|| ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
+        return Err(ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"));
+    }
+    Ok(credential.trim())
+}
+
+pub struct Authenticate {
+    authenticator: Arc<Authenticator>,
+    limiter: RateLimiter,
+}
+
+impl Authenticate {
+    pub fn new(authenticator: Arc<Authenticator>, limiter: RateLimiter) -> Self {
+        Self { authenticator, limiter }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Authenticate
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = AuthenticateMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(AuthenticateMiddleware {
+            service: Rc::new(service),
+            authenticator: self.authenticator.clone(),
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+pub struct AuthenticateMiddleware<S> {
+    service: Rc<S>,
+    authenticator: Arc<Authenticator>,
+    limiter: RateLimiter,
+}
+
+fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
+    let mut response = error.error_response();
+    if error.code().status() == actix_web::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
+    }
+    req.into_response(response).map_into_right_body()
+}
+
+impl<S, B> Service<ServiceRequest> for AuthenticateMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let Some(header) = req.headers().get(AUTHORIZATION).cloned() else {
+            let fut = self.service.call(req);
+            return async move { fut.await.map(ServiceResponse::map_into_left_body) }.boxed_local();
+        };
+        let service = self.service.clone();
+        let authenticator = self.authenticator.clone();
+        let limiter = self.limiter.clone();
+        async move {
+            let principal = match bearer(&header) {
+                Ok(credential) => authenticator.authenticate(credential).await,
+                Err(error) => Err(error),
+            };
+            let principal = match principal {
+                Ok(principal) => principal,
+                Err(error) => return Ok(refuse(req, error)),
+            };
+            if let Some(tenant) = &principal.tenant {
+                if let Decision::Limited { retry_after_secs } = limiter.check(tenant).await {
+                    let error = ApiError::new(Code::RateLimited, format!("tenant {} is over its request rate", tenant.slug))
+                        .with_retry_after(retry_after_secs);
+                    return Ok(refuse(req, error));
+                }
+                tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+            }
+            req.extensions_mut().insert(principal);
+            service.call(req).await.map(ServiceResponse::map_into_left_body)
+        }
+        .boxed_local()
+    }
+}

@@ -1,0 +1,178 @@
+//! Roles and permissions: the one table that says who may do what.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A role inside one tenant. Platform administration is a separate flag on the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    MlEngineer,
+    Auditor,
+    Inference,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::MlEngineer, Role::Auditor, Role::Inference];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::MlEngineer => "ml_engineer",
+            Role::Auditor => "auditor",
+            Role::Inference => "inference",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Owner => &[
+                MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun,
+                AuditRead, AuditExport,
+            ],
+            Role::Admin => &[MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun],
+            Role::MlEngineer => &[ModelsRead, ModelsWrite, InferenceRun, JobsRun],
+            Role::Auditor => &[AuditRead, AuditExport],
+            Role::Inference => &[ModelsRead, InferenceRun],
+        }
+    }
+
+    pub fn allows(self, permission: Permission) -> bool {
+        self.permissions().contains(&permission)
+    }
+
+    /// An actor may only hand out roles it holds at least the rights of: an admin cannot make
+    /// an owner, for instance.
+    pub fn may_grant(self, other: Role) -> bool {
+        match self {
+            Role::Owner => true,
+            Role::Admin => other != Role::Owner,
+            _ => false,
+        }
+    }
+}
+
+/// Everything a caller can be allowed to do. `#[repr(u8)]` so a permission can be a const
+/// generic parameter of the guard (`Guarded<{ perm::MODELS_READ }>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Permission {
+    /// Create, list, suspend and resume tenants (platform administrators only).
+    TenantsManage,
+    /// Any authenticated caller: `GET /v1/me`.
+    SelfRead,
+    MembersRead,
+    MembersManage,
+    ApiKeysRead,
+    ApiKeysManage,
+    ModelsRead,
+    ModelsWrite,
+    InferenceRun,
+    JobsRun,
+    AuditRead,
+    AuditExport,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 12] = [
+        Permission::TenantsManage,
+        Permission::SelfRead,
+        Permission::MembersRead,
+        Permission::MembersManage,
+        Permission::ApiKeysRead,
+        Permission::ApiKeysManage,
+        Permission::ModelsRead,
+        Permission::ModelsWrite,
+        Permission::InferenceRun,
+        Permission::JobsRun,
+        Permission::AuditRead,
+        Permission::AuditExport,
+    ];
+
+    pub const fn from_u8(value: u8) -> Permission {
+        match value {
+            0 => Permission::TenantsManage,
+            1 => Permission::SelfRead,
+            2 => Permission::MembersRead,
+            3 => Permission::MembersManage,
+            4 => Permission::ApiKeysRead,
+            5 => Permission::ApiKeysManage,
+            6 => Permission::ModelsRead,
+            7 => Permission::ModelsWrite,
+            8 => Permission::InferenceRun,
+            9 => Permission::JobsRun,
+            10 => Permission::AuditRead,
+            11 => Permission::AuditExport,
+            _ => panic!("not a permission"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::TenantsManage => "tenants.manage",
+            Permission::SelfRead => "self.read",
+            Permission::MembersRead => "members.read",
+            Permission::MembersManage => "members.manage",
+            Permission::ApiKeysRead => "api_keys.read",
+            Permission::ApiKeysManage => "api_keys.manage",
+            Permission::ModelsRead => "models.read",
+            Permission::ModelsWrite => "models.write",
+            Permission::InferenceRun => "inference.run",
+            Permission::JobsRun => "jobs.run",
+            Permission::AuditRead => "audit.read",
+            Permission::AuditExport => "audit.export",
+        }
+    }
+}
+
+/// Const names for the guard's generic parameter.
+pub mod perm {
+    use super::Permission;
+    pub const TENANTS_MANAGE: u8 = Permission::TenantsManage as u8;
+    pub const SELF_READ: u8 = Permission::SelfRead as u8;
+    pub const MEMBERS_READ: u8 = Permission::MembersRead as u8;
+    pub const MEMBERS_MANAGE: u8 = Permission::MembersManage as u8;
+    pub const API_KEYS_READ: u8 = Permission::ApiKeysRead as u8;
+    pub const API_KEYS_MANAGE: u8 = Permission::ApiKeysManage as u8;
+    pub const MODELS_READ: u8 = Permission::ModelsRead as u8;
+    pub const MODELS_WRITE: u8 = Permission::ModelsWrite as u8;
+    pub const INFERENCE_RUN: u8 = Permission::InferenceRun as u8;
+    pub const JOBS_RUN: u8 = Permission::JobsRun as u8;
+    pub const AUDIT_READ: u8 = Permission::AuditRead as u8;
+    pub const AUDIT_EXPORT: u8 = Permission::AuditExport as u8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_round_trip_through_u8() {
+        for p in Permission::ALL {
+            assert_eq!(Permission::from_u8(p as u8), p);
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_through_strings() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn inference_role_can_only_call_models() {
+        assert!(Role::Inference.allows(Permission::InferenceRun));
+        assert!(!Role::Inference.allows(Permission::ModelsWrite));
+        assert!(!Role::Inference.allows(Permission::AuditRead));
+    }
+}

@@ -1,0 +1,57 @@
+//! Who is calling: the result of authentication, carried in request extensions.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::permissions::{Permission, Role};
+use crate::tenancy::TenantInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Actor {
+    User { id: Uuid },
+    ApiKey { id: Uuid },
+    /// An operator at the command line.
+    System,
+}
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub actor: Actor,
+    /// The tenant the credential acts for, if it is tenant-scoped.
+    pub tenant: Option<Arc<TenantInfo>>,
+    pub role: Option<Role>,
+    pub platform_admin: bool,
+    /// For access tokens: the token id and expiry (seconds since the epoch), so that it can
+    /// be revoked.
+    pub token: Option<(Uuid, u64)>,
+}
+
+impl Principal {
+    /// Platform administrators may do everything; others what their role in their tenant allows.
+    pub fn may(&self, permission: Permission) -> bool {
+        if permission == Permission::SelfRead || self.platform_admin {
+            return true;
+        }
+        permission != Permission::TenantsManage && self.role.is_some_and(|r| r.allows(permission))
+    }
+
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self.actor {
+            Actor::User { id } => Some(id),
+            Actor::ApiKey { .. } | Actor::System => None,
+        }
+    }
+
+    /// The operator acting through the `tessera` command line.
+    pub fn operator() -> Self {
+        Self { actor: Actor::System, tenant: None, role: None, platform_admin: true, token: None }
+    }
+
+    pub fn permissions(&self) -> Vec<Permission> {
+        Permission::ALL.into_iter().filter(|p| self.may(*p)).collect()
+    }
+}

@@ -1,0 +1,161 @@
+//! `/v1/auth/*`, `/v1/me` and `/.well-known/jwks.json`.
+
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+
+use super::permissions::{Permission, Role, perm};
+use super::principal::Actor;
+use super::service::TokenPair;
+use super::Guarded;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    #[schema(example = "correct horse battery staple")]
+    pub password: String,
+    /// Tenant slug to act for. Optional when the user belongs to exactly one tenant.
+    #[schema(example = "acme")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    /// Also revoke this refresh token's session.
+    pub refresh_token: Option<String>,
+}
+
+fn client_address(request: &HttpRequest) -> String {
+    request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Log in with email and password; returns an access token and a refresh token.
+#[utoipa::path(
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = TokenPair),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
+         description = "Wrong email or password, or no access to the tenant (`invalid_credentials`)"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json",
+         description = "The tenant is suspended (`tenant_suspended`)"),
+        (status = 429, body = crate::error::Problem, content_type = "application/problem+json",
+         description = "Too many failed logins for this account or address (`login_throttled`); see `Retry-After`"),
+    )
+)]
+#[post("/v1/auth/login")]
+pub async fn login(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<LoginRequest>,
+) -> Result<web::Json<TokenPair>, ApiError> {
+    let body = body.into_inner();
+    let pair = state.identity.login(&body.email, body.password, body.tenant.as_deref(), &client_address(&request)).await?;
+    Ok(web::Json(pair))
+}
+
+/// Exchange a refresh token for a new token pair. Each refresh token works once; presenting a
+/// used one revokes its whole session.
+#[utoipa::path(
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, body = TokenPair),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
+         description = "Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
+                        or reuse detected (`refresh_token_reused`)"),
+    )
+)]
+#[post("/v1/auth/refresh")]
+pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>) -> Result<web::Json<TokenPair>, ApiError> {
+    Ok(web::Json(state.identity.refresh(&body.refresh_token).await?))
+}
+
+/// Revoke the calling access token (and optionally a refresh token's session).
+#[utoipa::path(
+    tag = "auth",
+    request_body = LogoutRequest,
+    security(("bearer" = [])),
+    responses((status = 204, description = "Revoked"))
+)]
+#[post("/v1/auth/logout")]
+pub async fn logout(
+    guard: Guarded<{ perm::SELF_READ }>,
+    state: web::Data<AppState>,
+    body: web::Json<LogoutRequest>,
+) -> Result<HttpResponse, ApiError> {
+    state.identity.logout(&guard.principal, body.refresh_token.as_deref()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    pub actor: Actor,
+    pub email: Option<String>,
+    pub platform_admin: bool,
+    /// The tenant this credential acts for.
+    pub tenant: Option<String>,
+    pub role: Option<Role>,
+    pub permissions: Vec<Permission>,
+    /// For users: every tenant they belong to, with their role there.
+    pub memberships: Vec<MembershipView>,
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct MembershipView {
+    pub tenant: String,
+    pub role: String,
+}
+
+/// The caller: identity, tenant, role and effective permissions.
+#[utoipa::path(tag = "auth", security(("bearer" = [])), responses((status = 200, body = MeView)))]
+#[get("/v1/me")]
+pub async fn me(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<AppState>) -> Result<web::Json<MeView>, ApiError> {
+    let principal = &guard.principal;
+    let (email, memberships) = match principal.user_id() {
+        Some(user) => {
+            let mut tx = crate::tenancy::db::begin_as_user(&state.db, user).await?;
+            let email: Option<String> =
+                sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user).fetch_optional(&mut *tx).await?;
+            let memberships: Vec<MembershipView> = sqlx::query_as(
+                "SELECT t.slug AS tenant, m.role FROM memberships m JOIN tenants t ON t.id = m.tenant_id \
+                 WHERE m.user_id = $1 ORDER BY t.slug",
+            )
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            (email, memberships)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(web::Json(MeView {
+        actor: principal.actor,
+        email,
+        platform_admin: principal.platform_admin,
+        tenant: principal.tenant.as_ref().map(|t| t.slug.clone()),
+        role: principal.role,
+        permissions: principal.permissions(),
+        memberships,
+    }))
+}
+
+/// Public keys that verify Tessera's access tokens (JWK Set; Ed25519 `OKP` keys with `kid`).
+#[utoipa::path(tag = "auth", responses((status = 200, description = "JWK Set", body = Object)))]
+#[get("/.well-known/jwks.json")]
+pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=300")).json(state.keyring.jwks())
+}
+

@@ -1,0 +1,279 @@
+//! `/v1/tenants/*`: tenants (platform administrators), members and API keys (per tenant).
+
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::service::{ApiKeyView, CreatedApiKey, MemberView, NewTenant, TenantView};
+use super::{TenantSlug, TenantStatus};
+use crate::error::{ApiError, Code};
+use crate::identity::{Guarded, Role, perm};
+use crate::startup::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    #[schema(example = "acme")]
+    pub slug: String,
+    #[schema(example = "Acme Corp")]
+    pub name: String,
+    pub max_models: Option<i32>,
+    pub max_storage_bytes: Option<i64>,
+    pub rate_limit_per_second: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct TenantPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct MemberPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// The member's user id.
+    user_id: Uuid,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ApiKeyPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// The API key's id.
+    key_id: Uuid,
+}
+
+fn not_found_docs() -> &'static str {
+    "No such tenant, or not visible to the caller"
+}
+
+/// Create a tenant (platform administrators).
+#[utoipa::path(
+    tag = "tenants",
+    request_body = CreateTenantRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = TenantView),
+        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Slug taken (`already_exists`)"),
+    )
+)]
+#[post("/v1/tenants")]
+pub async fn create_tenant(
+    _guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateTenantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
+    let tenant = state
+        .tenant_admin
+        .create_tenant(NewTenant {
+            slug,
+            name: body.name,
+            max_models: body.max_models,
+            max_storage_bytes: body.max_storage_bytes,
+            rate_limit_per_second: body.rate_limit_per_second,
+            rate_limit_burst: body.rate_limit_burst,
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(tenant))
+}
+
+/// List every tenant (platform administrators).
+#[utoipa::path(tag = "tenants", security(("bearer" = [])), responses((status = 200, body = Vec<TenantView>)))]
+#[get("/v1/tenants")]
+pub async fn list_tenants(
+    _guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Vec<TenantView>>, ApiError> {
+    Ok(web::Json(state.tenant_admin.list_tenants().await?))
+}
+
+/// A tenant, as seen by its members and platform administrators.
+#[utoipa::path(
+    tag = "tenants", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = TenantView),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[get("/v1/tenants/{tenant}")]
+pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<AppState>) -> Result<web::Json<TenantView>, ApiError> {
+    Ok(web::Json(state.tenant_admin.get_tenant(guard.tenant()?.id).await?))
+}
+
+/// Suspend a tenant: its tokens and API keys stop working at once (platform administrators).
+#[utoipa::path(
+    tag = "tenants", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = TenantView),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[post("/v1/tenants/{tenant}/suspend")]
+pub async fn suspend_tenant(
+    guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TenantView>, ApiError> {
+    Ok(web::Json(state.tenant_admin.set_status(guard.tenant()?.id, TenantStatus::Suspended).await?))
+}
+
+/// Resume a suspended tenant (platform administrators).
+#[utoipa::path(
+    tag = "tenants", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = TenantView),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[post("/v1/tenants/{tenant}/resume")]
+pub async fn resume_tenant(
+    guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TenantView>, ApiError> {
+    Ok(web::Json(state.tenant_admin.set_status(guard.tenant()?.id, TenantStatus::Active).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    #[schema(example = "bob@example.com")]
+    pub email: String,
+    pub role: Role,
+    /// Creates the user when no user has this email yet (at least 12 characters).
+    pub password: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRoleRequest {
+    pub role: Role,
+}
+
+/// List a tenant's members.
+#[utoipa::path(
+    tag = "members", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = Vec<MemberView>),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[get("/v1/tenants/{tenant}/members")]
+pub async fn list_members(
+    guard: Guarded<{ perm::MEMBERS_READ }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Vec<MemberView>>, ApiError> {
+    Ok(web::Json(state.tenant_admin.list_members(guard.tenant()?).await?))
+}
+
+/// Add a member: an existing user by email, or a new user when `password` is given.
+#[utoipa::path(
+    tag = "members", params(TenantPath), request_body = AddMemberRequest, security(("bearer" = [])),
+    responses((status = 201, body = MemberView),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
+              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already a member (`already_exists`)"))
+)]
+#[post("/v1/tenants/{tenant}/members")]
+pub async fn add_member(
+    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
+    state: web::Data<AppState>,
+    body: web::Json<AddMemberRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let member =
+        state.tenant_admin.add_member(&guard.principal, guard.tenant()?, &body.email, body.role, body.password).await?;
+    Ok(HttpResponse::Created().json(member))
+}
+
+/// Change a member's role (takes effect at the member's next token refresh).
+#[utoipa::path(
+    tag = "members", params(MemberPath), request_body = ChangeRoleRequest, security(("bearer" = [])),
+    responses((status = 200, body = MemberView),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
+              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Would leave the tenant without an owner (`conflict`)"))
+)]
+#[patch("/v1/tenants/{tenant}/members/{user_id}")]
+pub async fn change_member_role(
+    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
+    state: web::Data<AppState>,
+    path: web::Path<MemberPath>,
+    body: web::Json<ChangeRoleRequest>,
+) -> Result<web::Json<MemberView>, ApiError> {
+    Ok(web::Json(state.tenant_admin.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role).await?))
+}
+
+/// Remove a member from the tenant.
+#[utoipa::path(
+    tag = "members", params(MemberPath), security(("bearer" = [])),
+    responses((status = 204, description = "Removed"),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
+              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Would leave the tenant without an owner (`conflict`)"))
+)]
+#[delete("/v1/tenants/{tenant}/members/{user_id}")]
+pub async fn remove_member(
+    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
+    state: web::Data<AppState>,
+    path: web::Path<MemberPath>,
+) -> Result<HttpResponse, ApiError> {
+    state.tenant_admin.remove_member(&guard.principal, guard.tenant()?, path.user_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    #[schema(example = "fraud-scoring-service")]
+    pub name: String,
+    /// `admin`, `ml_engineer`, `auditor` or `inference`.
+    pub role: Role,
+    /// Days until the key expires; never when absent.
+    pub expires_in_days: Option<u32>,
+}
+
+/// Create an API key for machines. The secret is in this response only.
+#[utoipa::path(
+    tag = "api-keys", params(TenantPath), request_body = CreateApiKeyRequest, security(("bearer" = [])),
+    responses((status = 201, body = CreatedApiKey),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[post("/v1/tenants/{tenant}/api-keys")]
+pub async fn create_api_key(
+    guard: Guarded<{ perm::API_KEYS_MANAGE }>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateApiKeyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let key = state
+        .tenant_admin
+        .create_api_key(&guard.principal, guard.tenant()?, &body.name, body.role, body.expires_in_days)
+        .await?;
+    Ok(HttpResponse::Created().json(key))
+}
+
+/// List a tenant's API keys (never their secrets).
+#[utoipa::path(
+    tag = "api-keys", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = Vec<ApiKeyView>),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[get("/v1/tenants/{tenant}/api-keys")]
+pub async fn list_api_keys(
+    guard: Guarded<{ perm::API_KEYS_READ }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Vec<ApiKeyView>>, ApiError> {
+    Ok(web::Json(state.tenant_admin.list_api_keys(guard.tenant()?).await?))
+}
+
+/// Revoke an API key; it stops working at once.
+#[utoipa::path(
+    tag = "api-keys", params(ApiKeyPath), security(("bearer" = [])),
+    responses((status = 204, description = "Revoked"),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[delete("/v1/tenants/{tenant}/api-keys/{key_id}")]
+pub async fn revoke_api_key(
+    guard: Guarded<{ perm::API_KEYS_MANAGE }>,
+    state: web::Data<AppState>,
+    path: web::Path<ApiKeyPath>,
+) -> Result<HttpResponse, ApiError> {
+    state.tenant_admin.revoke_api_key(guard.tenant()?, path.key_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
