@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::audit::RequestInfo;
 use crate::config::Settings;
+use crate::identity::Principal;
 use crate::startup::{AppState, Application};
 
 #[derive(Parser)]
@@ -52,6 +54,11 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+    /// The audit log: verification and retention.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Key material.
     Keys {
@@ -109,6 +116,33 @@ enum ApiKeyCommand {
         role: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an export file offline, or (with --database) the live chains.
+    Verify {
+        /// An export (JSON Lines or CSV) from GET /v1/audit/export.
+        file: Option<std::path::PathBuf>,
+        /// Ed25519 public key (base64), or a file holding the key set from GET /v1/audit/keys.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Verify the chains in the database instead (uses database.migration_url).
+        #[arg(long)]
+        database: bool,
+        /// With --database: only this tenant (slug, or `platform`).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete a tenant's events older than a date, after signing a checkpoint that anchors the
+    /// remaining chain. Recorded in the chain itself.
+    Purge {
+        #[arg(long)]
+        tenant: String,
+        /// RFC 3339 instant; events before it are deleted.
+        #[arg(long)]
+        before: String,
     },
 }
 
@@ -181,6 +215,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::identity::jwt::generate_key_entry(&kid));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command: AuditCommand::Verify { file, public_key, database, tenant } } => {
+            audit_verify(file, public_key, database, tenant)
+        }
+        Command::Audit { command: AuditCommand::Purge { tenant, before } } => {
+            let settings = match load_settings() {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            actix_web::rt::System::new().block_on(async move {
+                let owner = sqlx::PgPool::connect_with(settings.database.migration_options()?).await?;
+                let signer = crate::audit::signing::AuditSigner::new(secrecy::ExposeSecret::expose_secret(&settings.audit.signing_keys))
+                    .map_err(|e| anyhow::anyhow!("audit.signing_keys: {e}"))?;
+                let before = time::OffsetDateTime::parse(&before, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| anyhow::anyhow!("--before must be an RFC 3339 instant"))?;
+                let summary = crate::audit::retention::purge(&owner, &tenant, before, &signer).await?;
+                println!("{summary}");
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Admin { command } => operate(|state| async move { admin(state, command).await }),
         Command::Tenant { command } => operate(|state| async move { tenant(state, command).await }),
         Command::User { command } => operate(|state| async move { user(state, command).await }),
@@ -204,7 +257,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if migrate {
         crate::db::migrate_with(&settings.database).await?;
     }
+    let checkpoint_every = std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds);
     let state = AppState::new(settings)?;
+    crate::audit::spawn_checkpointer(state.db.clone(), state.audit_signer.clone(), checkpoint_every);
     let app = Application::build(state)?;
     let shown_host = if host == "0.0.0.0" { "127.0.0.1".to_owned() } else { host };
     tracing::info!(port = app.port(), "serving");
@@ -273,7 +328,7 @@ async fn admin(state: AppState, command: AdminCommand) -> Result<String, crate::
     match command {
         AdminCommand::Bootstrap { email } => {
             let password = read_secret_input("TESSERA_BOOTSTRAP_PASSWORD")?;
-            let id = state.identity.bootstrap_admin(&email, password).await?;
+            let id = state.identity.bootstrap_admin(&email, password, &RequestInfo::command_line()).await?;
             Ok(format!("platform administrator {email} created ({id})"))
         }
     }
@@ -286,14 +341,14 @@ async fn tenant(state: AppState, command: TenantCommand) -> Result<String, crate
             let slug = TenantSlug::parse(&slug).map_err(|e| crate::error::ApiError::new(crate::error::Code::InvalidRequest, e))?;
             let view = state
                 .tenant_admin
-                .create_tenant(NewTenant {
+                .create_tenant(&Principal::operator(), NewTenant {
                     slug,
                     name,
                     max_models: None,
                     max_storage_bytes: None,
                     rate_limit_per_second: None,
                     rate_limit_burst: None,
-                })
+                }, &RequestInfo::command_line())
                 .await?;
             Ok(pretty(&view))
         }
@@ -303,11 +358,11 @@ async fn tenant(state: AppState, command: TenantCommand) -> Result<String, crate
         }
         TenantCommand::Suspend { slug } => {
             let t = tenant_by_slug(&state, &slug).await?;
-            Ok(pretty(&state.tenant_admin.set_status(t.id, TenantStatus::Suspended).await?))
+            Ok(pretty(&state.tenant_admin.set_status(&Principal::operator(), t.id, TenantStatus::Suspended, &RequestInfo::command_line()).await?))
         }
         TenantCommand::Resume { slug } => {
             let t = tenant_by_slug(&state, &slug).await?;
-            Ok(pretty(&state.tenant_admin.set_status(t.id, TenantStatus::Active).await?))
+            Ok(pretty(&state.tenant_admin.set_status(&Principal::operator(), t.id, TenantStatus::Active, &RequestInfo::command_line()).await?))
         }
     }
 }
@@ -323,7 +378,7 @@ async fn user(state: AppState, command: UserCommand) -> Result<String, crate::er
                 .await?;
             let password = if exists { None } else { Some(read_secret_input("TESSERA_USER_PASSWORD")?) };
             let operator = crate::identity::Principal::operator();
-            let member = state.tenant_admin.add_member(&operator, &t, &email, role, password).await?;
+            let member = state.tenant_admin.add_member(&operator, &t, &email, role, password, &RequestInfo::command_line()).await?;
             Ok(pretty(&member))
         }
     }
@@ -335,7 +390,10 @@ async fn apikey(state: AppState, command: ApiKeyCommand) -> Result<String, crate
             let role = parse_role(&role)?;
             let t = tenant_by_slug(&state, &tenant).await?;
             let operator = crate::identity::Principal::operator();
-            let key = state.tenant_admin.create_api_key(&operator, &t, &name, role, expires_in_days).await?;
+            let key = state
+                .tenant_admin
+                .create_api_key(&operator, &t, &name, role, expires_in_days, &RequestInfo::command_line())
+                .await?;
             Ok(pretty(&key))
         }
     }
@@ -343,4 +401,65 @@ async fn apikey(state: AppState, command: ApiKeyCommand) -> Result<String, crate
 
 fn pretty<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+fn audit_verify(
+    file: Option<std::path::PathBuf>,
+    public_key: Option<String>,
+    database: bool,
+    tenant: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use crate::audit::verify::{PublicKeys, Verdict, verify_database, verify_export};
+    let keys = match public_key {
+        None => PublicKeys::None,
+        Some(text) => {
+            let text = if std::path::Path::new(&text).is_file() { std::fs::read_to_string(&text)? } else { text };
+            PublicKeys::parse(&text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?
+        }
+    };
+    if !database {
+        let Some(file) = file else {
+            anyhow::bail!("give an export file, or --database");
+        };
+        let reader = std::io::BufReader::new(std::fs::File::open(&file)?);
+        let verdict = verify_export(reader, &keys);
+        println!("{}: {verdict}", file.display());
+        return Ok(if matches!(verdict, Verdict::Ok { .. }) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let settings = match load_settings() {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let owner = sqlx::PgPool::connect_with(settings.database.migration_options()?).await?;
+        let only = match tenant.as_deref() {
+            None => None,
+            Some("platform") => Some(crate::audit::PLATFORM),
+            Some(slug) => Some(
+                sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM tenants WHERE slug = $1")
+                    .bind(slug)
+                    .fetch_optional(&owner)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no tenant `{slug}`"))?,
+            ),
+        };
+        let keys = match keys {
+            PublicKeys::None => {
+                let signer = crate::audit::signing::AuditSigner::new(secrecy::ExposeSecret::expose_secret(&settings.audit.signing_keys))
+                    .map_err(|e| anyhow::anyhow!("audit.signing_keys: {e}"))?;
+                PublicKeys::parse(&signer.public_keys().to_string()).map_err(|e| anyhow::anyhow!(e))?
+            }
+            keys => keys,
+        };
+        let verdicts = verify_database(&owner, only, &keys).await?;
+        let mut ok = true;
+        for (tenant, verdict) in &verdicts {
+            ok &= matches!(verdict, Verdict::Ok { .. });
+            println!("{tenant}: {verdict}");
+        }
+        if verdicts.is_empty() {
+            println!("no audit chains");
+        }
+        anyhow::Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
 }

@@ -19,12 +19,13 @@ const ENV_PREFIX: &str = "TESSERA";
 
 /// Secret settings: never accepted from a configuration file, only from `TESSERA__…`
 /// environment variables or from a file named by the matching `…_file` key.
-const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys"];
+const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys", "audit.signing_keys"];
 
 /// Stand-ins that make development and tests work out of the box. Production refuses them.
 const DEV_API_KEY_SECRET: &str = "dev-insecure-api-key-secret-change-me-0123456789";
 /// `kid:base64url(32-byte Ed25519 seed)`; the seed is public knowledge, so production refuses it.
 const DEV_JWT_SIGNING_KEYS: &str = "dev-insecure-1:ZGV2LWluc2VjdXJlLWVkMjU1MTktc2VlZC0wMDAwMDA";
+const DEV_AUDIT_SIGNING_KEYS: &str = "dev-insecure-audit-1:ZGV2LWluc2VjdXJlLWF1ZGl0LXNlZWQtMDAwMDAwMDA";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +82,25 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditSettings {
+    #[serde(default)]
+    signing_keys: Option<SecretString>,
+    #[serde(default)]
+    signing_keys_file: Option<PathBuf>,
+    checkpoint_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// `kid:base64url(seed)[,…]`: Ed25519 keys for checkpoints and export manifests.
+    pub signing_keys: SecretString,
+    /// How often every chain's head is signed as a checkpoint (0 = only on export).
+    pub checkpoint_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +223,7 @@ struct RawSettings {
     redis: RedisSettings,
     telemetry: TelemetrySettings,
     auth: RawAuthSettings,
+    audit: RawAuditSettings,
 }
 
 impl DatabaseSettings {
@@ -306,7 +327,7 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, telemetry, auth } = raw;
+        let RawSettings { server, mut database, redis, telemetry, auth, audit } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
@@ -321,8 +342,20 @@ impl Settings {
             DEV_JWT_SIGNING_KEYS,
         )?;
 
+        let audit_signing_keys = required_secret(
+            environment,
+            "audit.signing_keys",
+            audit.signing_keys,
+            audit.signing_keys_file,
+            DEV_AUDIT_SIGNING_KEYS,
+        )?;
+
         let settings = Settings {
             environment,
+            audit: AuditSettings {
+                signing_keys: audit_signing_keys,
+                checkpoint_interval_seconds: audit.checkpoint_interval_seconds,
+            },
             server,
             database,
             redis,
@@ -406,6 +439,14 @@ impl Settings {
             ));
         }
         crate::identity::jwt::parse_signing_keys(jwt_keys).map_err(|e| ConfigError::new("auth.jwt_signing_keys", e))?;
+        let audit_keys = self.audit.signing_keys.expose_secret();
+        if self.environment == Environment::Production && audit_keys.contains(DEV_AUDIT_SIGNING_KEYS) {
+            return Err(ConfigError::new(
+                "audit.signing_keys",
+                "contains the development key; production refuses to start with it",
+            ));
+        }
+        crate::identity::jwt::parse_signing_keys(audit_keys).map_err(|e| ConfigError::new("audit.signing_keys", e))?;
         let a = &self.auth;
         if a.access_token_ttl_seconds < 30 || a.access_token_ttl_seconds > 86_400 {
             return Err(ConfigError::new("auth.access_token_ttl_seconds", "must be between 30 and 86400"));
@@ -517,7 +558,9 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "access_token_ttl_seconds = {}\nrefresh_token_ttl_seconds = {}", a.access_token_ttl_seconds, a.refresh_token_ttl_seconds)?;
         writeln!(f, "argon2_memory_kib = {}\nargon2_iterations = {}\nargon2_parallelism = {}", a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)?;
         writeln!(f, "login_max_failures_per_account = {}\nlogin_max_failures_per_address = {}", a.login_max_failures_per_account, a.login_max_failures_per_address)?;
-        writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)
+        writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)?;
+        writeln!(f, "\n[audit]\nsigning_keys = {}", secret(true))?;
+        writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)
     }
 }
 
@@ -561,6 +604,7 @@ mod tests {
             env(&[
                 ("TESSERA__AUTH__API_KEY_SECRET", DEV_API_KEY_SECRET),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+                ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         )
         .unwrap_err();
@@ -571,6 +615,7 @@ mod tests {
             env(&[
                 ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", DEV_JWT_SIGNING_KEYS),
+                ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         )
         .unwrap_err();
@@ -581,6 +626,7 @@ mod tests {
             env(&[
                 ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+                ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         );
         assert!(ok.is_ok(), "{:?}", ok.err());

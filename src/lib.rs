@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the module map and the invariants between modules.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -3,7 +3,8 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
@@ -13,6 +14,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use secrecy::ExposeSecret;
 
+use crate::audit::Auditor;
+use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
 use crate::identity::authenticate::{Authenticate, Authenticator};
 use crate::identity::jwt::Keyring;
@@ -44,6 +47,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub identity: IdentityService,
     pub tenant_admin: TenantService,
+    pub auditor: Auditor,
+    pub audit_signer: Arc<AuditSigner>,
 }
 
 impl AppState {
@@ -58,6 +63,11 @@ impl AppState {
         );
         let hasher = CredentialHasher::new(&auth.api_key_secret);
         let tenants = TenantDirectory::new(db.clone());
+        let auditor = Auditor::new();
+        let audit_signer = Arc::new(
+            AuditSigner::new(settings.audit.signing_keys.expose_secret())
+                .map_err(|e| anyhow::anyhow!("audit.signing_keys: {e}"))?,
+        );
         let authenticator = Arc::new(Authenticator::new(keyring.clone(), hasher.clone(), db.clone(), tenants.clone()));
         let identity = IdentityService::new(
             db.clone(),
@@ -67,10 +77,11 @@ impl AppState {
             LoginThrottle::new(redis.clone(), auth),
             tenants.clone(),
             authenticator.clone(),
+            auditor.clone(),
             auth,
         );
         let tenant_admin =
-            TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone());
+            TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone(), auditor.clone());
         Ok(Self {
             settings: Arc::new(settings),
             limiter: RateLimiter::new(redis.clone()),
@@ -82,6 +93,8 @@ impl AppState {
             authenticator,
             identity,
             tenant_admin,
+            auditor,
+            audit_signer,
         })
     }
 }
@@ -97,6 +110,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(auth::login)
         .service(auth::refresh)
         .service(auth::logout)
+        .service(auth::verify)
         .service(auth::me)
         .service(tenancy::create_tenant)
         .service(tenancy::list_tenants)
@@ -109,7 +123,69 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(tenancy::remove_member)
         .service(tenancy::create_api_key)
         .service(tenancy::list_api_keys)
-        .service(tenancy::revoke_api_key);
+        .service(tenancy::revoke_api_key)
+        .service(crate::audit::routes::list_events)
+        .service(crate::audit::routes::export_events)
+        .service(crate::audit::routes::signing_keys)
+        .service(crate::audit::routes::get_settings)
+        .service(crate::audit::routes::put_settings);
+}
+
+/// What every worker's app shares, computed once.
+#[derive(Clone)]
+pub struct Shared {
+    pub openapi: utoipa::openapi::OpenApi,
+    pub allowed_methods: web::Data<fallback::AllowedMethods>,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        let openapi = crate::http::openapi::spec();
+        let allowed_methods = web::Data::new(fallback::AllowedMethods::from_spec(&openapi));
+        Self { openapi, allowed_methods }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One worker's application: state, extractor configuration, routes and middleware. Tests
+/// and benchmarks drive exactly this, in process.
+pub fn create_app(
+    state: AppState,
+    shared: Shared,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let body_limit = state.settings.server.max_body_bytes;
+    let (app, _) = App::new()
+        .app_data(web::Data::new(state.clone()))
+        .app_data(shared.allowed_methods.clone())
+        .app_data(extract::json_config(body_limit))
+        .app_data(extract::payload_config(body_limit))
+        .app_data(extract::query_config())
+        .app_data(extract::path_config())
+        .into_utoipa_app()
+        .configure(routes)
+        .split_for_parts();
+    app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", shared.openapi))
+        .default_service(web::to(fallback::route_not_found))
+        // Middleware order, outermost last: Edge sees every response (request id, metrics,
+        // panics), then the per-request span, then problem+json rewriting, then
+        // authentication (before any handler or body extractor runs).
+        .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
+        .wrap(fallback::problem_rewriter())
+        .wrap(TracingLogger::<TesseraRootSpan>::new())
+        .wrap(Edge::new(state.metrics.clone()))
 }
 
 pub struct Application {
@@ -124,32 +200,9 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
-        let openapi = crate::http::openapi::spec();
-        let allowed_methods = web::Data::new(fallback::AllowedMethods::from_spec(&openapi));
-        let body_limit = settings.server.max_body_bytes;
 
-        let server = HttpServer::new(move || {
-            let state = state.clone();
-            let (app, _) = App::new()
-                .app_data(web::Data::new(state.clone()))
-                .app_data(allowed_methods.clone())
-                .app_data(extract::json_config(body_limit))
-                .app_data(extract::payload_config(body_limit))
-                .app_data(extract::query_config())
-                .app_data(extract::path_config())
-                .into_utoipa_app()
-                .configure(routes)
-                .split_for_parts();
-            app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
-                .default_service(web::to(fallback::route_not_found))
-                // Middleware order, outermost last: Edge sees every response (request id,
-                // metrics, panics), then the per-request span, then problem+json rewriting,
-                // then authentication (before any handler or body extractor runs).
-                .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
-                .wrap(fallback::problem_rewriter())
-                .wrap(TracingLogger::<TesseraRootSpan>::new())
-                .wrap(Edge::new(state.metrics.clone()))
-        })
+        let shared = Shared::new();
+        let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))
         .shutdown_timeout(settings.server.shutdown_grace_seconds)
         .keep_alive(std::time::Duration::from_secs(settings.server.keep_alive_seconds));
         let server = if settings.server.workers > 0 { server.workers(settings.server.workers) } else { server };

@@ -87,3 +87,16 @@ DO \$\$ BEGIN
 END \$\$;
 SQL
 }
+
+# The environment the test harness (and the benchmarks, which reuse it) needs: a role that may
+# create and drop databases, and the application role the servers under test connect as.
+export_test_env() {
+  local test_password app_password
+  test_password="$(local_secret db-test-password)"
+  ensure_role tessera_test "SUPERUSER" "$test_password"
+  export TESSERA_TEST_DATABASE_URL="${TESSERA_TEST_DATABASE_URL:-postgres://tessera_test:$(cat "$test_password")@127.0.0.1:5432/postgres}"
+  app_password="$(local_secret db-app-password)"
+  ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
+  export TESSERA_TEST_APP_PASSWORD="${TESSERA_TEST_APP_PASSWORD:-$(cat "$app_password")}"
+  export TESSERA_TEST_REDIS_URL="${TESSERA_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+}

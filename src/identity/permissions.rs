@@ -36,7 +36,7 @@ impl Role {
         match self {
             Role::Owner => &[
                 MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun,
-                AuditRead, AuditExport,
+                AuditRead, AuditExport, AuditConfigure,
             ],
             Role::Admin => &[MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun],
             Role::MlEngineer => &[ModelsRead, ModelsWrite, InferenceRun, JobsRun],
@@ -80,10 +80,12 @@ pub enum Permission {
     JobsRun,
     AuditRead,
     AuditExport,
+    /// Change the tenant's audit settings (masking, inference sampling).
+    AuditConfigure,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::TenantsManage,
         Permission::SelfRead,
         Permission::MembersRead,
@@ -96,6 +98,7 @@ impl Permission {
         Permission::JobsRun,
         Permission::AuditRead,
         Permission::AuditExport,
+        Permission::AuditConfigure,
     ];
 
     pub const fn from_u8(value: u8) -> Permission {
@@ -112,6 +115,7 @@ impl Permission {
             9 => Permission::JobsRun,
             10 => Permission::AuditRead,
             11 => Permission::AuditExport,
+            12 => Permission::AuditConfigure,
             _ => panic!("not a permission"),
         }
     }
@@ -130,6 +134,7 @@ impl Permission {
             Permission::JobsRun => "jobs.run",
             Permission::AuditRead => "audit.read",
             Permission::AuditExport => "audit.export",
+            Permission::AuditConfigure => "audit.configure",
         }
     }
 }
@@ -149,6 +154,7 @@ pub mod perm {
     pub const JOBS_RUN: u8 = Permission::JobsRun as u8;
     pub const AUDIT_READ: u8 = Permission::AuditRead as u8;
     pub const AUDIT_EXPORT: u8 = Permission::AuditExport as u8;
+    pub const AUDIT_CONFIGURE: u8 = Permission::AuditConfigure as u8;
 }
 
 #[cfg(test)]

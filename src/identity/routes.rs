@@ -1,6 +1,6 @@
 //! `/v1/auth/*`, `/v1/me` and `/.well-known/jwks.json`.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -9,6 +9,7 @@ use super::permissions::{Permission, Role, perm};
 use super::principal::Actor;
 use super::service::TokenPair;
 use super::Guarded;
+use crate::audit::RequestInfo;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -37,9 +38,6 @@ pub struct LogoutRequest {
     pub refresh_token: Option<String>,
 }
 
-fn client_address(request: &HttpRequest) -> String {
-    request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".to_owned())
-}
 
 /// Log in with email and password; returns an access token and a refresh token.
 #[utoipa::path(
@@ -58,11 +56,11 @@ fn client_address(request: &HttpRequest) -> String {
 #[post("/v1/auth/login")]
 pub async fn login(
     state: web::Data<AppState>,
-    request: HttpRequest,
+    info: RequestInfo,
     body: web::Json<LoginRequest>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
     let body = body.into_inner();
-    let pair = state.identity.login(&body.email, body.password, body.tenant.as_deref(), &client_address(&request)).await?;
+    let pair = state.identity.login(&body.email, body.password, body.tenant.as_deref(), &info).await?;
     Ok(web::Json(pair))
 }
 
@@ -79,8 +77,12 @@ pub async fn login(
     )
 )]
 #[post("/v1/auth/refresh")]
-pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>) -> Result<web::Json<TokenPair>, ApiError> {
-    Ok(web::Json(state.identity.refresh(&body.refresh_token).await?))
+pub async fn refresh(
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<RefreshRequest>,
+) -> Result<web::Json<TokenPair>, ApiError> {
+    Ok(web::Json(state.identity.refresh(&body.refresh_token, &info).await?))
 }
 
 /// Revoke the calling access token (and optionally a refresh token's session).
@@ -94,9 +96,10 @@ pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>
 pub async fn logout(
     guard: Guarded<{ perm::SELF_READ }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     body: web::Json<LogoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    state.identity.logout(&guard.principal, body.refresh_token.as_deref()).await?;
+    state.identity.logout(&guard.principal, body.refresh_token.as_deref(), &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -117,6 +120,15 @@ pub struct MeView {
 pub struct MembershipView {
     pub tenant: String,
     pub role: String,
+}
+
+/// Credential check for gateways and sidecars: 204 when the bearer credential is valid (and its
+/// tenant active and within its rate limit), 401/403 otherwise. Touches no database on the
+/// hot path.
+#[utoipa::path(tag = "auth", security(("bearer" = [])), responses((status = 204, description = "The credential is valid")))]
+#[get("/v1/auth/verify")]
+pub async fn verify(_guard: Guarded<{ perm::SELF_READ }>) -> HttpResponse {
+    HttpResponse::NoContent().finish()
 }
 
 /// The caller: identity, tenant, role and effective permissions.

@@ -16,6 +16,7 @@ use super::permissions::Role;
 use super::principal::Principal;
 use super::secrets::{CredentialHasher, new_refresh_token};
 use super::throttle::LoginThrottle;
+use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome, RequestInfo};
 use crate::config::AuthSettings;
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantInfo;
@@ -45,6 +46,7 @@ pub struct IdentityService {
     throttle: LoginThrottle,
     tenants: TenantDirectory,
     authenticator: Arc<Authenticator>,
+    auditor: Auditor,
     access_ttl: u64,
     refresh_ttl: u64,
 }
@@ -66,6 +68,7 @@ impl IdentityService {
         throttle: LoginThrottle,
         tenants: TenantDirectory,
         authenticator: Arc<Authenticator>,
+        auditor: Auditor,
         settings: &AuthSettings,
     ) -> Self {
         Self {
@@ -76,6 +79,7 @@ impl IdentityService {
             throttle,
             tenants,
             authenticator,
+            auditor,
             access_ttl: settings.access_token_ttl_seconds,
             refresh_ttl: settings.refresh_token_ttl_seconds,
         }
@@ -90,11 +94,29 @@ impl IdentityService {
         email: &str,
         password: String,
         tenant_slug: Option<&str>,
-        client_address: &str,
+        info: &RequestInfo,
     ) -> Result<TokenPair, ApiError> {
         let wrong = || ApiError::new(Code::InvalidCredentials, "wrong email or password");
-        let email = Email::parse(email).map_err(|_| wrong())?;
-        self.throttle.check(email.as_str(), client_address).await?;
+        let client_address = info.client_addr.as_deref().unwrap_or("unknown");
+        // Failures are recorded in the chain of the tenant asked for, when it exists.
+        let requested = match tenant_slug {
+            Some(slug) => self.tenants.by_slug(slug).await?.map(|t| t.id),
+            None => None,
+        };
+        let Ok(email) = Email::parse(email) else {
+            let event = AuditEvent::new(requested, AuditActor::anonymous(), "auth.login")
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "reason": "malformed email" }));
+            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+            return Err(wrong());
+        };
+        if let Err(throttled) = self.throttle.check(email.as_str(), client_address).await {
+            let event = AuditEvent::new(requested, AuditActor::anonymous(), "auth.login")
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({ "email": email.as_str(), "reason": "throttled" }));
+            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+            return Err(throttled);
+        }
 
         let user: Option<(Uuid, String, bool)> =
             sqlx::query_as("SELECT id, password_hash, is_platform_admin FROM users WHERE lower(email) = $1")
@@ -103,16 +125,34 @@ impl IdentityService {
                 .await?;
         let stored = user.as_ref().map(|(_, hash, _)| hash.clone());
         let matched = self.passwords.verify(password, stored).await?;
-        let Some((user_id, _, platform_admin)) = user.filter(|_| matched) else {
+        let Some((user_id, _, platform_admin)) = user.as_ref().filter(|_| matched).cloned() else {
             self.throttle.failed(email.as_str(), client_address).await;
+            let actor = user.map(|(id, _, _)| AuditActor::user(id)).unwrap_or_else(AuditActor::anonymous);
+            let event = AuditEvent::new(requested, actor, "auth.login")
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "email": email.as_str(), "reason": "wrong email or password" }));
+            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
             return Err(wrong());
         };
         self.throttle.succeeded(email.as_str(), client_address).await;
 
-        let grant = self.grant_for(user_id, platform_admin, tenant_slug).await?;
+        let grant = match self.grant_for(user_id, platform_admin, tenant_slug).await {
+            Ok(grant) => grant,
+            Err(error) => {
+                let event = AuditEvent::new(requested, AuditActor::user(user_id), "auth.login")
+                    .outcome(Outcome::Denied)
+                    .details(serde_json::json!({ "email": email.as_str(), "reason": error.detail() }));
+                self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+                return Err(error);
+            }
+        };
         let family = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         let refresh_token = self.insert_refresh(&mut tx, family, &grant).await?;
+        let event = AuditEvent::new(grant.tenant.as_ref().map(|t| t.id), AuditActor::user(user_id), "auth.login")
+            .resource("session", family)
+            .details(serde_json::json!({ "email": email.as_str(), "role": grant.role, "platform_admin": platform_admin }));
+        self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         Ok(self.pair(&grant, refresh_token))
     }
@@ -199,7 +239,7 @@ impl IdentityService {
 
     /// Rotates a refresh token. Presenting one that was already rotated means it was copied:
     /// the whole family is revoked and the caller must log in again.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ApiError> {
+    pub async fn refresh(&self, refresh_token: &str, info: &RequestInfo) -> Result<TokenPair, ApiError> {
         let invalid = || ApiError::new(Code::InvalidToken, "the refresh token is not valid");
         if !refresh_token.starts_with(super::secrets::REFRESH_TOKEN_PREFIX) {
             return Err(invalid());
@@ -232,6 +272,11 @@ impl IdentityService {
                 .bind(row.family_id)
                 .execute(&mut *tx)
                 .await?;
+            let event = AuditEvent::new(row.tenant_id.map(crate::tenancy::TenantId), AuditActor::user(row.user_id), "auth.refresh")
+                .resource("session", row.family_id)
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({ "reason": "reuse of a rotated refresh token; session revoked" }));
+            self.auditor.record(&mut tx, info, vec![event]).await?;
             tx.commit().await?;
             return Err(ApiError::new(
                 Code::RefreshTokenReused,
@@ -255,12 +300,16 @@ impl IdentityService {
         };
         let grant = self.grant_for(row.user_id, platform_admin, slug.as_deref()).await?;
         let token = self.insert_refresh(&mut tx, row.family_id, &grant).await?;
+        let event = AuditEvent::new(grant.tenant.as_ref().map(|t| t.id), AuditActor::user(row.user_id), "auth.refresh")
+            .resource("session", row.family_id)
+            .details(serde_json::json!({ "role": grant.role }));
+        self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         Ok(self.pair(&grant, token))
     }
 
     /// Revokes the caller's access token and, when given, the refresh token's whole family.
-    pub async fn logout(&self, principal: &Principal, refresh_token: Option<&str>) -> Result<(), ApiError> {
+    pub async fn logout(&self, principal: &Principal, refresh_token: Option<&str>, info: &RequestInfo) -> Result<(), ApiError> {
         let mut tx = self.pool.begin().await?;
         if let Some((jti, exp)) = principal.token {
             let expires_at = OffsetDateTime::from_unix_timestamp(exp as i64).unwrap_or_else(|_| OffsetDateTime::now_utc());
@@ -280,6 +329,12 @@ impl IdentityService {
             .execute(&mut *tx)
             .await?;
         }
+        let mut event = AuditEvent::new(principal.tenant.as_ref().map(|t| t.id), AuditActor::of(principal), "auth.logout")
+            .details(serde_json::json!({ "refresh_session_revoked": refresh_token.is_some() }));
+        if let Some((jti, _)) = principal.token {
+            event = event.resource("access_token", jti);
+        }
+        self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         if let Some((jti, _)) = principal.token {
             self.authenticator.token_revoked(jti);
@@ -317,7 +372,7 @@ impl IdentityService {
     }
 
     /// `tessera admin bootstrap`: the first platform administrator, refused once one exists.
-    pub async fn bootstrap_admin(&self, email: &str, password: String) -> Result<Uuid, ApiError> {
+    pub async fn bootstrap_admin(&self, email: &str, password: String, info: &RequestInfo) -> Result<Uuid, ApiError> {
         let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
         let mut tx = self.pool.begin().await?;
         // Serialise concurrent bootstraps.
@@ -329,6 +384,10 @@ impl IdentityService {
             return Err(ApiError::new(Code::Conflict, "a platform administrator already exists; bootstrap is refused"));
         }
         let id = self.create_user(&mut tx, &email, password, true).await?;
+        let event = AuditEvent::new(None, AuditActor { kind: "system", id: None }, "platform.admin_bootstrapped")
+            .resource("user", id)
+            .details(serde_json::json!({ "email": email.as_str() }));
+        self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         Ok(id)
     }

@@ -22,6 +22,17 @@ impl TenantTx {
         Ok(Self { tx, tenant })
     }
 
+    /// A read-only transaction over one consistent snapshot (long reads such as exports).
+    pub async fn begin_snapshot(pool: &PgPool, tenant: TenantId) -> Result<Self, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.0.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(Self { tx, tenant })
+    }
+
     pub fn tenant(&self) -> TenantId {
         self.tenant
     }

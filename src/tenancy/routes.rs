@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::service::{ApiKeyView, CreatedApiKey, MemberView, NewTenant, TenantView};
 use super::{TenantSlug, TenantStatus};
+use crate::audit::RequestInfo;
 use crate::error::{ApiError, Code};
 use crate::identity::{Guarded, Role, perm};
 use crate::startup::AppState;
@@ -65,22 +66,23 @@ fn not_found_docs() -> &'static str {
 )]
 #[post("/v1/tenants")]
 pub async fn create_tenant(
-    _guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    guard: Guarded<{ perm::TENANTS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     body: web::Json<CreateTenantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
     let tenant = state
         .tenant_admin
-        .create_tenant(NewTenant {
+        .create_tenant(&guard.principal, NewTenant {
             slug,
             name: body.name,
             max_models: body.max_models,
             max_storage_bytes: body.max_storage_bytes,
             rate_limit_per_second: body.rate_limit_per_second,
             rate_limit_burst: body.rate_limit_burst,
-        })
+        }, &info)
         .await?;
     Ok(HttpResponse::Created().json(tenant))
 }
@@ -116,8 +118,9 @@ pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<Ap
 pub async fn suspend_tenant(
     guard: Guarded<{ perm::TENANTS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
 ) -> Result<web::Json<TenantView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.set_status(guard.tenant()?.id, TenantStatus::Suspended).await?))
+    Ok(web::Json(state.tenant_admin.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Suspended, &info).await?))
 }
 
 /// Resume a suspended tenant (platform administrators).
@@ -130,8 +133,9 @@ pub async fn suspend_tenant(
 pub async fn resume_tenant(
     guard: Guarded<{ perm::TENANTS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
 ) -> Result<web::Json<TenantView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.set_status(guard.tenant()?.id, TenantStatus::Active).await?))
+    Ok(web::Json(state.tenant_admin.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Active, &info).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -175,11 +179,14 @@ pub async fn list_members(
 pub async fn add_member(
     guard: Guarded<{ perm::MEMBERS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     body: web::Json<AddMemberRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let member =
-        state.tenant_admin.add_member(&guard.principal, guard.tenant()?, &body.email, body.role, body.password).await?;
+    let member = state
+        .tenant_admin
+        .add_member(&guard.principal, guard.tenant()?, &body.email, body.role, body.password, &info)
+        .await?;
     Ok(HttpResponse::Created().json(member))
 }
 
@@ -194,10 +201,11 @@ pub async fn add_member(
 pub async fn change_member_role(
     guard: Guarded<{ perm::MEMBERS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     path: web::Path<MemberPath>,
     body: web::Json<ChangeRoleRequest>,
 ) -> Result<web::Json<MemberView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role).await?))
+    Ok(web::Json(state.tenant_admin.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role, &info).await?))
 }
 
 /// Remove a member from the tenant.
@@ -211,9 +219,10 @@ pub async fn change_member_role(
 pub async fn remove_member(
     guard: Guarded<{ perm::MEMBERS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     path: web::Path<MemberPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tenant_admin.remove_member(&guard.principal, guard.tenant()?, path.user_id).await?;
+    state.tenant_admin.remove_member(&guard.principal, guard.tenant()?, path.user_id, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -238,12 +247,13 @@ pub struct CreateApiKeyRequest {
 pub async fn create_api_key(
     guard: Guarded<{ perm::API_KEYS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     body: web::Json<CreateApiKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let key = state
         .tenant_admin
-        .create_api_key(&guard.principal, guard.tenant()?, &body.name, body.role, body.expires_in_days)
+        .create_api_key(&guard.principal, guard.tenant()?, &body.name, body.role, body.expires_in_days, &info)
         .await?;
     Ok(HttpResponse::Created().json(key))
 }
@@ -272,8 +282,9 @@ pub async fn list_api_keys(
 pub async fn revoke_api_key(
     guard: Guarded<{ perm::API_KEYS_MANAGE }>,
     state: web::Data<AppState>,
+    info: RequestInfo,
     path: web::Path<ApiKeyPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tenant_admin.revoke_api_key(guard.tenant()?, path.key_id).await?;
+    state.tenant_admin.revoke_api_key(&guard.principal, guard.tenant()?, path.key_id, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }

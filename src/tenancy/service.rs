@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::db::TenantTx;
 use super::directory::TenantDirectory;
 use super::{TenantId, TenantInfo, TenantSlug, TenantStatus};
+use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
 use crate::error::{ApiError, Code};
 use crate::identity::authenticate::Authenticator;
 use crate::identity::secrets::{CredentialHasher, new_api_key};
@@ -83,6 +84,7 @@ pub struct TenantService {
     identity: IdentityService,
     hasher: CredentialHasher,
     authenticator: Arc<Authenticator>,
+    auditor: Auditor,
 }
 
 const TENANT_COLUMNS: &str =
@@ -99,11 +101,12 @@ impl TenantService {
         identity: IdentityService,
         hasher: CredentialHasher,
         authenticator: Arc<Authenticator>,
+        auditor: Auditor,
     ) -> Self {
-        Self { pool, directory, identity, hasher, authenticator }
+        Self { pool, directory, identity, hasher, authenticator, auditor }
     }
 
-    pub async fn create_tenant(&self, new: NewTenant) -> Result<TenantView, ApiError> {
+    pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, ApiError> {
         let name = new.name.trim();
         if name.is_empty() || name.len() > 200 {
             return Err(ApiError::new(Code::InvalidRequest, "name must have 1-200 characters"));
@@ -118,6 +121,7 @@ impl TenantService {
                 return Err(ApiError::new(Code::InvalidRequest, format!("{field} is out of range")));
             }
         }
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query_as::<_, TenantView>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO tenants (id, slug, name, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst) \
              VALUES ($1, $2, $3, COALESCE($4, 100), COALESCE($5, 10737418240), COALESCE($6, 1000), COALESCE($7, 2000)) \
@@ -130,10 +134,17 @@ impl TenantService {
         .bind(new.max_storage_bytes)
         .bind(new.rate_limit_per_second)
         .bind(new.rate_limit_burst)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await;
         match result {
-            Ok(view) => Ok(view),
+            Ok(view) => {
+                let event = AuditEvent::new(Some(TenantId(view.id)), AuditActor::of(actor), "tenant.created")
+                    .resource("tenant", view.id)
+                    .details(serde_json::json!({ "slug": view.slug, "name": view.name }));
+                self.auditor.record(&mut tx, info, vec![event]).await?;
+                tx.commit().await?;
+                Ok(view)
+            }
             Err(e) if unique_violation(&e) => {
                 Err(ApiError::new(Code::AlreadyExists, format!("tenant `{}` already exists", new.slug.as_str())))
             }
@@ -155,15 +166,29 @@ impl TenantService {
             .ok_or_else(|| ApiError::not_found("tenant not found"))
     }
 
-    pub async fn set_status(&self, tenant: TenantId, status: TenantStatus) -> Result<TenantView, ApiError> {
+    pub async fn set_status(
+        &self,
+        actor: &Principal,
+        tenant: TenantId,
+        status: TenantStatus,
+        info: &RequestInfo,
+    ) -> Result<TenantView, ApiError> {
+        let mut tx = self.pool.begin().await?;
         let view: TenantView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         )))
         .bind(tenant.0)
         .bind(status.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant not found"))?;
+        let action = match status {
+            TenantStatus::Active => "tenant.resumed",
+            TenantStatus::Suspended => "tenant.suspended",
+        };
+        let event = AuditEvent::new(Some(tenant), AuditActor::of(actor), action).resource("tenant", tenant);
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
         self.directory.invalidate(tenant);
         Ok(view)
     }
@@ -197,6 +222,7 @@ impl TenantService {
         email: &str,
         role: Role,
         password: Option<String>,
+        info: &RequestInfo,
     ) -> Result<MemberView, ApiError> {
         Self::check_grant(actor, role)?;
         let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
@@ -205,6 +231,7 @@ impl TenantService {
             .bind(email.as_str())
             .fetch_optional(tx.conn())
             .await?;
+        let created = existing.is_none();
         let user = match (existing, password) {
             (Some(id), _) => id,
             (None, Some(password)) => self.identity.create_user(tx.conn(), &email, password, false).await?,
@@ -231,13 +258,18 @@ impl TenantService {
             }
             Err(e) => return Err(e.into()),
         };
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.added")
+            .resource("user", user)
+            .details(serde_json::json!({ "email": email.as_str(), "role": role, "user_created": created }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(member)
     }
 
     async fn owners_left_without(&self, tx: &mut TenantTx, user: Uuid) -> Result<i64, ApiError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM memberships WHERE role = 'owner' AND user_id <> $1")
+        Ok(sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $2 AND role = 'owner' AND user_id <> $1")
             .bind(user)
+            .bind(tx.tenant().0)
             .fetch_one(tx.conn())
             .await?)
     }
@@ -248,11 +280,13 @@ impl TenantService {
         tenant: &TenantInfo,
         user: Uuid,
         role: Role,
+        info: &RequestInfo,
     ) -> Result<MemberView, ApiError> {
         Self::check_grant(actor, role)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 FOR UPDATE")
+        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
             .bind(user)
+            .bind(tenant.id.0)
             .fetch_optional(tx.conn())
             .await?
             .ok_or_else(|| ApiError::not_found("member not found"))?;
@@ -263,21 +297,33 @@ impl TenantService {
             }
         }
         let member = sqlx::query_as::<_, MemberView>(
-            "WITH m AS (UPDATE memberships SET role = $2 WHERE user_id = $1 RETURNING *) \
+            "WITH m AS (UPDATE memberships SET role = $2 WHERE user_id = $1 AND tenant_id = $3 RETURNING *) \
              SELECT m.user_id, u.email, m.role, m.created_at FROM m JOIN users u ON u.id = m.user_id",
         )
         .bind(user)
         .bind(role.as_str())
+        .bind(tenant.id.0)
         .fetch_one(tx.conn())
         .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.role_changed")
+            .resource("user", user)
+            .details(serde_json::json!({ "from": current, "to": role }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(member)
     }
 
-    pub async fn remove_member(&self, actor: &Principal, tenant: &TenantInfo, user: Uuid) -> Result<(), ApiError> {
+    pub async fn remove_member(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        user: Uuid,
+        info: &RequestInfo,
+    ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 FOR UPDATE")
+        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
             .bind(user)
+            .bind(tenant.id.0)
             .fetch_optional(tx.conn())
             .await?
             .ok_or_else(|| ApiError::not_found("member not found"))?;
@@ -286,13 +332,21 @@ impl TenantService {
         if role == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
             return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
         }
-        sqlx::query("DELETE FROM memberships WHERE user_id = $1").bind(user).execute(tx.conn()).await?;
+        sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND tenant_id = $2")
+            .bind(user)
+            .bind(tenant.id.0)
+            .execute(tx.conn())
+            .await?;
         // Their refresh tokens for this tenant stop working too.
         sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND tenant_id = $2 AND revoked_at IS NULL")
             .bind(user)
             .bind(tenant.id.0)
             .execute(tx.conn())
             .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.removed")
+            .resource("user", user)
+            .details(serde_json::json!({ "role": current }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -304,6 +358,7 @@ impl TenantService {
         name: &str,
         role: Role,
         expires_in_days: Option<u32>,
+        info: &RequestInfo,
     ) -> Result<CreatedApiKey, ApiError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
@@ -337,6 +392,10 @@ impl TenantService {
         .bind(expires_at)
         .fetch_one(tx.conn())
         .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "api_key.created")
+            .resource("api_key", key.id)
+            .details(serde_json::json!({ "name": key.name, "role": key.role, "prefix": key.prefix }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(CreatedApiKey { key, secret })
     }
@@ -345,23 +404,35 @@ impl TenantService {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let keys = sqlx::query_as(
             "SELECT id, name, role, prefix, created_at, expires_at, last_used_at, revoked_at FROM api_keys \
-             ORDER BY created_at",
+             WHERE tenant_id = $1 ORDER BY created_at",
         )
+        .bind(tenant.id.0)
         .fetch_all(tx.conn())
         .await?;
         tx.commit().await?;
         Ok(keys)
     }
 
-    pub async fn revoke_api_key(&self, tenant: &TenantInfo, key: Uuid) -> Result<(), ApiError> {
+    pub async fn revoke_api_key(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        key: Uuid,
+        info: &RequestInfo,
+    ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let prefix: String = sqlx::query_scalar(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING prefix",
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2 RETURNING prefix",
         )
         .bind(key)
+        .bind(tenant.id.0)
         .fetch_optional(tx.conn())
         .await?
         .ok_or_else(|| ApiError::not_found("API key not found"))?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "api_key.revoked")
+            .resource("api_key", key)
+            .details(serde_json::json!({ "prefix": prefix }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         self.authenticator.api_key_revoked(&prefix);
         Ok(())

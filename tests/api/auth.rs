@@ -317,7 +317,7 @@ async fn tenant_rate_limits_answer_429_with_retry_after() {
 async fn a_second_platform_admin_cannot_be_bootstrapped() {
     let app = spawn_app().await;
     app.platform_admin().await;
-    let again = app.state.identity.bootstrap_admin("second@tessera.test", PASSWORD.to_owned()).await;
+    let again = app.state.identity.bootstrap_admin("second@tessera.test", PASSWORD.to_owned(), &Default::default()).await;
     assert_eq!(again.unwrap_err().code(), tessera::error::Code::Conflict);
 }
 

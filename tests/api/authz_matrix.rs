@@ -26,6 +26,7 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/auth/refresh", Rule::Public),
     ("POST", "/v1/auth/logout", Rule::Any),
     ("GET", "/v1/me", Rule::Any),
+    ("GET", "/v1/auth/verify", Rule::Any),
     ("POST", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants/{tenant}", Rule::Any),
@@ -38,7 +39,14 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/tenants/{tenant}/api-keys", Rule::Only(TENANT_ADMINS)),
     ("GET", "/v1/tenants/{tenant}/api-keys", Rule::Only(TENANT_ADMINS)),
     ("DELETE", "/v1/tenants/{tenant}/api-keys/{key_id}", Rule::Only(TENANT_ADMINS)),
+    ("GET", "/v1/audit/events", Rule::Only(AUDITORS)),
+    ("GET", "/v1/audit/export", Rule::Only(AUDITORS)),
+    ("GET", "/v1/audit/keys", Rule::Public),
+    ("GET", "/v1/tenants/{tenant}/audit/settings", Rule::Only(AUDITORS)),
+    ("PUT", "/v1/tenants/{tenant}/audit/settings", Rule::Only(&[PlatformAdmin, Owner])),
 ];
+
+const AUDITORS: &[As] = &[PlatformAdmin, Owner, Auditor];
 
 pub fn spec_routes() -> Vec<(String, String, bool)> {
     let spec: serde_json::Value = serde_json::from_str(&tessera::http::openapi::spec_json()).unwrap();

@@ -363,7 +363,7 @@ impl TestApp {
     /// Creates the platform administrator (once per app) and returns its access token.
     pub async fn platform_admin(&self) -> String {
         let email = "root@tessera.test";
-        let _ = self.state.identity.bootstrap_admin(email, PASSWORD.to_owned()).await;
+        let _ = self.state.identity.bootstrap_admin(email, PASSWORD.to_owned(), &Default::default()).await;
         self.session(email, None).await.0
     }
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs Tessera's benchmarks (release build) against the real Postgres and Redis on this machine.
+#   deploy/local/bench.sh            all benchmarks
+#   deploy/local/bench.sh auth       one of them (see tests/bench/)
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$TESSERA_ROOT"
+
+ensure_packages
+ensure_running
+export_test_env
+
+if [ $# -eq 0 ]; then
+  cargo bench --locked
+else
+  for name in "$@"; do cargo bench --locked --bench "$name"; done
+fi

@@ -1,0 +1,70 @@
+//! Retention: deleting old events without breaking verifiability. A signed checkpoint of the
+//! last deleted event is recorded first, so the remaining chain is anchored to a signature;
+//! the purge itself is then appended to the chain. Runs as the schema owner only.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::chain::{format_time, now_micros};
+use super::signing::{AuditSigner, checkpoint_message};
+use super::{AuditActor, AuditEvent, Auditor, PLATFORM, RequestInfo};
+
+pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, signer: &AuditSigner) -> anyhow::Result<String> {
+    let tenant: Uuid = if tenant_slug == "platform" {
+        PLATFORM
+    } else {
+        sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1")
+            .bind(tenant_slug)
+            .fetch_optional(owner)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no tenant `{tenant_slug}`"))?
+    };
+    let mut tx = owner.begin().await?;
+    // Hold the chain's head so no writer interleaves.
+    sqlx::query("SELECT * FROM audit_lock_head($1)").bind(tenant).execute(&mut *tx).await?;
+    let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 AND occurred_at < $2 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(before)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((seq, hash)) = last else {
+        return Ok(format!("nothing to purge for {tenant_slug} before {}", format_time(before)));
+    };
+    let signed_at = format_time(now_micros());
+    let hash_hex = hex::encode(&hash);
+    let signature = signer.sign(&checkpoint_message(&tenant, seq, &hash_hex, &signed_at));
+    sqlx::query("SELECT audit_add_checkpoint($1, $2, $3, $4, $5::timestamptz, $6, $7, 'purge')")
+        .bind(Uuid::now_v7())
+        .bind(tenant)
+        .bind(seq)
+        .bind(&hash)
+        .bind(&signed_at)
+        .bind(signer.key_id())
+        .bind(&signature)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('tessera.audit_purge', 'on', true)").execute(&mut *tx).await?;
+    let deleted = sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq <= $2")
+        .bind(tenant)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("SELECT set_config('tessera.audit_purge', 'off', true)").execute(&mut *tx).await?;
+    let event = AuditEvent::new(
+        (tenant != PLATFORM).then_some(crate::tenancy::TenantId(tenant)),
+        AuditActor { kind: "system", id: None },
+        "audit.purged",
+    )
+    .resource("audit_log", tenant_slug)
+    .details(serde_json::json!({ "before": format_time(before), "through_seq": seq, "deleted": deleted }));
+    Auditor::new()
+        .record(&mut tx, &RequestInfo::command_line(), vec![event])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    tx.commit().await?;
+    Ok(format!("purged {deleted} events of {tenant_slug} through seq {seq}; checkpoint signed with key {}", signer.key_id()))
+}

@@ -1,0 +1,275 @@
+//! `/v1/audit/*`: reading, exporting and configuring the audit log; the signing keys.
+
+use actix_web::{HttpResponse, get, put, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::chain::ChainedEvent;
+use super::export::{AuditFilters, ExportFormat, ExportJob};
+use super::{AuditActor, AuditEvent, PLATFORM, RequestInfo};
+use crate::error::{ApiError, Code};
+use crate::identity::guard::tenant_not_found;
+use crate::identity::{Guarded, Principal, perm};
+use crate::startup::AppState;
+use crate::tenancy::TenantId;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ScopeQuery {
+    /// Platform administrators: the tenant (slug) whose log to read; `platform` for the
+    /// platform log. Others read their own tenant's log and may only name it.
+    pub tenant: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// From `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<i64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FormatQuery {
+    /// `jsonl` (default) or `csv`.
+    pub format: Option<ExportFormat>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventView {
+    pub tenant_id: Uuid,
+    pub seq: i64,
+    pub id: Uuid,
+    pub occurred_at: String,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub outcome: String,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<ChainedEvent> for AuditEventView {
+    fn from(e: ChainedEvent) -> Self {
+        Self {
+            tenant_id: e.tenant_id,
+            seq: e.seq,
+            id: e.id,
+            occurred_at: e.occurred_at,
+            actor_type: e.actor_type,
+            actor_id: e.actor_id,
+            action: e.action,
+            resource_type: e.resource_type,
+            resource_id: e.resource_id,
+            outcome: e.outcome,
+            client_addr: e.client_addr,
+            user_agent: e.user_agent,
+            request_id: e.request_id,
+            details: e.details,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEventView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Which chain a request reads: (tenant id, label).
+async fn scope(state: &AppState, principal: &Principal, requested: Option<&str>) -> Result<(Uuid, String), ApiError> {
+    match requested {
+        Some("platform") if principal.platform_admin => Ok((PLATFORM, "platform".to_owned())),
+        Some(slug) => {
+            let tenant = state.tenants.by_slug(slug).await?.ok_or_else(|| tenant_not_found(slug))?;
+            let own = principal.tenant.as_ref().is_some_and(|t| t.id == tenant.id);
+            if own || principal.platform_admin { Ok((tenant.id.0, tenant.slug.clone())) } else { Err(tenant_not_found(slug)) }
+        }
+        None => match &principal.tenant {
+            Some(t) => Ok((t.id.0, t.slug.clone())),
+            None if principal.platform_admin => Ok((PLATFORM, "platform".to_owned())),
+            None => Err(ApiError::new(Code::TenantRequired, "name a tenant with `?tenant=`")),
+        },
+    }
+}
+
+fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+    cursor
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.strip_prefix("seq:").and_then(|n| n.parse().ok()))
+                .ok_or_else(|| ApiError::new(Code::InvalidQuery, "`cursor` is not one this API returned"))
+        })
+        .transpose()
+}
+
+/// Audit events of the caller's tenant, oldest first, filtered, one page at a time.
+#[utoipa::path(
+    tag = "audit", params(AuditFilters, ScopeQuery, PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = AuditPage),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No such tenant, or not visible to the caller"))
+)]
+#[get("/v1/audit/events")]
+pub async fn list_events(
+    guard: Guarded<{ perm::AUDIT_READ }>,
+    state: web::Data<AppState>,
+    filters: web::Query<AuditFilters>,
+    scope_query: web::Query<ScopeQuery>,
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<AuditPage>, ApiError> {
+    let (tenant, _) = scope(&state, &guard.principal, scope_query.tenant.as_deref()).await?;
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(Code::InvalidQuery, "`limit` must be between 1 and 1000"));
+    }
+    let after = decode_cursor(page.cursor.as_deref())?;
+    let filters = filters.into_inner().parse()?;
+    let mut tx = crate::tenancy::db::TenantTx::begin(&state.db, TenantId(tenant)).await?;
+    let events = super::export::page(tx.conn(), tenant, &filters, after, limit + 1).await?;
+    tx.commit().await?;
+    let more = events.len() as i64 > limit;
+    let events: Vec<AuditEventView> = events.into_iter().take(limit as usize).map(Into::into).collect();
+    let next_cursor = more.then(|| URL_SAFE_NO_PAD.encode(format!("seq:{}", events.last().map(|e| e.seq).unwrap_or(0))));
+    Ok(web::Json(AuditPage { events, next_cursor }))
+}
+
+/// Streams an export (JSON Lines or CSV) of the audit events matching the filters. The last
+/// record is a signed manifest; `tessera audit verify <file>` checks it offline.
+#[utoipa::path(
+    tag = "audit", params(AuditFilters, ScopeQuery, FormatQuery), security(("bearer" = [])),
+    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No such tenant, or not visible to the caller"))
+)]
+#[get("/v1/audit/export")]
+pub async fn export_events(
+    guard: Guarded<{ perm::AUDIT_EXPORT }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    filters: web::Query<AuditFilters>,
+    scope_query: web::Query<ScopeQuery>,
+    format: web::Query<FormatQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, label) = scope(&state, &guard.principal, scope_query.tenant.as_deref()).await?;
+    let format = format.format.unwrap_or_default();
+    let raw = filters.into_inner();
+    let details = serde_json::json!({ "format": format, "filters": &raw, "scope": &label });
+    let filters = raw.parse()?;
+    // The export is itself audited, before it starts, in the chain it reads.
+    let event = AuditEvent::new(Some(TenantId(tenant)).filter(|t| t.0 != PLATFORM), AuditActor::of(&guard.principal), "audit.exported")
+        .resource("audit_log", &label)
+        .details(details);
+    state.auditor.record_alone(&state.db, &info, vec![event]).await?;
+
+    let job = ExportJob { pool: state.db.clone(), tenant, scope: label.clone(), filters, format, signer: state.audit_signer.clone() };
+    let (content_type, extension) = match format {
+        ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("content-disposition", format!("attachment; filename=\"audit-{label}.{extension}\"")))
+        .streaming(job.stream()))
+}
+
+/// The public keys that verify audit checkpoints and export manifests, by key id.
+#[utoipa::path(tag = "audit", responses((status = 200, description = "Key set", body = Object)))]
+#[get("/v1/audit/keys")]
+pub async fn signing_keys(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.audit_signer.public_keys())
+}
+
+#[derive(Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Mask email addresses in event details (`a***@example.com`).
+    pub mask_emails: bool,
+    /// Keep only the /24 (IPv4) or /48 (IPv6) of client addresses.
+    pub mask_client_addr: bool,
+    /// `every_call` (default), `sampled` or `aggregated`: how inference calls are recorded.
+    pub inference_mode: String,
+    /// For `sampled`: the fraction of calls recorded, in (0, 1].
+    pub inference_sample_rate: f64,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct TenantPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+}
+
+/// A tenant's audit settings.
+#[utoipa::path(tag = "audit", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = AuditSettings)))]
+#[get("/v1/tenants/{tenant}/audit/settings")]
+pub async fn get_settings(guard: Guarded<{ perm::AUDIT_READ }>, state: web::Data<AppState>) -> Result<web::Json<AuditSettings>, ApiError> {
+    let tenant = guard.tenant()?.id;
+    let settings: Option<AuditSettings> = sqlx::query_as(
+        "SELECT mask_emails, mask_client_addr, inference_mode, inference_sample_rate FROM audit_settings WHERE tenant_id = $1",
+    )
+    .bind(tenant.0)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(web::Json(settings.unwrap_or(AuditSettings {
+        mask_emails: false,
+        mask_client_addr: false,
+        inference_mode: "every_call".to_owned(),
+        inference_sample_rate: 1.0,
+    })))
+}
+
+/// Change a tenant's audit settings (owners). The change is itself audited.
+#[utoipa::path(tag = "audit", params(TenantPath), request_body = AuditSettings, security(("bearer" = [])), responses((status = 200, body = AuditSettings)))]
+#[put("/v1/tenants/{tenant}/audit/settings")]
+pub async fn put_settings(
+    guard: Guarded<{ perm::AUDIT_CONFIGURE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<AuditSettings>,
+) -> Result<web::Json<AuditSettings>, ApiError> {
+    let tenant = guard.tenant()?.id;
+    let body = body.into_inner();
+    if !["every_call", "sampled", "aggregated"].contains(&body.inference_mode.as_str()) {
+        return Err(ApiError::new(Code::InvalidRequest, "inference_mode must be every_call, sampled or aggregated"));
+    }
+    if !(body.inference_sample_rate > 0.0 && body.inference_sample_rate <= 1.0) {
+        return Err(ApiError::new(Code::InvalidRequest, "inference_sample_rate must be in (0, 1]"));
+    }
+    let mut tx = crate::tenancy::db::TenantTx::begin(&state.db, tenant).await?;
+    sqlx::query(
+        "INSERT INTO audit_settings (tenant_id, mask_emails, mask_client_addr, inference_mode, inference_sample_rate) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET mask_emails = $2, mask_client_addr = $3, \
+         inference_mode = $4, inference_sample_rate = $5",
+    )
+    .bind(tenant.0)
+    .bind(body.mask_emails)
+    .bind(body.mask_client_addr)
+    .bind(&body.inference_mode)
+    .bind(body.inference_sample_rate)
+    .execute(tx.conn())
+    .await?;
+    let event = AuditEvent::new(Some(tenant), AuditActor::of(&guard.principal), "audit.settings_changed")
+        .resource("tenant", tenant)
+        .details(serde_json::to_value(&body).unwrap_or_default());
+    state.auditor.record(tx.conn(), &info, vec![event]).await?;
+    tx.commit().await?;
+    state.auditor.settings_changed(tenant);
+    Ok(web::Json(body))
+}

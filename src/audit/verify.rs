@@ -1,0 +1,336 @@
+//! Verification of audit chains: of an export file, offline, and of the live database.
+//! Both report the first sequence number where the record stops being trustworthy, and why.
+
+use std::io::BufRead;
+
+use base64::Engine;
+use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::chain::{ChainedEvent, GENESIS};
+use super::export::{CSV_HEADER, EventRow, Manifest, csv_parse_optional};
+use super::signing::{checkpoint_message, verify};
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Ok { count: u64, signature_checked: bool },
+    Broken { seq: Option<i64>, reason: String },
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Ok { count, signature_checked: true } => write!(f, "OK: {count} events, chain and signatures valid"),
+            Verdict::Ok { count, signature_checked: false } => {
+                write!(f, "OK: {count} events, chain valid (signatures NOT checked: no public key given)")
+            }
+            Verdict::Broken { seq: Some(seq), reason } => write!(f, "BROKEN at seq {seq}: {reason}"),
+            Verdict::Broken { seq: None, reason } => write!(f, "BROKEN: {reason}"),
+        }
+    }
+}
+
+fn broken(seq: impl Into<Option<i64>>, reason: impl Into<String>) -> Verdict {
+    Verdict::Broken { seq: seq.into(), reason: reason.into() }
+}
+
+/// Walks events in order; keeps the state needed to spot the first break.
+struct Walker {
+    contiguous: bool,
+    previous: Option<(i64, [u8; 32])>,
+    count: u64,
+    digest: Sha256,
+    first: Option<(i64, String)>,
+    last: Option<(i64, String)>,
+}
+
+impl Walker {
+    fn new(contiguous: bool) -> Self {
+        Self { contiguous, previous: None, count: 0, digest: Sha256::new(), first: None, last: None }
+    }
+
+    fn step(&mut self, event: &ChainedEvent) -> Result<(), Verdict> {
+        let seq = event.seq;
+        let prev = event.prev_hash_bytes().ok_or_else(|| broken(seq, "prev_hash is not a 32-byte hex hash"))?;
+        let stored = event.hash_bytes().ok_or_else(|| broken(seq, "hash is not a 32-byte hex hash"))?;
+        if self.contiguous {
+            if let Some((previous_seq, previous_hash)) = self.previous {
+                if seq <= previous_seq {
+                    return Err(broken(seq, format!("reordered: seq {seq} follows seq {previous_seq}")));
+                }
+                if seq != previous_seq + 1 {
+                    return Err(broken(previous_seq + 1, format!("missing: seq {} is absent (next present is {seq})", previous_seq + 1)));
+                }
+                if prev != previous_hash {
+                    return Err(broken(seq, "reordered or replaced: prev_hash does not match the hash of the event before"));
+                }
+            }
+        }
+        if event.compute_hash(&prev) != stored {
+            return Err(broken(seq, "changed: the event's content does not match its hash"));
+        }
+        self.digest.update(stored);
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((seq, event.hash.clone()));
+        }
+        self.last = Some((seq, event.hash.clone()));
+        self.previous = Some((seq, stored));
+        Ok(())
+    }
+}
+
+/// Public keys by id: from `--public-key` (base64, applies to any key id) or the key set JSON.
+pub enum PublicKeys {
+    None,
+    Any(VerifyingKey),
+    Set(Vec<(String, VerifyingKey)>),
+}
+
+impl PublicKeys {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("key set: {e}"))?;
+            let mut keys = Vec::new();
+            for key in value["keys"].as_array().ok_or("key set has no `keys` array")? {
+                let kid = key["kid"].as_str().ok_or("key without kid")?.to_owned();
+                let public = key["public_key"].as_str().ok_or("key without public_key")?;
+                keys.push((kid, super::signing::parse_public_key(public)?));
+            }
+            Ok(PublicKeys::Set(keys))
+        } else {
+            Ok(PublicKeys::Any(super::signing::parse_public_key(text)?))
+        }
+    }
+
+    fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        match self {
+            PublicKeys::None => None,
+            PublicKeys::Any(key) => Some(key),
+            PublicKeys::Set(keys) => keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key),
+        }
+    }
+}
+
+enum Record {
+    Event(Box<ChainedEvent>),
+    Manifest(Box<Manifest>),
+}
+
+fn parse_jsonl(line: &str) -> Result<Record, String> {
+    let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let kind = value.as_object_mut().and_then(|o| o.remove("record")).and_then(|v| v.as_str().map(str::to_owned));
+    match kind.as_deref() {
+        Some("event") => serde_json::from_value(value).map(|e| Record::Event(Box::new(e))).map_err(|e| e.to_string()),
+        Some("manifest") => serde_json::from_value(value).map(|m| Record::Manifest(Box::new(m))).map_err(|e| e.to_string()),
+        _ => Err("neither an event nor a manifest".to_owned()),
+    }
+}
+
+fn parse_csv(record: &csv::StringRecord) -> Result<Record, String> {
+    if record.len() != CSV_HEADER.len() {
+        return Err(format!("expected {} fields, found {}", CSV_HEADER.len(), record.len()));
+    }
+    match &record[0] {
+        "manifest" => serde_json::from_str(&record[14]).map(|m| Record::Manifest(Box::new(m))).map_err(|e| e.to_string()),
+        "event" => Ok(Record::Event(Box::new(ChainedEvent {
+            tenant_id: record[1].parse().map_err(|_| "bad tenant_id")?,
+            seq: record[2].parse().map_err(|_| "bad seq")?,
+            id: record[3].parse().map_err(|_| "bad id")?,
+            occurred_at: record[4].to_owned(),
+            actor_type: record[5].to_owned(),
+            actor_id: csv_parse_optional(&record[6]),
+            action: record[7].to_owned(),
+            resource_type: csv_parse_optional(&record[8]),
+            resource_id: csv_parse_optional(&record[9]),
+            outcome: record[10].to_owned(),
+            client_addr: csv_parse_optional(&record[11]),
+            user_agent: csv_parse_optional(&record[12]),
+            request_id: csv_parse_optional(&record[13]),
+            details: serde_json::from_str(&record[14]).map_err(|e| format!("details: {e}"))?,
+            prev_hash: record[15].to_owned(),
+            hash: record[16].to_owned(),
+        }))),
+        other => Err(format!("unknown record type `{other}`")),
+    }
+}
+
+/// Verifies an export (JSON Lines or CSV, told apart by the first byte) read from `input`.
+pub fn verify_export(input: impl BufRead, keys: &PublicKeys) -> Verdict {
+    let mut input = input;
+    let csv_format = match input.fill_buf() {
+        Ok(buf) => !buf.first().is_some_and(|b| *b == b'{'),
+        Err(e) => return broken(None, format!("unreadable: {e}")),
+    };
+    let mut records: Box<dyn Iterator<Item = (usize, Result<Record, String>)>> = if csv_format {
+        let reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
+        Box::new(reader.into_records().enumerate().map(|(i, r)| (i + 2, r.map_err(|e| e.to_string()).and_then(|r| parse_csv(&r)))))
+    } else {
+        Box::new(
+            input
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                .map(|(i, l)| (i + 1, l.map_err(|e| e.to_string()).and_then(|l| parse_jsonl(&l)))),
+        )
+    };
+
+    // One pass, constant memory: every event's own hash is checked as it arrives; linkage is
+    // checked too, but only counts when the manifest says the export is contiguous.
+    let mut manifest = None;
+    let mut linked = Walker::new(true);
+    let mut first_change: Option<(u64, Verdict)> = None;
+    let mut first_link_break: Option<(u64, Verdict)> = None;
+    let mut seen = 0u64;
+    let mut digest = Sha256::new();
+    let (mut first, mut last) = (None::<(i64, String)>, None::<(i64, String)>);
+    for (line, record) in records.by_ref() {
+        match record {
+            Err(reason) => return broken(None, format!("line {line} is unreadable ({reason}); the file was altered or truncated")),
+            Ok(Record::Manifest(m)) => {
+                manifest = Some(*m);
+                break;
+            }
+            Ok(Record::Event(event)) => {
+                seen += 1;
+                let prev = event.prev_hash_bytes();
+                let stored = event.hash_bytes();
+                if first_change.is_none() && (prev.is_none() || prev.map(|p| event.compute_hash(&p)) != stored) {
+                    first_change = Some((seen, broken(event.seq, "changed: the event's content does not match its hash")));
+                }
+                if first_link_break.is_none() {
+                    if let Err(verdict) = linked.step(&event) {
+                        first_link_break = Some((seen, verdict));
+                    }
+                }
+                digest.update(stored.unwrap_or_default());
+                if first.is_none() {
+                    first = Some((event.seq, event.hash.clone()));
+                }
+                last = Some((event.seq, event.hash.clone()));
+            }
+        }
+    }
+    if records.next().is_some() {
+        return broken(None, "records follow the manifest; the file was altered");
+    }
+    let Some(manifest) = manifest else {
+        return broken(last.map(|l| l.0), "no manifest: the export is incomplete or was truncated");
+    };
+    let link_break = first_link_break.filter(|_| manifest.contiguous);
+    let earliest = match (first_change, link_break) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b.1 } else { a.1 }),
+        (Some(a), None) => Some(a.1),
+        (None, Some(b)) => Some(b.1),
+        (None, None) => None,
+    };
+    if let Some(verdict) = earliest {
+        return verdict;
+    }
+    if seen != manifest.count
+        || first.as_ref().map(|f| (f.0, f.1.as_str())) != manifest.first_seq.zip(manifest.first_hash.as_deref())
+        || last.as_ref().map(|l| (l.0, l.1.as_str())) != manifest.last_seq.zip(manifest.last_hash.as_deref())
+        || hex::encode(digest.finalize()) != manifest.events_digest
+    {
+        return broken(manifest.last_seq, "events were added or removed: they do not match the manifest");
+    }
+    if matches!(keys, PublicKeys::None) {
+        return Verdict::Ok { count: seen, signature_checked: false };
+    }
+    let Some(key) = keys.get(&manifest.key_id) else {
+        return broken(manifest.last_seq, format!("bad signature: no public key for key id `{}`", manifest.key_id));
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signature = b64.decode(&manifest.signature).unwrap_or_default();
+    if !verify(key, &manifest.signed_bytes(), &signature) {
+        return broken(manifest.last_seq, "bad signature: the manifest is not signed by this key");
+    }
+    if let (Some(seq), Some(hash), Some(sig)) = (manifest.last_seq, &manifest.last_hash, &manifest.checkpoint_signature) {
+        let message = checkpoint_message(&manifest.tenant_id, seq, hash, &manifest.signed_at);
+        if !verify(key, &message, &b64.decode(sig).unwrap_or_default()) {
+            return broken(seq, "bad signature: the checkpoint is not signed by this key");
+        }
+    }
+    Verdict::Ok { count: seen, signature_checked: true }
+}
+
+/// Verifies every chain in the database (or one tenant's), streaming in sequence order.
+/// Needs a connection that sees all rows (the schema owner's).
+pub async fn verify_database(
+    pool: &sqlx::PgPool,
+    only: Option<Uuid>,
+    keys: &PublicKeys,
+) -> Result<Vec<(Uuid, Verdict)>, sqlx::Error> {
+    let tenants: Vec<(Uuid, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT tenant_id, last_seq, last_hash FROM audit_heads WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY tenant_id",
+    )
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    let mut verdicts = Vec::new();
+    for (tenant, head_seq, head_hash) in tenants {
+        verdicts.push((tenant, verify_chain(pool, tenant, head_seq, &head_hash, keys).await?));
+    }
+    Ok(verdicts)
+}
+
+async fn verify_chain(
+    pool: &sqlx::PgPool,
+    tenant: Uuid,
+    head_seq: i64,
+    head_hash: &[u8],
+    keys: &PublicKeys,
+) -> Result<Verdict, sqlx::Error> {
+    let columns = "tenant_id, seq, id, occurred_at, actor_type, actor_id, action, resource_type, resource_id, outcome, \
+                   client_addr, user_agent, request_id, details::text AS details, prev_hash, hash";
+    let sql = format!("SELECT {columns} FROM audit_events WHERE tenant_id = $1 ORDER BY seq");
+    let mut rows = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)).bind(tenant).fetch(pool);
+    let mut walker = Walker::new(true);
+    while let Some(row) = rows.next().await {
+        let event = row?.into_event();
+        if walker.previous.is_none() {
+            // The chain starts at genesis, or (after a retention purge) at a signed checkpoint.
+            let prev = event.prev_hash_bytes().unwrap_or_default();
+            if event.seq == 1 {
+                if prev != GENESIS {
+                    return Ok(broken(1, "changed: the first event does not start from the genesis hash"));
+                }
+            } else {
+                let anchor: Option<(Vec<u8>, String, Vec<u8>, time::OffsetDateTime)> = sqlx::query_as(
+                    "SELECT hash, key_id, signature, signed_at FROM audit_checkpoints \
+                     WHERE tenant_id = $1 AND seq = $2 AND reason = 'purge' ORDER BY signed_at DESC LIMIT 1",
+                )
+                .bind(tenant)
+                .bind(event.seq - 1)
+                .fetch_optional(pool)
+                .await?;
+                match anchor {
+                    Some((hash, key_id, signature, signed_at)) if hash == prev => {
+                        if let Some(key) = keys.get(&key_id) {
+                            let message = checkpoint_message(&tenant, event.seq - 1, &hex::encode(&hash), &super::chain::format_time(signed_at));
+                            if !verify(key, &message, &signature) {
+                                return Ok(broken(event.seq - 1, "bad signature on the retention checkpoint"));
+                            }
+                        }
+                    }
+                    _ => return Ok(broken(1, format!("missing: seq 1..{} absent with no retention checkpoint", event.seq - 1))),
+                }
+            }
+        }
+        if let Err(verdict) = walker.step(&event) {
+            return Ok(verdict);
+        }
+    }
+    let last = walker.previous;
+    match last {
+        Some((seq, hash)) if seq == head_seq && hash[..] == head_hash[..] => {}
+        Some((seq, _)) if seq < head_seq => return Ok(broken(seq + 1, format!("missing: events {}..{head_seq} were deleted", seq + 1))),
+        None if head_seq > 0 => return Ok(broken(1, "missing: every event was deleted")),
+        None => {}
+        Some((seq, _)) => return Ok(broken(seq, "changed: the chain does not end at its recorded head")),
+    }
+    Ok(Verdict::Ok { count: walker.count, signature_checked: !matches!(keys, PublicKeys::None) })
+}
