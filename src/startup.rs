@@ -15,6 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use secrecy::ExposeSecret;
 
 use crate::audit::Auditor;
+use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
 use crate::identity::authenticate::{Authenticate, Authenticator};
@@ -49,6 +50,8 @@ pub struct AppState {
     pub tenant_admin: TenantService,
     pub auditor: Auditor,
     pub audit_signer: Arc<AuditSigner>,
+    /// Batched writer for per-call events (inference); see `audit::sink`.
+    pub audit_sink: AuditSink,
 }
 
 impl AppState {
@@ -82,7 +85,9 @@ impl AppState {
         );
         let tenant_admin =
             TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone(), auditor.clone());
+        let audit_sink = AuditSink::start(db.clone(), auditor.clone());
         Ok(Self {
+            audit_sink,
             settings: Arc::new(settings),
             limiter: RateLimiter::new(redis.clone()),
             db,

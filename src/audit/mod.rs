@@ -10,6 +10,7 @@ pub mod redact;
 pub mod retention;
 pub mod routes;
 pub mod signing;
+pub mod sink;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -192,16 +193,21 @@ impl Auditor {
     /// Appends `events` inside the caller's transaction: if the transaction rolls back, so do
     /// they; if they cannot be written, the caller's transaction fails.
     pub async fn record(&self, conn: &mut PgConnection, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), ApiError> {
-        let mut by_tenant: Vec<(Uuid, Vec<AuditEvent>)> = Vec::new();
-        for event in events {
+        self.record_each(conn, events.into_iter().map(|e| (e, info.clone())).collect()).await
+    }
+
+    /// Like `record`, for events of different requests (batched writers).
+    pub async fn record_each(&self, conn: &mut PgConnection, events: Vec<(AuditEvent, RequestInfo)>) -> Result<(), ApiError> {
+        let mut by_tenant: Vec<(Uuid, Vec<(AuditEvent, RequestInfo)>)> = Vec::new();
+        for (event, info) in events {
             let tenant = event.tenant.map(|t| t.0).unwrap_or(PLATFORM);
             match by_tenant.iter_mut().find(|(t, _)| *t == tenant) {
-                Some((_, list)) => list.push(event),
-                None => by_tenant.push((tenant, vec![event])),
+                Some((_, list)) => list.push((event, info)),
+                None => by_tenant.push((tenant, vec![(event, info)])),
             }
         }
         for (tenant, events) in by_tenant {
-            self.append(conn, tenant, info, events).await?;
+            self.append(conn, tenant, events).await?;
         }
         Ok(())
     }
@@ -215,7 +221,7 @@ impl Auditor {
         Ok(())
     }
 
-    async fn append(&self, conn: &mut PgConnection, tenant: Uuid, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), ApiError> {
+    async fn append(&self, conn: &mut PgConnection, tenant: Uuid, events: Vec<(AuditEvent, RequestInfo)>) -> Result<(), ApiError> {
         let policy = self.mask_policy(conn, tenant).await?;
         let (last_seq, last_hash): (i64, Vec<u8>) =
             sqlx::query_as("SELECT last_seq, last_hash FROM audit_lock_head($1)").bind(tenant).fetch_one(&mut *conn).await?;
@@ -223,7 +229,7 @@ impl Auditor {
             .try_into()
             .map_err(|_| ApiError::internal(anyhow::anyhow!("corrupt audit head for {tenant}")))?;
         let mut rows = Vec::with_capacity(events.len());
-        for (offset, event) in events.into_iter().enumerate() {
+        for (offset, (event, info)) in events.into_iter().enumerate() {
             let mut details = event.details;
             redact(&mut details, policy);
             let client_addr = info.client_addr.as_deref().map(|a| if policy.client_addr { mask_addr(a) } else { a.to_owned() });
@@ -239,8 +245,8 @@ impl Auditor {
                 resource_id: event.resource_id,
                 outcome: event.outcome.as_str().to_owned(),
                 client_addr,
-                user_agent: info.user_agent.clone(),
-                request_id: info.request_id.clone(),
+                user_agent: info.user_agent,
+                request_id: info.request_id,
                 details,
                 prev_hash: hex::encode(prev),
                 hash: String::new(),
