@@ -19,8 +19,8 @@ use uuid::Uuid;
 pub const GENESIS: [u8; 32] = [0; 32];
 const DOMAIN: &[u8] = b"tessera-audit-v1";
 
-/// An event exactly as chained, stored and exported.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// An event exactly as chained, stored, listed and exported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChainedEvent {
     pub tenant_id: Uuid,
     pub seq: i64,
@@ -35,6 +35,7 @@ pub struct ChainedEvent {
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    #[schema(value_type = Object)]
     pub details: Value,
     /// Hex.
     pub prev_hash: String,

@@ -41,52 +41,8 @@ pub struct FormatQuery {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct AuditEventView {
-    pub tenant_id: Uuid,
-    pub seq: i64,
-    pub id: Uuid,
-    pub occurred_at: String,
-    pub actor_type: String,
-    pub actor_id: Option<String>,
-    pub action: String,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub outcome: String,
-    pub client_addr: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<ChainedEvent> for AuditEventView {
-    fn from(e: ChainedEvent) -> Self {
-        Self {
-            tenant_id: e.tenant_id,
-            seq: e.seq,
-            id: e.id,
-            occurred_at: e.occurred_at,
-            actor_type: e.actor_type,
-            actor_id: e.actor_id,
-            action: e.action,
-            resource_type: e.resource_type,
-            resource_id: e.resource_id,
-            outcome: e.outcome,
-            client_addr: e.client_addr,
-            user_agent: e.user_agent,
-            request_id: e.request_id,
-            details: e.details,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
-    }
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct AuditPage {
-    pub events: Vec<AuditEventView>,
+    pub events: Vec<ChainedEvent>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
@@ -146,7 +102,7 @@ pub async fn list_events(
     let events = super::export::page(tx.conn(), tenant, &filters, after, limit + 1).await?;
     tx.commit().await?;
     let more = events.len() as i64 > limit;
-    let events: Vec<AuditEventView> = events.into_iter().take(limit as usize).map(Into::into).collect();
+    let events: Vec<ChainedEvent> = events.into_iter().take(limit as usize).collect();
     let next_cursor = more.then(|| URL_SAFE_NO_PAD.encode(format!("seq:{}", events.last().map(|e| e.seq).unwrap_or(0))));
     Ok(web::Json(AuditPage { events, next_cursor }))
 }

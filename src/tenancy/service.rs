@@ -266,6 +266,17 @@ impl TenantService {
         Ok(member)
     }
 
+    /// The member's role, with the membership row locked for the rest of the transaction.
+    async fn locked_role(tx: &mut TenantTx, user: Uuid) -> Result<String, ApiError> {
+        let tenant = tx.tenant();
+        sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
+            .bind(user)
+            .bind(tenant.0)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| ApiError::not_found("member not found"))
+    }
+
     async fn owners_left_without(&self, tx: &mut TenantTx, user: Uuid) -> Result<i64, ApiError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $2 AND role = 'owner' AND user_id <> $1")
             .bind(user)
@@ -284,12 +295,7 @@ impl TenantService {
     ) -> Result<MemberView, ApiError> {
         Self::check_grant(actor, role)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
-            .bind(user)
-            .bind(tenant.id.0)
-            .fetch_optional(tx.conn())
-            .await?
-            .ok_or_else(|| ApiError::not_found("member not found"))?;
+        let current = Self::locked_role(&mut tx, user).await?;
         if current == "owner" {
             Self::check_grant(actor, Role::Owner)?;
             if role != Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
@@ -321,12 +327,7 @@ impl TenantService {
         info: &RequestInfo,
     ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let current: String = sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
-            .bind(user)
-            .bind(tenant.id.0)
-            .fetch_optional(tx.conn())
-            .await?
-            .ok_or_else(|| ApiError::not_found("member not found"))?;
+        let current = Self::locked_role(&mut tx, user).await?;
         let role = Role::parse(&current).unwrap_or(Role::Inference);
         Self::check_grant(actor, role)?;
         if role == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
