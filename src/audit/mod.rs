@@ -171,7 +171,7 @@ impl Auditor {
         self.masks.write().remove(&tenant.0);
     }
 
-    async fn mask_policy(&self, conn: &mut PgConnection, tenant: Uuid) -> Result<MaskPolicy, sqlx::Error> {
+    pub(crate) async fn mask_policy(&self, conn: &mut PgConnection, tenant: Uuid) -> Result<MaskPolicy, sqlx::Error> {
         if tenant == PLATFORM {
             return Ok(MaskPolicy::default());
         }

@@ -1,6 +1,9 @@
 //! High-volume events that accompany no database change (inference calls) go through this
 //! sink: the request hands its event over and moves on; a background writer appends them in
-//! batches, one transaction per tenant per batch, so the per-request cost is a channel send.
+//! batches. Every call is recorded, but calls of one tenant, action and actor that arrive within
+//! a few milliseconds share one chained record, whose `details.calls` lists each call (time,
+//! resource, outcome, client, request id, details). A Postgres row per call would cost more than
+//! the call itself; a row per batch keeps auditing every call affordable.
 //!
 //! Nothing is dropped: the queue is bounded and a full queue makes requests wait (back-
 //! pressure), and a failed batch is retried until the database takes it. Per tenant, calls are
@@ -32,7 +35,7 @@ pub enum CallMode {
 }
 
 enum Message {
-    Event(Box<(AuditEvent, RequestInfo)>),
+    Event(Box<(AuditEvent, RequestInfo)>, String),
     Flush(oneshot::Sender<()>),
 }
 
@@ -94,7 +97,8 @@ impl AuditSink {
                 }
             }
         }
-        let _ = self.sender.send(Message::Event(Box::new((event, info)))).await;
+        let at = super::chain::format_time(super::chain::now_micros());
+        let _ = self.sender.send(Message::Event(Box::new((event, info)), at)).await;
     }
 
     /// Waits until every event submitted before this call is in the database.
@@ -143,13 +147,13 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
     let mut aggregates = Aggregates::default();
     loop {
         let Some(first) = receiver.recv().await else { break };
-        let mut batch: Vec<(AuditEvent, RequestInfo)> = Vec::new();
+        let mut batch: Vec<Call> = Vec::new();
         let mut flushes = Vec::new();
-        let mut take = |message: Message, batch: &mut Vec<(AuditEvent, RequestInfo)>, aggregates: &mut Aggregates| match message {
-            Message::Event(boxed) => {
+        let mut take = |message: Message, batch: &mut Vec<Call>, aggregates: &mut Aggregates| match message {
+            Message::Event(boxed, at) => {
                 let (event, info) = *boxed;
                 let aggregated = event.details.get("audit_mode").and_then(|m| m.as_str()) == Some("aggregated");
-                if aggregated { aggregates.add(event) } else { batch.push((event, info)) }
+                if aggregated { aggregates.add(event) } else { batch.push(Call { event, info, at, summary: false }) }
             }
             Message::Flush(done) => flushes.push(done),
         };
@@ -162,29 +166,39 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
             }
         }
         if aggregates.due() || !flushes.is_empty() {
-            batch.extend(aggregates.drain());
+            batch.extend(aggregates.drain().into_iter().map(|(event, info)| Call { event, info, at: String::new(), summary: true }));
         }
         write_with_retry(&pool, &auditor, batch).await;
         for done in flushes {
             let _ = done.send(());
         }
     }
-    write_with_retry(&pool, &auditor, aggregates.drain()).await;
+    let rest = aggregates.drain().into_iter().map(|(event, info)| Call { event, info, at: String::new(), summary: true }).collect();
+    write_with_retry(&pool, &auditor, rest).await;
+}
+
+/// One submitted call (or, `summary`, one aggregated count that is written as it is).
+#[derive(Clone)]
+struct Call {
+    event: AuditEvent,
+    info: RequestInfo,
+    at: String,
+    summary: bool,
 }
 
 /// One transaction per tenant; retried with backoff until it lands.
-async fn write_with_retry(pool: &PgPool, auditor: &Auditor, batch: Vec<(AuditEvent, RequestInfo)>) {
-    let mut by_tenant: HashMap<Uuid, Vec<(AuditEvent, RequestInfo)>> = HashMap::new();
-    for (event, info) in batch {
-        by_tenant.entry(event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM)).or_default().push((event, info));
+async fn write_with_retry(pool: &PgPool, auditor: &Auditor, batch: Vec<Call>) {
+    let mut by_tenant: HashMap<Uuid, Vec<Call>> = HashMap::new();
+    for call in batch {
+        by_tenant.entry(call.event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM)).or_default().push(call);
     }
-    for (_, events) in by_tenant {
+    for (tenant, calls) in by_tenant {
         let mut delay = Duration::from_millis(50);
         loop {
-            match write(pool, auditor, &events).await {
+            match write(pool, auditor, tenant, &calls).await {
                 Ok(()) => break,
                 Err(error) => {
-                    tracing::error!(error = ?error, events = events.len(), "audit batch not written; retrying");
+                    tracing::error!(error = ?error, calls = calls.len(), "audit batch not written; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -193,9 +207,60 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, batch: Vec<(AuditEve
     }
 }
 
-async fn write(pool: &PgPool, auditor: &Auditor, events: &[(AuditEvent, RequestInfo)]) -> Result<(), crate::error::ApiError> {
+async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -> Result<(), crate::error::ApiError> {
     let mut tx = pool.begin().await?;
-    auditor.record_each(&mut tx, events.to_vec()).await?;
+    let policy = auditor.mask_policy(&mut tx, tenant).await?;
+    let mut records: Vec<(AuditEvent, RequestInfo)> = Vec::new();
+    // Group calls by (action, actor, outcome), keeping arrival order within each group.
+    let mut groups: Vec<((&'static str, &'static str, Option<String>, &'static str), Vec<&Call>)> = Vec::new();
+    for call in calls {
+        if call.summary {
+            records.push((call.event.clone(), call.info.clone()));
+            continue;
+        }
+        let key = (call.event.action, call.event.actor.kind, call.event.actor.id.clone(), call.event.outcome.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(call),
+            None => groups.push((key, vec![call])),
+        }
+    }
+    for (_, group) in groups {
+        let first = &group[0].event;
+        let mode = first.details.get("audit_mode").cloned().unwrap_or_else(|| "every_call".into());
+        let entries: Vec<serde_json::Value> = group
+            .iter()
+            .map(|c| {
+                let mut details = c.event.details.clone();
+                if let Some(d) = details.as_object_mut() {
+                    d.remove("audit_mode");
+                    d.remove("sample_rate");
+                }
+                serde_json::json!({
+                    "at": c.at,
+                    "resource_type": c.event.resource_type,
+                    "resource_id": c.event.resource_id,
+                    "outcome": c.event.outcome.as_str(),
+                    "client_addr": c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }),
+                    "user_agent": c.info.user_agent,
+                    "request_id": c.info.request_id,
+                    "details": details,
+                })
+            })
+            .collect();
+        let mut details = serde_json::json!({ "audit_mode": mode, "count": entries.len(), "calls": entries });
+        if let Some(rate) = first.details.get("sample_rate") {
+            details["sample_rate"] = rate.clone();
+        }
+        let same_resource = group.iter().all(|c| c.event.resource_id == first.resource_id);
+        let mut record = AuditEvent::new(first.tenant, first.actor.clone(), first.action).details(details);
+        if same_resource {
+            record.resource_type = first.resource_type;
+            record.resource_id = first.resource_id.clone();
+        }
+        record.outcome = first.outcome;
+        records.push((record, RequestInfo::default()));
+    }
+    auditor.record_each(&mut tx, records).await?;
     tx.commit().await?;
     Ok(())
 }

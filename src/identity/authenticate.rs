@@ -342,6 +342,13 @@ where
                 }
                 tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
             }
+            if let Some(slug) = super::guard::path_tenant_slug(req.path()) {
+                let resolved = match authenticator.tenants.by_slug(slug).await {
+                    Ok(tenant) => tenant,
+                    Err(error) => return Ok(refuse(req, ApiError::from(error))),
+                };
+                req.extensions_mut().insert(super::guard::PathTenant(resolved));
+            }
             req.extensions_mut().insert(principal);
             service.call(req).await.map(ServiceResponse::map_into_left_body)
         }

@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
+use std::future::{Ready, ready};
+
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use futures::future::LocalBoxFuture;
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
 use super::permissions::Permission;
 use super::principal::Principal;
 use crate::error::{ApiError, Code};
-use crate::startup::AppState;
 use crate::tenancy::TenantInfo;
 
 pub struct Guarded<const P: u8> {
@@ -38,38 +38,53 @@ pub fn tenant_not_found(slug: &str) -> ApiError {
     ApiError::new(Code::NotFound, format!("tenant `{slug}` not found"))
 }
 
+/// The tenant named by the request path (`/v1/tenants/{tenant}/…`), resolved by the
+/// authentication middleware before routing so that the guard itself never has to wait: actix
+/// polls a handler's extractors together, and a guard that waited would let a body extractor
+/// read (and judge) the body of a request that is about to be refused.
+#[derive(Clone)]
+pub struct PathTenant(pub Option<Arc<TenantInfo>>);
+
+/// The tenant slug of a tenant-scoped path, if it is one.
+pub fn path_tenant_slug(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/tenants/")?;
+    let slug = rest.split('/').next().unwrap_or("");
+    (!slug.is_empty()).then_some(slug)
+}
+
 impl<const P: u8> FromRequest for Guarded<P> {
     type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+    type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let principal = req.extensions().get::<Principal>().cloned();
-        let slug = req.match_info().get("tenant").map(str::to_owned);
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        Box::pin(async move {
-            let principal = principal.ok_or_else(|| {
-                ApiError::new(Code::Unauthenticated, "this operation needs `Authorization: Bearer <token or API key>`")
-            })?;
-            let tenant = match slug {
-                None => principal.tenant.clone(),
-                Some(slug) => {
-                    let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
-                    let tenant = state.tenants.by_slug(&slug).await.map_err(ApiError::from)?.ok_or_else(|| tenant_not_found(&slug))?;
-                    let own = principal.tenant.as_ref().is_some_and(|t| t.id == tenant.id);
-                    if !own && !principal.platform_admin {
-                        return Err(tenant_not_found(&slug).into());
-                    }
-                    Some(tenant)
+        ready(Self::check(req).map_err(Into::into))
+    }
+}
+
+impl<const P: u8> Guarded<P> {
+    fn check(req: &HttpRequest) -> Result<Self, ApiError> {
+        let extensions = req.extensions();
+        let principal = extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::new(Code::Unauthenticated, "this operation needs `Authorization: Bearer <token or API key>`")
+        })?;
+        let tenant = match req.match_info().get("tenant") {
+            None => principal.tenant.clone(),
+            Some(slug) => {
+                let resolved = extensions.get::<PathTenant>().and_then(|p| p.0.clone()).filter(|t| t.slug == slug);
+                let tenant = resolved.ok_or_else(|| tenant_not_found(slug))?;
+                let own = principal.tenant.as_ref().is_some_and(|t| t.id == tenant.id);
+                if !own && !principal.platform_admin {
+                    return Err(tenant_not_found(slug));
                 }
-            };
-            if !principal.may(Self::PERMISSION) {
-                return Err(ApiError::new(
-                    Code::Forbidden,
-                    format!("this operation needs the `{}` permission", Self::PERMISSION.as_str()),
-                )
-                .into());
+                Some(tenant)
             }
-            Ok(Guarded { principal, tenant })
-        })
+        };
+        if !principal.may(Self::PERMISSION) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("this operation needs the `{}` permission", Self::PERMISSION.as_str()),
+            ));
+        }
+        Ok(Guarded { principal, tenant })
     }
 }

@@ -354,7 +354,7 @@ async fn audit_rows_cannot_be_changed_even_by_their_owner() {
         .bind(forged.to_string())
         .execute(&mut conn)
         .await;
-    assert!(rogue_append.unwrap_err().to_string().contains("does not continue the chain"));
+    assert!(rogue_append.unwrap_err().to_string().contains("do not continue the chain"));
 }
 
 #[tokio::test]
@@ -459,8 +459,10 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     let count = |mode: &'static str| {
         let db = app.db.clone();
         async move {
+            // Calls share chained records; each record lists its calls.
             sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM audit_events WHERE action = 'inference.call' AND coalesce(details->>'audit_mode', 'every_call') = $1",
+                "SELECT coalesce(sum(json_array_length(details->'calls')), 0)::bigint FROM audit_events \
+                 WHERE action = 'inference.call' AND details->>'audit_mode' = $1",
             )
             .bind(mode)
             .fetch_one(&db)
@@ -474,6 +476,16 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     }
     app.state.audit_sink.flush().await;
     assert_eq!(count("every_call").await, 300);
+    let listed: Vec<i64> = sqlx::query_scalar(
+        "SELECT (c->'details'->>'i')::bigint FROM audit_events, json_array_elements(details->'calls') c \
+         WHERE action = 'inference.call' ORDER BY seq, (c->>'at')",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..300).collect::<Vec<i64>>(), "every call is listed exactly once");
 
     let settings = json!({ "mask_emails": false, "mask_client_addr": false, "inference_mode": "sampled", "inference_sample_rate": 0.1 });
     assert_eq!(app.call("PUT", "/v1/tenants/acme/audit/settings", Some(&owner), Some(settings)).await.status(), 200);

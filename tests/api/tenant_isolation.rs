@@ -121,3 +121,27 @@ async fn row_level_security_alone_hides_other_tenants_rows() {
     let row = sqlx::query("SELECT count(*) AS n FROM api_keys WHERE name = 'hijacked'").fetch_one(&app.db).await.unwrap();
     assert_eq!(row.get::<i64, _>("n"), 0);
 }
+
+/// The guard decides before any body is read: a refused request's malformed body is never judged.
+#[tokio::test]
+async fn refusals_come_before_the_body_is_read() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = app.tenant_with_members(&admin, "acme").await;
+    app.tenant_with_members(&admin, "globex").await;
+    let inference = app.credential(As::Inference, &acme, &admin).await.unwrap();
+    for (path, status) in [("/v1/tenants/acme/api-keys", 403), ("/v1/tenants/globex/api-keys", 404), ("/v1/tenants/nope/api-keys", 404)] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&inference)
+            .header("content-type", "application/json")
+            .body("{bad")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+    let response = app.client.post(app.url("/v1/tenants/acme/api-keys")).body("{bad").send().await.unwrap();
+    assert_problem(response, 401, "unauthenticated").await;
+}
