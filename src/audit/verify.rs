@@ -41,14 +41,11 @@ struct Walker {
     contiguous: bool,
     previous: Option<(i64, [u8; 32])>,
     count: u64,
-    digest: Sha256,
-    first: Option<(i64, String)>,
-    last: Option<(i64, String)>,
 }
 
 impl Walker {
     fn new(contiguous: bool) -> Self {
-        Self { contiguous, previous: None, count: 0, digest: Sha256::new(), first: None, last: None }
+        Self { contiguous, previous: None, count: 0 }
     }
 
     fn step(&mut self, event: &ChainedEvent) -> Result<(), Verdict> {
@@ -71,12 +68,7 @@ impl Walker {
         if event.compute_hash(&prev) != stored {
             return Err(broken(seq, "changed: the event's content does not match its hash"));
         }
-        self.digest.update(stored);
         self.count += 1;
-        if self.first.is_none() {
-            self.first = Some((seq, event.hash.clone()));
-        }
-        self.last = Some((seq, event.hash.clone()));
         self.previous = Some((seq, stored));
         Ok(())
     }

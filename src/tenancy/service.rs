@@ -253,7 +253,7 @@ impl TenantService {
         .await;
         let member = match result {
             Ok(m) => m,
-            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+            Err(e) if unique_violation(&e) => {
                 return Err(ApiError::new(Code::AlreadyExists, "this user is already a member"));
             }
             Err(e) => return Err(e.into()),
