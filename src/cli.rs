@@ -148,6 +148,14 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Re-wrap every tenant key under the first of registry.master_keys (artifacts are not
+    /// re-encrypted), then list the master key ids still referenced; the others can be retired.
+    RotateMaster,
+    /// Print a new `kid:key` entry for registry.master_keys (put it first, then rotate-master).
+    GenerateMaster {
+        #[arg(long)]
+        kid: String,
+    },
     /// Print a new `kid:seed` entry for auth.jwt_signing_keys (put it first to rotate).
     GenerateJwt {
         #[arg(long)]
@@ -210,6 +218,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::GenerateMaster { kid } } => {
+            println!("{}", crate::crypto::generate_master_key_entry(&kid));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::RotateMaster } => {
+            let settings = match load_settings() {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            actix_web::rt::System::new().block_on(async move {
+                let owner = sqlx::PgPool::connect_with(settings.database.migration_options()?).await?;
+                let state = AppState::new(settings)?;
+                let rewrapped = state.keys.rotate_master(&owner, &state.auditor).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let referenced = crate::registry::keys::KeyService::referenced_master_keys(&owner).await?;
+                println!("re-wrapped {rewrapped} tenant keys; master keys still referenced: {}", referenced.join(", "));
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Keys { command: KeysCommand::GenerateJwt { kid } } => {
             println!("{}", crate::identity::jwt::generate_key_entry(&kid));

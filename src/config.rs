@@ -19,12 +19,13 @@ const ENV_PREFIX: &str = "TESSERA";
 
 /// Secret settings: never accepted from a configuration file, only from `TESSERA__…`
 /// environment variables or from a file named by the matching `…_file` key.
-const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys", "audit.signing_keys"];
+const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys", "audit.signing_keys", "registry.master_keys"];
 
 /// Stand-ins that make development and tests work out of the box. Production refuses them.
 const DEV_API_KEY_SECRET: &str = "dev-insecure-api-key-secret-change-me-0123456789";
 /// `kid:base64url(32-byte Ed25519 seed)`; the seed is public knowledge, so production refuses it.
 const DEV_JWT_SIGNING_KEYS: &str = "dev-insecure-1:ZGV2LWluc2VjdXJlLWVkMjU1MTktc2VlZC0wMDAwMDA";
+const DEV_MASTER_KEYS: &str = "dev-insecure-master-1:ZGV2LWluc2VjdXJlLW1hc3Rlci1rZXktMDAwMDAwMDA";
 const DEV_AUDIT_SIGNING_KEYS: &str = "dev-insecure-audit-1:ZGV2LWluc2VjdXJlLWF1ZGl0LXNlZWQtMDAwMDAwMDA";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -83,6 +84,22 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
+    pub registry: RegistrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrySettings {
+    #[serde(default)]
+    master_keys: Option<SecretString>,
+    #[serde(default)]
+    master_keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// `kid:base64url(32-byte AES key)[,…]`: the first wraps new tenant keys, all unwrap.
+    pub master_keys: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +241,8 @@ struct RawSettings {
     telemetry: TelemetrySettings,
     auth: RawAuthSettings,
     audit: RawAuditSettings,
+    #[serde(default)]
+    registry: RawRegistrySettings,
 }
 
 impl DatabaseSettings {
@@ -327,7 +346,7 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, telemetry, auth, audit } = raw;
+        let RawSettings { server, mut database, redis, telemetry, auth, audit, registry } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
@@ -350,8 +369,17 @@ impl Settings {
             DEV_AUDIT_SIGNING_KEYS,
         )?;
 
+        let master_keys = required_secret(
+            environment,
+            "registry.master_keys",
+            registry.master_keys,
+            registry.master_keys_file,
+            DEV_MASTER_KEYS,
+        )?;
+
         let settings = Settings {
             environment,
+            registry: RegistrySettings { master_keys },
             audit: AuditSettings {
                 signing_keys: audit_signing_keys,
                 checkpoint_interval_seconds: audit.checkpoint_interval_seconds,
@@ -447,6 +475,14 @@ impl Settings {
             ));
         }
         crate::identity::jwt::parse_signing_keys(audit_keys).map_err(|e| ConfigError::new("audit.signing_keys", e))?;
+        let master_keys = self.registry.master_keys.expose_secret();
+        if self.environment == Environment::Production && master_keys.contains(DEV_MASTER_KEYS) {
+            return Err(ConfigError::new(
+                "registry.master_keys",
+                "contains the development key; production refuses to start with it",
+            ));
+        }
+        crate::crypto::MasterKeys::parse(master_keys).map_err(|e| ConfigError::new("registry.master_keys", e))?;
         let a = &self.auth;
         if a.access_token_ttl_seconds < 30 || a.access_token_ttl_seconds > 86_400 {
             return Err(ConfigError::new("auth.access_token_ttl_seconds", "must be between 30 and 86400"));
@@ -560,7 +596,8 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "login_max_failures_per_account = {}\nlogin_max_failures_per_address = {}", a.login_max_failures_per_account, a.login_max_failures_per_address)?;
         writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)?;
         writeln!(f, "\n[audit]\nsigning_keys = {}", secret(true))?;
-        writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)
+        writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)?;
+        writeln!(f, "\n[registry]\nmaster_keys = {}", secret(true))
     }
 }
 
@@ -605,6 +642,7 @@ mod tests {
                 ("TESSERA__AUTH__API_KEY_SECRET", DEV_API_KEY_SECRET),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
                 ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+                ("TESSERA__REGISTRY__MASTER_KEYS", "master-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         )
         .unwrap_err();
@@ -616,6 +654,7 @@ mod tests {
                 ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", DEV_JWT_SIGNING_KEYS),
                 ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+                ("TESSERA__REGISTRY__MASTER_KEYS", "master-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         )
         .unwrap_err();
@@ -627,6 +666,7 @@ mod tests {
                 ("TESSERA__AUTH__API_KEY_SECRET", "a-production-secret-of-enough-length-42"),
                 ("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
                 ("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
+                ("TESSERA__REGISTRY__MASTER_KEYS", "master-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA"),
             ]),
         );
         assert!(ok.is_ok(), "{:?}", ok.err());

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod redis_store;
+pub mod registry;
 pub mod startup;
 pub mod telemetry;
 pub mod tenancy;

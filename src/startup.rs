@@ -18,6 +18,8 @@ use crate::audit::Auditor;
 use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
+use crate::crypto::MasterKeys;
+use crate::registry::keys::KeyService;
 use crate::identity::authenticate::{Authenticate, Authenticator};
 use crate::identity::jwt::Keyring;
 use crate::identity::passwords::Passwords;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub audit_signer: Arc<AuditSigner>,
     /// Batched writer for per-call events (inference); see `audit::sink`.
     pub audit_sink: AuditSink,
+    /// Tenant and data keys of the model registry.
+    pub keys: KeyService,
 }
 
 impl AppState {
@@ -86,7 +90,12 @@ impl AppState {
         let tenant_admin =
             TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone(), auditor.clone());
         let audit_sink = AuditSink::start(db.clone(), auditor.clone());
+        let keys = KeyService::new(Arc::new(
+            MasterKeys::parse(settings.registry.master_keys.expose_secret())
+                .map_err(|e| anyhow::anyhow!("registry.master_keys: {e}"))?,
+        ));
         Ok(Self {
+            keys,
             audit_sink,
             settings: Arc::new(settings),
             limiter: RateLimiter::new(redis.clone()),

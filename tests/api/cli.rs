@@ -50,6 +50,7 @@ fn production_refuses_to_start_with_a_development_secret() {
         .env("TESSERA__AUTH__API_KEY_SECRET", "dev-insecure-api-key-secret-change-me-0123456789")
         .env("TESSERA__AUTH__JWT_SIGNING_KEYS", "prod-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA")
         .env("TESSERA__AUDIT__SIGNING_KEYS", "audit-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA")
+        .env("TESSERA__REGISTRY__MASTER_KEYS", "master-1:cHJvZHVjdGlvbi1rZXktc2VlZC0wMDAwMDAwMDAwMDA")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));

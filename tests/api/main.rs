@@ -11,5 +11,6 @@ mod cli;
 mod errors;
 mod health;
 mod openapi_drift;
+mod registry_keys;
 mod tenant_isolation;
 mod tls;
