@@ -111,6 +111,11 @@ impl Encoder {
 impl ChainedEvent {
     /// The hash this event must have, given its fields and `prev_hash`.
     pub fn compute_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        self.compute_hash_with(prev, &canonical_json(&self.details))
+    }
+
+    /// `compute_hash` for a caller that already holds the canonical JSON of `details`.
+    pub fn compute_hash_with(&self, prev: &[u8; 32], canonical_details: &str) -> [u8; 32] {
         let mut e = Encoder(Sha256::new());
         e.0.update(DOMAIN);
         e.0.update(prev);
@@ -127,7 +132,7 @@ impl ChainedEvent {
         e.field(self.client_addr.as_deref());
         e.field(self.user_agent.as_deref());
         e.field(self.request_id.as_deref());
-        e.field(Some(&canonical_json(&self.details)));
+        e.field(Some(canonical_details));
         e.0.finalize().into()
     }
 

@@ -229,6 +229,7 @@ impl Auditor {
             .try_into()
             .map_err(|_| ApiError::internal(anyhow::anyhow!("corrupt audit head for {tenant}")))?;
         let mut rows = Vec::with_capacity(events.len());
+        let mut canonical = Vec::with_capacity(events.len());
         for (offset, (event, info)) in events.into_iter().enumerate() {
             let mut details = event.details;
             redact(&mut details, policy);
@@ -251,12 +252,15 @@ impl Auditor {
                 prev_hash: hex::encode(prev),
                 hash: String::new(),
             };
-            let hash = chained.compute_hash(&prev);
+            // Canonicalised once: the same text is hashed and stored.
+            let details_text = canonical_json(&chained.details);
+            let hash = chained.compute_hash_with(&prev, &details_text);
             chained.hash = hex::encode(hash);
             prev = hash;
             rows.push(chained);
+            canonical.push(details_text);
         }
-        let json = rows_json(&rows);
+        let json = rows_json(&rows, canonical);
         sqlx::query("SELECT audit_append($1, $2::json)").bind(tenant).bind(json).execute(&mut *conn).await?;
         Ok(())
     }
@@ -302,20 +306,47 @@ pub fn spawn_checkpointer(pool: PgPool, signer: Arc<signing::AuditSigner>, inter
     });
 }
 
-/// The JSON array `audit_append` takes, with each `details` in canonical form so that the
-/// stored text is exactly what was hashed.
-fn rows_json(rows: &[ChainedEvent]) -> String {
-    let mut out = String::from("[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let mut object = serde_json::to_value(row).expect("events serialize");
-        object["details"] = Value::Null;
-        let text = object.to_string();
-        let placeholder = "\"details\":null";
-        out.push_str(&text.replacen(placeholder, &format!("\"details\":{}", canonical_json(&row.details)), 1));
+/// The JSON array `audit_append` takes, each `details` embedded as its canonical text so that
+/// the stored text is exactly what was hashed.
+fn rows_json(rows: &[ChainedEvent], canonical: Vec<String>) -> String {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: Uuid,
+        seq: i64,
+        occurred_at: &'a str,
+        actor_type: &'a str,
+        actor_id: Option<&'a str>,
+        action: &'a str,
+        resource_type: Option<&'a str>,
+        resource_id: Option<&'a str>,
+        outcome: &'a str,
+        client_addr: Option<&'a str>,
+        user_agent: Option<&'a str>,
+        request_id: Option<&'a str>,
+        details: Box<serde_json::value::RawValue>,
+        prev_hash: &'a str,
+        hash: &'a str,
     }
-    out.push(']');
-    out
+    let out: Vec<Row<'_>> = rows
+        .iter()
+        .zip(canonical)
+        .map(|(r, details)| Row {
+            id: r.id,
+            seq: r.seq,
+            occurred_at: &r.occurred_at,
+            actor_type: &r.actor_type,
+            actor_id: r.actor_id.as_deref(),
+            action: &r.action,
+            resource_type: r.resource_type.as_deref(),
+            resource_id: r.resource_id.as_deref(),
+            outcome: &r.outcome,
+            client_addr: r.client_addr.as_deref(),
+            user_agent: r.user_agent.as_deref(),
+            request_id: r.request_id.as_deref(),
+            details: serde_json::value::RawValue::from_string(details).expect("canonical JSON is JSON"),
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+        })
+        .collect();
+    serde_json::to_string(&out).expect("rows serialize")
 }

@@ -12,8 +12,8 @@ pub struct MaskPolicy {
 }
 
 pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    SECRET_MARKERS.iter().any(|m| key.contains(m))
+    let key = key.as_bytes();
+    SECRET_MARKERS.iter().any(|m| key.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m.as_bytes())))
 }
 
 /// Removes secret-looking keys at any depth; masks emails if asked.
