@@ -118,20 +118,19 @@ impl Authenticator {
         let cached = self.tokens.read().get(token).cloned();
         let entry = match cached {
             Some(entry) if entry.checked_at.elapsed() < RECHECK => entry,
-            _ => {
+            // The signature was verified when the entry was made; only revocation can change.
+            Some(mut entry) => {
+                self.ensure_not_revoked(entry.jti).await?;
+                entry.checked_at = Instant::now();
+                self.remember_token(token, &entry, now);
+                entry
+            }
+            None => {
                 let claims = self.keyring.verify(token).map_err(|e| match e {
-                    TokenError::Invalid(reason) if reason.contains("ExpiredSignature") => {
-                        ApiError::new(Code::TokenExpired, "the access token has expired; refresh it")
-                    }
+                    TokenError::Expired => ApiError::new(Code::TokenExpired, "the access token has expired; refresh it"),
                     other => ApiError::new(Code::InvalidToken, other.to_string()),
                 })?;
-                let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
-                    .bind(claims.jti)
-                    .fetch_one(&self.pool)
-                    .await?;
-                if revoked {
-                    return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
-                }
+                self.ensure_not_revoked(claims.jti).await?;
                 let entry = CachedToken {
                     user: claims.sub,
                     tenant: claims.tid,
@@ -141,14 +140,7 @@ impl Authenticator {
                     exp: claims.exp,
                     checked_at: Instant::now(),
                 };
-                let mut tokens = self.tokens.write();
-                if tokens.len() >= CACHE_LIMIT {
-                    tokens.retain(|_, t| t.exp > now);
-                    if tokens.len() >= CACHE_LIMIT {
-                        tokens.clear();
-                    }
-                }
-                tokens.insert(token.into(), entry.clone());
+                self.remember_token(token, &entry, now);
                 entry
             }
         };
@@ -166,6 +158,28 @@ impl Authenticator {
             platform_admin: entry.platform_admin,
             token: Some((entry.jti, entry.exp)),
         })
+    }
+
+    async fn ensure_not_revoked(&self, jti: Uuid) -> Result<(), ApiError> {
+        let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
+            .bind(jti)
+            .fetch_one(&self.pool)
+            .await?;
+        if revoked {
+            return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
+        }
+        Ok(())
+    }
+
+    fn remember_token(&self, token: &str, entry: &CachedToken, now: u64) {
+        let mut tokens = self.tokens.write();
+        if tokens.len() >= CACHE_LIMIT {
+            tokens.retain(|_, t| t.exp > now);
+            if tokens.len() >= CACHE_LIMIT {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.into(), entry.clone());
     }
 
     async fn authenticate_api_key(&self, key: &str) -> Result<Principal, ApiError> {

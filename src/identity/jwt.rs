@@ -87,6 +87,8 @@ pub enum TokenError {
     Algorithm,
     #[error("the token's signing key is unknown")]
     UnknownKey,
+    #[error("the token has expired")]
+    Expired,
     #[error("the token is invalid: {0}")]
     Invalid(String),
 }
@@ -150,7 +152,10 @@ impl Keyring {
         let key = self.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })
     }
 
     /// The public half of every verification key, as a JWK Set.
