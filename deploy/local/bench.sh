@@ -10,8 +10,7 @@ ensure_packages
 ensure_running
 export_test_env
 
-if [ $# -eq 0 ]; then
-  cargo bench --locked
-else
-  for name in "$@"; do cargo bench --locked --bench "$name"; done
-fi
+# One cargo invocation, so the release build happens once for all the benchmarks named.
+targets=()
+for name in "$@"; do targets+=(--bench "$name"); done
+cargo bench --locked "${targets[@]}"
