@@ -170,6 +170,7 @@ enum ConfigCommand {
 }
 
 pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

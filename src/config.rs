@@ -87,19 +87,59 @@ pub struct Settings {
     pub registry: RegistrySettings,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistrySettings {
     #[serde(default)]
     master_keys: Option<SecretString>,
     #[serde(default)]
     master_keys_file: Option<PathBuf>,
+    max_artifact_bytes: u64,
+    storage: StorageSettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     /// `kid:base64url(32-byte AES key)[,…]`: the first wraps new tenant keys, all unwrap.
     pub master_keys: SecretString,
+    /// Largest single artifact accepted, whatever the tenant's quota.
+    pub max_artifact_bytes: u64,
+    pub storage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+impl StorageBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Local => "local",
+            StorageBackend::S3 => "s3",
+        }
+    }
+}
+
+/// Where encrypted artifacts live. S3 credentials come from the standard `AWS_*` environment
+/// variables, never from configuration files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub backend: StorageBackend,
+    /// Local backend: the directory (created if missing).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub s3_bucket: Option<String>,
+    /// S3-compatible endpoint (MinIO, Ceph, ...); empty for AWS itself.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    #[serde(default)]
+    pub s3_region: Option<String>,
+    #[serde(default)]
+    pub s3_allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,7 +281,6 @@ struct RawSettings {
     telemetry: TelemetrySettings,
     auth: RawAuthSettings,
     audit: RawAuditSettings,
-    #[serde(default)]
     registry: RawRegistrySettings,
 }
 
@@ -379,7 +418,11 @@ impl Settings {
 
         let settings = Settings {
             environment,
-            registry: RegistrySettings { master_keys },
+            registry: RegistrySettings {
+                master_keys,
+                max_artifact_bytes: registry.max_artifact_bytes,
+                storage: registry.storage,
+            },
             audit: AuditSettings {
                 signing_keys: audit_signing_keys,
                 checkpoint_interval_seconds: audit.checkpoint_interval_seconds,
@@ -483,6 +526,19 @@ impl Settings {
             ));
         }
         crate::crypto::MasterKeys::parse(master_keys).map_err(|e| ConfigError::new("registry.master_keys", e))?;
+        if self.registry.max_artifact_bytes == 0 {
+            return Err(ConfigError::new("registry.max_artifact_bytes", "must be greater than 0"));
+        }
+        let storage = &self.registry.storage;
+        match storage.backend {
+            StorageBackend::Local if storage.path.as_os_str().is_empty() => {
+                return Err(ConfigError::new("registry.storage.path", "must name a directory for the local backend"));
+            }
+            StorageBackend::S3 if storage.s3_bucket.as_deref().unwrap_or("").is_empty() => {
+                return Err(ConfigError::new("registry.storage.s3_bucket", "is required for the s3 backend"));
+            }
+            _ => {}
+        }
         let a = &self.auth;
         if a.access_token_ttl_seconds < 30 || a.access_token_ttl_seconds > 86_400 {
             return Err(ConfigError::new("auth.access_token_ttl_seconds", "must be between 30 and 86400"));
@@ -597,7 +653,11 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)?;
         writeln!(f, "\n[audit]\nsigning_keys = {}", secret(true))?;
         writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)?;
-        writeln!(f, "\n[registry]\nmaster_keys = {}", secret(true))
+        let r = &s.registry;
+        writeln!(f, "\n[registry]\nmaster_keys = {}\nmax_artifact_bytes = {}", secret(true), r.max_artifact_bytes)?;
+        writeln!(f, "\n[registry.storage]\nbackend = {:?}\npath = {:?}", r.storage.backend.as_str(), r.storage.path)?;
+        writeln!(f, "s3_bucket = {:?}\ns3_endpoint = {:?}", r.storage.s3_bucket, r.storage.s3_endpoint)?;
+        writeln!(f, "s3_region = {:?}\ns3_allow_http = {}", r.storage.s3_region, r.storage.s3_allow_http)
     }
 }
 

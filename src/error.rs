@@ -66,6 +66,11 @@ error_codes! {
     Forbidden => ("forbidden", FORBIDDEN, "Permission denied"),
     RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many requests"),
     ClientError => ("client_error", BAD_REQUEST, "Bad request"),
+    QuotaExceeded => ("quota_exceeded", FORBIDDEN, "Tenant quota exceeded"),
+    InvalidModel => ("invalid_model", UNPROCESSABLE_ENTITY, "Not a valid model artifact"),
+    ChecksumMismatch => ("checksum_mismatch", BAD_REQUEST, "Checksum does not match the uploaded bytes"),
+    VersionHasAlias => ("version_has_alias", CONFLICT, "Version is behind an alias"),
+    ArtifactIntegrity => ("artifact_integrity", INTERNAL_SERVER_ERROR, "Stored artifact failed verification"),
     ServiceUnavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service unavailable"),
     InternalError => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
 }

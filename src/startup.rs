@@ -19,7 +19,9 @@ use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
 use crate::crypto::MasterKeys;
+use crate::registry::RegistryService;
 use crate::registry::keys::KeyService;
+use crate::registry::store::ArtifactStore;
 use crate::identity::authenticate::{Authenticate, Authenticator};
 use crate::identity::jwt::Keyring;
 use crate::identity::passwords::Passwords;
@@ -56,11 +58,13 @@ pub struct AppState {
     pub audit_sink: AuditSink,
     /// Tenant and data keys of the model registry.
     pub keys: KeyService,
+    pub registry: RegistryService,
 }
 
 impl AppState {
     /// Connects lazily to Postgres and Redis: nothing here waits for either.
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        crate::tls::install_crypto_provider();
         let db = crate::db::connect_lazy(&settings.database)?;
         let redis = RedisStore::connect_lazy(&settings.redis)?;
         let auth = &settings.auth;
@@ -94,7 +98,15 @@ impl AppState {
             MasterKeys::parse(settings.registry.master_keys.expose_secret())
                 .map_err(|e| anyhow::anyhow!("registry.master_keys: {e}"))?,
         ));
+        let registry = RegistryService::new(
+            db.clone(),
+            ArtifactStore::from_settings(&settings.registry.storage)?,
+            keys.clone(),
+            auditor.clone(),
+            settings.registry.max_artifact_bytes,
+        );
         Ok(Self {
+            registry,
             keys,
             audit_sink,
             settings: Arc::new(settings),
@@ -116,6 +128,7 @@ impl AppState {
 /// The route table. Both the server and `tessera openapi` are built from it.
 pub fn routes(cfg: &mut ServiceConfig) {
     use crate::identity::routes as auth;
+    use crate::registry::routes as models;
     use crate::tenancy::routes as tenancy;
     cfg.service(health::healthz)
         .service(health::readyz)
@@ -142,7 +155,19 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(crate::audit::routes::export_events)
         .service(crate::audit::routes::signing_keys)
         .service(crate::audit::routes::get_settings)
-        .service(crate::audit::routes::put_settings);
+        .service(crate::audit::routes::put_settings)
+        .service(models::create_model)
+        .service(models::list_models)
+        .service(models::get_model)
+        .service(models::delete_model)
+        .service(models::upload_version)
+        .service(models::list_versions)
+        .service(models::get_version)
+        .service(models::download_version)
+        .service(models::delete_version)
+        .service(models::set_alias)
+        .service(models::remove_alias)
+        .service(models::rotate_tenant_key);
 }
 
 /// What every worker's app shares, computed once.

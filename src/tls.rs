@@ -31,3 +31,9 @@ pub fn server_config(settings: &TlsSettings) -> anyhow::Result<ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// Makes ring the process-wide rustls provider, for clients that use the default (the S3
+/// client of the artifact store, the CLI's HTTP client). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

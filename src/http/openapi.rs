@@ -23,6 +23,7 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         (name = "tenants", description = "Tenants (platform administrators)"),
         (name = "members", description = "A tenant's members and their roles"),
         (name = "api-keys", description = "API keys for machines"),
+        (name = "models", description = "The encrypted model registry: models, versions, aliases, artifacts, tenant keys"),
         (name = "audit", description = "The tamper-evident audit log: events, signed exports, signing keys, settings"),
     ),
     modifiers(&BearerAuth),

@@ -35,11 +35,14 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => &[
-                MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun,
-                AuditRead, AuditExport, AuditConfigure,
+                MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, ModelsDownload, InferenceRun,
+                JobsRun, AuditRead, AuditExport, AuditConfigure, KeysRotate,
             ],
-            Role::Admin => &[MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, InferenceRun, JobsRun],
-            Role::MlEngineer => &[ModelsRead, ModelsWrite, InferenceRun, JobsRun],
+            Role::Admin => &[
+                MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, ModelsDownload, InferenceRun,
+                JobsRun,
+            ],
+            Role::MlEngineer => &[ModelsRead, ModelsWrite, ModelsDownload, InferenceRun, JobsRun],
             Role::Auditor => &[AuditRead, AuditExport],
             Role::Inference => &[ModelsRead, InferenceRun],
         }
@@ -82,10 +85,14 @@ pub enum Permission {
     AuditExport,
     /// Change the tenant's audit settings (masking, inference sampling).
     AuditConfigure,
+    /// Fetch a model's decrypted artifact (reading metadata is `ModelsRead`).
+    ModelsDownload,
+    /// Rotate the tenant's encryption key.
+    KeysRotate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::TenantsManage,
         Permission::SelfRead,
         Permission::MembersRead,
@@ -99,6 +106,8 @@ impl Permission {
         Permission::AuditRead,
         Permission::AuditExport,
         Permission::AuditConfigure,
+        Permission::ModelsDownload,
+        Permission::KeysRotate,
     ];
 
     pub const fn from_u8(value: u8) -> Permission {
@@ -116,6 +125,8 @@ impl Permission {
             10 => Permission::AuditRead,
             11 => Permission::AuditExport,
             12 => Permission::AuditConfigure,
+            13 => Permission::ModelsDownload,
+            14 => Permission::KeysRotate,
             _ => panic!("not a permission"),
         }
     }
@@ -135,6 +146,8 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::AuditExport => "audit.export",
             Permission::AuditConfigure => "audit.configure",
+            Permission::ModelsDownload => "models.download",
+            Permission::KeysRotate => "keys.rotate",
         }
     }
 }
@@ -155,6 +168,8 @@ pub mod perm {
     pub const AUDIT_READ: u8 = Permission::AuditRead as u8;
     pub const AUDIT_EXPORT: u8 = Permission::AuditExport as u8;
     pub const AUDIT_CONFIGURE: u8 = Permission::AuditConfigure as u8;
+    pub const MODELS_DOWNLOAD: u8 = Permission::ModelsDownload as u8;
+    pub const KEYS_ROTATE: u8 = Permission::KeysRotate as u8;
 }
 
 #[cfg(test)]

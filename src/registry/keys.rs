@@ -63,6 +63,20 @@ impl KeyService {
         }
     }
 
+    /// Retires the tenant's active key (if any) and creates a new active one. Returns the new
+    /// key and the retired key's id; the caller re-wraps data keys in the same transaction.
+    pub async fn rotate_tenant_key(&self, tx: &mut TenantTx) -> Result<(Uuid, Key, Option<Uuid>), ApiError> {
+        let tenant = tx.tenant().0;
+        let retired: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE tenant_keys SET retired_at = now() WHERE tenant_id = $1 AND retired_at IS NULL RETURNING id",
+        )
+        .bind(tenant)
+        .fetch_optional(tx.conn())
+        .await?;
+        let (id, key) = self.active_tenant_key(tx).await?;
+        Ok((id, key, retired))
+    }
+
     /// A tenant key by id (active or retired), for unwrapping an existing artifact's data key.
     pub async fn tenant_key(&self, tx: &mut TenantTx, id: Uuid) -> Result<Key, ApiError> {
         let tenant = tx.tenant().0;

@@ -1,3 +1,14 @@
-//! The encrypted model registry. So far: the key hierarchy (`keys.rs`) on top of `crypto`.
+//! The encrypted model registry: models, immutable versions and movable aliases (`service`),
+//! streamed encrypted uploads (`upload`), verified decryption into memory (`loader`), the
+//! key hierarchy (`keys`) and the object store holding ciphertext (`store`).
 
 pub mod keys;
+pub mod loader;
+pub mod model;
+pub mod onnx;
+pub mod routes;
+pub mod service;
+pub mod store;
+pub mod upload;
+
+pub use service::RegistryService;

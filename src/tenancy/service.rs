@@ -90,10 +90,6 @@ pub struct TenantService {
 const TENANT_COLUMNS: &str =
     "id, slug, name, status, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst, created_at";
 
-fn unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().is_some_and(|e| e.is_unique_violation())
-}
-
 impl TenantService {
     pub fn new(
         pool: PgPool,
@@ -145,7 +141,7 @@ impl TenantService {
                 tx.commit().await?;
                 Ok(view)
             }
-            Err(e) if unique_violation(&e) => {
+            Err(e) if crate::db::is_unique_violation(&e) => {
                 Err(ApiError::new(Code::AlreadyExists, format!("tenant `{}` already exists", new.slug.as_str())))
             }
             Err(e) => Err(e.into()),
@@ -253,7 +249,7 @@ impl TenantService {
         .await;
         let member = match result {
             Ok(m) => m,
-            Err(e) if unique_violation(&e) => {
+            Err(e) if crate::db::is_unique_violation(&e) => {
                 return Err(ApiError::new(Code::AlreadyExists, "this user is already a member"));
             }
             Err(e) => return Err(e.into()),

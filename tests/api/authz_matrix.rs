@@ -44,7 +44,22 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("GET", "/v1/audit/keys", Rule::Public),
     ("GET", "/v1/tenants/{tenant}/audit/settings", Rule::Only(AUDITORS)),
     ("PUT", "/v1/tenants/{tenant}/audit/settings", Rule::Only(&[PlatformAdmin, Owner])),
+    ("POST", "/v1/tenants/{tenant}/models", Rule::Only(MODEL_WRITERS)),
+    ("GET", "/v1/tenants/{tenant}/models", Rule::Only(MODEL_READERS)),
+    ("GET", "/v1/tenants/{tenant}/models/{model}", Rule::Only(MODEL_READERS)),
+    ("DELETE", "/v1/tenants/{tenant}/models/{model}", Rule::Only(MODEL_WRITERS)),
+    ("POST", "/v1/tenants/{tenant}/models/{model}/versions", Rule::Only(MODEL_WRITERS)),
+    ("GET", "/v1/tenants/{tenant}/models/{model}/versions", Rule::Only(MODEL_READERS)),
+    ("GET", "/v1/tenants/{tenant}/models/{model}/versions/{version}", Rule::Only(MODEL_READERS)),
+    ("GET", "/v1/tenants/{tenant}/models/{model}/versions/{version}/artifact", Rule::Only(MODEL_WRITERS)),
+    ("DELETE", "/v1/tenants/{tenant}/models/{model}/versions/{version}", Rule::Only(MODEL_WRITERS)),
+    ("PUT", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
+    ("DELETE", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
+    ("POST", "/v1/tenants/{tenant}/keys/rotate", Rule::Only(&[PlatformAdmin, Owner])),
 ];
+
+const MODEL_WRITERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
+const MODEL_READERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];
 
 const AUDITORS: &[As] = &[PlatformAdmin, Owner, Auditor];
 
@@ -65,6 +80,8 @@ pub fn fill(path: &str, tenant: &str) -> String {
         .replace("{user_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{key_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{name}", "no-such-model")
+        .replace("{model}", "no-such-model")
+        .replace("{alias}", "production")
         .replace("{version}", "1")
 }
 

@@ -50,7 +50,7 @@ pub struct TestApp {
     pub db: PgPool,
     pub settings: Settings,
     pub state: AppState,
-    database: Arc<TestDatabase>,
+    pub database: Arc<TestDatabase>,
 }
 
 impl TestApp {
@@ -68,6 +68,8 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     redis_prefix: String,
+    /// Where this test's app stores artifacts (the local object store backend).
+    pub artifact_dir: std::path::PathBuf,
 }
 
 /// The application role's login, created once per test run (roles are cluster-wide).
@@ -108,7 +110,8 @@ impl TestDatabase {
         let mut url = url::Url::parse(&maintenance_url()).expect("maintenance URL parses");
         url.set_path(&name);
         let redis_prefix = format!("tessera-test:{}", uuid::Uuid::new_v4().simple());
-        Arc::new(Self { name, url: url.to_string(), redis_prefix })
+        let artifact_dir = std::env::temp_dir().join("tessera-test-artifacts").join(&name);
+        Arc::new(Self { name, url: url.to_string(), redis_prefix, artifact_dir })
     }
 }
 
@@ -116,6 +119,7 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
         let prefix = self.redis_prefix.clone();
+        let _ = std::fs::remove_dir_all(&self.artifact_dir);
         // Drop runs outside any runtime we may block on, so clean up on a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -152,6 +156,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     settings.redis.url = redis_url();
     settings.redis.key_prefix = database.redis_prefix.clone();
     settings.server.port = 0;
+    settings.registry.storage.path = database.artifact_dir.clone();
 
     let db = PgPool::connect(&database.url).await.expect("connect to test database");
     tessera::db::migrate(&db).await.expect("migrations apply");

@@ -3,6 +3,8 @@
 //! key prefix each); see `helpers`.
 
 mod helpers;
+#[path = "../support/onnx_builder.rs"]
+mod onnx_builder;
 
 mod audit;
 mod auth;
@@ -11,6 +13,7 @@ mod cli;
 mod errors;
 mod health;
 mod openapi_drift;
+mod registry;
 mod registry_keys;
 mod tenant_isolation;
 mod tls;

@@ -1,0 +1,261 @@
+//! Reading artifacts back: the one path by which plaintext comes into existence, and only in
+//! memory. `load` is what inference workers call; `download` streams the same plaintext to an
+//! authorised client. Every chunk authenticates before it is released, and the whole artifact
+//! must match the SHA-256 recorded at upload.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::keys::KeyService;
+use super::model::{ModelName, StoredVersion, VersionRef};
+use super::service::RegistryService;
+use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::crypto::Key;
+use crate::crypto::stream::Decryptor;
+use crate::error::{ApiError, Code};
+use crate::tenancy::TenantId;
+use crate::tenancy::db::TenantTx;
+
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Why stored bytes did not come back as the artifact that was uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("ciphertext failed authentication (tampered, truncated, reordered or wrong key)")]
+    Tampered,
+    #[error("plaintext does not match the recorded SHA-256 or size")]
+    Checksum,
+    #[error("the data key does not unwrap")]
+    Key,
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A decrypted, verified artifact, in memory only.
+pub struct LoadedArtifact {
+    pub version: StoredVersion,
+    pub bytes: Vec<u8>,
+}
+
+struct Opener {
+    decryptor: Decryptor,
+    digest: Sha256,
+    size: u64,
+    expected_sha256: [u8; 32],
+    expected_size: u64,
+}
+
+impl Opener {
+    fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, ArtifactError> {
+        let mut out = Vec::new();
+        for piece in pieces {
+            for plain in self.decryptor.update(piece).map_err(|_| ArtifactError::Tampered)? {
+                self.digest.update(&plain);
+                self.size += plain.len() as u64;
+                out.push(plain);
+            }
+        }
+        Ok(out)
+    }
+
+    fn finish(mut self) -> Result<Bytes, ArtifactError> {
+        let last = self.decryptor.finish().map_err(|_| ArtifactError::Tampered)?;
+        self.digest.update(&last);
+        self.size += last.len() as u64;
+        let digest: [u8; 32] = self.digest.finalize().into();
+        if digest != self.expected_sha256 || self.size != self.expected_size {
+            return Err(ArtifactError::Checksum);
+        }
+        Ok(last)
+    }
+}
+
+/// Decrypts `source` on the blocking pool, one batch at a time, into a bounded channel. The
+/// final verdict (tag of the last chunk, SHA-256, size) arrives before the last bytes do.
+fn decrypt_into_channel(
+    mut source: BoxStream<'static, object_store::Result<Bytes>>,
+    mut opener: Opener,
+) -> mpsc::Receiver<Result<Bytes, ArtifactError>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        let mut batched = 0usize;
+        loop {
+            let next = source.next().await;
+            let done = next.is_none();
+            match next {
+                Some(Ok(piece)) => {
+                    batched += piece.len();
+                    batch.push(piece);
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(ArtifactError::Storage(e.to_string()))).await;
+                    return;
+                }
+                None => {}
+            }
+            if batched >= BATCH_BYTES || done {
+                let pieces = std::mem::take(&mut batch);
+                batched = 0;
+                let Ok((back, plain)) = tokio::task::spawn_blocking(move || {
+                    let plain = opener.feed(&pieces);
+                    (opener, plain)
+                })
+                .await
+                else {
+                    return;
+                };
+                opener = back;
+                match plain {
+                    Ok(chunks) => {
+                        for chunk in chunks {
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return; // the reader went away
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let last = tokio::task::spawn_blocking(move || opener.finish()).await;
+        if let Ok(last) = last {
+            let _ = tx.send(last).await;
+        }
+    });
+    rx
+}
+
+impl RegistryService {
+    /// Resolves the version and unwraps its data key, in one tenant transaction.
+    async fn open_version(
+        &self,
+        tenant: TenantId,
+        name: &ModelName,
+        version: Option<&VersionRef>,
+    ) -> Result<(StoredVersion, Result<Key, ArtifactError>), ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let stored = Self::stored_version(&mut tx, name, version).await?;
+        let tenant_key = self.keys.tenant_key(&mut tx, stored.tenant_key_id).await?;
+        tx.commit().await?;
+        let data_key = KeyService::unwrap_data_key(&tenant_key, stored.view.id, &stored.wrapped_data_key).map_err(|_| ArtifactError::Key);
+        Ok((stored, data_key))
+    }
+
+    async fn plaintext_channel(
+        &self,
+        stored: &StoredVersion,
+        data_key: &Key,
+    ) -> Result<mpsc::Receiver<Result<Bytes, ArtifactError>>, ArtifactError> {
+        let source = self.store.read(&stored.object_key).await.map_err(|e| ArtifactError::Storage(e.to_string()))?;
+        let mut expected_sha256 = [0u8; 32];
+        hex::decode_to_slice(&stored.view.sha256, &mut expected_sha256).map_err(|_| ArtifactError::Checksum)?;
+        let opener = Opener {
+            decryptor: Decryptor::new(data_key, &stored.view.id),
+            digest: Sha256::new(),
+            size: 0,
+            expected_sha256,
+            expected_size: stored.view.size_bytes as u64,
+        };
+        Ok(decrypt_into_channel(source, opener))
+    }
+
+    /// Resolve → fetch → decrypt and verify into memory. What inference workers call. A
+    /// refusal is audited as `model.load_failed` with its reason; success as `model.loaded`.
+    pub async fn load(
+        &self,
+        actor: AuditActor,
+        tenant: TenantId,
+        name: &ModelName,
+        version: Option<&VersionRef>,
+        info: &RequestInfo,
+    ) -> Result<LoadedArtifact, ApiError> {
+        let (stored, data_key) = self.open_version(tenant, name, version).await?;
+        let bytes = match data_key {
+            Ok(key) => self.read_verified(&stored, &key).await,
+            Err(e) => Err(e),
+        };
+        let event = AuditEvent::new(Some(tenant), actor, if bytes.is_ok() { "model.loaded" } else { "model.load_failed" })
+            .resource("model_version", stored.view.id)
+            .outcome(if bytes.is_ok() { Outcome::Success } else { Outcome::Failure });
+        let details = json!({ "model": name.as_str(), "version": stored.view.version });
+        match bytes {
+            Ok(bytes) => {
+                self.auditor.record_alone(&self.pool, info, vec![event.details(details)]).await?;
+                Ok(LoadedArtifact { version: stored, bytes })
+            }
+            Err(e) => {
+                let mut details = details;
+                details["reason"] = json!(e.to_string());
+                self.auditor.record_alone(&self.pool, info, vec![event.details(details)]).await?;
+                tracing::error!(model = name.as_str(), version = stored.view.version, error = %e, "artifact refused to load");
+                Err(ApiError::new(
+                    Code::ArtifactIntegrity,
+                    format!("version {} of model `{name}` cannot be loaded: {e}", stored.view.version),
+                ))
+            }
+        }
+    }
+
+    async fn read_verified(&self, stored: &StoredVersion, key: &Key) -> Result<Vec<u8>, ArtifactError> {
+        let mut rx = self.plaintext_channel(stored, key).await?;
+        let mut bytes = Vec::with_capacity(stored.view.size_bytes as usize);
+        while let Some(chunk) = rx.recv().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        if bytes.len() as u64 != stored.view.size_bytes as u64 {
+            // The pipeline stopped without a verdict (its task was cancelled).
+            return Err(ArtifactError::Checksum);
+        }
+        Ok(bytes)
+    }
+
+    /// Audits the download, then streams the verified plaintext. A chunk that fails to
+    /// authenticate ends the stream with an error, so the client never gets unverified bytes
+    /// and sees a broken transfer rather than a complete-looking wrong file.
+    pub async fn download(
+        &self,
+        actor: AuditActor,
+        tenant: TenantId,
+        name: &ModelName,
+        version: Option<&VersionRef>,
+        info: &RequestInfo,
+    ) -> Result<(StoredVersion, impl futures::Stream<Item = Result<Bytes, std::io::Error>> + use<>), ApiError> {
+        let (stored, data_key) = self.open_version(tenant, name, version).await?;
+        let unavailable = |e: ArtifactError| {
+            tracing::error!(model = name.as_str(), error = %e, "artifact cannot be read");
+            ApiError::new(Code::ArtifactIntegrity, format!("version {} of model `{name}` cannot be read: {e}", stored.view.version))
+        };
+        let data_key = data_key.map_err(unavailable)?;
+        let mut rx = self.plaintext_channel(&stored, &data_key).await.map_err(unavailable)?;
+        // A wrong key or a tampered first chunk is still answerable with a problem document;
+        // later failures can only cut the transfer.
+        let first = match rx.recv().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => return Err(unavailable(e)),
+            None => None,
+        };
+        let event = AuditEvent::new(Some(tenant), actor, "model.version_downloaded")
+            .resource("model_version", stored.view.id)
+            .details(json!({ "model": name.as_str(), "version": stored.view.version, "size_bytes": stored.view.size_bytes }));
+        self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+        let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = futures::stream::iter(first.map(Ok)).chain(rest).map(|item| {
+            item.map_err(|e| {
+                tracing::error!(error = %e, "artifact failed verification during download");
+                std::io::Error::other(e.to_string())
+            })
+        });
+        Ok((stored, stream))
+    }
+}

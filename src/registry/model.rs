@@ -1,0 +1,199 @@
+//! The registry's vocabulary: names that parse instead of being validated later, and the views
+//! the API returns.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Code};
+
+/// A model's name inside its tenant: 1-128 of `A-Za-z0-9._-`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelName(String);
+
+impl ModelName {
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        let ok = (1..=128).contains(&value.len())
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && value.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ApiError::new(
+                Code::InvalidRequest,
+                "a model name has 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An alias: 1-63 of `a-z0-9_-`, starting with a letter (so it never looks like a version).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AliasName(String);
+
+impl AliasName {
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        let ok = (1..=63).contains(&value.len())
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+            && value.as_bytes()[0].is_ascii_lowercase();
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ApiError::new(
+                Code::InvalidRequest,
+                "an alias has 1-63 of a-z, 0-9, '_' and '-', starting with a letter",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which version a request means: a number, or an alias that resolves to one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VersionRef {
+    Number(i32),
+    Alias(AliasName),
+}
+
+impl VersionRef {
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+            return match value.parse::<i32>() {
+                Ok(n) if n > 0 => Ok(VersionRef::Number(n)),
+                _ => Err(ApiError::new(Code::InvalidRequest, "a version number is a positive integer")),
+            };
+        }
+        AliasName::parse(value)
+            .map(VersionRef::Alias)
+            .map_err(|_| ApiError::new(Code::InvalidRequest, format!("`{value}` is neither a version number nor an alias")))
+    }
+}
+
+impl fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VersionRef::Number(n) => write!(f, "{n}"),
+            VersionRef::Alias(a) => f.write_str(a.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Framework {
+    Onnx,
+    Burn,
+}
+
+impl Framework {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framework::Onnx => "onnx",
+            Framework::Burn => "burn",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "onnx" => Some(Framework::Onnx),
+            "burn" => Some(Framework::Burn),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelView {
+    pub id: Uuid,
+    #[schema(example = "fraud-detector")]
+    pub name: String,
+    pub framework: Framework,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Inference results may be cached (same inputs, same outputs).
+    pub deterministic: bool,
+    /// Alias → version number.
+    pub aliases: BTreeMap<String, i32>,
+    /// The highest live version, if any.
+    pub latest_version: Option<i32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VersionView {
+    /// Also the artifact's id.
+    pub id: Uuid,
+    pub model: String,
+    pub framework: Framework,
+    pub version: i32,
+    /// Size of the plaintext artifact.
+    pub size_bytes: i64,
+    /// SHA-256 of the plaintext artifact, hex.
+    pub sha256: String,
+    /// ONNX: inputs and outputs (names, OIP datatypes, shapes; -1 = dynamic).
+    #[schema(value_type = Option<Object>)]
+    pub signature: Option<serde_json::Value>,
+    /// Burn: the architecture and configuration the weights belong to.
+    #[schema(value_type = Option<Object>)]
+    pub burn: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Aliases pointing at this version.
+    pub aliases: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// What the registry keeps about a stored version: enough to fetch and decrypt it.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub view: VersionView,
+    pub model_id: Uuid,
+    pub object_key: String,
+    pub stored_bytes: i64,
+    pub tenant_key_id: Uuid,
+    pub wrapped_data_key: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_refs_parse() {
+        assert_eq!(VersionRef::parse("3").unwrap(), VersionRef::Number(3));
+        assert!(matches!(VersionRef::parse("production").unwrap(), VersionRef::Alias(_)));
+        assert!(VersionRef::parse("0").is_err());
+        assert!(VersionRef::parse("99999999999").is_err());
+        assert!(VersionRef::parse("Prod!").is_err());
+        assert!(VersionRef::parse("").is_err());
+    }
+
+    #[test]
+    fn names_parse() {
+        assert!(ModelName::parse("resnet-50.v2_final").is_ok());
+        assert!(ModelName::parse("-x").is_err());
+        assert!(ModelName::parse("a/b").is_err());
+        assert!(ModelName::parse(&"a".repeat(129)).is_err());
+        assert!(AliasName::parse("staging").is_ok());
+        assert!(AliasName::parse("1st").is_err());
+    }
+}

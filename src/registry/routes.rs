@@ -1,0 +1,349 @@
+//! `/v1/tenants/{tenant}/models/*` and the tenant key: thin handlers over `RegistryService`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::model::{AliasName, Framework, ModelName, ModelView, VersionRef, VersionView};
+use super::service::NewModel;
+use super::upload::{UploadSpec, parse_sha256};
+use crate::audit::{AuditActor, RequestInfo};
+use crate::error::{ApiError, Code};
+use crate::identity::{Guarded, perm};
+use crate::startup::AppState;
+
+#[derive(Deserialize, IntoParams)]
+pub struct TenantPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ModelPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// Model name.
+    model: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct VersionPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// Model name.
+    model: String,
+    /// A version number or an alias.
+    version: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AliasPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// Model name.
+    model: String,
+    /// Alias name, e.g. `production`.
+    alias: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModelRequest {
+    #[schema(example = "fraud-detector")]
+    pub name: String,
+    pub framework: Framework,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Same inputs always give the same outputs, so results may be cached (default true).
+    #[serde(default = "yes")]
+    pub deterministic: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// SHA-256 of the artifact (hex); the upload fails unless the bytes match.
+    pub sha256: Option<String>,
+    /// Burn models: the architecture the weights belong to.
+    pub architecture: Option<String>,
+    /// Burn models: the architecture's configuration, as JSON.
+    pub config: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAliasRequest {
+    /// The version the alias points at from now on.
+    pub version: i32,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+pub struct RotationResult {
+    /// Data keys re-wrapped under the new tenant key (artifacts are not re-encrypted).
+    pub rewrapped_data_keys: u64,
+}
+
+fn model_name(path: &str) -> Result<ModelName, ApiError> {
+    ModelName::parse(path).map_err(|_| super::service::model_not_found(path))
+}
+
+/// Create a model (no versions yet).
+#[utoipa::path(
+    tag = "models", params(TenantPath), request_body = CreateModelRequest, security(("bearer" = [])),
+    responses(
+        (status = 201, body = ModelView),
+        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Name taken (`already_exists`)"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Model quota used up (`quota_exceeded`)"),
+    )
+)]
+#[post("/v1/tenants/{tenant}/models")]
+pub async fn create_model(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<CreateModelRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let new = NewModel {
+        name: ModelName::parse(&body.name)?,
+        framework: body.framework,
+        description: body.description,
+        tags: body.tags,
+        deterministic: body.deterministic,
+    };
+    let model = state.registry.create_model(&guard.principal, guard.tenant()?, new, &info).await?;
+    Ok(HttpResponse::Created().json(model))
+}
+
+/// List the tenant's models.
+#[utoipa::path(tag = "models", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = Vec<ModelView>)))]
+#[get("/v1/tenants/{tenant}/models")]
+pub async fn list_models(
+    guard: Guarded<{ perm::MODELS_READ }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Vec<ModelView>>, ApiError> {
+    Ok(web::Json(state.registry.list_models(guard.tenant()?).await?))
+}
+
+/// A model with its aliases and latest version.
+#[utoipa::path(tag = "models", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = ModelView)))]
+#[get("/v1/tenants/{tenant}/models/{model}")]
+pub async fn get_model(
+    guard: Guarded<{ perm::MODELS_READ }>,
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<web::Json<ModelView>, ApiError> {
+    Ok(web::Json(state.registry.get_model(guard.tenant()?, &model_name(&path.model)?).await?))
+}
+
+/// Delete a model and its versions (soft, audited). Refused while it has aliases.
+#[utoipa::path(
+    tag = "models", params(ModelPath), security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Aliases remain (`version_has_alias`)"),
+    )
+)]
+#[delete("/v1/tenants/{tenant}/models/{model}")]
+pub async fn delete_model(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    state.registry.delete_model(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Upload a new version: the raw artifact as the body (`application/octet-stream`), streamed,
+/// encrypted as it arrives. ONNX models are validated and their signature extracted.
+#[utoipa::path(
+    tag = "models", params(ModelPath, UploadQuery), security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact"),
+    responses(
+        (status = 201, body = VersionView),
+        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "Not a valid model (`invalid_model`)"),
+        (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Checksum mismatch (`checksum_mismatch`)"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Storage quota exceeded (`quota_exceeded`)"),
+        (status = 413, body = crate::error::Problem, content_type = "application/problem+json", description = "Larger than the platform's artifact limit"),
+    )
+)]
+#[post("/v1/tenants/{tenant}/models/{model}/versions")]
+pub async fn upload_version(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    req: HttpRequest,
+    path: web::Path<ModelPath>,
+    query: web::Query<UploadQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        let ok = content_type.to_str().is_ok_and(|t| t.starts_with("application/octet-stream"));
+        if !ok {
+            return Err(ApiError::new(Code::UnsupportedMediaType, "upload the artifact as application/octet-stream"));
+        }
+    }
+    let query = query.into_inner();
+    let burn = match (query.architecture, query.config) {
+        (None, None) => None,
+        (Some(architecture), config) => {
+            let config: serde_json::Value = match config {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| ApiError::new(Code::InvalidQuery, format!("config is not JSON: {e}")))?,
+                None => serde_json::json!({}),
+            };
+            Some(serde_json::json!({ "architecture": architecture, "config": config }))
+        }
+        (None, Some(_)) => return Err(ApiError::new(Code::InvalidQuery, "config needs an architecture")),
+    };
+    let spec = UploadSpec {
+        expected_sha256: query.sha256.as_deref().map(parse_sha256).transpose()?,
+        declared_len: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        burn,
+        metadata: None,
+    };
+    let version =
+        state.registry.upload(&guard.principal, guard.tenant()?, &model_name(&path.model)?, spec, body, &info).await?;
+    Ok(HttpResponse::Created().json(version))
+}
+
+/// List a model's live versions.
+#[utoipa::path(tag = "models", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = Vec<VersionView>)))]
+#[get("/v1/tenants/{tenant}/models/{model}/versions")]
+pub async fn list_versions(
+    guard: Guarded<{ perm::MODELS_READ }>,
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<web::Json<Vec<VersionView>>, ApiError> {
+    Ok(web::Json(state.registry.list_versions(guard.tenant()?, &model_name(&path.model)?).await?))
+}
+
+/// A version, by number or alias.
+#[utoipa::path(tag = "models", params(VersionPath), security(("bearer" = [])), responses((status = 200, body = VersionView)))]
+#[get("/v1/tenants/{tenant}/models/{model}/versions/{version}")]
+pub async fn get_version(
+    guard: Guarded<{ perm::MODELS_READ }>,
+    state: web::Data<AppState>,
+    path: web::Path<VersionPath>,
+) -> Result<web::Json<VersionView>, ApiError> {
+    let version = VersionRef::parse(&path.version)?;
+    let stored = state.registry.get_version(guard.tenant()?, &model_name(&path.model)?, Some(&version)).await?;
+    Ok(web::Json(stored.view))
+}
+
+/// Download a version's artifact, decrypted and verified as it streams (audited).
+#[utoipa::path(
+    tag = "models", params(VersionPath), security(("bearer" = [])),
+    responses((status = 200, description = "The artifact", content_type = "application/octet-stream", body = Vec<u8>))
+)]
+#[get("/v1/tenants/{tenant}/models/{model}/versions/{version}/artifact")]
+pub async fn download_version(
+    guard: Guarded<{ perm::MODELS_DOWNLOAD }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<VersionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let version = VersionRef::parse(&path.version)?;
+    let tenant = guard.tenant()?;
+    let (stored, stream) = state
+        .registry
+        .download(AuditActor::of(&guard.principal), tenant.id, &model_name(&path.model)?, Some(&version), &info)
+        .await?;
+    let filename = format!(
+        "{}-v{}.{}",
+        stored.view.model,
+        stored.view.version,
+        if stored.view.framework == Framework::Onnx { "onnx" } else { "mpk" }
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .no_chunking(stored.view.size_bytes as u64)
+        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")))
+        .insert_header(("x-checksum-sha256", stored.view.sha256.clone()))
+        .insert_header((header::ETAG, format!("\"{}\"", stored.view.sha256)))
+        .streaming(stream))
+}
+
+/// Delete a version (soft, audited). Refused while an alias points at it.
+#[utoipa::path(
+    tag = "models", params(VersionPath), security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Behind an alias (`version_has_alias`)"),
+    )
+)]
+#[delete("/v1/tenants/{tenant}/models/{model}/versions/{version}")]
+pub async fn delete_version(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<VersionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let version = VersionRef::parse(&path.version)?;
+    state.registry.delete_version(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &version, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Point an alias at a version, creating or moving it atomically.
+#[utoipa::path(
+    tag = "models", params(AliasPath), request_body = SetAliasRequest, security(("bearer" = [])),
+    responses((status = 200, body = ModelView))
+)]
+#[put("/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
+pub async fn set_alias(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<AliasPath>,
+    body: web::Json<SetAliasRequest>,
+) -> Result<web::Json<ModelView>, ApiError> {
+    let alias = AliasName::parse(&path.alias)?;
+    let model = state
+        .registry
+        .set_alias(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &alias, body.version, &info)
+        .await?;
+    Ok(web::Json(model))
+}
+
+/// Remove an alias.
+#[utoipa::path(tag = "models", params(AliasPath), security(("bearer" = [])), responses((status = 204, description = "Removed")))]
+#[delete("/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
+pub async fn remove_alias(
+    guard: Guarded<{ perm::MODELS_WRITE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<AliasPath>,
+) -> Result<HttpResponse, ApiError> {
+    let alias = AliasName::parse(&path.alias)?;
+    state.registry.remove_alias(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &alias, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Rotate the tenant's encryption key: a new key wraps every data key; artifacts are not
+/// re-encrypted. Audited.
+#[utoipa::path(tag = "models", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = RotationResult)))]
+#[post("/v1/tenants/{tenant}/keys/rotate")]
+pub async fn rotate_tenant_key(
+    guard: Guarded<{ perm::KEYS_ROTATE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+) -> Result<web::Json<RotationResult>, ApiError> {
+    let rewrapped_data_keys = state.registry.rotate_tenant_key(&guard.principal, guard.tenant()?, &info).await?;
+    Ok(web::Json(RotationResult { rewrapped_data_keys }))
+}

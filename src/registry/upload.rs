@@ -1,0 +1,362 @@
+//! Streamed uploads. Each piece of the body is, off the async executor, checked (ONNX wire
+//! format and signature), hashed (SHA-256 of the plaintext) and encrypted, and only the
+//! ciphertext goes on to the object store. Memory stays bounded by one batch plus the parts in
+//! flight, whatever the artifact's size. The version row is written only once the object is
+//! complete and everything checked out, so a failed upload leaves nothing behind.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::keys::KeyService;
+use super::model::{Framework, ModelName, VersionView};
+use super::onnx::{ModelSignature, SignatureScanner};
+use super::service::RegistryService;
+use super::store::{ArtifactStore, ArtifactWriter};
+use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::crypto::random_key;
+use crate::crypto::stream::{Encryptor, sealed_len};
+use crate::error::{ApiError, Code};
+use crate::identity::Principal;
+use crate::tenancy::TenantInfo;
+use crate::tenancy::db::TenantTx;
+
+/// Plaintext gathered before one trip to the blocking pool: large enough that the hop costs
+/// nothing next to the AES work, small enough to keep memory flat.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// What the client says about the artifact besides its bytes.
+#[derive(Debug, Default)]
+pub struct UploadSpec {
+    /// SHA-256 the client computed; the upload fails unless the bytes match.
+    pub expected_sha256: Option<[u8; 32]>,
+    /// `Content-Length`, when sent: lets an oversized upload fail before a byte is read.
+    pub declared_len: Option<u64>,
+    /// Burn artifacts: `{"architecture": ..., "config": {...}}`.
+    pub burn: Option<serde_json::Value>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], ApiError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut out)
+        .map_err(|_| ApiError::new(Code::InvalidRequest, "sha256 must be 64 hexadecimal characters"))?;
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The platform's cap on one artifact.
+    Artifact(u64),
+    /// What is left of the tenant's storage quota.
+    Quota(u64),
+}
+
+impl Limit {
+    fn bytes(self) -> u64 {
+        match self {
+            Limit::Artifact(n) | Limit::Quota(n) => n,
+        }
+    }
+
+    fn exceeded(self) -> ApiError {
+        match self {
+            Limit::Artifact(n) => ApiError::new(Code::PayloadTooLarge, format!("an artifact may have at most {n} bytes")),
+            Limit::Quota(n) => ApiError::new(
+                Code::QuotaExceeded,
+                format!("the artifact does not fit in the tenant's remaining storage quota of {n} bytes"),
+            ),
+        }
+    }
+}
+
+/// The per-byte work of an upload, moved to the blocking pool batch by batch.
+struct Intake {
+    encryptor: Encryptor,
+    digest: Sha256,
+    scanner: Option<SignatureScanner>,
+    received: u64,
+    limit: Limit,
+}
+
+impl Intake {
+    fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, ApiError> {
+        let mut sealed = Vec::new();
+        for piece in pieces {
+            self.received += piece.len() as u64;
+            if self.received > self.limit.bytes() {
+                return Err(self.limit.exceeded());
+            }
+            if let Some(scanner) = &mut self.scanner {
+                scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?;
+            }
+            self.digest.update(piece);
+            sealed.extend(self.encryptor.update(piece));
+        }
+        Ok(sealed)
+    }
+
+    fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Option<ModelSignature>, u64), ApiError> {
+        let signature = match self.scanner {
+            Some(scanner) => Some(scanner.finish().map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?),
+            None => None,
+        };
+        let digest: [u8; 32] = self.digest.finalize().into();
+        Ok((self.encryptor.finish(), digest, signature, self.received))
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
+}
+
+/// Burn records hold weights, not the graph: they are accepted only for an architecture
+/// Tessera knows, with a configuration it can build.
+fn check_burn_spec(burn: Option<&serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+    let spec = burn.ok_or_else(|| {
+        ApiError::new(Code::InvalidRequest, "a Burn artifact needs its `architecture` and `config`")
+    })?;
+    let architecture = spec.get("architecture").and_then(|a| a.as_str()).unwrap_or("");
+    Err(ApiError::new(
+        Code::InvalidModel,
+        format!("unknown Burn architecture `{architecture}`; this build knows none"),
+    ))
+}
+
+impl RegistryService {
+    /// Uploads a new version of `name` from a stream of body pieces.
+    pub async fn upload<S, E>(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        name: &ModelName,
+        spec: UploadSpec,
+        body: S,
+        info: &RequestInfo,
+    ) -> Result<VersionView, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let result = self.upload_inner(actor, tenant, name, spec, body, info).await;
+        if let Err(error) = &result
+            && error.code().status().is_client_error()
+            && error.code() != Code::NotFound
+        {
+            let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.version_upload_rejected")
+                .outcome(Outcome::Failure)
+                .details(json!({ "model": name.as_str(), "code": error.code().as_str(), "reason": error.detail() }));
+            if let Err(e) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
+                tracing::warn!(error = ?e, "recording a rejected upload failed");
+            }
+        }
+        result
+    }
+
+    async fn upload_inner<S, E>(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        name: &ModelName,
+        spec: UploadSpec,
+        mut body: S,
+        info: &RequestInfo,
+    ) -> Result<VersionView, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let (_, framework) = Self::model_id(&mut tx, name, false).await?;
+        let burn = match framework {
+            Framework::Onnx if spec.burn.is_some() => {
+                return Err(ApiError::new(Code::InvalidRequest, "`architecture` and `config` apply to Burn models only"));
+            }
+            Framework::Onnx => None,
+            Framework::Burn => Some(check_burn_spec(spec.burn.as_ref())?),
+        };
+        let remaining = Self::remaining_quota(&mut tx).await?;
+        let limit = if remaining < self.max_artifact_bytes { Limit::Quota(remaining) } else { Limit::Artifact(self.max_artifact_bytes) };
+        if spec.declared_len.is_some_and(|n| n > limit.bytes()) {
+            return Err(limit.exceeded());
+        }
+        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(&mut tx).await?;
+        tx.commit().await?;
+
+        let artifact = Uuid::now_v7();
+        let data_key = random_key();
+        let wrapped_data_key = KeyService::wrap_data_key(&tenant_key, artifact, &data_key);
+        let object_key = ArtifactStore::key_for(tenant.id.0, artifact);
+        let intake = Intake {
+            encryptor: Encryptor::new(&data_key, &artifact),
+            digest: Sha256::new(),
+            scanner: (framework == Framework::Onnx).then(SignatureScanner::new),
+            received: 0,
+            limit,
+        };
+        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        let streamed = Self::stream_into(intake, &mut body, &mut writer).await;
+        let (size, digest, signature) = match streamed {
+            Ok(done) => done,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        if let Some(expected) = spec.expected_sha256
+            && expected != digest
+        {
+            writer.abort().await;
+            return Err(ApiError::new(
+                Code::ChecksumMismatch,
+                format!("the uploaded bytes have SHA-256 {}, not {}", hex::encode(digest), hex::encode(expected)),
+            ));
+        }
+        writer.finish().await.map_err(ApiError::internal)?;
+
+        let row = NewVersionRow {
+            artifact,
+            size,
+            digest,
+            object_key: &object_key,
+            tenant_key_id,
+            wrapped_data_key,
+            signature: signature.map(|s| serde_json::to_value(s).expect("signature serialises")),
+            burn,
+            metadata: spec.metadata.unwrap_or_else(|| json!({})),
+        };
+        match self.commit_version(actor, tenant, name, row, info).await {
+            Ok(view) => Ok(view),
+            Err(e) => {
+                if let Err(cleanup) = self.store.delete(&object_key).await {
+                    tracing::warn!(error = %cleanup, object_key, "removing the object of a failed upload failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams the body through the intake into the writer; returns (size, SHA-256, signature).
+    async fn stream_into<S, E>(
+        mut intake: Intake,
+        body: &mut S,
+        writer: &mut ArtifactWriter,
+    ) -> Result<(u64, [u8; 32], Option<ModelSignature>), ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
+        loop {
+            let next = body.next().await;
+            let done = next.is_none();
+            if let Some(piece) = next {
+                let piece = piece.map_err(|e| ApiError::new(Code::ClientError, format!("the upload was interrupted: {e}")))?;
+                batched += piece.len();
+                batch.push(piece);
+            }
+            if batched >= BATCH_BYTES || (done && !batch.is_empty()) {
+                let pieces = std::mem::take(&mut batch);
+                batched = 0;
+                let (back, sealed) = blocking(move || {
+                    let sealed = intake.feed(&pieces);
+                    (intake, sealed)
+                })
+                .await?;
+                intake = back;
+                writer.write(sealed?).await.map_err(ApiError::internal)?;
+            }
+            if done {
+                break;
+            }
+        }
+        let (sealed, digest, signature, size) = blocking(move || intake.finish()).await??;
+        writer.write(sealed).await.map_err(ApiError::internal)?;
+        Ok((size, digest, signature))
+    }
+
+    /// Bytes of the tenant's storage quota not yet used by live versions.
+    async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, ApiError> {
+        let (max, used): (i64, i64) = sqlx::query_as(
+            "SELECT t.max_storage_bytes, COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
+             WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0)::bigint FROM tenants t WHERE t.id = $1",
+        )
+        .bind(tx.tenant().0)
+        .fetch_one(tx.conn())
+        .await?;
+        Ok(max.saturating_sub(used).max(0) as u64)
+    }
+
+    async fn commit_version(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        name: &ModelName,
+        row: NewVersionRow<'_>,
+        info: &RequestInfo,
+    ) -> Result<VersionView, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        // Locking the tenant row serialises commits of one tenant, so concurrent uploads
+        // cannot together overshoot the quota that each of them fitted alone.
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.id.0).execute(tx.conn()).await?;
+        let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
+        let remaining = Self::remaining_quota(&mut tx).await?;
+        if row.size > remaining {
+            return Err(Limit::Quota(remaining).exceeded());
+        }
+        let version: i32 =
+            sqlx::query_scalar("UPDATE models SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version - 1")
+                .bind(model_id)
+                .fetch_one(tx.conn())
+                .await?;
+        sqlx::query(
+            "INSERT INTO model_versions (id, tenant_id, model_id, version, size_bytes, stored_bytes, sha256, object_key, \
+             tenant_key_id, wrapped_data_key, signature, burn, metadata, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(row.artifact)
+        .bind(tenant.id.0)
+        .bind(model_id)
+        .bind(version)
+        .bind(row.size as i64)
+        .bind(sealed_len(row.size) as i64)
+        .bind(&row.digest[..])
+        .bind(row.object_key)
+        .bind(row.tenant_key_id)
+        .bind(&row.wrapped_data_key)
+        .bind(&row.signature)
+        .bind(&row.burn)
+        .bind(&row.metadata)
+        .bind(actor.user_id())
+        .execute(tx.conn())
+        .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.version_uploaded")
+            .resource("model_version", row.artifact)
+            .details(json!({
+                "model": name.as_str(),
+                "version": version,
+                "size_bytes": row.size,
+                "sha256": hex::encode(row.digest),
+                "tenant_key": row.tenant_key_id,
+            }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        let stored = Self::stored_version(&mut tx, name, Some(&super::model::VersionRef::Number(version))).await?;
+        tx.commit().await?;
+        Ok(stored.view)
+    }
+}
+
+struct NewVersionRow<'a> {
+    artifact: Uuid,
+    size: u64,
+    digest: [u8; 32],
+    object_key: &'a str,
+    tenant_key_id: Uuid,
+    wrapped_data_key: Vec<u8>,
+    signature: Option<serde_json::Value>,
+    burn: Option<serde_json::Value>,
+    metadata: serde_json::Value,
+}
