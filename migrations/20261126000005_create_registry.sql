@@ -12,7 +12,9 @@ CREATE TABLE models (
     description   text NOT NULL DEFAULT '' CHECK (length(description) <= 2000),
     tags          text[] NOT NULL DEFAULT '{}',
     -- Inference results may be cached: the same inputs always give the same outputs.
-    deterministic boolean NOT NULL DEFAULT true,
+    deterministic boolean NOT NULL DEFAULT false,
+    -- How the model is served (instances, threads, batching, cache TTL); see inference::config.
+    serving       jsonb NOT NULL DEFAULT '{}',
     next_version  integer NOT NULL DEFAULT 1,
     created_by    uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -81,7 +83,7 @@ CREATE POLICY model_aliases_tenant ON model_aliases USING (tenant_id = app_tenan
 -- Per-tenant key rotation retires the active key and re-wraps data keys under a new one.
 GRANT UPDATE (retired_at) ON tenant_keys TO tessera_app;
 GRANT SELECT, INSERT ON models TO tessera_app;
-GRANT UPDATE (description, tags, deterministic, next_version, deleted_at) ON models TO tessera_app;
+GRANT UPDATE (description, tags, deterministic, serving, next_version, deleted_at) ON models TO tessera_app;
 -- Versions are immutable: only deletion and re-wrapping of the data key change a row.
 GRANT SELECT, INSERT ON model_versions TO tessera_app;
 GRANT UPDATE (deleted_at, tenant_key_id, wrapped_data_key) ON model_versions TO tessera_app;

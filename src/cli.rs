@@ -65,6 +65,66 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Models on a running server (through its HTTP API).
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Upload a model artifact as a new version: hashed first, then streamed to the server,
+    /// which verifies the SHA-256 (and, for ONNX, the model) before storing it.
+    Upload(UploadArgs),
+}
+
+#[derive(clap::Args)]
+struct UploadArgs {
+    /// The artifact: an ONNX model, or Burn weights.
+    file: std::path::PathBuf,
+    /// Base URL of the Tessera server.
+    #[arg(long, env = "TESSERA_SERVER")]
+    server: String,
+    /// Access token or API key.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Tenant slug.
+    #[arg(long)]
+    tenant: String,
+    /// Model name.
+    #[arg(long)]
+    model: String,
+    /// Create the model first (an existing model of that name is fine).
+    #[arg(long)]
+    create: bool,
+    /// With --create: the framework (default: onnx for a .onnx file).
+    #[arg(long, value_enum, requires = "create")]
+    framework: Option<FrameworkArg>,
+    /// With --create: the model's description.
+    #[arg(long, requires = "create")]
+    description: Option<String>,
+    /// With --create: a tag (repeatable).
+    #[arg(long = "tag", requires = "create")]
+    tags: Vec<String>,
+    /// With --create: same inputs always give the same outputs, so results may be cached.
+    #[arg(long, requires = "create")]
+    deterministic: bool,
+    /// Burn models: the architecture the weights belong to.
+    #[arg(long)]
+    architecture: Option<String>,
+    /// Burn models: the architecture's configuration, as JSON.
+    #[arg(long, requires = "architecture")]
+    config: Option<String>,
+    /// Show no progress bars (they are also hidden when standard error is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FrameworkArg {
+    Onnx,
+    Burn,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Model { command: ModelCommand::Upload(args) } => model_upload(args),
         Command::Admin { command } => operate(|state| async move { admin(state, command).await }),
         Command::Tenant { command } => operate(|state| async move { tenant(state, command).await }),
         Command::User { command } => operate(|state| async move { user(state, command).await }),
@@ -281,6 +342,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let migrate = settings.database.migrate_on_start;
     let scheme = if settings.server.tls.enabled { "https" } else { "http" };
     let host = settings.server.host.clone();
+    // ONNX Runtime first: a missing library is the likelier mistake and the clearer message.
+    crate::inference::engine::OnnxRuntime::load(Some(&settings.inference.onnxruntime_path))
+        .map_err(|e| anyhow::anyhow!("inference: {e}"))?;
     if migrate {
         crate::db::migrate_with(&settings.database).await?;
     }
@@ -489,4 +553,122 @@ fn audit_verify(
         }
         anyhow::Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
+}
+
+fn model_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+    use crate::client::{Artifact, Client, NewModel};
+    use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+    if let Some(config) = &args.config {
+        serde_json::from_str::<serde_json::Value>(config).map_err(|e| anyhow::anyhow!("--config is not JSON: {e}"))?;
+    }
+    let framework = match (args.create, args.framework) {
+        (false, _) => None,
+        (true, Some(FrameworkArg::Onnx)) => Some("onnx"),
+        (true, Some(FrameworkArg::Burn)) => Some("burn"),
+        (true, None) if args.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) => Some("onnx"),
+        (true, None) => anyhow::bail!("--create needs --framework (onnx or burn) for {}", args.file.display()),
+    };
+    let len = std::fs::metadata(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?.len();
+    let client = Client::new(&args.server, args.token)?;
+    let no_progress = args.no_progress;
+    let bar = move |prefix: &'static str, len: u64| {
+        if no_progress {
+            return ProgressBar::hidden();
+        }
+        let style = ProgressStyle::with_template(
+            "{prefix:>9} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("the progress template is valid")
+        .progress_chars("=> ");
+        // Draws to standard error, and not at all when that is not a terminal.
+        ProgressBar::new(len).with_style(style).with_prefix(prefix)
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let hashing = bar("hashing", len);
+        let (sha256, len) = {
+            let hashing = hashing.clone();
+            crate::client::sha256_file(&args.file, move |n| hashing.inc(n))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
+        };
+        hashing.finish_and_clear();
+
+        let outcome = async {
+            if let Some(framework) = framework {
+                let new = NewModel {
+                    name: &args.model,
+                    framework,
+                    description: args.description.as_deref().unwrap_or_default(),
+                    tags: &args.tags,
+                    deterministic: args.deterministic,
+                };
+                if !client.create_model(&args.tenant, &new).await? {
+                    eprintln!("tessera: model {} already exists; adding a version", args.model);
+                }
+            }
+            let uploading = bar("uploading", len);
+            let artifact = Artifact {
+                path: &args.file,
+                len,
+                sha256: &sha256,
+                architecture: args.architecture.as_deref(),
+                config: args.config.as_deref(),
+            };
+            let progress = uploading.clone();
+            let result = client
+                .upload_version(&args.tenant, &args.model, &artifact, move |n| {
+                    progress.inc(n);
+                    if progress.position() >= len {
+                        progress.set_message("(server verifying)");
+                    }
+                })
+                .await;
+            uploading.finish_and_clear();
+            result
+        };
+        let version = match outcome.await {
+            Ok(version) => version,
+            Err(problem @ crate::client::ClientError::Problem { .. }) => {
+                eprintln!("tessera: {problem}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(error) => return Err(error.into()),
+        };
+
+        println!("{} version {}", version.model, version.version);
+        println!("  size     {} ({} bytes)", HumanBytes(version.size_bytes), version.size_bytes);
+        println!("  sha256   {}", version.sha256);
+        if let Some(signature) = version.signature {
+            match serde_json::from_value::<crate::registry::onnx::ModelSignature>(signature) {
+                Ok(signature) => {
+                    println!("  inputs   {}", tensors(&signature.inputs));
+                    println!("  outputs  {}", tensors(&signature.outputs));
+                }
+                Err(_) => println!("  signature present"),
+            }
+        }
+        if let Some(burn) = version.burn {
+            println!("  burn     {burn}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `name FP32[-1,3], other INT64[?]`: a signature's tensors on one line (`?` = dynamic).
+fn tensors(specs: &[crate::registry::onnx::TensorSpec]) -> String {
+    if specs.is_empty() {
+        return "(none)".to_owned();
+    }
+    specs
+        .iter()
+        .map(|t| {
+            let dims: Vec<String> =
+                t.shape.iter().map(|d| if *d < 0 { "?".to_owned() } else { d.to_string() }).collect();
+            format!("{} {}[{}]", t.name, t.datatype, dims.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

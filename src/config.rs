@@ -82,6 +82,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
+    pub inference: InferenceSettings,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
     pub registry: RegistrySettings,
@@ -214,6 +215,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// Serving defaults; a model's own `serving` settings override the per-model ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSettings {
+    /// `libonnxruntime.so`; empty = the `ORT_DYLIB_PATH` environment variable.
+    pub onnxruntime_path: PathBuf,
+    /// Sessions (each on its own thread) per loaded model version.
+    pub instances: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Jobs waiting per model version before requests are turned away (503 + Retry-After).
+    pub queue_capacity: usize,
+    /// Dynamic batching: most rows run together (1 = off) and the longest wait for company.
+    pub max_batch_size: usize,
+    pub max_queue_delay_us: u64,
+    /// Loaded models are evicted, least recently used first, above this many artifact bytes.
+    pub memory_budget_bytes: u64,
+    /// Deadline of a request that sets none, and the cap on one it sets.
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    /// Result cache TTL for deterministic models (0 = no caching unless the model sets one).
+    pub cache_ttl_seconds: u64,
+    /// A cache lookup slower than this is abandoned and the request served without it.
+    pub cache_timeout_ms: u64,
+    /// How long a resolved (model, version or alias) is reused before asking Postgres again.
+    pub resolve_ttl_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
@@ -279,6 +308,7 @@ struct RawSettings {
     database: DatabaseSettings,
     redis: RedisSettings,
     telemetry: TelemetrySettings,
+    inference: InferenceSettings,
     auth: RawAuthSettings,
     audit: RawAuditSettings,
     registry: RawRegistrySettings,
@@ -385,7 +415,7 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, telemetry, auth, audit, registry } = raw;
+        let RawSettings { server, mut database, redis, telemetry, inference, auth, audit, registry } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
@@ -431,6 +461,7 @@ impl Settings {
             database,
             redis,
             telemetry,
+            inference,
             auth: AuthSettings {
                 api_key_secret,
                 jwt_signing_keys,
@@ -526,6 +557,16 @@ impl Settings {
             ));
         }
         crate::crypto::MasterKeys::parse(master_keys).map_err(|e| ConfigError::new("registry.master_keys", e))?;
+        let i = &self.inference;
+        if i.instances == 0 || i.instances > 64 {
+            return Err(ConfigError::new("inference.instances", "must be between 1 and 64"));
+        }
+        if i.queue_capacity == 0 || i.max_batch_size == 0 {
+            return Err(ConfigError::new("inference.queue_capacity", "queue_capacity and max_batch_size must be at least 1"));
+        }
+        if i.default_timeout_ms == 0 || i.default_timeout_ms > i.max_timeout_ms {
+            return Err(ConfigError::new("inference.default_timeout_ms", "must be between 1 and inference.max_timeout_ms"));
+        }
         if self.registry.max_artifact_bytes == 0 {
             return Err(ConfigError::new("registry.max_artifact_bytes", "must be greater than 0"));
         }
@@ -653,6 +694,11 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)?;
         writeln!(f, "\n[audit]\nsigning_keys = {}", secret(true))?;
         writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)?;
+        let i = &s.inference;
+        writeln!(f, "\n[inference]\nonnxruntime_path = {:?}\ninstances = {}\nintra_op_threads = {}", i.onnxruntime_path, i.instances, i.intra_op_threads)?;
+        writeln!(f, "queue_capacity = {}\nmax_batch_size = {}\nmax_queue_delay_us = {}", i.queue_capacity, i.max_batch_size, i.max_queue_delay_us)?;
+        writeln!(f, "memory_budget_bytes = {}\ndefault_timeout_ms = {}\nmax_timeout_ms = {}", i.memory_budget_bytes, i.default_timeout_ms, i.max_timeout_ms)?;
+        writeln!(f, "cache_ttl_seconds = {}\ncache_timeout_ms = {}\nresolve_ttl_ms = {}", i.cache_ttl_seconds, i.cache_timeout_ms, i.resolve_ttl_ms)?;
         let r = &s.registry;
         writeln!(f, "\n[registry]\nmaster_keys = {}\nmax_artifact_bytes = {}", secret(true), r.max_artifact_bytes)?;
         writeln!(f, "\n[registry.storage]\nbackend = {:?}\npath = {:?}", r.storage.backend.as_str(), r.storage.path)?;

@@ -70,6 +70,10 @@ error_codes! {
     InvalidModel => ("invalid_model", UNPROCESSABLE_ENTITY, "Not a valid model artifact"),
     ChecksumMismatch => ("checksum_mismatch", BAD_REQUEST, "Checksum does not match the uploaded bytes"),
     VersionHasAlias => ("version_has_alias", CONFLICT, "Version is behind an alias"),
+    InvalidInput => ("invalid_input", BAD_REQUEST, "Inputs do not match the model"),
+    Overloaded => ("overloaded", SERVICE_UNAVAILABLE, "The model's queue is full"),
+    DeadlineExceeded => ("deadline_exceeded", GATEWAY_TIMEOUT, "Deadline exceeded"),
+    InferenceFailed => ("inference_failed", INTERNAL_SERVER_ERROR, "Inference failed"),
     ArtifactIntegrity => ("artifact_integrity", INTERNAL_SERVER_ERROR, "Stored artifact failed verification"),
     ServiceUnavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service unavailable"),
     InternalError => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
@@ -99,6 +103,9 @@ pub struct Problem {
     /// Stable, machine-readable error code.
     #[schema(example = "invalid_json")]
     pub code: &'static str,
+    /// The detail again, under the name Open Inference Protocol clients read (`error`).
+    #[schema(example = "expected value at line 1 column 2")]
+    pub error: String,
 }
 
 impl ApiError {
@@ -149,6 +156,7 @@ impl ApiError {
             status: self.code.status().as_u16(),
             detail: self.detail.to_string(),
             code: self.code.as_str(),
+            error: self.detail.to_string(),
         }
     }
 }

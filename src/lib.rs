@@ -4,12 +4,14 @@
 
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod inference;
 pub mod metrics;
 pub mod redis_store;
 pub mod registry;

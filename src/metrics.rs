@@ -34,6 +34,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    pub inference: Arc<crate::inference::metrics::InferenceMetrics>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
 }
@@ -49,10 +50,11 @@ impl Metrics {
             "HTTP request latency, by route template and status",
             http_duration.clone(),
         );
+        let inference = Arc::new(crate::inference::metrics::InferenceMetrics::register(&mut registry));
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: crate::VERSION.to_owned() }).set(1);
         registry.register("build_info", "Tessera build information (always 1)", build_info);
-        Arc::new(Self { registry, http_requests, http_duration })
+        Arc::new(Self { registry, inference, http_requests, http_duration })
     }
 
     pub fn observe_http(&self, labels: &HttpLabels, seconds: f64) {

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -19,6 +20,10 @@ use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
 use crate::crypto::MasterKeys;
+use crate::inference::InferenceService;
+use crate::inference::cache::ResultCache;
+use crate::inference::engine::OnnxRuntime;
+use crate::inference::models::ModelManager;
 use crate::registry::RegistryService;
 use crate::registry::keys::KeyService;
 use crate::registry::store::ArtifactStore;
@@ -59,6 +64,7 @@ pub struct AppState {
     /// Tenant and data keys of the model registry.
     pub keys: KeyService,
     pub registry: RegistryService,
+    pub inference: InferenceService,
 }
 
 impl AppState {
@@ -105,7 +111,15 @@ impl AppState {
             auditor.clone(),
             settings.registry.max_artifact_bytes,
         );
+        let metrics = Metrics::new();
+        // Operator commands build this state too and need no ONNX Runtime; the server refuses
+        // to start without one (`Application::build`).
+        let runtime = OnnxRuntime::load(Some(&settings.inference.onnxruntime_path));
+        let models = Arc::new(ModelManager::new(registry.clone(), runtime, settings.inference.clone(), metrics.inference.clone()));
+        let cache = Arc::new(ResultCache::new(redis.clone(), Duration::from_millis(settings.inference.cache_timeout_ms)));
+        let inference = InferenceService::new(models, cache, audit_sink.clone(), metrics.inference.clone());
         Ok(Self {
+            inference,
             registry,
             keys,
             audit_sink,
@@ -113,7 +127,7 @@ impl AppState {
             limiter: RateLimiter::new(redis.clone()),
             db,
             redis,
-            metrics: Metrics::new(),
+            metrics,
             tenants,
             keyring,
             authenticator,
@@ -128,6 +142,7 @@ impl AppState {
 /// The route table. Both the server and `tessera openapi` are built from it.
 pub fn routes(cfg: &mut ServiceConfig) {
     use crate::identity::routes as auth;
+    use crate::inference::routes as oip;
     use crate::registry::routes as models;
     use crate::tenancy::routes as tenancy;
     cfg.service(health::healthz)
@@ -167,7 +182,16 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(models::delete_version)
         .service(models::set_alias)
         .service(models::remove_alias)
-        .service(models::rotate_tenant_key);
+        .service(models::rotate_tenant_key)
+        .service(oip::server_metadata)
+        .service(oip::live)
+        .service(oip::ready)
+        .service(oip::model_metadata)
+        .service(oip::version_metadata)
+        .service(oip::model_ready)
+        .service(oip::version_ready)
+        .service(oip::infer_latest)
+        .service(oip::infer_version);
 }
 
 /// What every worker's app shares, computed once.
@@ -235,6 +259,10 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free one) and prepares the server without running it.
     pub fn build(state: AppState) -> anyhow::Result<Self> {
+        // Better one clear error now than a failure at the first inference request.
+        if let Some(error) = state.inference.models.runtime_error() {
+            anyhow::bail!("inference: {error}");
+        }
         let settings = state.settings.clone();
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;

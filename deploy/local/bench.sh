@@ -8,6 +8,7 @@ cd "$TESSERA_ROOT"
 
 ensure_packages
 ensure_running
+ensure_onnxruntime
 export_test_env
 
 # One cargo invocation, so the release build happens once for all the benchmarks named.

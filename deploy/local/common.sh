@@ -32,6 +32,34 @@ ensure_packages() {
   command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install a Rust toolchain (1.85 or newer) first"
 }
 
+# ONNX Runtime comes as a shared library from the official PyPI wheel (no build-time
+# download): installed once under /var/tmp, found by Tessera through ORT_DYLIB_PATH.
+ONNXRUNTIME_VERSION=1.31.1
+ONNXRUNTIME_DIR="${ONNXRUNTIME_DIR:-/var/tmp/onnxruntime-$ONNXRUNTIME_VERSION}"
+
+ensure_onnxruntime() {
+  local lib="$ONNXRUNTIME_DIR/onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+  if [ ! -f "$lib" ]; then
+    command -v python3 >/dev/null 2>&1 || { log "installing python3-pip"; as_root apt-get install -y -qq python3-pip >/dev/null; }
+    log "installing ONNX Runtime $ONNXRUNTIME_VERSION into $ONNXRUNTIME_DIR"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$ONNXRUNTIME_DIR" \
+      "onnxruntime==$ONNXRUNTIME_VERSION" >&2 || die "could not install onnxruntime==$ONNXRUNTIME_VERSION from PyPI"
+  fi
+  export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$lib}"
+}
+
+# The Triton HTTP client, for the test that drives Tessera with an unmodified OIP client.
+PYDEPS_DIR="${PYDEPS_DIR:-/var/tmp/tessera-pydeps}"
+
+ensure_test_python() {
+  if ! PYTHONPATH="$PYDEPS_DIR" python3 -c "import tritonclient.http, numpy" >/dev/null 2>&1; then
+    log "installing tritonclient[http] and numpy into $PYDEPS_DIR"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYDEPS_DIR" "tritonclient[http]" numpy >&2 \
+      || die "could not install tritonclient[http] from PyPI"
+  fi
+  export TESSERA_TEST_PYTHONPATH="$PYDEPS_DIR"
+}
+
 pg_up() { (exec 3<>"/dev/tcp/$PG_HOST/$PG_PORT") 2>/dev/null; }
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
 

@@ -7,6 +7,8 @@ cd "$TESSERA_ROOT"
 
 ensure_packages
 ensure_running
+ensure_onnxruntime
+ensure_test_python
 
 export_test_env
 

@@ -8,6 +8,7 @@ cd "$TESSERA_ROOT"
 
 ensure_packages
 ensure_running
+ensure_onnxruntime
 
 # Two roles: tessera owns the schema and migrates; tessera_app is what the server connects as.
 # It owns nothing and cannot bypass row-level security.

@@ -24,6 +24,7 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         (name = "members", description = "A tenant's members and their roles"),
         (name = "api-keys", description = "API keys for machines"),
         (name = "models", description = "The encrypted model registry: models, versions, aliases, artifacts, tenant keys"),
+        (name = "inference", description = "The Open Inference Protocol v2 (KServe / Triton HTTP), in the caller's tenant"),
         (name = "audit", description = "The tamper-evident audit log: events, signed exports, signing keys, settings"),
     ),
     modifiers(&BearerAuth),

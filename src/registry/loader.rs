@@ -44,6 +44,8 @@ pub struct LoadedArtifact {
 struct Opener {
     decryptor: Decryptor,
     digest: Sha256,
+    /// Plaintext of the previous batch, hashed on a second core while this batch decrypts.
+    unhashed: Vec<Bytes>,
     size: u64,
     expected_sha256: [u8; 32],
     expected_size: u64,
@@ -51,20 +53,34 @@ struct Opener {
 
 impl Opener {
     fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, ArtifactError> {
-        let mut out = Vec::new();
-        for piece in pieces {
-            for plain in self.decryptor.update(piece).map_err(|_| ArtifactError::Tampered)? {
-                self.digest.update(&plain);
-                self.size += plain.len() as u64;
-                out.push(plain);
+        let previous = std::mem::take(&mut self.unhashed);
+        let (digest, decryptor) = (&mut self.digest, &mut self.decryptor);
+        let opened = std::thread::scope(|scope| {
+            let hashing = scope.spawn(move || previous.iter().for_each(|p| digest.update(p)));
+            let mut out = Vec::new();
+            let mut result = Ok(());
+            for piece in pieces {
+                match decryptor.update(piece) {
+                    Ok(plain) => out.extend(plain),
+                    Err(_) => {
+                        result = Err(ArtifactError::Tampered);
+                        break;
+                    }
+                }
             }
-        }
-        Ok(out)
+            hashing.join().expect("hashing does not panic");
+            result.map(|()| out)
+        })?;
+        self.size += opened.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.unhashed = opened.clone();
+        Ok(opened)
     }
 
     fn finish(mut self) -> Result<Bytes, ArtifactError> {
         let last = self.decryptor.finish().map_err(|_| ArtifactError::Tampered)?;
-        self.digest.update(&last);
+        for piece in self.unhashed.iter().chain(std::iter::once(&last)) {
+            self.digest.update(piece);
+        }
         self.size += last.len() as u64;
         let digest: [u8; 32] = self.digest.finalize().into();
         if digest != self.expected_sha256 || self.size != self.expected_size {
@@ -157,12 +173,17 @@ impl RegistryService {
         stored: &StoredVersion,
         data_key: &Key,
     ) -> Result<mpsc::Receiver<Result<Bytes, ArtifactError>>, ArtifactError> {
-        let source = self.store.read(&stored.object_key).await.map_err(|e| ArtifactError::Storage(e.to_string()))?;
+        let source = self
+            .store
+            .read(&stored.object_key, stored.stored_bytes as u64)
+            .await
+            .map_err(|e| ArtifactError::Storage(e.to_string()))?;
         let mut expected_sha256 = [0u8; 32];
         hex::decode_to_slice(&stored.view.sha256, &mut expected_sha256).map_err(|_| ArtifactError::Checksum)?;
         let opener = Opener {
             decryptor: Decryptor::new(data_key, &stored.view.id),
             digest: Sha256::new(),
+            unhashed: Vec::new(),
             size: 0,
             expected_sha256,
             expected_size: stored.view.size_bytes as u64,

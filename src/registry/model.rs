@@ -119,6 +119,58 @@ impl Framework {
     }
 }
 
+/// How a model is served; every field left out takes the server's `[inference]` default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Sessions (worker threads) per loaded version, 1-64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
+    /// ONNX Runtime intra-op threads per session, 1-64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intra_op_threads: Option<usize>,
+    /// Most rows run together by dynamic batching (1 = off), up to 1024.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// Longest wait of a batch's first request for company, in microseconds (up to 1 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_delay_us: Option<u64>,
+    /// Batch sizes to run at once when reached and nothing else waits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests waiting before new ones are turned away, 1-100000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<usize>,
+    /// Result cache TTL for this model (needs `deterministic`); 0 = no caching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_seconds: Option<u64>,
+}
+
+impl ServingConfig {
+    pub fn check(&self) -> Result<(), ApiError> {
+        let bad = |what: &str| Err(ApiError::new(Code::InvalidRequest, format!("serving.{what}")));
+        if self.instances.is_some_and(|n| !(1..=64).contains(&n)) {
+            return bad("instances must be between 1 and 64");
+        }
+        if self.intra_op_threads.is_some_and(|n| !(1..=64).contains(&n)) {
+            return bad("intra_op_threads must be between 1 and 64");
+        }
+        if self.max_batch_size.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return bad("max_batch_size must be between 1 and 1024");
+        }
+        if self.max_queue_delay_us.is_some_and(|n| n > 1_000_000) {
+            return bad("max_queue_delay_us must be at most 1000000");
+        }
+        if self.queue_capacity.is_some_and(|n| !(1..=100_000).contains(&n)) {
+            return bad("queue_capacity must be between 1 and 100000");
+        }
+        if self.preferred_batch_sizes.len() > 16 || self.preferred_batch_sizes.iter().any(|n| !(1..=1024).contains(n)) {
+            return bad("preferred_batch_sizes takes at most 16 sizes between 1 and 1024");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelView {
     pub id: Uuid,
@@ -129,6 +181,7 @@ pub struct ModelView {
     pub tags: Vec<String>,
     /// Inference results may be cached (same inputs, same outputs).
     pub deterministic: bool,
+    pub serving: ServingConfig,
     /// Alias → version number.
     pub aliases: BTreeMap<String, i32>,
     /// The highest live version, if any.

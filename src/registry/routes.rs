@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::model::{AliasName, Framework, ModelName, ModelView, VersionRef, VersionView};
+use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, VersionRef, VersionView};
 use super::service::NewModel;
 use super::upload::{UploadSpec, parse_sha256};
 use crate::audit::{AuditActor, RequestInfo};
@@ -61,13 +61,11 @@ pub struct CreateModelRequest {
     pub description: String,
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Same inputs always give the same outputs, so results may be cached (default true).
-    #[serde(default = "yes")]
+    /// Same inputs always give the same outputs, so results may be cached (default false).
+    #[serde(default)]
     pub deterministic: bool,
-}
-
-fn yes() -> bool {
-    true
+    #[serde(default)]
+    pub serving: ServingConfig,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -121,6 +119,7 @@ pub async fn create_model(
         description: body.description,
         tags: body.tags,
         deterministic: body.deterministic,
+        serving: body.serving,
     };
     let model = state.registry.create_model(&guard.principal, guard.tenant()?, new, &info).await?;
     Ok(HttpResponse::Created().json(model))
@@ -162,7 +161,9 @@ pub async fn delete_model(
     info: RequestInfo,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.registry.delete_model(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &info).await?;
+    let tenant = guard.tenant()?;
+    state.registry.delete_model(&guard.principal, tenant, &model_name(&path.model)?, &info).await?;
+    state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -218,8 +219,10 @@ pub async fn upload_version(
         burn,
         metadata: None,
     };
-    let version =
-        state.registry.upload(&guard.principal, guard.tenant()?, &model_name(&path.model)?, spec, body, &info).await?;
+    let tenant = guard.tenant()?;
+    let version = state.registry.upload(&guard.principal, tenant, &model_name(&path.model)?, spec, body, &info).await?;
+    // "Latest" now means the new version.
+    state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::Created().json(version))
 }
 
@@ -296,7 +299,9 @@ pub async fn delete_version(
     path: web::Path<VersionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let version = VersionRef::parse(&path.version)?;
-    state.registry.delete_version(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &version, &info).await?;
+    let tenant = guard.tenant()?;
+    state.registry.delete_version(&guard.principal, tenant, &model_name(&path.model)?, &version, &info).await?;
+    state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -314,10 +319,10 @@ pub async fn set_alias(
     body: web::Json<SetAliasRequest>,
 ) -> Result<web::Json<ModelView>, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
-    let model = state
-        .registry
-        .set_alias(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &alias, body.version, &info)
-        .await?;
+    let tenant = guard.tenant()?;
+    let model = state.registry.set_alias(&guard.principal, tenant, &model_name(&path.model)?, &alias, body.version, &info).await?;
+    // This instance serves the new target at once; others within `inference.resolve_ttl_ms`.
+    state.inference.models.forget(tenant.id, &path.model);
     Ok(web::Json(model))
 }
 
@@ -331,7 +336,9 @@ pub async fn remove_alias(
     path: web::Path<AliasPath>,
 ) -> Result<HttpResponse, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
-    state.registry.remove_alias(&guard.principal, guard.tenant()?, &model_name(&path.model)?, &alias, &info).await?;
+    let tenant = guard.tenant()?;
+    state.registry.remove_alias(&guard.principal, tenant, &model_name(&path.model)?, &alias, &info).await?;
+    state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 

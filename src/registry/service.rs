@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::keys::KeyService;
-use super::model::{AliasName, Framework, ModelName, ModelView, StoredVersion, VersionRef, VersionView};
+use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, StoredVersion, VersionRef, VersionView};
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
 use crate::error::{ApiError, Code};
@@ -33,6 +33,13 @@ pub struct NewModel {
     pub description: String,
     pub tags: Vec<String>,
     pub deterministic: bool,
+    pub serving: ServingConfig,
+}
+
+pub struct ServingInfo {
+    pub stored: StoredVersion,
+    pub deterministic: bool,
+    pub serving: ServingConfig,
 }
 
 #[derive(sqlx::FromRow)]
@@ -43,6 +50,7 @@ struct ModelRow {
     description: String,
     tags: Vec<String>,
     deterministic: bool,
+    serving: sqlx::types::Json<ServingConfig>,
     created_at: OffsetDateTime,
     aliases: sqlx::types::Json<BTreeMap<String, i32>>,
     latest_version: Option<i32>,
@@ -57,6 +65,7 @@ impl From<ModelRow> for ModelView {
             description: r.description,
             tags: r.tags,
             deterministic: r.deterministic,
+            serving: r.serving.0,
             aliases: r.aliases.0,
             latest_version: r.latest_version,
             created_at: r.created_at,
@@ -64,7 +73,7 @@ impl From<ModelRow> for ModelView {
     }
 }
 
-const MODEL_SELECT: &str = "SELECT m.id, m.name, m.framework, m.description, m.tags, m.deterministic, m.created_at, \
+const MODEL_SELECT: &str = "SELECT m.id, m.name, m.framework, m.description, m.tags, m.deterministic, m.serving, m.created_at, \
      COALESCE((SELECT jsonb_object_agg(a.alias, a.version) FROM model_aliases a WHERE a.model_id = m.id), '{}'::jsonb) AS aliases, \
      (SELECT max(v.version) FROM model_versions v WHERE v.model_id = m.id AND v.deleted_at IS NULL) AS latest_version \
      FROM models m WHERE m.tenant_id = $1 AND m.deleted_at IS NULL";
@@ -155,6 +164,7 @@ impl RegistryService {
             return Err(ApiError::new(Code::InvalidRequest, "description has at most 2000 characters"));
         }
         validate_tags(&new.tags)?;
+        new.serving.check()?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         // Serialises model creation per tenant so the count cannot overshoot the quota.
         let (max_models,): (i32,) = sqlx::query_as("SELECT max_models FROM tenants WHERE id = $1 FOR UPDATE")
@@ -170,8 +180,8 @@ impl RegistryService {
         }
         let id = Uuid::now_v7();
         let inserted = sqlx::query(
-            "INSERT INTO models (id, tenant_id, name, framework, description, tags, deterministic, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO models (id, tenant_id, name, framework, description, tags, deterministic, serving, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(tenant.id.0)
@@ -180,6 +190,7 @@ impl RegistryService {
         .bind(&new.description)
         .bind(&new.tags)
         .bind(new.deterministic)
+        .bind(sqlx::types::Json(&new.serving))
         .bind(actor.user_id())
         .execute(tx.conn())
         .await;
@@ -272,6 +283,24 @@ impl RegistryService {
         let stored = Self::stored_version(&mut tx, name, version).await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    /// A version plus what serving needs from its model (caching, serving settings).
+    pub async fn serving_info(
+        &self,
+        tenant: crate::tenancy::TenantId,
+        name: &ModelName,
+        version: Option<&VersionRef>,
+    ) -> Result<ServingInfo, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let stored = Self::stored_version(&mut tx, name, version).await?;
+        let (deterministic, serving): (bool, sqlx::types::Json<ServingConfig>) =
+            sqlx::query_as("SELECT deterministic, serving FROM models WHERE id = $1")
+                .bind(stored.model_id)
+                .fetch_one(tx.conn())
+                .await?;
+        tx.commit().await?;
+        Ok(ServingInfo { stored, deterministic, serving: serving.0 })
     }
 
     pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, ApiError> {

@@ -82,20 +82,27 @@ struct Intake {
 }
 
 impl Intake {
+    /// Checks and hashes on a second core while this one encrypts: both only read `pieces`.
     fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, ApiError> {
-        let mut sealed = Vec::new();
-        for piece in pieces {
-            self.received += piece.len() as u64;
-            if self.received > self.limit.bytes() {
-                return Err(self.limit.exceeded());
-            }
-            if let Some(scanner) = &mut self.scanner {
-                scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?;
-            }
-            self.digest.update(piece);
-            sealed.extend(self.encryptor.update(piece));
+        self.received += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+        if self.received > self.limit.bytes() {
+            return Err(self.limit.exceeded());
         }
-        Ok(sealed)
+        let (scanner, digest, encryptor) = (&mut self.scanner, &mut self.digest, &mut self.encryptor);
+        std::thread::scope(|scope| {
+            let checking = scope.spawn(move || {
+                for piece in pieces {
+                    if let Some(scanner) = scanner.as_mut() {
+                        scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?;
+                    }
+                    digest.update(piece);
+                }
+                Ok::<(), ApiError>(())
+            });
+            let sealed: Vec<Bytes> = pieces.iter().flat_map(|piece| encryptor.update(piece)).collect();
+            checking.join().expect("checking does not panic")?;
+            Ok(sealed)
+        })
     }
 
     fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Option<ModelSignature>, u64), ApiError> {

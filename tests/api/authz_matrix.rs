@@ -56,7 +56,20 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("PUT", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
     ("DELETE", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
     ("POST", "/v1/tenants/{tenant}/keys/rotate", Rule::Only(&[PlatformAdmin, Owner])),
+    ("GET", "/v2", Rule::Public),
+    ("GET", "/v2/health/live", Rule::Public),
+    ("GET", "/v2/health/ready", Rule::Public),
+    ("GET", "/v2/models/{name}", Rule::Only(INFERENCE)),
+    ("GET", "/v2/models/{name}/versions/{version}", Rule::Only(INFERENCE)),
+    ("GET", "/v2/models/{name}/ready", Rule::Only(INFERENCE)),
+    ("GET", "/v2/models/{name}/versions/{version}/ready", Rule::Only(INFERENCE)),
+    ("POST", "/v2/models/{name}/infer", Rule::Only(INFERENCE)),
+    ("POST", "/v2/models/{name}/versions/{version}/infer", Rule::Only(INFERENCE)),
 ];
+
+/// Everyone with `inference.run` in the tenant. A platform administrator's token names no
+/// tenant, so it has no models to call (400 `tenant_required`, not 403).
+const INFERENCE: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];
 
 const MODEL_WRITERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 const MODEL_READERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];

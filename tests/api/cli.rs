@@ -101,3 +101,69 @@ async fn operator_commands_bootstrap_create_and_issue_keys() {
     let bad_role = operator(&["apikey", "create", "--tenant", "acme", "--name", "x", "--role", "king"], &[]);
     assert!(!bad_role.status.success());
 }
+
+/// `tessera model upload` against a running server: hashed, streamed, verified by the server;
+/// a refusal is one line with the problem's code and exit status 1.
+#[tokio::test]
+async fn model_upload_streams_an_artifact_to_a_running_server() {
+    use sha2::{Digest, Sha256};
+
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.platform_admin().await;
+    app.create_tenant(&admin, "acme", serde_json::json!({})).await;
+    let body = serde_json::json!({ "email": "owner@acme.test", "role": "owner", "password": crate::helpers::PASSWORD });
+    assert_eq!(app.post_json("/v1/tenants/acme/members", Some(&admin), &body).await.status(), 201);
+    let owner = app.session("owner@acme.test", Some("acme")).await.0;
+
+    // The server runs on this test's runtime: wait for the command off it.
+    let upload = |file: &str, args: &[&str]| {
+        let mut command = tessera();
+        command.env("TESSERA_TOKEN", &owner).args(["model", "upload", file, "--server", &app.address, "--tenant", "acme"]);
+        command.args(args).arg("--no-progress").stdin(std::process::Stdio::null());
+        async move { tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap() }
+    };
+    let fixture = "tests/fixtures/models/add_fp32.onnx";
+    let sha256 = hex::encode(Sha256::digest(std::fs::read(fixture).unwrap()));
+
+    let create = ["--model", "adder", "--create", "--framework", "onnx", "--description", "adds two tensors"];
+    let first = upload(fixture, &create).await;
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout.contains("adder version 1") && stdout.contains(&sha256), "{stdout}");
+    assert!(stdout.contains("inputs   x FP32[?,4], y FP32[?,4]") && stdout.contains("outputs  z FP32[?,4]"), "{stdout}");
+
+    let version: serde_json::Value = app.get_as("/v1/tenants/acme/models/adder/versions/1", &owner).await.json().await.unwrap();
+    assert_eq!(version["sha256"], sha256.as_str());
+    assert_eq!(version["size_bytes"], std::fs::metadata(fixture).unwrap().len());
+    let model: serde_json::Value = app.get_as("/v1/tenants/acme/models/adder", &owner).await.json().await.unwrap();
+    assert_eq!(model["description"], "adds two tensors");
+
+    // --create again: the existing model is fine, and the upload is the next version.
+    let second = upload(fixture, &create).await;
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("adder version 2"));
+
+    // Not a model: refused by the server, reported with its code.
+    let refused = upload("Cargo.toml", &["--model", "adder"]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("tessera: ") && stderr.trim_end().ends_with("(invalid_model)"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    // A large non-model file is refused early, yet the answer still arrives whole.
+    let junk = std::env::temp_dir().join(format!("tessera-junk-{}.onnx", uuid::Uuid::new_v4()));
+    std::fs::write(&junk, vec![0xA5u8; 24 << 20]).unwrap();
+    let refused = upload(junk.to_str().unwrap(), &["--model", "adder"]).await;
+    std::fs::remove_file(&junk).unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("(invalid_model)"), "{stderr}");
+
+    // No such model without --create.
+    let missing = upload(fixture, &["--model", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("(not_found)"), "{}", String::from_utf8_lossy(&missing.stderr));
+    let versions: Vec<serde_json::Value> =
+        app.get_as("/v1/tenants/acme/models/adder/versions", &owner).await.json().await.unwrap();
+    assert_eq!(versions.len(), 2);
+}

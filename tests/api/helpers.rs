@@ -157,6 +157,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     settings.redis.key_prefix = database.redis_prefix.clone();
     settings.server.port = 0;
     settings.registry.storage.path = database.artifact_dir.clone();
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        // Where deploy/local/test.sh installs it, for runs of plain `cargo test`.
+        settings.inference.onnxruntime_path = "/var/tmp/onnxruntime-1.31.1/onnxruntime/capi/libonnxruntime.so.1.31.1".into();
+    }
 
     let db = PgPool::connect(&database.url).await.expect("connect to test database");
     tessera::db::migrate(&db).await.expect("migrations apply");

@@ -12,6 +12,7 @@ mod authz_matrix;
 mod cli;
 mod errors;
 mod health;
+mod inference;
 mod openapi_drift;
 mod registry;
 mod registry_keys;

@@ -1,0 +1,259 @@
+//! Which model versions are loaded: resolution of (tenant, name, version or alias) with a
+//! short TTL, lazy loading through the registry's decrypt-into-memory loader shared by
+//! concurrent first requests, and eviction of the least recently used above a memory budget.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::engine::{Engine, OnnxEngine, OnnxRuntime};
+use super::metrics::InferenceMetrics;
+use super::protocol::DataType;
+use super::worker::{BatchPolicy, EngineFactory, WorkerPool};
+use crate::audit::{AuditActor, RequestInfo};
+use crate::config::InferenceSettings;
+use crate::error::{ApiError, Code};
+use crate::registry::RegistryService;
+use crate::registry::model::{Framework, ModelName, ServingConfig, VersionRef};
+use crate::registry::onnx::ModelSignature;
+use crate::tenancy::TenantId;
+
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// -1 = any size.
+    pub shape: Vec<i64>,
+}
+
+/// A version as requests see it: what to call and how to check inputs against it.
+pub struct LoadedModel {
+    pub tenant: TenantId,
+    pub name: String,
+    pub version: i32,
+    pub version_label: String,
+    pub artifact: Uuid,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// Every input and output has a free first dimension: requests may be batched.
+    pub batchable: bool,
+    pub cache_ttl_seconds: u64,
+    pub pool: WorkerPool,
+    bytes: u64,
+    last_used: AtomicU64,
+}
+
+impl LoadedModel {
+    fn touch(&self, epoch: Instant) {
+        self.last_used.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of resolving a name and version, reused for `resolve_ttl`.
+#[derive(Clone)]
+pub struct Resolved {
+    pub artifact: Uuid,
+    pub version: i32,
+    pub framework: Framework,
+    pub signature: Option<serde_json::Value>,
+    pub deterministic: bool,
+    pub serving: ServingConfig,
+}
+
+type ResolveKey = (Uuid, String, Option<String>);
+
+pub struct ModelManager {
+    registry: RegistryService,
+    metrics: Arc<InferenceMetrics>,
+    runtime: Result<Arc<OnnxRuntime>, String>,
+    settings: InferenceSettings,
+    epoch: Instant,
+    resolved: RwLock<HashMap<ResolveKey, (Instant, Resolved)>>,
+    loaded: Mutex<HashMap<Uuid, Arc<OnceCell<Arc<LoadedModel>>>>>,
+}
+
+pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
+    let convert = |specs: &[crate::registry::onnx::TensorSpec]| {
+        specs
+            .iter()
+            .map(|t| {
+                Ok(TensorSpec {
+                    name: t.name.clone(),
+                    datatype: DataType::parse(&t.datatype).ok_or_else(|| format!("tensor `{}`: datatype {} is not served", t.name, t.datatype))?,
+                    shape: t.shape.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    Ok((convert(&signature.inputs)?, convert(&signature.outputs)?))
+}
+
+impl ModelManager {
+    pub fn new(
+        registry: RegistryService,
+        runtime: Result<Arc<OnnxRuntime>, String>,
+        settings: InferenceSettings,
+        metrics: Arc<InferenceMetrics>,
+    ) -> Self {
+        Self {
+            registry,
+            metrics,
+            runtime,
+            settings,
+            epoch: Instant::now(),
+            resolved: RwLock::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn runtime_ready(&self) -> bool {
+        self.runtime.is_ok()
+    }
+
+    pub fn runtime_error(&self) -> Option<&str> {
+        self.runtime.as_ref().err().map(String::as_str)
+    }
+
+    pub fn settings(&self) -> &InferenceSettings {
+        &self.settings
+    }
+
+    /// Resolves a model version, from the short-lived cache when possible.
+    pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Resolved, ApiError> {
+        let key: ResolveKey = (tenant.0, name.to_owned(), version.map(str::to_owned));
+        let ttl = Duration::from_millis(self.settings.resolve_ttl_ms);
+        if let Some((at, hit)) = self.resolved.read().get(&key)
+            && at.elapsed() < ttl
+        {
+            return Ok(hit.clone());
+        }
+        let model = ModelName::parse(name).map_err(|_| crate::registry::service::model_not_found(name))?;
+        let version_ref = version.map(VersionRef::parse).transpose()?;
+        let info = self.registry.serving_info(tenant, &model, version_ref.as_ref()).await?;
+        let resolved = Resolved {
+            artifact: info.stored.view.id,
+            version: info.stored.view.version,
+            framework: info.stored.view.framework,
+            signature: info.stored.view.signature,
+            deterministic: info.deterministic,
+            serving: info.serving,
+        };
+        let mut cache = self.resolved.write();
+        if cache.len() > 100_000 {
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        cache.insert(key, (Instant::now(), resolved.clone()));
+        Ok(resolved)
+    }
+
+    /// Forgets resolutions of a tenant's model (an alias moved, a version was deleted).
+    pub fn forget(&self, tenant: TenantId, name: &str) {
+        self.resolved.write().retain(|(t, n, _), _| !(*t == tenant.0 && n == name));
+    }
+
+    /// The loaded model, loading it first if needed (once, however many requests ask).
+    pub async fn get(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
+        let cell = self.loaded.lock().entry(resolved.artifact).or_default().clone();
+        if let Some(model) = cell.get() {
+            model.touch(self.epoch);
+            return Ok(model.clone());
+        }
+        let model = cell.get_or_try_init(|| self.load(tenant, name, resolved, actor)).await?.clone();
+        model.touch(self.epoch);
+        self.evict_over_budget(resolved.artifact);
+        Ok(model)
+    }
+
+    async fn load(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
+        if resolved.framework != Framework::Onnx {
+            return Err(ApiError::new(Code::InvalidRequest, format!("model `{name}` is a Burn model; no Burn runtime serves it yet")));
+        }
+        let runtime = self.runtime.clone().map_err(|e| ApiError::unavailable(format!("ONNX Runtime is not available: {e}"), 30))?;
+        let signature: ModelSignature = resolved
+            .signature
+            .clone()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no signature", resolved.version)))?;
+        let (inputs, outputs) = signature_specs(&signature).map_err(|e| ApiError::new(Code::InvalidModel, e))?;
+        let model_name = ModelName::parse(name)?;
+        let artifact = self
+            .registry
+            .load(actor.clone(), tenant, &model_name, Some(&VersionRef::Number(resolved.version)), &RequestInfo::default())
+            .await?;
+        let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
+        let size = bytes.len() as u64;
+        let serving = &resolved.serving;
+        let intra = serving.intra_op_threads.unwrap_or(self.settings.intra_op_threads);
+        let input_names: Vec<String> = inputs.iter().map(|t| t.name.clone()).collect();
+        let output_types: Vec<(String, DataType)> = outputs.iter().map(|t| (t.name.clone(), t.datatype)).collect();
+        let factory: EngineFactory = Arc::new(move || {
+            let session = runtime.session(&bytes, intra)?;
+            Ok(Box::new(OnnxEngine::new(session, input_names.clone(), output_types.clone())) as Box<dyn Engine>)
+        });
+        let batchable = inputs.iter().chain(&outputs).all(|t| t.shape.first() == Some(&-1));
+        let policy = BatchPolicy {
+            max_batch_size: serving.max_batch_size.unwrap_or(self.settings.max_batch_size),
+            max_queue_delay: Duration::from_micros(serving.max_queue_delay_us.unwrap_or(self.settings.max_queue_delay_us)),
+            preferred_sizes: serving.preferred_batch_sizes.clone(),
+        };
+        let instances = serving.instances.unwrap_or(self.settings.instances);
+        let capacity = serving.queue_capacity.unwrap_or(self.settings.queue_capacity);
+        let label = format!("{name}-v{}", resolved.version);
+        let worker_metrics = self.metrics.worker(tenant, name);
+        let pool = tokio::task::spawn_blocking(move || {
+            WorkerPool::start(&label, instances, capacity, policy, batchable, factory, worker_metrics)
+        })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(Code::InvalidModel, format!("version {} of model `{name}` does not load: {e}", resolved.version)))?;
+        tracing::info!(model = name, version = resolved.version, bytes = size, instances, batchable, "model loaded");
+        Ok(Arc::new(LoadedModel {
+            tenant,
+            name: name.to_owned(),
+            version: resolved.version,
+            version_label: resolved.version.to_string(),
+            artifact: resolved.artifact,
+            inputs,
+            outputs,
+            batchable,
+            cache_ttl_seconds: if resolved.deterministic {
+                serving.cache_ttl_seconds.unwrap_or(self.settings.cache_ttl_seconds)
+            } else {
+                0
+            },
+            pool,
+            bytes: size,
+            last_used: AtomicU64::new(0),
+        }))
+    }
+
+    /// Drops least recently used models until the loaded bytes fit the budget. A dropped
+    /// model's workers finish what they hold and stop; requests holding it still complete.
+    fn evict_over_budget(&self, keep: Uuid) {
+        let mut loaded = self.loaded.lock();
+        let mut ready: Vec<(Uuid, u64, u64)> =
+            loaded.iter().filter_map(|(k, cell)| cell.get().map(|m| (*k, m.bytes, m.last_used.load(Ordering::Relaxed)))).collect();
+        let mut total: u64 = ready.iter().map(|(_, b, _)| b).sum();
+        ready.sort_by_key(|(_, _, used)| *used);
+        for (artifact, bytes, _) in ready {
+            if total <= self.settings.memory_budget_bytes {
+                break;
+            }
+            if artifact != keep {
+                loaded.remove(&artifact);
+                total -= bytes;
+                tracing::info!(%artifact, "model evicted (memory budget)");
+            }
+        }
+    }
+
+    /// Whether a version is loaded right now (without loading it).
+    pub fn is_loaded(&self, artifact: Uuid) -> bool {
+        self.loaded.lock().get(&artifact).is_some_and(|c| c.get().is_some())
+    }
+}

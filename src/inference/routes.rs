@@ -1,0 +1,277 @@
+//! The Open Inference Protocol v2 over HTTP (KServe v2 / Triton), scoped to the caller's
+//! tenant: model names resolve inside the tenant of the token or API key. Health and server
+//! metadata are public, as probes and clients expect; everything about models needs
+//! `inference.run`. Errors are problem documents that also carry the protocol's `error` field.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpResponse, get, post, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::cache::CacheStatus;
+use super::service::InferCall;
+use crate::audit::{AuditActor, RequestInfo};
+use crate::error::{ApiError, Code};
+use crate::identity::{Guarded, perm};
+use crate::registry::model::{ModelName, VersionRef};
+use crate::registry::onnx::ModelSignature;
+use crate::startup::AppState;
+
+pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+pub const CACHE_HEADER: &str = "tessera-cache";
+/// A deadline for one request, in milliseconds (capped by `inference.max_timeout_ms`).
+pub const TIMEOUT_HEADER: &str = "tessera-timeout-ms";
+
+#[derive(Serialize, ToSchema)]
+pub struct ServerMetadata {
+    #[schema(example = "tessera")]
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: Vec<&'static str>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    #[schema(example = "FP32")]
+    pub datatype: String,
+    /// -1 = any size.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    #[schema(example = "onnxruntime_onnx")]
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ModelPath {
+    /// Model name in the caller's tenant.
+    name: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct VersionPath {
+    /// Model name in the caller's tenant.
+    name: String,
+    /// Version number or alias.
+    version: String,
+}
+
+/// Server metadata.
+#[utoipa::path(tag = "inference", responses((status = 200, body = ServerMetadata)))]
+#[get("/v2")]
+pub async fn server_metadata() -> web::Json<ServerMetadata> {
+    web::Json(ServerMetadata { name: "tessera", version: crate::VERSION, extensions: vec!["binary_tensor_data"] })
+}
+
+/// Liveness.
+#[utoipa::path(tag = "inference", responses((status = 200, description = "Live")))]
+#[get("/v2/health/live")]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "live": true }))
+}
+
+/// Readiness: ONNX Runtime is loaded and Postgres answers.
+#[utoipa::path(
+    tag = "inference",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, body = crate::error::Problem, content_type = "application/problem+json", description = "Not ready"),
+    )
+)]
+#[get("/v2/health/ready")]
+pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.inference.models.runtime_ready() {
+        return Err(ApiError::unavailable("ONNX Runtime is not loaded", 5));
+    }
+    crate::db::ping(&state.db, std::time::Duration::from_secs(1))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("postgres: {e}"), 2))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ready": true })))
+}
+
+async fn metadata(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+    let tenant = guard.tenant()?;
+    let model = ModelName::parse(name).map_err(|_| crate::registry::service::model_not_found(name))?;
+    let version_ref = version.map(VersionRef::parse).transpose()?;
+    let stored = state.registry.get_version(tenant, &model, version_ref.as_ref()).await?;
+    let versions = match version {
+        Some(_) => vec![stored.view.version.to_string()],
+        None => state.registry.list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
+    };
+    let signature: ModelSignature =
+        stored.view.signature.and_then(|s| serde_json::from_value(s).ok()).unwrap_or_else(|| ModelSignature {
+            ir_version: 0,
+            opset: None,
+            producer: None,
+            inputs: vec![],
+            outputs: vec![],
+        });
+    let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
+        specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+    };
+    Ok(ModelMetadata {
+        name: name.to_owned(),
+        versions,
+        platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
+        inputs: convert(signature.inputs),
+        outputs: convert(signature.outputs),
+    })
+}
+
+/// Model metadata (latest version).
+#[utoipa::path(tag = "inference", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = ModelMetadata)))]
+#[get("/v2/models/{name}")]
+pub async fn model_metadata(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<web::Json<ModelMetadata>, ApiError> {
+    Ok(web::Json(metadata(&state, &guard, &path.name, None).await?))
+}
+
+/// Model metadata of a version or alias.
+#[utoipa::path(tag = "inference", params(VersionPath), security(("bearer" = [])), responses((status = 200, body = ModelMetadata)))]
+#[get("/v2/models/{name}/versions/{version}")]
+pub async fn version_metadata(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    path: web::Path<VersionPath>,
+) -> Result<web::Json<ModelMetadata>, ApiError> {
+    Ok(web::Json(metadata(&state, &guard, &path.name, Some(&path.version)).await?))
+}
+
+async fn readiness(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, name: &str, version: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let tenant = guard.tenant()?;
+    let models = &state.inference.models;
+    let resolved = models.resolve(tenant.id, name, version).await?;
+    // Ready means servable: a lazily loaded model is loaded by being asked about.
+    models.get(tenant.id, name, &resolved, &AuditActor::of(&guard.principal)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": name, "ready": true })))
+}
+
+/// Model readiness (loads the model if it is not loaded yet).
+#[utoipa::path(tag = "inference", params(ModelPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
+#[get("/v2/models/{name}/ready")]
+pub async fn model_ready(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    readiness(&state, &guard, &path.name, None).await
+}
+
+/// Version readiness.
+#[utoipa::path(tag = "inference", params(VersionPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
+#[get("/v2/models/{name}/versions/{version}/ready")]
+pub async fn version_ready(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    path: web::Path<VersionPath>,
+) -> Result<HttpResponse, ApiError> {
+    readiness(&state, &guard, &path.name, Some(&path.version)).await
+}
+
+fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(Code::InvalidHeader, format!("{name} must be a non-negative integer"))),
+    }
+}
+
+async fn infer(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: &AppState,
+    req: &actix_web::HttpRequest,
+    name: &str,
+    version: Option<&str>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = guard.tenant()?;
+    let headers = req.headers();
+    let json_len = header_number(headers, HEADER_CONTENT_LENGTH)?.map(|n| n as usize);
+    let timeout = header_number(headers, TIMEOUT_HEADER)?.map(std::time::Duration::from_millis);
+    let no_cache = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|d| matches!(d.trim(), "no-cache" | "no-store")));
+    let call = InferCall {
+        tenant: tenant.id,
+        actor: AuditActor::of(&guard.principal),
+        name,
+        version,
+        body: body.into(),
+        json_len,
+        timeout,
+        no_cache,
+        info: RequestInfo::from_request(req),
+    };
+    let reply = state.inference.infer(call).await?;
+    let mut response = HttpResponse::Ok();
+    response.insert_header((CACHE_HEADER, reply.cache.as_str()));
+    if reply.cache == CacheStatus::Hit {
+        response.insert_header((header::AGE, "0"));
+    }
+    match reply.encoded.json_len {
+        Some(n) => {
+            response.content_type("application/octet-stream");
+            response.insert_header((HEADER_CONTENT_LENGTH, n));
+        }
+        None => {
+            response.content_type("application/json");
+        }
+    }
+    Ok(response.body(reply.encoded.body))
+}
+
+/// Inference on the latest version. JSON tensors, or the binary tensor data extension
+/// (`Inference-Header-Content-Length`). `Cache-Control: no-cache` bypasses the result cache;
+/// `Tessera-Timeout-Ms` (or the `timeout` parameter, in µs) sets a deadline.
+#[utoipa::path(
+    tag = "inference", params(ModelPath), security(("bearer" = [])),
+    request_body(content = Object, description = "An OIP v2 inference request"),
+    responses(
+        (status = 200, description = "An OIP v2 inference response", body = Object),
+        (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Inputs do not match the model (`invalid_input`)"),
+        (status = 503, body = crate::error::Problem, content_type = "application/problem+json", description = "Queue full (`overloaded`), with Retry-After"),
+        (status = 504, body = crate::error::Problem, content_type = "application/problem+json", description = "Deadline passed (`deadline_exceeded`)"),
+    )
+)]
+#[post("/v2/models/{name}/infer")]
+pub async fn infer_latest(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    path: web::Path<ModelPath>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    infer(guard, &state, &req, &path.name, None, body).await
+}
+
+/// Inference on a version or alias (`production`).
+#[utoipa::path(
+    tag = "inference", params(VersionPath), security(("bearer" = [])),
+    request_body(content = Object, description = "An OIP v2 inference request"),
+    responses((status = 200, description = "An OIP v2 inference response", body = Object))
+)]
+#[post("/v2/models/{name}/versions/{version}/infer")]
+pub async fn infer_version(
+    guard: Guarded<{ perm::INFERENCE_RUN }>,
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    path: web::Path<VersionPath>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    infer(guard, &state, &req, &path.name, Some(&path.version), body).await
+}

@@ -1,0 +1,201 @@
+//! One inference call, end to end: parse (OIP v2 JSON or binary extension), resolve and load
+//! the model, check inputs against its signature, consult the result cache, queue the job
+//! for a worker (or refuse at once when the queue is full), wait no longer than the deadline,
+//! encode the answer, and hand the call's audit event to the batched sink.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::cache::{CacheStatus, Flight, ResultCache};
+use super::engine::RunOutput;
+use super::metrics::InferenceMetrics;
+use super::models::{LoadedModel, ModelManager};
+use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_response, parse_infer_request_bytes};
+use super::validate::{Prepared, prepare};
+use super::worker::{Job, WorkError};
+use crate::audit::sink::AuditSink;
+use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::error::{ApiError, Code};
+use crate::tenancy::TenantId;
+
+/// Bodies larger than this are parsed on the blocking pool rather than the executor.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct InferenceService {
+    pub models: Arc<ModelManager>,
+    cache: Arc<ResultCache>,
+    audit: AuditSink,
+    pub metrics: Arc<InferenceMetrics>,
+    limits: Arc<Limits>,
+}
+
+pub struct InferCall<'a> {
+    pub tenant: TenantId,
+    pub actor: AuditActor,
+    pub name: &'a str,
+    pub version: Option<&'a str>,
+    pub body: Bytes,
+    /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
+    pub json_len: Option<usize>,
+    /// Deadline asked for by header, if any.
+    pub timeout: Option<Duration>,
+    /// `Cache-Control: no-cache`.
+    pub no_cache: bool,
+    pub info: RequestInfo,
+}
+
+pub struct InferReply {
+    pub encoded: EncodedResponse,
+    pub cache: CacheStatus,
+}
+
+fn failed(e: WorkError) -> ApiError {
+    match e {
+        WorkError::Failed(message) => ApiError::new(Code::InferenceFailed, format!("the model failed: {message}")),
+        WorkError::Crashed => ApiError::new(Code::InferenceFailed, "the model's worker crashed and was replaced; retry"),
+        WorkError::DeadlineExceeded => ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model ran"),
+    }
+}
+
+impl InferenceService {
+    pub fn new(models: Arc<ModelManager>, cache: Arc<ResultCache>, audit: AuditSink, metrics: Arc<InferenceMetrics>) -> Self {
+        Self { models, cache, audit, metrics, limits: Arc::new(Limits::default()) }
+    }
+
+    pub async fn infer(&self, call: InferCall<'_>) -> Result<InferReply, ApiError> {
+        let started = Instant::now();
+        let result = self.infer_inner(&call, started).await;
+        let (outcome, cache, rows) = match &result {
+            Ok((reply, rows)) => (Outcome::Success, reply.cache.as_str(), *rows),
+            Err(e) if e.code().status().is_client_error() => (Outcome::Denied, "bypass", 0),
+            Err(_) => (Outcome::Failure, "bypass", 0),
+        };
+        self.metrics.observe(call.tenant, call.name, outcome == Outcome::Success, cache, started.elapsed());
+        let mut event = AuditEvent::new(Some(call.tenant), call.actor.clone(), "inference.call")
+            .resource("model", call.name)
+            .outcome(outcome)
+            .details(json!({ "version": call.version, "cache": cache, "rows": rows }));
+        if let Err(e) = &result {
+            event.details["code"] = json!(e.code().as_str());
+        }
+        self.audit.call(event, call.info.clone()).await;
+        result.map(|(reply, _)| reply)
+    }
+
+    async fn infer_inner(&self, call: &InferCall<'_>, started: Instant) -> Result<(InferReply, usize), ApiError> {
+        let parse = {
+            let (body, json_len, limits) = (call.body.clone(), call.json_len, self.limits.clone());
+            move || parse_infer_request_bytes(&body, json_len, &limits)
+        };
+        let mut request = if call.body.len() <= PARSE_INLINE_BYTES {
+            parse()
+        } else {
+            tokio::task::spawn_blocking(parse).await.map_err(ApiError::internal)?
+        }
+        .map_err(|e| ApiError::new(Code::InvalidInput, e.to_string()))?;
+
+        let settings = self.models.settings();
+        let asked = request
+            .parameters
+            .remove("timeout")
+            .and_then(|v| v.as_u64())
+            .map(Duration::from_micros)
+            .or(call.timeout);
+        let timeout = asked
+            .unwrap_or(Duration::from_millis(settings.default_timeout_ms))
+            .min(Duration::from_millis(settings.max_timeout_ms));
+        let deadline = started + timeout;
+        let bypass = call.no_cache || request.parameters.remove("no_cache").is_some_and(|v| v == json!(true));
+        let id = request.id.take();
+
+        let resolved = self.models.resolve(call.tenant, call.name, call.version).await?;
+        let model = tokio::time::timeout_at(deadline.into(), self.models.get(call.tenant, call.name, &resolved, &call.actor))
+            .await
+            .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??;
+        let parameters = std::mem::take(&mut request.parameters);
+        let prepared = prepare(&model, request)?;
+        let rows = prepared.inputs.first().and_then(|(s, _)| s.first().copied()).unwrap_or(1);
+        let selected: Vec<(usize, bool)> = prepared.outputs.clone();
+
+        let (outputs, cache) = if model.cache_ttl_seconds == 0 || bypass {
+            (self.run(&model, prepared, deadline).await?, CacheStatus::Bypass)
+        } else {
+            let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, &parameters);
+            let tenant = call.tenant.0;
+            if let Some(hit) = self.cache.get(tenant, &key).await {
+                (hit, CacheStatus::Hit)
+            } else {
+                match self.cache.join(key) {
+                    Flight::Leader(guard) => {
+                        let result = self.run(&model, prepared, deadline).await;
+                        if let Ok(outputs) = &result {
+                            self.cache.put(tenant, &key, outputs, model.cache_ttl_seconds);
+                        }
+                        guard.land(Arc::new(result.as_ref().map(Clone::clone).map_err(|e| e.to_string())));
+                        (result?, CacheStatus::Miss)
+                    }
+                    Flight::Follower(mut receiver) => {
+                        match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
+                            Ok(Ok(shared)) => match shared.as_ref() {
+                                Ok(outputs) => (outputs.clone(), CacheStatus::Miss),
+                                Err(message) => return Err(ApiError::new(Code::InferenceFailed, message.clone())),
+                            },
+                            Ok(Err(_)) => (self.run(&model, prepared, deadline).await?, CacheStatus::Miss),
+                            Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
+                        }
+                    }
+                }
+            }
+        };
+
+        let outputs: Vec<InferOutput> = outputs
+            .into_iter()
+            .zip(&selected)
+            .map(|(o, (index, _))| InferOutput { name: model.outputs[*index].name.clone(), shape: o.shape, data: o.data })
+            .collect();
+        let mut response_parameters = serde_json::Map::new();
+        response_parameters.insert("cache".to_owned(), json!(cache.as_str()));
+        let binary: Vec<bool> = selected.iter().map(|(_, b)| *b).collect();
+        let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+        let encoded = encode_infer_response(
+            &model.name,
+            Some(&model.version_label),
+            id.as_deref(),
+            Some(&response_parameters),
+            &outputs,
+            |name| names.iter().position(|n| *n == name).is_some_and(|i| binary[i]),
+        );
+        Ok((InferReply { encoded, cache }, rows))
+    }
+
+    /// Queues the job and waits for its outputs (the selected ones, in request order).
+    async fn run(&self, model: &LoadedModel, prepared: Prepared, deadline: Instant) -> Result<Vec<RunOutput>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { inputs: prepared.inputs, deadline: Some(deadline), batchable: prepared.batchable, reply };
+        if model.pool.submit(job).is_err() {
+            return Err(ApiError::new(Code::Overloaded, format!("model `{}` is at capacity; retry shortly", model.name))
+                .with_retry_after(1));
+        }
+        self.metrics.queue_depth(model.tenant, &model.name, model.pool.queue_depth());
+        let all = match tokio::time::timeout_at(deadline.into(), answer).await {
+            Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model answered")),
+            Ok(Err(_)) => return Err(ApiError::new(Code::InferenceFailed, "the model's worker stopped")),
+            Ok(Ok(result)) => result.map_err(failed)?,
+        };
+        let mut all: Vec<Option<RunOutput>> = all.into_iter().map(Some).collect();
+        prepared
+            .outputs
+            .iter()
+            .map(|(index, _)| {
+                all.get_mut(*index)
+                    .and_then(Option::take)
+                    .ok_or_else(|| ApiError::new(Code::InferenceFailed, "the model returned fewer outputs than its signature"))
+            })
+            .collect()
+    }
+}

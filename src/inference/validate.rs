@@ -1,0 +1,78 @@
+//! Inputs checked against the model's signature before any work is queued: names, datatypes,
+//! ranks and fixed dimensions. (Element counts against shapes are the protocol parser's.)
+//! Every mismatch is a 400 naming the tensor; nothing malformed reaches ONNX Runtime.
+
+use super::models::LoadedModel;
+use super::protocol::{InferRequest, TensorData};
+use crate::error::{ApiError, Code};
+
+pub struct Prepared {
+    /// In the signature's input order.
+    pub inputs: Vec<(Vec<usize>, TensorData)>,
+    /// Signature output indices to return, each with whether it goes out as binary data.
+    pub outputs: Vec<(usize, bool)>,
+    /// All inputs agree on their first dimension, so the request may share a batch.
+    pub batchable: bool,
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(Code::InvalidInput, message)
+}
+
+fn shape_text<T: std::fmt::Display>(shape: &[T]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, ApiError> {
+    let mut slots: Vec<Option<(Vec<usize>, TensorData)>> = model.inputs.iter().map(|_| None).collect();
+    for input in request.inputs {
+        let Some(index) = model.inputs.iter().position(|spec| spec.name == input.name) else {
+            let known: Vec<&str> = model.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(invalid(format!("unknown input '{}'; the model takes {}", input.name, known.join(", "))));
+        };
+        let spec = &model.inputs[index];
+        if input.datatype != spec.datatype {
+            return Err(invalid(format!(
+                "input '{}': datatype {} does not match the model's {}",
+                input.name,
+                input.datatype.as_str(),
+                spec.datatype.as_str()
+            )));
+        }
+        let fits = input.shape.len() == spec.shape.len()
+            && input.shape.iter().zip(&spec.shape).all(|(got, want)| *want < 0 || *got as i64 == *want);
+        if !fits {
+            return Err(invalid(format!(
+                "input '{}': shape {} does not match the model's {}",
+                input.name,
+                shape_text(&input.shape),
+                shape_text(&spec.shape)
+            )));
+        }
+        slots[index] = Some((input.shape, input.data));
+    }
+    let mut inputs = Vec::with_capacity(slots.len());
+    for (slot, spec) in slots.into_iter().zip(&model.inputs) {
+        inputs.push(slot.ok_or_else(|| invalid(format!("input '{}' is missing", spec.name)))?);
+    }
+    let outputs = if request.outputs.is_empty() {
+        (0..model.outputs.len()).map(|i| (i, request.binary_data_output)).collect()
+    } else {
+        let mut chosen = Vec::with_capacity(request.outputs.len());
+        for wanted in &request.outputs {
+            let index = model.outputs.iter().position(|o| o.name == wanted.name).ok_or_else(|| {
+                let known: Vec<&str> = model.outputs.iter().map(|s| s.name.as_str()).collect();
+                invalid(format!("unknown output '{}'; the model gives {}", wanted.name, known.join(", ")))
+            })?;
+            if wanted.class_count > 0 {
+                return Err(invalid(format!("output '{}': the classification extension is not supported", wanted.name)));
+            }
+            chosen.push((index, wanted.binary_data));
+        }
+        chosen
+    };
+    let first = inputs.first().and_then(|(s, _)| s.first().copied());
+    let batchable = model.batchable && inputs.iter().all(|(s, _)| s.first().copied() == first);
+    Ok(Prepared { inputs, outputs, batchable })
+}

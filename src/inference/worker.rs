@@ -1,0 +1,270 @@
+//! Worker actors: per loaded model version, a few dedicated threads, each owning one engine,
+//! fed through one bounded queue. A worker takes a job, lingers up to the batching delay for
+//! more jobs with the same trailing shapes, concatenates them along the batch dimension, runs
+//! the engine once and splits the outputs back in order. A panicking engine fails only the
+//! jobs of that run, and the worker rebuilds its engine before taking the next job.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::engine::{Engine, RunInput, RunOutput};
+use super::metrics::WorkerMetrics;
+use super::protocol::TensorData;
+
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, String> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct BatchPolicy {
+    /// Largest number of rows (first-dimension entries) run together; 1 = no batching.
+    pub max_batch_size: usize,
+    /// How long the first job of a batch may wait for company.
+    pub max_queue_delay: Duration,
+    /// Batch sizes worth stopping at early when nothing else is queued.
+    pub preferred_sizes: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub enum WorkError {
+    /// The engine refused the inputs or failed.
+    Failed(String),
+    /// The engine panicked; the worker has been replaced.
+    Crashed,
+    /// The job's deadline passed before it ran.
+    DeadlineExceeded,
+}
+
+pub struct Job {
+    /// In the signature's input order: (shape, data).
+    pub inputs: Vec<(Vec<usize>, TensorData)>,
+    pub deadline: Option<Instant>,
+    /// False when the inputs disagree on their first dimension: such a job runs alone.
+    pub batchable: bool,
+    pub reply: oneshot::Sender<Result<Vec<RunOutput>, WorkError>>,
+}
+
+impl Job {
+    fn rows(&self) -> usize {
+        self.inputs.first().and_then(|(s, _)| s.first().copied()).unwrap_or(1)
+    }
+
+    fn fits_with(&self, other: &Job) -> bool {
+        self.batchable
+            && other.batchable
+            && self.inputs.len() == other.inputs.len()
+            && self.inputs.iter().zip(&other.inputs).all(|((a, da), (b, db))| {
+                a.len() == b.len() && a.get(1..) == b.get(1..) && da.datatype() == db.datatype()
+            })
+    }
+}
+
+struct Queue {
+    receiver: Mutex<Receiver<Job>>,
+    depth: AtomicUsize,
+}
+
+pub struct WorkerPool {
+    sender: SyncSender<Job>,
+    queue: Arc<Queue>,
+}
+
+impl WorkerPool {
+    /// Builds every engine first (so a model that cannot load fails here, once), then starts
+    /// one thread per engine. Threads end when the pool is dropped and the queue drains.
+    pub fn start(
+        label: &str,
+        instances: usize,
+        capacity: usize,
+        policy: BatchPolicy,
+        batchable: bool,
+        factory: EngineFactory,
+        metrics: WorkerMetrics,
+    ) -> Result<Self, String> {
+        let engines = (0..instances.max(1)).map(|_| factory()).collect::<Result<Vec<_>, _>>()?;
+        let (sender, receiver) = sync_channel(capacity.max(1));
+        let queue = Arc::new(Queue { receiver: Mutex::new(receiver), depth: AtomicUsize::new(0) });
+        let policy = if batchable { policy } else { BatchPolicy { max_batch_size: 1, ..policy } };
+        for (i, engine) in engines.into_iter().enumerate() {
+            let worker =
+                Worker { queue: queue.clone(), policy: policy.clone(), engine, factory: factory.clone(), metrics: metrics.clone() };
+            std::thread::Builder::new()
+                .name(format!("infer-{label}-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        }
+        Ok(Self { sender, queue })
+    }
+
+    /// Queues a job, or hands it back at once when the queue is full (backpressure).
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.queue.depth.fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                self.queue.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(job)
+            }
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    queue: Arc<Queue>,
+    policy: BatchPolicy,
+    engine: Box<dyn Engine>,
+    factory: EngineFactory,
+    metrics: WorkerMetrics,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut carried: Option<Job> = None;
+        loop {
+            let Some(batch) = self.next_batch(&mut carried) else { return };
+            self.execute(batch);
+        }
+    }
+
+    fn take(&self, receiver: &Receiver<Job>, until: Option<Instant>) -> Option<Job> {
+        let job = match until {
+            None => receiver.recv().ok(),
+            Some(until) => match receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        if job.is_some() {
+            self.queue.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        job
+    }
+
+    /// The next batch: the first job (blocking), then whatever compatible jobs arrive within
+    /// the batching delay. Holding the receiver while lingering is deliberate: jobs arriving
+    /// meanwhile belong in this batch, not on an idle sibling. `None` once the pool is gone.
+    fn next_batch(&self, carried: &mut Option<Job>) -> Option<Vec<Job>> {
+        let receiver = self.queue.receiver.lock().unwrap_or_else(|p| p.into_inner());
+        let first = match carried.take() {
+            Some(job) => job,
+            None => self.take(&receiver, None)?,
+        };
+        let mut rows = first.rows();
+        let mut batch = vec![first];
+        if self.policy.max_batch_size <= 1 {
+            return Some(batch);
+        }
+        let until = Instant::now() + self.policy.max_queue_delay;
+        while rows < self.policy.max_batch_size {
+            let Some(job) = self.take(&receiver, Some(until)) else { break };
+            if !batch[0].fits_with(&job) || rows + job.rows() > self.policy.max_batch_size {
+                *carried = Some(job);
+                break;
+            }
+            rows += job.rows();
+            batch.push(job);
+            if self.policy.preferred_sizes.contains(&rows) && self.queue.depth.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+        }
+        Some(batch)
+    }
+
+    fn execute(&mut self, batch: Vec<Job>) {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                continue; // the caller gave up (deadline or disconnect): no work for nobody
+            }
+            if job.deadline.is_some_and(|d| d <= now) {
+                let _ = job.reply.send(Err(WorkError::DeadlineExceeded));
+                continue;
+            }
+            live.push(job);
+        }
+        if live.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), &live)));
+        self.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.observe(live.iter().map(Job::rows).sum::<usize>() as f64);
+        match outcome {
+            Ok(Ok(per_job)) => {
+                for (job, outputs) in live.into_iter().zip(per_job) {
+                    let _ = job.reply.send(Ok(outputs));
+                }
+            }
+            Ok(Err(message)) => {
+                for job in live {
+                    let _ = job.reply.send(Err(WorkError::Failed(message.clone())));
+                }
+            }
+            Err(_) => {
+                tracing::error!("an inference engine panicked; replacing it");
+                for job in live {
+                    let _ = job.reply.send(Err(WorkError::Crashed));
+                }
+                self.replace_engine();
+            }
+        }
+    }
+
+    fn replace_engine(&mut self) {
+        loop {
+            match (self.factory)() {
+                Ok(engine) => {
+                    self.engine = engine;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rebuilding an inference engine failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one job as is, or several concatenated along the first dimension and split back.
+fn run_batch(engine: &mut dyn Engine, jobs: &[Job]) -> Result<Vec<Vec<RunOutput>>, String> {
+    if jobs.len() == 1 {
+        let inputs: Vec<RunInput<'_>> = jobs[0].inputs.iter().map(|(shape, data)| RunInput { shape, data }).collect();
+        return Ok(vec![engine.run(&inputs)?]);
+    }
+    let rows: Vec<usize> = jobs.iter().map(Job::rows).collect();
+    let total: usize = rows.iter().sum();
+    let mut merged: Vec<(Vec<usize>, TensorData)> = Vec::with_capacity(jobs[0].inputs.len());
+    for i in 0..jobs[0].inputs.len() {
+        let mut shape = jobs[0].inputs[i].0.clone();
+        shape[0] = total;
+        let parts: Vec<&TensorData> = jobs.iter().map(|j| &j.inputs[i].1).collect();
+        let data = TensorData::concat(&parts).ok_or("inputs of one batch differ in datatype")?;
+        merged.push((shape, data));
+    }
+    let inputs: Vec<RunInput<'_>> = merged.iter().map(|(shape, data)| RunInput { shape, data }).collect();
+    let outputs = engine.run(&inputs)?;
+    let mut per_job: Vec<Vec<RunOutput>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        if output.shape.first() != Some(&total) {
+            return Err("the model's output is not batched along the first dimension".to_owned());
+        }
+        let inner: usize = output.shape[1..].iter().product();
+        let mut start = 0;
+        for (j, n) in rows.iter().enumerate() {
+            let mut shape = output.shape.clone();
+            shape[0] = *n;
+            per_job[j].push(RunOutput { shape, data: output.data.slice(start * inner, (start + n) * inner) });
+            start += n;
+        }
+    }
+    Ok(per_job)
+}
