@@ -351,6 +351,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let checkpoint_every = std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds);
     let state = AppState::new(settings)?;
     crate::audit::spawn_checkpointer(state.db.clone(), state.audit_signer.clone(), checkpoint_every);
+    {
+        let (models, db) = (state.inference.models.clone(), state.db.clone());
+        actix_web::rt::spawn(async move {
+            match models.preload_all(&db).await {
+                Ok(n) => tracing::info!(versions = n, "loading versions behind eager aliases"),
+                Err(e) => tracing::warn!(error = ?e, "could not list versions behind eager aliases"),
+            }
+        });
+    }
     let app = Application::build(state)?;
     let shown_host = if host == "0.0.0.0" { "127.0.0.1".to_owned() } else { host };
     tracing::info!(port = app.port(), "serving");

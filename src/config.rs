@@ -241,6 +241,9 @@ pub struct InferenceSettings {
     pub cache_timeout_ms: u64,
     /// How long a resolved (model, version or alias) is reused before asking Postgres again.
     pub resolve_ttl_ms: u64,
+    /// Versions behind these aliases are loaded at start and whenever the alias moves, so
+    /// their first request does not pay for decryption and session creation.
+    pub eager_aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -699,6 +702,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "queue_capacity = {}\nmax_batch_size = {}\nmax_queue_delay_us = {}", i.queue_capacity, i.max_batch_size, i.max_queue_delay_us)?;
         writeln!(f, "memory_budget_bytes = {}\ndefault_timeout_ms = {}\nmax_timeout_ms = {}", i.memory_budget_bytes, i.default_timeout_ms, i.max_timeout_ms)?;
         writeln!(f, "cache_ttl_seconds = {}\ncache_timeout_ms = {}\nresolve_ttl_ms = {}", i.cache_ttl_seconds, i.cache_timeout_ms, i.resolve_ttl_ms)?;
+        writeln!(f, "eager_aliases = {:?}", i.eager_aliases)?;
         let r = &s.registry;
         writeln!(f, "\n[registry]\nmaster_keys = {}\nmax_artifact_bytes = {}", secret(true), r.max_artifact_bytes)?;
         writeln!(f, "\n[registry.storage]\nbackend = {:?}\npath = {:?}", r.storage.backend.as_str(), r.storage.path)?;

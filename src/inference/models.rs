@@ -252,6 +252,47 @@ impl ModelManager {
         }
     }
 
+    /// Loads, in the background, what an eager alias points at (after the alias moved).
+    pub fn preload(self: &Arc<Self>, tenant: TenantId, name: &str, alias: &str) {
+        if !self.settings.eager_aliases.iter().any(|a| a == alias) || self.runtime.is_err() {
+            return;
+        }
+        let (manager, name, alias) = (self.clone(), name.to_owned(), alias.to_owned());
+        tokio::spawn(async move {
+            let system = AuditActor { kind: "system", id: None };
+            let loaded = match manager.resolve(tenant, &name, Some(&alias)).await {
+                Ok(resolved) => manager.get(tenant, &name, &resolved, &system).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = loaded {
+                tracing::warn!(model = name, alias, error = %e, "eager load failed; the first request will try again");
+            }
+        });
+    }
+
+    /// At start: every version behind an eager alias, in every active tenant.
+    pub async fn preload_all(self: &Arc<Self>, pool: &sqlx::PgPool) -> Result<usize, ApiError> {
+        let tenants: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE status = 'active'").fetch_all(pool).await?;
+        let mut count = 0;
+        for tenant in tenants {
+            let mut tx = crate::tenancy::db::TenantTx::begin(pool, TenantId(tenant)).await?;
+            let aliased: Vec<(String, String)> = sqlx::query_as(
+                "SELECT m.name, a.alias FROM model_aliases a JOIN models m ON m.id = a.model_id \
+                 WHERE a.tenant_id = $1 AND m.deleted_at IS NULL AND a.alias = ANY($2)",
+            )
+            .bind(tenant)
+            .bind(&self.settings.eager_aliases)
+            .fetch_all(tx.conn())
+            .await?;
+            tx.commit().await?;
+            for (name, alias) in aliased {
+                self.preload(TenantId(tenant), &name, &alias);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     /// Whether a version is loaded right now (without loading it).
     pub fn is_loaded(&self, artifact: Uuid) -> bool {
         self.loaded.lock().get(&artifact).is_some_and(|c| c.get().is_some())

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::cache::{CacheStatus, Flight, ResultCache};
 use super::engine::RunOutput;
@@ -114,7 +115,8 @@ impl InferenceService {
         let id = request.id.take();
 
         let resolved = self.models.resolve(call.tenant, call.name, call.version).await?;
-        let model = tokio::time::timeout_at(deadline.into(), self.models.get(call.tenant, call.name, &resolved, &call.actor))
+        let loading = self.models.get(call.tenant, call.name, &resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
+        let model = tokio::time::timeout_at(deadline.into(), loading)
             .await
             .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??;
         let parameters = std::mem::take(&mut request.parameters);
@@ -176,13 +178,20 @@ impl InferenceService {
     /// Queues the job and waits for its outputs (the selected ones, in request order).
     async fn run(&self, model: &LoadedModel, prepared: Prepared, deadline: Instant) -> Result<Vec<RunOutput>, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs: prepared.inputs, deadline: Some(deadline), batchable: prepared.batchable, reply };
+        let job = Job {
+            inputs: prepared.inputs,
+            deadline: Some(deadline),
+            batchable: prepared.batchable,
+            span: tracing::Span::current(),
+            reply,
+        };
         if model.pool.submit(job).is_err() {
             return Err(ApiError::new(Code::Overloaded, format!("model `{}` is at capacity; retry shortly", model.name))
                 .with_retry_after(1));
         }
         self.metrics.queue_depth(model.tenant, &model.name, model.pool.queue_depth());
-        let all = match tokio::time::timeout_at(deadline.into(), answer).await {
+        let waiting = tracing::info_span!("inference.queue_and_run", model = %model.name, version = model.version);
+        let all = match tokio::time::timeout_at(deadline.into(), answer).instrument(waiting).await {
             Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model answered")),
             Ok(Err(_)) => return Err(ApiError::new(Code::InferenceFailed, "the model's worker stopped")),
             Ok(Ok(result)) => result.map_err(failed)?,

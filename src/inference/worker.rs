@@ -44,6 +44,8 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// False when the inputs disagree on their first dimension: such a job runs alone.
     pub batchable: bool,
+    /// The request's span: the batch that runs this job follows from it.
+    pub span: tracing::Span,
     pub reply: oneshot::Sender<Result<Vec<RunOutput>, WorkError>>,
 }
 
@@ -193,10 +195,16 @@ impl Worker {
         if live.is_empty() {
             return;
         }
+        let rows: usize = live.iter().map(Job::rows).sum();
+        let span = tracing::info_span!(parent: None, "inference.batch", jobs = live.len(), rows);
+        for job in &live {
+            span.follows_from(job.span.id());
+        }
+        let _entered = span.enter();
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), &live)));
         self.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_rows.observe(live.iter().map(Job::rows).sum::<usize>() as f64);
+        self.metrics.batch_rows.observe(rows as f64);
         match outcome {
             Ok(Ok(per_job)) => {
                 for (job, outputs) in live.into_iter().zip(per_job) {
@@ -267,4 +275,98 @@ fn run_batch(engine: &mut dyn Engine, jobs: &[Job]) -> Result<Vec<Vec<RunOutput>
         }
     }
     Ok(per_job)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Doubles its FP32 input; panics on a first element of -1; counts how many times it was
+    /// built and how many rows each run saw.
+    struct Doubler {
+        runs: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Engine for Doubler {
+        fn run(&mut self, inputs: &[RunInput<'_>]) -> Result<Vec<RunOutput>, String> {
+            let TensorData::Fp32(x) = inputs[0].data else { return Err("FP32 only".into()) };
+            if x.first() == Some(&-1.0) {
+                panic!("poisoned input");
+            }
+            self.runs.lock().unwrap().push(inputs[0].shape[0]);
+            Ok(vec![RunOutput { shape: inputs[0].shape.to_vec(), data: TensorData::Fp32(x.iter().map(|v| v * 2.0).collect()) }])
+        }
+    }
+
+    fn pool(policy: BatchPolicy) -> (WorkerPool, Arc<Mutex<Vec<usize>>>, Arc<AtomicUsize>) {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let built = Arc::new(AtomicUsize::new(0));
+        let (r, b) = (runs.clone(), built.clone());
+        let factory: EngineFactory = Arc::new(move || {
+            b.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Doubler { runs: r.clone() }) as Box<dyn Engine>)
+        });
+        let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
+        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
+        (WorkerPool::start("test", 1, 64, policy, true, factory, metrics).unwrap(), runs, built)
+    }
+
+    fn job(values: Vec<f32>) -> (Job, oneshot::Receiver<Result<Vec<RunOutput>, WorkError>>) {
+        let (reply, rx) = oneshot::channel();
+        let rows = values.len();
+        let inputs = vec![(vec![rows, 1], TensorData::Fp32(values))];
+        (Job { inputs, deadline: None, batchable: true, span: tracing::Span::none(), reply }, rx)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_split_back_in_order() {
+        let policy = BatchPolicy { max_batch_size: 64, max_queue_delay: Duration::from_millis(200), preferred_sizes: vec![] };
+        let (pool, runs, _) = pool(policy);
+        let mut answers = Vec::new();
+        for i in 0..10 {
+            let (job, rx) = job((0..=i % 3).map(|k| (i * 10 + k) as f32).collect());
+            assert!(pool.submit(job).is_ok());
+            answers.push((i, rx));
+        }
+        for (i, rx) in answers {
+            let outputs = rx.await.unwrap().unwrap();
+            let expected: Vec<f32> = (0..=i % 3).map(|k| (i * 10 + k) as f32 * 2.0).collect();
+            assert_eq!(outputs[0].data, TensorData::Fp32(expected.clone()), "job {i}");
+            assert_eq!(outputs[0].shape, vec![expected.len(), 1]);
+        }
+        let runs = runs.lock().unwrap().clone();
+        assert!(runs.len() < 10, "ten queued jobs were not batched: {runs:?}");
+        assert_eq!(runs.iter().sum::<usize>(), 19);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_engine_fails_only_its_job_and_is_replaced() {
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
+        let (pool, _, built) = pool(policy);
+        let (poisoned, rx) = job(vec![-1.0]);
+        pool.submit(poisoned).ok().unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(WorkError::Crashed)));
+        let (fine, rx) = job(vec![3.0]);
+        pool.submit(fine).ok().unwrap();
+        assert_eq!(rx.await.unwrap().unwrap()[0].data, TensorData::Fp32(vec![6.0]));
+        assert_eq!(built.load(Ordering::SeqCst), 2, "the engine was rebuilt once");
+    }
+
+    #[tokio::test]
+    async fn expired_jobs_are_not_run_and_a_full_queue_refuses() {
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
+        let (pool, runs, _) = pool(policy);
+        let (mut late, rx) = job(vec![1.0]);
+        late.deadline = Some(Instant::now() - Duration::from_millis(1));
+        pool.submit(late).ok().unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(WorkError::DeadlineExceeded)));
+        assert!(runs.lock().unwrap().is_empty());
+
+        let (sender, _receiver) = sync_channel(1);
+        let full = WorkerPool { sender, queue: Arc::new(Queue { receiver: Mutex::new(sync_channel(1).1), depth: AtomicUsize::new(0) }) };
+        assert!(full.submit(job(vec![1.0]).0).is_ok());
+        assert!(full.submit(job(vec![1.0]).0).is_err(), "a second job fits in a queue of one");
+    }
 }

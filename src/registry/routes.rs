@@ -323,6 +323,7 @@ pub async fn set_alias(
     let model = state.registry.set_alias(&guard.principal, tenant, &model_name(&path.model)?, &alias, body.version, &info).await?;
     // This instance serves the new target at once; others within `inference.resolve_ttl_ms`.
     state.inference.models.forget(tenant.id, &path.model);
+    state.inference.models.preload(tenant.id, &path.model, alias.as_str());
     Ok(web::Json(model))
 }
 

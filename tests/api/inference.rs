@@ -416,3 +416,53 @@ async fn tritonclient_works_unmodified() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn models_load_once_eagerly_by_alias_and_the_least_recently_used_is_evicted() {
+    // add_fp32 (140 B) + mlp_fp32 (1072 B) + dtypes (761 B) = 1973 B: one must go.
+    let app = spawn_app_with(|s| s.inference.memory_budget_bytes = 1900).await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    let create = |name: &str| json!({ "name": name, "framework": "onnx" });
+    for name in ["adder", "mlp", "dtypes"] {
+        app.post_json("/v1/tenants/acme/models", Some(&acme.owner), &create(name)).await;
+    }
+    let artifact = |v: Value| uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    let adder = artifact(acme.upload(&app, "adder", ADD).await);
+    let mlp = artifact(acme.upload(&app, "mlp", MLP).await);
+    acme.upload(&app, "dtypes", DTYPES).await;
+    let models = app.state.inference.models.clone();
+
+    // Concurrent first requests share one load.
+    let bodies: Vec<Value> = (0..6).map(|i| add_request(1, i as f32)).collect();
+    let calls = bodies.iter().map(|b| infer(&app, &acme.key, "/v2/models/adder/infer", b));
+    for response in futures::future::join_all(calls).await {
+        assert_eq!(response.status(), 200);
+    }
+    let loads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'model.loaded'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(loads, 1, "six concurrent first requests loaded the model {loads} times");
+    assert!(models.is_loaded(adder));
+
+    // Pointing the eager alias at a version loads it with no request at all.
+    assert!(!models.is_loaded(mlp));
+    acme.alias(&app, "mlp", "production", 1).await;
+    let mut eager = false;
+    for _ in 0..100 {
+        if models.is_loaded(mlp) {
+            eager = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(eager, "the version behind `production` was not loaded eagerly");
+
+    // A third model exceeds the budget: the least recently used (adder) goes, and comes back
+    // on its next request.
+    let body = json!({ "inputs": [{ "name": "in_int32", "shape": [1], "datatype": "INT32", "data": [1] }] });
+    let response = infer(&app, &acme.key, "/v2/models/dtypes/infer", &body).await;
+    assert_eq!(problem(response).await.1, "invalid_input", "dtypes takes eight inputs");
+    assert!(!models.is_loaded(adder), "the least recently used model was not evicted");
+    assert!(models.is_loaded(mlp));
+    assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 200);
+    assert!(models.is_loaded(adder));
+}
