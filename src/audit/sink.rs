@@ -22,6 +22,10 @@ use uuid::Uuid;
 use super::{AuditEvent, Auditor, RequestInfo};
 
 const QUEUE: usize = 65_536;
+/// The calls of a shared record are arrays in this order (named once per record, in
+/// `details.call_fields`): half the bytes of objects, and nothing to sort when canonicalising.
+pub const CALL_FIELDS: [&str; 8] =
+    ["at", "resource_type", "resource_id", "outcome", "client_addr", "user_agent", "request_id", "details"];
 const MAX_BATCH: usize = 2_000;
 const LINGER: Duration = Duration::from_millis(5);
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
@@ -235,19 +239,20 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
                     d.remove("audit_mode");
                     d.remove("sample_rate");
                 }
-                serde_json::json!({
-                    "at": c.at,
-                    "resource_type": c.event.resource_type,
-                    "resource_id": c.event.resource_id,
-                    "outcome": c.event.outcome.as_str(),
-                    "client_addr": c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }),
-                    "user_agent": c.info.user_agent,
-                    "request_id": c.info.request_id,
-                    "details": details,
-                })
+                serde_json::json!([
+                    c.at,
+                    c.event.resource_type,
+                    c.event.resource_id,
+                    c.event.outcome.as_str(),
+                    c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }),
+                    c.info.user_agent,
+                    c.info.request_id,
+                    details,
+                ])
             })
             .collect();
-        let mut details = serde_json::json!({ "audit_mode": mode, "count": entries.len(), "calls": entries });
+        let mut details =
+            serde_json::json!({ "audit_mode": mode, "count": entries.len(), "call_fields": CALL_FIELDS, "calls": entries });
         if let Some(rate) = first.details.get("sample_rate") {
             details["sample_rate"] = rate.clone();
         }

@@ -39,7 +39,8 @@ impl CacheStatus {
     }
 }
 
-pub type Shared = Arc<Result<Vec<RunOutput>, String>>;
+/// A flight's outcome as its followers see it: the outputs and whether they came from Redis.
+pub type Shared = Arc<Result<(Vec<RunOutput>, CacheStatus), String>>;
 
 pub struct ResultCache {
     redis: RedisStore,
@@ -50,7 +51,8 @@ pub struct ResultCache {
     inflight: Arc<Mutex<HashMap<[u8; 32], broadcast::Sender<Shared>>>>,
 }
 
-/// Whoever asks first for a key runs the model; the others wait for its result.
+/// Whoever asks first for a key looks in Redis and, on a miss, runs the model; the others
+/// wait for its result.
 pub enum Flight {
     Leader(FlightGuard),
     Follower(broadcast::Receiver<Shared>),
@@ -133,23 +135,20 @@ impl ResultCache {
         }
     }
 
-    /// Stores in the background: the response does not wait for Redis.
-    pub fn put(self: &Arc<Self>, tenant: Uuid, key: &[u8; 32], outputs: &[RunOutput], ttl_seconds: u64) {
+    /// Stores before the flight lands, so that a request arriving just after it finds the
+    /// value in Redis instead of running the model again. Bounded by the cache timeout.
+    pub async fn put(&self, tenant: Uuid, key: &[u8; 32], outputs: &[RunOutput], ttl_seconds: u64) {
         if !self.available() || ttl_seconds == 0 {
             return;
         }
         let value = encode(outputs);
         let redis_key = self.redis_key(tenant, key);
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let mut conn = cache.redis.connection();
-            let stored = tokio::time::timeout(cache.timeout * 4, conn.set_ex::<_, _, ()>(&redis_key, value, ttl_seconds)).await;
-            match stored {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => cache.failed(&e.to_string()),
-                Err(_) => cache.failed("store timed out"),
-            }
-        });
+        let mut conn = self.redis.connection();
+        match tokio::time::timeout(self.timeout * 4, conn.set_ex::<_, _, ()>(&redis_key, value, ttl_seconds)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(_) => self.failed("store timed out"),
+        }
     }
 
     pub fn join(&self, key: [u8; 32]) -> Flight {

@@ -129,29 +129,32 @@ impl InferenceService {
         } else {
             let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, &parameters);
             let tenant = call.tenant.0;
-            if let Some(hit) = self.cache.get(tenant, &key).await {
-                (hit, CacheStatus::Hit)
-            } else {
-                match self.cache.join(key) {
-                    Flight::Leader(guard) => {
-                        let result = self.run(&model, prepared, deadline).await;
-                        if let Ok(outputs) = &result {
-                            self.cache.put(tenant, &key, outputs, model.cache_ttl_seconds);
+            // Join before looking: a request arriving as a flight lands then finds the value
+            // in Redis (stored before landing) rather than running the model a second time.
+            match self.cache.join(key) {
+                Flight::Leader(guard) => {
+                    let (result, status) = match self.cache.get(tenant, &key).await {
+                        Some(hit) => (Ok(hit), CacheStatus::Hit),
+                        None => {
+                            let result = self.run(&model, prepared, deadline).await;
+                            if let Ok(outputs) = &result {
+                                self.cache.put(tenant, &key, outputs, model.cache_ttl_seconds).await;
+                            }
+                            (result, CacheStatus::Miss)
                         }
-                        guard.land(Arc::new(result.as_ref().map(Clone::clone).map_err(|e| e.to_string())));
-                        (result?, CacheStatus::Miss)
-                    }
-                    Flight::Follower(mut receiver) => {
-                        match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
-                            Ok(Ok(shared)) => match shared.as_ref() {
-                                Ok(outputs) => (outputs.clone(), CacheStatus::Miss),
-                                Err(message) => return Err(ApiError::new(Code::InferenceFailed, message.clone())),
-                            },
-                            Ok(Err(_)) => (self.run(&model, prepared, deadline).await?, CacheStatus::Miss),
-                            Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
-                        }
-                    }
+                    };
+                    guard.land(Arc::new(result.as_ref().map(|o| (o.clone(), status)).map_err(|e| e.to_string())));
+                    (result?, status)
                 }
+                Flight::Follower(mut receiver) => match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
+                    Ok(Ok(shared)) => match shared.as_ref() {
+                        Ok((outputs, status)) => (outputs.clone(), *status),
+                        Err(message) => return Err(ApiError::new(Code::InferenceFailed, message.clone())),
+                    },
+                    // The leader went away without a result (its request was cancelled).
+                    Ok(Err(_)) => (self.run(&model, prepared, deadline).await?, CacheStatus::Miss),
+                    Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
+                },
             }
         };
 

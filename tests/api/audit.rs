@@ -477,8 +477,8 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     app.state.audit_sink.flush().await;
     assert_eq!(count("every_call").await, 300);
     let listed: Vec<i64> = sqlx::query_scalar(
-        "SELECT (c->'details'->>'i')::bigint FROM audit_events, json_array_elements(details->'calls') c \
-         WHERE action = 'inference.call' ORDER BY seq, (c->>'at')",
+        "SELECT (c->7->>'i')::bigint FROM audit_events, json_array_elements(details->'calls') c \
+         WHERE action = 'inference.call' ORDER BY seq, (c->>0)",
     )
     .fetch_all(&app.db)
     .await

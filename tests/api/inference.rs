@@ -375,7 +375,7 @@ async fn every_call_is_audited() {
     assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &bad).await.status(), 400);
     app.state.audit_sink.flush().await;
     let calls: Vec<(String, String)> = sqlx::query_as(
-        "SELECT c->>'outcome', coalesce(c->'details'->>'cache', '') FROM audit_events, json_array_elements(details->'calls') c \
+        "SELECT c->>3, coalesce(c->7->>'cache', '') FROM audit_events, json_array_elements(details->'calls') c \
          WHERE action = 'inference.call'",
     )
     .fetch_all(&app.db)
@@ -465,4 +465,45 @@ async fn models_load_once_eagerly_by_alias_and_the_least_recently_used_is_evicte
     assert!(models.is_loaded(mlp));
     assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 200);
     assert!(models.is_loaded(adder));
+}
+
+#[tokio::test]
+async fn identical_concurrent_misses_run_the_model_once() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    let serving = json!({ "deterministic": true, "serving": { "cache_ttl_seconds": 60, "max_batch_size": 1 } });
+    acme.model(&app, "slow", SLOW, serving).await;
+    // Binary tensors: parsing costs nothing next to the model, so the requests meet in flight.
+    let rows = 512;
+    let header = json!({ "inputs": [{ "name": "x", "shape": [rows, 128], "datatype": "FP32", "parameters": { "binary_data_size": rows * 128 * 4 } }] })
+        .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0.25f32.to_le_bytes(), rows * 128).flatten());
+    // Load the model first, so that the identical requests below meet in flight, not in the load.
+    assert_eq!(app.get_as("/v2/models/slow/ready", &acme.key).await.status(), 200);
+    let calls = (0..5).map(|_| {
+        app.client
+            .post(app.url("/v2/models/slow/infer"))
+            .bearer_auth(&acme.key)
+            .header("inference-header-content-length", header.len())
+            .body(body.clone())
+            .send()
+    });
+    let calls = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect::<Vec<_>>();
+    let mut outputs = Vec::new();
+    for response in calls {
+        assert_eq!(response.status(), 200);
+        let cache = response.headers()["tessera-cache"].to_str().unwrap().to_owned();
+        assert!(cache == "miss" || cache == "hit", "{cache}");
+        outputs.push(response.json::<Value>().await.unwrap()["outputs"].clone());
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let runs: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tessera_inference_batch_rows_count") && l.contains("model=\"slow\""))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(runs, 1.0, "five identical concurrent misses ran the model {runs} times");
 }
