@@ -145,7 +145,18 @@ pub fn routes(cfg: &mut ServiceConfig) {
     use crate::inference::routes as oip;
     use crate::registry::routes as models;
     use crate::tenancy::routes as tenancy;
-    cfg.service(health::healthz)
+    // The router tries routes in this order, matching each dynamic one with a regex: the
+    // inference routes, by far the hottest, come first.
+    cfg.service(oip::infer_latest)
+        .service(oip::infer_version)
+        .service(oip::server_metadata)
+        .service(oip::live)
+        .service(oip::ready)
+        .service(oip::model_metadata)
+        .service(oip::version_metadata)
+        .service(oip::model_ready)
+        .service(oip::version_ready)
+        .service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)
         .service(auth::jwks)
@@ -182,16 +193,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(models::delete_version)
         .service(models::set_alias)
         .service(models::remove_alias)
-        .service(models::rotate_tenant_key)
-        .service(oip::server_metadata)
-        .service(oip::live)
-        .service(oip::ready)
-        .service(oip::model_metadata)
-        .service(oip::version_metadata)
-        .service(oip::model_ready)
-        .service(oip::version_ready)
-        .service(oip::infer_latest)
-        .service(oip::infer_version);
+        .service(models::rotate_tenant_key);
 }
 
 /// What every worker's app shares, computed once.
