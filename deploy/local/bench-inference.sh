@@ -26,56 +26,46 @@ ensure_onnxruntime
 command -v wrk >/dev/null 2>&1 || { log "installing wrk"; as_root apt-get install -y -qq wrk >/dev/null; }
 [ -x /tmp/peer-tools/bin/python ] || VENVS=tools "$PEERS_DIR/setup_venvs.sh"
 
-owner_password="$(local_secret db-owner-password)"
-app_password="$(local_secret db-app-password)"
-ensure_role tessera "" "$owner_password"
-ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
-psql_super -d postgres -c "DROP DATABASE IF EXISTS tessera_bench WITH (FORCE)" >/dev/null
-psql_super -d postgres -c "CREATE DATABASE tessera_bench OWNER tessera" >/dev/null
-
-log "building Tessera and the bare handler (release)"
-cargo build --locked --release --quiet --bin tessera
+work="$(mktemp -d /tmp/tessera-bench-inference.XXXXXX)"
+bench_environment "$PORT" "$work"
+bin="$bench_bin"
+log "building the bare handler (release)"
 bare="$(cargo bench --locked --quiet --bench bare_oip --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_oip" and m.get("executable"):
         print(m["executable"])')"
-bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/release/tessera"
-
-work="$(mktemp -d /tmp/tessera-bench-inference.XXXXXX)"
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_models.py" "$work/models" >/dev/null
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_requests.py" "$work/models" "$work/req" >/dev/null
 cp tests/fixtures/models/slow_fp32.onnx "$work/models/slow.onnx"
-python3 -c 'import json; print(json.dumps({"inputs":[{"name":"x","shape":[16,128],"datatype":"FP32","data":[0.25]*2048}]}))' > "$work/req/slow.json"
+# 160 rows of the heavy fixture (about a millisecond of ONNX Runtime here), as binary tensor
+# data so that parsing costs the same little whether the answer comes from the cache or not.
+slow_header_len="$(python3 - "$work/req/slow.bin" <<'PY'
+import json, struct, sys
+rows = 160
+header = json.dumps({"inputs": [{"name": "x", "shape": [rows, 128], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": rows * 128 * 4}}]}).encode()
+with open(sys.argv[1], "wb") as f:
+    f.write(header + struct.pack("<%df" % (rows * 128), *([0.25] * (rows * 128))))
+print(len(header))
+PY
+)"
 
-export TESSERA_ENV=development
-export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:5432/tessera_bench"
-export TESSERA__DATABASE__PASSWORD_FILE="$app_password"
-export TESSERA__DATABASE__MIGRATION_URL="postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera_bench"
-export TESSERA__REDIS__KEY_PREFIX="tessera-bench"
-export TESSERA__SERVER__PORT="$PORT"
-export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
-export TESSERA__TELEMETRY__LOG_FILTER=warn
-"$bin" migrate >/dev/null
-"$bin" tenant create --slug bench --name "Benchmark tenant" >/dev/null
-"$bin" tenant create --slug bench-agg --name "Benchmark tenant, aggregated audit" >/dev/null
-psql_super -d tessera_bench -c "UPDATE tenants SET rate_limit_per_second = 10000000, rate_limit_burst = 10000000" >/dev/null
-psql_super -d tessera_bench -c "INSERT INTO audit_settings (tenant_id, inference_mode) SELECT id, 'aggregated' FROM tenants WHERE slug = 'bench-agg'" >/dev/null
-secret() { "$bin" apikey create --tenant "${3:-bench}" --name "$1" --role "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
-uploader="$(secret uploader ml_engineer)"
-caller="$(secret caller inference)"
-uploader_agg="$(secret uploader ml_engineer bench-agg)"
-caller_agg="$(secret caller inference bench-agg)"
+bench_tenant bench
+bench_tenant bench-agg aggregated
+uploader="$(bench_key bench uploader ml_engineer)"
+caller="$(bench_key bench caller inference)"
+uploader_agg="$(bench_key bench-agg uploader ml_engineer)"
+caller_agg="$(bench_key bench-agg caller inference)"
 
 "$bin" serve >"$work/server.log" 2>&1 &
 server=$!
 BARE_MODEL="$work/models/tiny.onnx" BARE_PORT="$BARE_PORT" "$bare" >"$work/bare.log" 2>&1 &
 bare_pid=$!
 trap 'kill "$server" "$bare_pid" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for url in "http://127.0.0.1:$PORT/v2/health/ready" "http://127.0.0.1:$BARE_PORT/v2/health/ready"; do
-  for _ in $(seq 1 100); do curl -fsS "$url" >/dev/null 2>&1 && break; sleep 0.2; done
-done
+wait_ready "http://127.0.0.1:$PORT/v2/health/ready"
+wait_ready "http://127.0.0.1:$BARE_PORT/v2/health/ready"
 
 api="http://127.0.0.1:$PORT"
 create() {
@@ -126,8 +116,9 @@ for c in 1 16 64; do
 done
 run "tessera, mlp b1, batching on" "$api/v2/models/mlp/infer" "$work/req/mlp_b1.json" 64 "$auth"
 run "tessera, mlp b1, batching off" "$api/v2/models/mlp-nobatch/infer" "$work/req/mlp_b1.json" 64 "$auth"
-run "tessera, slow 16 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.json" 1 "$auth"
-run "tessera, slow 16 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.json" 1 "$auth;;Cache-Control: no-cache"
+slow_headers="$auth;;Inference-Header-Content-Length: $slow_header_len"
+run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
+run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 for round in 1 2; do
   run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
   run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"

@@ -23,44 +23,17 @@ ensure_onnxruntime
 command -v wrk >/dev/null 2>&1 || { log "installing wrk"; as_root apt-get install -y -qq wrk >/dev/null; }
 [ -x /tmp/peer-tools/bin/python ] || { log "creating the peers' virtualenvs"; "$PEERS_DIR/setup_venvs.sh"; }
 
-owner_password="$(local_secret db-owner-password)"
-app_password="$(local_secret db-app-password)"
-ensure_role tessera "" "$owner_password"
-ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
-psql_super -d postgres -c "DROP DATABASE IF EXISTS tessera_bench WITH (FORCE)" >/dev/null
-psql_super -d postgres -c "CREATE DATABASE tessera_bench OWNER tessera" >/dev/null
-
-log "building Tessera (release)"
-cargo build --locked --release --quiet --bin tessera
-bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/release/tessera"
-
 work="$(mktemp -d /tmp/tessera-bench-peers.XXXXXX)"
-export TESSERA_ENV=development
-export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:5432/tessera_bench"
-export TESSERA__DATABASE__PASSWORD_FILE="$app_password"
-export TESSERA__DATABASE__MIGRATION_URL="postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera_bench"
-export TESSERA__REDIS__KEY_PREFIX="tessera-bench"
-export TESSERA__SERVER__PORT="$PORT"
-export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
-export TESSERA__TELEMETRY__LOG_FILTER=warn
-export TESSERA__TELEMETRY__LOG_FORMAT=text
-
-"$bin" migrate >/dev/null
-"$bin" tenant create --slug bench --name "Benchmark tenant" >/dev/null
-# The per-tenant rate limit would otherwise be what is measured.
-psql_super -d tessera_bench -c "UPDATE tenants SET rate_limit_per_second = 10000000, rate_limit_burst = 10000000" >/dev/null
-psql_super -d tessera_bench -c "INSERT INTO audit_settings (tenant_id, inference_mode) SELECT id, '${TESSERA_AUDIT_MODE:-every_call}' FROM tenants" >/dev/null
-secret() { "$bin" apikey create --tenant bench --name "$1" --role "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
-uploader="$(secret uploader ml_engineer)"
-caller="$(secret caller inference)"
+bench_environment "$PORT" "$work"
+bin="$bench_bin"
+bench_tenant bench "${TESSERA_AUDIT_MODE:-every_call}"
+uploader="$(bench_key bench uploader ml_engineer)"
+caller="$(bench_key bench caller inference)"
 
 "$bin" serve >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_ready "http://127.0.0.1:$PORT/v2/health/ready"
 
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_models.py" "$work/models" >/dev/null
 for model in tiny mlp; do

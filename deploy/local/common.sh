@@ -128,3 +128,46 @@ export_test_env() {
   export TESSERA_TEST_APP_PASSWORD="${TESSERA_TEST_APP_PASSWORD:-$(cat "$app_password")}"
   export TESSERA_TEST_REDIS_URL="${TESSERA_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 }
+
+# For the HTTP benchmarks: a fresh `tessera_bench` database, Tessera's environment pointing at
+# it (port $1, artifacts under $2), migrated. Sets `bench_bin` to the release binary.
+bench_environment() {
+  local port="$1" work="$2" owner_password app_password
+  owner_password="$(local_secret db-owner-password)"
+  app_password="$(local_secret db-app-password)"
+  ensure_role tessera "" "$owner_password"
+  ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
+  psql_super -d postgres -c "DROP DATABASE IF EXISTS tessera_bench WITH (FORCE)" >/dev/null
+  psql_super -d postgres -c "CREATE DATABASE tessera_bench OWNER tessera" >/dev/null
+  log "building Tessera (release)"
+  cargo build --locked --release --quiet --bin tessera
+  bench_bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/release/tessera"
+  export TESSERA_ENV=development
+  export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:5432/tessera_bench"
+  export TESSERA__DATABASE__PASSWORD_FILE="$app_password"
+  export TESSERA__DATABASE__MIGRATION_URL="postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera_bench"
+  export TESSERA__REDIS__KEY_PREFIX="tessera-bench"
+  export TESSERA__SERVER__PORT="$port"
+  export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
+  export TESSERA__TELEMETRY__LOG_FILTER=warn
+  export TESSERA__TELEMETRY__LOG_FORMAT=text
+  "$bench_bin" migrate >/dev/null
+}
+
+# bench_tenant SLUG [AUDIT_MODE]: a tenant whose rate limit will not be what is measured.
+bench_tenant() {
+  "$bench_bin" tenant create --slug "$1" --name "Benchmark tenant $1" >/dev/null
+  psql_super -d tessera_bench -c "UPDATE tenants SET rate_limit_per_second = 10000000, rate_limit_burst = 10000000 WHERE slug = '$1'" >/dev/null
+  psql_super -d tessera_bench -c "INSERT INTO audit_settings (tenant_id, inference_mode) SELECT id, '${2:-every_call}' FROM tenants WHERE slug = '$1'" >/dev/null
+}
+
+# bench_key TENANT NAME ROLE: prints a new API key's secret.
+bench_key() {
+  "$bench_bin" apikey create --tenant "$1" --name "$2" --role "$3" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
+}
+
+# wait_ready URL: polls for up to 20 s.
+wait_ready() {
+  for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}

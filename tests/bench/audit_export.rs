@@ -4,25 +4,18 @@
 //!
 //!     deploy/local/bench.sh audit_export
 
+#[path = "memory.rs"]
+mod memory;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code, unused_imports)]
 mod helpers;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::json;
 use tessera::audit::{AuditActor, AuditEvent};
 use tessera::tenancy::TenantId;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -54,18 +47,7 @@ async fn main() {
             app.post_json(&format!("/v1/tenants/{slug}/members"), Some(&admin), &body).await;
             app.session(&format!("auditor@{slug}.test"), Some(slug)).await
         };
-        let baseline = rss_kib();
-        let peak = Arc::new(AtomicU64::new(baseline));
-        let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, done) = (peak.clone(), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            })
-        };
+        let memory = memory::PeakRss::start();
         let started = Instant::now();
         let response = app.get_as("/v1/audit/export?format=csv", &token).await;
         assert_eq!(response.status(), 200);
@@ -77,11 +59,10 @@ async fn main() {
             lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         }
         let seconds = started.elapsed().as_secs_f64();
-        done.store(true, Ordering::Relaxed);
-        sampler.join().unwrap();
+        let grown = memory.stop();
         let events = lines.saturating_sub(2); // header and manifest
         assert!(events as usize >= rows, "exported {events} of {rows}");
-        results.push((rows, events as f64 / seconds, bytes, peak.load(Ordering::Relaxed).saturating_sub(baseline), seconds));
+        results.push((rows, events as f64 / seconds, bytes, grown, seconds));
     }
     println!("audit CSV export through HTTP (server and client in this process)");
     for (rows, per_second, bytes, peak_growth_kib, seconds) in &results {

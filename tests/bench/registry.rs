@@ -8,6 +8,8 @@
 //!
 //!     deploy/local/bench.sh registry
 
+#[path = "memory.rs"]
+mod memory;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code, unused_imports)]
 mod helpers;
@@ -15,8 +17,6 @@ mod helpers;
 mod onnx_builder;
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,13 +27,6 @@ use tessera::registry::model::ModelName;
 use tessera::registry::upload::UploadSpec;
 
 const MB: u64 = 1_000_000;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 fn fill(offset: u64, buf: &mut [u8]) {
     // Not compressible, not constant: a cheap xorshift keyed by position.
@@ -147,18 +140,7 @@ async fn main() {
 
     // 2. Peak memory of uploads through HTTP, 100 MB then 1 GB.
     for payload in [100 * MB, 1000 * MB] {
-        let baseline = rss_kib();
-        let peak = Arc::new(AtomicU64::new(baseline));
-        let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, done) = (peak.clone(), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
+        let memory = memory::PeakRss::start();
         let started = Instant::now();
         let response = app
             .client
@@ -170,10 +152,8 @@ async fn main() {
             .await
             .unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        done.store(true, Ordering::Relaxed);
-        sampler.join().unwrap();
+        let delta = memory.stop();
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-        let delta = peak.load(Ordering::Relaxed).saturating_sub(baseline);
         println!(
             "HTTP upload {:>5} MB: {:>6.1} MB/s, peak RSS +{:.1} MiB over the idle process",
             payload / MB,
