@@ -2,7 +2,8 @@
 --
 -- A version row exists only once its artifact is fully stored, encrypted, and validated: an
 -- upload that fails leaves no row. Deletion is soft (deleted_at) so the audit trail keeps
--- pointing at something; a deleted model's name can be reused.
+-- pointing at something, while the ciphertext itself is removed from the object store (so
+-- deleting frees the quota); a deleted model's name can be reused.
 
 CREATE TABLE models (
     id            uuid PRIMARY KEY,
@@ -18,7 +19,10 @@ CREATE TABLE models (
     next_version  integer NOT NULL DEFAULT 1,
     created_by    uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    deleted_at    timestamptz
+    deleted_at    timestamptz,
+    -- Lets versions and aliases name their tenant in the foreign key too (checks of foreign
+    -- keys bypass row-level security, so the key itself keeps rows in their model's tenant).
+    UNIQUE (id, tenant_id)
 );
 CREATE UNIQUE INDEX models_live_name ON models (tenant_id, name) WHERE deleted_at IS NULL;
 
@@ -41,7 +45,8 @@ CREATE TABLE model_versions (
     created_by        uuid,
     created_at        timestamptz NOT NULL DEFAULT now(),
     deleted_at        timestamptz,
-    UNIQUE (model_id, version)
+    UNIQUE (model_id, version),
+    FOREIGN KEY (model_id, tenant_id) REFERENCES models (id, tenant_id)
 );
 CREATE INDEX model_versions_tenant_key ON model_versions (tenant_key_id);
 
@@ -53,7 +58,8 @@ CREATE TABLE model_aliases (
     updated_by  uuid,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (model_id, alias),
-    FOREIGN KEY (model_id, version) REFERENCES model_versions (model_id, version)
+    FOREIGN KEY (model_id, version) REFERENCES model_versions (model_id, version),
+    FOREIGN KEY (model_id, tenant_id) REFERENCES models (id, tenant_id)
 );
 
 -- A version behind an alias cannot be soft-deleted, whoever tries.

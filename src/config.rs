@@ -564,8 +564,20 @@ impl Settings {
         if i.instances == 0 || i.instances > 64 {
             return Err(ConfigError::new("inference.instances", "must be between 1 and 64"));
         }
-        if i.queue_capacity == 0 || i.max_batch_size == 0 {
-            return Err(ConfigError::new("inference.queue_capacity", "queue_capacity and max_batch_size must be at least 1"));
+        if i.queue_capacity == 0 {
+            return Err(ConfigError::new("inference.queue_capacity", "must be at least 1"));
+        }
+        if i.max_batch_size == 0 {
+            return Err(ConfigError::new("inference.max_batch_size", "must be at least 1"));
+        }
+        if i.intra_op_threads == 0 || i.intra_op_threads > 64 {
+            return Err(ConfigError::new("inference.intra_op_threads", "must be between 1 and 64"));
+        }
+        if i.cache_ttl_seconds > crate::registry::model::MAX_CACHE_TTL_SECONDS {
+            return Err(ConfigError::new("inference.cache_ttl_seconds", "must be at most 2592000 (30 days)"));
+        }
+        if i.cache_timeout_ms == 0 {
+            return Err(ConfigError::new("inference.cache_timeout_ms", "must be at least 1"));
         }
         if i.default_timeout_ms == 0 || i.default_timeout_ms > i.max_timeout_ms {
             return Err(ConfigError::new("inference.default_timeout_ms", "must be between 1 and inference.max_timeout_ms"));

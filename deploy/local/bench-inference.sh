@@ -40,12 +40,14 @@ for line in sys.stdin:
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_requests.py" "$work/models" "$work/req" >/dev/null
 cp tests/fixtures/models/slow_fp32.onnx "$work/models/slow.onnx"
 # 160 rows of the heavy fixture (about a millisecond of ONNX Runtime here), as binary tensor
-# data so that parsing costs the same little whether the answer comes from the cache or not.
+# data both ways, so that parsing and encoding cost the same little whether the answer comes
+# from the cache or from the model.
 slow_header_len="$(python3 - "$work/req/slow.bin" <<'PY'
 import json, struct, sys
 rows = 160
 header = json.dumps({"inputs": [{"name": "x", "shape": [rows, 128], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": rows * 128 * 4}}]}).encode()
+                                 "parameters": {"binary_data_size": rows * 128 * 4}}],
+                     "parameters": {"binary_data_output": True}}).encode()
 with open(sys.argv[1], "wb") as f:
     f.write(header + struct.pack("<%df" % (rows * 128), *([0.25] * (rows * 128))))
 print(len(header))

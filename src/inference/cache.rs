@@ -40,7 +40,7 @@ impl CacheStatus {
 }
 
 /// A flight's outcome as its followers see it: the outputs and whether they came from Redis.
-pub type Shared = Arc<Result<(Vec<RunOutput>, CacheStatus), String>>;
+pub type Shared = Arc<(Vec<RunOutput>, CacheStatus)>;
 
 pub struct ResultCache {
     redis: RedisStore,
@@ -65,17 +65,28 @@ pub struct FlightGuard {
 }
 
 impl FlightGuard {
-    /// Hands the leader's result to the followers.
-    pub fn land(self, result: Shared) {
-        let _ = self.sender.send(result);
+    /// Ends the flight, then hands the leader's result to the followers. Removing first means
+    /// no request can join a flight whose result has already gone out.
+    pub fn land(self, outputs: &[RunOutput], status: CacheStatus) {
+        self.end();
+        if self.sender.receiver_count() > 0 {
+            let _ = self.sender.send(Arc::new((outputs.to_vec(), status)));
+        }
+    }
+
+    fn end(&self) {
+        let mut inflight = self.inflight.lock();
+        if inflight.get(&self.key).is_some_and(|s| s.same_channel(&self.sender)) {
+            inflight.remove(&self.key);
+        }
     }
 }
 
-/// However the leader ends (result, error, cancelled request), the flight ends with it:
-/// followers left without a result see the channel close and run the model themselves.
+/// A leader that fails or is cancelled ends its flight unlanded: its followers see the channel
+/// close and run the model themselves.
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.inflight.lock().remove(&self.key);
+        self.end();
     }
 }
 

@@ -75,6 +75,9 @@ impl OnnxRuntime {
                 .with_intra_threads(intra_op_threads)?
                 .with_inter_threads(1)?
                 .with_parallel_execution(false)?
+                // A model from memory would otherwise resolve external data files relative to
+                // the server's working directory: point it at a folder that does not exist.
+                .with_config_entry("session.model_external_initializers_file_folder_path", "/nonexistent/tessera-no-external-data")?
                 .commit_from_memory(model)
         };
         build().map_err(|e| e.to_string())

@@ -1,6 +1,7 @@
 //! Per-model inference metrics, registered in the process's Prometheus registry: requests by
 //! outcome and cache result, end-to-end latency, queue depth, batch sizes and engine time.
-//! Labels are the tenant id and the model name: bounded by what tenants register.
+//! Labels are the tenant id and the name of a model that resolved (anything else is
+//! `unknown`): bounded by what tenants register, never by what callers send.
 
 use std::time::Duration;
 

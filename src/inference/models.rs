@@ -156,16 +156,24 @@ impl ModelManager {
         self.resolved.write().retain(|(t, n, _), _| !(*t == tenant.0 && n == name));
     }
 
-    /// The loaded model, loading it first if needed (once, however many requests ask).
-    pub async fn get(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
+    /// The loaded model, loading it first if needed (once, however many requests ask). The
+    /// load runs in a task of its own: a caller that gives up (deadline, disconnect) does not
+    /// cancel it for the others.
+    pub async fn get(self: &Arc<Self>, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
         let cell = self.loaded.lock().entry(resolved.artifact).or_default().clone();
         if let Some(model) = cell.get() {
             model.touch(self.epoch);
             return Ok(model.clone());
         }
-        let model = cell.get_or_try_init(|| self.load(tenant, name, resolved, actor)).await?.clone();
+        let (this, name, resolved, actor) = (self.clone(), name.to_owned(), resolved.clone(), actor.clone());
+        let model = tokio::spawn(async move {
+            let model = cell.get_or_try_init(|| this.load(tenant, &name, &resolved, &actor)).await?.clone();
+            this.evict_over_budget(resolved.artifact);
+            Ok::<_, ApiError>(model)
+        })
+        .await
+        .map_err(ApiError::internal)??;
         model.touch(self.epoch);
-        self.evict_over_budget(resolved.artifact);
         Ok(model)
     }
 
@@ -185,6 +193,10 @@ impl ModelManager {
             .registry
             .load(actor.clone(), tenant, &model_name, Some(&VersionRef::Number(resolved.version)), &RequestInfo::default())
             .await?;
+        if artifact.version.view.id != resolved.artifact {
+            // The model was deleted and re-created under its name since it was resolved.
+            return Err(ApiError::new(Code::NotFound, format!("version {} of model `{name}` is gone", resolved.version)));
+        }
         let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
         let size = bytes.len() as u64;
         let serving = &resolved.serving;

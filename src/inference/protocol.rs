@@ -756,6 +756,14 @@ fn check_shape(name: &str, dims: &[Num], limits: &Limits) -> Result<(Vec<usize>,
             }
         }
     }
+    // Each dimension on its own too: [0, huge] has no elements but would overflow the row
+    // arithmetic of batching and the signature checks.
+    if let Some(d) = shape.iter().find(|d| **d > limits.max_elements_per_tensor) {
+        return Err(perr(format!(
+            "input '{name}': dimension {d} is larger than the limit of {}",
+            limits.max_elements_per_tensor
+        )));
+    }
     let count = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -1682,11 +1690,18 @@ mod tests {
     fn shape_and_limit_errors() {
         assert_eq!(
             err(&one("FP32", "[4294967296, 4294967296, 16]", "[]")),
-            "input 'x': shape [4294967296, 4294967296, 16] has too many elements (overflow)"
+            "input 'x': dimension 4294967296 is larger than the limit of 67108864"
+        );
+        // No elements at all, but a dimension that would overflow row arithmetic downstream.
+        assert_eq!(
+            err(&one("FP32", "[0, 18446744073709551615]", "[]")),
+            "input 'x': dimension 18446744073709551615 is larger than the limit of 67108864"
         );
         let limits = Limits { max_elements_per_tensor: 10, max_inputs: 1 };
         let e = parse_infer_request(one("FP32", "[11]", "[]").as_bytes(), None, &limits).unwrap_err();
-        assert_eq!(e.0, "input 'x': shape [11] has 11 elements, more than the limit of 10");
+        assert_eq!(e.0, "input 'x': dimension 11 is larger than the limit of 10");
+        let e = parse_infer_request(one("FP32", "[4, 4]", "[]").as_bytes(), None, &limits).unwrap_err();
+        assert_eq!(e.0, "input 'x': shape [4, 4] has 16 elements, more than the limit of 10");
         let two = r#"{"inputs":[{"name":"a","datatype":"BOOL","shape":[1],"data":[true]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#;
         let e = parse_infer_request(two.as_bytes(), None, &limits).unwrap_err();
         assert_eq!(e.0, "the request has 2 inputs, more than the limit of 1");

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::cache::{CacheStatus, Flight, ResultCache};
 use super::engine::RunOutput;
 use super::metrics::InferenceMetrics;
-use super::models::{LoadedModel, ModelManager};
+use super::models::{LoadedModel, ModelManager, Resolved};
 use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_response, parse_infer_request_bytes};
 use super::validate::{Prepared, prepare};
 use super::worker::{Job, WorkError};
@@ -70,13 +70,18 @@ impl InferenceService {
 
     pub async fn infer(&self, call: InferCall<'_>) -> Result<InferReply, ApiError> {
         let started = Instant::now();
-        let result = self.infer_inner(&call, started).await;
+        // Resolve first: an unknown model is a 404 before any body is parsed, and metric
+        // labels only ever name models that exist (a caller cannot mint series).
+        let (result, label) = match self.models.resolve(call.tenant, call.name, call.version).await {
+            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, call.name),
+            Err(e) => (Err(e), "unknown"),
+        };
         let (outcome, cache, rows) = match &result {
             Ok((reply, rows)) => (Outcome::Success, reply.cache.as_str(), *rows),
             Err(e) if e.code().status().is_client_error() => (Outcome::Denied, "bypass", 0),
             Err(_) => (Outcome::Failure, "bypass", 0),
         };
-        self.metrics.observe(call.tenant, call.name, outcome == Outcome::Success, cache, started.elapsed());
+        self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, started.elapsed());
         let mut event = AuditEvent::new(Some(call.tenant), call.actor.clone(), "inference.call")
             .resource("model", call.name)
             .outcome(outcome)
@@ -88,7 +93,7 @@ impl InferenceService {
         result.map(|(reply, _)| reply)
     }
 
-    async fn infer_inner(&self, call: &InferCall<'_>, started: Instant) -> Result<(InferReply, usize), ApiError> {
+    async fn infer_inner(&self, call: &InferCall<'_>, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), ApiError> {
         let parse = {
             let (body, json_len, limits) = (call.body.clone(), call.json_len, self.limits.clone());
             move || parse_infer_request_bytes(&body, json_len, &limits)
@@ -114,8 +119,7 @@ impl InferenceService {
         let bypass = call.no_cache || request.parameters.remove("no_cache").is_some_and(|v| v == json!(true));
         let id = request.id.take();
 
-        let resolved = self.models.resolve(call.tenant, call.name, call.version).await?;
-        let loading = self.models.get(call.tenant, call.name, &resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
+        let loading = self.models.get(call.tenant, call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
         let model = tokio::time::timeout_at(deadline.into(), loading)
             .await
             .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??;
@@ -133,25 +137,22 @@ impl InferenceService {
             // in Redis (stored before landing) rather than running the model a second time.
             match self.cache.join(key) {
                 Flight::Leader(guard) => {
-                    let (result, status) = match self.cache.get(tenant, &key).await {
-                        Some(hit) => (Ok(hit), CacheStatus::Hit),
+                    let (outputs, status) = match self.cache.get(tenant, &key).await {
+                        Some(hit) => (hit, CacheStatus::Hit),
                         None => {
-                            let result = self.run(&model, prepared, deadline).await;
-                            if let Ok(outputs) = &result {
-                                self.cache.put(tenant, &key, outputs, model.cache_ttl_seconds).await;
-                            }
-                            (result, CacheStatus::Miss)
+                            // On failure the guard drops unlanded: followers then run the model
+                            // themselves and meet their own outcome (their deadline, the queue).
+                            let outputs = self.run(&model, prepared, deadline).await?;
+                            self.cache.put(tenant, &key, &outputs, model.cache_ttl_seconds).await;
+                            (outputs, CacheStatus::Miss)
                         }
                     };
-                    guard.land(Arc::new(result.as_ref().map(|o| (o.clone(), status)).map_err(|e| e.to_string())));
-                    (result?, status)
+                    guard.land(&outputs, status);
+                    (outputs, status)
                 }
                 Flight::Follower(mut receiver) => match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
-                    Ok(Ok(shared)) => match shared.as_ref() {
-                        Ok((outputs, status)) => (outputs.clone(), *status),
-                        Err(message) => return Err(ApiError::new(Code::InferenceFailed, message.clone())),
-                    },
-                    // The leader went away without a result (its request was cancelled).
+                    Ok(Ok(shared)) => (shared.0.clone(), shared.1),
+                    // The leader went away without a result (it failed or was cancelled).
                     Ok(Err(_)) => (self.run(&model, prepared, deadline).await?, CacheStatus::Miss),
                     Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
                 },

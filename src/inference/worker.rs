@@ -131,7 +131,10 @@ impl Worker {
         let mut carried: Option<Job> = None;
         loop {
             let Some(batch) = self.next_batch(&mut carried) else { return };
-            self.execute(batch);
+            if !self.execute(batch) {
+                tracing::error!("an inference worker stops: its engine cannot be rebuilt");
+                return;
+            }
         }
     }
 
@@ -179,7 +182,8 @@ impl Worker {
         Some(batch)
     }
 
-    fn execute(&mut self, batch: Vec<Job>) {
+    /// Runs a batch; false if the engine crashed and could not be rebuilt.
+    fn execute(&mut self, batch: Vec<Job>) -> bool {
         let now = Instant::now();
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
@@ -193,7 +197,7 @@ impl Worker {
             live.push(job);
         }
         if live.is_empty() {
-            return;
+            return true;
         }
         let rows: usize = live.iter().map(Job::rows).sum();
         let span = tracing::info_span!(parent: None, "inference.batch", jobs = live.len(), rows);
@@ -221,17 +225,20 @@ impl Worker {
                 for job in live {
                     let _ = job.reply.send(Err(WorkError::Crashed));
                 }
-                self.replace_engine();
+                return self.replace_engine();
             }
         }
+        true
     }
 
-    fn replace_engine(&mut self) {
-        loop {
+    /// Returns false when the engine could not be rebuilt: the worker then stops, and its
+    /// siblings (or the next load of the model) carry on.
+    fn replace_engine(&mut self) -> bool {
+        for _ in 0..30 {
             match (self.factory)() {
                 Ok(engine) => {
                     self.engine = engine;
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "rebuilding an inference engine failed; retrying");
@@ -239,6 +246,7 @@ impl Worker {
                 }
             }
         }
+        false
     }
 }
 

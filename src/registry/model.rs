@@ -146,6 +146,8 @@ pub struct ServingConfig {
     pub cache_ttl_seconds: Option<u64>,
 }
 
+pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
 impl ServingConfig {
     pub fn check(&self) -> Result<(), ApiError> {
         let bad = |what: &str| Err(ApiError::new(Code::InvalidRequest, format!("serving.{what}")));
@@ -163,6 +165,12 @@ impl ServingConfig {
         }
         if self.queue_capacity.is_some_and(|n| !(1..=100_000).contains(&n)) {
             return bad("queue_capacity must be between 1 and 100000");
+        }
+        if self.instances.unwrap_or(1) * self.intra_op_threads.unwrap_or(1) > 64 {
+            return bad("instances × intra_op_threads must be at most 64");
+        }
+        if self.cache_ttl_seconds.is_some_and(|n| n > MAX_CACHE_TTL_SECONDS) {
+            return bad("cache_ttl_seconds must be at most 2592000 (30 days)");
         }
         if self.preferred_batch_sizes.len() > 16 || self.preferred_batch_sizes.iter().any(|n| !(1..=1024).contains(n)) {
             return bad("preferred_batch_sizes takes at most 16 sizes between 1 and 1024");

@@ -149,10 +149,6 @@ impl RegistryService {
         Self { pool, store, keys, auditor, max_artifact_bytes }
     }
 
-    pub fn store(&self) -> &ArtifactStore {
-        &self.store
-    }
-
     pub async fn create_model(
         &self,
         actor: &Principal,
@@ -408,6 +404,7 @@ impl RegistryService {
             .details(json!({ "model": name.as_str(), "model_id": model_id, "version": stored.view.version }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
+        self.remove_objects(&[stored.object_key]).await;
         Ok(())
     }
 
@@ -431,24 +428,41 @@ impl RegistryService {
                 format!("model `{name}` still has alias(es) {}; remove them first", aliases.join(", ")),
             ));
         }
-        let versions = sqlx::query("UPDATE model_versions SET deleted_at = now() WHERE model_id = $1 AND deleted_at IS NULL")
-            .bind(model_id)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+        let objects: Vec<String> = sqlx::query_scalar(
+            "UPDATE model_versions SET deleted_at = now() WHERE model_id = $1 AND deleted_at IS NULL RETURNING object_key",
+        )
+        .bind(model_id)
+        .fetch_all(tx.conn())
+        .await?;
+        let versions = objects.len();
         sqlx::query("UPDATE models SET deleted_at = now() WHERE id = $1").bind(model_id).execute(tx.conn()).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.deleted")
             .resource("model", model_id)
             .details(json!({ "name": name.as_str(), "versions_deleted": versions }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
+        self.remove_objects(&objects).await;
         Ok(())
+    }
+
+    /// A deleted version keeps its row (the audit trail points at it) but not its ciphertext,
+    /// so that deleting frees the tenant's quota for real. Removal follows the commit; a failure
+    /// is logged and leaves an orphan object, never a row without its object.
+    async fn remove_objects(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(e) = self.store.delete(key).await {
+                tracing::warn!(error = %e, object_key = key.as_str(), "removing a deleted version's object failed");
+            }
+        }
     }
 
     /// Gives the tenant a new key and re-wraps every data key under it; the artifacts
     /// themselves are not touched. The old key is retired.
     pub async fn rotate_tenant_key(&self, actor: &Principal, tenant: &TenantInfo, info: &RequestInfo) -> Result<u64, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        // Serialises with uploads committing their version (they lock the same row) and with
+        // a concurrent rotation.
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.id.0).execute(tx.conn()).await?;
         let (new_id, new_key, retired) = self.keys.rotate_tenant_key(&mut tx).await?;
         let rows: Vec<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT id, tenant_key_id, wrapped_data_key FROM model_versions WHERE tenant_id = $1 AND tenant_key_id <> $2 FOR UPDATE",

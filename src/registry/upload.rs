@@ -189,12 +189,10 @@ impl RegistryService {
         if spec.declared_len.is_some_and(|n| n > limit.bytes()) {
             return Err(limit.exceeded());
         }
-        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(&mut tx).await?;
         tx.commit().await?;
 
         let artifact = Uuid::now_v7();
         let data_key = random_key();
-        let wrapped_data_key = KeyService::wrap_data_key(&tenant_key, artifact, &data_key);
         let object_key = ArtifactStore::key_for(tenant.id.0, artifact);
         let intake = Intake {
             encryptor: Encryptor::new(&data_key, &artifact),
@@ -228,8 +226,7 @@ impl RegistryService {
             size,
             digest,
             object_key: &object_key,
-            tenant_key_id,
-            wrapped_data_key,
+            data_key,
             signature: signature.map(|s| serde_json::to_value(s).expect("signature serialises")),
             burn,
             metadata: spec.metadata.unwrap_or_else(|| json!({})),
@@ -310,6 +307,8 @@ impl RegistryService {
         // cannot together overshoot the quota that each of them fitted alone.
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.id.0).execute(tx.conn()).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
+        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(&mut tx).await?;
+        let wrapped_data_key = KeyService::wrap_data_key(&tenant_key, row.artifact, &row.data_key);
         let remaining = Self::remaining_quota(&mut tx).await?;
         if row.size > remaining {
             return Err(Limit::Quota(remaining).exceeded());
@@ -332,8 +331,8 @@ impl RegistryService {
         .bind(sealed_len(row.size) as i64)
         .bind(&row.digest[..])
         .bind(row.object_key)
-        .bind(row.tenant_key_id)
-        .bind(&row.wrapped_data_key)
+        .bind(tenant_key_id)
+        .bind(&wrapped_data_key)
         .bind(&row.signature)
         .bind(&row.burn)
         .bind(&row.metadata)
@@ -347,7 +346,7 @@ impl RegistryService {
                 "version": version,
                 "size_bytes": row.size,
                 "sha256": hex::encode(row.digest),
-                "tenant_key": row.tenant_key_id,
+                "tenant_key": tenant_key_id,
             }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         let stored = Self::stored_version(&mut tx, name, Some(&super::model::VersionRef::Number(version))).await?;
@@ -361,8 +360,9 @@ struct NewVersionRow<'a> {
     size: u64,
     digest: [u8; 32],
     object_key: &'a str,
-    tenant_key_id: Uuid,
-    wrapped_data_key: Vec<u8>,
+    /// Wrapped at commit, under the tenant key active then: a rotation that commits while the
+    /// bytes stream cannot leave this version under a retired key.
+    data_key: crate::crypto::Key,
     signature: Option<serde_json::Value>,
     burn: Option<serde_json::Value>,
     metadata: serde_json::Value,

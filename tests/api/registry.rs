@@ -314,6 +314,8 @@ async fn quotas_are_enforced_before_anything_is_stored() {
     // Deleting frees the quota.
     let response = s.app.call("DELETE", "/v1/tenants/acme/models/a/versions/1", Some(&s.owner), None).await;
     assert_eq!(response.status(), 204);
+    // The row stays for the audit trail; the ciphertext goes, so the quota is free for real.
+    assert!(stored_files(&s.app.database.artifact_dir).is_empty());
     assert_eq!(s.upload_chunked("b", ADD.to_vec()).await.status(), 201);
 }
 
