@@ -75,7 +75,13 @@ pub struct ModelManager {
     epoch: Instant,
     resolved: RwLock<HashMap<ResolveKey, (Instant, Resolved)>>,
     loaded: Mutex<HashMap<Uuid, Arc<OnceCell<Arc<LoadedModel>>>>>,
+    /// Versions that failed to load, with when and why: refused at once for a while instead of
+    /// fetching, decrypting and auditing the same failure on every request.
+    failed: Mutex<HashMap<Uuid, (Instant, Code, String)>>,
 }
+
+/// How long a failed load is answered from memory before it is tried again.
+const FAILED_LOAD_TTL: Duration = Duration::from_secs(10);
 
 pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
     let convert = |specs: &[crate::registry::onnx::TensorSpec]| {
@@ -108,6 +114,7 @@ impl ModelManager {
             epoch: Instant::now(),
             resolved: RwLock::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,11 +172,22 @@ impl ModelManager {
             model.touch(self.epoch);
             return Ok(model.clone());
         }
+        if let Some((at, code, message)) = self.failed.lock().get(&resolved.artifact)
+            && at.elapsed() < FAILED_LOAD_TTL
+        {
+            return Err(ApiError::new(*code, message.clone()).with_retry_after(FAILED_LOAD_TTL.as_secs()));
+        }
         let (this, name, resolved, actor) = (self.clone(), name.to_owned(), resolved.clone(), actor.clone());
         let model = tokio::spawn(async move {
-            let model = cell.get_or_try_init(|| this.load(tenant, &name, &resolved, &actor)).await?.clone();
-            this.evict_over_budget(resolved.artifact);
-            Ok::<_, ApiError>(model)
+            let loaded = cell.get_or_try_init(|| this.load(tenant, &name, &resolved, &actor)).await.cloned();
+            match &loaded {
+                Ok(_) => this.evict_over_budget(resolved.artifact),
+                Err(e) if e.code() != Code::NotFound && e.code() != Code::ServiceUnavailable => {
+                    this.failed.lock().insert(resolved.artifact, (Instant::now(), e.code(), e.detail().to_owned()));
+                }
+                Err(_) => {}
+            }
+            loaded
         })
         .await
         .map_err(ApiError::internal)??;

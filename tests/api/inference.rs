@@ -507,3 +507,26 @@ async fn identical_concurrent_misses_run_the_model_once() {
         .sum();
     assert_eq!(runs, 1.0, "five identical concurrent misses ran the model {runs} times");
 }
+
+#[tokio::test]
+async fn a_model_that_fails_to_load_is_refused_at_once_for_a_while() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    app.post_json("/v1/tenants/acme/models", Some(&acme.owner), &json!({ "name": "adder", "framework": "onnx" })).await;
+    acme.upload(&app, "adder", ADD).await;
+    let key: String = sqlx::query_scalar("SELECT object_key FROM model_versions").fetch_one(&app.db).await.unwrap();
+    let path = app.database.artifact_dir.join(key);
+    let mut stored = std::fs::read(&path).unwrap();
+    stored[20] ^= 1;
+    std::fs::write(&path, stored).unwrap();
+
+    for _ in 0..3 {
+        let (status, code, _) = problem(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await).await;
+        assert_eq!((status, code.as_str()), (500, "artifact_integrity"));
+    }
+    // One attempt to decrypt (and one audit event); the next requests were answered from memory.
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'model.load_failed'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(failures, 1);
+}
