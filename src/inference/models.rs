@@ -139,7 +139,7 @@ impl ModelManager {
         {
             return Ok(hit.clone());
         }
-        let model = ModelName::parse(name).map_err(|_| crate::registry::service::model_not_found(name))?;
+        let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let info = self.registry.serving_info(tenant, &model, version_ref.as_ref()).await?;
         let resolved = Resolved {

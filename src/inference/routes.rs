@@ -98,7 +98,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 
 async fn metadata(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
     let tenant = guard.tenant()?;
-    let model = ModelName::parse(name).map_err(|_| crate::registry::service::model_not_found(name))?;
+    let model = ModelName::lookup(name)?;
     let version_ref = version.map(VersionRef::parse).transpose()?;
     let stored = state.registry.get_version(tenant, &model, version_ref.as_ref()).await?;
     let versions = match version {

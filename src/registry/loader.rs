@@ -10,6 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::BATCH_BYTES;
 use super::keys::KeyService;
 use super::model::{ModelName, StoredVersion, VersionRef};
 use super::service::RegistryService;
@@ -19,8 +20,6 @@ use crate::crypto::stream::Decryptor;
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
-
-const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Why stored bytes did not come back as the artifact that was uploaded.
 #[derive(Debug, thiserror::Error)]

@@ -12,3 +12,8 @@ pub mod store;
 pub mod upload;
 
 pub use service::RegistryService;
+
+/// Bytes gathered before one trip to the blocking pool, for uploads (encrypt, hash, scan) and
+/// loads (decrypt, hash) alike: large enough that the hop costs nothing next to the AES work,
+/// small enough to keep memory flat.
+const BATCH_BYTES: usize = 1024 * 1024;

@@ -33,6 +33,11 @@ impl ModelName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A name from a URL: one that cannot exist is simply not found.
+    pub fn lookup(value: &str) -> Result<Self, ApiError> {
+        Self::parse(value).map_err(|_| super::service::model_not_found(value))
+    }
 }
 
 impl fmt::Display for ModelName {

@@ -92,10 +92,6 @@ pub struct RotationResult {
     pub rewrapped_data_keys: u64,
 }
 
-fn model_name(path: &str) -> Result<ModelName, ApiError> {
-    ModelName::parse(path).map_err(|_| super::service::model_not_found(path))
-}
-
 /// Create a model (no versions yet).
 #[utoipa::path(
     tag = "models", params(TenantPath), request_body = CreateModelRequest, security(("bearer" = [])),
@@ -143,7 +139,7 @@ pub async fn get_model(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<web::Json<ModelView>, ApiError> {
-    Ok(web::Json(state.registry.get_model(guard.tenant()?, &model_name(&path.model)?).await?))
+    Ok(web::Json(state.registry.get_model(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
 }
 
 /// Delete a model and its versions (soft, audited). Refused while it has aliases.
@@ -162,7 +158,7 @@ pub async fn delete_model(
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = guard.tenant()?;
-    state.registry.delete_model(&guard.principal, tenant, &model_name(&path.model)?, &info).await?;
+    state.registry.delete_model(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &info).await?;
     state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -220,7 +216,7 @@ pub async fn upload_version(
         metadata: None,
     };
     let tenant = guard.tenant()?;
-    let version = state.registry.upload(&guard.principal, tenant, &model_name(&path.model)?, spec, body, &info).await?;
+    let version = state.registry.upload(&guard.principal, tenant, &ModelName::lookup(&path.model)?, spec, body, &info).await?;
     // "Latest" now means the new version.
     state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::Created().json(version))
@@ -234,7 +230,7 @@ pub async fn list_versions(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<web::Json<Vec<VersionView>>, ApiError> {
-    Ok(web::Json(state.registry.list_versions(guard.tenant()?, &model_name(&path.model)?).await?))
+    Ok(web::Json(state.registry.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
 }
 
 /// A version, by number or alias.
@@ -246,7 +242,7 @@ pub async fn get_version(
     path: web::Path<VersionPath>,
 ) -> Result<web::Json<VersionView>, ApiError> {
     let version = VersionRef::parse(&path.version)?;
-    let stored = state.registry.get_version(guard.tenant()?, &model_name(&path.model)?, Some(&version)).await?;
+    let stored = state.registry.get_version(guard.tenant()?, &ModelName::lookup(&path.model)?, Some(&version)).await?;
     Ok(web::Json(stored.view))
 }
 
@@ -266,7 +262,7 @@ pub async fn download_version(
     let tenant = guard.tenant()?;
     let (stored, stream) = state
         .registry
-        .download(AuditActor::of(&guard.principal), tenant.id, &model_name(&path.model)?, Some(&version), &info)
+        .download(AuditActor::of(&guard.principal), tenant.id, &ModelName::lookup(&path.model)?, Some(&version), &info)
         .await?;
     let filename = format!(
         "{}-v{}.{}",
@@ -300,7 +296,7 @@ pub async fn delete_version(
 ) -> Result<HttpResponse, ApiError> {
     let version = VersionRef::parse(&path.version)?;
     let tenant = guard.tenant()?;
-    state.registry.delete_version(&guard.principal, tenant, &model_name(&path.model)?, &version, &info).await?;
+    state.registry.delete_version(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &version, &info).await?;
     state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -320,7 +316,7 @@ pub async fn set_alias(
 ) -> Result<web::Json<ModelView>, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
     let tenant = guard.tenant()?;
-    let model = state.registry.set_alias(&guard.principal, tenant, &model_name(&path.model)?, &alias, body.version, &info).await?;
+    let model = state.registry.set_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, body.version, &info).await?;
     // This instance serves the new target at once; others within `inference.resolve_ttl_ms`.
     state.inference.models.forget(tenant.id, &path.model);
     state.inference.models.preload(tenant.id, &path.model, alias.as_str());
@@ -338,7 +334,7 @@ pub async fn remove_alias(
 ) -> Result<HttpResponse, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
     let tenant = guard.tenant()?;
-    state.registry.remove_alias(&guard.principal, tenant, &model_name(&path.model)?, &alias, &info).await?;
+    state.registry.remove_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, &info).await?;
     state.inference.models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }

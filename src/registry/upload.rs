@@ -10,6 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::BATCH_BYTES;
 use super::keys::KeyService;
 use super::model::{Framework, ModelName, VersionView};
 use super::onnx::{ModelSignature, SignatureScanner};
@@ -22,10 +23,6 @@ use crate::error::{ApiError, Code};
 use crate::identity::Principal;
 use crate::tenancy::TenantInfo;
 use crate::tenancy::db::TenantTx;
-
-/// Plaintext gathered before one trip to the blocking pool: large enough that the hop costs
-/// nothing next to the AES work, small enough to keep memory flat.
-const BATCH_BYTES: usize = 1024 * 1024;
 
 /// What the client says about the artifact besides its bytes.
 #[derive(Debug, Default)]
