@@ -70,6 +70,61 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Run job workers only (no HTTP API): several processes on several machines sharing
+    /// Postgres and Redis share the work. SIGTERM hands a running job back.
+    Worker {
+        /// Worker tasks in this process (default: jobs.workers, at least 1).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Jobs on a running server (through its HTTP API).
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Base URL of the Tessera server.
+    #[arg(long, env = "TESSERA_SERVER")]
+    server: String,
+    /// Access token or API key (tenant-scoped: jobs run in its tenant).
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Submit a job from a JSON spec (the body of `POST /v1/jobs`), optionally uploading its
+    /// dataset first, and follow its progress.
+    Submit {
+        /// The job spec, as JSON.
+        spec: std::path::PathBuf,
+        /// A CSV file to upload as the job's dataset (its id replaces `dataset` in the spec).
+        #[arg(long)]
+        dataset: Option<std::path::PathBuf>,
+        /// Makes resubmission safe: the same key and spec give the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Print the job id and return instead of following the job.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print a job as JSON.
+    Status {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Follow a job's events until it finishes, with a progress bar on a terminal.
+    Logs {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,6 +377,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Model { command: ModelCommand::Upload(args) } => model_upload(args),
+        Command::Job { command } => job_command(command),
+        Command::Worker { concurrency } => {
+            let settings = match load_settings() {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let _telemetry = crate::telemetry::init(&settings.telemetry)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(worker(settings, concurrency))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Admin { command } => operate(|state| async move { admin(state, command).await }),
         Command::Tenant { command } => operate(|state| async move { tenant(state, command).await }),
         Command::User { command } => operate(|state| async move { user(state, command).await }),
@@ -367,6 +433,127 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `tessera worker`: job workers and a dispatcher, until SIGTERM or SIGINT; then a running job
+/// is handed back at its next progress report (or taken over by another worker should this
+/// process not get that far).
+async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Result<()> {
+    crate::inference::engine::OnnxRuntime::load(Some(&settings.inference.onnxruntime_path))
+        .map_err(|e| anyhow::anyhow!("inference: {e}"))?;
+    if settings.database.migrate_on_start {
+        crate::db::migrate_with(&settings.database).await?;
+    }
+    let count = concurrency.unwrap_or(settings.jobs.workers).max(1);
+    let state = AppState::new(settings)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let workers = state.jobs.start_workers(count, stopping);
+    tracing::info!(workers = count, "job workers started");
+    println!("Tessera job workers running ({count})");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping: handing back running jobs");
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), futures::future::join_all(workers)).await;
+    Ok(())
+}
+
+fn job_command(command: JobCommand) -> anyhow::Result<ExitCode> {
+    use crate::client::Client;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result: Result<(), anyhow::Error> = runtime.block_on(async move {
+        match command {
+            JobCommand::Submit { spec, dataset, idempotency_key, detach, server } => {
+                let client = Client::new(&server.server, server.token)?;
+                let text = std::fs::read_to_string(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+                let mut body: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", spec.display()))?;
+                if let Some(path) = dataset {
+                    let name = path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .map(|s| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect::<String>())
+                        .unwrap_or_else(|| "dataset".into());
+                    let uploaded = client.upload_dataset(&path, &name).await?;
+                    eprintln!("dataset {} uploaded: {} rows", uploaded["id"].as_str().unwrap_or("?"), uploaded["rows"]);
+                    body["dataset"] = uploaded["id"].clone();
+                }
+                let job = client.submit_job(&body, idempotency_key.as_deref()).await?;
+                let id = job["id"].as_str().unwrap_or_default().to_owned();
+                println!("{id}");
+                if detach { Ok(()) } else { follow(&client, &id).await }
+            }
+            JobCommand::Status { id, server } => {
+                let client = Client::new(&server.server, server.token)?;
+                println!("{}", serde_json::to_string_pretty(&client.job(&id).await?)?);
+                Ok(())
+            }
+            JobCommand::Logs { id, server } => {
+                let client = Client::new(&server.server, server.token)?;
+                follow(&client, &id).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Prints a job's events as they come, with an epoch (or row) progress bar on a terminal;
+/// fails unless the job succeeds.
+async fn follow(client: &crate::client::Client, id: &str) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:32}] {pos}/{len} {msg}").expect("the progress template is valid").progress_chars("=> "),
+    );
+    let mut events = Box::pin(client.job_events(id).await?);
+    let mut last_status = String::new();
+    while let Some(event) = events.next().await {
+        let (kind, data) = event?;
+        match kind.as_str() {
+            "progress" => {
+                if let (Some(epoch), Some(epochs)) = (data["epoch"].as_u64(), data["epochs"].as_u64()) {
+                    bar.set_prefix("epoch");
+                    bar.set_length(epochs);
+                    bar.set_position(epoch);
+                    let metric = ["accuracy", "rmse"].iter().find_map(|m| data[*m].as_f64().map(|v| format!("{m} {v:.4}")));
+                    if let Some(loss) = data["train_loss"].as_f64() {
+                        bar.set_message(format!("loss {loss:.4} {}", metric.unwrap_or_default()));
+                    }
+                } else if let (Some(done), Some(rows)) = (data["rows_done"].as_u64(), data["rows"].as_u64()) {
+                    bar.set_prefix("rows");
+                    bar.set_length(rows);
+                    bar.set_position(done);
+                }
+                if bar.is_hidden() {
+                    println!("progress {data}");
+                }
+            }
+            _ => {
+                bar.suspend(|| println!("{kind} {data}"));
+                if let Some(status) = data["status"].as_str() {
+                    last_status = status.to_owned();
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    match last_status.as_str() {
+        "succeeded" => {
+            let job = client.job(id).await?;
+            println!("{}", serde_json::to_string_pretty(&job["result"])?);
+            Ok(())
+        }
+        other => anyhow::bail!("job {id} ended {}", if other.is_empty() { "without a status" } else { other }),
+    }
 }
 
 /// Runs an operator command against the configured database, through the same services the

@@ -158,6 +158,79 @@ impl Client {
             .await?;
         answer(response).await
     }
+
+    /// Uploads a CSV dataset, streamed; returns the dataset (its `id` goes into a job spec).
+    pub async fn upload_dataset(&self, path: &Path, name: &str) -> Result<serde_json::Value, ClientError> {
+        let len = tokio::fs::metadata(path).await?.len();
+        let mut url = self.url(&["v1", "datasets"]);
+        url.query_pairs_mut().append_pair("name", name);
+        let file = tokio::fs::File::open(path).await?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .header(header::CONTENT_TYPE, "text/csv")
+            .header(header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(file_stream(file, len)))
+            .send()
+            .await?;
+        answer(response).await
+    }
+
+    /// Submits a job (`POST /v1/jobs`), with an idempotency key when given.
+    pub async fn submit_job(&self, spec: &serde_json::Value, idempotency_key: Option<&str>) -> Result<serde_json::Value, ClientError> {
+        let mut request = self
+            .http
+            .post(self.url(&["v1", "jobs"]))
+            .bearer_auth(&self.token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(spec).expect("JSON serialises"));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        answer(request.send().await?).await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        answer(self.http.get(self.url(&["v1", "jobs", id])).bearer_auth(&self.token).send().await?).await
+    }
+
+    /// The job's Server-Sent Events as (event, data) pairs, until the job's final status.
+    pub async fn job_events(&self, id: &str) -> Result<impl Stream<Item = Result<(String, serde_json::Value), ClientError>> + use<>, ClientError> {
+        let response = self.http.get(self.url(&["v1", "jobs", id, "events"])).bearer_auth(&self.token).send().await?;
+        if !response.status().is_success() {
+            return Err(answer::<serde_json::Value>(response).await.err().unwrap_or(ClientError::Unexpected {
+                status: 0,
+                body: "an event stream that is not one".into(),
+            }));
+        }
+        let bytes = response.bytes_stream();
+        Ok(futures::stream::try_unfold((bytes, String::new()), |(mut bytes, mut buffer)| async move {
+            loop {
+                if let Some(end) = buffer.find("\n\n") {
+                    let block: String = buffer.drain(..end + 2).collect();
+                    let mut event = "message".to_owned();
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event: ") {
+                            event = v.to_owned();
+                        } else if let Some(v) = line.strip_prefix("data: ") {
+                            data.push_str(v);
+                        }
+                    }
+                    if data.is_empty() {
+                        continue; // a keep-alive comment
+                    }
+                    let value = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                    return Ok(Some(((event, value), (bytes, buffer))));
+                }
+                match futures::StreamExt::next(&mut bytes).await {
+                    Some(chunk) => buffer.push_str(&String::from_utf8_lossy(&chunk?)),
+                    None => return Ok(None),
+                }
+            }
+        }))
+    }
 }
 
 /// Exactly `len` bytes of `file`, in chunks of [`CHUNK`] bytes; an error if the file is shorter.

@@ -86,6 +86,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub audit: AuditSettings,
     pub registry: RegistrySettings,
+    pub jobs: JobsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +216,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// Training and batch inference jobs, dispatched to workers through a Redis stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSettings {
+    /// Job workers inside `tessera serve` (0 = this process only serves the API; run
+    /// `tessera worker` processes). `tessera worker` runs `max(workers, 1)`.
+    pub workers: usize,
+    /// A job whose worker has not renewed its claim for this long is taken over by another.
+    pub visibility_timeout_ms: u64,
+    /// Attempts before a failing job is dead-lettered.
+    pub max_attempts: u32,
+    /// Back-off before retry n: base × 2^(n-1), capped at `retry_max_backoff_ms`.
+    pub retry_base_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// Largest dataset one upload may carry (the CSV text).
+    pub max_dataset_bytes: u64,
+    /// How often a dispatcher looks for due jobs that are not in the stream.
+    pub dispatch_interval_ms: u64,
+    /// How often an event stream (`/v1/jobs/{id}/events`) looks for news.
+    pub events_poll_ms: u64,
+}
+
 /// Serving defaults; a model's own `serving` settings override the per-model ones.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +338,7 @@ struct RawSettings {
     auth: RawAuthSettings,
     audit: RawAuditSettings,
     registry: RawRegistrySettings,
+    jobs: JobsSettings,
 }
 
 impl DatabaseSettings {
@@ -418,7 +442,7 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, telemetry, inference, auth, audit, registry } = raw;
+        let RawSettings { server, mut database, redis, telemetry, inference, auth, audit, registry, jobs } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
@@ -465,6 +489,7 @@ impl Settings {
             redis,
             telemetry,
             inference,
+            jobs,
             auth: AuthSettings {
                 api_key_secret,
                 jwt_signing_keys,
@@ -581,6 +606,25 @@ impl Settings {
         }
         if i.default_timeout_ms == 0 || i.default_timeout_ms > i.max_timeout_ms {
             return Err(ConfigError::new("inference.default_timeout_ms", "must be between 1 and inference.max_timeout_ms"));
+        }
+        let j = &self.jobs;
+        if j.workers > 64 {
+            return Err(ConfigError::new("jobs.workers", "must be at most 64"));
+        }
+        if j.visibility_timeout_ms < 1000 {
+            return Err(ConfigError::new("jobs.visibility_timeout_ms", "must be at least 1000"));
+        }
+        if j.max_attempts == 0 || j.max_attempts > 100 {
+            return Err(ConfigError::new("jobs.max_attempts", "must be between 1 and 100"));
+        }
+        if j.retry_base_backoff_ms > j.retry_max_backoff_ms {
+            return Err(ConfigError::new("jobs.retry_base_backoff_ms", "must not exceed jobs.retry_max_backoff_ms"));
+        }
+        if j.max_dataset_bytes == 0 {
+            return Err(ConfigError::new("jobs.max_dataset_bytes", "must be greater than 0"));
+        }
+        if j.dispatch_interval_ms == 0 || j.events_poll_ms == 0 {
+            return Err(ConfigError::new("jobs.dispatch_interval_ms", "intervals must be at least 1 ms"));
         }
         if self.registry.max_artifact_bytes == 0 {
             return Err(ConfigError::new("registry.max_artifact_bytes", "must be greater than 0"));

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the module map and the invariants between modules.
 
 pub mod audit;
+pub mod burnml;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod inference;
+pub mod jobs;
 pub mod metrics;
 pub mod redis_store;
 pub mod registry;

@@ -10,6 +10,7 @@ use crate::config::RedisSettings;
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    client: redis::Client,
     prefix: std::sync::Arc<str>,
 }
 
@@ -24,8 +25,13 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { connection, prefix: settings.key_prefix.as_str().into() })
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self { connection, client, prefix: settings.key_prefix.as_str().into() })
+    }
+
+    /// For connections of their own (blocking reads), without the shared response timeout.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub fn connection(&self) -> ConnectionManager {

@@ -21,6 +21,8 @@ use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
 use crate::crypto::MasterKeys;
 use crate::inference::InferenceService;
+use crate::jobs::JobService;
+use crate::jobs::queue::JobQueue;
 use crate::inference::cache::ResultCache;
 use crate::inference::engine::OnnxRuntime;
 use crate::inference::models::ModelManager;
@@ -65,6 +67,7 @@ pub struct AppState {
     pub keys: KeyService,
     pub registry: RegistryService,
     pub inference: InferenceService,
+    pub jobs: JobService,
 }
 
 impl AppState {
@@ -117,8 +120,17 @@ impl AppState {
         let runtime = OnnxRuntime::load(Some(&settings.inference.onnxruntime_path));
         let models = Arc::new(ModelManager::new(registry.clone(), runtime, settings.inference.clone(), metrics.inference.clone()));
         let cache = Arc::new(ResultCache::new(redis.clone(), Duration::from_millis(settings.inference.cache_timeout_ms)));
+        let jobs = JobService::new(
+            db.clone(),
+            registry.clone(),
+            models.clone(),
+            auditor.clone(),
+            JobQueue::new(redis.clone()),
+            settings.jobs.clone(),
+        );
         let inference = InferenceService::new(models, cache, audit_sink.clone(), metrics.inference.clone());
         Ok(Self {
+            jobs,
             inference,
             registry,
             keys,
@@ -143,6 +155,7 @@ impl AppState {
 pub fn routes(cfg: &mut ServiceConfig) {
     use crate::identity::routes as auth;
     use crate::inference::routes as oip;
+    use crate::jobs::routes as jobs;
     use crate::registry::routes as models;
     use crate::tenancy::routes as tenancy;
     // The router tries routes in this order, matching each dynamic one with a regex: the
@@ -193,7 +206,16 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(models::delete_version)
         .service(models::set_alias)
         .service(models::remove_alias)
-        .service(models::rotate_tenant_key);
+        .service(models::rotate_tenant_key)
+        .service(jobs::upload_dataset)
+        .service(jobs::list_datasets)
+        .service(jobs::get_dataset)
+        .service(jobs::submit_job)
+        .service(jobs::list_jobs)
+        .service(jobs::get_job)
+        .service(jobs::cancel_job)
+        .service(jobs::job_output)
+        .service(jobs::job_events);
 }
 
 /// What every worker's app shares, computed once.
@@ -256,6 +278,9 @@ pub fn create_app(
 pub struct Application {
     port: u16,
     server: Server,
+    /// In-process job workers (`jobs.workers`), told to stop when the server does.
+    stop_jobs: tokio::sync::watch::Sender<bool>,
+    job_workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -270,6 +295,9 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
 
+        let (stop_jobs, stopping) = tokio::sync::watch::channel(false);
+        let job_workers = state.jobs.start_workers(settings.jobs.workers, stopping);
+
         let shared = Shared::new();
         let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))
         .shutdown_timeout(settings.server.shutdown_grace_seconds)
@@ -282,7 +310,7 @@ impl Application {
         } else {
             server.listen(listener)?.run()
         };
-        Ok(Self { port, server })
+        Ok(Self { port, server, stop_jobs, job_workers })
     }
 
     pub fn port(&self) -> u16 {
@@ -290,7 +318,11 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT, then drains in-flight requests within the grace period.
+    /// Job workers then hand back what they run (at its next progress report) and stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        let _ = self.stop_jobs.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(self.job_workers)).await;
+        served
     }
 }

@@ -176,3 +176,26 @@ impl Engine for OnnxEngine {
             .collect()
     }
 }
+
+/// A Burn network (MLP or 1-D convolution) on the CPU: one FP32 input, one FP32 output.
+pub struct BurnEngine {
+    network: crate::burnml::Network,
+    outputs: usize,
+}
+
+impl BurnEngine {
+    pub fn new(network: crate::burnml::Network) -> Self {
+        let outputs = network.architecture().outputs();
+        Self { network, outputs }
+    }
+}
+
+impl Engine for BurnEngine {
+    fn run(&mut self, inputs: &[RunInput<'_>]) -> Result<Vec<RunOutput>, String> {
+        let [input] = inputs else { return Err(format!("a Burn model takes one input, not {}", inputs.len())) };
+        let TensorData::Fp32(values) = input.data else { return Err("a Burn model takes FP32 input".into()) };
+        let rows = input.shape.first().copied().unwrap_or(0);
+        let out = self.network.infer(values, rows)?;
+        Ok(vec![RunOutput { shape: vec![rows, self.outputs], data: TensorData::Fp32(out) }])
+    }
+}

@@ -11,11 +11,12 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::engine::{Engine, OnnxEngine, OnnxRuntime};
+use super::engine::{BurnEngine, Engine, OnnxEngine, OnnxRuntime};
 use super::metrics::InferenceMetrics;
 use super::protocol::DataType;
 use super::worker::{BatchPolicy, EngineFactory, WorkerPool};
 use crate::audit::{AuditActor, RequestInfo};
+use crate::burnml::{Architecture, Task};
 use crate::config::InferenceSettings;
 use crate::error::{ApiError, Code};
 use crate::registry::RegistryService;
@@ -61,6 +62,8 @@ pub struct Resolved {
     pub version: i32,
     pub framework: Framework,
     pub signature: Option<serde_json::Value>,
+    /// Burn versions: the architecture and configuration the weights belong to.
+    pub burn: Option<serde_json::Value>,
     pub deterministic: bool,
     pub serving: ServingConfig,
 }
@@ -97,6 +100,24 @@ pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, V
             .collect::<Result<Vec<_>, String>>()
     };
     Ok((convert(&signature.inputs)?, convert(&signature.outputs)?))
+}
+
+/// How a Burn version looks to clients: one FP32 input (`[-1, features]`, or `[-1, channels,
+/// length]` for a 1-D convolution) and one FP32 output of `outputs` values per row:
+/// `probabilities` (softmax) for a classifier, `predictions` for a regressor.
+pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let shape = match architecture {
+        Architecture::Conv1d(c) => vec![-1, c.channels as i64, c.length as i64],
+        Architecture::Mlp(_) => vec![-1, architecture.input_features() as i64],
+    };
+    let output = match architecture.task() {
+        Task::Classification => "probabilities",
+        Task::Regression => "predictions",
+    };
+    (
+        vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape }],
+        vec![TensorSpec { name: output.into(), datatype: DataType::Fp32, shape: vec![-1, architecture.outputs() as i64] }],
+    )
 }
 
 impl ModelManager {
@@ -147,6 +168,7 @@ impl ModelManager {
             version: info.stored.view.version,
             framework: info.stored.view.framework,
             signature: info.stored.view.signature,
+            burn: info.stored.view.burn,
             deterministic: info.deterministic,
             serving: info.serving,
         };
@@ -196,16 +218,32 @@ impl ModelManager {
     }
 
     async fn load(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
-        if resolved.framework != Framework::Onnx {
-            return Err(ApiError::new(Code::InvalidRequest, format!("model `{name}` is a Burn model; no Burn runtime serves it yet")));
+        // What the version looks like to clients, checked before anything is decrypted.
+        enum Runtime {
+            Onnx(Arc<OnnxRuntime>),
+            Burn(Architecture),
         }
-        let runtime = self.runtime.clone().map_err(|e| ApiError::unavailable(format!("ONNX Runtime is not available: {e}"), 30))?;
-        let signature: ModelSignature = resolved
-            .signature
-            .clone()
-            .and_then(|s| serde_json::from_value(s).ok())
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no signature", resolved.version)))?;
-        let (inputs, outputs) = signature_specs(&signature).map_err(|e| ApiError::new(Code::InvalidModel, e))?;
+        let (runtime, inputs, outputs) = match resolved.framework {
+            Framework::Onnx => {
+                let runtime = self.runtime.clone().map_err(|e| ApiError::unavailable(format!("ONNX Runtime is not available: {e}"), 30))?;
+                let signature: ModelSignature = resolved
+                    .signature
+                    .clone()
+                    .and_then(|s| serde_json::from_value(s).ok())
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no signature", resolved.version)))?;
+                let (inputs, outputs) = signature_specs(&signature).map_err(|e| ApiError::new(Code::InvalidModel, e))?;
+                (Runtime::Onnx(runtime), inputs, outputs)
+            }
+            Framework::Burn => {
+                let architecture: Architecture = resolved
+                    .burn
+                    .clone()
+                    .and_then(|s| serde_json::from_value(s).ok())
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no Burn architecture", resolved.version)))?;
+                let (inputs, outputs) = burn_specs(&architecture);
+                (Runtime::Burn(architecture), inputs, outputs)
+            }
+        };
         let model_name = ModelName::parse(name)?;
         let artifact = self
             .registry
@@ -218,13 +256,21 @@ impl ModelManager {
         let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
         let size = bytes.len() as u64;
         let serving = &resolved.serving;
-        let intra = serving.intra_op_threads.unwrap_or(self.settings.intra_op_threads);
-        let input_names: Vec<String> = inputs.iter().map(|t| t.name.clone()).collect();
-        let output_types: Vec<(String, DataType)> = outputs.iter().map(|t| (t.name.clone(), t.datatype)).collect();
-        let factory: EngineFactory = Arc::new(move || {
-            let session = runtime.session(&bytes, intra)?;
-            Ok(Box::new(OnnxEngine::new(session, input_names.clone(), output_types.clone())) as Box<dyn Engine>)
-        });
+        let factory: EngineFactory = match runtime {
+            Runtime::Onnx(runtime) => {
+                let intra = serving.intra_op_threads.unwrap_or(self.settings.intra_op_threads);
+                let input_names: Vec<String> = inputs.iter().map(|t| t.name.clone()).collect();
+                let output_types: Vec<(String, DataType)> = outputs.iter().map(|t| (t.name.clone(), t.datatype)).collect();
+                Arc::new(move || {
+                    let session = runtime.session(&bytes, intra)?;
+                    Ok(Box::new(OnnxEngine::new(session, input_names.clone(), output_types.clone())) as Box<dyn Engine>)
+                })
+            }
+            Runtime::Burn(architecture) => Arc::new(move || {
+                let network = crate::burnml::from_bytes(&architecture, &bytes)?;
+                Ok(Box::new(BurnEngine::new(network)) as Box<dyn Engine>)
+            }),
+        };
         let batchable = inputs.iter().chain(&outputs).all(|t| t.shape.first() == Some(&-1));
         let policy = BatchPolicy {
             max_batch_size: serving.max_batch_size.unwrap_or(self.settings.max_batch_size),

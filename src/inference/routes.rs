@@ -105,23 +105,29 @@ async fn metadata(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, na
         Some(_) => vec![stored.view.version.to_string()],
         None => state.registry.list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
     };
-    let signature: ModelSignature =
-        stored.view.signature.and_then(|s| serde_json::from_value(s).ok()).unwrap_or_else(|| ModelSignature {
-            ir_version: 0,
-            opset: None,
-            producer: None,
-            inputs: vec![],
-            outputs: vec![],
-        });
-    let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
-        specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+    let burn: Option<crate::burnml::Architecture> = stored.view.burn.clone().and_then(|b| serde_json::from_value(b).ok());
+    let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match burn {
+        Some(architecture) => {
+            let (inputs, outputs) = crate::inference::models::burn_specs(&architecture);
+            let convert = |specs: Vec<crate::inference::models::TensorSpec>| {
+                specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype.as_str().to_owned(), shape: t.shape }).collect()
+            };
+            (convert(inputs), convert(outputs))
+        }
+        None => {
+            let signature: Option<ModelSignature> = stored.view.signature.and_then(|s| serde_json::from_value(s).ok());
+            let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
+                specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+            };
+            signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
+        }
     };
     Ok(ModelMetadata {
         name: name.to_owned(),
         versions,
         platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
-        inputs: convert(signature.inputs),
-        outputs: convert(signature.outputs),
+        inputs,
+        outputs,
     })
 }
 

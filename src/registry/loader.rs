@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::BATCH_BYTES;
 use super::keys::KeyService;
 use super::model::{ModelName, StoredVersion, VersionRef};
+use super::sealed::SealedRef;
 use super::service::RegistryService;
 use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
 use crate::crypto::Key;
@@ -167,27 +168,35 @@ impl RegistryService {
         Ok((stored, data_key))
     }
 
-    async fn plaintext_channel(
+    pub(super) async fn plaintext_channel(
         &self,
-        stored: &StoredVersion,
+        sealed: &SealedRef<'_>,
         data_key: &Key,
     ) -> Result<mpsc::Receiver<Result<Bytes, ArtifactError>>, ArtifactError> {
-        let source = self
-            .store
-            .read(&stored.object_key, stored.stored_bytes as u64)
-            .await
-            .map_err(|e| ArtifactError::Storage(e.to_string()))?;
-        let mut expected_sha256 = [0u8; 32];
-        hex::decode_to_slice(&stored.view.sha256, &mut expected_sha256).map_err(|_| ArtifactError::Checksum)?;
+        let source = self.store.read(sealed.object_key, sealed.stored_bytes).await.map_err(|e| ArtifactError::Storage(e.to_string()))?;
         let opener = Opener {
-            decryptor: Decryptor::new(data_key, &stored.view.id),
+            decryptor: Decryptor::new(data_key, &sealed.id),
             digest: Sha256::new(),
             unhashed: Vec::new(),
             size: 0,
-            expected_sha256,
-            expected_size: stored.view.size_bytes as u64,
+            expected_sha256: sealed.sha256,
+            expected_size: sealed.size,
         };
         Ok(decrypt_into_channel(source, opener))
+    }
+
+    /// The whole plaintext of a sealed object, verified, in memory.
+    pub(super) async fn read_verified(&self, sealed: &SealedRef<'_>, key: &Key) -> Result<Vec<u8>, ArtifactError> {
+        let mut rx = self.plaintext_channel(sealed, key).await?;
+        let mut bytes = Vec::with_capacity(sealed.size as usize);
+        while let Some(chunk) = rx.recv().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        if bytes.len() as u64 != sealed.size {
+            // The pipeline stopped without a verdict (its task was cancelled).
+            return Err(ArtifactError::Checksum);
+        }
+        Ok(bytes)
     }
 
     /// Resolve → fetch → decrypt and verify into memory. What inference workers call. A
@@ -202,7 +211,10 @@ impl RegistryService {
     ) -> Result<LoadedArtifact, ApiError> {
         let (stored, data_key) = self.open_version(tenant, name, version).await?;
         let bytes = match data_key {
-            Ok(key) => self.read_verified(&stored, &key).await,
+            Ok(key) => match SealedRef::of_version(&stored) {
+                Ok(sealed) => self.read_verified(&sealed, &key).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let event = AuditEvent::new(Some(tenant), actor, if bytes.is_ok() { "model.loaded" } else { "model.load_failed" })
@@ -227,19 +239,6 @@ impl RegistryService {
         }
     }
 
-    async fn read_verified(&self, stored: &StoredVersion, key: &Key) -> Result<Vec<u8>, ArtifactError> {
-        let mut rx = self.plaintext_channel(stored, key).await?;
-        let mut bytes = Vec::with_capacity(stored.view.size_bytes as usize);
-        while let Some(chunk) = rx.recv().await {
-            bytes.extend_from_slice(&chunk?);
-        }
-        if bytes.len() as u64 != stored.view.size_bytes as u64 {
-            // The pipeline stopped without a verdict (its task was cancelled).
-            return Err(ArtifactError::Checksum);
-        }
-        Ok(bytes)
-    }
-
     /// Audits the download, then streams the verified plaintext. A chunk that fails to
     /// authenticate ends the stream with an error, so the client never gets unverified bytes
     /// and sees a broken transfer rather than a complete-looking wrong file.
@@ -257,7 +256,8 @@ impl RegistryService {
             ApiError::new(Code::ArtifactIntegrity, format!("version {} of model `{name}` cannot be read: {e}", stored.view.version))
         };
         let data_key = data_key.map_err(unavailable)?;
-        let mut rx = self.plaintext_channel(&stored, &data_key).await.map_err(unavailable)?;
+        let sealed = SealedRef::of_version(&stored).map_err(unavailable)?;
+        let mut rx = self.plaintext_channel(&sealed, &data_key).await.map_err(unavailable)?;
         // A wrong key or a tampered first chunk is still answerable with a problem document;
         // later failures can only cut the transfer.
         let first = match rx.recv().await {

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod model;
 pub mod onnx;
 pub mod routes;
+pub mod sealed;
 pub mod service;
 pub mod store;
 pub mod upload;

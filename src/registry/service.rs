@@ -464,32 +464,34 @@ impl RegistryService {
         // a concurrent rotation.
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.id.0).execute(tx.conn()).await?;
         let (new_id, new_key, retired) = self.keys.rotate_tenant_key(&mut tx).await?;
-        let rows: Vec<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, tenant_key_id, wrapped_data_key FROM model_versions WHERE tenant_id = $1 AND tenant_key_id <> $2 FOR UPDATE",
-        )
-        .bind(tenant.id.0)
-        .bind(new_id)
-        .fetch_all(tx.conn())
-        .await?;
+        let mut rewrapped = 0usize;
         let mut old_keys = BTreeMap::new();
-        for (artifact, key_id, wrapped) in &rows {
-            if !old_keys.contains_key(key_id) {
-                old_keys.insert(*key_id, self.keys.tenant_key(&mut tx, *key_id).await?);
+        // Model artifacts and the other sealed objects (datasets, job outputs) alike.
+        for table in ["model_versions", "data_objects"] {
+            let select = format!("SELECT id, tenant_key_id, wrapped_data_key FROM {table} WHERE tenant_id = $1 AND tenant_key_id <> $2 FOR UPDATE");
+            let rows: Vec<(Uuid, Uuid, Vec<u8>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(tenant.id.0).bind(new_id).fetch_all(tx.conn()).await?;
+            let update = format!("UPDATE {table} SET tenant_key_id = $2, wrapped_data_key = $3 WHERE id = $1");
+            for (artifact, key_id, wrapped) in &rows {
+                if !old_keys.contains_key(key_id) {
+                    old_keys.insert(*key_id, self.keys.tenant_key(&mut tx, *key_id).await?);
+                }
+                let data_key = KeyService::unwrap_data_key(&old_keys[key_id], *artifact, wrapped)
+                    .map_err(|e| ApiError::internal(anyhow::anyhow!("data key of object {artifact}: {e}")))?;
+                sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+                    .bind(artifact)
+                    .bind(new_id)
+                    .bind(KeyService::wrap_data_key(&new_key, *artifact, &data_key))
+                    .execute(tx.conn())
+                    .await?;
             }
-            let data_key = KeyService::unwrap_data_key(&old_keys[key_id], *artifact, wrapped)
-                .map_err(|e| ApiError::internal(anyhow::anyhow!("data key of artifact {artifact}: {e}")))?;
-            sqlx::query("UPDATE model_versions SET tenant_key_id = $2, wrapped_data_key = $3 WHERE id = $1")
-                .bind(artifact)
-                .bind(new_id)
-                .bind(KeyService::wrap_data_key(&new_key, *artifact, &data_key))
-                .execute(tx.conn())
-                .await?;
+            rewrapped += rows.len();
         }
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "keys.tenant_rotated")
             .resource("tenant_key", new_id)
-            .details(json!({ "retired_key": retired, "rewrapped_data_keys": rows.len() }));
+            .details(json!({ "retired_key": retired, "rewrapped_data_keys": rewrapped }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
-        Ok(rows.len() as u64)
+        Ok(rewrapped as u64)
     }
 }

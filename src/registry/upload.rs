@@ -17,10 +17,12 @@ use super::onnx::{ModelSignature, SignatureScanner};
 use super::service::RegistryService;
 use super::store::{ArtifactStore, ArtifactWriter};
 use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::burnml::Architecture;
 use crate::crypto::random_key;
 use crate::crypto::stream::{Encryptor, sealed_len};
 use crate::error::{ApiError, Code};
 use crate::identity::Principal;
+use crate::jobs::csv::{CsvScanner, CsvTable};
 use crate::tenancy::TenantInfo;
 use crate::tenancy::db::TenantTx;
 
@@ -44,7 +46,7 @@ pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], ApiError> {
 }
 
 #[derive(Clone, Copy)]
-enum Limit {
+pub(super) enum Limit {
     /// The platform's cap on one artifact.
     Artifact(u64),
     /// What is left of the tenant's storage quota.
@@ -52,13 +54,13 @@ enum Limit {
 }
 
 impl Limit {
-    fn bytes(self) -> u64 {
+    pub(super) fn bytes(self) -> u64 {
         match self {
             Limit::Artifact(n) | Limit::Quota(n) => n,
         }
     }
 
-    fn exceeded(self) -> ApiError {
+    pub(super) fn exceeded(self) -> ApiError {
         match self {
             Limit::Artifact(n) => ApiError::new(Code::PayloadTooLarge, format!("an artifact may have at most {n} bytes")),
             Limit::Quota(n) => ApiError::new(
@@ -69,13 +71,61 @@ impl Limit {
     }
 }
 
+/// What an upload's bytes are checked as while they stream.
+pub(super) enum Check {
+    Onnx(SignatureScanner),
+    Csv(CsvScanner),
+    /// Burn weights are checked by loading them into their architecture, so they are kept
+    /// (bounded by what the largest architecture needs) until the upload ends.
+    Burn { architecture: Box<Architecture>, weights: Vec<u8> },
+}
+
+/// Weights of the largest architecture Tessera builds (50 M FP32 parameters) plus room for
+/// the container; anything bigger cannot be weights for it.
+const MAX_BURN_WEIGHTS_BYTES: usize = 50_000_000 * 4 + 16 * 1024 * 1024;
+
+/// What the check found in a complete upload.
+pub(super) enum Checked {
+    Nothing,
+    Onnx(ModelSignature),
+    Csv(CsvTable),
+}
+
+impl Check {
+    fn update(&mut self, piece: &[u8]) -> Result<(), ApiError> {
+        match self {
+            Check::Onnx(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string())),
+            Check::Csv(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidDataset, e.to_string())),
+            Check::Burn { weights, .. } => {
+                if weights.len() + piece.len() > MAX_BURN_WEIGHTS_BYTES {
+                    return Err(ApiError::new(Code::InvalidModel, "larger than the weights of any Burn architecture Tessera builds"));
+                }
+                weights.extend_from_slice(piece);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Checked, ApiError> {
+        Ok(match self {
+            Check::Onnx(scanner) => Checked::Onnx(scanner.finish().map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?),
+            Check::Csv(scanner) => Checked::Csv(scanner.finish().map_err(|e| ApiError::new(Code::InvalidDataset, e.to_string()))?),
+            Check::Burn { architecture, weights } => {
+                crate::burnml::from_bytes(&architecture, &weights)
+                    .map_err(|e| ApiError::new(Code::InvalidModel, format!("not weights of this {} architecture: {e}", architecture.name())))?;
+                Checked::Nothing
+            }
+        })
+    }
+}
+
 /// The per-byte work of an upload, moved to the blocking pool batch by batch.
-struct Intake {
-    encryptor: Encryptor,
-    digest: Sha256,
-    scanner: Option<SignatureScanner>,
-    received: u64,
-    limit: Limit,
+pub(super) struct Intake {
+    pub(super) encryptor: Encryptor,
+    pub(super) digest: Sha256,
+    pub(super) check: Check,
+    pub(super) received: u64,
+    pub(super) limit: Limit,
 }
 
 impl Intake {
@@ -85,13 +135,11 @@ impl Intake {
         if self.received > self.limit.bytes() {
             return Err(self.limit.exceeded());
         }
-        let (scanner, digest, encryptor) = (&mut self.scanner, &mut self.digest, &mut self.encryptor);
+        let (check, digest, encryptor) = (&mut self.check, &mut self.digest, &mut self.encryptor);
         std::thread::scope(|scope| {
             let checking = scope.spawn(move || {
                 for piece in pieces {
-                    if let Some(scanner) = scanner.as_mut() {
-                        scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?;
-                    }
+                    check.update(piece)?;
                     digest.update(piece);
                 }
                 Ok::<(), ApiError>(())
@@ -102,31 +150,27 @@ impl Intake {
         })
     }
 
-    fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Option<ModelSignature>, u64), ApiError> {
-        let signature = match self.scanner {
-            Some(scanner) => Some(scanner.finish().map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?),
-            None => None,
-        };
+    fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Checked, u64), ApiError> {
+        let checked = self.check.finish()?;
         let digest: [u8; 32] = self.digest.finalize().into();
-        Ok((self.encryptor.finish(), digest, signature, self.received))
+        Ok((self.encryptor.finish(), digest, checked, self.received))
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
 }
 
 /// Burn records hold weights, not the graph: they are accepted only for an architecture
 /// Tessera knows, with a configuration it can build.
-fn check_burn_spec(burn: Option<&serde_json::Value>) -> Result<serde_json::Value, ApiError> {
-    let spec = burn.ok_or_else(|| {
-        ApiError::new(Code::InvalidRequest, "a Burn artifact needs its `architecture` and `config`")
+fn check_burn_spec(burn: Option<&serde_json::Value>) -> Result<Architecture, ApiError> {
+    let spec = burn.ok_or_else(|| ApiError::new(Code::InvalidRequest, "a Burn artifact needs its `architecture` and `config`"))?;
+    let architecture: Architecture = serde_json::from_value(spec.clone()).map_err(|e| {
+        let name = spec.get("architecture").and_then(|a| a.as_str()).unwrap_or("");
+        ApiError::new(Code::InvalidRequest, format!("Burn architecture `{name}` (this build knows mlp and conv1d): {e}"))
     })?;
-    let architecture = spec.get("architecture").and_then(|a| a.as_str()).unwrap_or("");
-    Err(ApiError::new(
-        Code::InvalidModel,
-        format!("unknown Burn architecture `{architecture}`; this build knows none"),
-    ))
+    architecture.validate().map_err(|e| ApiError::new(Code::InvalidRequest, format!("Burn config: {e}")))?;
+    Ok(architecture)
 }
 
 impl RegistryService {
@@ -174,13 +218,14 @@ impl RegistryService {
     {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (_, framework) = Self::model_id(&mut tx, name, false).await?;
-        let burn = match framework {
+        let burn_architecture = match framework {
             Framework::Onnx if spec.burn.is_some() => {
                 return Err(ApiError::new(Code::InvalidRequest, "`architecture` and `config` apply to Burn models only"));
             }
             Framework::Onnx => None,
             Framework::Burn => Some(check_burn_spec(spec.burn.as_ref())?),
         };
+        let burn = burn_architecture.as_ref().map(|a| serde_json::to_value(a).expect("an architecture serialises"));
         let remaining = Self::remaining_quota(&mut tx).await?;
         let limit = if remaining < self.max_artifact_bytes { Limit::Quota(remaining) } else { Limit::Artifact(self.max_artifact_bytes) };
         if spec.declared_len.is_some_and(|n| n > limit.bytes()) {
@@ -194,13 +239,16 @@ impl RegistryService {
         let intake = Intake {
             encryptor: Encryptor::new(&data_key, &artifact),
             digest: Sha256::new(),
-            scanner: (framework == Framework::Onnx).then(SignatureScanner::new),
+            check: match &burn_architecture {
+                None => Check::Onnx(SignatureScanner::new()),
+                Some(architecture) => Check::Burn { architecture: Box::new(architecture.clone()), weights: Vec::new() },
+            },
             received: 0,
             limit,
         };
         let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
         let streamed = Self::stream_into(intake, &mut body, &mut writer).await;
-        let (size, digest, signature) = match streamed {
+        let (size, digest, checked) = match streamed {
             Ok(done) => done,
             Err(e) => {
                 writer.abort().await;
@@ -224,7 +272,10 @@ impl RegistryService {
             digest,
             object_key: &object_key,
             data_key,
-            signature: signature.map(|s| serde_json::to_value(s).expect("signature serialises")),
+            signature: match checked {
+                Checked::Onnx(s) => Some(serde_json::to_value(s).expect("signature serialises")),
+                Checked::Nothing | Checked::Csv(_) => None,
+            },
             burn,
             metadata: spec.metadata.unwrap_or_else(|| json!({})),
         };
@@ -240,11 +291,11 @@ impl RegistryService {
     }
 
     /// Streams the body through the intake into the writer; returns (size, SHA-256, signature).
-    async fn stream_into<S, E>(
+    pub(super) async fn stream_into<S, E>(
         mut intake: Intake,
         body: &mut S,
         writer: &mut ArtifactWriter,
-    ) -> Result<(u64, [u8; 32], Option<ModelSignature>), ApiError>
+    ) -> Result<(u64, [u8; 32], Checked), ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -274,16 +325,18 @@ impl RegistryService {
                 break;
             }
         }
-        let (sealed, digest, signature, size) = blocking(move || intake.finish()).await??;
+        let (sealed, digest, checked, size) = blocking(move || intake.finish()).await??;
         writer.write(sealed).await.map_err(ApiError::internal)?;
-        Ok((size, digest, signature))
+        Ok((size, digest, checked))
     }
 
     /// Bytes of the tenant's storage quota not yet used by live versions.
-    async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, ApiError> {
+    pub(super) async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, ApiError> {
         let (max, used): (i64, i64) = sqlx::query_as(
-            "SELECT t.max_storage_bytes, COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
-             WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0)::bigint FROM tenants t WHERE t.id = $1",
+            "SELECT t.max_storage_bytes, (COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
+             WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0) \
+             + COALESCE((SELECT sum(d.size_bytes) FROM data_objects d WHERE d.tenant_id = t.id), 0))::bigint \
+             FROM tenants t WHERE t.id = $1",
         )
         .bind(tx.tenant().0)
         .fetch_one(tx.conn())
@@ -300,13 +353,31 @@ impl RegistryService {
         info: &RequestInfo,
     ) -> Result<VersionView, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let author = Author { actor: AuditActor::of(actor), user: actor.user_id(), job: None };
+        let view = self.insert_version(&mut tx, &author, name, row, info).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Writes a version row and its audit event in the caller's transaction. The caller has
+    /// stored the sealed object already; the data key is wrapped here, under the tenant key
+    /// active now.
+    pub(super) async fn insert_version(
+        &self,
+        tx: &mut TenantTx,
+        author: &Author,
+        name: &ModelName,
+        row: NewVersionRow<'_>,
+        info: &RequestInfo,
+    ) -> Result<VersionView, ApiError> {
+        let tenant = tx.tenant();
         // Locking the tenant row serialises commits of one tenant, so concurrent uploads
         // cannot together overshoot the quota that each of them fitted alone.
-        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.id.0).execute(tx.conn()).await?;
-        let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
-        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(&mut tx).await?;
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.0).execute(tx.conn()).await?;
+        let (model_id, _) = Self::model_id(tx, name, true).await?;
+        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(tx).await?;
         let wrapped_data_key = KeyService::wrap_data_key(&tenant_key, row.artifact, &row.data_key);
-        let remaining = Self::remaining_quota(&mut tx).await?;
+        let remaining = Self::remaining_quota(tx).await?;
         if row.size > remaining {
             return Err(Limit::Quota(remaining).exceeded());
         }
@@ -317,11 +388,11 @@ impl RegistryService {
                 .await?;
         sqlx::query(
             "INSERT INTO model_versions (id, tenant_id, model_id, version, size_bytes, stored_bytes, sha256, object_key, \
-             tenant_key_id, wrapped_data_key, signature, burn, metadata, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             tenant_key_id, wrapped_data_key, signature, burn, metadata, created_by, job_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(row.artifact)
-        .bind(tenant.id.0)
+        .bind(tenant.0)
         .bind(model_id)
         .bind(version)
         .bind(row.size as i64)
@@ -333,34 +404,47 @@ impl RegistryService {
         .bind(&row.signature)
         .bind(&row.burn)
         .bind(&row.metadata)
-        .bind(actor.user_id())
+        .bind(author.user)
+        .bind(author.job)
         .execute(tx.conn())
         .await?;
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.version_uploaded")
+        let mut details = json!({
+            "model": name.as_str(),
+            "version": version,
+            "size_bytes": row.size,
+            "sha256": hex::encode(row.digest),
+            "tenant_key": tenant_key_id,
+        });
+        if let Some(job) = author.job {
+            details["job"] = json!(job);
+        }
+        let event = AuditEvent::new(Some(tenant), author.actor.clone(), "model.version_uploaded")
             .resource("model_version", row.artifact)
-            .details(json!({
-                "model": name.as_str(),
-                "version": version,
-                "size_bytes": row.size,
-                "sha256": hex::encode(row.digest),
-                "tenant_key": tenant_key_id,
-            }));
+            .details(details);
         self.auditor.record(tx.conn(), info, vec![event]).await?;
-        let stored = Self::stored_version(&mut tx, name, Some(&super::model::VersionRef::Number(version))).await?;
-        tx.commit().await?;
+        let stored = Self::stored_version(tx, name, Some(&super::model::VersionRef::Number(version))).await?;
         Ok(stored.view)
     }
 }
 
-struct NewVersionRow<'a> {
-    artifact: Uuid,
-    size: u64,
-    digest: [u8; 32],
-    object_key: &'a str,
+/// Who a new version is recorded as coming from.
+pub struct Author {
+    pub actor: AuditActor,
+    /// `created_by`: the user, when a user is behind it.
+    pub user: Option<Uuid>,
+    /// The training job that produced it: a job registers at most one version.
+    pub job: Option<Uuid>,
+}
+
+pub(super) struct NewVersionRow<'a> {
+    pub(super) artifact: Uuid,
+    pub(super) size: u64,
+    pub(super) digest: [u8; 32],
+    pub(super) object_key: &'a str,
     /// Wrapped at commit, under the tenant key active then: a rotation that commits while the
     /// bytes stream cannot leave this version under a retired key.
-    data_key: crate::crypto::Key,
-    signature: Option<serde_json::Value>,
-    burn: Option<serde_json::Value>,
-    metadata: serde_json::Value,
+    pub(super) data_key: crate::crypto::Key,
+    pub(super) signature: Option<serde_json::Value>,
+    pub(super) burn: Option<serde_json::Value>,
+    pub(super) metadata: serde_json::Value,
 }

@@ -56,6 +56,15 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("PUT", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
     ("DELETE", "/v1/tenants/{tenant}/models/{model}/aliases/{alias}", Rule::Only(MODEL_WRITERS)),
     ("POST", "/v1/tenants/{tenant}/keys/rotate", Rule::Only(&[PlatformAdmin, Owner])),
+    ("POST", "/v1/datasets", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/datasets", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/datasets/{id}", Rule::Only(JOB_RUNNERS)),
+    ("POST", "/v1/jobs", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/jobs", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/jobs/{id}", Rule::Only(JOB_RUNNERS)),
+    ("POST", "/v1/jobs/{id}/cancel", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/jobs/{id}/events", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/jobs/{id}/output", Rule::Only(JOB_RUNNERS)),
     ("GET", "/v2", Rule::Public),
     ("GET", "/v2/health/live", Rule::Public),
     ("GET", "/v2/health/ready", Rule::Public),
@@ -73,6 +82,9 @@ const INFERENCE: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, In
 
 const MODEL_WRITERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 const MODEL_READERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];
+
+/// `ml_engineer` or higher.
+const JOB_RUNNERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 
 const AUDITORS: &[As] = &[PlatformAdmin, Owner, Auditor];
 
@@ -96,6 +108,7 @@ pub fn fill(path: &str, tenant: &str) -> String {
         .replace("{model}", "no-such-model")
         .replace("{alias}", "production")
         .replace("{version}", "1")
+        .replace("{id}", &uuid::Uuid::new_v4().to_string())
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod cli;
 mod errors;
 mod health;
 mod inference;
+mod jobs;
 mod openapi_drift;
 mod registry;
 mod registry_keys;

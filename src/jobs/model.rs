@@ -1,0 +1,329 @@
+//! What a job is, as clients submit and see it. Specs parse into types that are valid by
+//! construction; anything else is a 400 naming the field before a job row exists.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::burnml::Architecture;
+use crate::burnml::train::TrainParams;
+use crate::error::{ApiError, Code};
+use crate::registry::model::{ModelName, VersionRef};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Train,
+    BatchInfer,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Train => "train",
+            JobKind::BatchInfer => "batch_infer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Failed on every allowed attempt: kept for inspection, never retried.
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Dead].into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// A job as submitted: `POST /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobRequest {
+    /// Train a Burn model on a dataset and register the result as a new version.
+    Train(TrainRequest),
+    /// Run a model version over every row of a dataset; the predictions become a CSV output.
+    BatchInfer(BatchInferRequest),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// The model the trained weights become a version of; created (framework `burn`) if it
+    /// does not exist.
+    #[schema(example = "churn-mlp")]
+    pub model: String,
+    /// `mlp` or `conv1d`.
+    #[schema(example = "mlp")]
+    pub architecture: String,
+    /// The architecture's configuration (layer sizes, activation, dropout, task).
+    #[schema(value_type = Object, example = json!({"inputs": 8, "hidden": [32, 32], "outputs": 3}))]
+    pub config: Value,
+    /// A dataset id (`POST /v1/datasets`).
+    pub dataset: Uuid,
+    /// The column to predict: class indices 0..outputs-1 (classification) or values (regression).
+    #[schema(example = "label")]
+    pub target: String,
+    /// Feature columns, in the order the model sees them (default: every other column).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    #[serde(default = "default_epochs")]
+    pub epochs: u32,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_epochs() -> u32 {
+    10
+}
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_validation_split() -> f64 {
+    0.2
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchInferRequest {
+    #[schema(example = "churn-mlp")]
+    pub model: String,
+    /// A version number or alias (default: the latest version).
+    #[serde(default)]
+    #[schema(example = "production")]
+    pub version: Option<String>,
+    pub dataset: Uuid,
+    /// Input columns, in the model's input order (default: every column).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+}
+
+/// A training request after parsing: what a worker runs.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub model: ModelName,
+    pub architecture: Architecture,
+    pub dataset: Uuid,
+    pub target: String,
+    pub features: Option<Vec<String>>,
+    pub params: TrainParams,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchInferJob {
+    pub model: ModelName,
+    pub version: Option<VersionRef>,
+    pub dataset: Uuid,
+    pub features: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    Train(TrainJob),
+    BatchInfer(BatchInferJob),
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::InvalidRequest, message.into())
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobRequest::Train(_) => JobKind::Train,
+            JobRequest::BatchInfer(_) => JobKind::BatchInfer,
+        }
+    }
+
+    pub fn dataset(&self) -> Uuid {
+        match self {
+            JobRequest::Train(t) => t.dataset,
+            JobRequest::BatchInfer(b) => b.dataset,
+        }
+    }
+
+    /// Parses everything that can be checked without the dataset.
+    pub fn parse(&self) -> Result<JobSpec, ApiError> {
+        match self {
+            JobRequest::Train(t) => {
+                let architecture: Architecture =
+                    serde_json::from_value(serde_json::json!({ "architecture": t.architecture, "config": t.config }))
+                        .map_err(|e| invalid(format!("architecture `{}` with this config: {e}", t.architecture)))?;
+                architecture.validate().map_err(|e| invalid(format!("config: {e}")))?;
+                let params = TrainParams {
+                    epochs: t.epochs,
+                    learning_rate: t.learning_rate,
+                    batch_size: t.batch_size,
+                    validation_split: t.validation_split,
+                    seed: t.seed,
+                };
+                params.validate().map_err(invalid)?;
+                check_columns(t.features.as_deref())?;
+                if t.features.as_ref().is_some_and(|f| f.contains(&t.target)) {
+                    return Err(invalid(format!("the target `{}` cannot also be a feature", t.target)));
+                }
+                Ok(JobSpec::Train(TrainJob {
+                    model: ModelName::parse(&t.model)?,
+                    architecture,
+                    dataset: t.dataset,
+                    target: t.target.clone(),
+                    features: t.features.clone(),
+                    params,
+                }))
+            }
+            JobRequest::BatchInfer(b) => {
+                check_columns(b.features.as_deref())?;
+                Ok(JobSpec::BatchInfer(BatchInferJob {
+                    model: ModelName::parse(&b.model)?,
+                    version: b.version.as_deref().map(VersionRef::parse).transpose()?,
+                    dataset: b.dataset,
+                    features: b.features.clone(),
+                }))
+            }
+        }
+    }
+}
+
+fn check_columns(columns: Option<&[String]>) -> Result<(), ApiError> {
+    if let Some(columns) = columns {
+        if columns.is_empty() {
+            return Err(invalid("features, when given, must name at least one column"));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].contains(c) {
+                return Err(invalid(format!("feature `{c}` is listed twice")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Picks feature columns (and the target, for training) out of a table's header.
+pub fn column_indices(header: &[String], wanted: Option<&[String]>, exclude: Option<&str>) -> Result<Vec<usize>, String> {
+    match wanted {
+        Some(names) => names
+            .iter()
+            .map(|n| header.iter().position(|h| h == n).ok_or_else(|| format!("the dataset has no column `{n}`")))
+            .collect(),
+        None => Ok((0..header.len()).filter(|i| Some(header[*i].as_str()) != exclude).collect()),
+    }
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    /// The request as submitted.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    /// The latest progress report (epoch, loss, metric, rows done).
+    #[schema(value_type = Object)]
+    pub progress: Value,
+    /// Training: the registered model version and its metrics. Batch inference: the output.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// An uploaded dataset or a job's output.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DatasetView {
+    pub id: Uuid,
+    pub name: String,
+    pub columns: Vec<String>,
+    pub rows: i64,
+    pub size_bytes: i64,
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(extra: Value) -> Result<JobSpec, ApiError> {
+        let mut body = serde_json::json!({
+            "kind": "train", "model": "m", "architecture": "mlp",
+            "config": {"inputs": 2, "hidden": [4], "outputs": 2},
+            "dataset": Uuid::nil(), "target": "y"
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value::<JobRequest>(body).map_err(|e| invalid(e.to_string()))?.parse()
+    }
+
+    #[test]
+    fn a_minimal_training_request_gets_defaults() {
+        let JobSpec::Train(job) = train(serde_json::json!({})).unwrap() else { panic!() };
+        assert_eq!((job.params.epochs, job.params.batch_size), (10, 32));
+    }
+
+    #[test]
+    fn bad_requests_name_what_is_wrong() {
+        for (extra, needle) in [
+            (serde_json::json!({"epochs": 0}), "epochs"),
+            (serde_json::json!({"learning_rate": -1.0}), "learning_rate"),
+            (serde_json::json!({"architecture": "transformer"}), "transformer"),
+            (serde_json::json!({"config": {"inputs": 2, "hidden": [4], "outputs": 2, "colour": 1}}), "colour"),
+            (serde_json::json!({"features": ["y"]}), "target"),
+            (serde_json::json!({"model": "no spaces"}), "name"),
+            (serde_json::json!({"unknown": 1}), "unknown"),
+        ] {
+            let err = train(extra.clone()).unwrap_err();
+            assert!(err.detail().contains(needle), "{extra}: {}", err.detail());
+        }
+    }
+
+    #[test]
+    fn columns_resolve_against_the_header() {
+        let header: Vec<String> = ["a", "b", "y"].map(String::from).to_vec();
+        assert_eq!(column_indices(&header, None, Some("y")).unwrap(), [0, 1]);
+        assert_eq!(column_indices(&header, Some(&["b".into(), "a".into()]), None).unwrap(), [1, 0]);
+        assert!(column_indices(&header, Some(&["c".into()]), None).unwrap_err().contains("`c`"));
+    }
+}

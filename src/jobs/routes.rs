@@ -1,0 +1,251 @@
+//! `/v1/datasets` and `/v1/jobs`: thin handlers over `JobService`, in the caller's tenant.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use bytes::Bytes;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::model::{DatasetView, JobKind, JobRequest, JobStatus, JobView};
+use super::service::{JobFilter, JobService};
+use crate::audit::RequestInfo;
+use crate::error::{ApiError, Code};
+use crate::identity::{Guarded, perm};
+use crate::registry::model::ModelName;
+use crate::startup::AppState;
+use crate::tenancy::TenantId;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetQuery {
+    /// A name for the dataset (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct IdPath {
+    /// The id.
+    id: Uuid,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobListQuery {
+    pub status: Option<JobStatus>,
+    pub kind: Option<JobKind>,
+    /// The last id of the previous page: jobs older than it.
+    pub before: Option<Uuid>,
+    /// At most this many (1–200, default 50).
+    pub limit: Option<u32>,
+}
+
+/// Upload a dataset: a CSV file with a header of column names and numeric rows, streamed and
+/// encrypted as it arrives. The first malformed line is reported by number.
+#[utoipa::path(
+    tag = "jobs", params(DatasetQuery), security(("bearer" = [])),
+    request_body(content = String, content_type = "text/csv", description = "The CSV file"),
+    responses(
+        (status = 201, body = DatasetView),
+        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "Not a valid numeric CSV (`invalid_dataset`), with the line"),
+        (status = 413, body = crate::error::Problem, content_type = "application/problem+json", description = "Larger than the dataset limit"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Storage quota exceeded (`quota_exceeded`)"),
+    )
+)]
+#[post("/v1/datasets")]
+pub async fn upload_dataset(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    req: HttpRequest,
+    query: web::Query<DatasetQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        let ok = content_type.to_str().is_ok_and(|t| t.starts_with("text/csv") || t.starts_with("application/octet-stream"));
+        if !ok {
+            return Err(ApiError::new(Code::UnsupportedMediaType, "upload the dataset as text/csv"));
+        }
+    }
+    let name = ModelName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.detail().replace("model name", "dataset name")))?;
+    let declared_len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let tenant = guard.tenant()?.id;
+    let view = state.jobs.upload_dataset(&guard.principal, tenant, &name, body, declared_len, &info).await?;
+    Ok(HttpResponse::Created().json(view))
+}
+
+/// The tenant's datasets, newest first.
+#[utoipa::path(tag = "jobs", security(("bearer" = [])), responses((status = 200, body = Vec<DatasetView>)))]
+#[get("/v1/datasets")]
+pub async fn list_datasets(guard: Guarded<{ perm::JOBS_RUN }>, state: web::Data<AppState>) -> Result<web::Json<Vec<DatasetView>>, ApiError> {
+    Ok(web::Json(state.jobs.list_datasets(guard.tenant()?.id).await?))
+}
+
+/// A dataset's header, size and checksum.
+#[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = DatasetView)))]
+#[get("/v1/datasets/{id}")]
+pub async fn get_dataset(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    path: web::Path<IdPath>,
+) -> Result<web::Json<DatasetView>, ApiError> {
+    Ok(web::Json(state.jobs.get_dataset(guard.tenant()?.id, path.id).await?))
+}
+
+/// Submit a training or batch inference job. With an `Idempotency-Key` header, resubmitting
+/// the same request returns the job the first submission created (200) instead of a new one.
+#[utoipa::path(
+    tag = "jobs", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes resubmission safe: the same key and body give the same job")),
+    request_body = JobRequest,
+    responses(
+        (status = 201, body = JobView, description = "Queued"),
+        (status = 200, body = JobView, description = "The job an earlier submission with this Idempotency-Key created"),
+        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "The key was used for a different request (`idempotency_key_reused`)"),
+    )
+)]
+#[post("/v1/jobs")]
+pub async fn submit_job(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    req: HttpRequest,
+    body: web::Json<JobRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+                ApiError::new(Code::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+            })?;
+            Some(key.to_owned())
+        }
+    };
+    let (job, created) = state.jobs.submit(&guard.principal, guard.tenant()?.id, body.into_inner(), key, &info).await?;
+    let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.insert_header((header::LOCATION, format!("/v1/jobs/{}", job.id))).json(job))
+}
+
+/// The tenant's jobs, newest first, filtered by status and kind.
+#[utoipa::path(tag = "jobs", params(JobListQuery), security(("bearer" = [])), responses((status = 200, body = Vec<JobView>)))]
+#[get("/v1/jobs")]
+pub async fn list_jobs(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    query: web::Query<JobListQuery>,
+) -> Result<web::Json<Vec<JobView>>, ApiError> {
+    let query = query.into_inner();
+    let filter = JobFilter { status: query.status, kind: query.kind, before: query.before, limit: query.limit.unwrap_or(50) };
+    Ok(web::Json(state.jobs.list(guard.tenant()?.id, &filter).await?))
+}
+
+/// A job: status, attempts, latest progress, result or error.
+#[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = JobView)))]
+#[get("/v1/jobs/{id}")]
+pub async fn get_job(guard: Guarded<{ perm::JOBS_RUN }>, state: web::Data<AppState>, path: web::Path<IdPath>) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.jobs.get(guard.tenant()?.id, path.id).await?))
+}
+
+/// Cancel a job: at once if it is queued, at its next epoch (or batch of rows) if running.
+#[utoipa::path(
+    tag = "jobs", params(IdPath), security(("bearer" = [])),
+    responses(
+        (status = 200, body = JobView),
+        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already finished (`job_finished`)"),
+    )
+)]
+#[post("/v1/jobs/{id}/cancel")]
+pub async fn cancel_job(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<IdPath>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.jobs.cancel(&guard.principal, guard.tenant()?.id, path.id, &info).await?))
+}
+
+/// A batch inference job's predictions, as CSV (decrypted as it is served; audited).
+#[utoipa::path(
+    tag = "jobs", params(IdPath), security(("bearer" = [])),
+    responses((status = 200, description = "The predictions", content_type = "text/csv", body = String))
+)]
+#[get("/v1/jobs/{id}/output")]
+pub async fn job_output(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = state.jobs.output(&guard.principal, guard.tenant()?.id, path.id, &info).await?;
+    Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(bytes))
+}
+
+/// The job's events as Server-Sent Events: `status` changes and `progress` (epoch, loss,
+/// metric, rows done), from the start or after `Last-Event-ID`. The stream ends after the
+/// job's final status.
+#[utoipa::path(
+    tag = "jobs", params(IdPath, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`text/event-stream`: `id`, `event` (status, progress, log) and JSON `data`", content_type = "text/event-stream", body = String))
+)]
+#[get("/v1/jobs/{id}/events")]
+pub async fn job_events(
+    guard: Guarded<{ perm::JOBS_RUN }>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = guard.tenant()?.id;
+    let after = match req.headers().get("last-event-id") {
+        None => 0,
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+            ApiError::new(Code::InvalidHeader, "Last-Event-ID must be the id of an event of this stream")
+        })?,
+    };
+    // The job must be visible before the stream starts: a 404 is a problem document, not an
+    // empty stream.
+    state.jobs.get(tenant, path.id).await?;
+    let stream = event_stream(state.jobs.clone(), tenant, path.id, after);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn event_stream(jobs: JobService, tenant: TenantId, job: Uuid, after: i64) -> impl futures::Stream<Item = Result<Bytes, ApiError>> {
+    let poll = Duration::from_millis(jobs.settings().events_poll_ms);
+    futures::stream::unfold((jobs, after, false, Duration::ZERO), move |(jobs, mut last, finished, mut quiet)| async move {
+        if finished {
+            return None;
+        }
+        loop {
+            let (events, status) = match jobs.events_since(tenant, job, last).await {
+                Ok(found) => found,
+                Err(e) => return Some((Err(e), (jobs, last, true, quiet))),
+            };
+            if !events.is_empty() {
+                let mut text = String::new();
+                for event in &events {
+                    text.push_str(&format!("id: {}\nevent: {}\ndata: {}\n\n", event.id, event.kind, event.data));
+                    last = event.id;
+                }
+                // Final once the status is and every event up to it has been sent.
+                let done = status.is_final() && events.len() < 500;
+                return Some((Ok(Bytes::from(text)), (jobs, last, done, Duration::ZERO)));
+            }
+            if status.is_final() {
+                return None;
+            }
+            if quiet >= KEEP_ALIVE {
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (jobs, last, false, Duration::ZERO)));
+            }
+            tokio::time::sleep(poll).await;
+            quiet += poll;
+        }
+    })
+}

@@ -1,0 +1,218 @@
+//! Sealed objects: the registry's envelope encryption for tenant data other than uploaded
+//! artifacts: datasets, batch inference outputs and trained weights. The same invariants hold:
+//! ciphertext only in the store, a data key per object wrapped by the tenant key at commit,
+//! every chunk authenticated and the whole object checked against its SHA-256 on the way back.
+
+use bytes::Bytes;
+use futures::Stream;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::keys::KeyService;
+use super::loader::ArtifactError;
+use super::model::{Framework, ModelName, StoredVersion, VersionView};
+use super::service::RegistryService;
+use super::store::ArtifactStore;
+use super::upload::{Author, Check, Checked, Intake, Limit, NewVersionRow, blocking};
+use crate::audit::{AuditEvent, RequestInfo};
+use crate::crypto::stream::{Encryptor, sealed_len};
+use crate::crypto::{Key, random_key};
+use crate::error::{ApiError, Code};
+use crate::jobs::csv::{CsvScanner, CsvTable};
+use crate::tenancy::TenantId;
+use crate::tenancy::db::TenantTx;
+
+/// Where a sealed object is and what it must decrypt to.
+pub struct SealedRef<'a> {
+    pub id: Uuid,
+    pub object_key: &'a str,
+    pub stored_bytes: u64,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl<'a> SealedRef<'a> {
+    pub(super) fn of_version(stored: &'a StoredVersion) -> Result<Self, ArtifactError> {
+        let mut sha256 = [0u8; 32];
+        hex::decode_to_slice(&stored.view.sha256, &mut sha256).map_err(|_| ArtifactError::Checksum)?;
+        Ok(Self {
+            id: stored.view.id,
+            object_key: &stored.object_key,
+            stored_bytes: stored.stored_bytes as u64,
+            size: stored.view.size_bytes as u64,
+            sha256,
+        })
+    }
+}
+
+/// A freshly stored object whose row is not written yet. Its data key is wrapped only when
+/// the row is (`wrap`), under the tenant key active then.
+pub struct SealedObject {
+    pub id: Uuid,
+    pub object_key: String,
+    pub size: u64,
+    pub stored_bytes: u64,
+    pub sha256: [u8; 32],
+    data_key: Key,
+}
+
+impl RegistryService {
+    /// Encrypts bytes held in memory into a new object.
+    pub async fn seal(&self, tenant: TenantId, plain: Vec<u8>) -> Result<SealedObject, ApiError> {
+        let id = Uuid::now_v7();
+        let data_key = random_key();
+        let object_key = ArtifactStore::key_for(tenant.0, id);
+        let key = data_key.clone();
+        let (sealed, sha256, size) = blocking(move || {
+            let mut encryptor = Encryptor::new(&key, &id);
+            let mut sealed = encryptor.update(&plain);
+            sealed.extend(encryptor.finish());
+            let sha256: [u8; 32] = Sha256::digest(&plain).into();
+            (sealed, sha256, plain.len() as u64)
+        })
+        .await?;
+        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        if let Err(e) = writer.write(sealed).await {
+            writer.abort().await;
+            return Err(ApiError::internal(e));
+        }
+        writer.finish().await.map_err(ApiError::internal)?;
+        Ok(SealedObject { id, object_key, size, stored_bytes: sealed_len(size), sha256, data_key })
+    }
+
+    /// Streams a CSV body through validation and encryption into a new object. Nothing is
+    /// left in the store unless the whole file is valid and fits `max_bytes` and the quota.
+    pub async fn seal_csv<S, E>(&self, tenant: TenantId, mut body: S, max_bytes: u64, declared_len: Option<u64>) -> Result<(SealedObject, CsvTable), ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let remaining = Self::remaining_quota(&mut tx).await?;
+        tx.commit().await?;
+        let limit = if remaining < max_bytes { Limit::Quota(remaining) } else { Limit::Artifact(max_bytes) };
+        if declared_len.is_some_and(|n| n > limit.bytes()) {
+            return Err(limit.exceeded());
+        }
+        let id = Uuid::now_v7();
+        let data_key = random_key();
+        let object_key = ArtifactStore::key_for(tenant.0, id);
+        let intake = Intake {
+            encryptor: Encryptor::new(&data_key, &id),
+            digest: Sha256::new(),
+            check: Check::Csv(CsvScanner::validating()),
+            received: 0,
+            limit,
+        };
+        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        let (size, sha256, checked) = match Self::stream_into(intake, &mut body, &mut writer).await {
+            Ok(done) => done,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        let Checked::Csv(table) = checked else { unreachable!("a CSV check yields a table") };
+        writer.finish().await.map_err(ApiError::internal)?;
+        Ok((SealedObject { id, object_key, size, stored_bytes: sealed_len(size), sha256, data_key }, table))
+    }
+
+    /// Wraps the object's data key under the tenant's active key, for its row.
+    pub async fn wrap(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(Uuid, Vec<u8>), ApiError> {
+        let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(tx).await?;
+        Ok((tenant_key_id, KeyService::wrap_data_key(&tenant_key, sealed.id, &sealed.data_key)))
+    }
+
+    /// Reads a sealed object back into memory, verified.
+    pub async fn open_sealed(
+        &self,
+        tenant: TenantId,
+        sealed: &SealedRef<'_>,
+        tenant_key_id: Uuid,
+        wrapped_data_key: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let tenant_key = self.keys.tenant_key(&mut tx, tenant_key_id).await?;
+        tx.commit().await?;
+        let refused = |e: ArtifactError| {
+            tracing::error!(object = %sealed.id, error = %e, "sealed object refused to open");
+            ApiError::new(Code::ArtifactIntegrity, format!("stored object {} cannot be read: {e}", sealed.id))
+        };
+        let data_key = KeyService::unwrap_data_key(&tenant_key, sealed.id, wrapped_data_key).map_err(|_| refused(ArtifactError::Key))?;
+        self.read_verified(sealed, &data_key).await.map_err(refused)
+    }
+
+    /// Removes an object whose row was never written (or lost a race to be written).
+    pub async fn discard(&self, object_key: &str) {
+        if let Err(e) = self.store.delete(object_key).await {
+            tracing::warn!(error = %e, object_key, "removing an unused object failed");
+        }
+    }
+
+    /// The framework of a live model, or `None` when there is no such model.
+    pub async fn framework_of(&self, tenant: TenantId, name: &ModelName) -> Result<Option<Framework>, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let found = match Self::model_id(&mut tx, name, false).await {
+            Ok((_, framework)) => Some(framework),
+            Err(e) if e.code() == Code::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// Registers trained Burn weights as a new version of `name` (created if it does not
+    /// exist) in the caller's transaction. The unique job id on versions makes a retried job
+    /// register at most once: a second attempt fails here with `AlreadyExists`.
+    pub async fn register_trained(
+        &self,
+        tx: &mut TenantTx,
+        author: &Author,
+        name: &ModelName,
+        sealed: &SealedObject,
+        burn: serde_json::Value,
+        metadata: serde_json::Value,
+        info: &RequestInfo,
+    ) -> Result<VersionView, ApiError> {
+        let created = sqlx::query(
+            "INSERT INTO models (id, tenant_id, name, framework, created_by) VALUES ($1, $2, $3, 'burn', $4) \
+             ON CONFLICT (tenant_id, name) WHERE deleted_at IS NULL DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tx.tenant().0)
+        .bind(name.as_str())
+        .bind(author.user)
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        let (_, framework) = Self::model_id(tx, name, false).await?;
+        if framework != Framework::Burn {
+            return Err(ApiError::new(Code::InvalidRequest, format!("model `{name}` is not a Burn model")));
+        }
+        if created {
+            let event = AuditEvent::new(Some(tx.tenant()), author.actor.clone(), "model.created")
+                .details(json!({ "model": name.as_str(), "framework": "burn", "job": author.job }));
+            self.auditor.record(tx.conn(), info, vec![event]).await?;
+        }
+        let already: Option<i32> = sqlx::query_scalar("SELECT version FROM model_versions WHERE job_id = $1")
+            .bind(author.job)
+            .fetch_optional(tx.conn())
+            .await?;
+        if let Some(version) = already {
+            return Err(ApiError::new(Code::AlreadyExists, format!("the job already registered version {version}")));
+        }
+        let row = NewVersionRow {
+            artifact: sealed.id,
+            size: sealed.size,
+            digest: sealed.sha256,
+            object_key: &sealed.object_key,
+            data_key: sealed.data_key.clone(),
+            signature: None,
+            burn: Some(burn),
+            metadata,
+        };
+        self.insert_version(tx, author, name, row, info).await
+    }
+}
