@@ -20,11 +20,7 @@ PORT="${TESSERA_BENCH_PORT:-18990}"
 BARE_PORT="${BARE_PORT:-18991}"
 DURATION="${DURATION:-10}"
 
-ensure_packages
-ensure_running
-ensure_onnxruntime
-command -v wrk >/dev/null 2>&1 || { log "installing wrk"; as_root apt-get install -y -qq wrk >/dev/null; }
-[ -x /tmp/peer-tools/bin/python ] || VENVS=tools "$PEERS_DIR/setup_venvs.sh"
+bench_load_tools "$PEERS_DIR"
 
 work="$(mktemp -d /tmp/tessera-bench-inference.XXXXXX)"
 bench_environment "$PORT" "$work"
@@ -84,28 +80,12 @@ done
 "$bin" model upload "$work/models/tiny.onnx" --server "$api" --token "$uploader_agg" \
   --tenant bench-agg --model tiny --create --no-progress >/dev/null
 
-# run LABEL URL BODY CONNECTIONS [HEADERS]: one wrk run; prints req/s, p50, p99.
-run() {
-  local out
-  out="$(BODY_FILE="$3" HEADERS="${5:-}" wrk -t1 -c"$4" -d"${DURATION}s" --latency -s tests/bench/oip.lua "$2")"
-  python3 - "$1" "$4" <<PY
-import re, sys
-text = """$out"""
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-def pct(p):
-    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, text)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-bad = re.search(r"non2xx=(\d+) bad=(\d+)", text)
-print(f"| {sys.argv[1]} | {sys.argv[2]} | {rps:,.0f} | {pct(50):.3f} | {pct(99):.3f} | {bad.group(1) if bad else '?'} |")
-PY
-}
 
 auth="Authorization: Bearer $caller"
 log "warming up"
 for c in 1 16; do
-  run warmup "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" >/dev/null
-  run warmup "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth" >/dev/null
+  wrk_run warmup "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" >/dev/null
+  wrk_run warmup "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth" >/dev/null
 done
 curl -fsS "$api/v2/models/slow/ready" -H "$auth" >/dev/null
 
@@ -113,15 +93,15 @@ echo
 echo "| target | connections | req/s | p50 ms | p99 ms | non-2xx |"
 echo "|---|---:|---:|---:|---:|---:|"
 for c in 1 16 64; do
-  run "bare handler, tiny" "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c"
-  run "tessera, tiny" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
+  wrk_run "bare handler, tiny" "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c"
+  wrk_run "tessera, tiny" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
 done
-run "tessera, mlp b1, batching on" "$api/v2/models/mlp/infer" "$work/req/mlp_b1.json" 64 "$auth"
-run "tessera, mlp b1, batching off" "$api/v2/models/mlp-nobatch/infer" "$work/req/mlp_b1.json" 64 "$auth"
+wrk_run "tessera, mlp b1, batching on" "$api/v2/models/mlp/infer" "$work/req/mlp_b1.json" 64 "$auth"
+wrk_run "tessera, mlp b1, batching off" "$api/v2/models/mlp-nobatch/infer" "$work/req/mlp_b1.json" 64 "$auth"
 slow_headers="$auth;;Inference-Header-Content-Length: $slow_header_len"
-run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
-run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
+wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
+wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 for round in 1 2; do
-  run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
-  run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"
+  wrk_run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
+  wrk_run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"
 done

@@ -171,3 +171,32 @@ wait_ready() {
   for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
   return 1
 }
+
+# bench_load_tools PEERS_DIR: what the wrk benchmarks need besides the services: ONNX Runtime,
+# wrk, and the peers' tools virtualenv (numpy and onnx, to make models and request bodies).
+bench_load_tools() {
+  ensure_packages
+  ensure_running
+  ensure_onnxruntime
+  command -v wrk >/dev/null 2>&1 || { log "installing wrk"; as_root apt-get install -y -qq wrk >/dev/null; }
+  [ -x /tmp/peer-tools/bin/python ] || VENVS=tools "$1/setup_venvs.sh"
+}
+
+# wrk_run LABEL URL BODY CONNECTIONS [HEADERS]: one wrk run of DURATION seconds (default 10)
+# with tests/bench/oip.lua; prints a Markdown row: req/s, p50 and p99 in ms, non-2xx count.
+# HEADERS: `Name: value` pairs separated by `;;`.
+wrk_run() {
+  local out
+  out="$(BODY_FILE="$3" HEADERS="${5:-}" wrk -t1 -c"$4" -d"${DURATION:-10}s" --latency -s "$TESSERA_ROOT/tests/bench/oip.lua" "$2")"
+  python3 - "$1" "$4" "$out" <<'PY'
+import re, sys
+label, connections, text = sys.argv[1], sys.argv[2], sys.argv[3]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def pct(p):
+    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+bad = re.search(r"non2xx=(\d+) bad=(\d+)", text)
+print(f"| {label} | {connections} | {rps:,.0f} | {pct(50):.3f} | {pct(99):.3f} | {bad.group(1) if bad else '?'} |")
+PY
+}

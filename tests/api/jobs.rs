@@ -440,3 +440,31 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
     let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
     assert!(events.contains("\"takeover\":true"), "{events}");
 }
+
+#[tokio::test]
+async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
+    let s = setup(0).await;
+    let mut workers = Reaper(vec![worker_process(&s.app), worker_process(&s.app)]);
+    let dataset = s.dataset(blobs_csv(600, 17)).await;
+    let id = s.submit(&s.owner, &train_spec(&dataset, 40), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
+    let holder: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
+    let stopping = workers.0.iter().position(|c| holder.split('-').rev().nth(1) == Some(&c.id().to_string())).expect("a worker holds the job");
+    let pid = workers.0[stopping].id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exited = eventually(30, || {
+        let done = workers.0[stopping].try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the worker did not stop on SIGTERM");
+
+    let job = s.finished(&id, 240).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // Handed back, not failed: the interrupted attempt does not count.
+    assert_eq!(job["attempts"], 1, "{job}");
+    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    assert!(events.contains("worker shutting down"), "{events}");
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(versions, 1);
+}
