@@ -2,7 +2,8 @@
 //! sink: the request hands its event over and moves on; a background writer appends them in
 //! batches. Every call is recorded, but calls of one tenant, action and actor that arrive within
 //! a few milliseconds share one chained record, whose `details.calls` lists each call (time,
-//! resource, outcome, client, request id, details). A Postgres row per call would cost more than
+//! resource, outcome, client, request id, details; what all of them share is stated once in
+//! `details.common`). A Postgres row per call would cost more than
 //! the call itself; a row per batch keeps auditing every call affordable.
 //!
 //! Nothing is dropped: the queue is bounded and a full queue makes requests wait (back-
@@ -22,8 +23,9 @@ use uuid::Uuid;
 use super::{AuditEvent, Auditor, RequestInfo};
 
 const QUEUE: usize = 65_536;
-/// The calls of a shared record are arrays in this order (named once per record, in
-/// `details.call_fields`): half the bytes of objects, and nothing to sort when canonicalising.
+/// The fields of a call. In a shared record, those every call has in common are stored once in
+/// `details.common`; the others are arrays in this order, named once in `details.call_fields`:
+/// fewer bytes than objects, and nothing to sort when canonicalising.
 pub const CALL_FIELDS: [&str; 8] =
     ["at", "resource_type", "resource_id", "outcome", "client_addr", "user_agent", "request_id", "details"];
 const MAX_BATCH: usize = 2_000;
@@ -181,6 +183,74 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
     write_with_retry(&pool, &auditor, rest).await;
 }
 
+/// Splits a record's calls into the fields every call shares (`common`, named once) and the
+/// fields that vary (`call_fields`, one array per call in that order). A burst of calls from
+/// one client to one model repeats its address, user agent, model and outcome: stored once,
+/// they no longer cost JSON, hashing and Postgres storage per call.
+fn compact(
+    entries: Vec<[serde_json::Value; CALL_FIELDS.len()]>,
+) -> (serde_json::Map<String, serde_json::Value>, Vec<&'static str>, Vec<serde_json::Value>) {
+    let shared: Vec<bool> = (0..CALL_FIELDS.len())
+        .map(|f| CALL_FIELDS[f] != "at" && entries.iter().all(|e| e[f] == entries[0][f]))
+        .collect();
+    let mut common = serde_json::Map::new();
+    if let Some(first) = entries.first() {
+        for (f, name) in CALL_FIELDS.iter().enumerate() {
+            if shared[f] {
+                common.insert((*name).to_owned(), first[f].clone());
+            }
+        }
+    }
+    let call_fields: Vec<&'static str> = CALL_FIELDS.iter().zip(&shared).filter(|(_, s)| !**s).map(|(n, _)| *n).collect();
+    let calls = entries
+        .into_iter()
+        .map(|entry| serde_json::Value::Array(entry.into_iter().zip(&shared).filter(|(_, s)| !**s).map(|(v, _)| v).collect()))
+        .collect();
+    (common, call_fields, calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shared_fields_are_stated_once_and_expand_back() {
+        let entry = |at: &str, rows: u64| -> [serde_json::Value; CALL_FIELDS.len()] {
+            [at.into(), "model".into(), "m".into(), "success".into(), "10.0.0.1".into(), serde_json::Value::Null, at.into(), json!({ "rows": rows })]
+        };
+        let (common, fields, calls) = compact(vec![entry("t1", 1), entry("t2", 2)]);
+        assert_eq!(fields, ["at", "request_id", "details"]);
+        assert_eq!(common["client_addr"], "10.0.0.1");
+        let details = json!({ "call_fields": fields, "common": common, "calls": calls });
+        let expanded = expand_calls(&details);
+        assert_eq!(expanded.len(), 2);
+        assert_eq!(expanded[1]["details"]["rows"], 2);
+        assert_eq!(expanded[1]["resource_id"], "m");
+        assert_eq!(expanded[0].len(), CALL_FIELDS.len());
+    }
+}
+
+/// The calls of a shared record as whole objects (field name → value), `common` fields
+/// included: how a reader of an export sees each call.
+pub fn expand_calls(details: &serde_json::Value) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let fields: Vec<&str> = details["call_fields"].as_array().map(|f| f.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
+    let common = details["common"].as_object().cloned().unwrap_or_default();
+    let Some(calls) = details["calls"].as_array() else { return Vec::new() };
+    calls
+        .iter()
+        .map(|call| {
+            let mut full = common.clone();
+            if let Some(values) = call.as_array() {
+                for (name, value) in fields.iter().zip(values) {
+                    full.insert((*name).to_owned(), value.clone());
+                }
+            }
+            full
+        })
+        .collect()
+}
+
 /// One submitted call (or, `summary`, one aggregated count that is written as it is).
 #[derive(Clone)]
 struct Call {
@@ -231,7 +301,7 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
     for (_, group) in groups {
         let first = &group[0].event;
         let mode = first.details.get("audit_mode").cloned().unwrap_or_else(|| "every_call".into());
-        let entries: Vec<serde_json::Value> = group
+        let entries: Vec<[serde_json::Value; CALL_FIELDS.len()]> = group
             .iter()
             .map(|c| {
                 let mut details = c.event.details.clone();
@@ -239,20 +309,22 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
                     d.remove("audit_mode");
                     d.remove("sample_rate");
                 }
-                serde_json::json!([
-                    c.at,
-                    c.event.resource_type,
-                    c.event.resource_id,
-                    c.event.outcome.as_str(),
-                    c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }),
-                    c.info.user_agent,
-                    c.info.request_id,
+                [
+                    c.at.as_str().into(),
+                    c.event.resource_type.into(),
+                    c.event.resource_id.as_deref().into(),
+                    c.event.outcome.as_str().into(),
+                    c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }).into(),
+                    c.info.user_agent.as_deref().into(),
+                    c.info.request_id.as_deref().into(),
                     details,
-                ])
+                ]
             })
             .collect();
-        let mut details =
-            serde_json::json!({ "audit_mode": mode, "count": entries.len(), "call_fields": CALL_FIELDS, "calls": entries });
+        let (common, call_fields, calls) = compact(entries);
+        let mut details = serde_json::json!({
+            "audit_mode": mode, "count": calls.len(), "call_fields": call_fields, "common": common, "calls": calls,
+        });
         if let Some(rate) = first.details.get("sample_rate") {
             details["sample_rate"] = rate.clone();
         }
