@@ -69,7 +69,8 @@ job = json.load(sys.stdin)
 assert job["status"] == "succeeded", job
 m = job["result"]["metrics"]
 print(f"\n## Training job through the API (MLP 256-1024-1024-10, 6,400 training rows x 2 epochs)\n")
-print(f"samples/s {m[\"samples_per_second\"]:,.0f}, validation accuracy {m[\"accuracy\"]:.3f}, {m[\"seconds\"]:.1f} s")'
+rate, accuracy, seconds = m["samples_per_second"], m["accuracy"], m["seconds"]
+print(f"samples/s {rate:,.0f}, validation accuracy {accuracy:.3f}, {seconds:.1f} s")'
 
 curl -fsS "$api/v1/tenants/bench/models" -H "authorization: Bearer $engineer" -H 'content-type: application/json' \
   -d '{"name":"mlp-onnx","framework":"onnx"}' >/dev/null

@@ -468,3 +468,51 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
     assert_eq!(versions, 1);
 }
+
+#[tokio::test]
+async fn the_job_cli_submits_with_its_dataset_and_follows_to_the_result() {
+    let s = setup(1).await;
+    let dir = std::env::temp_dir().join(format!("tessera-job-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("blobs.csv"), blobs_csv(300, 21)).unwrap();
+    let spec = train_spec("00000000-0000-0000-0000-000000000000", 4);
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    let cli = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command.args(args).args(["--server", &s.app.address, "--token", &s.owner]).env_remove("TESSERA_SERVER").env_remove("TESSERA_TOKEN");
+        command
+    };
+    let spec_path = dir.join("spec.json");
+    let csv_path = dir.join("blobs.csv");
+    let output = tokio::task::spawn_blocking({
+        let mut command = cli(&["job", "submit", spec_path.to_str().unwrap(), "--dataset", csv_path.to_str().unwrap(), "--idempotency-key", "cli-1"]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let id = stdout.lines().next().unwrap().trim().to_owned();
+    assert!(stdout.contains("\"accuracy\""), "the result is printed: {stdout}");
+    assert!(stdout.contains("progress") || stdout.contains("status"), "{stdout}");
+    assert_eq!(s.job(&id).await["status"], "succeeded");
+
+    let output = tokio::task::spawn_blocking({
+        let mut command = cli(&["job", "status", &id]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["id"], json!(id));
+    // An unknown job: one line naming the problem, exit code 1.
+    let output = tokio::task::spawn_blocking({
+        let mut command = cli(&["job", "logs", "00000000-0000-0000-0000-000000000000"]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not_found"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,7 +79,7 @@ fn training_throughput(label: &str, arch: &Architecture, data: &train::Dataset, 
     let samples: usize = trained.history.iter().map(|r| r.samples).sum();
     let seconds: f64 = trained.history.iter().map(|r| r.seconds).sum();
     println!(
-        "| {label} | {} rows × {epochs} epochs, batch {batch_size} | {:,.0} | {:.3} |",
+        "| {label} | {} rows × {epochs} epochs, batch {batch_size} | {:.0} | {:.3} |",
         data.rows,
         samples as f64 / seconds,
         trained.validation_metric
