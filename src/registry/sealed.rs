@@ -176,7 +176,8 @@ impl RegistryService {
         info: &RequestInfo,
     ) -> Result<VersionView, ApiError> {
         let created = sqlx::query(
-            "INSERT INTO models (id, tenant_id, name, framework, created_by) VALUES ($1, $2, $3, 'burn', $4) \
+            // Burn inference has no randomness (no dropout when serving): results may be cached.
+            "INSERT INTO models (id, tenant_id, name, framework, deterministic, created_by) VALUES ($1, $2, $3, 'burn', true, $4) \
              ON CONFLICT (tenant_id, name) WHERE deleted_at IS NULL DO NOTHING",
         )
         .bind(Uuid::now_v7())

