@@ -71,7 +71,9 @@ pub enum Architecture {
 
 fn check_size(name: &str, value: usize) -> Result<(), String> {
     if value == 0 || value > MAX_SIZE {
-        return Err(format!("{name} must be between 1 and {MAX_SIZE}, got {value}"));
+        return Err(format!(
+            "{name} must be between 1 and {MAX_SIZE}, got {value}"
+        ));
     }
     Ok(())
 }
@@ -238,7 +240,8 @@ mod tests {
         let json = r#"{"architecture":"mlp","config":{"inputs":8,"hidden":[64,64],"outputs":3}}"#;
         let arch: Architecture = serde_json::from_str(json).unwrap();
         assert_eq!(arch, mlp());
-        let back: Architecture = serde_json::from_str(&serde_json::to_string(&arch).unwrap()).unwrap();
+        let back: Architecture =
+            serde_json::from_str(&serde_json::to_string(&arch).unwrap()).unwrap();
         assert_eq!(back, arch);
 
         let json = r#"{"architecture":"conv1d","config":{"channels":2,"length":16,"filters":[8],
@@ -251,7 +254,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let json = r#"{"architecture":"mlp","config":{"inputs":8,"hidden":[],"outputs":3,"extra":1}}"#;
+        let json =
+            r#"{"architecture":"mlp","config":{"inputs":8,"hidden":[],"outputs":3,"extra":1}}"#;
         assert!(serde_json::from_str::<Architecture>(json).is_err());
         let json = r#"{"architecture":"mlp","config":{"inputs":8,"hidden":[],"outputs":3,"activation":"swish"}}"#;
         assert!(serde_json::from_str::<Architecture>(json).is_err());
@@ -259,7 +263,10 @@ mod tests {
 
     #[test]
     fn parameter_counts() {
-        assert_eq!(mlp().parameter_count(), 8 * 64 + 64 + 64 * 64 + 64 + 64 * 3 + 3);
+        assert_eq!(
+            mlp().parameter_count(),
+            8 * 64 + 64 + 64 * 64 + 64 + 64 * 3 + 3
+        );
         let conv = Architecture::Conv1d(Conv1dConfig {
             channels: 2,
             length: 32,
@@ -270,13 +277,18 @@ mod tests {
             dropout: 0.0,
             task: Task::Classification,
         });
-        assert_eq!(conv.parameter_count(), (2 * 8 * 5 + 8) + (8 * 16 * 5 + 16) + (16 * 2 + 2));
+        assert_eq!(
+            conv.parameter_count(),
+            (2 * 8 * 5 + 8) + (8 * 16 * 5 + 16) + (16 * 2 + 2)
+        );
     }
 
     #[test]
     fn validation_messages() {
         let err = |f: &dyn Fn(&mut MlpConfig)| {
-            let Architecture::Mlp(mut c) = mlp() else { unreachable!() };
+            let Architecture::Mlp(mut c) = mlp() else {
+                unreachable!()
+            };
             f(&mut c);
             Architecture::Mlp(c).validate().unwrap_err()
         };
@@ -288,7 +300,9 @@ mod tests {
         assert!(err(&|c| c.outputs = 1).contains("at least 2"));
         assert!(err(&|c| c.hidden = vec![65_536; 16]).contains("parameters"));
 
-        let Architecture::Mlp(mut c) = mlp() else { unreachable!() };
+        let Architecture::Mlp(mut c) = mlp() else {
+            unreachable!()
+        };
         c.outputs = 1;
         c.task = Task::Regression;
         assert!(Architecture::Mlp(c).validate().is_ok());

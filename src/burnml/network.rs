@@ -2,8 +2,6 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Linear, PaddingConfig1d};
 use burn::tensor::{Device, Tensor, TensorData, activation};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 use super::arch::{Activation, Architecture, Task};
 
@@ -37,9 +35,49 @@ fn activate<const D: usize>(activation: Activation, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// SplitMix64 (Steele, Lea and Flood, 2014), the source of all randomness here.
+///
+/// Not `rand`'s `StdRng`: its algorithm may change between `rand` releases, which would quietly
+/// change what a seed produces, and its generic code, compiled into this crate, is slow without
+/// optimization (the default `dev` profile), where it dominated small training runs.
+#[derive(Debug, Clone)]
+pub(crate) struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> Self {
+        SeededRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` for `n > 0`, by multiply-shift (bias at most n / 2^64).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
 /// Dropout drawn from the caller's RNG instead of the backend's process-wide one, so that
 /// concurrent trainings stay independent and each stays reproducible from its seed.
-fn dropout<const D: usize>(x: Tensor<D>, prob: f64, rng: Option<&mut StdRng>) -> Tensor<D> {
+fn dropout<const D: usize>(x: Tensor<D>, prob: f64, rng: Option<&mut SeededRng>) -> Tensor<D> {
     let Some(rng) = rng else { return x };
     if prob <= 0.0 {
         return x;
@@ -47,7 +85,7 @@ fn dropout<const D: usize>(x: Tensor<D>, prob: f64, rng: Option<&mut StdRng>) ->
     let shape = x.shape();
     let scale = (1.0 / (1.0 - prob)) as f32;
     let mask: Vec<f32> = (0..shape.num_elements())
-        .map(|_| if rng.random::<f64>() < prob { 0.0 } else { scale })
+        .map(|_| if rng.next_f64() < prob { 0.0 } else { scale })
         .collect();
     let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
     x * mask
@@ -55,7 +93,7 @@ fn dropout<const D: usize>(x: Tensor<D>, prob: f64, rng: Option<&mut StdRng>) ->
 
 impl Model {
     /// `[batch, features]` to `[batch, outputs]`; dropout is applied only when `rng` is given.
-    pub fn forward(&self, x: Tensor<2>, mut rng: Option<&mut StdRng>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<2>, mut rng: Option<&mut SeededRng>) -> Tensor<2> {
         let spec = self.spec;
         let x = match spec.conv {
             None => {
@@ -86,7 +124,7 @@ enum Source {
     /// PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn
     /// from our own seeded RNG: the backend's RNG is one process-wide global, which concurrent
     /// trainings would race on.
-    Seeded(StdRng),
+    Seeded(SeededRng),
     /// For a module whose values are about to be overwritten by loaded weights.
     Zeros,
 }
@@ -99,12 +137,19 @@ struct Fill {
 }
 
 impl Fill {
-    fn param<const D: usize>(&mut self, shape: [usize; D], fan_in: usize, device: &Device) -> Param<Tensor<D>> {
+    fn param<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        fan_in: usize,
+        device: &Device,
+    ) -> Param<Tensor<D>> {
         let n = shape.iter().product();
         let values = match &mut self.source {
             Source::Seeded(rng) => {
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
+                (0..n)
+                    .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
+                    .collect()
             }
             Source::Zeros => vec![0.0; n],
         };
@@ -138,12 +183,26 @@ impl Fill {
 impl Model {
     /// Builds the module on `device` (plain or autodiff) with weights drawn from `seed`.
     pub fn init(arch: &Architecture, seed: u64, device: &Device) -> Model {
-        Self::build(arch, Fill { source: Source::Seeded(StdRng::seed_from_u64(seed)), next_id: 1 }, device)
+        Self::build(
+            arch,
+            Fill {
+                source: Source::Seeded(SeededRng::new(seed)),
+                next_id: 1,
+            },
+            device,
+        )
     }
 
     /// An all-zero module of the right shapes, to load weights into.
     pub fn zeros(arch: &Architecture, device: &Device) -> Model {
-        Self::build(arch, Fill { source: Source::Zeros, next_id: 1 }, device)
+        Self::build(
+            arch,
+            Fill {
+                source: Source::Zeros,
+                next_id: 1,
+            },
+            device,
+        )
     }
 
     fn build(arch: &Architecture, mut fill: Fill, device: &Device) -> Model {
@@ -159,7 +218,11 @@ impl Model {
                     convs: Vec::new(),
                     hidden,
                     head: fill.linear(fan_in, c.outputs, device),
-                    spec: Spec { activation: c.activation, dropout: c.dropout, conv: None },
+                    spec: Spec {
+                        activation: c.activation,
+                        dropout: c.dropout,
+                        conv: None,
+                    },
                 }
             }
             Architecture::Conv1d(c) => {
@@ -207,11 +270,19 @@ impl Network {
             panic!("invalid architecture: {e}");
         }
         let device = cpu();
-        Network { arch: arch.clone(), model: Model::init(arch, seed, &device), device }
+        Network {
+            arch: arch.clone(),
+            model: Model::init(arch, seed, &device),
+            device,
+        }
     }
 
     pub(crate) fn from_model(arch: &Architecture, model: Model) -> Network {
-        Network { arch: arch.clone(), model, device: cpu() }
+        Network {
+            arch: arch.clone(),
+            model,
+            device: cpu(),
+        }
     }
 
     pub(crate) fn model(&self) -> &Model {
@@ -220,6 +291,11 @@ impl Network {
 
     pub fn architecture(&self) -> &Architecture {
         &self.arch
+    }
+
+    /// The CPU device the weights live on; tensors passed to [`Network::forward`] belong here.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Raw network output for `[batch, input_features]`: logits for classification, values for
@@ -256,12 +332,37 @@ impl Network {
 
     pub(crate) fn infer_unchecked(&self, input: &[f32], rows: usize) -> Vec<f32> {
         let features = self.arch.input_features();
-        let x = Tensor::<2>::from_data(TensorData::new(input.to_vec(), [rows, features]), &self.device);
-        let mut y = self.model.forward(x, None);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(input.to_vec(), [rows, features]),
+            &self.device,
+        );
+        let mut y = self
+            .model
+            .forward(x, None)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("network output is f32");
         if self.arch.task() == Task::Classification {
-            y = activation::softmax(y, 1);
+            // On the host: for a handful of logits per row this is cheaper than the five tensor
+            // ops of a softmax, each with its own dispatch cost.
+            for row in y.chunks_mut(self.arch.outputs()) {
+                softmax_in_place(row);
+            }
         }
-        y.into_data().try_into_vec::<f32>().expect("network output is f32")
+        y
+    }
+}
+
+/// Numerically stable softmax (max subtracted first).
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
     }
 }
 
@@ -270,7 +371,7 @@ mod tests {
     use super::*;
     use crate::burnml::arch::{Conv1dConfig, MlpConfig};
 
-    pub(crate) fn small_mlp() -> Architecture {
+    fn small_mlp() -> Architecture {
         Architecture::Mlp(MlpConfig {
             inputs: 8,
             hidden: vec![64, 64],
@@ -285,6 +386,29 @@ mod tests {
     fn network_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Network>();
+    }
+
+    #[test]
+    fn concurrent_inference_agrees_with_sequential() {
+        let net = Network::init(&small_mlp(), 5);
+        let input: Vec<f32> = (0..8 * 8).map(|i| (i % 7) as f32 * 0.2 - 0.6).collect();
+        let expected = net.infer(&input, 8).unwrap();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..200)
+                            .map(|_| net.infer(&input, 8).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for worker in workers {
+                for out in worker.join().unwrap() {
+                    assert_eq!(out, expected);
+                }
+            }
+        });
     }
 
     #[test]
@@ -325,14 +449,21 @@ mod tests {
         assert_eq!(out.len(), 6);
         // dropout is off at inference: repeated calls agree
         assert_eq!(out, net.infer(&vec![0.25; 20 * 3], 3).unwrap());
-        let raw = net.forward(Tensor::<2>::from_data(TensorData::new(vec![0.25f32; 60], [3, 20]), &cpu()));
+        let raw = net.forward(Tensor::<2>::from_data(
+            TensorData::new(vec![0.25f32; 60], [3, 20]),
+            &cpu(),
+        ));
         assert_eq!(raw.into_data().try_into_vec::<f32>().unwrap(), out);
     }
 
     #[test]
     fn infer_rejects_bad_input() {
         let net = Network::init(&small_mlp(), 1);
-        assert!(net.infer(&[0.0; 7], 1).unwrap_err().contains("expected 1 rows"));
+        assert!(
+            net.infer(&[0.0; 7], 1)
+                .unwrap_err()
+                .contains("expected 1 rows")
+        );
         let mut x = [0.0; 16];
         x[9] = f32::NAN;
         assert!(net.infer(&x, 2).unwrap_err().contains("row 1 column 1"));
