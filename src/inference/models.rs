@@ -43,6 +43,9 @@ pub struct LoadedModel {
     pub outputs: Vec<TensorSpec>,
     /// Every input and output has a free first dimension: requests may be batched.
     pub batchable: bool,
+    /// The engine refuses NaN and infinities (Burn): inputs are checked first, so the client
+    /// gets a 400 naming the element rather than a failed run.
+    pub finite_inputs: bool,
     pub cache_ttl_seconds: u64,
     pub pool: WorkerPool,
     bytes: u64,
@@ -297,6 +300,7 @@ impl ModelManager {
             inputs,
             outputs,
             batchable,
+            finite_inputs: resolved.framework == Framework::Burn,
             cache_ttl_seconds: if resolved.deterministic {
                 serving.cache_ttl_seconds.unwrap_or(self.settings.cache_ttl_seconds)
             } else {

@@ -50,6 +50,12 @@ pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, A
                 shape_text(&spec.shape)
             )));
         }
+        if model.finite_inputs
+            && let TensorData::Fp32(values) = &input.data
+            && let Some(at) = values.iter().position(|v| !v.is_finite())
+        {
+            return Err(invalid(format!("input '{}': element {at} is {}; this model takes finite numbers", input.name, values[at])));
+        }
         slots[index] = Some((input.shape, input.data));
     }
     let mut inputs = Vec::with_capacity(slots.len());
