@@ -43,8 +43,10 @@ CREATE TABLE jobs (
     -- Set when an entry for the job was added to the stream; cleared when it must be added again.
     dispatched_at     timestamptz,
     cancel_requested  boolean NOT NULL DEFAULT false,
-    -- The worker running the job and until when its claim holds unless renewed.
+    -- The worker running the job, the stream entry it runs it under, and until when its claim
+    -- holds unless renewed.
     worker            text,
+    stream_entry      text,
     lease_until       timestamptz,
     progress          jsonb NOT NULL DEFAULT '{}',
     result            jsonb,
@@ -88,11 +90,14 @@ ALTER TABLE job_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE job_events FORCE ROW LEVEL SECURITY;
 CREATE POLICY job_events_tenant ON job_events USING (tenant_id = app_tenant_id()) WITH CHECK (tenant_id = app_tenant_id());
 
--- Dispatching is the one cross-tenant step: jobs that are due and not in the stream (new,
--- retried after back-off, or whose worker's lease ran out) are marked dispatched and returned,
--- so the caller can add them to the stream. SKIP LOCKED lets several dispatchers run at once.
+-- Dispatching is the one cross-tenant step: jobs that are due and not in the stream are marked
+-- dispatched and returned, so the caller can add them to the stream. That is: queued jobs never
+-- added or not added for `p_queued_after` (their entry lost with Redis), and running jobs whose
+-- worker's lease ran out `p_expired_after` ago without a takeover (the entry itself lost). A
+-- duplicate entry costs a look at the row: the worker acknowledges it. SKIP LOCKED lets several
+-- dispatchers run at once.
 CREATE POLICY jobs_definer ON jobs TO CURRENT_USER USING (true);
-CREATE FUNCTION jobs_to_dispatch(p_limit integer, p_redispatch_after interval)
+CREATE FUNCTION jobs_to_dispatch(p_limit integer, p_queued_after interval, p_expired_after interval)
     RETURNS TABLE (id uuid, tenant_id uuid)
     LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public
     AS $$
@@ -100,9 +105,9 @@ CREATE FUNCTION jobs_to_dispatch(p_limit integer, p_redispatch_after interval)
     FROM (
         SELECT id FROM jobs
         WHERE (status = 'queued' AND next_attempt_at <= now()
-               AND (dispatched_at IS NULL OR dispatched_at < now() - p_redispatch_after))
-           OR (status = 'running' AND lease_until < now()
-               AND (dispatched_at IS NULL OR dispatched_at < now() - p_redispatch_after))
+               AND (dispatched_at IS NULL OR dispatched_at < now() - p_queued_after))
+           OR (status = 'running' AND lease_until < now() - p_expired_after
+               AND (dispatched_at IS NULL OR dispatched_at < now() - p_expired_after))
         ORDER BY next_attempt_at
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -110,14 +115,14 @@ CREATE FUNCTION jobs_to_dispatch(p_limit integer, p_redispatch_after interval)
     WHERE j.id = due.id
     RETURNING j.id, j.tenant_id
     $$;
-REVOKE ALL ON FUNCTION jobs_to_dispatch(integer, interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION jobs_to_dispatch(integer, interval) TO tessera_app;
+REVOKE ALL ON FUNCTION jobs_to_dispatch(integer, interval, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION jobs_to_dispatch(integer, interval, interval) TO tessera_app;
 
 -- Data objects are immutable but for re-wrapping their data key (tenant key rotation).
 GRANT SELECT, INSERT ON data_objects TO tessera_app;
 GRANT UPDATE (tenant_key_id, wrapped_data_key) ON data_objects TO tessera_app;
 GRANT SELECT, INSERT ON jobs TO tessera_app;
-GRANT UPDATE (status, attempts, next_attempt_at, dispatched_at, cancel_requested, worker, lease_until, progress,
+GRANT UPDATE (status, attempts, next_attempt_at, dispatched_at, cancel_requested, worker, stream_entry, lease_until, progress,
               result, error, started_at, finished_at) ON jobs TO tessera_app;
 GRANT SELECT, INSERT ON job_events TO tessera_app;
 GRANT USAGE ON SEQUENCE job_events_id_seq TO tessera_app;

@@ -14,7 +14,7 @@ use super::service::JobRow;
 use crate::audit::{AuditEvent, RequestInfo};
 use crate::inference::engine::RunOutput;
 use crate::inference::protocol::{DataType, TensorData};
-use crate::inference::worker::Job;
+use crate::inference::worker::{Job, WorkError};
 use crate::tenancy::db::TenantTx;
 
 /// Rows per trip to the model's workers: big enough to amortise the hop, small enough that
@@ -83,7 +83,7 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         }
         let mut shape = vec![end - start];
         shape.extend(&row_shape);
-        let outputs = run_chunk(&model.pool, shape, values).await?;
+        let outputs = run_chunk(control, &model.pool, shape, values).await?;
         if header.is_none() {
             let names = output_columns(&model.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(), &outputs, end - start);
             text.push_str(&names.join(","));
@@ -92,6 +92,14 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         }
         write_rows(&mut text, &outputs, end - start).map_err(Stop::Rejected)?;
         done = end;
+        // The output is held, encrypted and served whole: it gets the same cap as a dataset.
+        let projected = text.len() as u64 / done as u64 * rows as u64;
+        if projected > service.settings.max_dataset_bytes {
+            return Err(Stop::Rejected(format!(
+                "the predictions would take about {projected} bytes, more than the {} bytes an output may have",
+                service.settings.max_dataset_bytes
+            )));
+        }
         if (n + 1) % REPORT_EVERY == 0 && control.report(json!({ "rows_done": done, "rows": rows })).await == Decision::Stop {
             return Err(control.stop_reason().unwrap_or(Stop::Cancelled));
         }
@@ -102,7 +110,11 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
     store_output(control, row, &job, header.unwrap_or_default(), rows, text.into_bytes(), resolved.version).await
 }
 
-async fn run_chunk(pool: &crate::inference::worker::WorkerPool, shape: Vec<usize>, values: Vec<f32>) -> Result<Vec<RunOutput>, Stop> {
+/// How long a chunk may wait for room in the model's queue before the job gives up (the
+/// attempt is retried later).
+const QUEUE_WAIT: Duration = Duration::from_secs(120);
+
+async fn run_chunk(control: &Control, pool: &crate::inference::worker::WorkerPool, shape: Vec<usize>, values: Vec<f32>) -> Result<Vec<RunOutput>, Stop> {
     let (reply, answer) = oneshot::channel();
     let mut job = Job {
         inputs: vec![(shape, TensorData::Fp32(values))],
@@ -111,13 +123,23 @@ async fn run_chunk(pool: &crate::inference::worker::WorkerPool, shape: Vec<usize
         span: tracing::Span::current(),
         reply,
     };
-    // A full queue is the model's backpressure: wait for room rather than fail the job.
+    // A full queue is the model's backpressure: wait for room rather than fail the job, but
+    // not forever (its workers may be gone) and not past a cancellation or shutdown.
+    let waiting = std::time::Instant::now();
     while let Err(back) = pool.submit(job) {
         job = back;
+        if let Some(stop) = control.stop_reason() {
+            return Err(stop);
+        }
+        if waiting.elapsed() > QUEUE_WAIT {
+            return Err(Stop::Failed(format!("the model's queue stayed full for {} s", QUEUE_WAIT.as_secs())));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     match answer.await {
         Ok(Ok(outputs)) => Ok(outputs),
+        // The same rows would fail the same way again.
+        Ok(Err(WorkError::Failed(e))) => Err(Stop::Rejected(format!("the model failed: {e}"))),
         Ok(Err(e)) => Err(Stop::Failed(format!("the model failed: {e:?}"))),
         Err(_) => Err(Stop::Failed("the model's worker stopped".into())),
     }

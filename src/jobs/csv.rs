@@ -106,19 +106,20 @@ impl CsvScanner {
         split_fields(text, &mut self.fields).map_err(|message| CsvError { line, message })?;
         match &self.columns {
             None => {
+                if self.fields.len() > MAX_COLUMNS {
+                    return Err(CsvError { line, message: format!("header: more than {MAX_COLUMNS} columns") });
+                }
                 let mut names: Vec<String> = Vec::with_capacity(self.fields.len());
+                let mut seen = std::collections::HashSet::with_capacity(self.fields.len());
                 for (i, name) in self.fields.iter().enumerate() {
                     let name = name.trim();
                     if name.is_empty() {
                         return Err(CsvError { line, message: format!("header: column {} has no name", i + 1) });
                     }
-                    if names.iter().any(|n| n == name) {
+                    if !seen.insert(name) {
                         return Err(CsvError { line, message: format!("header: column `{name}` appears twice") });
                     }
                     names.push(name.to_owned());
-                }
-                if names.len() > MAX_COLUMNS {
-                    return Err(CsvError { line, message: format!("header: more than {MAX_COLUMNS} columns") });
                 }
                 self.columns = Some(names);
             }
@@ -251,6 +252,13 @@ mod tests {
         assert_eq!(scan("", 64).unwrap_err().line, 0);
         assert_eq!(scan("a,b\n", 64).unwrap_err().message, "the file has a header but no rows");
         assert_eq!(scan("a\n\u{fffd}\n", 64).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn a_header_with_too_many_columns_is_refused_before_its_names_are_compared() {
+        let header: Vec<String> = (0..MAX_COLUMNS + 1).map(|i| format!("c{i}")).collect();
+        let err = scan(&format!("{}\n", header.join(",")), 4096).unwrap_err();
+        assert_eq!((err.line, err.message.contains("more than")), (1, true));
     }
 
     #[test]

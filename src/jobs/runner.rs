@@ -113,9 +113,12 @@ enum Claim {
     Leave,
 }
 
+/// `host-pid-n-random`: the random part keeps names unique where hosts or pids repeat
+/// (containers run as pid 1, replicas may share a hostname); leases are fenced by this name.
 fn consumer_name(n: usize) -> String {
     let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty());
-    format!("{}-{}-{n}", host.unwrap_or_else(|| "tessera".into()), std::process::id())
+    let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{}-{}-{n}-{nonce}", host.unwrap_or_else(|| "tessera".into()), std::process::id())
 }
 
 impl JobService {
@@ -141,11 +144,8 @@ impl JobService {
     /// back-off, jobs whose entry was lost) to it.
     async fn dispatch_loop(self, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.settings.dispatch_interval_ms);
-        // Entries of live jobs are touched or consumed well within this; an older dispatch
-        // that left the job where it was means the entry is gone.
-        let redispatch_after = (self.visibility() * 4).max(Duration::from_secs(30));
         loop {
-            if let Err(e) = self.dispatch_due(redispatch_after).await {
+            if let Err(e) = self.dispatch_due().await {
                 tracing::warn!(error = ?e, "dispatching due jobs failed");
             }
             tokio::select! {
@@ -155,11 +155,19 @@ impl JobService {
         }
     }
 
-    pub async fn dispatch_due(&self, redispatch_after: Duration) -> Result<usize, ApiError> {
-        let due: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT id, tenant_id FROM jobs_to_dispatch(100, make_interval(secs => $1))")
-            .bind(redispatch_after.as_secs_f64())
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn dispatch_due(&self) -> Result<usize, ApiError> {
+        // A queued job's entry waits until a worker is free, however long that is: only one
+        // left alone for this long is presumed lost (Redis restarted without its data).
+        let queued_after = Duration::from_secs(300);
+        // A dead worker's entry is normally taken over (XAUTOCLAIM) as its lease runs out.
+        let expired_after = (self.visibility() * 4).max(Duration::from_secs(30));
+        let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT id, tenant_id FROM jobs_to_dispatch(100, make_interval(secs => $1), make_interval(secs => $2))",
+        )
+        .bind(queued_after.as_secs_f64())
+        .bind(expired_after.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
         for (job, tenant) in &due {
             self.queue.enqueue(*job, *tenant).await.map_err(|e| ApiError::unavailable(format!("Redis: {e}"), 1))?;
         }
@@ -209,7 +217,7 @@ impl JobService {
             return;
         }
         let tenant = TenantId(delivery.tenant);
-        let claim = match self.claim(tenant, delivery.job, worker).await {
+        let claim = match self.claim(tenant, delivery.job, worker, &delivery.entry).await {
             Ok(claim) => claim,
             Err(e) => {
                 // Left pending: it comes back after the visibility timeout.
@@ -300,17 +308,19 @@ impl JobService {
         }
     }
 
-    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str) -> Result<Claim, ApiError> {
+    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let state: Option<(String, bool, bool, bool, i32, i32)> = sqlx::query_as(
-            "SELECT status, COALESCE(lease_until < now(), true), next_attempt_at <= now(), cancel_requested, attempts, max_attempts \
-             FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        let state: Option<(String, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
+            "SELECT status, COALESCE(lease_until < now(), true), next_attempt_at <= now(), cancel_requested, attempts, max_attempts, \
+             stream_entry FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         )
         .bind(tenant.0)
         .bind(job)
         .fetch_optional(tx.conn())
         .await?;
-        let Some((status, expired, due, cancel_requested, attempts, max_attempts)) = state else { return Ok(Claim::Acknowledge) };
+        let Some((status, expired, due, cancel_requested, attempts, max_attempts, running_entry)) = state else {
+            return Ok(Claim::Acknowledge);
+        };
         let takeover = match status.as_str() {
             "queued" if !due => {
                 // Early (a retry still backing off): the dispatcher adds it again when due.
@@ -319,6 +329,8 @@ impl JobService {
                 return Ok(Claim::Acknowledge);
             }
             "queued" => false,
+            // A second entry for a job that runs under another one: a duplicate.
+            "running" if !expired && running_entry.as_deref() != Some(entry) => return Ok(Claim::Acknowledge),
             "running" if !expired => return Ok(Claim::Leave),
             "running" => true,
             _ => return Ok(Claim::Acknowledge),
@@ -346,12 +358,17 @@ impl JobService {
             return Ok(Claim::Acknowledge);
         }
         let sql = format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $2, \
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $2, stream_entry = $4, \
              lease_until = now() + make_interval(secs => $3), started_at = COALESCE(started_at, now()), error = NULL \
              WHERE id = $1 RETURNING {JOB_COLUMNS}"
         );
-        let row: JobRow =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(job).bind(worker).bind(self.visibility().as_secs_f64()).fetch_one(tx.conn()).await?;
+        let row: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(job)
+            .bind(worker)
+            .bind(self.visibility().as_secs_f64())
+            .bind(entry)
+            .fetch_one(tx.conn())
+            .await?;
         record_event(&mut tx, job, "status", json!({ "status": "running", "attempt": row.attempts, "worker": worker, "takeover": takeover }))
             .await?;
         let event = AuditEvent::new(Some(tenant), row.submitter(), "job.started")

@@ -234,6 +234,7 @@ impl JobService {
         table: &CsvTable,
         created_by: Option<Uuid>,
     ) -> Result<DatasetView, ApiError> {
+        self.registry.reserve(tx, sealed.size).await?;
         let (tenant_key_id, wrapped) = self.registry.wrap(tx, sealed).await?;
         let sql = format!(
             "INSERT INTO data_objects (id, tenant_id, kind, name, columns, rows, size_bytes, stored_bytes, sha256, object_key, \
@@ -355,9 +356,16 @@ impl JobService {
         if let Err(e) = self.queue.enqueue(id, tenant.0).await {
             // The dispatcher adds it later; the job is safe in Postgres either way.
             tracing::warn!(error = %e, job = %id, "adding a job to the stream failed; the dispatcher will retry");
-            let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-            sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(id).execute(tx.conn()).await?;
-            tx.commit().await?;
+            // The job exists whatever happens here: failing now would invite a duplicate.
+            let cleared = async {
+                let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+                sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(id).execute(tx.conn()).await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(e) = cleared {
+                tracing::warn!(error = %e, job = %id, "marking a job for the dispatcher failed; it is re-added within minutes");
+            }
         }
         Ok((row.view(), true))
     }

@@ -20,8 +20,10 @@ use crate::registry::upload::Author;
 use crate::tenancy::db::TenantTx;
 
 /// Rows of the dataset whose predictions the job records, so that a client can check the
-/// served version against the job's own evaluation.
+/// served version against the job's own evaluation; fewer when the model has many outputs,
+/// so the job's result stays small.
 const SAMPLE_ROWS: usize = 8;
+const SAMPLE_VALUES: usize = 256;
 
 fn epoch_json(report: &EpochReport) -> Value {
     json!({
@@ -89,7 +91,7 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         })?;
         let seconds = started.elapsed().as_secs_f64();
         let weights = burnml::to_bytes(&trained.network).map_err(TrainError::Invalid)?;
-        let sample_rows = data.rows.min(SAMPLE_ROWS);
+        let sample_rows = data.rows.min(SAMPLE_ROWS).min((SAMPLE_VALUES / architecture.outputs()).max(1));
         let sample = trained.network.infer(&data.features[..sample_rows * data.columns], sample_rows).map_err(TrainError::Invalid)?;
         let last = trained.history.last();
         let samples: usize = trained.history.iter().map(|r| r.samples).sum();
@@ -113,6 +115,8 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(TrainError::Cancelled)) => return Err(control.stop_reason().unwrap_or(Stop::Cancelled)),
         Ok(Err(TrainError::Invalid(message))) => return Err(Stop::Rejected(message)),
+        // A panic in training would panic again on the same data and spec.
+        Err(e) if e.is_panic() => return Err(Stop::Rejected("training failed inside Burn".into())),
         Err(e) => return Err(Stop::Failed(format!("training stopped: {e}"))),
     };
     register(control, row, &job, outcome).await

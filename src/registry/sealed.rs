@@ -118,6 +118,18 @@ impl RegistryService {
         Ok((SealedObject { id, object_key, size, stored_bytes: sealed_len(size), sha256, data_key }, table))
     }
 
+    /// Before a sealed object's row is written: locks the tenant row (serialising with uploads
+    /// and key rotation, so the data key is wrapped under the key active at commit) and checks
+    /// that `size` more bytes fit the tenant's storage quota.
+    pub async fn reserve(&self, tx: &mut TenantTx, size: u64) -> Result<(), ApiError> {
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
+        let remaining = Self::remaining_quota(tx).await?;
+        if size > remaining {
+            return Err(Limit::Quota(remaining).exceeded());
+        }
+        Ok(())
+    }
+
     /// Wraps the object's data key under the tenant's active key, for its row.
     pub async fn wrap(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(Uuid, Vec<u8>), ApiError> {
         let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(tx).await?;
@@ -175,6 +187,8 @@ impl RegistryService {
         metadata: serde_json::Value,
         info: &RequestInfo,
     ) -> Result<VersionView, ApiError> {
+        // The tenant row first, as every other writer of models and versions takes it.
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
         let created = sqlx::query(
             // Burn inference has no randomness (no dropout when serving): results may be cached.
             "INSERT INTO models (id, tenant_id, name, framework, deterministic, created_by) VALUES ($1, $2, $3, 'burn', true, $4) \

@@ -80,9 +80,9 @@ pub(super) enum Check {
     Burn { architecture: Box<Architecture>, weights: Vec<u8> },
 }
 
-/// Weights of the largest architecture Tessera builds (50 M FP32 parameters) plus room for
-/// the container; anything bigger cannot be weights for it.
-const MAX_BURN_WEIGHTS_BYTES: usize = 50_000_000 * 4 + 16 * 1024 * 1024;
+/// Room for the burnpack container around the FP32 parameters (header, tensor names, the
+/// architecture as metadata).
+const BURN_CONTAINER_BYTES: usize = 1024 * 1024;
 
 /// What the check found in a complete upload.
 pub(super) enum Checked {
@@ -96,9 +96,14 @@ impl Check {
         match self {
             Check::Onnx(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string())),
             Check::Csv(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidDataset, e.to_string())),
-            Check::Burn { weights, .. } => {
-                if weights.len() + piece.len() > MAX_BURN_WEIGHTS_BYTES {
-                    return Err(ApiError::new(Code::InvalidModel, "larger than the weights of any Burn architecture Tessera builds"));
+            Check::Burn { architecture, weights } => {
+                // Only what the declared architecture's weights can take is ever buffered.
+                let limit = architecture.parameter_count() * 4 + BURN_CONTAINER_BYTES;
+                if weights.len() + piece.len() > limit {
+                    return Err(ApiError::new(
+                        Code::InvalidModel,
+                        format!("larger than the weights of this {} architecture ({limit} bytes at most)", architecture.name()),
+                    ));
                 }
                 weights.extend_from_slice(piece);
                 Ok(())

@@ -452,7 +452,7 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
     // Mid-training: find the process holding the job and kill it outright.
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
     let holder: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
-    let victim = workers.0.iter().position(|c| holder.split('-').rev().nth(1) == Some(&c.id().to_string())).expect("a worker holds the job");
+    let victim = workers.0.iter().position(|c| holder.split('-').rev().nth(2) == Some(&c.id().to_string())).expect("a worker holds the job");
     workers.0[victim].kill().unwrap();
     workers.0[victim].wait().unwrap();
 
@@ -477,7 +477,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
     let id = s.submit(&s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
     let holder: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
-    let stopping = workers.0.iter().position(|c| holder.split('-').rev().nth(1) == Some(&c.id().to_string())).expect("a worker holds the job");
+    let stopping = workers.0.iter().position(|c| holder.split('-').rev().nth(2) == Some(&c.id().to_string())).expect("a worker holds the job");
     let pid = workers.0[stopping].id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let exited = eventually(30, || {
