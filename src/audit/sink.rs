@@ -286,15 +286,15 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
     let policy = auditor.mask_policy(&mut tx, tenant).await?;
     let mut records: Vec<(AuditEvent, RequestInfo)> = Vec::new();
     // Group calls by (action, actor, outcome), keeping arrival order within each group.
-    let mut groups: Vec<((&'static str, &'static str, Option<String>, &'static str, String), Vec<&Call>)> = Vec::new();
+    let mut groups: Vec<((&'static str, &'static str, Option<&str>, &'static str, &str), Vec<&Call>)> = Vec::new();
     for call in calls {
         if call.summary {
             records.push((call.event.clone(), call.info.clone()));
             continue;
         }
         // The mode is part of the key: a record states one mode for all its calls.
-        let mode = call.event.details.get("audit_mode").map(|m| m.to_string()).unwrap_or_default();
-        let key = (call.event.action, call.event.actor.kind, call.event.actor.id.clone(), call.event.outcome.as_str(), mode);
+        let mode = call.event.details.get("audit_mode").and_then(|m| m.as_str()).unwrap_or("");
+        let key = (call.event.action, call.event.actor.kind, call.event.actor.id.as_deref(), call.event.outcome.as_str(), mode);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(call),
             None => groups.push((key, vec![call])),

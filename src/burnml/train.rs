@@ -148,36 +148,33 @@ fn check_data(arch: &Architecture, data: &Dataset) -> Result<(), String> {
 impl TrainParams {
     /// The bounds `train` enforces, checkable before any data is read.
     pub fn validate(&self) -> Result<(), String> {
-        check_params(self)
+        let params = self;
+        if !(1..=MAX_EPOCHS).contains(&params.epochs) {
+            return Err(format!(
+                "epochs must be between 1 and {MAX_EPOCHS}, got {}",
+                params.epochs
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&params.batch_size) {
+            return Err(format!(
+                "batch_size must be between 1 and {MAX_BATCH}, got {}",
+                params.batch_size
+            ));
+        }
+        if !(params.learning_rate.is_finite() && params.learning_rate > 0.0) {
+            return Err(format!(
+                "learning_rate must be a finite number above 0, got {}",
+                params.learning_rate
+            ));
+        }
+        if !(0.0..=MAX_VALIDATION_SPLIT).contains(&params.validation_split) {
+            return Err(format!(
+                "validation_split must be between 0 and {MAX_VALIDATION_SPLIT}, got {}",
+                params.validation_split
+            ));
+        }
+        Ok(())
     }
-}
-
-fn check_params(params: &TrainParams) -> Result<(), String> {
-    if !(1..=MAX_EPOCHS).contains(&params.epochs) {
-        return Err(format!(
-            "epochs must be between 1 and {MAX_EPOCHS}, got {}",
-            params.epochs
-        ));
-    }
-    if !(1..=MAX_BATCH).contains(&params.batch_size) {
-        return Err(format!(
-            "batch_size must be between 1 and {MAX_BATCH}, got {}",
-            params.batch_size
-        ));
-    }
-    if !(params.learning_rate.is_finite() && params.learning_rate > 0.0) {
-        return Err(format!(
-            "learning_rate must be a finite number above 0, got {}",
-            params.learning_rate
-        ));
-    }
-    if !(0.0..=MAX_VALIDATION_SPLIT).contains(&params.validation_split) {
-        return Err(format!(
-            "validation_split must be between 0 and {MAX_VALIDATION_SPLIT}, got {}",
-            params.validation_split
-        ));
-    }
-    Ok(())
 }
 
 /// Copies the given rows of `data` into a contiguous batch.
@@ -287,7 +284,7 @@ pub fn train(
 ) -> Result<Trained, TrainError> {
     arch.validate()
         .map_err(|e| TrainError::Invalid(format!("invalid architecture: {e}")))?;
-    check_params(params).map_err(TrainError::Invalid)?;
+    params.validate().map_err(TrainError::Invalid)?;
     check_data(arch, data).map_err(TrainError::Invalid)?;
 
     let held_out = if params.validation_split > 0.0 {

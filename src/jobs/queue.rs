@@ -59,19 +59,17 @@ impl JobQueue {
     }
 
     pub async fn enqueue(&self, job: Uuid, tenant: Uuid) -> redis::RedisResult<String> {
-        let mut conn = self.redis.connection();
-        redis::cmd("XADD")
-            .arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(MAX_LEN)
-            .arg("*")
-            .arg("job")
-            .arg(job.to_string())
-            .arg("tenant")
-            .arg(tenant.to_string())
-            .query_async(&mut conn)
-            .await
+        self.add(&self.stream, job, tenant, &[]).await
+    }
+
+    /// `XADD stream MAXLEN ~ … * job J tenant T [extra…]`; returns the entry id.
+    async fn add(&self, stream: &str, job: Uuid, tenant: Uuid, extra: &[(&str, &str)]) -> redis::RedisResult<String> {
+        let mut command = redis::cmd("XADD");
+        command.arg(stream).arg("MAXLEN").arg("~").arg(MAX_LEN).arg("*").arg("job").arg(job.to_string()).arg("tenant").arg(tenant.to_string());
+        for (name, value) in extra {
+            command.arg(*name).arg(*value);
+        }
+        command.query_async(&mut self.redis.connection()).await
     }
 
     /// The next new entry for `consumer`, waiting up to `block_ms`.
@@ -146,22 +144,7 @@ impl JobQueue {
 
     /// Records a job that exhausted its attempts where operators watch for them.
     pub async fn dead_letter(&self, job: Uuid, tenant: Uuid, reason: &str) -> redis::RedisResult<()> {
-        let mut conn = self.redis.connection();
-        let _: String = redis::cmd("XADD")
-            .arg(&self.dead)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(MAX_LEN)
-            .arg("*")
-            .arg("job")
-            .arg(job.to_string())
-            .arg("tenant")
-            .arg(tenant.to_string())
-            .arg("reason")
-            .arg(reason)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.add(&self.dead, job, tenant, &[("reason", reason)]).await.map(drop)
     }
 }
 
