@@ -165,13 +165,17 @@ impl RegistryService {
     /// The framework of a live model, or `None` when there is no such model.
     pub async fn framework_of(&self, tenant: TenantId, name: &ModelName) -> Result<Option<Framework>, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let found = match Self::model_id(&mut tx, name, false).await {
-            Ok((_, framework)) => Some(framework),
-            Err(e) if e.code() == Code::NotFound => None,
-            Err(e) => return Err(e),
-        };
+        let found = self.framework_in(&mut tx, name).await?;
         tx.commit().await?;
         Ok(found)
+    }
+
+    async fn framework_in(&self, tx: &mut TenantTx, name: &ModelName) -> Result<Option<Framework>, ApiError> {
+        match Self::model_id(tx, name, false).await {
+            Ok((_, framework)) => Ok(Some(framework)),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Registers trained Burn weights as a new version of `name` (created if it does not
@@ -187,9 +191,15 @@ impl RegistryService {
         metadata: serde_json::Value,
         info: &RequestInfo,
     ) -> Result<VersionView, ApiError> {
-        // The tenant row first, as every other writer of models and versions takes it.
-        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
-        let created = sqlx::query(
+        // The tenant row is locked before any model row is written, in the order every other
+        // writer of models and versions takes them; a new model must fit the quota.
+        let exists = self.framework_in(tx, name).await?.is_some();
+        if exists {
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
+        } else {
+            Self::room_for_a_model(tx).await?;
+        }
+        let created = !exists && sqlx::query(
             // Burn inference has no randomness (no dropout when serving): results may be cached.
             "INSERT INTO models (id, tenant_id, name, framework, deterministic, created_by) VALUES ($1, $2, $3, 'burn', true, $4) \
              ON CONFLICT (tenant_id, name) WHERE deleted_at IS NULL DO NOTHING",

@@ -162,18 +162,7 @@ impl RegistryService {
         validate_tags(&new.tags)?;
         new.serving.check()?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        // Serialises model creation per tenant so the count cannot overshoot the quota.
-        let (max_models,): (i32,) = sqlx::query_as("SELECT max_models FROM tenants WHERE id = $1 FOR UPDATE")
-            .bind(tenant.id.0)
-            .fetch_one(tx.conn())
-            .await?;
-        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM models WHERE tenant_id = $1 AND deleted_at IS NULL")
-            .bind(tenant.id.0)
-            .fetch_one(tx.conn())
-            .await?;
-        if live >= max_models as i64 {
-            return Err(ApiError::new(Code::QuotaExceeded, format!("the tenant's quota of {max_models} models is used up")));
-        }
+        Self::room_for_a_model(&mut tx).await?;
         let id = Uuid::now_v7();
         let inserted = sqlx::query(
             "INSERT INTO models (id, tenant_id, name, framework, description, tags, deterministic, serving, created_by) \
@@ -228,6 +217,22 @@ impl RegistryService {
     }
 
     /// The live model's id and framework, locked against concurrent changes when `lock`.
+    /// Locks the tenant row, which serialises model creation per tenant so the count cannot
+    /// overshoot the quota, and checks there is room for one more model.
+    pub(super) async fn room_for_a_model(tx: &mut TenantTx) -> Result<(), ApiError> {
+        let tenant = tx.tenant().0;
+        let (max_models,): (i32,) =
+            sqlx::query_as("SELECT max_models FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant).fetch_one(tx.conn()).await?;
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM models WHERE tenant_id = $1 AND deleted_at IS NULL")
+            .bind(tenant)
+            .fetch_one(tx.conn())
+            .await?;
+        if live >= max_models as i64 {
+            return Err(ApiError::new(Code::QuotaExceeded, format!("the tenant's quota of {max_models} models is used up")));
+        }
+        Ok(())
+    }
+
     pub(super) async fn model_id(tx: &mut TenantTx, name: &ModelName, lock: bool) -> Result<(Uuid, Framework), ApiError> {
         let sql = if lock {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL FOR UPDATE"

@@ -546,3 +546,28 @@ async fn the_job_cli_submits_with_its_dataset_and_follows_to_the_result() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not_found"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn training_into_a_new_model_respects_the_model_quota() {
+    let s = setup(1).await;
+    s.app.create_tenant(&s.admin, "tight", json!({ "max_models": 1 })).await;
+    let body = json!({ "email": "owner@tight.test", "role": "owner", "password": PASSWORD });
+    assert_eq!(s.app.post_json("/v1/tenants/tight/members", Some(&s.admin), &body).await.status(), 201);
+    let owner = s.app.session("owner@tight.test", Some("tight")).await.0;
+    let taken = json!({ "name": "existing", "framework": "burn" });
+    assert_eq!(s.app.post_json("/v1/tenants/tight/models", Some(&owner), &taken).await.status(), 201);
+    let response = s.upload_dataset(&owner, "blobs", blobs_csv(60, 23)).await;
+    let dataset = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit(&owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let job = loop {
+        let job: Value = s.app.get_as(&format!("/v1/jobs/{id}"), &owner).await.json().await.unwrap();
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("quota"), "{job}");
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(versions, 0);
+}
