@@ -16,6 +16,8 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use uuid::Uuid;
 
+use super::redact::{MaskPolicy, is_secret_key, looks_like_email, mask_email};
+
 pub const GENESIS: [u8; 32] = [0; 32];
 const DOMAIN: &[u8] = b"tessera-audit-v1";
 
@@ -43,12 +45,12 @@ pub struct ChainedEvent {
     pub hash: String,
 }
 
+/// RFC 3339 with exactly six fractional digits, for times already in UTC.
+pub const TIME_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
 pub fn format_time(at: OffsetDateTime) -> String {
-    let utc = at.to_offset(time::UtcOffset::UTC);
-    utc.format(format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    ))
-    .expect("formatting a UTC timestamp cannot fail")
+    at.to_offset(time::UtcOffset::UTC).format(TIME_FORMAT).expect("formatting a UTC timestamp cannot fail")
 }
 
 /// Truncates to the microsecond, the precision Postgres stores.
@@ -59,16 +61,25 @@ pub fn now_micros() -> OffsetDateTime {
 
 pub fn canonical_json(value: &Value) -> String {
     let mut out = Vec::with_capacity(256);
-    write_canonical(value, &mut out);
+    write_canonical(value, &mut out, None);
+    String::from_utf8(out).expect("JSON text is UTF-8")
+}
+
+/// The canonical JSON of `value` as the redaction policy lets it be stored: secret-looking keys
+/// dropped at any depth, emails masked if the tenant asks (see `redact`).
+pub fn canonical_json_redacted(value: &Value, policy: MaskPolicy) -> String {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out, Some(policy));
     String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
 /// Keys and scalars are written straight into `out` (no string per value): this runs for
-/// every field of every audited call.
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+/// every field of every audited call. With a policy, redaction happens while writing, so the
+/// tree is neither copied nor walked twice.
+pub(crate) fn write_canonical(value: &Value, out: &mut Vec<u8>, redaction: Option<MaskPolicy>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
+            let mut keys: Vec<&String> = map.keys().filter(|k| redaction.is_none() || !is_secret_key(k)).collect();
             if !keys.is_sorted() {
                 keys.sort();
             }
@@ -79,7 +90,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 }
                 serde_json::to_writer(&mut *out, key).expect("strings serialize");
                 out.push(b':');
-                write_canonical(&map[key], out);
+                write_canonical(&map[key], out, redaction);
             }
             out.push(b'}');
         }
@@ -89,11 +100,24 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical(item, out, redaction);
             }
             out.push(b']');
         }
+        Value::String(text) => match redaction {
+            Some(policy) => write_string(text, policy, out),
+            None => serde_json::to_writer(&mut *out, text).expect("strings serialize"),
+        },
         scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialize"),
+    }
+}
+
+/// A JSON string as the policy lets it be stored (emails masked if asked).
+pub(crate) fn write_string(text: &str, policy: MaskPolicy, out: &mut Vec<u8>) {
+    if policy.emails && looks_like_email(text) {
+        serde_json::to_writer(&mut *out, &mask_email(text)).expect("strings serialize");
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("strings serialize");
     }
 }
 
@@ -112,6 +136,48 @@ impl Encoder {
     }
 }
 
+/// The fields of an event, borrowed, as they are hashed; `details` is its canonical JSON.
+pub struct HashInput<'a> {
+    pub tenant_id: Uuid,
+    pub seq: i64,
+    pub id: Uuid,
+    pub occurred_at: &'a str,
+    pub actor_type: &'a str,
+    pub actor_id: Option<&'a str>,
+    pub action: &'a str,
+    pub resource_type: Option<&'a str>,
+    pub resource_id: Option<&'a str>,
+    pub outcome: &'a str,
+    pub client_addr: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub details: &'a str,
+}
+
+impl HashInput<'_> {
+    pub fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let mut uuid = Uuid::encode_buffer();
+        let mut e = Encoder(Sha256::new());
+        e.0.update(DOMAIN);
+        e.0.update(prev);
+        e.field(Some(self.tenant_id.hyphenated().encode_lower(&mut uuid)));
+        e.field(Some(&self.seq.to_string()));
+        e.field(Some(self.id.hyphenated().encode_lower(&mut uuid)));
+        e.field(Some(self.occurred_at));
+        e.field(Some(self.actor_type));
+        e.field(self.actor_id);
+        e.field(Some(self.action));
+        e.field(self.resource_type);
+        e.field(self.resource_id);
+        e.field(Some(self.outcome));
+        e.field(self.client_addr);
+        e.field(self.user_agent);
+        e.field(self.request_id);
+        e.field(Some(self.details));
+        e.0.finalize().into()
+    }
+}
+
 impl ChainedEvent {
     /// The hash this event must have, given its fields and `prev_hash`.
     pub fn compute_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
@@ -120,24 +186,23 @@ impl ChainedEvent {
 
     /// `compute_hash` for a caller that already holds the canonical JSON of `details`.
     pub fn compute_hash_with(&self, prev: &[u8; 32], canonical_details: &str) -> [u8; 32] {
-        let mut e = Encoder(Sha256::new());
-        e.0.update(DOMAIN);
-        e.0.update(prev);
-        e.field(Some(&self.tenant_id.hyphenated().to_string()));
-        e.field(Some(&self.seq.to_string()));
-        e.field(Some(&self.id.hyphenated().to_string()));
-        e.field(Some(&self.occurred_at));
-        e.field(Some(&self.actor_type));
-        e.field(self.actor_id.as_deref());
-        e.field(Some(&self.action));
-        e.field(self.resource_type.as_deref());
-        e.field(self.resource_id.as_deref());
-        e.field(Some(&self.outcome));
-        e.field(self.client_addr.as_deref());
-        e.field(self.user_agent.as_deref());
-        e.field(self.request_id.as_deref());
-        e.field(Some(canonical_details));
-        e.0.finalize().into()
+        HashInput {
+            tenant_id: self.tenant_id,
+            seq: self.seq,
+            id: self.id,
+            occurred_at: &self.occurred_at,
+            actor_type: &self.actor_type,
+            actor_id: self.actor_id.as_deref(),
+            action: &self.action,
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            outcome: &self.outcome,
+            client_addr: self.client_addr.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            request_id: self.request_id.as_deref(),
+            details: canonical_details,
+        }
+        .hash(prev)
     }
 
     pub fn prev_hash_bytes(&self) -> Option<[u8; 32]> {

@@ -24,8 +24,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use self::chain::{ChainedEvent, canonical_json, format_time, now_micros};
-use self::redact::{MaskPolicy, mask_addr, redact};
+use self::chain::{format_time, now_micros};
+use self::redact::{MaskPolicy, mask_addr};
 use crate::error::ApiError;
 use crate::http::edge::RequestId;
 use crate::identity::{Actor, Principal};
@@ -192,12 +192,21 @@ impl Auditor {
 
     /// Appends `events` inside the caller's transaction: if the transaction rolls back, so do
     /// they; if they cannot be written, the caller's transaction fails.
-    pub async fn record(&self, conn: &mut PgConnection, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), ApiError> {
+    pub async fn record(
+        &self,
+        conn: &mut PgConnection,
+        info: &RequestInfo,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), ApiError> {
         self.record_each(conn, events.into_iter().map(|e| (e, info.clone())).collect()).await
     }
 
     /// Like `record`, for events of different requests (batched writers).
-    pub async fn record_each(&self, conn: &mut PgConnection, events: Vec<(AuditEvent, RequestInfo)>) -> Result<(), ApiError> {
+    pub async fn record_each(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<(AuditEvent, RequestInfo)>,
+    ) -> Result<(), ApiError> {
         let mut by_tenant: Vec<(Uuid, Vec<(AuditEvent, RequestInfo)>)> = Vec::new();
         for (event, info) in events {
             let tenant = event.tenant.map(|t| t.0).unwrap_or(PLATFORM);
@@ -214,56 +223,137 @@ impl Auditor {
 
     /// Records events that accompany no change (a failed login, an export) in a transaction
     /// of their own.
-    pub async fn record_alone(&self, pool: &PgPool, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), ApiError> {
+    pub async fn record_alone(
+        &self,
+        pool: &PgPool,
+        info: &RequestInfo,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), ApiError> {
         let mut tx = pool.begin().await?;
         self.record(&mut tx, info, events).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn append(&self, conn: &mut PgConnection, tenant: Uuid, events: Vec<(AuditEvent, RequestInfo)>) -> Result<(), ApiError> {
+    async fn append(
+        &self,
+        conn: &mut PgConnection,
+        tenant: Uuid,
+        events: Vec<(AuditEvent, RequestInfo)>,
+    ) -> Result<(), ApiError> {
         let policy = self.mask_policy(conn, tenant).await?;
-        let (last_seq, last_hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT last_seq, last_hash FROM audit_lock_head($1)").bind(tenant).fetch_one(&mut *conn).await?;
-        let mut prev: [u8; 32] = last_hash
-            .try_into()
-            .map_err(|_| ApiError::internal(anyhow::anyhow!("corrupt audit head for {tenant}")))?;
-        let mut rows = Vec::with_capacity(events.len());
-        let mut canonical = Vec::with_capacity(events.len());
-        for (offset, (event, info)) in events.into_iter().enumerate() {
-            let mut details = event.details;
-            redact(&mut details, policy);
-            let client_addr = info.client_addr.as_deref().map(|a| if policy.client_addr { mask_addr(a) } else { a.to_owned() });
-            let mut chained = ChainedEvent {
-                tenant_id: tenant,
-                seq: last_seq + 1 + offset as i64,
-                id: Uuid::now_v7(),
-                occurred_at: format_time(now_micros()),
-                actor_type: event.actor.kind.to_owned(),
-                actor_id: event.actor.id,
-                action: event.action.to_owned(),
-                resource_type: event.resource_type.map(str::to_owned),
-                resource_id: event.resource_id,
-                outcome: event.outcome.as_str().to_owned(),
-                client_addr,
-                user_agent: info.user_agent,
-                request_id: info.request_id,
-                details,
-                prev_hash: hex::encode(prev),
-                hash: String::new(),
-            };
-            // Canonicalised once: the same text is hashed and stored.
-            let details_text = canonical_json(&chained.details);
-            let hash = chained.compute_hash_with(&prev, &details_text);
-            chained.hash = hex::encode(hash);
-            prev = hash;
-            rows.push(chained);
-            canonical.push(details_text);
-        }
-        let json = rows_json(&rows, canonical);
-        sqlx::query("SELECT audit_append($1, $2::json)").bind(tenant).bind(json).execute(&mut *conn).await?;
-        Ok(())
+        let records = events.into_iter().map(|(event, info)| Record::new(event, info, policy)).collect();
+        append_records(conn, tenant, records).await
     }
+}
+
+/// An event ready to be chained: masked as the tenant's policy says, `details` already its
+/// canonical JSON (the exact text that is hashed and stored).
+pub(crate) struct Record {
+    pub actor: AuditActor,
+    pub action: &'static str,
+    pub resource_type: Option<&'static str>,
+    pub resource_id: Option<String>,
+    pub outcome: Outcome,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub details: String,
+}
+
+impl Record {
+    pub fn new(event: AuditEvent, info: RequestInfo, policy: MaskPolicy) -> Self {
+        Self {
+            details: chain::canonical_json_redacted(&event.details, policy),
+            client_addr: info.client_addr.map(|a| if policy.client_addr { mask_addr(&a) } else { a }),
+            user_agent: info.user_agent,
+            request_id: info.request_id,
+            actor: event.actor,
+            action: event.action,
+            resource_type: event.resource_type,
+            resource_id: event.resource_id,
+            outcome: event.outcome,
+        }
+    }
+}
+
+/// Chains `records` after the tenant's head, under the head's row lock (one writer per tenant
+/// at a time; other tenants are not held up), and inserts them in one statement.
+pub(crate) async fn append_records(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    records: Vec<Record>,
+) -> Result<(), ApiError> {
+    let (last_seq, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT last_seq, last_hash FROM audit_lock_head($1)")
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut prev: [u8; 32] =
+        last_hash.try_into().map_err(|_| ApiError::internal(anyhow::anyhow!("corrupt audit head for {tenant}")))?;
+    let occurred_at = format_time(now_micros());
+    let mut rows = Vec::with_capacity(64 + records.iter().map(|r| r.details.len() + 512).sum::<usize>());
+    rows.push(b'[');
+    for (offset, record) in records.iter().enumerate() {
+        let seq = last_seq + 1 + offset as i64;
+        let id = Uuid::now_v7();
+        let hash = chain::HashInput {
+            tenant_id: tenant,
+            seq,
+            id,
+            occurred_at: &occurred_at,
+            actor_type: record.actor.kind,
+            actor_id: record.actor.id.as_deref(),
+            action: record.action,
+            resource_type: record.resource_type,
+            resource_id: record.resource_id.as_deref(),
+            outcome: record.outcome.as_str(),
+            client_addr: record.client_addr.as_deref(),
+            user_agent: record.user_agent.as_deref(),
+            request_id: record.request_id.as_deref(),
+            details: &record.details,
+        }
+        .hash(&prev);
+        if offset > 0 {
+            rows.push(b',');
+        }
+        write_row(&mut rows, record, seq, id, &occurred_at, &prev, &hash);
+        prev = hash;
+    }
+    rows.push(b']');
+    let rows = String::from_utf8(rows).expect("JSON text is UTF-8");
+    sqlx::query("SELECT audit_append($1, $2::json)").bind(tenant).bind(rows).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// One element of the JSON array `audit_append` takes. `details` is embedded as its canonical
+/// text, so the stored text is exactly what was hashed; it is not parsed again on the way.
+fn write_row(out: &mut Vec<u8>, r: &Record, seq: i64, id: Uuid, occurred_at: &str, prev: &[u8; 32], hash: &[u8; 32]) {
+    fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut *out, &value).expect("strings serialize");
+    }
+    let mut uuid = Uuid::encode_buffer();
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut uuid).as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    field(out, "occurred_at", Some(occurred_at));
+    field(out, "actor_type", Some(r.actor.kind));
+    field(out, "actor_id", r.actor.id.as_deref());
+    field(out, "action", Some(r.action));
+    field(out, "resource_type", r.resource_type);
+    field(out, "resource_id", r.resource_id.as_deref());
+    field(out, "outcome", Some(r.outcome.as_str()));
+    field(out, "client_addr", r.client_addr.as_deref());
+    field(out, "user_agent", r.user_agent.as_deref());
+    field(out, "request_id", r.request_id.as_deref());
+    out.extend_from_slice(b",\"details\":");
+    out.extend_from_slice(r.details.as_bytes());
+    field(out, "prev_hash", Some(&hex::encode(prev)));
+    field(out, "hash", Some(&hex::encode(hash)));
+    out.push(b'}');
 }
 
 /// Signs every chain head that has moved since its last checkpoint. Returns how many.
@@ -300,53 +390,10 @@ pub fn spawn_checkpointer(pool: PgPool, signer: Arc<signing::AuditSigner>, inter
             match sign_checkpoints(&pool, &signer).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(chains = n, "signed audit checkpoints"),
-                Err(error) => tracing::warn!(%error, "could not sign audit checkpoints; will retry"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not sign audit checkpoints; will retry")
+                }
             }
         }
     });
-}
-
-/// The JSON array `audit_append` takes, each `details` embedded as its canonical text so that
-/// the stored text is exactly what was hashed.
-fn rows_json(rows: &[ChainedEvent], canonical: Vec<String>) -> String {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        id: Uuid,
-        seq: i64,
-        occurred_at: &'a str,
-        actor_type: &'a str,
-        actor_id: Option<&'a str>,
-        action: &'a str,
-        resource_type: Option<&'a str>,
-        resource_id: Option<&'a str>,
-        outcome: &'a str,
-        client_addr: Option<&'a str>,
-        user_agent: Option<&'a str>,
-        request_id: Option<&'a str>,
-        details: Box<serde_json::value::RawValue>,
-        prev_hash: &'a str,
-        hash: &'a str,
-    }
-    let out: Vec<Row<'_>> = rows
-        .iter()
-        .zip(canonical)
-        .map(|(r, details)| Row {
-            id: r.id,
-            seq: r.seq,
-            occurred_at: &r.occurred_at,
-            actor_type: &r.actor_type,
-            actor_id: r.actor_id.as_deref(),
-            action: &r.action,
-            resource_type: r.resource_type.as_deref(),
-            resource_id: r.resource_id.as_deref(),
-            outcome: &r.outcome,
-            client_addr: r.client_addr.as_deref(),
-            user_agent: r.user_agent.as_deref(),
-            request_id: r.request_id.as_deref(),
-            details: serde_json::value::RawValue::from_string(details).expect("canonical JSON is JSON"),
-            prev_hash: &r.prev_hash,
-            hash: &r.hash,
-        })
-        .collect();
-    serde_json::to_string(&out).expect("rows serialize")
 }

@@ -31,7 +31,7 @@ pub fn redact(value: &mut Value, policy: MaskPolicy) {
     }
 }
 
-fn looks_like_email(s: &str) -> bool {
+pub(crate) fn looks_like_email(s: &str) -> bool {
     s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !s.contains(' '))
 }
 

@@ -1,7 +1,7 @@
 //! High-volume events that accompany no database change (inference calls) go through this
 //! sink: the request hands its event over and moves on; a background writer appends them in
 //! batches. Every call is recorded, but calls of one tenant, action and actor that arrive within
-//! a few milliseconds share one chained record, whose `details.calls` lists each call (time,
+//! the same 20 ms share one chained record, whose `details.calls` lists each call (time,
 //! resource, outcome, client, request id, details; what all of them share is stated once in
 //! `details.common`). A Postgres row per call would cost more than
 //! the call itself; a row per batch keeps auditing every call affordable.
@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{AuditEvent, Auditor, RequestInfo};
+use super::redact::MaskPolicy;
+use super::{AuditEvent, Auditor, Record, RequestInfo, chain};
 
 const QUEUE: usize = 65_536;
 /// The fields of a call. In a shared record, those every call has in common are stored once in
@@ -29,7 +31,10 @@ const QUEUE: usize = 65_536;
 pub const CALL_FIELDS: [&str; 8] =
     ["at", "resource_type", "resource_id", "outcome", "client_addr", "user_agent", "request_id", "details"];
 const MAX_BATCH: usize = 2_000;
-const LINGER: Duration = Duration::from_millis(5);
+/// How long a batch gathers. Each batch costs a transaction of four statements whatever its
+/// size, so fewer, larger batches leave more of the machine to the calls themselves; events
+/// still reach the database within tens of milliseconds, and `flush` does not wait for it.
+const LINGER: Duration = Duration::from_millis(20);
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
 const AGGREGATION_WINDOW: Duration = Duration::from_secs(10);
 
@@ -41,13 +46,15 @@ pub enum CallMode {
 }
 
 enum Message {
-    Event(Box<(AuditEvent, RequestInfo)>, String),
+    Event(Box<(AuditEvent, RequestInfo)>, OffsetDateTime),
     Flush(oneshot::Sender<()>),
 }
 
 #[derive(Clone)]
 pub struct AuditSink {
     sender: mpsc::Sender<Message>,
+    /// Cuts the writer's linger short when someone waits in `flush`.
+    flushing: Arc<Notify>,
     modes: Arc<RwLock<HashMap<Uuid, (CallMode, Instant)>>>,
     pool: PgPool,
 }
@@ -56,8 +63,9 @@ impl AuditSink {
     /// Starts the background writer on the current runtime.
     pub fn start(pool: PgPool, auditor: Auditor) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(pool.clone(), auditor, receiver));
-        Self { sender, modes: Default::default(), pool }
+        let flushing = Arc::new(Notify::new());
+        tokio::spawn(writer(pool.clone(), auditor, receiver, flushing.clone()));
+        Self { sender, flushing, modes: Default::default(), pool }
     }
 
     /// How this tenant wants its calls recorded (cached for a few seconds).
@@ -103,7 +111,7 @@ impl AuditSink {
                 }
             }
         }
-        let at = super::chain::format_time(super::chain::now_micros());
+        let at = super::chain::now_micros();
         let _ = self.sender.send(Message::Event(Box::new((event, info)), at)).await;
     }
 
@@ -111,6 +119,7 @@ impl AuditSink {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.sender.send(Message::Flush(done)).await.is_ok() {
+            self.flushing.notify_one();
             let _ = wait.await;
         }
     }
@@ -125,7 +134,12 @@ struct Aggregates {
 
 impl Aggregates {
     fn add(&mut self, event: AuditEvent) {
-        let key = (event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM), event.action, event.resource_id.clone(), event.outcome.as_str());
+        let key = (
+            event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM),
+            event.action,
+            event.resource_id.clone(),
+            event.outcome.as_str(),
+        );
         self.since.get_or_insert_with(Instant::now);
         self.counts.entry(key).or_insert_with(|| (event, 0)).1 += 1;
     }
@@ -149,10 +163,12 @@ impl Aggregates {
     }
 }
 
-async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Message>) {
+async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Message>, flushing: Arc<Notify>) {
     let mut aggregates = Aggregates::default();
     loop {
-        let Some(first) = receiver.recv().await else { break };
+        let Some(first) = receiver.recv().await else {
+            break;
+        };
         let mut batch: Vec<Call> = Vec::new();
         let mut flushes = Vec::new();
         let mut take = |message: Message, batch: &mut Vec<Call>, aggregates: &mut Aggregates| match message {
@@ -163,80 +179,53 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
             }
             Message::Flush(done) => flushes.push(done),
         };
+        let flush_now = matches!(first, Message::Flush(_));
         take(first, &mut batch, &mut aggregates);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(message)) => take(message, &mut batch, &mut aggregates),
-                _ => break,
+        // The batch gathers while the writer sleeps, then is drained: two wake-ups of this task
+        // per batch, where waiting on the channel would cost a wake-up (and a thread switch)
+        // per call. A backlog is drained at once.
+        if receiver.len() < MAX_BATCH && !flush_now {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = flushing.notified() => {}
+            }
+        }
+        for _ in 1..MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(message) => take(message, &mut batch, &mut aggregates),
+                Err(_) => break,
             }
         }
         if aggregates.due() || !flushes.is_empty() {
-            batch.extend(aggregates.drain().into_iter().map(|(event, info)| Call { event, info, at: String::new(), summary: true }));
+            batch.extend(aggregates.drain().into_iter().map(|(event, info)| Call {
+                event,
+                info,
+                at: OffsetDateTime::UNIX_EPOCH,
+                summary: true,
+            }));
         }
         write_with_retry(&pool, &auditor, batch).await;
         for done in flushes {
             let _ = done.send(());
         }
     }
-    let rest = aggregates.drain().into_iter().map(|(event, info)| Call { event, info, at: String::new(), summary: true }).collect();
-    write_with_retry(&pool, &auditor, rest).await;
-}
-
-/// Splits a record's calls into the fields every call shares (`common`, named once) and the
-/// fields that vary (`call_fields`, one array per call in that order). A burst of calls from
-/// one client to one model repeats its address, user agent, model and outcome: stored once,
-/// they no longer cost JSON, hashing and Postgres storage per call.
-fn compact(
-    entries: Vec<[serde_json::Value; CALL_FIELDS.len()]>,
-) -> (serde_json::Map<String, serde_json::Value>, Vec<&'static str>, Vec<serde_json::Value>) {
-    let shared: Vec<bool> = (0..CALL_FIELDS.len())
-        .map(|f| CALL_FIELDS[f] != "at" && entries.iter().all(|e| e[f] == entries[0][f]))
-        .collect();
-    let mut common = serde_json::Map::new();
-    if let Some(first) = entries.first() {
-        for (f, name) in CALL_FIELDS.iter().enumerate() {
-            if shared[f] {
-                common.insert((*name).to_owned(), first[f].clone());
-            }
-        }
-    }
-    let call_fields: Vec<&'static str> = CALL_FIELDS.iter().zip(&shared).filter(|(_, s)| !**s).map(|(n, _)| *n).collect();
-    let calls = entries
+    let rest = aggregates
+        .drain()
         .into_iter()
-        .map(|entry| serde_json::Value::Array(entry.into_iter().zip(&shared).filter(|(_, s)| !**s).map(|(v, _)| v).collect()))
+        .map(|(event, info)| Call { event, info, at: OffsetDateTime::UNIX_EPOCH, summary: true })
         .collect();
-    (common, call_fields, calls)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn shared_fields_are_stated_once_and_expand_back() {
-        let entry = |at: &str, rows: u64| -> [serde_json::Value; CALL_FIELDS.len()] {
-            [at.into(), "model".into(), "m".into(), "success".into(), "10.0.0.1".into(), serde_json::Value::Null, at.into(), json!({ "rows": rows })]
-        };
-        let (common, fields, calls) = compact(vec![entry("t1", 1), entry("t2", 2)]);
-        assert_eq!(fields, ["at", "request_id", "details"]);
-        assert_eq!(common["client_addr"], "10.0.0.1");
-        let details = json!({ "call_fields": fields, "common": common, "calls": calls });
-        let expanded = expand_calls(&details);
-        assert_eq!(expanded.len(), 2);
-        assert_eq!(expanded[1]["details"]["rows"], 2);
-        assert_eq!(expanded[1]["resource_id"], "m");
-        assert_eq!(expanded[0].len(), CALL_FIELDS.len());
-    }
+    write_with_retry(&pool, &auditor, rest).await;
 }
 
 /// The calls of a shared record as whole objects (field name → value), `common` fields
 /// included: how a reader of an export sees each call.
 pub fn expand_calls(details: &serde_json::Value) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let fields: Vec<&str> = details["call_fields"].as_array().map(|f| f.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        details["call_fields"].as_array().map(|f| f.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
     let common = details["common"].as_object().cloned().unwrap_or_default();
-    let Some(calls) = details["calls"].as_array() else { return Vec::new() };
+    let Some(calls) = details["calls"].as_array() else {
+        return Vec::new();
+    };
     calls
         .iter()
         .map(|call| {
@@ -256,7 +245,7 @@ pub fn expand_calls(details: &serde_json::Value) -> Vec<serde_json::Map<String, 
 struct Call {
     event: AuditEvent,
     info: RequestInfo,
-    at: String,
+    at: OffsetDateTime,
     summary: bool,
 }
 
@@ -284,62 +273,224 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, batch: Vec<Call>) {
 async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -> Result<(), crate::error::ApiError> {
     let mut tx = pool.begin().await?;
     let policy = auditor.mask_policy(&mut tx, tenant).await?;
-    let mut records: Vec<(AuditEvent, RequestInfo)> = Vec::new();
+    let mut records = Vec::new();
     // Group calls by (action, actor, outcome), keeping arrival order within each group.
     let mut groups: Vec<((&'static str, &'static str, Option<&str>, &'static str, &str), Vec<&Call>)> = Vec::new();
     for call in calls {
         if call.summary {
-            records.push((call.event.clone(), call.info.clone()));
+            records.push(Record::new(call.event.clone(), call.info.clone(), policy));
             continue;
         }
         // The mode is part of the key: a record states one mode for all its calls.
-        let mode = call.event.details.get("audit_mode").and_then(|m| m.as_str()).unwrap_or("");
-        let key = (call.event.action, call.event.actor.kind, call.event.actor.id.as_deref(), call.event.outcome.as_str(), mode);
+        let key = (
+            call.event.action,
+            call.event.actor.kind,
+            call.event.actor.id.as_deref(),
+            call.event.outcome.as_str(),
+            mode_of(&call.event),
+        );
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(call),
             None => groups.push((key, vec![call])),
         }
     }
-    for (_, group) in groups {
-        let first = &group[0].event;
-        let mode = first.details.get("audit_mode").cloned().unwrap_or_else(|| "every_call".into());
-        let entries: Vec<[serde_json::Value; CALL_FIELDS.len()]> = group
-            .iter()
-            .map(|c| {
-                let mut details = c.event.details.clone();
-                if let Some(d) = details.as_object_mut() {
-                    d.remove("audit_mode");
-                    d.remove("sample_rate");
-                }
-                [
-                    c.at.as_str().into(),
-                    c.event.resource_type.into(),
-                    c.event.resource_id.as_deref().into(),
-                    c.event.outcome.as_str().into(),
-                    c.info.client_addr.as_deref().map(|a| if policy.client_addr { super::redact::mask_addr(a) } else { a.to_owned() }).into(),
-                    c.info.user_agent.as_deref().into(),
-                    c.info.request_id.as_deref().into(),
-                    details,
-                ]
-            })
-            .collect();
-        let (common, call_fields, calls) = compact(entries);
-        let mut details = serde_json::json!({
-            "audit_mode": mode, "count": calls.len(), "call_fields": call_fields, "common": common, "calls": calls,
-        });
-        if let Some(rate) = first.details.get("sample_rate") {
-            details["sample_rate"] = rate.clone();
-        }
-        let same_resource = group.iter().all(|c| c.event.resource_id == first.resource_id);
-        let mut record = AuditEvent::new(first.tenant, first.actor.clone(), first.action).details(details);
-        if same_resource {
-            record.resource_type = first.resource_type;
-            record.resource_id = first.resource_id.clone();
-        }
-        record.outcome = first.outcome;
-        records.push((record, RequestInfo::default()));
-    }
-    auditor.record_each(&mut tx, records).await?;
+    records.extend(groups.iter().map(|(_, group)| shared_record(group, policy)));
+    super::append_records(&mut tx, tenant, records).await?;
     tx.commit().await?;
     Ok(())
+}
+
+fn mode_of(event: &AuditEvent) -> &str {
+    event.details.get("audit_mode").and_then(|m| m.as_str()).unwrap_or("")
+}
+
+/// One value of a call's field, as written.
+#[derive(PartialEq)]
+enum Field<'a> {
+    Text(Option<&'a str>),
+    Json(&'a serde_json::Value),
+}
+
+/// One chained record for a group of calls of one action, actor, outcome and mode. Its details
+/// are written here directly as canonical JSON, redacted as `redact` would: keys in byte order
+/// (`audit_mode`, `call_fields`, `calls`, `common`, `count`, `sample_rate`), fields every call
+/// shares stated once in `common`, the others one array per call in `CALL_FIELDS` order. This
+/// runs for every audited call, so it builds no JSON tree and no string per value.
+fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
+    let first = &group[0].event;
+    let addrs: Vec<Option<std::borrow::Cow<'_, str>>> = group
+        .iter()
+        .map(|c| {
+            c.info
+                .client_addr
+                .as_deref()
+                .map(|a| if policy.client_addr { super::redact::mask_addr(a).into() } else { a.into() })
+        })
+        .collect();
+    let field = |i: usize, f: usize| -> Field<'_> {
+        let c = group[i];
+        match CALL_FIELDS[f] {
+            "resource_type" => Field::Text(c.event.resource_type),
+            "resource_id" => Field::Text(c.event.resource_id.as_deref()),
+            "outcome" => Field::Text(Some(c.event.outcome.as_str())),
+            "client_addr" => Field::Text(addrs[i].as_deref()),
+            "user_agent" => Field::Text(c.info.user_agent.as_deref()),
+            "request_id" => Field::Text(c.info.request_id.as_deref()),
+            "details" => Field::Json(&c.event.details),
+            other => unreachable!("`{other}` is written separately"),
+        }
+    };
+    // `at` differs from call to call; every other field is shared when all calls agree.
+    let shared: [bool; CALL_FIELDS.len()] =
+        std::array::from_fn(|f| CALL_FIELDS[f] != "at" && (1..group.len()).all(|i| field(i, f) == field(0, f)));
+    let write = |out: &mut Vec<u8>, value: Field<'_>| match value {
+        Field::Text(Some(text)) => chain::write_string(text, policy, out),
+        Field::Text(None) => out.extend_from_slice(b"null"),
+        Field::Json(details) => write_call_details(details, policy, out),
+    };
+
+    let mut out = Vec::with_capacity(256 + group.len() * 96);
+    out.extend_from_slice(b"{\"audit_mode\":");
+    let mode = match mode_of(first) {
+        "" => "every_call",
+        mode => mode,
+    };
+    chain::write_string(mode, policy, &mut out);
+    out.extend_from_slice(b",\"call_fields\":[");
+    let varying: Vec<usize> = (0..CALL_FIELDS.len()).filter(|f| !shared[*f]).collect();
+    for (n, f) in varying.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        chain::write_string(CALL_FIELDS[*f], policy, &mut out);
+    }
+    out.extend_from_slice(b"],\"calls\":[");
+    for (i, call) in group.iter().enumerate() {
+        out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+        for (n, f) in varying.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            if CALL_FIELDS[*f] == "at" {
+                out.push(b'"');
+                call.at
+                    .format_into(&mut out, super::chain::TIME_FORMAT)
+                    .expect("formatting a UTC timestamp cannot fail");
+                out.push(b'"');
+            } else {
+                write(&mut out, field(i, *f));
+            }
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"],\"common\":{");
+    let mut names: Vec<usize> = (0..CALL_FIELDS.len()).filter(|f| shared[*f]).collect();
+    names.sort_by_key(|f| CALL_FIELDS[*f]);
+    for (n, f) in names.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        chain::write_string(CALL_FIELDS[*f], policy, &mut out);
+        out.push(b':');
+        write(&mut out, field(0, *f));
+    }
+    out.extend_from_slice(b"},\"count\":");
+    out.extend_from_slice(group.len().to_string().as_bytes());
+    if let Some(rate) = first.details.get("sample_rate") {
+        out.extend_from_slice(b",\"sample_rate\":");
+        chain::write_canonical(rate, &mut out, Some(policy));
+    }
+    out.push(b'}');
+
+    let same_resource = group.iter().all(|c| c.event.resource_id == first.resource_id);
+    Record {
+        actor: first.actor.clone(),
+        action: first.action,
+        resource_type: if same_resource { first.resource_type } else { None },
+        resource_id: if same_resource { first.resource_id.clone() } else { None },
+        outcome: first.outcome,
+        client_addr: None,
+        user_agent: None,
+        request_id: None,
+        details: String::from_utf8(out).expect("JSON text is UTF-8"),
+    }
+}
+
+/// A call's own details, without what its record states once (`audit_mode`, `sample_rate`).
+fn write_call_details(details: &serde_json::Value, policy: MaskPolicy, out: &mut Vec<u8>) {
+    match details.as_object() {
+        Some(map) if map.contains_key("audit_mode") || map.contains_key("sample_rate") => {
+            let mut own = map.clone();
+            own.remove("audit_mode");
+            own.remove("sample_rate");
+            chain::write_canonical(&serde_json::Value::Object(own), out, Some(policy));
+        }
+        _ => chain::write_canonical(details, out, Some(policy)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditActor, Outcome};
+    use serde_json::json;
+
+    fn call(n: u64, addr: &str, agent: &str, details: serde_json::Value) -> Call {
+        let event = AuditEvent::new(None, AuditActor::anonymous(), "inference.call")
+            .resource("model", "m")
+            .outcome(Outcome::Success)
+            .details(details);
+        let info = RequestInfo {
+            client_addr: Some(addr.into()),
+            user_agent: Some(agent.into()),
+            request_id: Some(format!("r{n}")),
+        };
+        Call { event, info, at: OffsetDateTime::from_unix_timestamp(1_767_323_045 + n as i64).unwrap(), summary: false }
+    }
+
+    #[test]
+    fn shared_records_are_canonical_state_common_fields_once_and_expand_back() {
+        let calls = [
+            call(1, "10.0.0.1", "curl", json!({ "rows": 1, "cache": "miss" })),
+            call(2, "10.0.0.1", "curl", json!({ "rows": 2, "cache": "miss" })),
+        ];
+        let group: Vec<&Call> = calls.iter().collect();
+        let record = shared_record(&group, MaskPolicy::default());
+        let details: serde_json::Value = serde_json::from_str(&record.details).unwrap();
+        assert_eq!(chain::canonical_json(&details), record.details, "written in canonical form");
+        assert_eq!(details["call_fields"], json!(["at", "request_id", "details"]));
+        assert_eq!(details["common"]["client_addr"], "10.0.0.1");
+        assert_eq!((details["audit_mode"].as_str(), details["count"].as_u64()), (Some("every_call"), Some(2)));
+        let expanded = expand_calls(&details);
+        assert_eq!(expanded.len(), 2);
+        assert_eq!(expanded[1]["details"], json!({ "rows": 2, "cache": "miss" }));
+        assert_eq!(expanded[1]["at"], "2026-01-02T03:04:07.000000Z");
+        assert_eq!(expanded[1]["request_id"], "r2");
+        assert_eq!(expanded[0]["resource_id"], "m");
+        assert_eq!(expanded[0].len(), CALL_FIELDS.len());
+        assert_eq!(record.resource_id.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn shared_records_are_redacted_as_any_event() {
+        let sampled = |n, addr| {
+            call(
+                n,
+                addr,
+                "bob@example.com",
+                json!({ "audit_mode": "sampled", "sample_rate": 0.5, "token": "t0p", "rows": n }),
+            )
+        };
+        let calls = [sampled(1, "10.0.0.1"), sampled(2, "10.0.7.2")];
+        let group: Vec<&Call> = calls.iter().collect();
+        let record = shared_record(&group, MaskPolicy { emails: true, client_addr: true });
+        let details: serde_json::Value = serde_json::from_str(&record.details).unwrap();
+        assert_eq!(chain::canonical_json(&details), record.details);
+        assert!(!record.details.contains("t0p") && !record.details.contains("bob@"), "{}", record.details);
+        assert_eq!((details["audit_mode"].as_str(), details["sample_rate"].as_f64()), (Some("sampled"), Some(0.5)));
+        let expanded = expand_calls(&details);
+        assert_eq!(expanded[0]["user_agent"], "b***@example.com");
+        assert_eq!(expanded[1]["client_addr"], "10.0.7.0");
+        assert_eq!(expanded[1]["details"], json!({ "rows": 2 }), "the mode is stated once, for the record");
+    }
 }

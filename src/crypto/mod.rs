@@ -7,8 +7,6 @@
 
 pub mod stream;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
@@ -25,6 +23,47 @@ pub enum CryptoError {
     UnknownKey(String),
 }
 
+/// AES-256-GCM under one key. ring's implementation: it picks the widest AES and carry-less
+/// multiply instructions the CPU has at run time (VAES/VPCLMULQDQ where present), several
+/// times the throughput of a portable implementation, with the same standard output.
+pub struct Aes256Gcm(ring::aead::LessSafeKey);
+
+impl Aes256Gcm {
+    pub fn new(key: &[u8; 32]) -> Self {
+        let key =
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte key is valid for AES-256");
+        Self(ring::aead::LessSafeKey::new(key))
+    }
+
+    /// Encrypts `in_out` in place and returns its tag. The caller guarantees the nonce is
+    /// never reused under this key.
+    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                in_out,
+            )
+            .expect("AES-GCM seals any input shorter than 64 GiB");
+        tag.as_ref().try_into().expect("16-byte tag")
+    }
+
+    /// Authenticates and decrypts `in_out` in place; nothing is usable unless this succeeds.
+    pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: [u8; 16]) -> Result<(), CryptoError> {
+        self.0
+            .open_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                ring::aead::Tag::from(tag),
+                in_out,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| CryptoError::Authentication)
+    }
+}
+
 pub fn random_key() -> Key {
     let mut key = Zeroizing::new([0u8; 32]);
     rand::fill(&mut key[..]);
@@ -34,13 +73,13 @@ pub fn random_key() -> Key {
 /// Wraps `key` under `kek`: `nonce (12) || ciphertext (32) || tag (16)`. `context` is bound in as
 /// associated data, so a wrapped key only unwraps where it belongs.
 pub fn wrap(kek: &[u8; 32], key: &[u8; 32], context: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new_from_slice(kek).expect("32-byte key");
     let mut nonce = [0u8; 12];
     rand::fill(&mut nonce);
-    let sealed = cipher.encrypt(&Nonce::from(nonce), Payload { msg: key, aad: context }).expect("AES-GCM sealing cannot fail");
-    let mut out = Vec::with_capacity(12 + sealed.len());
+    let mut out = Vec::with_capacity(12 + 32 + 16);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(key);
+    let tag = Aes256Gcm::new(kek).seal(nonce, context, &mut out[12..]);
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -48,14 +87,11 @@ pub fn unwrap(kek: &[u8; 32], wrapped: &[u8], context: &[u8]) -> Result<Key, Cry
     if wrapped.len() != 12 + 32 + 16 {
         return Err(CryptoError::Authentication);
     }
-    let cipher = Aes256Gcm::new_from_slice(kek).expect("32-byte key");
-    let plain = Zeroizing::new(
-        cipher
-            .decrypt(&Nonce::from(<[u8; 12]>::try_from(&wrapped[..12]).expect("12 bytes")), Payload { msg: &wrapped[12..], aad: context })
-            .map_err(|_| CryptoError::Authentication)?,
-    );
+    let nonce: [u8; 12] = wrapped[..12].try_into().expect("12 bytes");
+    let tag: [u8; 16] = wrapped[44..].try_into().expect("16 bytes");
     let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(&plain);
+    key.copy_from_slice(&wrapped[12..44]);
+    Aes256Gcm::new(kek).open(nonce, context, &mut key[..], tag)?;
     Ok(key)
 }
 
@@ -77,7 +113,11 @@ impl MasterKeys {
     }
 
     pub fn get(&self, kid: &str) -> Result<&[u8; 32], CryptoError> {
-        self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| &**key).ok_or_else(|| CryptoError::UnknownKey(kid.to_owned()))
+        self.keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, key)| &**key)
+            .ok_or_else(|| CryptoError::UnknownKey(kid.to_owned()))
     }
 
     pub fn ids(&self) -> Vec<&str> {
@@ -93,6 +133,20 @@ pub fn generate_master_key_entry(kid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Test cases 13 and 14 of the GCM specification (McGrew and Viega): stored artifacts and
+    /// wrapped keys are standard AES-256-GCM, whichever implementation runs.
+    #[test]
+    fn matches_the_gcm_specification_vectors() {
+        let cipher = Aes256Gcm::new(&[0u8; 32]);
+        assert_eq!(hex::encode(cipher.seal([0u8; 12], b"", &mut [])), "530f8afbc74536b9a963b4f1c4cb738b");
+        let mut block = [0u8; 16];
+        let tag = cipher.seal([0u8; 12], b"", &mut block);
+        assert_eq!(hex::encode(block), "cea7403d4d606b6e074ec5d3baf39d18");
+        assert_eq!(hex::encode(tag), "d0d1c8a799996bf0265b98b5d48ab919");
+        cipher.open([0u8; 12], b"", &mut block, tag).unwrap();
+        assert_eq!(block, [0u8; 16]);
+    }
 
     #[test]
     fn wrapped_keys_unwrap_only_with_their_kek_and_context() {

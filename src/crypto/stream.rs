@@ -9,11 +9,9 @@
 //! final), a chunk cannot be dropped, and one artifact's ciphertext does not decrypt as another.
 //! Nothing is released before its chunk authenticates.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use bytes::{Bytes, BytesMut};
 
-use super::CryptoError;
+use super::{Aes256Gcm, CryptoError};
 
 pub const CHUNK: usize = 64 * 1024;
 pub const HEADER_LEN: usize = 16;
@@ -56,7 +54,7 @@ impl Encryptor {
         header[5..9].copy_from_slice(&(CHUNK as u32).to_be_bytes());
         header[9..].copy_from_slice(&prefix);
         Self {
-            cipher: Aes256Gcm::new_from_slice(key).expect("32-byte key"),
+            cipher: Aes256Gcm::new(key),
             prefix,
             aad: aad(&header, artifact),
             index: 0,
@@ -67,10 +65,7 @@ impl Encryptor {
 
     fn seal(&mut self, mut chunk: BytesMut, last: bool) -> BytesMut {
         let n = nonce(&self.prefix, self.index, last);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&Nonce::from(n), &self.aad, &mut chunk)
-            .expect("sealing a 64 KiB chunk cannot fail");
+        let tag = self.cipher.seal(n, &self.aad, &mut chunk);
         chunk.extend_from_slice(&tag);
         self.index = self.index.checked_add(1).expect("artifact larger than 256 TiB");
         chunk
@@ -129,10 +124,7 @@ impl Decryptor {
         }
         let tag = sealed.split_off(sealed.len() - TAG_LEN);
         let tag_bytes: [u8; TAG_LEN] = tag[..].try_into().expect("16 bytes");
-        let n = nonce(prefix, self.index, last);
-        cipher
-            .decrypt_in_place_detached(&Nonce::from(n), aad, &mut sealed, &Tag::from(tag_bytes))
-            .map_err(|_| CryptoError::Authentication)?;
+        cipher.open(nonce(prefix, self.index, last), aad, &mut sealed, tag_bytes)?;
         self.index = self.index.checked_add(1).ok_or(CryptoError::Authentication)?;
         Ok(sealed.freeze())
     }
@@ -152,7 +144,7 @@ impl Decryptor {
                 return Err(CryptoError::Header);
             }
             let prefix: [u8; 7] = header[9..].try_into().expect("7 bytes");
-            let cipher = Aes256Gcm::new_from_slice(&self.key).expect("32-byte key");
+            let cipher = Aes256Gcm::new(&self.key);
             self.state = Some((cipher, prefix, aad(&header, &self.artifact), chunk));
         }
         let sealed_len = self.state.as_ref().map(|s| s.3).unwrap_or(CHUNK) + TAG_LEN;

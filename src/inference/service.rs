@@ -89,7 +89,7 @@ impl InferenceService {
         if let Err(e) = &result {
             event.details["code"] = json!(e.code().as_str());
         }
-        self.audit.call(event, call.info.clone()).await;
+        self.audit.call(event, call.info).await;
         result.map(|(reply, _)| reply)
     }
 
