@@ -66,7 +66,7 @@ pub fn canonical_json(value: &Value) -> String {
 }
 
 /// The canonical JSON of `value` as the redaction policy lets it be stored: secret-looking keys
-/// dropped at any depth, emails masked if the tenant asks (see `redact`).
+/// dropped at any depth, emails masked if the tenant asks (the rules are in `redact.rs`).
 pub fn canonical_json_redacted(value: &Value, policy: MaskPolicy) -> String {
     let mut out = Vec::with_capacity(256);
     write_canonical(value, &mut out, Some(policy));

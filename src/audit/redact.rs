@@ -1,7 +1,6 @@
 //! What an audit event may say: secrets are removed before anything is hashed or stored, and
-//! emails and client addresses are masked when the tenant asks for it.
-
-use serde_json::Value;
+//! emails and client addresses are masked when the tenant asks for it. The rules are applied
+//! while an event is written as canonical JSON (`chain::canonical_json_redacted`).
 
 const SECRET_MARKERS: [&str; 8] = ["password", "secret", "token", "authorization", "api_key", "apikey", "credential", "private"];
 
@@ -14,21 +13,6 @@ pub struct MaskPolicy {
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.as_bytes();
     SECRET_MARKERS.iter().any(|m| key.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m.as_bytes())))
-}
-
-/// Removes secret-looking keys at any depth; masks emails if asked.
-pub fn redact(value: &mut Value, policy: MaskPolicy) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|k, _| !is_secret_key(k));
-            for v in map.values_mut() {
-                redact(v, policy);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, policy)),
-        Value::String(s) if policy.emails && looks_like_email(s) => *s = mask_email(s),
-        _ => {}
-    }
 }
 
 pub(crate) fn looks_like_email(s: &str) -> bool {
@@ -64,16 +48,16 @@ pub fn mask_addr(addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::canonical_json_redacted;
 
     #[test]
     fn secrets_never_survive() {
-        let mut v = serde_json::json!({
+        let v = serde_json::json!({
             "email": "alice@example.com", "password": "hunter2",
             "nested": {"refresh_token": "trt_x", "name": "k", "list": [{"api_key": "tsk"}]},
             "Authorization": "Bearer x"
         });
-        redact(&mut v, MaskPolicy::default());
-        let text = v.to_string();
+        let text = canonical_json_redacted(&v, MaskPolicy::default());
         for secret in ["hunter2", "trt_x", "tsk", "Bearer"] {
             assert!(!text.contains(secret), "{text}");
         }
@@ -82,9 +66,9 @@ mod tests {
 
     #[test]
     fn masking_is_per_policy() {
-        let mut v = serde_json::json!({"email": "alice@example.com"});
-        redact(&mut v, MaskPolicy { emails: true, client_addr: false });
-        assert_eq!(v["email"], "a***@example.com");
+        let v = serde_json::json!({"email": "alice@example.com"});
+        let text = canonical_json_redacted(&v, MaskPolicy { emails: true, client_addr: false });
+        assert_eq!(text, r#"{"email":"a***@example.com"}"#);
         assert_eq!(mask_addr("10.1.2.3"), "10.1.2.0");
         assert_eq!(mask_addr("2001:db8:1:2::5"), "2001:db8:1::");
     }

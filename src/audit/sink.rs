@@ -312,10 +312,11 @@ enum Field<'a> {
 }
 
 /// One chained record for a group of calls of one action, actor, outcome and mode. Its details
-/// are written here directly as canonical JSON, redacted as `redact` would: keys in byte order
-/// (`audit_mode`, `call_fields`, `calls`, `common`, `count`, `sample_rate`), fields every call
-/// shares stated once in `common`, the others one array per call in `CALL_FIELDS` order. This
-/// runs for every audited call, so it builds no JSON tree and no string per value.
+/// are written here directly as canonical JSON, redacted by the same rules as any event: keys
+/// in byte order (`audit_mode`, `call_fields`, `calls`, `common`, `count`, `sample_rate`),
+/// fields every call shares stated once in `common`, the others one array per call in
+/// `CALL_FIELDS` order. This runs for every audited call, so it builds no JSON tree and no
+/// string per value.
 fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
     let first = &group[0].event;
     let addrs: Vec<Option<std::borrow::Cow<'_, str>>> = group
