@@ -468,6 +468,8 @@ mod tests {
         assert_eq!(expanded[1]["at"], "2026-01-02T03:04:07.000000Z");
         assert_eq!(expanded[1]["request_id"], "r2");
         assert_eq!(expanded[0]["resource_id"], "m");
+        assert_eq!((expanded[0]["resource_type"].as_str(), expanded[0]["outcome"].as_str()), (Some("model"), Some("success")));
+        assert_eq!(expanded[0]["user_agent"], "curl");
         assert_eq!(expanded[0].len(), CALL_FIELDS.len());
         assert_eq!(record.resource_id.as_deref(), Some("m"));
     }
