@@ -46,12 +46,9 @@ fn disable_nagle(port: u16) {
         };
         for entry in entries.flatten() {
             let is_socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()).filter(|_| is_socket) else {
                 continue;
             };
-            if !is_socket {
-                continue;
-            }
             // SAFETY: the descriptor is borrowed only for these system calls. Were it closed
             // meanwhile, they fail (EBADF); were its number reused, the peer check below keeps
             // anything but a Postgres connection untouched.
