@@ -11,6 +11,10 @@
 #      auditing every call (the default) and one in `aggregated` mode, runs alternated.
 #
 #   deploy/local/bench-inference.sh [PEERS_DIR]     (models and request bodies come from bench/peers)
+#
+# SECTIONS picks some of them (default "floor batching cache audit"); AUDIT_ROUNDS sets how
+# many alternated rounds section 4 runs (default 2); DURATION is seconds per wrk run;
+# TESSERA_BENCH_BIN runs another build of Tessera instead of building this tree (A/B runs).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -19,6 +23,9 @@ PEERS_DIR="$(cd "${1:-$TESSERA_ROOT/../shared/bench/peers}" && pwd)"
 PORT="${TESSERA_BENCH_PORT:-18990}"
 BARE_PORT="${BARE_PORT:-18991}"
 DURATION="${DURATION:-10}"
+SECTIONS=" ${SECTIONS:-floor batching cache audit} "
+AUDIT_ROUNDS="${AUDIT_ROUNDS:-2}"
+section() { [[ "$SECTIONS" == *" $1 "* ]]; }
 
 bench_load_tools "$PEERS_DIR"
 
@@ -92,16 +99,24 @@ curl -fsS "$api/v2/models/slow/ready" -H "$auth" >/dev/null
 echo
 echo "| target | connections | req/s | p50 ms | p99 ms | non-2xx |"
 echo "|---|---:|---:|---:|---:|---:|"
-for c in 1 16 64; do
-  wrk_run "bare handler, tiny" "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c"
-  wrk_run "tessera, tiny" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
-done
-wrk_run "tessera, mlp b1, batching on" "$api/v2/models/mlp/infer" "$work/req/mlp_b1.json" 64 "$auth"
-wrk_run "tessera, mlp b1, batching off" "$api/v2/models/mlp-nobatch/infer" "$work/req/mlp_b1.json" 64 "$auth"
-slow_headers="$auth;;Inference-Header-Content-Length: $slow_header_len"
-wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
-wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
-for round in 1 2; do
-  wrk_run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
-  wrk_run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"
-done
+if section floor; then
+  for c in 1 16 64; do
+    wrk_run "bare handler, tiny" "http://127.0.0.1:$BARE_PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c"
+    wrk_run "tessera, tiny" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
+  done
+fi
+if section batching; then
+  wrk_run "tessera, mlp b1, batching on" "$api/v2/models/mlp/infer" "$work/req/mlp_b1.json" 64 "$auth"
+  wrk_run "tessera, mlp b1, batching off" "$api/v2/models/mlp-nobatch/infer" "$work/req/mlp_b1.json" 64 "$auth"
+fi
+if section cache; then
+  slow_headers="$auth;;Inference-Header-Content-Length: $slow_header_len"
+  wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
+  wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
+fi
+if section audit; then
+  for round in $(seq 1 "$AUDIT_ROUNDS"); do
+    wrk_run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
+    wrk_run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"
+  done
+fi

@@ -139,9 +139,13 @@ bench_environment() {
   ensure_role tessera_app "NOSUPERUSER NOBYPASSRLS" "$app_password"
   psql_super -d postgres -c "DROP DATABASE IF EXISTS tessera_bench WITH (FORCE)" >/dev/null
   psql_super -d postgres -c "CREATE DATABASE tessera_bench OWNER tessera" >/dev/null
-  log "building Tessera (release)"
-  cargo build --locked --release --quiet --bin tessera
-  bench_bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/release/tessera"
+  if [ -n "${TESSERA_BENCH_BIN:-}" ]; then
+    bench_bin="$TESSERA_BENCH_BIN" # another build of Tessera, for A/B runs
+  else
+    log "building Tessera (release)"
+    cargo build --locked --release --quiet --bin tessera
+    bench_bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/release/tessera"
+  fi
   export TESSERA_ENV=development
   export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:5432/tessera_bench"
   export TESSERA__DATABASE__PASSWORD_FILE="$app_password"

@@ -98,12 +98,12 @@ async fn an_action_whose_event_cannot_be_written_is_rolled_back() {
     let app = spawn_app().await;
     let admin = app.platform_admin().await;
     app.create_tenant(&admin, "acme", json!({})).await;
-    sqlx::query("REVOKE EXECUTE ON FUNCTION audit_append(uuid, json) FROM tessera_app").execute(&app.db).await.unwrap();
+    sqlx::query("REVOKE EXECUTE ON FUNCTION audit_append(uuid, json, text[]) FROM tessera_app").execute(&app.db).await.unwrap();
     let response = app.post_json("/v1/tenants/acme/api-keys", Some(&admin), &json!({ "name": "k", "role": "inference" })).await;
     assert_problem(response, 500, "internal_error").await;
     let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(&app.db).await.unwrap();
     assert_eq!(keys, 0, "the key was created without its audit event");
-    sqlx::query("GRANT EXECUTE ON FUNCTION audit_append(uuid, json) TO tessera_app").execute(&app.db).await.unwrap();
+    sqlx::query("GRANT EXECUTE ON FUNCTION audit_append(uuid, json, text[]) TO tessera_app").execute(&app.db).await.unwrap();
     let response = app.post_json("/v1/tenants/acme/api-keys", Some(&admin), &json!({ "name": "k", "role": "inference" })).await;
     assert_eq!(response.status(), 201);
 }
@@ -347,11 +347,12 @@ async fn audit_rows_cannot_be_changed_even_by_their_owner() {
     let forged = json!([{
         "id": uuid::Uuid::new_v4(), "seq": 1, "occurred_at": "2026-01-01T00:00:00.000000Z", "actor_type": "user",
         "actor_id": null, "action": "auth.login", "resource_type": null, "resource_id": null, "outcome": "success",
-        "client_addr": null, "user_agent": null, "request_id": null, "details": {},
+        "client_addr": null, "user_agent": null, "request_id": null,
         "prev_hash": "00".repeat(32), "hash": "11".repeat(32)
     }]);
-    let rogue_append = sqlx::query("SELECT audit_append('00000000-0000-0000-0000-000000000000', $1::json)")
+    let rogue_append = sqlx::query("SELECT audit_append('00000000-0000-0000-0000-000000000000', $1::json, $2)")
         .bind(forged.to_string())
+        .bind(vec!["{}"])
         .execute(&mut conn)
         .await;
     assert!(rogue_append.unwrap_err().to_string().contains("do not continue the chain"));
