@@ -30,6 +30,36 @@ const QUEUE: usize = 65_536;
 /// fewer bytes than objects, and nothing to sort when canonicalising.
 pub const CALL_FIELDS: [&str; 8] =
     ["at", "resource_type", "resource_id", "outcome", "client_addr", "user_agent", "request_id", "details"];
+
+/// `CALL_FIELDS` as values: the writer picks a call's fields by position, not by name.
+#[derive(Clone, Copy, PartialEq)]
+enum CallField {
+    At,
+    ResourceType,
+    ResourceId,
+    Outcome,
+    ClientAddr,
+    UserAgent,
+    RequestId,
+    Details,
+}
+
+impl CallField {
+    const ALL: [CallField; CALL_FIELDS.len()] = [
+        CallField::At,
+        CallField::ResourceType,
+        CallField::ResourceId,
+        CallField::Outcome,
+        CallField::ClientAddr,
+        CallField::UserAgent,
+        CallField::RequestId,
+        CallField::Details,
+    ];
+
+    fn name(self) -> &'static str {
+        CALL_FIELDS[self as usize]
+    }
+}
 const MAX_BATCH: usize = 2_000;
 /// How long a batch gathers. Each batch costs a transaction of four statements whatever its
 /// size, so fewer, larger batches leave more of the machine to the calls themselves; events
@@ -45,8 +75,19 @@ pub enum CallMode {
     Aggregated,
 }
 
+impl CallMode {
+    /// As records state it in `details.audit_mode`.
+    fn label(self) -> &'static str {
+        match self {
+            CallMode::EveryCall => "every_call",
+            CallMode::Sampled(_) => "sampled",
+            CallMode::Aggregated => "aggregated",
+        }
+    }
+}
+
 enum Message {
-    Event(Box<(AuditEvent, RequestInfo)>, OffsetDateTime),
+    Event(Box<(AuditEvent, RequestInfo)>, OffsetDateTime, CallMode),
     Flush(oneshot::Sender<()>),
 }
 
@@ -112,7 +153,7 @@ impl AuditSink {
             }
         }
         let at = super::chain::now_micros();
-        let _ = self.sender.send(Message::Event(Box::new((event, info)), at)).await;
+        let _ = self.sender.send(Message::Event(Box::new((event, info)), at, mode)).await;
     }
 
     /// Waits until every event submitted before this call is in the database.
@@ -172,10 +213,12 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
         let mut batch: Vec<Call> = Vec::new();
         let mut flushes = Vec::new();
         let mut take = |message: Message, batch: &mut Vec<Call>, aggregates: &mut Aggregates| match message {
-            Message::Event(boxed, at) => {
+            Message::Event(boxed, at, mode) => {
                 let (event, info) = *boxed;
-                let aggregated = event.details.get("audit_mode").and_then(|m| m.as_str()) == Some("aggregated");
-                if aggregated { aggregates.add(event) } else { batch.push(Call { event, info, at, summary: false }) }
+                match mode {
+                    CallMode::Aggregated => aggregates.add(event),
+                    _ => batch.push(Call { event, info, at, mode: mode.label(), summary: false }),
+                }
             }
             Message::Flush(done) => flushes.push(done),
         };
@@ -201,6 +244,7 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
                 event,
                 info,
                 at: OffsetDateTime::UNIX_EPOCH,
+                mode: CallMode::Aggregated.label(),
                 summary: true,
             }));
         }
@@ -212,7 +256,13 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
     let rest = aggregates
         .drain()
         .into_iter()
-        .map(|(event, info)| Call { event, info, at: OffsetDateTime::UNIX_EPOCH, summary: true })
+        .map(|(event, info)| Call {
+            event,
+            info,
+            at: OffsetDateTime::UNIX_EPOCH,
+            mode: CallMode::Aggregated.label(),
+            summary: true,
+        })
         .collect();
     write_with_retry(&pool, &auditor, rest).await;
 }
@@ -246,6 +296,8 @@ struct Call {
     event: AuditEvent,
     info: RequestInfo,
     at: OffsetDateTime,
+    /// `CallMode::label`: calls of different modes never share a record.
+    mode: &'static str,
     summary: bool,
 }
 
@@ -287,7 +339,7 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
             call.event.actor.kind,
             call.event.actor.id.as_deref(),
             call.event.outcome.as_str(),
-            mode_of(&call.event),
+            call.mode,
         );
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(call),
@@ -298,10 +350,6 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
     super::append_records(&mut tx, tenant, records).await?;
     tx.commit().await?;
     Ok(())
-}
-
-fn mode_of(event: &AuditEvent) -> &str {
-    event.details.get("audit_mode").and_then(|m| m.as_str()).unwrap_or("")
 }
 
 /// One value of a call's field, as written.
@@ -330,20 +378,21 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
         .collect();
     let field = |i: usize, f: usize| -> Field<'_> {
         let c = group[i];
-        match CALL_FIELDS[f] {
-            "resource_type" => Field::Text(c.event.resource_type),
-            "resource_id" => Field::Text(c.event.resource_id.as_deref()),
-            "outcome" => Field::Text(Some(c.event.outcome.as_str())),
-            "client_addr" => Field::Text(addrs[i].as_deref()),
-            "user_agent" => Field::Text(c.info.user_agent.as_deref()),
-            "request_id" => Field::Text(c.info.request_id.as_deref()),
-            "details" => Field::Json(&c.event.details),
-            other => unreachable!("`{other}` is written separately"),
+        match CallField::ALL[f] {
+            CallField::ResourceType => Field::Text(c.event.resource_type),
+            CallField::ResourceId => Field::Text(c.event.resource_id.as_deref()),
+            CallField::Outcome => Field::Text(Some(c.event.outcome.as_str())),
+            CallField::ClientAddr => Field::Text(addrs[i].as_deref()),
+            CallField::UserAgent => Field::Text(c.info.user_agent.as_deref()),
+            CallField::RequestId => Field::Text(c.info.request_id.as_deref()),
+            CallField::Details => Field::Json(&c.event.details),
+            CallField::At => unreachable!("`at` is written separately"),
         }
     };
     // `at` differs from call to call; every other field is shared when all calls agree.
-    let shared: [bool; CALL_FIELDS.len()] =
-        std::array::from_fn(|f| CALL_FIELDS[f] != "at" && (1..group.len()).all(|i| field(i, f) == field(0, f)));
+    let shared: [bool; CALL_FIELDS.len()] = std::array::from_fn(|f| {
+        CallField::ALL[f] != CallField::At && (1..group.len()).all(|i| field(i, f) == field(0, f))
+    });
     let write = |out: &mut Vec<u8>, value: Field<'_>| match value {
         Field::Text(Some(text)) => chain::write_string(text, policy, out),
         Field::Text(None) => out.extend_from_slice(b"null"),
@@ -352,18 +401,14 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
 
     let mut out = Vec::with_capacity(256 + group.len() * 96);
     out.extend_from_slice(b"{\"audit_mode\":");
-    let mode = match mode_of(first) {
-        "" => "every_call",
-        mode => mode,
-    };
-    chain::write_string(mode, policy, &mut out);
+    chain::write_string(group[0].mode, policy, &mut out);
     out.extend_from_slice(b",\"call_fields\":[");
     let varying: Vec<usize> = (0..CALL_FIELDS.len()).filter(|f| !shared[*f]).collect();
     for (n, f) in varying.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        chain::write_string(CALL_FIELDS[*f], policy, &mut out);
+        chain::write_string(CallField::ALL[*f].name(), policy, &mut out);
     }
     out.extend_from_slice(b"],\"calls\":[");
     for (i, call) in group.iter().enumerate() {
@@ -372,7 +417,7 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
             if n > 0 {
                 out.push(b',');
             }
-            if CALL_FIELDS[*f] == "at" {
+            if CallField::ALL[*f] == CallField::At {
                 out.push(b'"');
                 call.at
                     .format_into(&mut out, super::chain::TIME_FORMAT)
@@ -391,7 +436,7 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
         if n > 0 {
             out.push(b',');
         }
-        chain::write_string(CALL_FIELDS[*f], policy, &mut out);
+        chain::write_string(CallField::ALL[*f].name(), policy, &mut out);
         out.push(b':');
         write(&mut out, field(0, *f));
     }
@@ -439,14 +484,19 @@ mod tests {
     fn call(n: u64, addr: &str, agent: &str, details: serde_json::Value) -> Call {
         let event = AuditEvent::new(None, AuditActor::anonymous(), "inference.call")
             .resource("model", "m")
-            .outcome(Outcome::Success)
-            .details(details);
+            .outcome(Outcome::Success);
         let info = RequestInfo {
             client_addr: Some(addr.into()),
             user_agent: Some(agent.into()),
             request_id: Some(format!("r{n}")),
         };
-        Call { event, info, at: OffsetDateTime::from_unix_timestamp(1_767_323_045 + n as i64).unwrap(), summary: false }
+        let mode = match details.get("audit_mode").and_then(|m| m.as_str()) {
+            Some("sampled") => CallMode::Sampled(0.5),
+            _ => CallMode::EveryCall,
+        };
+        let event = event.details(details);
+        let at = OffsetDateTime::from_unix_timestamp(1_767_323_045 + n as i64).unwrap();
+        Call { event, info, at, mode: mode.label(), summary: false }
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl InferenceService {
             Err(_) => (Outcome::Failure, "bypass", 0),
         };
         self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, started.elapsed());
-        let mut event = AuditEvent::new(Some(call.tenant), call.actor.clone(), "inference.call")
+        let mut event = AuditEvent::new(Some(call.tenant), call.actor, "inference.call")
             .resource("model", call.name)
             .outcome(outcome)
             .details(json!({ "version": call.version, "cache": cache, "rows": rows }));
