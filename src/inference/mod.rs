@@ -9,6 +9,7 @@ pub mod engine;
 pub mod metrics;
 pub mod models;
 pub mod protocol;
+pub mod quiet;
 pub mod routes;
 pub mod service;
 pub mod validate;

@@ -15,6 +15,7 @@ use super::cache::{CacheStatus, Flight, ResultCache};
 use super::engine::RunOutput;
 use super::metrics::InferenceMetrics;
 use super::models::{LoadedModel, ModelManager, Resolved};
+use super::quiet::{self, CallInProgress};
 use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_response, parse_infer_request_bytes};
 use super::validate::{Prepared, prepare};
 use super::worker::{Job, WorkError};
@@ -25,6 +26,10 @@ use crate::tenancy::TenantId;
 
 /// Bodies larger than this are parsed on the blocking pool rather than the executor.
 const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
+/// How long a quiet server's HTTP worker polls for the model's answer before parking: enough
+/// for a small model, a fraction of a larger one's run.
+const POLL_FOR_ANSWER: Duration = Duration::from_micros(100);
 
 #[derive(Clone)]
 pub struct InferenceService {
@@ -70,6 +75,7 @@ impl InferenceService {
 
     pub async fn infer(&self, call: InferCall<'_>) -> Result<InferReply, ApiError> {
         let started = Instant::now();
+        let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
         // labels only ever name models that exist (a caller cannot mint series).
         let (result, label) = match self.models.resolve(call.tenant, call.name, call.version).await {
@@ -181,7 +187,7 @@ impl InferenceService {
 
     /// Queues the job and waits for its outputs (the selected ones, in request order).
     async fn run(&self, model: &LoadedModel, prepared: Prepared, deadline: Instant) -> Result<Vec<RunOutput>, ApiError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         let job = Job {
             inputs: prepared.inputs,
             deadline: Some(deadline),
@@ -195,10 +201,23 @@ impl InferenceService {
         }
         self.metrics.queue_depth(model.tenant, &model.name, model.pool.queue_depth());
         let waiting = tracing::info_span!("inference.queue_and_run", model = %model.name, version = model.version);
-        let all = match tokio::time::timeout_at(deadline.into(), answer).instrument(waiting).await {
-            Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model answered")),
-            Ok(Err(_)) => return Err(ApiError::new(Code::InferenceFailed, "the model's worker stopped")),
-            Ok(Ok(result)) => result.map_err(failed)?,
+        let polled = waiting.in_scope(|| {
+            quiet::poll(POLL_FOR_ANSWER, || match answer.try_recv() {
+                Ok(result) => Some(Ok(result)),
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(())),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            })
+        });
+        let answered = match polled {
+            Some(answered) => answered,
+            None => match tokio::time::timeout_at(deadline.into(), answer).instrument(waiting).await {
+                Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model answered")),
+                Ok(answered) => answered.map_err(|_| ()),
+            },
+        };
+        let all = match answered {
+            Err(()) => return Err(ApiError::new(Code::InferenceFailed, "the model's worker stopped")),
+            Ok(result) => result.map_err(failed)?,
         };
         let mut all: Vec<Option<RunOutput>> = all.into_iter().map(Some).collect();
         prepared

@@ -6,7 +6,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,11 @@ use tokio::sync::oneshot;
 use super::engine::{Engine, RunInput, RunOutput};
 use super::metrics::WorkerMetrics;
 use super::protocol::TensorData;
+use super::quiet;
+
+/// How long an idle worker polls for its next job while the server is quiet: about two
+/// round trips of a small call at one connection.
+const POLL_FOR_JOB: Duration = Duration::from_micros(300);
 
 pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, String> + Send + Sync>;
 
@@ -140,7 +145,17 @@ impl Worker {
 
     fn take(&self, receiver: &Receiver<Job>, until: Option<Instant>) -> Option<Job> {
         let job = match until {
-            None => receiver.recv().ok(),
+            None => {
+                let polled = quiet::poll(POLL_FOR_JOB, || match receiver.try_recv() {
+                    Ok(job) => Some(Some(job)),
+                    Err(TryRecvError::Disconnected) => Some(None),
+                    Err(TryRecvError::Empty) => None,
+                });
+                match polled {
+                    Some(job) => job,
+                    None => receiver.recv().ok(),
+                }
+            }
             Some(until) => match receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
