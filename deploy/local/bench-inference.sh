@@ -115,8 +115,10 @@ if section cache; then
   wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 fi
 if section audit; then
+  every() { wrk_run "tessera, tiny, every call audited ($1)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"; }
+  aggregated() { wrk_run "tessera, tiny, aggregated audit ($1)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"; }
+  # Each round swaps which runs first, so a drift of the machine during the run favours neither.
   for round in $(seq 1 "$AUDIT_ROUNDS"); do
-    wrk_run "tessera, tiny, every call audited ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"
-    wrk_run "tessera, tiny, aggregated audit ($round)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"
+    if (( round % 2 )); then every "$round"; aggregated "$round"; else aggregated "$round"; every "$round"; fi
   done
 fi

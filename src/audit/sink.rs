@@ -132,24 +132,13 @@ impl AuditSink {
     }
 
     /// Records one call event according to the tenant's mode; waits only when the queue is full.
-    pub async fn call(&self, mut event: AuditEvent, info: RequestInfo) {
+    /// The mode travels beside the event; the writer states it once per record.
+    pub async fn call(&self, event: AuditEvent, info: RequestInfo) {
         let tenant = event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM);
         let mode = self.mode(tenant).await;
-        match mode {
-            CallMode::EveryCall => {}
-            CallMode::Sampled(rate) => {
-                if rand::random::<f64>() >= rate {
-                    return;
-                }
-                if let Some(details) = event.details.as_object_mut() {
-                    details.insert("audit_mode".into(), "sampled".into());
-                    details.insert("sample_rate".into(), rate.into());
-                }
-            }
-            CallMode::Aggregated => {
-                if let Some(details) = event.details.as_object_mut() {
-                    details.insert("audit_mode".into(), "aggregated".into());
-                }
+        if let CallMode::Sampled(rate) = mode {
+            if rand::random::<f64>() >= rate {
+                return;
             }
         }
         let at = super::chain::now_micros();
@@ -195,6 +184,7 @@ impl Aggregates {
             .drain()
             .map(|(_, (mut event, count))| {
                 if let Some(details) = event.details.as_object_mut() {
+                    details.insert("audit_mode".into(), CallMode::Aggregated.label().into());
                     details.insert("calls".into(), count.into());
                     details.insert("window_seconds".into(), AGGREGATION_WINDOW.as_secs().into());
                 }
@@ -217,7 +207,7 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
                 let (event, info) = *boxed;
                 match mode {
                     CallMode::Aggregated => aggregates.add(event),
-                    _ => batch.push(Call { event, info, at, mode: mode.label(), summary: false }),
+                    _ => batch.push(Call { event, info, at, mode, summary: false }),
                 }
             }
             Message::Flush(done) => flushes.push(done),
@@ -244,7 +234,7 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
                 event,
                 info,
                 at: OffsetDateTime::UNIX_EPOCH,
-                mode: CallMode::Aggregated.label(),
+                mode: CallMode::Aggregated,
                 summary: true,
             }));
         }
@@ -260,7 +250,7 @@ async fn writer(pool: PgPool, auditor: Auditor, mut receiver: mpsc::Receiver<Mes
             event,
             info,
             at: OffsetDateTime::UNIX_EPOCH,
-            mode: CallMode::Aggregated.label(),
+            mode: CallMode::Aggregated,
             summary: true,
         })
         .collect();
@@ -296,8 +286,8 @@ struct Call {
     event: AuditEvent,
     info: RequestInfo,
     at: OffsetDateTime,
-    /// `CallMode::label`: calls of different modes never share a record.
-    mode: &'static str,
+    /// Calls of different modes never share a record.
+    mode: CallMode,
     summary: bool,
 }
 
@@ -339,7 +329,7 @@ async fn write(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) -
             call.event.actor.kind,
             call.event.actor.id.as_deref(),
             call.event.outcome.as_str(),
-            call.mode,
+            call.mode.label(),
         );
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(call),
@@ -396,12 +386,12 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
     let write = |out: &mut Vec<u8>, value: Field<'_>| match value {
         Field::Text(Some(text)) => chain::write_string(text, policy, out),
         Field::Text(None) => out.extend_from_slice(b"null"),
-        Field::Json(details) => write_call_details(details, policy, out),
+        Field::Json(details) => chain::write_canonical(details, out, Some(policy)),
     };
 
     let mut out = Vec::with_capacity(256 + group.len() * 96);
     out.extend_from_slice(b"{\"audit_mode\":");
-    chain::write_string(group[0].mode, policy, &mut out);
+    chain::write_string(group[0].mode.label(), policy, &mut out);
     out.extend_from_slice(b",\"call_fields\":[");
     let varying: Vec<usize> = (0..CALL_FIELDS.len()).filter(|f| !shared[*f]).collect();
     for (n, f) in varying.iter().enumerate() {
@@ -442,9 +432,9 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
     }
     out.extend_from_slice(b"},\"count\":");
     out.extend_from_slice(group.len().to_string().as_bytes());
-    if let Some(rate) = first.details.get("sample_rate") {
+    if let CallMode::Sampled(rate) = group[0].mode {
         out.extend_from_slice(b",\"sample_rate\":");
-        chain::write_canonical(rate, &mut out, Some(policy));
+        chain::write_canonical(&serde_json::Value::from(rate), &mut out, Some(policy));
     }
     out.push(b'}');
 
@@ -462,18 +452,6 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
     }
 }
 
-/// A call's own details, without what its record states once (`audit_mode`, `sample_rate`).
-fn write_call_details(details: &serde_json::Value, policy: MaskPolicy, out: &mut Vec<u8>) {
-    match details.as_object() {
-        Some(map) if map.contains_key("audit_mode") || map.contains_key("sample_rate") => {
-            let mut own = map.clone();
-            own.remove("audit_mode");
-            own.remove("sample_rate");
-            chain::write_canonical(&serde_json::Value::Object(own), out, Some(policy));
-        }
-        _ => chain::write_canonical(details, out, Some(policy)),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -490,13 +468,9 @@ mod tests {
             user_agent: Some(agent.into()),
             request_id: Some(format!("r{n}")),
         };
-        let mode = match details.get("audit_mode").and_then(|m| m.as_str()) {
-            Some("sampled") => CallMode::Sampled(0.5),
-            _ => CallMode::EveryCall,
-        };
         let event = event.details(details);
         let at = OffsetDateTime::from_unix_timestamp(1_767_323_045 + n as i64).unwrap();
-        Call { event, info, at, mode: mode.label(), summary: false }
+        Call { event, info, at, mode: CallMode::EveryCall, summary: false }
     }
 
     #[test]
@@ -526,13 +500,9 @@ mod tests {
 
     #[test]
     fn shared_records_are_redacted_as_any_event() {
-        let sampled = |n, addr| {
-            call(
-                n,
-                addr,
-                "bob@example.com",
-                json!({ "audit_mode": "sampled", "sample_rate": 0.5, "token": "t0p", "rows": n }),
-            )
+        let sampled = |n, addr| Call {
+            mode: CallMode::Sampled(0.5),
+            ..call(n, addr, "bob@example.com", json!({ "token": "t0p", "rows": n }))
         };
         let calls = [sampled(1, "10.0.0.1"), sampled(2, "10.0.7.2")];
         let group: Vec<&Call> = calls.iter().collect();
@@ -544,6 +514,6 @@ mod tests {
         let expanded = expand_calls(&details);
         assert_eq!(expanded[0]["user_agent"], "b***@example.com");
         assert_eq!(expanded[1]["client_addr"], "10.0.7.0");
-        assert_eq!(expanded[1]["details"], json!({ "rows": 2 }), "the mode is stated once, for the record");
+        assert_eq!(expanded[1]["details"], json!({ "rows": 2 }), "the mode is stated once, for the record, and the token not at all");
     }
 }
