@@ -452,7 +452,6 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,13 +461,13 @@ mod tests {
     fn call(n: u64, addr: &str, agent: &str, details: serde_json::Value) -> Call {
         let event = AuditEvent::new(None, AuditActor::anonymous(), "inference.call")
             .resource("model", "m")
-            .outcome(Outcome::Success);
+            .outcome(Outcome::Success)
+            .details(details);
         let info = RequestInfo {
             client_addr: Some(addr.into()),
             user_agent: Some(agent.into()),
             request_id: Some(format!("r{n}")),
         };
-        let event = event.details(details);
         let at = OffsetDateTime::from_unix_timestamp(1_767_323_045 + n as i64).unwrap();
         Call { event, info, at, mode: CallMode::EveryCall, summary: false }
     }
