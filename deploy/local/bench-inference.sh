@@ -8,7 +8,8 @@
 #   3. the result cache: a model that takes milliseconds, answered from Redis (hit) vs run
 #      (`Cache-Control: no-cache`);
 #   4. the cost of auditing every call: the tiny model in two tenants of the same server, one
-#      auditing every call (the default) and one in `aggregated` mode, runs alternated.
+#      auditing every call (the default) and one in `aggregated` mode, in rounds that swap
+#      which of the two runs first.
 #
 #   deploy/local/bench-inference.sh [PEERS_DIR]     (models and request bodies come from bench/peers)
 #
