@@ -313,6 +313,37 @@ async fn tenant_rate_limits_answer_429_with_retry_after() {
     assert_problem(limited, 429, "rate_limited").await;
 }
 
+/// Concurrent requests that find the tenant's lease spent share one refill instead of each
+/// taking a lease of its own from Redis: the shared bucket loses no more than the tokens spent
+/// plus about one lease in flight.
+#[tokio::test]
+async fn concurrent_requests_share_one_rate_limit_refill() {
+    use tessera::tenancy::rate_limit::{Decision, RateLimiter};
+    use tessera::tenancy::{TenantId, TenantInfo, TenantStatus};
+
+    let app = spawn_app().await;
+    let limiter = RateLimiter::new(app.state.redis.clone());
+    let tenant = TenantInfo {
+        id: TenantId(uuid::Uuid::new_v4()),
+        slug: "busy".into(),
+        status: TenantStatus::Active,
+        rate_limit_per_second: 5_000,
+        rate_limit_burst: 5_000,
+    };
+    let mut redis = app.state.redis.connection();
+    let redis_now = |time: (u64, u64)| time.0 * 1_000_000 + time.1;
+    let started: (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    for _ in 0..3 {
+        let decisions = futures::future::join_all((0..300).map(|_| limiter.check(&tenant))).await;
+        assert!(decisions.iter().all(|d| matches!(d, Decision::Allowed)), "a request within the limit was refused");
+    }
+    let key = app.state.redis.key(&["ratelimit", &tenant.id.0.simple().to_string()]);
+    let tat: f64 = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    // Each token moves the bucket's theoretical arrival time by 200 µs (5,000 a second).
+    let taken = (tat - redis_now(started) as f64) / 200.0;
+    assert!((900.0..=1_300.0).contains(&taken), "900 requests took {taken:.0} tokens from the shared bucket");
+}
+
 #[tokio::test]
 async fn a_second_platform_admin_cannot_be_bootstrapped() {
     let app = spawn_app().await;
