@@ -15,9 +15,11 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::future::{Ready, ready};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderValue;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -34,30 +36,48 @@ use crate::tenancy::TenantId;
 /// The chain of platform-level events (no tenant): logins without a tenant, bootstrap, …
 pub const PLATFORM: Uuid = Uuid::nil();
 
-/// Where a request came from, as recorded in its events.
+/// Where a request came from, as recorded in its events. Kept as the request had it (an
+/// address, header values): every inference call carries one to the audit writer, so nothing
+/// is formatted or copied until the writer renders it.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
-    pub client_addr: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
+    pub client_addr: Option<IpAddr>,
+    pub user_agent: Option<HeaderValue>,
+    pub request_id: Option<RequestId>,
 }
+
+/// Longer user agents are cut to this many bytes when recorded.
+const MAX_USER_AGENT: usize = 512;
 
 impl RequestInfo {
     pub fn from_request(req: &HttpRequest) -> Self {
         Self {
-            client_addr: req.peer_addr().map(|a| a.ip().to_string()),
-            user_agent: req
-                .headers()
-                .get(actix_web::http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(512).collect()),
-            request_id: req.extensions().get::<RequestId>().map(|r| r.as_str().to_owned()),
+            client_addr: req.peer_addr().map(|a| a.ip()),
+            user_agent: req.headers().get(actix_web::http::header::USER_AGENT).cloned(),
+            request_id: req.extensions().get::<RequestId>().cloned(),
         }
     }
 
     /// For operator commands.
     pub fn command_line() -> Self {
-        Self { client_addr: None, user_agent: Some(format!("tessera-cli/{}", crate::VERSION)), request_id: None }
+        let agent = HeaderValue::from_str(&format!("tessera-cli/{}", crate::VERSION)).ok();
+        Self { client_addr: None, user_agent: agent, request_id: None }
+    }
+
+    /// The user agent as recorded: visible ASCII only (anything else is not recorded), at most
+    /// `MAX_USER_AGENT` bytes.
+    pub fn user_agent(&self) -> Option<&str> {
+        let agent = self.user_agent.as_ref()?.to_str().ok()?;
+        Some(&agent[..agent.len().min(MAX_USER_AGENT)])
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().map(RequestId::as_str)
+    }
+
+    /// The client's address as recorded: masked if the tenant asks for it.
+    pub fn client_addr(&self, policy: MaskPolicy) -> Option<String> {
+        self.client_addr.map(|a| if policy.client_addr { mask_addr(a) } else { a.to_string() })
     }
 }
 
@@ -88,27 +108,33 @@ impl Outcome {
 }
 
 /// Who did it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditActor {
     pub kind: &'static str,
-    pub id: Option<String>,
+    pub id: Option<Uuid>,
 }
 
 impl AuditActor {
     pub fn of(principal: &Principal) -> Self {
-        match principal.actor {
-            Actor::User { id } => Self { kind: "user", id: Some(id.to_string()) },
-            Actor::ApiKey { id } => Self { kind: "api_key", id: Some(id.to_string()) },
-            Actor::System => Self { kind: "system", id: None },
-        }
+        Self::from(principal.actor)
     }
 
     pub fn user(id: Uuid) -> Self {
-        Self { kind: "user", id: Some(id.to_string()) }
+        Self { kind: "user", id: Some(id) }
     }
 
     pub fn anonymous() -> Self {
         Self { kind: "anonymous", id: None }
+    }
+}
+
+impl From<Actor> for AuditActor {
+    fn from(actor: Actor) -> Self {
+        match actor {
+            Actor::User { id } => Self { kind: "user", id: Some(id) },
+            Actor::ApiKey { id } => Self { kind: "api_key", id: Some(id) },
+            Actor::System => Self { kind: "system", id: None },
+        }
     }
 }
 
@@ -242,7 +268,7 @@ impl Auditor {
         events: Vec<(AuditEvent, RequestInfo)>,
     ) -> Result<(), ApiError> {
         let policy = self.mask_policy(conn, tenant).await?;
-        let records = events.into_iter().map(|(event, info)| Record::new(event, info, policy)).collect();
+        let records = events.into_iter().map(|(event, info)| Record::new(event, &info, policy)).collect();
         append_records(conn, tenant, records).await
     }
 }
@@ -262,12 +288,12 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub fn new(event: AuditEvent, info: RequestInfo, policy: MaskPolicy) -> Self {
+    pub fn new(event: AuditEvent, info: &RequestInfo, policy: MaskPolicy) -> Self {
         Self {
             details: chain::canonical_json_redacted(&event.details, policy),
-            client_addr: info.client_addr.map(|a| if policy.client_addr { mask_addr(&a) } else { a }),
-            user_agent: info.user_agent,
-            request_id: info.request_id,
+            client_addr: info.client_addr(policy),
+            user_agent: info.user_agent().map(str::to_owned),
+            request_id: info.request_id().map(str::to_owned),
             actor: event.actor,
             action: event.action,
             resource_type: event.resource_type,
@@ -296,13 +322,15 @@ pub(crate) async fn append_records(
     for (offset, record) in records.iter().enumerate() {
         let seq = last_seq + 1 + offset as i64;
         let id = Uuid::now_v7();
+        let mut actor_buf = Uuid::encode_buffer();
+        let actor_id = record.actor.id.map(|a| &*a.hyphenated().encode_lower(&mut actor_buf));
         let hash = chain::HashInput {
             tenant_id: tenant,
             seq,
             id,
             occurred_at: &occurred_at,
             actor_type: record.actor.kind,
-            actor_id: record.actor.id.as_deref(),
+            actor_id,
             action: record.action,
             resource_type: record.resource_type,
             resource_id: record.resource_id.as_deref(),
@@ -316,7 +344,7 @@ pub(crate) async fn append_records(
         if offset > 0 {
             rows.push(b',');
         }
-        write_row(&mut rows, record, seq, id, &occurred_at, &prev, &hash);
+        write_row(&mut rows, record, actor_id, seq, id, &occurred_at, &prev, &hash);
         prev = hash;
     }
     rows.push(b']');
@@ -329,7 +357,17 @@ pub(crate) async fn append_records(
 /// One element of the JSON array `audit_append` takes: every field but `details`, which goes
 /// beside it as its canonical text, so the stored text is exactly what was hashed and Postgres
 /// lexes it once.
-fn write_row(out: &mut Vec<u8>, r: &Record, seq: i64, id: Uuid, occurred_at: &str, prev: &[u8; 32], hash: &[u8; 32]) {
+#[allow(clippy::too_many_arguments)]
+fn write_row(
+    out: &mut Vec<u8>,
+    r: &Record,
+    actor_id: Option<&str>,
+    seq: i64,
+    id: Uuid,
+    occurred_at: &str,
+    prev: &[u8; 32],
+    hash: &[u8; 32],
+) {
     fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(name.as_bytes());
@@ -343,7 +381,7 @@ fn write_row(out: &mut Vec<u8>, r: &Record, seq: i64, id: Uuid, occurred_at: &st
     out.extend_from_slice(seq.to_string().as_bytes());
     field(out, "occurred_at", Some(occurred_at));
     field(out, "actor_type", Some(r.actor.kind));
-    field(out, "actor_id", r.actor.id.as_deref());
+    field(out, "actor_id", actor_id);
     field(out, "action", Some(r.action));
     field(out, "resource_type", r.resource_type);
     field(out, "resource_id", r.resource_id.as_deref());

@@ -33,17 +33,16 @@ impl RequestId {
         self.0.to_str().unwrap_or("")
     }
 
+    /// A caller's request id, if it is one we pass on: short, and only letters, digits and `-_.:`.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let acceptable = !value.is_empty()
+            && value.len() <= MAX_REQUEST_ID_LEN
+            && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+        acceptable.then(|| RequestId(value.clone()))
+    }
+
     fn from_request_header(value: Option<&HeaderValue>) -> Self {
-        match value {
-            Some(v)
-                if !v.is_empty()
-                    && v.len() <= MAX_REQUEST_ID_LEN
-                    && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b)) =>
-            {
-                RequestId(v.clone())
-            }
-            _ => Self::generate(),
-        }
+        value.and_then(Self::parse).unwrap_or_else(Self::generate)
     }
 
     fn generate() -> Self {

@@ -97,7 +97,8 @@ impl IdentityService {
         info: &RequestInfo,
     ) -> Result<TokenPair, ApiError> {
         let wrong = || ApiError::new(Code::InvalidCredentials, "wrong email or password");
-        let client_address = info.client_addr.as_deref().unwrap_or("unknown");
+        let client_address = info.client_addr.map(|a| a.to_string());
+        let client_address = client_address.as_deref().unwrap_or("unknown");
         // Failures are recorded in the chain of the tenant asked for, when it exists.
         let requested = match tenant_slug {
             Some(slug) => self.tenants.by_slug(slug).await?.map(|t| t.id),

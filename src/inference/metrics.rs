@@ -3,15 +3,20 @@
 //! Labels are the tenant id and the name of a model that resolved (anything else is
 //! `unknown`): bounded by what tenants register, never by what callers send.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use uuid::Uuid;
 
+use super::cache::CacheStatus;
 use crate::tenancy::TenantId;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +50,18 @@ pub struct InferenceMetrics {
     queue: Family<ModelLabels, Gauge>,
     batch: Family<ModelLabels, Histogram, fn() -> Histogram>,
     run: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Each model's series, found by tenant and name without building labels: a call records
+    /// its metrics without formatting the tenant id, allocating or hashing label strings.
+    models: RwLock<HashMap<Uuid, HashMap<String, Arc<ModelSeries>>>>,
+}
+
+/// One model's per-call series. Counters by outcome and cache result appear when first used.
+struct ModelSeries {
+    labels: ModelLabels,
+    latency: Histogram,
+    queue: Gauge,
+    /// By outcome (success, error) and cache result (in `CacheStatus` order).
+    calls: [[OnceLock<Counter>; 3]; 2],
 }
 
 /// What a model's workers record, without reaching for the registry per run.
@@ -62,11 +79,24 @@ impl InferenceMetrics {
             queue: Family::default(),
             batch: Family::new_with_constructor(rows),
             run: Family::new_with_constructor(seconds),
+            models: RwLock::default(),
         };
-        registry.register("inference_requests", "Inference requests by model, outcome and cache result", metrics.calls.clone());
-        registry.register("inference_request_duration_seconds", "End-to-end inference latency by model", metrics.latency.clone());
+        registry.register(
+            "inference_requests",
+            "Inference requests by model, outcome and cache result",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "inference_request_duration_seconds",
+            "End-to-end inference latency by model",
+            metrics.latency.clone(),
+        );
         registry.register("inference_queue_depth", "Jobs waiting for a worker, by model", metrics.queue.clone());
-        registry.register("inference_batch_rows", "Rows per engine run (dynamic batching), by model", metrics.batch.clone());
+        registry.register(
+            "inference_batch_rows",
+            "Rows per engine run (dynamic batching), by model",
+            metrics.batch.clone(),
+        );
         registry.register("inference_run_duration_seconds", "Engine run time per batch, by model", metrics.run.clone());
         metrics
     }
@@ -75,15 +105,34 @@ impl InferenceMetrics {
         ModelLabels { tenant: tenant.to_string(), model: model.to_owned() }
     }
 
-    pub fn observe(&self, tenant: TenantId, model: &str, ok: bool, cache: &'static str, elapsed: Duration) {
+    fn series(&self, tenant: TenantId, model: &str) -> Arc<ModelSeries> {
+        if let Some(series) = self.models.read().get(&tenant.0).and_then(|m| m.get(model)) {
+            return series.clone();
+        }
         let labels = Self::labels(tenant, model);
-        self.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let series = Arc::new(ModelSeries {
+            latency: self.latency.get_or_create(&labels).clone(),
+            queue: self.queue.get_or_create(&labels).clone(),
+            calls: Default::default(),
+            labels,
+        });
+        self.models.write().entry(tenant.0).or_default().entry(model.to_owned()).or_insert(series).clone()
+    }
+
+    pub fn observe(&self, tenant: TenantId, model: &str, ok: bool, cache: CacheStatus, elapsed: Duration) {
+        let series = self.series(tenant, model);
+        series.latency.observe(elapsed.as_secs_f64());
         let outcome = if ok { "success" } else { "error" };
-        self.calls.get_or_create(&CallLabels { tenant: labels.tenant, model: labels.model, outcome, cache }).inc();
+        series.calls[usize::from(!ok)][cache as usize]
+            .get_or_init(|| {
+                let ModelLabels { tenant, model } = series.labels.clone();
+                self.calls.get_or_create(&CallLabels { tenant, model, outcome, cache: cache.as_str() }).clone()
+            })
+            .inc();
     }
 
     pub fn queue_depth(&self, tenant: TenantId, model: &str, depth: usize) {
-        self.queue.get_or_create(&Self::labels(tenant, model)).set(depth as i64);
+        self.series(tenant, model).queue.set(depth as i64);
     }
 
     pub fn worker(&self, tenant: TenantId, model: &str) -> WorkerMetrics {

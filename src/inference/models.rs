@@ -58,7 +58,8 @@ impl LoadedModel {
     }
 }
 
-/// The outcome of resolving a name and version, reused for `resolve_ttl`.
+/// The outcome of resolving a name and version, reused for `resolve_ttl` (shared, not copied:
+/// it carries the version's signature).
 #[derive(Clone)]
 pub struct Resolved {
     pub artifact: Uuid,
@@ -79,7 +80,7 @@ pub struct ModelManager {
     runtime: Result<Arc<OnnxRuntime>, String>,
     settings: InferenceSettings,
     epoch: Instant,
-    resolved: RwLock<HashMap<ResolveKey, (Instant, Resolved)>>,
+    resolved: RwLock<HashMap<ResolveKey, (Instant, Arc<Resolved>)>>,
     loaded: Mutex<HashMap<Uuid, Arc<OnceCell<Arc<LoadedModel>>>>>,
     /// Versions that failed to load, with when and why: refused at once for a while instead of
     /// fetching, decrypting and auditing the same failure on every request.
@@ -155,7 +156,7 @@ impl ModelManager {
     }
 
     /// Resolves a model version, from the short-lived cache when possible.
-    pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Resolved, ApiError> {
+    pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Arc<Resolved>, ApiError> {
         let key: ResolveKey = (tenant.0, name.to_owned(), version.map(str::to_owned));
         let ttl = Duration::from_millis(self.settings.resolve_ttl_ms);
         if let Some((at, hit)) = self.resolved.read().get(&key)
@@ -166,7 +167,7 @@ impl ModelManager {
         let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let info = self.registry.serving_info(tenant, &model, version_ref.as_ref()).await?;
-        let resolved = Resolved {
+        let resolved = Arc::new(Resolved {
             artifact: info.stored.view.id,
             version: info.stored.view.version,
             framework: info.stored.view.framework,
@@ -174,7 +175,7 @@ impl ModelManager {
             burn: info.stored.view.burn,
             deterministic: info.deterministic,
             serving: info.serving,
-        };
+        });
         let mut cache = self.resolved.write();
         if cache.len() > 100_000 {
             cache.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -202,7 +203,7 @@ impl ModelManager {
         {
             return Err(ApiError::new(*code, message.clone()).with_retry_after(FAILED_LOAD_TTL.as_secs()));
         }
-        let (this, name, resolved, actor) = (self.clone(), name.to_owned(), resolved.clone(), actor.clone());
+        let (this, name, resolved, actor) = (self.clone(), name.to_owned(), resolved.clone(), *actor);
         let model = tokio::spawn(async move {
             let loaded = cell.get_or_try_init(|| this.load(tenant, &name, &resolved, &actor)).await.cloned();
             match &loaded {

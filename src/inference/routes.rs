@@ -200,8 +200,8 @@ async fn infer(
     guard: Guarded<{ perm::INFERENCE_RUN }>,
     state: &AppState,
     req: &actix_web::HttpRequest,
-    name: &str,
-    version: Option<&str>,
+    name: String,
+    version: Option<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = guard.tenant()?;
@@ -262,7 +262,7 @@ pub async fn infer_latest(
     path: web::Path<ModelPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    infer(guard, &state, &req, &path.name, None, body).await
+    infer(guard, &state, &req, path.into_inner().name, None, body).await
 }
 
 /// Inference on a version or alias (`production`).
@@ -279,5 +279,6 @@ pub async fn infer_version(
     path: web::Path<VersionPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    infer(guard, &state, &req, &path.name, Some(&path.version), body).await
+    let VersionPath { name, version } = path.into_inner();
+    infer(guard, &state, &req, name, Some(version), body).await
 }

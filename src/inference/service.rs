@@ -19,8 +19,8 @@ use super::quiet::{self, CallInProgress};
 use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_response, parse_infer_request_bytes};
 use super::validate::{Prepared, prepare};
 use super::worker::{Job, WorkError};
-use crate::audit::sink::AuditSink;
-use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::audit::sink::{AuditSink, CallEvent};
+use crate::audit::{AuditActor, Outcome, RequestInfo};
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantId;
 
@@ -40,11 +40,12 @@ pub struct InferenceService {
     limits: Arc<Limits>,
 }
 
-pub struct InferCall<'a> {
+pub struct InferCall {
     pub tenant: TenantId,
     pub actor: AuditActor,
-    pub name: &'a str,
-    pub version: Option<&'a str>,
+    /// Owned: the call's audit event takes them over when the call is done.
+    pub name: String,
+    pub version: Option<String>,
     pub body: Bytes,
     /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
     pub json_len: Option<usize>,
@@ -73,33 +74,38 @@ impl InferenceService {
         Self { models, cache, audit, metrics, limits: Arc::new(Limits::default()) }
     }
 
-    pub async fn infer(&self, call: InferCall<'_>) -> Result<InferReply, ApiError> {
+    pub async fn infer(&self, call: InferCall) -> Result<InferReply, ApiError> {
         let started = Instant::now();
         let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
         // labels only ever name models that exist (a caller cannot mint series).
-        let (result, label) = match self.models.resolve(call.tenant, call.name, call.version).await {
-            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, call.name),
-            Err(e) => (Err(e), "unknown"),
+        let (result, known) = match self.models.resolve(call.tenant, &call.name, call.version.as_deref()).await {
+            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, true),
+            Err(e) => (Err(e), false),
         };
         let (outcome, cache, rows) = match &result {
-            Ok((reply, rows)) => (Outcome::Success, reply.cache.as_str(), *rows),
-            Err(e) if e.code().status().is_client_error() => (Outcome::Denied, "bypass", 0),
-            Err(_) => (Outcome::Failure, "bypass", 0),
+            Ok((reply, rows)) => (Outcome::Success, reply.cache, *rows),
+            Err(e) if e.code().status().is_client_error() => (Outcome::Denied, CacheStatus::Bypass, 0),
+            Err(_) => (Outcome::Failure, CacheStatus::Bypass, 0),
         };
+        let label = if known { call.name.as_str() } else { "unknown" };
         self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, started.elapsed());
-        let mut event = AuditEvent::new(Some(call.tenant), call.actor, "inference.call")
-            .resource("model", call.name)
-            .outcome(outcome)
-            .details(json!({ "version": call.version, "cache": cache, "rows": rows }));
-        if let Err(e) = &result {
-            event.details["code"] = json!(e.code().as_str());
-        }
-        self.audit.call(event, call.info).await;
+        let event = CallEvent {
+            tenant: call.tenant,
+            actor: call.actor,
+            model: call.name,
+            version: call.version,
+            outcome,
+            cache: cache.as_str(),
+            rows: rows as u64,
+            code: result.as_ref().err().map(|e| e.code().as_str()),
+            info: call.info,
+        };
+        self.audit.call(event).await;
         result.map(|(reply, _)| reply)
     }
 
-    async fn infer_inner(&self, call: &InferCall<'_>, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), ApiError> {
+    async fn infer_inner(&self, call: &InferCall, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), ApiError> {
         let parse = {
             let (body, json_len, limits) = (call.body.clone(), call.json_len, self.limits.clone());
             move || parse_infer_request_bytes(&body, json_len, &limits)
@@ -125,7 +131,7 @@ impl InferenceService {
         let bypass = call.no_cache || request.parameters.remove("no_cache").is_some_and(|v| v == json!(true));
         let id = request.id.take();
 
-        let loading = self.models.get(call.tenant, call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
+        let loading = self.models.get(call.tenant, &call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
         let model = tokio::time::timeout_at(deadline.into(), loading)
             .await
             .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??;

@@ -69,7 +69,7 @@ impl JobRow {
             "api_key" => "api_key",
             _ => "system",
         };
-        AuditActor { kind, id: self.submitted_by_id.clone() }
+        AuditActor { kind, id: self.submitted_by_id.as_deref().and_then(|id| Uuid::parse_str(id).ok()) }
     }
 
     pub fn view(self) -> JobView {
@@ -337,7 +337,7 @@ impl JobService {
             .bind(&digest[..])
             .bind(self.settings.max_attempts as i32)
             .bind(actor_audit.kind)
-            .bind(&actor_audit.id)
+            .bind(actor_audit.id.map(|id| id.to_string()))
             .fetch_optional(tx.conn())
             .await?;
         let Some(row) = inserted else {

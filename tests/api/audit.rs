@@ -1,8 +1,9 @@
 use std::collections::HashMap;
 
 use serde_json::json;
+use tessera::audit::sink::CallEvent;
 use tessera::audit::verify::{PublicKeys, Verdict, verify_database, verify_export};
-use tessera::audit::{AuditActor, AuditEvent, PLATFORM};
+use tessera::audit::{AuditActor, AuditEvent, Outcome, PLATFORM};
 use tessera::tenancy::TenantId;
 
 use crate::helpers::{As, PASSWORD, TestApp, assert_problem, spawn_app};
@@ -455,8 +456,18 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     let admin = app.platform_admin().await;
     let acme = app.tenant_with_members(&admin, "acme").await;
     let owner = app.credential(As::Owner, &acme, &admin).await.unwrap();
-    let tenant = Some(TenantId(acme.id.parse().unwrap()));
-    let call = |i: usize| AuditEvent::new(tenant, AuditActor::anonymous(), "inference.call").resource("model", "m").details(json!({ "i": i }));
+    let tenant = TenantId(acme.id.parse().unwrap());
+    let call = |i: usize| CallEvent {
+        tenant,
+        actor: AuditActor::anonymous(),
+        model: "m".into(),
+        version: None,
+        outcome: Outcome::Success,
+        cache: "bypass",
+        rows: i as u64,
+        code: None,
+        info: Default::default(),
+    };
     let count = |mode: &'static str| {
         let db = app.db.clone();
         async move {
@@ -473,7 +484,7 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     };
 
     for i in 0..300 {
-        app.state.audit_sink.call(call(i), Default::default()).await;
+        app.state.audit_sink.call(call(i)).await;
     }
     app.state.audit_sink.flush().await;
     assert_eq!(count("every_call").await, 300);
@@ -483,7 +494,7 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     let listed: Vec<i64> = records
         .iter()
         .flat_map(tessera::audit::sink::expand_calls)
-        .map(|call| call["details"]["i"].as_i64().unwrap())
+        .map(|call| call["details"]["rows"].as_i64().unwrap())
         .collect();
     let mut sorted = listed.clone();
     sorted.sort();
@@ -493,7 +504,7 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     assert_eq!(app.call("PUT", "/v1/tenants/acme/audit/settings", Some(&owner), Some(settings)).await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_secs(6)).await; // the sink's settings cache expires
     for i in 0..2000 {
-        app.state.audit_sink.call(call(i), Default::default()).await;
+        app.state.audit_sink.call(call(i)).await;
     }
     app.state.audit_sink.flush().await;
     let sampled = count("sampled").await;
@@ -503,7 +514,7 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
     assert_eq!(app.call("PUT", "/v1/tenants/acme/audit/settings", Some(&owner), Some(settings)).await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     for i in 0..500 {
-        app.state.audit_sink.call(call(i), Default::default()).await;
+        app.state.audit_sink.call(call(i)).await;
     }
     app.state.audit_sink.flush().await;
     let calls: Vec<i64> = sqlx::query_scalar(

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use actix_web::{App, HttpResponse, test, web};
 use serde_json::json;
-use tessera::audit::{AuditActor, AuditEvent, RequestInfo};
+use tessera::audit::sink::CallEvent;
+use tessera::audit::{AuditActor, Outcome, RequestInfo};
 use tessera::identity::authenticate::Authenticate;
 use tessera::identity::{Guarded, perm};
 use tessera::startup::AppState;
@@ -29,9 +30,21 @@ async fn plain(_guard: Guarded<{ perm::INFERENCE_RUN }>) -> HttpResponse {
 }
 
 async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }>, state: web::Data<AppState>, info: RequestInfo) -> HttpResponse {
-    let tenant = guard.tenant().ok().map(|t| t.id);
-    let event = AuditEvent::new(tenant, AuditActor::of(&guard.principal), "inference.call").resource("model", "bench");
-    state.audit_sink.call(event, info).await;
+    let Ok(tenant) = guard.tenant() else {
+        return HttpResponse::NotFound().finish();
+    };
+    let event = CallEvent {
+        tenant: tenant.id,
+        actor: AuditActor::of(&guard.principal),
+        model: "bench".to_owned(),
+        version: None,
+        outcome: Outcome::Success,
+        cache: "bypass",
+        rows: 1,
+        code: None,
+        info,
+    };
+    state.audit_sink.call(event).await;
     HttpResponse::NoContent().finish()
 }
 
