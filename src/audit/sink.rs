@@ -100,7 +100,8 @@ impl CallMode {
 pub struct CallEvent {
     pub tenant: TenantId,
     pub actor: AuditActor,
-    pub model: String,
+    /// Shared with the model's resolution: the writer drops a reference, not an allocation.
+    pub model: Arc<str>,
     /// The version or alias asked for, if any.
     pub version: Option<String>,
     pub outcome: Outcome,
@@ -223,10 +224,10 @@ impl Aggregates {
     fn add(&mut self, event: CallEvent) {
         self.since.get_or_insert_with(Instant::now);
         let models = self.counts.entry((event.tenant.0, event.outcome.as_str())).or_default();
-        match models.get_mut(event.model.as_str()) {
+        match models.get_mut(&*event.model) {
             Some((_, count)) => *count += 1,
             None => {
-                models.insert(event.model.clone(), (event, 1));
+                models.insert(event.model.to_string(), (event, 1));
             }
         }
     }
@@ -405,7 +406,7 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
         let c = &group[i].event;
         match CallField::ALL[f] {
             CallField::ResourceType => Field::Text(Some("model")),
-            CallField::ResourceId => Field::Text(Some(&c.model)),
+            CallField::ResourceId => Field::Text(Some(&*c.model)),
             CallField::Outcome => Field::Text(Some(c.outcome.as_str())),
             CallField::ClientAddr => {
                 Field::Addr(c.info.client_addr.map(|a| if policy.client_addr { mask_ip(a) } else { a }))
@@ -484,7 +485,7 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
         actor: first.actor,
         action: CallEvent::ACTION,
         resource_type: same_resource.then_some("model"),
-        resource_id: same_resource.then(|| first.model.clone()),
+        resource_id: same_resource.then(|| first.model.to_string()),
         outcome: first.outcome,
         client_addr: None,
         user_agent: None,

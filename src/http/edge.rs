@@ -23,14 +23,29 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The id of the current request: the caller's `X-Request-Id` when it is sane, else a new
-/// UUIDv7. Echoed on the response and recorded in logs, traces and audit events.
+/// UUIDv7. Echoed on the response and recorded in logs, traces and audit events. A generated
+/// id is kept inline: every inference call hands one to the audit writer, and a heap copy
+/// would be freed there, on another thread.
 #[derive(Clone, Debug)]
-pub struct RequestId(HeaderValue);
+pub enum RequestId {
+    Generated([u8; 36]),
+    Given(HeaderValue),
+}
 
 impl RequestId {
     pub fn as_str(&self) -> &str {
-        // Only ever built from visible ASCII, so this cannot fail.
-        self.0.to_str().unwrap_or("")
+        match self {
+            RequestId::Generated(text) => std::str::from_utf8(text).unwrap_or(""),
+            // Only ever accepted as visible ASCII, so this cannot fail.
+            RequestId::Given(value) => value.to_str().unwrap_or(""),
+        }
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Generated(text) => HeaderValue::from_bytes(text).expect("a UUID is a valid header value"),
+            RequestId::Given(value) => value.clone(),
+        }
     }
 
     /// A caller's request id, if it is one we pass on: short, and only letters, digits and `-_.:`.
@@ -38,17 +53,21 @@ impl RequestId {
         let acceptable = !value.is_empty()
             && value.len() <= MAX_REQUEST_ID_LEN
             && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-        acceptable.then(|| RequestId(value.clone()))
+        acceptable.then(|| RequestId::Given(value.clone()))
     }
 
     fn from_request_header(value: Option<&HeaderValue>) -> Self {
         value.and_then(Self::parse).unwrap_or_else(Self::generate)
     }
 
+    /// A UUIDv7: time-ordered, its other bits random. Not `Uuid::now_v7`, whose counter sits
+    /// behind a lock every HTTP worker would take for every request; ids need not be monotonic.
     fn generate() -> Self {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-        RequestId(HeaderValue::from_str(text).expect("a UUID is a valid header value"))
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let at = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
+        let mut text = [0; 36];
+        uuid::Uuid::new_v7(at).hyphenated().encode_lower(&mut text);
+        RequestId::Generated(text)
     }
 }
 
@@ -138,7 +157,7 @@ where
                     return Err(HandlerPanicked { request_id }.into());
                 }
             };
-            response.headers_mut().insert(X_REQUEST_ID, request_id.0);
+            response.headers_mut().insert(X_REQUEST_ID, request_id.header_value());
 
             let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
             if let Some(span) = response.request().extensions().get::<tracing_actix_web::RootSpan>() {
@@ -177,7 +196,7 @@ impl ResponseError for HandlerPanicked {
         let mut response =
             ApiError::new(Code::InternalError, "the server failed to handle this request; it has been logged")
                 .error_response();
-        response.headers_mut().insert(X_REQUEST_ID, self.request_id.0.clone());
+        response.headers_mut().insert(X_REQUEST_ID, self.request_id.header_value());
         response
     }
 }

@@ -62,6 +62,8 @@ impl LoadedModel {
 /// it carries the version's signature).
 #[derive(Clone)]
 pub struct Resolved {
+    /// The model's name, shared by every call's audit event.
+    pub name: Arc<str>,
     pub artifact: Uuid,
     pub version: i32,
     pub framework: Framework,
@@ -168,6 +170,7 @@ impl ModelManager {
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let info = self.registry.serving_info(tenant, &model, version_ref.as_ref()).await?;
         let resolved = Arc::new(Resolved {
+            name: Arc::from(name),
             artifact: info.stored.view.id,
             version: info.stored.view.version,
             framework: info.stored.view.framework,

@@ -43,8 +43,8 @@ pub struct InferenceService {
 pub struct InferCall {
     pub tenant: TenantId,
     pub actor: AuditActor,
-    /// Owned: the call's audit event takes them over when the call is done.
     pub name: String,
+    /// Owned: the call's audit event takes it over when the call is done.
     pub version: Option<String>,
     pub body: Bytes,
     /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
@@ -79,21 +79,21 @@ impl InferenceService {
         let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
         // labels only ever name models that exist (a caller cannot mint series).
-        let (result, known) = match self.models.resolve(call.tenant, &call.name, call.version.as_deref()).await {
-            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, true),
-            Err(e) => (Err(e), false),
+        let (result, resolved) = match self.models.resolve(call.tenant, &call.name, call.version.as_deref()).await {
+            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, Some(resolved)),
+            Err(e) => (Err(e), None),
         };
         let (outcome, cache, rows) = match &result {
             Ok((reply, rows)) => (Outcome::Success, reply.cache, *rows),
             Err(e) if e.code().status().is_client_error() => (Outcome::Denied, CacheStatus::Bypass, 0),
             Err(_) => (Outcome::Failure, CacheStatus::Bypass, 0),
         };
-        let label = if known { call.name.as_str() } else { "unknown" };
+        let label = if resolved.is_some() { call.name.as_str() } else { "unknown" };
         self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, started.elapsed());
         let event = CallEvent {
             tenant: call.tenant,
             actor: call.actor,
-            model: call.name,
+            model: resolved.map_or_else(|| Arc::from(call.name), |r| r.name.clone()),
             version: call.version,
             outcome,
             cache: cache.as_str(),

@@ -87,7 +87,7 @@ async fn request_ids_are_echoed_or_generated() {
 
     let response = app.get("/healthz").await;
     let generated = response.headers()["x-request-id"].to_str().unwrap();
-    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+    assert!(uuid::Uuid::parse_str(generated).is_ok_and(|id| id.get_version_num() == 7), "{generated}");
 
     let response = app.client.get(app.url("/healthz")).header("x-request-id", "bad id with spaces").send().await.unwrap();
     assert_ne!(response.headers()["x-request-id"], "bad id with spaces");

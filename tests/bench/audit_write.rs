@@ -36,7 +36,7 @@ async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }>, state: web::Data<AppSt
     let event = CallEvent {
         tenant: tenant.id,
         actor: AuditActor::of(&guard.principal),
-        model: "bench".to_owned(),
+        model: "bench".into(),
         version: None,
         outcome: Outcome::Success,
         cache: "bypass",
