@@ -168,13 +168,18 @@ impl AuditSink {
         Self { sender, flushing, modes: Default::default(), pool }
     }
 
-    /// How this tenant wants its calls recorded (cached for a few seconds).
+    /// How this tenant wants its calls recorded (cached for a few seconds). The query is boxed:
+    /// every call awaits this, and only one every few seconds needs room for it.
     pub async fn mode(&self, tenant: Uuid) -> CallMode {
         if let Some((mode, at)) = self.modes.read().get(&tenant) {
             if at.elapsed() < SETTINGS_TTL {
                 return *mode;
             }
         }
+        Box::pin(self.read_mode(tenant)).await
+    }
+
+    async fn read_mode(&self, tenant: Uuid) -> CallMode {
         let row: Option<(String, f64)> =
             sqlx::query_as("SELECT inference_mode, inference_sample_rate FROM audit_settings WHERE tenant_id = $1")
                 .bind(tenant)

@@ -157,15 +157,26 @@ impl ModelManager {
         &self.settings
     }
 
-    /// Resolves a model version, from the short-lived cache when possible.
+    /// Resolves a model version, from the short-lived cache when possible. The database path
+    /// is boxed: every call awaits this, and only a few need room for a query.
     pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Arc<Resolved>, ApiError> {
         let key: ResolveKey = (tenant.0, name.to_owned(), version.map(str::to_owned));
-        let ttl = Duration::from_millis(self.settings.resolve_ttl_ms);
         if let Some((at, hit)) = self.resolved.read().get(&key)
-            && at.elapsed() < ttl
+            && at.elapsed() < Duration::from_millis(self.settings.resolve_ttl_ms)
         {
             return Ok(hit.clone());
         }
+        Box::pin(self.resolve_uncached(key, tenant, name, version)).await
+    }
+
+    async fn resolve_uncached(
+        &self,
+        key: ResolveKey,
+        tenant: TenantId,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Resolved>, ApiError> {
+        let ttl = Duration::from_millis(self.settings.resolve_ttl_ms);
         let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let info = self.registry.serving_info(tenant, &model, version_ref.as_ref()).await?;
@@ -190,6 +201,13 @@ impl ModelManager {
     /// Forgets resolutions of a tenant's model (an alias moved, a version was deleted).
     pub fn forget(&self, tenant: TenantId, name: &str) {
         self.resolved.write().retain(|(t, n, _), _| !(*t == tenant.0 && n == name));
+    }
+
+    /// The model if it is loaded (marked as used), without waiting for anything.
+    pub fn loaded(&self, resolved: &Resolved) -> Option<Arc<LoadedModel>> {
+        let model = self.loaded.lock().get(&resolved.artifact)?.get()?.clone();
+        model.touch(self.epoch);
+        Some(model)
     }
 
     /// The loaded model, loading it first if needed (once, however many requests ask). The

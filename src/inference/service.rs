@@ -131,10 +131,15 @@ impl InferenceService {
         let bypass = call.no_cache || request.parameters.remove("no_cache").is_some_and(|v| v == json!(true));
         let id = request.id.take();
 
-        let loading = self.models.get(call.tenant, &call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
-        let model = tokio::time::timeout_at(deadline.into(), loading)
-            .await
-            .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??;
+        let model = match self.models.loaded(resolved) {
+            Some(model) => model,
+            None => {
+                let loading = self.models.get(call.tenant, &call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
+                Box::pin(tokio::time::timeout_at(deadline.into(), loading))
+                    .await
+                    .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??
+            }
+        };
         let parameters = std::mem::take(&mut request.parameters);
         let prepared = prepare(&model, request)?;
         let rows = prepared.inputs.first().and_then(|(s, _)| s.first().copied()).unwrap_or(1);
@@ -143,32 +148,9 @@ impl InferenceService {
         let (outputs, cache) = if model.cache_ttl_seconds == 0 || bypass {
             (self.run(&model, prepared, deadline).await?, CacheStatus::Bypass)
         } else {
-            let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, &parameters);
-            let tenant = call.tenant.0;
-            // Join before looking: a request arriving as a flight lands then finds the value
-            // in Redis (stored before landing) rather than running the model a second time.
-            match self.cache.join(key) {
-                Flight::Leader(guard) => {
-                    let (outputs, status) = match self.cache.get(tenant, &key).await {
-                        Some(hit) => (hit, CacheStatus::Hit),
-                        None => {
-                            // On failure the guard drops unlanded: followers then run the model
-                            // themselves and meet their own outcome (their deadline, the queue).
-                            let outputs = self.run(&model, prepared, deadline).await?;
-                            self.cache.put(tenant, &key, &outputs, model.cache_ttl_seconds).await;
-                            (outputs, CacheStatus::Miss)
-                        }
-                    };
-                    guard.land(&outputs, status);
-                    (outputs, status)
-                }
-                Flight::Follower(mut receiver) => match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
-                    Ok(Ok(shared)) => (shared.0.clone(), shared.1),
-                    // The leader went away without a result (it failed or was cancelled).
-                    Ok(Err(_)) => (self.run(&model, prepared, deadline).await?, CacheStatus::Miss),
-                    Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
-                },
-            }
+            // Boxed: most calls never reach Redis, and every call's future would otherwise
+            // carry room for its requests (and be copied when the handler is boxed).
+            Box::pin(self.cached_run(&model, prepared, &parameters, call.tenant, deadline)).await?
         };
 
         let outputs: Vec<InferOutput> = outputs
@@ -189,6 +171,44 @@ impl InferenceService {
             |name| names.iter().position(|n| *n == name).is_some_and(|i| binary[i]),
         );
         Ok((InferReply { encoded, cache }, rows))
+    }
+
+    /// A call to a model whose results are cached: joins the flight for its inputs, answers from
+    /// Redis or runs the model and stores the outputs.
+    async fn cached_run(
+        &self,
+        model: &LoadedModel,
+        prepared: Prepared,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        tenant: TenantId,
+        deadline: Instant,
+    ) -> Result<(Vec<RunOutput>, CacheStatus), ApiError> {
+        let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, parameters);
+        let tenant = tenant.0;
+        // Join before looking: a request arriving as a flight lands then finds the value
+        // in Redis (stored before landing) rather than running the model a second time.
+        match self.cache.join(key) {
+            Flight::Leader(guard) => {
+                let (outputs, status) = match self.cache.get(tenant, &key).await {
+                    Some(hit) => (hit, CacheStatus::Hit),
+                    None => {
+                        // On failure the guard drops unlanded: followers then run the model
+                        // themselves and meet their own outcome (their deadline, the queue).
+                        let outputs = self.run(model, prepared, deadline).await?;
+                        self.cache.put(tenant, &key, &outputs, model.cache_ttl_seconds).await;
+                        (outputs, CacheStatus::Miss)
+                    }
+                };
+                guard.land(&outputs, status);
+                Ok((outputs, status))
+            }
+            Flight::Follower(mut receiver) => match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
+                Ok(Ok(shared)) => Ok((shared.0.clone(), shared.1)),
+                // The leader went away without a result (it failed or was cancelled).
+                Ok(Err(_)) => Ok((self.run(model, prepared, deadline).await?, CacheStatus::Miss)),
+                Err(_) => Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
+            },
+        }
     }
 
     /// Queues the job and waits for its outputs (the selected ones, in request order).
