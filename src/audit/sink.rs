@@ -131,13 +131,12 @@ impl CallEvent {
         out.push(b'}');
     }
 
-    /// The same details as a JSON value, for the records that count calls.
+    /// The same details as a JSON value, for the records that count calls: read back from
+    /// `write_details`, so that the two cannot differ.
     fn details(&self) -> serde_json::Value {
-        let mut details = serde_json::json!({ "cache": self.cache, "rows": self.rows, "version": self.version });
-        if let Some(code) = self.code {
-            details["code"] = code.into();
-        }
-        details
+        let mut written = Vec::with_capacity(64);
+        self.write_details(MaskPolicy::default(), &mut written);
+        serde_json::from_slice(&written).expect("call details are JSON")
     }
 
     fn same_details(&self, other: &CallEvent) -> bool {
@@ -529,6 +528,9 @@ mod tests {
     #[test]
     fn call_details_are_canonical_and_redacted_as_any_event() {
         let mut event = call(1, "10.0.0.1", "curl", 3).event;
+        assert_eq!(event.details(), json!({ "cache": "miss", "rows": 3, "version": null }));
+        event.code = Some("invalid_input");
+        assert_eq!(event.details(), json!({ "cache": "miss", "code": "invalid_input", "rows": 3, "version": null }));
         for (version, code) in
             [(None, None), (Some("production"), Some("invalid_input")), (Some("ann@example.com"), None)]
         {
