@@ -53,7 +53,12 @@ impl RequestInfo {
     pub fn from_request(req: &HttpRequest) -> Self {
         Self {
             client_addr: req.peer_addr().map(|a| a.ip()),
-            user_agent: req.headers().get(actix_web::http::header::USER_AGENT).cloned(),
+            // Copied, not shared: a header value shares the buffer its request was read into,
+            // which an inference call's event would keep alive until the audit writer drops it.
+            user_agent: req
+                .headers()
+                .get(actix_web::http::header::USER_AGENT)
+                .and_then(|v| HeaderValue::from_bytes(&v.as_bytes()[..v.len().min(MAX_USER_AGENT)]).ok()),
             request_id: req.extensions().get::<RequestId>().cloned(),
         }
     }

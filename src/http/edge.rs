@@ -50,10 +50,12 @@ impl RequestId {
 
     /// A caller's request id, if it is one we pass on: short, and only letters, digits and `-_.:`.
     pub fn parse(value: &HeaderValue) -> Option<Self> {
-        let acceptable = !value.is_empty()
-            && value.len() <= MAX_REQUEST_ID_LEN
-            && value.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-        acceptable.then(|| RequestId::Given(value.clone()))
+        let text = value.as_bytes();
+        if text.is_empty() || text.len() > MAX_REQUEST_ID_LEN || !text.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b)) {
+            return None;
+        }
+        // Copied, not shared: see `RequestInfo::from_request`.
+        HeaderValue::from_bytes(text).ok().map(RequestId::Given)
     }
 
     fn from_request_header(value: Option<&HeaderValue>) -> Self {

@@ -81,22 +81,10 @@ impl InferenceMetrics {
             run: Family::new_with_constructor(seconds),
             models: RwLock::default(),
         };
-        registry.register(
-            "inference_requests",
-            "Inference requests by model, outcome and cache result",
-            metrics.calls.clone(),
-        );
-        registry.register(
-            "inference_request_duration_seconds",
-            "End-to-end inference latency by model",
-            metrics.latency.clone(),
-        );
+        registry.register("inference_requests", "Inference requests by model, outcome and cache result", metrics.calls.clone());
+        registry.register("inference_request_duration_seconds", "End-to-end inference latency by model", metrics.latency.clone());
         registry.register("inference_queue_depth", "Jobs waiting for a worker, by model", metrics.queue.clone());
-        registry.register(
-            "inference_batch_rows",
-            "Rows per engine run (dynamic batching), by model",
-            metrics.batch.clone(),
-        );
+        registry.register("inference_batch_rows", "Rows per engine run (dynamic batching), by model", metrics.batch.clone());
         registry.register("inference_run_duration_seconds", "Engine run time per batch, by model", metrics.run.clone());
         metrics
     }
