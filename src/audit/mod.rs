@@ -36,9 +36,9 @@ use crate::tenancy::TenantId;
 /// The chain of platform-level events (no tenant): logins without a tenant, bootstrap, …
 pub const PLATFORM: Uuid = Uuid::nil();
 
-/// Where a request came from, as recorded in its events. Kept as the request had it (an
-/// address, header values): every inference call carries one to the audit writer, so nothing
-/// is formatted or copied until the writer renders it.
+/// Where a request came from, as recorded in its events. Kept unformatted (an address, header
+/// values; a generated request id inline): every inference call carries one to the audit
+/// writer, so nothing is formatted until the writer renders it.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
     pub client_addr: Option<IpAddr>,

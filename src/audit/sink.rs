@@ -92,10 +92,10 @@ impl CallMode {
     }
 }
 
-/// One inference call as the request path hands it over: plain values and the request's own
-/// header values, no JSON tree and nothing formatted, so that recording a call costs the
-/// request next to nothing. The writer renders it as an `inference.call` of the model, with
-/// the details `{"cache", "code" (failed calls only), "rows", "version"}`.
+/// One inference call as the request path hands it over: plain values and header values, no
+/// JSON tree and nothing formatted, so that recording a call costs the request next to
+/// nothing. The writer renders it as an `inference.call` of the model, with the details
+/// `{"cache", "code" (failed calls only), "rows", "version"}`.
 #[derive(Debug, Clone)]
 pub struct CallEvent {
     pub tenant: TenantId,
