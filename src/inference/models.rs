@@ -214,11 +214,11 @@ impl ModelManager {
     /// load runs in a task of its own: a caller that gives up (deadline, disconnect) does not
     /// cancel it for the others.
     pub async fn get(self: &Arc<Self>, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
-        let cell = self.loaded.lock().entry(resolved.artifact).or_default().clone();
-        if let Some(model) = cell.get() {
-            model.touch(self.epoch);
-            return Ok(model.clone());
+        if let Some(model) = self.loaded(resolved) {
+            return Ok(model);
         }
+        // A load that lands in between is found by `get_or_try_init` below.
+        let cell = self.loaded.lock().entry(resolved.artifact).or_default().clone();
         if let Some((at, code, message)) = self.failed.lock().get(&resolved.artifact)
             && at.elapsed() < FAILED_LOAD_TTL
         {
