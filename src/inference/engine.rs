@@ -69,6 +69,10 @@ impl OnnxRuntime {
 
     /// A session over a model held in memory (ONNX Runtime copies what it needs).
     pub fn session(&self, model: &[u8], intra_op_threads: usize) -> Result<Session, String> {
+        // Checked again at load, whenever the artifact was uploaded: ONNX Runtime is never
+        // handed a model that could make it read a file.
+        let mut scanner = crate::registry::onnx::SignatureScanner::new();
+        scanner.update(model).and_then(|()| scanner.finish().map(drop)).map_err(|e| e.to_string())?;
         let build = || -> ort::Result<Session> {
             Session::builder(&self.env)?
                 .with_optimization_level(GraphOptimizationLevel::All)?

@@ -12,8 +12,19 @@
 //! - `ModelProto`: 1 `ir_version`, 2 `producer_name`, 7 `graph`, 8 `opset_import`
 //! - `OperatorSetIdProto`: 1 `domain`, 2 `version`
 //! - `GraphProto`: 5 `initializer`, 11 `input`, 12 `output`
-//! - `TensorProto` (initializer): 8 `name`, 14 `data_location` (data in an external file cannot
-//!   be served from a single upload, so such models are rejected)
+//! - `TensorProto` (initializer): 8 `name`, 13 `external_data`, 14 `data_location`
+//!
+//! External data is refused wherever a tensor can hold it, not only in the main graph's
+//! initializers: a tensor that points at a file (`/etc/passwd`, `../../secret`) would have
+//! ONNX Runtime read the server's files. So the scanner also descends into every place a
+//! tensor can hide, reading only fields 13 and 14 of each tensor:
+//! - `GraphProto`: 1 `node`, 15 `sparse_initializer`; nested graphs (in attributes and
+//!   training info) also 5 `initializer`, their inputs and outputs being no part of the signature
+//! - `NodeProto`: 5 `attribute`
+//! - `AttributeProto`: 5 `t`, 6 `g`, 10 `tensors`, 11 `graphs`, 22 `sparse_tensor`, 23 `sparse_tensors`
+//! - `SparseTensorProto`: 1 `values`, 2 `indices`
+//! - `ModelProto`: 20 `training_info` (`TrainingInfoProto`: 1 `initialization`, 2 `algorithm`),
+//!   25 `functions` (`FunctionProto`: 7 `node`, 11 `attribute_proto`)
 //! - `ValueInfoProto`: 1 `name`, 2 `type`
 //! - `TypeProto`: 1 `tensor_type` (other members of the `value` oneof are rejected at the end)
 //! - `TypeProto.Tensor`: 1 `elem_type`, 2 `shape`
@@ -35,6 +46,8 @@ pub const MAX_RANK: usize = 64;
 /// names are kept until the end of the model.
 pub const MAX_INITIALIZER_NAME_BYTES: usize = 32 << 20;
 const INITIALIZER_OVERHEAD: usize = 64;
+/// Deepest nesting of messages accepted (subgraphs inside attributes inside nodes...).
+pub const MAX_DEPTH: usize = 64;
 /// Protobuf varints are at most 10 bytes long.
 const MAX_VARINT_LEN: u8 = 10;
 
@@ -91,6 +104,15 @@ enum Msg {
     OpsetId,
     Graph,
     Initializer,
+    /// A graph nested in an attribute or training info: searched for external data only.
+    SubGraph,
+    Node,
+    Attribute,
+    /// A tensor other than a main-graph initializer: searched for external data only.
+    Tensor,
+    Sparse,
+    Function,
+    TrainingInfo,
     ValueInfo(Role),
     Type,
     TensorType,
@@ -104,7 +126,13 @@ impl Msg {
             Msg::Model => "ModelProto",
             Msg::OpsetId => "OperatorSetIdProto",
             Msg::Graph => "GraphProto",
-            Msg::Initializer => "TensorProto",
+            Msg::Initializer | Msg::Tensor => "TensorProto",
+            Msg::SubGraph => "GraphProto",
+            Msg::Node => "NodeProto",
+            Msg::Attribute => "AttributeProto",
+            Msg::Sparse => "SparseTensorProto",
+            Msg::Function => "FunctionProto",
+            Msg::TrainingInfo => "TrainingInfoProto",
             Msg::ValueInfo(_) => "ValueInfoProto",
             Msg::Type => "TypeProto",
             Msg::TensorType => "TypeProto.Tensor",
@@ -164,6 +192,8 @@ enum LenAction {
     DimParam,
     /// A non-tensor member of the `TypeProto.value` oneof: noted, then skipped.
     OtherType(&'static str),
+    /// `TensorProto.external_data`: the tensor's data lives in a file.
+    ExternalData,
     Skip,
 }
 
@@ -470,6 +500,9 @@ impl SignatureScanner {
         self.check_fits(len)?;
         match action {
             LenAction::Descend(msg) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(OnnxError::Limit(format!("messages nested more than {MAX_DEPTH} deep")));
+                }
                 let end = self.pos.checked_add(len).ok_or_else(|| malformed("field length overflows"))?;
                 self.open(msg)?;
                 self.stack.push(Frame { msg, end });
@@ -494,6 +527,12 @@ impl SignatureScanner {
             }
             LenAction::OtherType(kind) => {
                 self.value.kind = Some(TypeKind::Other(kind));
+                if len > 0 {
+                    self.state = State::Skip(len);
+                }
+            }
+            LenAction::ExternalData => {
+                self.initializer_external = true;
                 if len > 0 {
                     self.state = State::Skip(len);
                 }
@@ -531,6 +570,8 @@ impl SignatureScanner {
                 self.initializer_name = None;
                 self.initializer_external = false;
             }
+            Msg::Tensor => self.initializer_external = false,
+            Msg::SubGraph | Msg::Node | Msg::Attribute | Msg::Sparse | Msg::Function | Msg::TrainingInfo => {}
             Msg::ValueInfo(_) => self.value = RawValue::default(),
             Msg::Type => {}
             Msg::TensorType => self.value.kind = Some(TypeKind::Tensor),
@@ -601,7 +642,24 @@ impl SignatureScanner {
                 }
                 shape.push(self.dim);
             }
-            Msg::Graph | Msg::Type | Msg::TensorType | Msg::Shape => {}
+            Msg::Tensor => {
+                if self.initializer_external {
+                    return Err(OnnxError::Unsupported {
+                        tensor: "a tensor in a node attribute, nested graph or function".into(),
+                        reason: "data in an external file is not supported; upload a single-file model".into(),
+                    });
+                }
+            }
+            Msg::Graph
+            | Msg::Type
+            | Msg::TensorType
+            | Msg::Shape
+            | Msg::SubGraph
+            | Msg::Node
+            | Msg::Attribute
+            | Msg::Sparse
+            | Msg::Function
+            | Msg::TrainingInfo => {}
             Msg::Model => unreachable!("ModelProto is the top level"),
         }
         Ok(())
@@ -626,12 +684,19 @@ fn expected_wire_type(msg: Msg, field: u32) -> Option<u8> {
     match (msg, field) {
         (Msg::Model, 1)
         | (Msg::OpsetId, 2)
-        | (Msg::Initializer, 14)
+        | (Msg::Initializer | Msg::Tensor, 14)
         | (Msg::TensorType, 1)
         | (Msg::Dim, 1) => Some(VARINT),
-        (Msg::Model, 2 | 7 | 8)
+        (Msg::Model, 2 | 7 | 8 | 20 | 25)
         | (Msg::OpsetId, 1)
-        | (Msg::Graph, 5 | 11 | 12)
+        | (Msg::Graph, 1 | 5 | 11 | 12 | 15)
+        | (Msg::SubGraph, 1 | 5 | 15)
+        | (Msg::Node, 5)
+        | (Msg::Attribute, 5 | 6 | 10 | 11 | 22 | 23)
+        | (Msg::Sparse, 1 | 2)
+        | (Msg::Function, 7 | 11)
+        | (Msg::TrainingInfo, 1 | 2)
+        | (Msg::Initializer | Msg::Tensor, 13)
         | (Msg::Initializer, 8)
         | (Msg::ValueInfo(_), 1 | 2)
         | (Msg::Type, 1 | 4 | 5 | 7 | 8 | 9)
@@ -648,7 +713,7 @@ fn varint_field(msg: Msg, field: u32) -> Option<VarintField> {
         (Msg::OpsetId, 2) => Some(VarintField::OpsetVersion),
         (Msg::TensorType, 1) => Some(VarintField::ElemType),
         (Msg::Dim, 1) => Some(VarintField::DimValue),
-        (Msg::Initializer, 14) => Some(VarintField::DataLocation),
+        (Msg::Initializer | Msg::Tensor, 14) => Some(VarintField::DataLocation),
         _ => None,
     }
 }
@@ -658,6 +723,14 @@ fn len_action(msg: Msg, field: u32) -> LenAction {
         (Msg::Model, 2) => LenAction::String(StringField::Producer),
         (Msg::Model, 7) => LenAction::Descend(Msg::Graph),
         (Msg::Model, 8) => LenAction::Descend(Msg::OpsetId),
+        (Msg::Model, 20) => LenAction::Descend(Msg::TrainingInfo),
+        (Msg::Model, 25) => LenAction::Descend(Msg::Function),
+        (Msg::Graph | Msg::SubGraph, 1) | (Msg::Function, 7) => LenAction::Descend(Msg::Node),
+        (Msg::Graph | Msg::SubGraph, 15) | (Msg::Attribute, 22 | 23) => LenAction::Descend(Msg::Sparse),
+        (Msg::SubGraph, 5) | (Msg::Attribute, 5 | 10) | (Msg::Sparse, 1 | 2) => LenAction::Descend(Msg::Tensor),
+        (Msg::Node, 5) | (Msg::Function, 11) => LenAction::Descend(Msg::Attribute),
+        (Msg::Attribute, 6 | 11) | (Msg::TrainingInfo, 1 | 2) => LenAction::Descend(Msg::SubGraph),
+        (Msg::Initializer | Msg::Tensor, 13) => LenAction::ExternalData,
         (Msg::OpsetId, 1) => LenAction::String(StringField::OpsetDomain),
         (Msg::Graph, 5) => LenAction::Descend(Msg::Initializer),
         (Msg::Graph, 11) => LenAction::Descend(Msg::ValueInfo(Role::Input)),
@@ -1060,7 +1133,8 @@ mod tests {
             fb(14, &[fb(1, b"k"), fb(2, b"v")].concat()),
         ];
         data.extend(extras.concat());
-        let graph = [fb(1, b"node bytes"), fb(10, b"doc"), fb(11, &value_info("x2", 1, &[]))].concat();
+        let node = [fb(1, b"x"), fb(2, b"y"), fb(4, b"Identity"), fb(6, b"doc"), fv(99, 1)].concat();
+        let graph = [fb(1, &node), fb(10, b"doc"), fb(11, &value_info("x2", 1, &[]))].concat();
         data.extend(fb(7, &graph)); // a second graph field merges into the first
         let sig = scan(&data).unwrap();
         assert_eq!(sig.inputs, vec![spec("x", "FP32", &[2]), spec("x2", "FP32", &[])]);
@@ -1079,6 +1153,53 @@ mod tests {
             scan(&data).unwrap_err().to_string(),
             "initializer 'w': data in an external file is not supported; upload a single-file model"
         );
+    }
+
+    #[test]
+    fn external_data_is_rejected_wherever_a_tensor_can_hold_it() {
+        let pointer = |location: &str| fb(13, &[fb(1, b"location"), fb(2, location.as_bytes())].concat());
+        let tensor = |location: &str| [fv(2, 1), fb(8, b"c"), pointer(location), fv(14, 1)].concat();
+        let node = |location: &str| [fb(4, b"Constant"), fb(5, &[fb(1, b"value"), fb(5, &tensor(location))].concat())].concat();
+        let constant = |location: &str| fb(1, &node(location));
+        let io = [fb(11, &value_info("x", 1, &[])), fb(12, &value_info("y", 1, &[]))].concat();
+        let subgraph = |body: &[u8]| fb(1, &[fb(4, b"If"), fb(5, &[fb(1, b"then_branch"), fb(6, body)].concat())].concat());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("Constant node", model(&[constant("/etc/passwd"), io.clone()])),
+            ("relative path", model(&[constant("../../../../etc/passwd"), io.clone()])),
+            // `external_data` alone, without `data_location`, is refused too.
+            ("location only", model(&[fb(1, &fb(5, &fb(5, &[fb(8, b"c"), pointer("/etc/shadow")].concat()))), io.clone()])),
+            ("tensors attribute", model(&[fb(1, &fb(5, &fb(10, &tensor("/etc/passwd")))), io.clone()])),
+            ("subgraph", model(&[subgraph(&constant("/etc/passwd")), io.clone()])),
+            ("subgraph initializer", model(&[subgraph(&fb(5, &tensor("/etc/passwd"))), io.clone()])),
+            ("sparse initializer", model(&[fb(15, &fb(1, &tensor("/etc/passwd"))), io.clone()])),
+            ("sparse attribute", model(&[fb(1, &fb(5, &fb(22, &fb(2, &tensor("/etc/passwd"))))), io.clone()])),
+        ];
+        for (case, data) in cases {
+            let error = scan(&data).unwrap_err().to_string();
+            assert!(error.contains("external file"), "{case}: {error}");
+        }
+        // A function's nodes, and training graphs, too.
+        let function = fb(25, &fb(7, &node("/etc/passwd")));
+        let with_function = [model(&[io.clone()]), function].concat();
+        assert!(scan(&with_function).unwrap_err().to_string().contains("external file"));
+        let training = fb(20, &fb(2, &constant("/etc/passwd")));
+        let with_training = [model(&[io.clone()]), training].concat();
+        assert!(scan(&with_training).unwrap_err().to_string().contains("external file"));
+        // A subgraph's own inputs and outputs stay out of the signature.
+        let inner = subgraph(&[fb(11, &value_info("inner", 1, &[])), fb(12, &value_info("inner_out", 1, &[]))].concat());
+        let sig = scan(&model(&[inner, io])).unwrap();
+        assert_eq!(sig.inputs, vec![spec("x", "FP32", &[])]);
+        assert_eq!(sig.outputs, vec![spec("y", "FP32", &[])]);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut graph = fb(12, &value_info("y", 1, &[]));
+        for _ in 0..40 {
+            graph = fb(1, &fb(5, &fb(6, &graph)));
+        }
+        let error = scan(&model(&[graph])).unwrap_err();
+        assert!(matches!(error, OnnxError::Limit(_)), "{error}");
     }
 
     #[test]

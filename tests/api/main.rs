@@ -6,6 +6,7 @@ mod helpers;
 #[path = "../support/onnx_builder.rs"]
 mod onnx_builder;
 
+mod attacks;
 mod audit;
 mod auth;
 mod authz_matrix;

@@ -30,6 +30,20 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A varint field, for hand-written messages.
+pub fn field_varint(field: u32, value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_uint(&mut out, field, value);
+    out
+}
+
+/// A length-delimited field (string, bytes or nested message), for hand-written messages.
+pub fn field_bytes(field: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_bytes(&mut out, field, bytes);
+    out
+}
+
 /// `ValueInfoProto` for a FP32 tensor of shape `[N, 4]` (`N` symbolic).
 fn tensor_value_info(name: &str) -> Vec<u8> {
     let mut batch = Vec::new();
