@@ -243,6 +243,10 @@ enum AuditCommand {
         /// Ed25519 public key (base64), or a file holding the key set from GET /v1/audit/keys.
         #[arg(long)]
         public_key: Option<String>,
+        /// Check a file's hash chain only, knowingly leaving its signatures unchecked (without
+        /// a key and without this flag, verification fails).
+        #[arg(long, conflicts_with_all = ["public_key", "database"])]
+        no_signatures: bool,
         /// Verify the chains in the database instead (uses database.migration_url).
         #[arg(long)]
         database: bool,
@@ -357,8 +361,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::identity::jwt::generate_key_entry(&kid));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify { file, public_key, database, tenant } } => {
-            audit_verify(file, public_key, database, tenant)
+        Command::Audit { command: AuditCommand::Verify { file, public_key, no_signatures, database, tenant } } => {
+            audit_verify(file, public_key, no_signatures, database, tenant)
         }
         Command::Audit { command: AuditCommand::Purge { tenant, before } } => {
             let settings = match load_settings() {
@@ -385,8 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let _telemetry = crate::telemetry::init(&settings.telemetry)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(worker(settings, concurrency))?;
-            Ok(ExitCode::SUCCESS)
+            runtime.block_on(worker(settings, concurrency))
         }
         Command::Admin { command } => operate(|state| async move { admin(state, command).await }),
         Command::Tenant { command } => operate(|state| async move { tenant(state, command).await }),
@@ -398,13 +401,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let _telemetry = crate::telemetry::init(&settings.telemetry)?;
-            actix_web::rt::System::new().block_on(serve(settings))?;
-            Ok(ExitCode::SUCCESS)
+            actix_web::rt::System::new().block_on(serve(settings))
         }
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Exit code 2, as for a configuration error, when the database role may bypass row-level
+/// security (checked after migrating, so that the tables it might own exist).
+async fn refuse_privileged_role(settings: &Settings) -> Option<ExitCode> {
+    let refusal = crate::db::refuse_privileged_role(&settings.database).await.err()?;
+    eprintln!("tessera: {refusal}");
+    Some(ExitCode::from(2))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let migrate = settings.database.migrate_on_start;
     let scheme = if settings.server.tls.enabled { "https" } else { "http" };
     let host = settings.server.host.clone();
@@ -413,6 +423,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("inference: {e}"))?;
     if migrate {
         crate::db::migrate_with(&settings.database).await?;
+    }
+    if let Some(code) = refuse_privileged_role(&settings).await {
+        return Ok(code);
     }
     let checkpoint_every = std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds);
     let state = AppState::new(settings)?;
@@ -432,17 +445,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("Tessera is serving at {scheme}://{shown_host}:{}  (API docs: /docs)", app.port());
     app.run_until_stopped().await?;
     tracing::info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tessera worker`: job workers and a dispatcher, until SIGTERM or SIGINT; then a running job
 /// is handed back at its next progress report (or taken over by another worker should this
 /// process not get that far).
-async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Result<()> {
+async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Result<ExitCode> {
     crate::inference::engine::OnnxRuntime::load(Some(&settings.inference.onnxruntime_path))
         .map_err(|e| anyhow::anyhow!("inference: {e}"))?;
     if settings.database.migrate_on_start {
         crate::db::migrate_with(&settings.database).await?;
+    }
+    if let Some(code) = refuse_privileged_role(&settings).await {
+        return Ok(code);
     }
     let count = concurrency.unwrap_or(settings.jobs.workers).max(1);
     let state = AppState::new(settings)?;
@@ -458,7 +474,7 @@ async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Resul
     tracing::info!("stopping: handing back running jobs");
     let _ = stop.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(60), futures::future::join_all(workers)).await;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn job_command(command: JobCommand) -> anyhow::Result<ExitCode> {
@@ -665,7 +681,7 @@ async fn user(state: AppState, command: UserCommand) -> Result<String, crate::er
                 .await?;
             let password = if exists { None } else { Some(read_secret_input("TESSERA_USER_PASSWORD")?) };
             let operator = crate::identity::Principal::operator();
-            let member = state.tenant_admin.add_member(&operator, &t, &email, role, password, &RequestInfo::command_line()).await?;
+            let member = state.tenant_admin.seed_member(&operator, &t, &email, role, password, &RequestInfo::command_line()).await?;
             Ok(pretty(&member))
         }
     }
@@ -693,6 +709,7 @@ fn pretty<T: serde::Serialize>(value: &T) -> String {
 fn audit_verify(
     file: Option<std::path::PathBuf>,
     public_key: Option<String>,
+    no_signatures: bool,
     database: bool,
     tenant: Option<String>,
 ) -> anyhow::Result<ExitCode> {
@@ -708,6 +725,13 @@ fn audit_verify(
         let Some(file) = file else {
             anyhow::bail!("give an export file, or --database");
         };
+        if matches!(keys, PublicKeys::None) && !no_signatures {
+            eprintln!(
+                "tessera: no public key: give --public-key (the key set from GET /v1/audit/keys), \
+                 or --no-signatures to check the hash chain alone"
+            );
+            return Ok(ExitCode::from(2));
+        }
         let reader = std::io::BufReader::new(std::fs::File::open(&file)?);
         let verdict = verify_export(reader, &keys);
         println!("{}: {verdict}", file.display());

@@ -15,11 +15,21 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
+/// The ceiling of `inference.max_cache_ttl_seconds`.
+pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
 const ENV_PREFIX: &str = "TESSERA";
 
 /// Secret settings: never accepted from a configuration file, only from `TESSERA__…`
 /// environment variables or from a file named by the matching `…_file` key.
-const SECRET_KEYS: &[&str] = &["database.password", "auth.api_key_secret", "auth.jwt_signing_keys", "audit.signing_keys", "registry.master_keys"];
+const SECRET_KEYS: &[&str] = &[
+    "database.password",
+    "database.migration_password",
+    "auth.api_key_secret",
+    "auth.jwt_signing_keys",
+    "audit.signing_keys",
+    "registry.master_keys",
+    "telemetry.metrics_token",
+];
 
 /// Stand-ins that make development and tests work out of the box. Production refuses them.
 const DEV_API_KEY_SECRET: &str = "dev-insecure-api-key-secret-change-me-0123456789";
@@ -172,6 +182,10 @@ pub struct ServerSettings {
     pub shutdown_grace_seconds: u64,
     pub keep_alive_seconds: u64,
     pub tls: TlsSettings,
+    /// Reverse proxies (addresses or CIDR networks) whose `X-Forwarded-For` names the client.
+    /// A list in files; comma-separated in `TESSERA__SERVER__TRUSTED_PROXIES`.
+    #[serde(default, deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +208,11 @@ pub struct DatabaseSettings {
     pub password: Option<SecretString>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The schema owner's password, for `migration_url`.
+    #[serde(default)]
+    pub migration_password: Option<SecretString>,
+    #[serde(default)]
+    pub migration_password_file: Option<PathBuf>,
     pub max_connections: u32,
     pub min_connections: u32,
     pub acquire_timeout_ms: u64,
@@ -260,6 +279,12 @@ pub struct InferenceSettings {
     pub max_timeout_ms: u64,
     /// Result cache TTL for deterministic models (0 = no caching unless the model sets one).
     pub cache_ttl_seconds: u64,
+    /// The longest TTL any model may ask for: one tenant's results cannot fill the shared
+    /// Redis for weeks.
+    pub max_cache_ttl_seconds: u64,
+    /// The most worker threads (sessions × intra-op threads, over its loaded versions) one
+    /// tenant holds at once; beyond, its least recently used versions are unloaded.
+    pub tenant_max_threads: usize,
     /// A cache lookup slower than this is abandoned and the request served without it.
     pub cache_timeout_ms: u64,
     /// How long a resolved (model, version or alias) is reused before asking Postgres again.
@@ -276,6 +301,15 @@ pub struct TelemetrySettings {
     pub log_filter: String,
     pub service_name: String,
     pub otlp: OtlpSettings,
+    /// Where `/metrics` is served, apart from the API: metrics name tenants and models, so
+    /// they are for operators only. Empty: not served at all.
+    pub metrics_address: String,
+    /// When set, the metrics listener also requires `Authorization: Bearer <token>` (for a
+    /// listener that is not on loopback).
+    #[serde(default)]
+    pub metrics_token: Option<SecretString>,
+    #[serde(default)]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,8 +339,12 @@ struct RawAuthSettings {
     argon2_iterations: u32,
     argon2_parallelism: u32,
     login_max_failures_per_account: u32,
-    login_max_failures_per_address: u32,
+    login_max_accounts_per_client: u32,
+    login_backoff_seconds: u64,
     login_lockout_seconds: u64,
+    password_hash_concurrency: usize,
+    invitation_ttl_seconds: u64,
+    password_reset_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -322,9 +360,20 @@ pub struct AuthSettings {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Failed logins on one account from one client before back-off starts.
     pub login_max_failures_per_account: u32,
-    pub login_max_failures_per_address: u32,
+    /// Distinct accounts one client may fail on within the window (password spraying).
+    pub login_max_accounts_per_client: u32,
+    /// The first back-off; it doubles with each further failure, up to the window.
+    pub login_backoff_seconds: u64,
+    /// How long failures are remembered, and the longest back-off.
     pub login_lockout_seconds: u64,
+    /// Password hashes computed at once (0 = one per core); beyond, 503 with `Retry-After`.
+    pub password_hash_concurrency: usize,
+    /// How long an invitation to a tenant can be accepted.
+    pub invitation_ttl_seconds: u64,
+    /// How long a password reset token issued by a platform administrator can be redeemed.
+    pub password_reset_ttl_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,9 +408,14 @@ impl DatabaseSettings {
     /// The migrating connection: `migration_url`, or the application's when unset.
     pub fn migration_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
         match &self.migration_url {
-            Some(url) if !url.is_empty() => sqlx::postgres::PgConnectOptions::from_str(url)
-                .map(|o| o.application_name("tessera-migrate"))
-                .map_err(|e| ConfigError::new("database.migration_url", format!("not a valid Postgres URL: {e}"))),
+            Some(url) if !url.is_empty() => {
+                let mut options = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .map_err(|e| ConfigError::new("database.migration_url", format!("not a valid Postgres URL: {e}")))?;
+                if let Some(password) = &self.migration_password {
+                    options = options.password(password.expose_secret());
+                }
+                Ok(options.application_name("tessera-migrate"))
+            }
             _ => self.connect_options(),
         }
     }
@@ -374,6 +428,19 @@ impl RedisSettings {
     pub fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.response_timeout_ms)
     }
+}
+
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(deserializer)? {
+        ListOrCommas::List(list) => list,
+        ListOrCommas::Commas(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
 impl ServerSettings {
@@ -442,10 +509,16 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, telemetry, inference, auth, audit, registry, jobs } = raw;
+        let RawSettings { server, mut database, redis, mut telemetry, inference, auth, audit, registry, jobs } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
+        }
+        if let Some(path) = database.migration_password_file.take() {
+            database.migration_password = Some(read_secret_file("database.migration_password_file", &path)?);
+        }
+        if let Some(path) = telemetry.metrics_token_file.take() {
+            telemetry.metrics_token = Some(read_secret_file("telemetry.metrics_token_file", &path)?);
         }
         let api_key_secret =
             required_secret(environment, "auth.api_key_secret", auth.api_key_secret, auth.api_key_secret_file, DEV_API_KEY_SECRET)?;
@@ -501,8 +574,12 @@ impl Settings {
                 argon2_iterations: auth.argon2_iterations,
                 argon2_parallelism: auth.argon2_parallelism,
                 login_max_failures_per_account: auth.login_max_failures_per_account,
-                login_max_failures_per_address: auth.login_max_failures_per_address,
+                login_max_accounts_per_client: auth.login_max_accounts_per_client,
+                login_backoff_seconds: auth.login_backoff_seconds,
                 login_lockout_seconds: auth.login_lockout_seconds,
+                password_hash_concurrency: auth.password_hash_concurrency,
+                invitation_ttl_seconds: auth.invitation_ttl_seconds,
+                password_reset_ttl_seconds: auth.password_reset_ttl_seconds,
             },
         };
         settings.validate()?;
@@ -514,6 +591,7 @@ impl Settings {
         if s.host.trim().is_empty() {
             return Err(ConfigError::new("server.host", "must not be empty"));
         }
+        crate::net::TrustedProxies::parse(&s.trusted_proxies).map_err(|e| ConfigError::new("server.trusted_proxies", e))?;
         if s.max_body_bytes < 1024 {
             return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
         }
@@ -549,6 +627,13 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&otlp.sample_ratio) {
             return Err(ConfigError::new("telemetry.otlp.sample_ratio", "must be between 0.0 and 1.0"));
+        }
+        let metrics = &self.telemetry.metrics_address;
+        if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new("telemetry.metrics_address", "must be an IP address and port (e.g. 127.0.0.1:9464), or empty"));
+        }
+        if self.telemetry.metrics_token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
+            return Err(ConfigError::new("telemetry.metrics_token", "must be at least 16 bytes"));
         }
 
         let api_key_secret = self.auth.api_key_secret.expose_secret();
@@ -598,8 +683,14 @@ impl Settings {
         if i.intra_op_threads == 0 || i.intra_op_threads > 64 {
             return Err(ConfigError::new("inference.intra_op_threads", "must be between 1 and 64"));
         }
-        if i.cache_ttl_seconds > crate::registry::model::MAX_CACHE_TTL_SECONDS {
-            return Err(ConfigError::new("inference.cache_ttl_seconds", "must be at most 2592000 (30 days)"));
+        if i.max_cache_ttl_seconds > MAX_CACHE_TTL_SECONDS {
+            return Err(ConfigError::new("inference.max_cache_ttl_seconds", "must be at most 2592000 (30 days)"));
+        }
+        if i.cache_ttl_seconds > i.max_cache_ttl_seconds {
+            return Err(ConfigError::new("inference.cache_ttl_seconds", "must be at most inference.max_cache_ttl_seconds"));
+        }
+        if i.tenant_max_threads == 0 || i.tenant_max_threads > 1024 {
+            return Err(ConfigError::new("inference.tenant_max_threads", "must be between 1 and 1024"));
         }
         if i.cache_timeout_ms == 0 {
             return Err(ConfigError::new("inference.cache_timeout_ms", "must be at least 1"));
@@ -645,6 +736,18 @@ impl Settings {
         }
         if a.refresh_token_ttl_seconds < a.access_token_ttl_seconds {
             return Err(ConfigError::new("auth.refresh_token_ttl_seconds", "must be at least auth.access_token_ttl_seconds"));
+        }
+        if !(60..=30 * 86_400).contains(&a.invitation_ttl_seconds) {
+            return Err(ConfigError::new("auth.invitation_ttl_seconds", "must be between 60 and 2592000"));
+        }
+        if !(60..=86_400).contains(&a.password_reset_ttl_seconds) {
+            return Err(ConfigError::new("auth.password_reset_ttl_seconds", "must be between 60 and 86400"));
+        }
+        if a.login_max_failures_per_account == 0 || a.login_max_accounts_per_client == 0 {
+            return Err(ConfigError::new("auth.login_max_failures_per_account", "login limits must be at least 1"));
+        }
+        if a.login_backoff_seconds == 0 || a.login_backoff_seconds > a.login_lockout_seconds {
+            return Err(ConfigError::new("auth.login_backoff_seconds", "must be between 1 and auth.login_lockout_seconds"));
         }
         if a.argon2_memory_kib < 8 * a.argon2_parallelism || a.argon2_iterations == 0 || a.argon2_parallelism == 0 {
             return Err(ConfigError::new("auth.argon2_memory_kib", "argon2 parameters are out of range"));
@@ -729,11 +832,13 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
         writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;
         writeln!(f, "keep_alive_seconds = {}", s.server.keep_alive_seconds)?;
+        writeln!(f, "trusted_proxies = {:?}", s.server.trusted_proxies)?;
         writeln!(f, "\n[server.tls]\nenabled = {}", s.server.tls.enabled)?;
         writeln!(f, "cert_path = {:?}\nkey_path = {:?}", s.server.tls.cert_path, s.server.tls.key_path)?;
         writeln!(f, "\n[database]\nurl = {:?}", redact_url(&s.database.url))?;
         writeln!(f, "password = {}", secret(s.database.password.is_some()))?;
         writeln!(f, "migration_url = {:?}", s.database.migration_url.as_deref().map(redact_url).unwrap_or_default())?;
+        writeln!(f, "migration_password = {}", secret(s.database.migration_password.is_some()))?;
         writeln!(f, "max_connections = {}\nmin_connections = {}", s.database.max_connections, s.database.min_connections)?;
         writeln!(f, "acquire_timeout_ms = {}", s.database.acquire_timeout_ms)?;
         writeln!(f, "migrate_on_start = {}", s.database.migrate_on_start)?;
@@ -742,6 +847,8 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "connect_timeout_ms = {}\nresponse_timeout_ms = {}", s.redis.connect_timeout_ms, s.redis.response_timeout_ms)?;
         writeln!(f, "\n[telemetry]\nlog_format = {:?}", format!("{:?}", s.telemetry.log_format).to_lowercase())?;
         writeln!(f, "log_filter = {:?}\nservice_name = {:?}", s.telemetry.log_filter, s.telemetry.service_name)?;
+        writeln!(f, "metrics_address = {:?}", s.telemetry.metrics_address)?;
+        writeln!(f, "metrics_token = {}", secret(s.telemetry.metrics_token.is_some()))?;
         writeln!(f, "\n[telemetry.otlp]\nendpoint = {:?}", s.telemetry.otlp.endpoint)?;
         writeln!(f, "timeout_ms = {}\nsample_ratio = {}", s.telemetry.otlp.timeout_ms, s.telemetry.otlp.sample_ratio)?;
         let a = &s.auth;
@@ -749,8 +856,10 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "issuer = {:?}\naudience = {:?}", a.issuer, a.audience)?;
         writeln!(f, "access_token_ttl_seconds = {}\nrefresh_token_ttl_seconds = {}", a.access_token_ttl_seconds, a.refresh_token_ttl_seconds)?;
         writeln!(f, "argon2_memory_kib = {}\nargon2_iterations = {}\nargon2_parallelism = {}", a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)?;
-        writeln!(f, "login_max_failures_per_account = {}\nlogin_max_failures_per_address = {}", a.login_max_failures_per_account, a.login_max_failures_per_address)?;
-        writeln!(f, "login_lockout_seconds = {}", a.login_lockout_seconds)?;
+        writeln!(f, "login_max_failures_per_account = {}\nlogin_max_accounts_per_client = {}", a.login_max_failures_per_account, a.login_max_accounts_per_client)?;
+        writeln!(f, "login_backoff_seconds = {}\nlogin_lockout_seconds = {}", a.login_backoff_seconds, a.login_lockout_seconds)?;
+        writeln!(f, "password_hash_concurrency = {}", a.password_hash_concurrency)?;
+        writeln!(f, "invitation_ttl_seconds = {}\npassword_reset_ttl_seconds = {}", a.invitation_ttl_seconds, a.password_reset_ttl_seconds)?;
         writeln!(f, "\n[audit]\nsigning_keys = {}", secret(true))?;
         writeln!(f, "checkpoint_interval_seconds = {}", s.audit.checkpoint_interval_seconds)?;
         let i = &s.inference;

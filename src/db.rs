@@ -16,10 +16,16 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = settings.connect_options()?;
     let port = options.get_port();
     Ok(PgPoolOptions::new()
-        .after_connect(move |_, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 disable_nagle(port);
-                Ok(())
+                // Fail closed: a connection whose role bypasses row-level security is never
+                // used, whatever started this process. The pool retries until its acquire
+                // timeout, so requests get 503 and the log names the cause.
+                match privilege_violation(conn).await? {
+                    None => Ok(()),
+                    Some(violation) => Err(sqlx::Error::Configuration(violation.into())),
+                }
             })
         })
         .max_connections(settings.max_connections)
@@ -28,6 +34,64 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .idle_timeout(Some(Duration::from_secs(300)))
         .test_before_acquire(false)
         .connect_lazy_with(options))
+}
+
+/// Why the connected role must not serve tenants' requests, if it must not: it is a superuser
+/// or has BYPASSRLS (itself or through a role it belongs to), or it owns (or belongs to the
+/// owner of) a table in Tessera's schema. Each of these bypasses or can switch off row-level
+/// security, the second wall between tenants.
+pub async fn privilege_violation(conn: &mut sqlx::PgConnection) -> Result<Option<String>, sqlx::Error> {
+    let (role, superuser, bypassrls, owned): (String, bool, bool, Option<String>) = sqlx::query_as(
+        "SELECT current_user::text, \
+           EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolsuper AND pg_has_role(current_user, r.oid, 'MEMBER')), \
+           EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolbypassrls AND pg_has_role(current_user, r.oid, 'MEMBER')), \
+           (SELECT string_agg(c.relname, ', ' ORDER BY c.relname) FROM pg_class c \
+              JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm') \
+               AND pg_has_role(current_user, c.relowner, 'MEMBER'))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let cause = if superuser {
+        "is a superuser".to_owned()
+    } else if bypassrls {
+        "has BYPASSRLS".to_owned()
+    } else if let Some(tables) = owned {
+        format!("owns Tessera's tables ({tables})")
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "database.url connects as `{role}`, which {cause} and so bypasses row-level security; \
+         connect as a role that owns nothing and cannot bypass it (deploy/local/up.sh creates `tessera_app`), \
+         and keep the schema owner in database.migration_url"
+    )))
+}
+
+/// `tessera serve` and `tessera worker` refuse to start through a privileged role. When
+/// Postgres cannot be reached yet they start anyway: every pooled connection is checked too.
+pub async fn refuse_privileged_role(settings: &DatabaseSettings) -> Result<(), String> {
+    use sqlx::Connection;
+    let options = settings.connect_options().map_err(|e| e.to_string())?;
+    let connected = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not check the database role at start; each connection is checked when made");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!("could not check the database role at start; each connection is checked when made");
+            return Ok(());
+        }
+    };
+    let verdict = privilege_violation(&mut conn).await;
+    let _ = conn.close().await;
+    match verdict {
+        Ok(None) => Ok(()),
+        Ok(Some(violation)) => Err(violation),
+        Err(error) => Err(format!("could not read the database role's privileges: {error}")),
+    }
 }
 
 /// Sets TCP_NODELAY on this process's TCP connections to Postgres (`port`).

@@ -63,6 +63,8 @@ error_codes! {
     LoginThrottled => ("login_throttled", TOO_MANY_REQUESTS, "Too many failed logins"),
     AlreadyExists => ("already_exists", CONFLICT, "Already exists"),
     WeakPassword => ("weak_password", BAD_REQUEST, "Password does not meet the policy"),
+    InvalidInvitation => ("invalid_invitation", BAD_REQUEST, "Invitation invalid, expired or already used"),
+    InvalidResetToken => ("invalid_reset_token", BAD_REQUEST, "Password reset token invalid, expired or already used"),
     Forbidden => ("forbidden", FORBIDDEN, "Permission denied"),
     RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many requests"),
     ClientError => ("client_error", BAD_REQUEST, "Bad request"),

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod inference;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod redis_store;
 pub mod registry;
 pub mod startup;

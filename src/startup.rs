@@ -100,8 +100,15 @@ impl AppState {
             auditor.clone(),
             auth,
         );
-        let tenant_admin =
-            TenantService::new(db.clone(), tenants.clone(), identity.clone(), hasher, authenticator.clone(), auditor.clone());
+        let tenant_admin = TenantService::new(
+            db.clone(),
+            tenants.clone(),
+            identity.clone(),
+            hasher,
+            authenticator.clone(),
+            auditor.clone(),
+            auth.invitation_ttl_seconds,
+        );
         let audit_sink = AuditSink::start(db.clone(), auditor.clone());
         let keys = KeyService::new(Arc::new(
             MasterKeys::parse(settings.registry.master_keys.expose_secret())
@@ -113,6 +120,10 @@ impl AppState {
             keys.clone(),
             auditor.clone(),
             settings.registry.max_artifact_bytes,
+            crate::registry::model::ServingLimits {
+                max_threads: settings.inference.tenant_max_threads,
+                max_cache_ttl_seconds: settings.inference.max_cache_ttl_seconds,
+            },
         );
         let metrics = Metrics::new();
         // Operator commands build this state too and need no ONNX Runtime; the server refuses
@@ -171,20 +182,25 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(oip::version_ready)
         .service(health::healthz)
         .service(health::readyz)
-        .service(health::metrics)
         .service(auth::jwks)
         .service(auth::login)
         .service(auth::refresh)
         .service(auth::logout)
         .service(auth::verify)
         .service(auth::me)
+        .service(auth::change_password)
+        .service(auth::issue_password_reset)
+        .service(auth::redeem_password_reset)
         .service(tenancy::create_tenant)
         .service(tenancy::list_tenants)
         .service(tenancy::get_tenant)
         .service(tenancy::suspend_tenant)
         .service(tenancy::resume_tenant)
         .service(tenancy::list_members)
-        .service(tenancy::add_member)
+        .service(tenancy::invite)
+        .service(tenancy::list_invitations)
+        .service(tenancy::revoke_invitation)
+        .service(tenancy::accept_invitation)
         .service(tenancy::change_member_role)
         .service(tenancy::remove_member)
         .service(tenancy::create_api_key)
@@ -254,8 +270,11 @@ pub fn create_app(
     >,
 > {
     let body_limit = state.settings.server.max_body_bytes;
+    let proxies = crate::net::TrustedProxies::parse(&state.settings.server.trusted_proxies)
+        .expect("server.trusted_proxies was validated with the configuration");
     let (app, _) = App::new()
         .app_data(web::Data::new(state.clone()))
+        .app_data(proxies)
         .app_data(shared.allowed_methods.clone())
         .app_data(extract::json_config(body_limit))
         .app_data(extract::payload_config(body_limit))
@@ -278,6 +297,8 @@ pub fn create_app(
 pub struct Application {
     port: u16,
     server: Server,
+    /// The operators' `/metrics` listener, when `telemetry.metrics_address` is set.
+    metrics: Option<(u16, Server)>,
     /// In-process job workers (`jobs.workers`), told to stop when the server does.
     stop_jobs: tokio::sync::watch::Sender<bool>,
     job_workers: Vec<tokio::task::JoinHandle<()>>,
@@ -295,8 +316,21 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
 
+        let metrics = match settings.telemetry.metrics_address.as_str() {
+            "" => None,
+            address => {
+                let listener = TcpListener::bind(address)
+                    .map_err(|e| anyhow::anyhow!("cannot bind telemetry.metrics_address {address}: {e}"))?;
+                let port = listener.local_addr()?.port();
+                let server =
+                    health::metrics_server(listener, state.metrics.clone(), settings.telemetry.metrics_token.clone())?;
+                Some((port, server))
+            }
+        };
+
         let (stop_jobs, stopping) = tokio::sync::watch::channel(false);
-        let job_workers = state.jobs.start_workers(settings.jobs.workers, stopping);
+        let mut job_workers = state.jobs.start_workers(settings.jobs.workers, stopping.clone());
+        job_workers.push(state.identity.spawn_login_failure_flusher(stopping));
 
         let shared = Shared::new();
         let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))
@@ -310,17 +344,39 @@ impl Application {
         } else {
             server.listen(listener)?.run()
         };
-        Ok(Self { port, server, stop_jobs, job_workers })
+        Ok(Self { port, server, metrics, stop_jobs, job_workers })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port of the metrics listener, if there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
+    }
+
     /// Serves until SIGTERM/SIGINT, then drains in-flight requests within the grace period.
     /// Job workers then hand back what they run (at its next progress report) and stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        // Both servers run in this task; the metrics listener stops when the API does.
+        let (metrics_handle, metrics_server) = match self.metrics {
+            Some((_, server)) => (Some(server.handle()), Some(server)),
+            None => (None, None),
+        };
+        let api = async {
+            let served = self.server.await;
+            if let Some(handle) = metrics_handle {
+                handle.stop(false).await;
+            }
+            served
+        };
+        let metrics = async {
+            if let Some(server) = metrics_server {
+                let _ = server.await;
+            }
+        };
+        let (served, ()) = futures::future::join(api, metrics).await;
         let _ = self.stop_jobs.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(self.job_workers)).await;
         served

@@ -213,11 +213,14 @@ pub const CSV_HEADER: [&str; 17] = [
 ];
 
 /// CSV cannot tell an absent value from an empty one, and the chain can: absent is `\N`, and
-/// a value that itself starts with a backslash gets one more.
+/// a value that itself starts with a backslash gets one more. The same backslash neutralises
+/// a value a spreadsheet would run as a formula (OWASP CSV injection: a first character of
+/// `=`, `+`, `-`, `@`, tab or carriage return): the cell starts with `\` and stays text, and
+/// the verifier strips it back to the chained value.
 pub fn csv_optional(value: &Option<String>) -> String {
     match value {
         None => "\\N".to_owned(),
-        Some(v) if v.starts_with('\\') => format!("\\{v}"),
+        Some(v) if v.starts_with(['\\', '=', '+', '-', '@', '\t', '\r']) => format!("\\{v}"),
         Some(v) => v.clone(),
     }
 }

@@ -51,8 +51,16 @@ const MAX_USER_AGENT: usize = 512;
 
 impl RequestInfo {
     pub fn from_request(req: &HttpRequest) -> Self {
+        let peer = req.peer_addr().map(|a| a.ip());
+        let client_addr = match req.app_data::<crate::net::TrustedProxies>() {
+            Some(proxies) if !proxies.is_empty() => proxies.client(
+                peer,
+                req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            ),
+            _ => peer,
+        };
         Self {
-            client_addr: req.peer_addr().map(|a| a.ip()),
+            client_addr,
             // Copied, not shared: a header value shares the buffer its request was read into,
             // which an inference call's event would keep alive until the audit writer drops it.
             user_agent: req

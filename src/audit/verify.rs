@@ -249,8 +249,9 @@ pub fn verify_export(input: impl BufRead, keys: &PublicKeys) -> Verdict {
     Verdict::Ok { count: seen, signature_checked: true }
 }
 
-/// Verifies every chain in the database (or one tenant's), streaming in sequence order.
-/// Needs a connection that sees all rows (the schema owner's).
+/// Verifies every chain in the database (or one tenant's), streaming in sequence order, and
+/// every signed checkpoint against it. Needs a connection that sees all rows (the schema
+/// owner's). Without public keys every chain fails: a check that cannot be made is not passed.
 pub async fn verify_database(
     pool: &sqlx::PgPool,
     only: Option<Uuid>,
@@ -269,6 +270,40 @@ pub async fn verify_database(
     Ok(verdicts)
 }
 
+/// A signed checkpoint as stored: what the chain must contain at `seq`.
+struct Checkpoint {
+    seq: i64,
+    hash: Vec<u8>,
+    reason: String,
+}
+
+/// Every signed checkpoint of `tenant`, each signature verified first: a checkpoint that
+/// cannot be verified (unknown key id, bad signature) is a failure, never skipped.
+async fn signed_checkpoints(
+    pool: &sqlx::PgPool,
+    tenant: Uuid,
+    keys: &PublicKeys,
+) -> Result<Result<Vec<Checkpoint>, Verdict>, sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>, String, Vec<u8>, time::OffsetDateTime, String)> = sqlx::query_as(
+        "SELECT seq, hash, key_id, signature, signed_at, reason FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY seq, signed_at",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    let mut checkpoints = Vec::with_capacity(rows.len());
+    for (seq, hash, key_id, signature, signed_at, reason) in rows {
+        let Some(key) = keys.get(&key_id) else {
+            return Ok(Err(broken(seq, format!("bad signature: no public key for key id `{key_id}` of the {reason} checkpoint"))));
+        };
+        let message = checkpoint_message(&tenant, seq, &hex::encode(&hash), &super::chain::format_time(signed_at));
+        if !verify(key, &message, &signature) {
+            return Ok(Err(broken(seq, format!("bad signature on the {reason} checkpoint (key id `{key_id}`)"))));
+        }
+        checkpoints.push(Checkpoint { seq, hash, reason });
+    }
+    Ok(Ok(checkpoints))
+}
+
 async fn verify_chain(
     pool: &sqlx::PgPool,
     tenant: Uuid,
@@ -276,6 +311,14 @@ async fn verify_chain(
     head_hash: &[u8],
     keys: &PublicKeys,
 ) -> Result<Verdict, sqlx::Error> {
+    if matches!(keys, PublicKeys::None) {
+        return Ok(broken(None, "no public keys: the chain's signed checkpoints cannot be checked"));
+    }
+    let checkpoints = match signed_checkpoints(pool, tenant, keys).await? {
+        Ok(checkpoints) => checkpoints,
+        Err(verdict) => return Ok(verdict),
+    };
+    let mut pending = checkpoints.iter().peekable();
     let columns = "tenant_id, seq, id, occurred_at, actor_type, actor_id, action, resource_type, resource_id, outcome, \
                    client_addr, user_agent, request_id, details::text AS details, prev_hash, hash";
     let sql = format!("SELECT {columns} FROM audit_events WHERE tenant_id = $1 ORDER BY seq");
@@ -291,30 +334,31 @@ async fn verify_chain(
                     return Ok(broken(1, "changed: the first event does not start from the genesis hash"));
                 }
             } else {
-                let anchor: Option<(Vec<u8>, String, Vec<u8>, time::OffsetDateTime)> = sqlx::query_as(
-                    "SELECT hash, key_id, signature, signed_at FROM audit_checkpoints \
-                     WHERE tenant_id = $1 AND seq = $2 AND reason = 'purge' ORDER BY signed_at DESC LIMIT 1",
-                )
-                .bind(tenant)
-                .bind(event.seq - 1)
-                .fetch_optional(pool)
-                .await?;
-                match anchor {
-                    Some((hash, key_id, signature, signed_at)) if hash == prev => {
-                        if let Some(key) = keys.get(&key_id) {
-                            let message = checkpoint_message(&tenant, event.seq - 1, &hex::encode(&hash), &super::chain::format_time(signed_at));
-                            if !verify(key, &message, &signature) {
-                                return Ok(broken(event.seq - 1, "bad signature on the retention checkpoint"));
-                            }
-                        }
-                    }
-                    _ => return Ok(broken(1, format!("missing: seq 1..{} absent with no retention checkpoint", event.seq - 1))),
+                let anchored = checkpoints.iter().any(|c| c.reason == "purge" && c.seq == event.seq - 1 && c.hash[..] == prev[..]);
+                if !anchored {
+                    return Ok(broken(1, format!("missing: seq 1..{} absent with no retention checkpoint", event.seq - 1)));
                 }
             }
+            // Checkpoints of purged events are anchored by the purge checkpoint itself.
+            while pending.next_if(|c| c.seq < event.seq).is_some() {}
         }
         if let Err(verdict) = walker.step(&event) {
             return Ok(verdict);
         }
+        while let Some(checkpoint) = pending.next_if(|c| c.seq == event.seq) {
+            if event.hash_bytes().map(|h| h[..] != checkpoint.hash[..]).unwrap_or(true) {
+                return Ok(broken(
+                    event.seq,
+                    format!("changed: the chain disagrees with the {} checkpoint signed at this seq", checkpoint.reason),
+                ));
+            }
+        }
+    }
+    if let Some(checkpoint) = pending.next() {
+        return Ok(broken(
+            checkpoint.seq,
+            format!("missing: a {} checkpoint was signed at this seq, beyond the chain's end", checkpoint.reason),
+        ));
     }
     let last = walker.previous;
     match last {
@@ -324,5 +368,5 @@ async fn verify_chain(
         None => {}
         Some((seq, _)) => return Ok(broken(seq, "changed: the chain does not end at its recorded head")),
     }
-    Ok(Verdict::Ok { count: walker.count, signature_checked: !matches!(keys, PublicKeys::None) })
+    Ok(Verdict::Ok { count: walker.count, signature_checked: true })
 }

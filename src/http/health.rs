@@ -1,5 +1,6 @@
-//! Operational endpoints: liveness, readiness and metrics. They are unauthenticated by design
-//! (orchestrators and scrapers call them) and reveal nothing tenant-specific.
+//! Operational endpoints: liveness and readiness on the API's port, unauthenticated by design
+//! (orchestrators call them) and revealing nothing tenant-specific; metrics on a listener of
+//! their own, for operators only.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,17 +82,58 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .json(NotReady { problem, checks })
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
-#[utoipa::path(
-    tag = "operations",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String,
-               description = "Request counts and latency histograms by route template and status; build info"))
-)]
-#[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// The operators' listener: `/metrics` alone, apart from the API, because metrics name every
+/// tenant and model. With a token configured, the scraper must send it as a bearer token.
+pub fn metrics_server(
+    listener: std::net::TcpListener,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    token: Option<secrecy::SecretString>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let token = web::Data::new(MetricsToken(token));
+    let metrics = web::Data::from(metrics);
+    Ok(actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(token.clone())
+            .app_data(metrics.clone())
+            .route("/metrics", web::get().to(metrics_text))
+            .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+struct MetricsToken(Option<secrecy::SecretString>);
+
+impl MetricsToken {
+    fn admits(&self, request: &actix_web::HttpRequest) -> bool {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        let Some(expected) = &self.0 else { return true };
+        let presented = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared as digests: equal lengths, and no timing signal about the token's length.
+        let digest = |text: &str| <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+        bool::from(digest(presented).as_slice().ct_eq(digest(expected.expose_secret()).as_slice()))
+    }
+}
+
+async fn metrics_text(
+    request: actix_web::HttpRequest,
+    token: web::Data<MetricsToken>,
+    metrics: web::Data<crate::metrics::Metrics>,
+) -> HttpResponse {
+    if !token.admits(&request) {
+        return HttpResponse::Unauthorized().insert_header(("www-authenticate", "Bearer realm=\"tessera-metrics\"")).finish();
+    }
     HttpResponse::Ok()
         .insert_header(ContentType(
             "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("static mime"),
         ))
-        .body(state.metrics.render())
+        .body(metrics.render())
 }

@@ -5,8 +5,9 @@
 //! guard (which answers 401 on any route that needs a caller).
 //!
 //! Hot path: verified JWTs and API key records are cached in process, so a repeat caller costs
-//! a hash-map lookup plus (for API keys) one HMAC. Cached facts are re-checked against Postgres
-//! every `RECHECK`; revocations and suspensions made in this process apply at once.
+//! a hash-map lookup plus (for API keys) one HMAC. Cached facts (revocation, and the user's
+//! membership in the token's tenant) are re-checked against Postgres every `RECHECK`;
+//! revocations, membership changes and suspensions made in this process apply at once.
 
 use std::collections::{HashMap, HashSet};
 use std::future::{Ready, ready};
@@ -41,7 +42,12 @@ const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 struct CachedToken {
     user: Uuid,
     tenant: Option<Uuid>,
+    /// The role the token acts with now (see `current_role`).
     role: Option<Role>,
+    /// The role the token was issued with.
+    token_role: Option<Role>,
+    /// The user's session epoch when the token was issued.
+    epoch: i32,
     platform_admin: bool,
     jti: Uuid,
     exp: u64,
@@ -120,7 +126,7 @@ impl Authenticator {
             Some(entry) if entry.checked_at.elapsed() < RECHECK => entry,
             // The signature was verified when the entry was made; only revocation can change.
             Some(mut entry) => {
-                self.ensure_not_revoked(entry.jti).await?;
+                entry.role = self.current_role(&entry).await?;
                 entry.checked_at = Instant::now();
                 self.remember_token(token, &entry, now);
                 entry
@@ -130,16 +136,18 @@ impl Authenticator {
                     TokenError::Expired => ApiError::new(Code::TokenExpired, "the access token has expired; refresh it"),
                     other => ApiError::new(Code::InvalidToken, other.to_string()),
                 })?;
-                self.ensure_not_revoked(claims.jti).await?;
-                let entry = CachedToken {
+                let mut entry = CachedToken {
                     user: claims.sub,
                     tenant: claims.tid,
                     role: claims.role,
+                    token_role: claims.role,
+                    epoch: claims.sep,
                     platform_admin: claims.adm,
                     jti: claims.jti,
                     exp: claims.exp,
                     checked_at: Instant::now(),
                 };
+                entry.role = self.current_role(&entry).await?;
                 self.remember_token(token, &entry, now);
                 entry
             }
@@ -160,15 +168,38 @@ impl Authenticator {
         })
     }
 
-    async fn ensure_not_revoked(&self, jti: Uuid) -> Result<(), ApiError> {
-        let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
-            .bind(jti)
+    /// Fails for a revoked token or a member no longer in the token's tenant; otherwise the
+    /// role the token may act with now: the token's own, or the member's current role when it
+    /// confers less (a demotion applies at once; a promotion at the next refresh). A role that
+    /// is neither (a lateral change) leaves the token no role until it is refreshed.
+    async fn current_role(&self, entry: &CachedToken) -> Result<Option<Role>, ApiError> {
+        let (revoked, role): (bool, Option<String>) = sqlx::query_as("SELECT * FROM access_token_status($1, $2, $3, $4)")
+            .bind(entry.jti)
+            .bind(entry.user)
+            .bind(entry.tenant)
+            .bind(entry.epoch)
             .fetch_one(&self.pool)
             .await?;
         if revoked {
             return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
         }
-        Ok(())
+        let (Some(_), Some(granted)) = (entry.tenant, entry.token_role) else {
+            // No tenant, or a platform administrator's token without a role in it.
+            return Ok(entry.token_role);
+        };
+        match role.as_deref().and_then(Role::parse) {
+            None if entry.platform_admin => Ok(None),
+            None => Err(ApiError::new(Code::TokenRevoked, "the access token's user is no longer a member of its tenant")),
+            Some(current) if current == granted || current.may_grant(granted) => Ok(Some(granted)),
+            Some(current) if granted.may_grant(current) => Ok(Some(current)),
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Called after a user's memberships or sessions changed in this process: the user's
+    /// cached tokens are checked again at their next use (other processes within `RECHECK`).
+    pub fn membership_changed(&self, user: Uuid) {
+        self.tokens.write().retain(|_, t| t.user != user);
     }
 
     fn remember_token(&self, token: &str, entry: &CachedToken, now: u64) {

@@ -29,6 +29,10 @@ pub struct Claims {
     /// Platform administrator.
     #[serde(default)]
     pub adm: bool,
+    /// The user's session epoch when issued: ending every session of a user (password change
+    /// or reset) moves it on, and older tokens stop working.
+    #[serde(default)]
+    pub sep: i32,
     pub jti: Uuid,
     pub iat: u64,
     pub nbf: u64,
@@ -190,6 +194,7 @@ mod tests {
             tid: None,
             role: None,
             adm: false,
+            sep: 0,
             jti: Uuid::new_v4(),
             iat: now,
             nbf: now,

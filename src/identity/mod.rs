@@ -4,6 +4,7 @@
 pub mod authenticate;
 pub mod guard;
 pub mod jwt;
+pub mod login_failures;
 pub mod passwords;
 pub mod permissions;
 pub mod principal;

@@ -52,14 +52,10 @@ impl Role {
         self.permissions().contains(&permission)
     }
 
-    /// An actor may only hand out roles it holds at least the rights of: an admin cannot make
-    /// an owner, for instance.
+    /// A role may be handed out only by someone who holds every permission it confers: derived
+    /// from the table above, so a new permission can never open a path to escalation.
     pub fn may_grant(self, other: Role) -> bool {
-        match self {
-            Role::Owner => true,
-            Role::Admin => other != Role::Owner,
-            _ => false,
-        }
+        other.permissions().iter().all(|p| self.allows(*p))
     }
 }
 
@@ -188,6 +184,23 @@ mod tests {
         for r in Role::ALL {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
+    }
+
+    #[test]
+    fn a_role_is_granted_only_by_holders_of_all_its_permissions() {
+        for granter in Role::ALL {
+            for granted in Role::ALL {
+                let expected = granted.permissions().iter().all(|p| granter.permissions().contains(p));
+                assert_eq!(granter.may_grant(granted), expected, "{granter:?} granting {granted:?}");
+            }
+        }
+        // The consequences, spelled out.
+        assert!(Role::Owner.may_grant(Role::Auditor));
+        assert!(!Role::Admin.may_grant(Role::Auditor));
+        assert!(!Role::Admin.may_grant(Role::Owner));
+        assert!(Role::Admin.may_grant(Role::MlEngineer));
+        assert!(!Role::Auditor.may_grant(Role::Inference));
+        assert!(Role::MlEngineer.may_grant(Role::Inference));
     }
 
     #[test]

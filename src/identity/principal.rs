@@ -39,6 +39,12 @@ impl Principal {
         permission != Permission::TenantsManage && self.role.is_some_and(|r| r.allows(permission))
     }
 
+    /// Whether this caller holds every permission `role` confers: the condition for granting
+    /// it (as a membership, a role change or an API key), so a grant never exceeds the granter.
+    pub fn may_grant(&self, role: Role) -> bool {
+        self.platform_admin || self.role.is_some_and(|r| r.may_grant(role))
+    }
+
     pub fn user_id(&self) -> Option<Uuid> {
         match self.actor {
             Actor::User { id } => Some(id),

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::permissions::{Permission, Role, perm};
 use super::principal::Actor;
-use super::service::TokenPair;
+use super::service::{PasswordReset, TokenPair};
 use super::Guarded;
 use crate::audit::RequestInfo;
 use crate::error::ApiError;
@@ -162,6 +162,85 @@ pub async fn me(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<AppState>)
         permissions: principal.permissions(),
         memberships,
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// At least 12 characters.
+    pub new_password: String,
+}
+
+/// Change your own password. Every session of yours ends, this one included: log in again.
+#[utoipa::path(
+    tag = "auth", request_body = ChangePasswordRequest, security(("bearer" = [])),
+    responses((status = 204, description = "Changed; every session ended"),
+              (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Weak new password (`weak_password`)"),
+              (status = 401, body = crate::error::Problem, content_type = "application/problem+json", description = "Wrong current password (`invalid_credentials`)"),
+              (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Too many wrong attempts (`login_throttled`)"))
+)]
+#[post("/v1/me/password")]
+pub async fn change_password(
+    guard: Guarded<{ perm::SELF_READ }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<ChangePasswordRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    state.identity.change_password(&guard.principal, body.current_password, body.new_password, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueResetRequest {
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+}
+
+/// Issue a one-time password reset token for a user (platform administrators).
+#[utoipa::path(
+    tag = "auth", request_body = IssueResetRequest, security(("bearer" = [])),
+    responses((status = 201, body = PasswordReset),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No user has this email (`not_found`)"))
+)]
+#[post("/v1/password-resets")]
+pub async fn issue_password_reset(
+    guard: Guarded<{ perm::TENANTS_MANAGE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<IssueResetRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let reset = state.identity.issue_password_reset(&guard.principal, &body.email, &info).await?;
+    Ok(HttpResponse::Created().json(reset))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemResetRequest {
+    /// The reset token (`tsr_…`).
+    pub token: String,
+    /// At least 12 characters.
+    pub new_password: String,
+}
+
+/// Set a new password with a reset token; every session of the user ends.
+#[utoipa::path(
+    tag = "auth", request_body = RedeemResetRequest,
+    responses((status = 204, description = "Password set; every session ended"),
+              (status = 400, body = crate::error::Problem, content_type = "application/problem+json",
+               description = "Unknown, expired or used token (`invalid_reset_token`), or a weak password (`weak_password`)"))
+)]
+#[post("/v1/password-resets/redeem")]
+pub async fn redeem_password_reset(
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<RedeemResetRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    state.identity.redeem_password_reset(&body.token, body.new_password, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Public keys that verify Tessera's access tokens (JWK Set; Ed25519 `OKP` keys with `kid`).

@@ -12,6 +12,8 @@ use sha2::Sha256;
 
 pub const API_KEY_PREFIX: &str = "tsk_";
 pub const REFRESH_TOKEN_PREFIX: &str = "trt_";
+pub const INVITATION_TOKEN_PREFIX: &str = "tsi_";
+pub const RESET_TOKEN_PREFIX: &str = "tsr_";
 const LOOKUP_LEN: usize = 12;
 
 #[derive(Clone)]
@@ -65,6 +67,11 @@ pub fn api_key_prefix(key: &str) -> Option<&str> {
 
 pub fn new_refresh_token() -> String {
     format!("{REFRESH_TOKEN_PREFIX}{}", random_token(32))
+}
+
+/// A single-use token (invitation, password reset): `prefix` and 256 random bits.
+pub fn new_single_use_token(prefix: &str) -> String {
+    format!("{prefix}{}", random_token(32))
 }
 
 #[cfg(test)]

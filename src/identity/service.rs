@@ -14,8 +14,9 @@ use super::jwt::{Claims, Keyring};
 use super::passwords::Passwords;
 use super::permissions::Role;
 use super::principal::Principal;
-use super::secrets::{CredentialHasher, new_refresh_token};
-use super::throttle::LoginThrottle;
+use super::secrets::{CredentialHasher, RESET_TOKEN_PREFIX, new_refresh_token, new_single_use_token};
+use super::login_failures::{self, FailedLogin};
+use super::throttle::{self, LoginThrottle};
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome, RequestInfo};
 use crate::config::AuthSettings;
 use crate::error::{ApiError, Code};
@@ -37,6 +38,16 @@ pub struct TokenPair {
     pub role: Option<Role>,
 }
 
+/// A password reset token, shown once to the platform administrator who issued it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasswordReset {
+    pub user_id: Uuid,
+    /// Single use: the user redeems it at `POST /v1/password-resets/redeem`.
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 #[derive(Clone)]
 pub struct IdentityService {
     pool: PgPool,
@@ -49,11 +60,14 @@ pub struct IdentityService {
     auditor: Auditor,
     access_ttl: u64,
     refresh_ttl: u64,
+    reset_ttl: u64,
 }
 
 struct Grant {
     user: Uuid,
     platform_admin: bool,
+    /// The user's session epoch (see `Claims::sep`).
+    epoch: i32,
     tenant: Option<Arc<TenantInfo>>,
     role: Option<Role>,
 }
@@ -82,6 +96,7 @@ impl IdentityService {
             auditor,
             access_ttl: settings.access_token_ttl_seconds,
             refresh_ttl: settings.refresh_token_ttl_seconds,
+            reset_ttl: settings.password_reset_ttl_seconds,
         }
     }
 
@@ -97,27 +112,29 @@ impl IdentityService {
         info: &RequestInfo,
     ) -> Result<TokenPair, ApiError> {
         let wrong = || ApiError::new(Code::InvalidCredentials, "wrong email or password");
-        let client_address = info.client_addr.map(|a| a.to_string());
-        let client_address = client_address.as_deref().unwrap_or("unknown");
-        // Failures are recorded in the chain of the tenant asked for, when it exists.
-        let requested = match tenant_slug {
-            Some(slug) => self.tenants.by_slug(slug).await?.map(|t| t.id),
-            None => None,
+        let client = throttle::client_key(info.client_addr);
+        // Every refusal below is counted for the platform's chain, never the tenant's: the
+        // caller has not shown they are someone of the tenant they name.
+        let refuse = |account, reason, outcome, user| {
+            let failure = FailedLogin { account, reason, outcome, user, tenant: tenant_slug };
+            login_failures::record(&self.pool, failure, info)
         };
-        let Ok(email) = Email::parse(email) else {
-            let event = AuditEvent::new(requested, AuditActor::anonymous(), "auth.login")
-                .outcome(Outcome::Failure)
-                .details(serde_json::json!({ "reason": "malformed email" }));
-            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+        let parsed = Email::parse(email);
+        let account = match &parsed {
+            Ok(email) => email.as_str().to_owned(),
+            Err(_) => email.trim().to_lowercase(),
+        };
+        // Counted before anything is checked, so parallel attempts cannot pass the limit.
+        if let Err(refusal) = self.throttle.attempt(&account, &client).await {
+            // A sprayer is counted once per minute, whatever the account it tries next.
+            let counted_as = if matches!(refusal, throttle::Refusal::Spraying { .. }) { "*" } else { account.as_str() };
+            refuse(counted_as, refusal.reason(), Outcome::Denied, None).await?;
+            return Err(refusal.into());
+        }
+        let Ok(email) = parsed else {
+            refuse(&account, "malformed email", Outcome::Failure, None).await?;
             return Err(wrong());
         };
-        if let Err(throttled) = self.throttle.check(email.as_str(), client_address).await {
-            let event = AuditEvent::new(requested, AuditActor::anonymous(), "auth.login")
-                .outcome(Outcome::Denied)
-                .details(serde_json::json!({ "email": email.as_str(), "reason": "throttled" }));
-            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
-            return Err(throttled);
-        }
 
         let user: Option<(Uuid, String, bool)> =
             sqlx::query_as("SELECT id, password_hash, is_platform_admin FROM users WHERE lower(email) = $1")
@@ -127,23 +144,15 @@ impl IdentityService {
         let stored = user.as_ref().map(|(_, hash, _)| hash.clone());
         let matched = self.passwords.verify(password, stored).await?;
         let Some((user_id, _, platform_admin)) = user.as_ref().filter(|_| matched).cloned() else {
-            self.throttle.failed(email.as_str(), client_address).await;
-            let actor = user.map(|(id, _, _)| AuditActor::user(id)).unwrap_or_else(AuditActor::anonymous);
-            let event = AuditEvent::new(requested, actor, "auth.login")
-                .outcome(Outcome::Failure)
-                .details(serde_json::json!({ "email": email.as_str(), "reason": "wrong email or password" }));
-            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+            refuse(&account, "wrong email or password", Outcome::Failure, user.map(|(id, _, _)| id)).await?;
             return Err(wrong());
         };
-        self.throttle.succeeded(email.as_str(), client_address).await;
+        self.throttle.succeeded(&account, &client).await;
 
         let grant = match self.grant_for(user_id, platform_admin, tenant_slug).await {
             Ok(grant) => grant,
             Err(error) => {
-                let event = AuditEvent::new(requested, AuditActor::user(user_id), "auth.login")
-                    .outcome(Outcome::Denied)
-                    .details(serde_json::json!({ "email": email.as_str(), "reason": error.detail() }));
-                self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+                refuse(&account, error.detail(), Outcome::Denied, Some(user_id)).await?;
                 return Err(error);
             }
         };
@@ -156,6 +165,16 @@ impl IdentityService {
         self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         Ok(self.pair(&grant, refresh_token))
+    }
+
+    /// Chains the login failures counted in minutes that began before `before`'s minute.
+    pub async fn flush_login_failures(&self, before: OffsetDateTime) -> Result<usize, ApiError> {
+        login_failures::flush(&self.pool, &self.auditor, before).await
+    }
+
+    /// Chains counted login failures every few seconds until `stopping` turns true.
+    pub fn spawn_login_failure_flusher(&self, stopping: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        login_failures::spawn_flusher(self.pool.clone(), self.auditor.clone(), stopping)
     }
 
     /// Which tenant and role a login (or refresh) acts with.
@@ -188,7 +207,8 @@ impl IdentityService {
             .as_ref()
             .and_then(|t| memberships.iter().find(|(id, _)| *id == t.id.0))
             .and_then(|(_, role)| Role::parse(role));
-        Ok(Grant { user, platform_admin, tenant, role })
+        let epoch: i32 = sqlx::query_scalar("SELECT session_epoch FROM users WHERE id = $1").bind(user).fetch_one(&self.pool).await?;
+        Ok(Grant { user, platform_admin, epoch, tenant, role })
     }
 
     async fn insert_refresh(
@@ -223,6 +243,7 @@ impl IdentityService {
             tid: grant.tenant.as_ref().map(|t| t.id.0),
             role: grant.role,
             adm: grant.platform_admin,
+            sep: grant.epoch,
             jti: Uuid::new_v4(),
             iat: now,
             nbf: now,
@@ -340,6 +361,120 @@ impl IdentityService {
         if let Some((jti, _)) = principal.token {
             self.authenticator.token_revoked(jti);
         }
+        Ok(())
+    }
+
+    /// A user changes their own password: the current one is required (and its attempts are
+    /// throttled like logins), and every session of the user ends, this one included.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: String,
+        new: String,
+        info: &RequestInfo,
+    ) -> Result<(), ApiError> {
+        let Some(user) = principal.user_id() else {
+            return Err(ApiError::new(Code::Forbidden, "only a user has a password to change"));
+        };
+        if let Some(problem) = Passwords::policy_violation(&new) {
+            return Err(ApiError::new(Code::WeakPassword, problem));
+        }
+        let (email, stored): (String, String) = sqlx::query_as("SELECT lower(email), password_hash FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        let client = throttle::client_key(info.client_addr);
+        self.throttle.attempt(&email, &client).await?;
+        if !self.passwords.verify(current, Some(stored)).await? {
+            let event = AuditEvent::new(None, AuditActor::user(user), "user.password_changed")
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "reason": "wrong current password" }));
+            self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+            return Err(ApiError::new(Code::InvalidCredentials, "the current password is wrong"));
+        }
+        self.throttle.succeeded(&email, &client).await;
+        let mut tx = self.pool.begin().await?;
+        self.set_password(&mut tx, user, new).await?;
+        let event = AuditEvent::new(None, AuditActor::user(user), "user.password_changed")
+            .resource("user", user)
+            .details(serde_json::json!({ "sessions_ended": true }));
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
+        self.authenticator.membership_changed(user);
+        Ok(())
+    }
+
+    /// A platform administrator issues a one-time password reset token for a user.
+    pub async fn issue_password_reset(&self, actor: &Principal, email: &str, info: &RequestInfo) -> Result<PasswordReset, ApiError> {
+        if !actor.platform_admin {
+            return Err(ApiError::new(Code::Forbidden, "only platform administrators issue password resets"));
+        }
+        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let user: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
+            .bind(email.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no user has this email"))?;
+        let token = new_single_use_token(RESET_TOKEN_PREFIX);
+        let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.reset_ttl as i64);
+        // Issuing a new reset voids any earlier one.
+        sqlx::query("UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL").bind(user).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO password_resets (id, user_id, token_digest, created_by, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(Uuid::now_v7())
+            .bind(user)
+            .bind(&self.hasher.digest(&token)[..])
+            .bind(actor.user_id())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        let event = AuditEvent::new(None, AuditActor::of(actor), "user.password_reset_issued")
+            .resource("user", user)
+            .details(serde_json::json!({ "email": email.as_str() }));
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
+        Ok(PasswordReset { user_id: user, token, expires_at })
+    }
+
+    /// Redeems a reset token: sets the new password once and ends every session of the user.
+    pub async fn redeem_password_reset(&self, token: &str, new: String, info: &RequestInfo) -> Result<(), ApiError> {
+        let invalid = || ApiError::new(Code::InvalidResetToken, "this reset token is not valid: unknown, expired or already used");
+        if !token.starts_with(RESET_TOKEN_PREFIX) {
+            return Err(invalid());
+        }
+        if let Some(problem) = Passwords::policy_violation(&new) {
+            return Err(ApiError::new(Code::WeakPassword, problem));
+        }
+        let mut tx = self.pool.begin().await?;
+        let user: Uuid = sqlx::query_scalar(
+            "UPDATE password_resets SET used_at = now() WHERE token_digest = $1 AND used_at IS NULL AND expires_at > now() \
+             RETURNING user_id",
+        )
+        .bind(&self.hasher.digest(token)[..])
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(invalid)?;
+        self.set_password(&mut tx, user, new).await?;
+        let event = AuditEvent::new(None, AuditActor::user(user), "user.password_reset").resource("user", user);
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
+        self.authenticator.membership_changed(user);
+        Ok(())
+    }
+
+    /// Sets a user's password and ends every session: refresh tokens are revoked and the
+    /// session epoch moves on, so every access token issued before stops working.
+    async fn set_password(&self, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, user: Uuid, new: String) -> Result<(), ApiError> {
+        let hash = self.passwords.hash(new).await?;
+        sqlx::query("UPDATE users SET password_hash = $2, session_epoch = session_epoch + 1 WHERE id = $1")
+            .bind(user)
+            .bind(hash)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

@@ -1,7 +1,16 @@
-//! Login throttling: failed logins are counted per account and per client address in Redis;
-//! past the configured count within the lockout window, further attempts get 429 with
-//! `Retry-After` until the window ends. If Redis is unreachable, logins proceed (argon2's cost
-//! still bounds guessing) and the condition is logged.
+//! Login throttling, in Redis so that every API process shares it.
+//!
+//! Each attempt is counted, atomically, before its password is checked, so parallel attempts
+//! cannot slip past the limit. Limits are per (account, client): after
+//! `login_max_failures_per_account` failures a client backs off (`login_backoff_seconds`,
+//! doubling with each further failure, at most `login_lockout_seconds`) on that account only;
+//! other clients, and its other accounts, are unaffected, so nobody can lock a victim out. A
+//! client failing on more than `login_max_accounts_per_client` distinct accounts (password
+//! spraying) is refused everywhere. IPv6 clients are counted by /64, the block one host
+//! usually holds. If Redis is unreachable, logins proceed (bounded by the password hashing
+//! slots) and the condition is logged.
+
+use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 
@@ -9,54 +18,128 @@ use crate::config::AuthSettings;
 use crate::error::{ApiError, Code};
 use crate::redis_store::RedisStore;
 
+/// KEYS[1]: the (account, client) pair, a hash {count, blocked_until}.
+/// KEYS[2]: the set of accounts the client has attempted without success.
+/// ARGV: account, max failures, max accounts, window ms, first back-off ms.
+/// Returns {allowed, wait ms, spraying}.
+const ATTEMPT: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local max_failures, max_accounts = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window, backoff = tonumber(ARGV[4]), tonumber(ARGV[5])
+local blocked_until = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+if blocked_until > now then
+  return {0, blocked_until - now, 0}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('SCARD', KEYS[2]) >= max_accounts then
+  return {0, math.max(redis.call('PTTL', KEYS[2]), 1000), 1}
+end
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], window)
+if count > max_failures then
+  local wait = math.floor(math.min(window, backoff * 2 ^ (count - max_failures - 1)))
+  redis.call('HSET', KEYS[1], 'blocked_until', now + wait)
+  if count == max_failures + 1 then
+    return {0, wait, 0}
+  end
+end
+return {1, 0, 0}
+"#;
+
+/// Why an attempt was refused before its password was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// This client failed too often on this account: it waits.
+    BackOff { retry_after_secs: u64 },
+    /// This client failed on too many accounts: it waits, whatever the account.
+    Spraying { retry_after_secs: u64 },
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::BackOff { .. } => "throttled",
+            Refusal::Spraying { .. } => "throttled: too many accounts from this client",
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let (Refusal::BackOff { retry_after_secs } | Refusal::Spraying { retry_after_secs }) = refusal;
+        ApiError::new(Code::LoginThrottled, "too many failed logins; try again later").with_retry_after(retry_after_secs)
+    }
+}
+
 #[derive(Clone)]
 pub struct LoginThrottle {
     redis: RedisStore,
-    max_per_account: u32,
-    max_per_address: u32,
-    window_secs: u64,
+    script: redis::Script,
+    max_failures: u32,
+    max_accounts: u32,
+    window_ms: u64,
+    backoff_ms: u64,
+}
+
+/// The throttled identity of a client: its address, or its /64 for IPv6.
+pub fn client_key(address: Option<IpAddr>) -> String {
+    match address {
+        None => "unknown".to_owned(),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl LoginThrottle {
     pub fn new(redis: RedisStore, settings: &AuthSettings) -> Self {
         Self {
             redis,
-            max_per_account: settings.login_max_failures_per_account,
-            max_per_address: settings.login_max_failures_per_address,
-            window_secs: settings.login_lockout_seconds,
+            script: redis::Script::new(ATTEMPT),
+            max_failures: settings.login_max_failures_per_account,
+            max_accounts: settings.login_max_accounts_per_client,
+            window_ms: settings.login_lockout_seconds * 1000,
+            backoff_ms: settings.login_backoff_seconds * 1000,
         }
     }
 
-    fn keys(&self, email: &str, address: &str) -> (String, String) {
+    fn keys(&self, account: &str, client: &str) -> (String, String, String) {
         // Hashed so that Redis never holds email addresses.
-        let account = hex::encode(&Sha256::digest(email.as_bytes())[..16]);
-        (self.redis.key(&["login-failures", "account", &account]), self.redis.key(&["login-failures", "address", address]))
+        let account = hex::encode(&Sha256::digest(account.as_bytes())[..16]);
+        (
+            self.redis.key(&["login", "pair", &account, client]),
+            self.redis.key(&["login", "client-accounts", client]),
+            account,
+        )
     }
 
-    pub async fn check(&self, email: &str, address: &str) -> Result<(), ApiError> {
-        let (account, addr) = self.keys(email, address);
+    /// Counts an attempt at `account` from `client`, before its password is checked.
+    pub async fn attempt(&self, account: &str, client: &str) -> Result<(), Refusal> {
+        let (pair, accounts, account) = self.keys(account, client);
         let mut connection = self.redis.connection();
-        let result: redis::RedisResult<(Option<u32>, i64, Option<u32>, i64)> = redis::pipe()
-            .get(&account)
-            .pttl(&account)
-            .get(&addr)
-            .pttl(&addr)
-            .query_async(&mut connection)
+        let result: redis::RedisResult<(i64, i64, i64)> = self
+            .script
+            .key(&pair)
+            .key(&accounts)
+            .arg(&account)
+            .arg(self.max_failures)
+            .arg(self.max_accounts)
+            .arg(self.window_ms)
+            .arg(self.backoff_ms)
+            .invoke_async(&mut connection)
             .await;
         match result {
-            Ok((account_failures, account_ttl, address_failures, address_ttl)) => {
-                let mut wait_ms = 0i64;
-                if account_failures.unwrap_or(0) >= self.max_per_account {
-                    wait_ms = wait_ms.max(account_ttl);
-                }
-                if address_failures.unwrap_or(0) >= self.max_per_address {
-                    wait_ms = wait_ms.max(address_ttl);
-                }
-                if wait_ms > 0 {
-                    return Err(ApiError::new(Code::LoginThrottled, "too many failed logins; try again later")
-                        .with_retry_after(((wait_ms + 999) / 1000) as u64));
-                }
-                Ok(())
+            Ok((1, _, _)) => Ok(()),
+            Ok((_, wait_ms, spraying)) => {
+                let retry_after_secs = (wait_ms.max(1) as u64).div_ceil(1000);
+                Err(if spraying == 1 { Refusal::Spraying { retry_after_secs } } else { Refusal::BackOff { retry_after_secs } })
             }
             Err(error) => {
                 tracing::warn!(%error, "login throttle unavailable; login allowed");
@@ -65,28 +148,14 @@ impl LoginThrottle {
         }
     }
 
-    pub async fn failed(&self, email: &str, address: &str) {
-        let (account, addr) = self.keys(email, address);
+    /// A successful login clears the pair's failures and the account from the client's set.
+    pub async fn succeeded(&self, account: &str, client: &str) {
+        let (pair, accounts, account) = self.keys(account, client);
         let mut connection = self.redis.connection();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .incr(&account, 1)
-            .ignore()
-            .expire(&account, self.window_secs as i64)
-            .ignore()
-            .incr(&addr, 1)
-            .ignore()
-            .expire(&addr, self.window_secs as i64)
-            .ignore()
-            .query_async(&mut connection)
-            .await;
+        let result: redis::RedisResult<()> =
+            redis::pipe().del(&pair).ignore().srem(&accounts, &account).ignore().query_async(&mut connection).await;
         if let Err(error) = result {
-            tracing::warn!(%error, "could not record a failed login");
+            tracing::warn!(%error, "could not clear a client's failed logins");
         }
-    }
-
-    pub async fn succeeded(&self, email: &str, address: &str) {
-        let (account, _) = self.keys(email, address);
-        let mut connection = self.redis.connection();
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&account).query_async(&mut connection).await;
     }
 }

@@ -49,6 +49,8 @@ pub struct LoadedModel {
     pub cache_ttl_seconds: u64,
     pub pool: WorkerPool,
     bytes: u64,
+    /// Worker threads it holds (sessions × intra-op threads), counted against its tenant's cap.
+    threads: usize,
     last_used: AtomicU64,
 }
 
@@ -228,7 +230,7 @@ impl ModelManager {
         let model = tokio::spawn(async move {
             let loaded = cell.get_or_try_init(|| this.load(tenant, &name, &resolved, &actor)).await.cloned();
             match &loaded {
-                Ok(_) => this.evict_over_budget(resolved.artifact),
+                Ok(_) => this.evict_over_budget(resolved.artifact, tenant),
                 Err(e) if e.code() != Code::NotFound && e.code() != Code::ServiceUnavailable => {
                     this.failed.lock().insert(resolved.artifact, (Instant::now(), e.code(), e.detail().to_owned()));
                 }
@@ -281,9 +283,12 @@ impl ModelManager {
         let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
         let size = bytes.len() as u64;
         let serving = &resolved.serving;
+        // Within the tenant's thread cap, whatever the model asked for when the cap was higher.
+        let cap = self.settings.tenant_max_threads;
+        let intra = serving.intra_op_threads.unwrap_or(self.settings.intra_op_threads).min(cap);
+        let instances = serving.instances.unwrap_or(self.settings.instances).min((cap / intra).max(1));
         let factory: EngineFactory = match runtime {
             Runtime::Onnx(runtime) => {
-                let intra = serving.intra_op_threads.unwrap_or(self.settings.intra_op_threads);
                 let input_names: Vec<String> = inputs.iter().map(|t| t.name.clone()).collect();
                 let output_types: Vec<(String, DataType)> = outputs.iter().map(|t| (t.name.clone(), t.datatype)).collect();
                 Arc::new(move || {
@@ -302,7 +307,6 @@ impl ModelManager {
             max_queue_delay: Duration::from_micros(serving.max_queue_delay_us.unwrap_or(self.settings.max_queue_delay_us)),
             preferred_sizes: serving.preferred_batch_sizes.clone(),
         };
-        let instances = serving.instances.unwrap_or(self.settings.instances);
         let capacity = serving.queue_capacity.unwrap_or(self.settings.queue_capacity);
         let label = format!("{name}-v{}", resolved.version);
         let worker_metrics = self.metrics.worker(tenant, name);
@@ -324,34 +328,48 @@ impl ModelManager {
             batchable,
             finite_inputs: resolved.framework == Framework::Burn,
             cache_ttl_seconds: if resolved.deterministic {
-                serving.cache_ttl_seconds.unwrap_or(self.settings.cache_ttl_seconds)
+                serving.cache_ttl_seconds.unwrap_or(self.settings.cache_ttl_seconds).min(self.settings.max_cache_ttl_seconds)
             } else {
                 0
             },
             pool,
             bytes: size,
+            threads: instances * if resolved.framework == Framework::Onnx { intra } else { 1 },
             last_used: AtomicU64::new(0),
         }))
     }
 
-    /// Drops least recently used models until the loaded bytes fit the budget. A dropped
-    /// model's workers finish what they hold and stop; requests holding it still complete.
-    fn evict_over_budget(&self, keep: Uuid) {
+    /// Drops least recently used models until the loaded bytes fit the budget, and `tenant`'s
+    /// least recently used models until its threads fit its cap. A dropped model's workers
+    /// finish what they hold and stop; requests holding it still complete.
+    fn evict_over_budget(&self, keep: Uuid, tenant: TenantId) {
         let mut loaded = self.loaded.lock();
-        let mut ready: Vec<(Uuid, u64, u64)> =
-            loaded.iter().filter_map(|(k, cell)| cell.get().map(|m| (*k, m.bytes, m.last_used.load(Ordering::Relaxed)))).collect();
-        let mut total: u64 = ready.iter().map(|(_, b, _)| b).sum();
-        ready.sort_by_key(|(_, _, used)| *used);
-        for (artifact, bytes, _) in ready {
-            if total <= self.settings.memory_budget_bytes {
-                break;
+        let mut ready: Vec<(Uuid, TenantId, u64, usize, u64)> = loaded
+            .iter()
+            .filter_map(|(k, cell)| cell.get().map(|m| (*k, m.tenant, m.bytes, m.threads, m.last_used.load(Ordering::Relaxed))))
+            .collect();
+        ready.sort_by_key(|(_, _, _, _, used)| *used);
+        let mut total: u64 = ready.iter().map(|(_, _, bytes, _, _)| bytes).sum();
+        let mut threads: usize = ready.iter().filter(|(_, t, ..)| *t == tenant).map(|(_, _, _, n, _)| n).sum();
+        for (artifact, owner, bytes, n, _) in ready {
+            let over_tenant = owner == tenant && threads > self.settings.tenant_max_threads;
+            if total <= self.settings.memory_budget_bytes && !over_tenant {
+                continue;
             }
             if artifact != keep {
                 loaded.remove(&artifact);
                 total -= bytes;
-                tracing::info!(%artifact, "model evicted (memory budget)");
+                if owner == tenant {
+                    threads -= n;
+                }
+                tracing::info!(%artifact, tenant = %owner.0, "model evicted ({})", if over_tenant { "tenant thread cap" } else { "memory budget" });
             }
         }
+    }
+
+    /// Worker threads `tenant`'s loaded versions hold.
+    pub fn tenant_threads(&self, tenant: TenantId) -> usize {
+        self.loaded.lock().values().filter_map(|cell| cell.get()).filter(|m| m.tenant == tenant).map(|m| m.threads).sum()
     }
 
     /// Loads, in the background, what an eager alias points at (after the alias moved).

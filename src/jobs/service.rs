@@ -221,6 +221,7 @@ impl JobService {
         .await;
         if result.is_err() {
             self.registry.discard(&sealed.object_key).await;
+            self.registry.release_room(tenant, sealed.id).await;
         }
         result
     }
@@ -234,7 +235,7 @@ impl JobService {
         table: &CsvTable,
         created_by: Option<Uuid>,
     ) -> Result<DatasetView, ApiError> {
-        self.registry.reserve(tx, sealed.size).await?;
+        self.registry.reserve(tx, sealed).await?;
         let (tenant_key_id, wrapped) = self.registry.wrap(tx, sealed).await?;
         let sql = format!(
             "INSERT INTO data_objects (id, tenant_id, kind, name, columns, rows, size_bytes, stored_bytes, sha256, object_key, \

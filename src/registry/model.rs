@@ -151,10 +151,16 @@ pub struct ServingConfig {
     pub cache_ttl_seconds: Option<u64>,
 }
 
-pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// What the platform allows any one model (`inference.tenant_max_threads`,
+/// `inference.max_cache_ttl_seconds`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServingLimits {
+    pub max_threads: usize,
+    pub max_cache_ttl_seconds: u64,
+}
 
 impl ServingConfig {
-    pub fn check(&self) -> Result<(), ApiError> {
+    pub fn check(&self, limits: ServingLimits) -> Result<(), ApiError> {
         let bad = |what: &str| Err(ApiError::new(Code::InvalidRequest, format!("serving.{what}")));
         if self.instances.is_some_and(|n| !(1..=64).contains(&n)) {
             return bad("instances must be between 1 and 64");
@@ -171,11 +177,18 @@ impl ServingConfig {
         if self.queue_capacity.is_some_and(|n| !(1..=100_000).contains(&n)) {
             return bad("queue_capacity must be between 1 and 100000");
         }
-        if self.instances.unwrap_or(1) * self.intra_op_threads.unwrap_or(1) > 64 {
-            return bad("instances × intra_op_threads must be at most 64");
+        let threads = self.instances.unwrap_or(1) * self.intra_op_threads.unwrap_or(1);
+        if threads > limits.max_threads {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("serving: instances × intra_op_threads must be at most {} (the platform's cap per tenant)", limits.max_threads),
+            ));
         }
-        if self.cache_ttl_seconds.is_some_and(|n| n > MAX_CACHE_TTL_SECONDS) {
-            return bad("cache_ttl_seconds must be at most 2592000 (30 days)");
+        if self.cache_ttl_seconds.is_some_and(|n| n > limits.max_cache_ttl_seconds) {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("serving.cache_ttl_seconds must be at most {} (the platform's cap)", limits.max_cache_ttl_seconds),
+            ));
         }
         if self.preferred_batch_sizes.len() > 16 || self.preferred_batch_sizes.iter().any(|n| !(1..=1024).contains(n)) {
             return bad("preferred_batch_sizes takes at most 16 sizes between 1 and 1024");

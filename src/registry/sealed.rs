@@ -88,14 +88,22 @@ impl RegistryService {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let remaining = Self::remaining_quota(&mut tx).await?;
-        tx.commit().await?;
-        let limit = if remaining < max_bytes { Limit::Quota(remaining) } else { Limit::Artifact(max_bytes) };
-        if declared_len.is_some_and(|n| n > limit.bytes()) {
-            return Err(limit.exceeded());
-        }
         let id = Uuid::now_v7();
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let limit = Self::reserve_room(&mut tx, id, max_bytes, declared_len).await?;
+        tx.commit().await?;
+        let sealed = self.seal_reserved(tenant, id, &mut body, limit).await;
+        if sealed.is_err() {
+            self.release_room(tenant, id).await;
+        }
+        sealed
+    }
+
+    async fn seal_reserved<S, E>(&self, tenant: TenantId, id: Uuid, body: &mut S, limit: Limit) -> Result<(SealedObject, CsvTable), ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let data_key = random_key();
         let object_key = ArtifactStore::key_for(tenant.0, id);
         let intake = Intake {
@@ -106,7 +114,7 @@ impl RegistryService {
             limit,
         };
         let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
-        let (size, sha256, checked) = match Self::stream_into(intake, &mut body, &mut writer).await {
+        let (size, sha256, checked) = match Self::stream_into(intake, body, &mut writer).await {
             Ok(done) => done,
             Err(e) => {
                 writer.abort().await;
@@ -121,8 +129,11 @@ impl RegistryService {
     /// Before a sealed object's row is written: locks the tenant row (serialising with uploads
     /// and key rotation, so the data key is wrapped under the key active at commit) and checks
     /// that `size` more bytes fit the tenant's storage quota.
-    pub async fn reserve(&self, tx: &mut TenantTx, size: u64) -> Result<(), ApiError> {
+    pub async fn reserve(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(), ApiError> {
+        let size = sealed.size;
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
+        // An upload's own reservation (if it had one) becomes its row.
+        sqlx::query("DELETE FROM storage_reservations WHERE id = $1").bind(sealed.id).execute(tx.conn()).await?;
         let remaining = Self::remaining_quota(tx).await?;
         if size > remaining {
             return Err(Limit::Quota(remaining).exceeded());

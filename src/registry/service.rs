@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::keys::KeyService;
-use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, StoredVersion, VersionRef, VersionView};
+use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, ServingLimits, StoredVersion, VersionRef, VersionView};
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
 use crate::error::{ApiError, Code};
@@ -25,6 +25,7 @@ pub struct RegistryService {
     pub(super) keys: KeyService,
     pub(super) auditor: Auditor,
     pub(super) max_artifact_bytes: u64,
+    pub(super) serving_limits: ServingLimits,
 }
 
 pub struct NewModel {
@@ -145,8 +146,15 @@ fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
 }
 
 impl RegistryService {
-    pub fn new(pool: PgPool, store: ArtifactStore, keys: KeyService, auditor: Auditor, max_artifact_bytes: u64) -> Self {
-        Self { pool, store, keys, auditor, max_artifact_bytes }
+    pub fn new(
+        pool: PgPool,
+        store: ArtifactStore,
+        keys: KeyService,
+        auditor: Auditor,
+        max_artifact_bytes: u64,
+        serving_limits: ServingLimits,
+    ) -> Self {
+        Self { pool, store, keys, auditor, max_artifact_bytes, serving_limits }
     }
 
     pub async fn create_model(
@@ -160,7 +168,7 @@ impl RegistryService {
             return Err(ApiError::new(Code::InvalidRequest, "description has at most 2000 characters"));
         }
         validate_tags(&new.tags)?;
-        new.serving.check()?;
+        new.serving.check(self.serving_limits)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         Self::room_for_a_model(&mut tx).await?;
         let id = Uuid::now_v7();

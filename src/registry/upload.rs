@@ -231,14 +231,69 @@ impl RegistryService {
             Framework::Burn => Some(check_burn_spec(spec.burn.as_ref())?),
         };
         let burn = burn_architecture.as_ref().map(|a| serde_json::to_value(a).expect("an architecture serialises"));
-        let remaining = Self::remaining_quota(&mut tx).await?;
-        let limit = if remaining < self.max_artifact_bytes { Limit::Quota(remaining) } else { Limit::Artifact(self.max_artifact_bytes) };
-        if spec.declared_len.is_some_and(|n| n > limit.bytes()) {
+        let artifact = Uuid::now_v7();
+        let limit = Self::reserve_room(&mut tx, artifact, self.max_artifact_bytes, spec.declared_len).await?;
+        tx.commit().await?;
+        let uploaded = self.upload_reserved(actor, tenant, name, spec, &mut body, info, artifact, limit, burn_architecture, burn).await;
+        if uploaded.is_err() {
+            self.release_room(tenant.id, artifact).await;
+        }
+        uploaded
+    }
+
+    /// Holds room in the tenant's storage quota for an upload about to stream, under the
+    /// tenant row's lock: `declared` bytes, or (length unknown) all that one upload may take.
+    /// Returns the limit the stream is held to.
+    pub(super) async fn reserve_room(tx: &mut TenantTx, id: Uuid, cap: u64, declared: Option<u64>) -> Result<Limit, ApiError> {
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
+        let remaining = Self::remaining_quota(tx).await?;
+        let limit = if remaining < cap { Limit::Quota(remaining) } else { Limit::Artifact(cap) };
+        if declared.is_some_and(|n| n > limit.bytes()) || limit.bytes() == 0 {
             return Err(limit.exceeded());
         }
-        tx.commit().await?;
+        let bytes = declared.unwrap_or(limit.bytes()).min(limit.bytes());
+        sqlx::query(
+            "INSERT INTO storage_reservations (id, tenant_id, bytes, expires_at) VALUES ($1, $2, $3, now() + interval '6 hours')",
+        )
+        .bind(id)
+        .bind(tx.tenant().0)
+        .bind(bytes as i64)
+        .execute(tx.conn())
+        .await?;
+        Ok(limit)
+    }
 
-        let artifact = Uuid::now_v7();
+    /// Gives back what `reserve_room` held, when the upload failed (best effort: a reservation
+    /// left behind expires).
+    pub async fn release_room(&self, tenant: crate::tenancy::TenantId, id: Uuid) {
+        let released = async {
+            let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+            sqlx::query("DELETE FROM storage_reservations WHERE id = $1").bind(id).execute(tx.conn()).await?;
+            tx.commit().await
+        };
+        if let Err(error) = released.await {
+            tracing::warn!(%error, reservation = %id, "could not release a storage reservation; it will expire");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_reserved<S, E>(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        name: &ModelName,
+        spec: UploadSpec,
+        body: &mut S,
+        info: &RequestInfo,
+        artifact: Uuid,
+        limit: Limit,
+        burn_architecture: Option<Architecture>,
+        burn: Option<serde_json::Value>,
+    ) -> Result<VersionView, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let data_key = random_key();
         let object_key = ArtifactStore::key_for(tenant.id.0, artifact);
         let intake = Intake {
@@ -252,7 +307,7 @@ impl RegistryService {
             limit,
         };
         let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
-        let streamed = Self::stream_into(intake, &mut body, &mut writer).await;
+        let streamed = Self::stream_into(intake, body, &mut writer).await;
         let (size, digest, checked) = match streamed {
             Ok(done) => done,
             Err(e) => {
@@ -335,12 +390,15 @@ impl RegistryService {
         Ok((size, digest, checked))
     }
 
-    /// Bytes of the tenant's storage quota not yet used by live versions.
+    /// Bytes of the tenant's storage quota not yet used by live versions and datasets, nor
+    /// reserved by uploads in flight.
     pub(super) async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, ApiError> {
         let (max, used): (i64, i64) = sqlx::query_as(
             "SELECT t.max_storage_bytes, (COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
              WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0) \
-             + COALESCE((SELECT sum(d.size_bytes) FROM data_objects d WHERE d.tenant_id = t.id), 0))::bigint \
+             + COALESCE((SELECT sum(d.size_bytes) FROM data_objects d WHERE d.tenant_id = t.id), 0) \
+             + COALESCE((SELECT sum(r.bytes) FROM storage_reservations r \
+                         WHERE r.tenant_id = t.id AND r.expires_at > now()), 0))::bigint \
              FROM tenants t WHERE t.id = $1",
         )
         .bind(tx.tenant().0)
@@ -382,6 +440,8 @@ impl RegistryService {
         let (model_id, _) = Self::model_id(tx, name, true).await?;
         let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(tx).await?;
         let wrapped_data_key = KeyService::wrap_data_key(&tenant_key, row.artifact, &row.data_key);
+        // The upload's own reservation becomes its row.
+        sqlx::query("DELETE FROM storage_reservations WHERE id = $1").bind(row.artifact).execute(tx.conn()).await?;
         let remaining = Self::remaining_quota(tx).await?;
         if row.size > remaining {
             return Err(Limit::Quota(remaining).exceeded());

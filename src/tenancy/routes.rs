@@ -5,7 +5,9 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::service::{ApiKeyView, CreatedApiKey, MemberView, NewTenant, TenantView};
+use actix_web::HttpMessage;
+
+use super::service::{AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, MemberView, NewTenant, TenantView};
 use super::{TenantSlug, TenantStatus};
 use crate::audit::RequestInfo;
 use crate::error::{ApiError, Code};
@@ -140,12 +142,29 @@ pub async fn resume_tenant(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AddMemberRequest {
+pub struct InviteRequest {
     #[schema(example = "bob@example.com")]
     pub email: String,
     pub role: Role,
-    /// Creates the user when no user has this email yet (at least 12 characters).
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitationRequest {
+    /// The invitation's token (`tsi_…`).
+    pub token: String,
+    /// For a new account: the password it will have (at least 12 characters). An existing
+    /// account accepts while logged in (`Authorization: Bearer <access token>`) and leaves it out.
     pub password: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct InvitationPath {
+    /// Tenant slug.
+    #[allow(dead_code)]
+    tenant: String,
+    /// The invitation's id.
+    invitation_id: Uuid,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -168,29 +187,82 @@ pub async fn list_members(
     Ok(web::Json(state.tenant_admin.list_members(guard.tenant()?).await?))
 }
 
-/// Add a member: an existing user by email, or a new user when `password` is given.
+/// Invite someone to the tenant with a role. The answer is the same whether or not the email
+/// belongs to an account; its `token` is shown this once, for the invitee to accept.
 #[utoipa::path(
-    tag = "members", params(TenantPath), request_body = AddMemberRequest, security(("bearer" = [])),
-    responses((status = 201, body = MemberView),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
-              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already a member (`already_exists`)"))
+    tag = "members", params(TenantPath), request_body = InviteRequest, security(("bearer" = [])),
+    responses((status = 201, body = CreatedInvitation),
+              (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "The role confers permissions the caller does not hold (`forbidden`)"),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
 )]
-#[post("/v1/tenants/{tenant}/members")]
-pub async fn add_member(
+#[post("/v1/tenants/{tenant}/invitations")]
+pub async fn invite(
     guard: Guarded<{ perm::MEMBERS_MANAGE }>,
     state: web::Data<AppState>,
     info: RequestInfo,
-    body: web::Json<AddMemberRequest>,
+    body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let member = state
-        .tenant_admin
-        .add_member(&guard.principal, guard.tenant()?, &body.email, body.role, body.password, &info)
-        .await?;
-    Ok(HttpResponse::Created().json(member))
+    let invitation = state.tenant_admin.invite(&guard.principal, guard.tenant()?, &body.email, body.role, &info).await?;
+    Ok(HttpResponse::Created().json(invitation))
 }
 
-/// Change a member's role (takes effect at the member's next token refresh).
+/// A tenant's invitations, pending and past (never their tokens).
+#[utoipa::path(
+    tag = "members", params(TenantPath), security(("bearer" = [])),
+    responses((status = 200, body = Vec<InvitationView>),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[get("/v1/tenants/{tenant}/invitations")]
+pub async fn list_invitations(
+    guard: Guarded<{ perm::MEMBERS_READ }>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Vec<InvitationView>>, ApiError> {
+    Ok(web::Json(state.tenant_admin.list_invitations(guard.tenant()?).await?))
+}
+
+/// Revoke a pending invitation.
+#[utoipa::path(
+    tag = "members", params(InvitationPath), security(("bearer" = [])),
+    responses((status = 204, description = "Revoked"),
+              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+)]
+#[delete("/v1/tenants/{tenant}/invitations/{invitation_id}")]
+pub async fn revoke_invitation(
+    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    path: web::Path<InvitationPath>,
+) -> Result<HttpResponse, ApiError> {
+    state.tenant_admin.revoke_invitation(&guard.principal, guard.tenant()?, path.invitation_id, &info).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Accept an invitation: a new account chooses its password here; an existing account accepts
+/// while logged in as itself.
+#[utoipa::path(
+    tag = "members", request_body = AcceptInvitationRequest,
+    responses((status = 201, body = AcceptedInvitation),
+              (status = 400, body = crate::error::Problem, content_type = "application/problem+json",
+               description = "Unknown, expired, revoked or used token (`invalid_invitation`), or a weak password (`weak_password`)"),
+              (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
+               description = "The invitation is for an existing account: log in as it first (`unauthenticated`)"),
+              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already a member (`already_exists`)"))
+)]
+#[post("/v1/invitations/accept")]
+pub async fn accept_invitation(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+    info: RequestInfo,
+    body: web::Json<AcceptInvitationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let caller = req.extensions().get::<crate::identity::Principal>().cloned();
+    let accepted = state.tenant_admin.accept_invitation(&body.token, body.password, caller.as_ref(), &info).await?;
+    Ok(HttpResponse::Created().json(accepted))
+}
+
+/// Change a member's role. A demotion applies to the member's access tokens within seconds; a
+/// promotion at their next refresh.
 #[utoipa::path(
     tag = "members", params(MemberPath), request_body = ChangeRoleRequest, security(("bearer" = [])),
     responses((status = 200, body = MemberView),

@@ -15,7 +15,7 @@ use super::{TenantId, TenantInfo, TenantSlug, TenantStatus};
 use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
 use crate::error::{ApiError, Code};
 use crate::identity::authenticate::Authenticator;
-use crate::identity::secrets::{CredentialHasher, new_api_key};
+use crate::identity::secrets::{CredentialHasher, INVITATION_TOKEN_PREFIX, new_api_key, new_single_use_token};
 use crate::identity::service::IdentityService;
 use crate::identity::{Email, Principal, Role};
 
@@ -58,6 +58,44 @@ pub struct ApiKeyView {
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Who created the key. Keys belong to the tenant: they keep working when their creator
+    /// leaves it (revoke them then if they should not).
+    pub created_by: Option<Uuid>,
+    pub created_by_email: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct InvitationView {
+    pub id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub invited_by: Option<Uuid>,
+    pub invited_by_email: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub accepted_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedInvitation {
+    #[serde(flatten)]
+    pub invitation: InvitationView,
+    /// Single use, shown this once only: hand it to the invitee, who accepts it at
+    /// `POST /v1/invitations/accept`.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptedInvitation {
+    /// The tenant joined.
+    pub tenant: String,
+    #[serde(flatten)]
+    pub member: MemberView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,7 +123,14 @@ pub struct TenantService {
     hasher: CredentialHasher,
     authenticator: Arc<Authenticator>,
     auditor: Auditor,
+    invitation_ttl_seconds: u64,
 }
+
+const INVITATION_COLUMNS: &str = "i.id, i.email, i.role, i.invited_by, u.email AS invited_by_email, i.created_at, \
+     i.expires_at, i.accepted_at, i.revoked_at";
+
+const API_KEY_COLUMNS: &str = "k.id, k.name, k.role, k.prefix, k.created_at, k.expires_at, k.last_used_at, k.revoked_at, \
+     k.created_by, u.email AS created_by_email";
 
 const TENANT_COLUMNS: &str =
     "id, slug, name, status, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst, created_at";
@@ -98,8 +143,9 @@ impl TenantService {
         hasher: CredentialHasher,
         authenticator: Arc<Authenticator>,
         auditor: Auditor,
+        invitation_ttl_seconds: u64,
     ) -> Self {
-        Self { pool, directory, identity, hasher, authenticator, auditor }
+        Self { pool, directory, identity, hasher, authenticator, auditor, invitation_ttl_seconds }
     }
 
     pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, ApiError> {
@@ -203,24 +249,31 @@ impl TenantService {
     }
 
     fn check_grant(actor: &Principal, role: Role) -> Result<(), ApiError> {
-        if actor.platform_admin || actor.role.is_some_and(|r| r.may_grant(role)) {
+        if actor.may_grant(role) {
             Ok(())
         } else {
-            Err(ApiError::new(Code::Forbidden, format!("your role may not grant `{}`", role.as_str())))
+            Err(ApiError::new(
+                Code::Forbidden,
+                format!("`{}` confers permissions you do not hold; only a holder of all of them may grant it", role.as_str()),
+            ))
         }
     }
 
-    /// Adds a member: an existing user by email, or a new user when a password is given.
-    pub async fn add_member(
+    /// `tessera user add`: an operator at the command line seeds a member (a tenant's first
+    /// owner), creating the user when new. Not reachable over HTTP, where adding someone is an
+    /// invitation.
+    pub async fn seed_member(
         &self,
-        actor: &Principal,
+        operator: &Principal,
         tenant: &TenantInfo,
         email: &str,
         role: Role,
         password: Option<String>,
         info: &RequestInfo,
     ) -> Result<MemberView, ApiError> {
-        Self::check_grant(actor, role)?;
+        if operator.actor != crate::identity::Actor::System {
+            return Err(ApiError::new(Code::Forbidden, "only an operator at the command line seeds members"));
+        }
         let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
@@ -232,34 +285,181 @@ impl TenantService {
             (Some(id), _) => id,
             (None, Some(password)) => self.identity.create_user(tx.conn(), &email, password, false).await?,
             (None, None) => {
-                return Err(ApiError::new(
-                    Code::InvalidRequest,
-                    "no user has this email; give a `password` to create one",
-                ));
+                return Err(ApiError::new(Code::InvalidRequest, "no user has this email; give a password to create one"));
             }
         };
-        let result = sqlx::query_as::<_, MemberView>(
-            "WITH m AS (INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3) RETURNING *) \
-             SELECT m.user_id, u.email, m.role, m.created_at FROM m JOIN users u ON u.id = m.user_id",
-        )
-        .bind(tenant.id.0)
-        .bind(user)
-        .bind(role.as_str())
-        .fetch_one(tx.conn())
-        .await;
-        let member = match result {
-            Ok(m) => m,
-            Err(e) if crate::db::is_unique_violation(&e) => {
-                return Err(ApiError::new(Code::AlreadyExists, "this user is already a member"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.added")
+        let member = Self::insert_member(&mut tx, user, role).await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(operator), "member.added")
             .resource("user", user)
             .details(serde_json::json!({ "email": email.as_str(), "role": role, "user_created": created }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(member)
+    }
+
+    async fn insert_member(tx: &mut TenantTx, user: Uuid, role: Role) -> Result<MemberView, ApiError> {
+        let result = sqlx::query_as::<_, MemberView>(
+            "WITH m AS (INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3) RETURNING *) \
+             SELECT m.user_id, u.email, m.role, m.created_at FROM m JOIN users u ON u.id = m.user_id",
+        )
+        .bind(tx.tenant().0)
+        .bind(user)
+        .bind(role.as_str())
+        .fetch_one(tx.conn())
+        .await;
+        match result {
+            Ok(member) => Ok(member),
+            Err(e) if crate::db::is_unique_violation(&e) => Err(ApiError::new(Code::AlreadyExists, "this user is already a member")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Invites an email address to the tenant with a role. Nothing about any global user is
+    /// looked at, set or revealed: the answer is the same whether the address is known or not.
+    /// The token is in this answer only; the invitee accepts it at `/v1/invitations/accept`.
+    pub async fn invite(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        email: &str,
+        role: Role,
+        info: &RequestInfo,
+    ) -> Result<CreatedInvitation, ApiError> {
+        Self::check_grant(actor, role)?;
+        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
+        let token = new_single_use_token(INVITATION_TOKEN_PREFIX);
+        let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.invitation_ttl_seconds as i64);
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let invitation: InvitationView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH i AS (INSERT INTO invitations (id, tenant_id, email, role, token_digest, invited_by, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *) \
+             SELECT {INVITATION_COLUMNS} FROM i LEFT JOIN users u ON u.id = i.invited_by"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(tenant.id.0)
+        .bind(email.as_str())
+        .bind(role.as_str())
+        .bind(&self.hasher.digest(&token)[..])
+        .bind(actor.user_id())
+        .bind(expires_at)
+        .fetch_one(tx.conn())
+        .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.invited")
+            .resource("invitation", invitation.id)
+            .details(serde_json::json!({ "email": email.as_str(), "role": role }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        tx.commit().await?;
+        Ok(CreatedInvitation { invitation, token })
+    }
+
+    pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let invitations = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} FROM invitations i LEFT JOIN users u ON u.id = i.invited_by \
+             WHERE i.tenant_id = $1 ORDER BY i.created_at"
+        )))
+        .bind(tenant.id.0)
+        .fetch_all(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(invitations)
+    }
+
+    pub async fn revoke_invitation(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        invitation: Uuid,
+        info: &RequestInfo,
+    ) -> Result<(), ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let (email, role): (String, String) = sqlx::query_as(
+            "UPDATE invitations SET revoked_at = COALESCE(revoked_at, now()) \
+             WHERE id = $1 AND tenant_id = $2 AND accepted_at IS NULL RETURNING email, role",
+        )
+        .bind(invitation)
+        .bind(tenant.id.0)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
+        Self::check_grant(actor, Role::parse(&role).unwrap_or(Role::Owner))?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.invitation_revoked")
+            .resource("invitation", invitation)
+            .details(serde_json::json!({ "email": email, "role": role }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Accepts an invitation. A new user chooses their password here; an existing user must
+    /// be the caller (logged in), so nobody joins, or sets anything, for an account that is not
+    /// theirs.
+    pub async fn accept_invitation(
+        &self,
+        token: &str,
+        password: Option<String>,
+        caller: Option<&Principal>,
+        info: &RequestInfo,
+    ) -> Result<AcceptedInvitation, ApiError> {
+        let invalid = || ApiError::new(Code::InvalidInvitation, "this invitation is not valid: unknown, expired, revoked or already used");
+        if !token.starts_with(INVITATION_TOKEN_PREFIX) {
+            return Err(invalid());
+        }
+        let digest = self.hasher.digest(token);
+        let found: Option<(Uuid, Uuid, String, String)> = sqlx::query_as("SELECT * FROM invitation_for_token($1)")
+            .bind(&digest[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        let (invitation, tenant, email, role) = found.ok_or_else(invalid)?;
+        let role = Role::parse(&role).ok_or_else(invalid)?;
+        let tenant = self.directory.by_id(TenantId(tenant)).await?.filter(|t| t.is_active()).ok_or_else(invalid)?;
+        let email = Email::parse(&email).map_err(|_| invalid())?;
+
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        // Claimed first, under its row lock: an invitation is used once, however many race.
+        let claimed = sqlx::query(
+            "UPDATE invitations SET accepted_at = now() WHERE id = $1 AND tenant_id = $2 \
+             AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > now()",
+        )
+        .bind(invitation)
+        .bind(tenant.id.0)
+        .execute(tx.conn())
+        .await?;
+        if claimed.rows_affected() != 1 {
+            return Err(invalid());
+        }
+        let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
+            .bind(email.as_str())
+            .fetch_optional(tx.conn())
+            .await?;
+        let (user, created) = match existing {
+            Some(user) => {
+                if caller.and_then(Principal::user_id) != Some(user) {
+                    return Err(ApiError::new(
+                        Code::Unauthenticated,
+                        "this invitation is for an existing account: accept it while logged in as that account",
+                    ));
+                }
+                if password.is_some() {
+                    return Err(ApiError::new(Code::InvalidRequest, "an existing account keeps its password; leave `password` out"));
+                }
+                (user, false)
+            }
+            None => {
+                let password = password
+                    .ok_or_else(|| ApiError::new(Code::InvalidRequest, "choose a `password` for the new account"))?;
+                (self.identity.create_user(tx.conn(), &email, password, false).await?, true)
+            }
+        };
+        sqlx::query("UPDATE invitations SET accepted_by = $2 WHERE id = $1").bind(invitation).bind(user).execute(tx.conn()).await?;
+        let member = Self::insert_member(&mut tx, user, role).await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::user(user), "member.joined")
+            .resource("invitation", invitation)
+            .details(serde_json::json!({ "email": email.as_str(), "role": role, "user_created": created }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        tx.commit().await?;
+        self.authenticator.membership_changed(user);
+        Ok(AcceptedInvitation { tenant: tenant.slug.clone(), member })
     }
 
     /// The member's role, with the membership row locked for the rest of the transaction.
@@ -292,8 +492,9 @@ impl TenantService {
         Self::check_grant(actor, role)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
+        // Changing a member's role also takes their current one away: the actor must hold it.
+        Self::check_grant(actor, Role::parse(&current).unwrap_or(Role::Owner))?;
         if current == "owner" {
-            Self::check_grant(actor, Role::Owner)?;
             if role != Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
                 return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
             }
@@ -312,6 +513,7 @@ impl TenantService {
             .details(serde_json::json!({ "from": current, "to": role }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
+        self.authenticator.membership_changed(user);
         Ok(member)
     }
 
@@ -324,7 +526,7 @@ impl TenantService {
     ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
-        let role = Role::parse(&current).unwrap_or(Role::Inference);
+        let role = Role::parse(&current).unwrap_or(Role::Owner);
         Self::check_grant(actor, role)?;
         if role == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
             return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
@@ -345,6 +547,7 @@ impl TenantService {
             .details(serde_json::json!({ "role": current }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
+        self.authenticator.membership_changed(user);
         Ok(())
     }
 
@@ -361,10 +564,10 @@ impl TenantService {
         if name.is_empty() || name.len() > 100 {
             return Err(ApiError::new(Code::InvalidRequest, "name must have 1-100 characters"));
         }
+        Self::check_grant(actor, role)?;
         if role == Role::Owner {
             return Err(ApiError::new(Code::InvalidRequest, "API keys cannot have the owner role"));
         }
-        Self::check_grant(actor, role)?;
         let expires_at = match expires_in_days {
             Some(0) | Some(3651..) => {
                 return Err(ApiError::new(Code::InvalidRequest, "expires_in_days must be between 1 and 3650"));
@@ -374,11 +577,11 @@ impl TenantService {
         };
         let (prefix, secret) = new_api_key();
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let key: ApiKeyView = sqlx::query_as(
-            "INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             RETURNING id, name, role, prefix, created_at, expires_at, last_used_at, revoked_at",
-        )
+        let key: ApiKeyView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH k AS (INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *) \
+             SELECT {API_KEY_COLUMNS} FROM k LEFT JOIN users u ON u.id = k.created_by"
+        )))
         .bind(Uuid::now_v7())
         .bind(tenant.id.0)
         .bind(name)
@@ -399,10 +602,10 @@ impl TenantService {
 
     pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let keys = sqlx::query_as(
-            "SELECT id, name, role, prefix, created_at, expires_at, last_used_at, revoked_at FROM api_keys \
-             WHERE tenant_id = $1 ORDER BY created_at",
-        )
+        let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys k LEFT JOIN users u ON u.id = k.created_by \
+             WHERE k.tenant_id = $1 ORDER BY k.created_at"
+        )))
         .bind(tenant.id.0)
         .fetch_all(tx.conn())
         .await?;
@@ -418,14 +621,20 @@ impl TenantService {
         info: &RequestInfo,
     ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let role: String = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+            .bind(key)
+            .bind(tenant.id.0)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| ApiError::not_found("API key not found"))?;
+        Self::check_grant(actor, Role::parse(&role).unwrap_or(Role::Owner))?;
         let prefix: String = sqlx::query_scalar(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2 RETURNING prefix",
         )
         .bind(key)
         .bind(tenant.id.0)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key not found"))?;
+        .fetch_one(tx.conn())
+        .await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "api_key.revoked")
             .resource("api_key", key)
             .details(serde_json::json!({ "prefix": prefix }));

@@ -137,6 +137,7 @@ fn claims_now(app: &crate::helpers::TestApp, user: uuid::Uuid) -> tessera::ident
         tid: None,
         role: None,
         adm: true,
+        sep: 0,
         jti: uuid::Uuid::new_v4(),
         iat: now,
         nbf: now,

@@ -20,20 +20,25 @@ const TENANT_ADMINS: &[As] = &[PlatformAdmin, Owner, Admin, AdminKey];
 const EXPECTED: &[(&str, &str, Rule)] = &[
     ("GET", "/healthz", Rule::Public),
     ("GET", "/readyz", Rule::Public),
-    ("GET", "/metrics", Rule::Public),
     ("GET", "/.well-known/jwks.json", Rule::Public),
     ("POST", "/v1/auth/login", Rule::Public),
     ("POST", "/v1/auth/refresh", Rule::Public),
     ("POST", "/v1/auth/logout", Rule::Any),
     ("GET", "/v1/me", Rule::Any),
     ("GET", "/v1/auth/verify", Rule::Any),
+    ("POST", "/v1/me/password", Rule::Any),
+    ("POST", "/v1/password-resets", Rule::Only(&[PlatformAdmin])),
+    ("POST", "/v1/password-resets/redeem", Rule::Public),
     ("POST", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants/{tenant}", Rule::Any),
     ("POST", "/v1/tenants/{tenant}/suspend", Rule::Only(&[PlatformAdmin])),
     ("POST", "/v1/tenants/{tenant}/resume", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants/{tenant}/members", Rule::Only(TENANT_ADMINS)),
-    ("POST", "/v1/tenants/{tenant}/members", Rule::Only(TENANT_ADMINS)),
+    ("POST", "/v1/tenants/{tenant}/invitations", Rule::Only(TENANT_ADMINS)),
+    ("GET", "/v1/tenants/{tenant}/invitations", Rule::Only(TENANT_ADMINS)),
+    ("DELETE", "/v1/tenants/{tenant}/invitations/{invitation_id}", Rule::Only(TENANT_ADMINS)),
+    ("POST", "/v1/invitations/accept", Rule::Public),
     ("PATCH", "/v1/tenants/{tenant}/members/{user_id}", Rule::Only(TENANT_ADMINS)),
     ("DELETE", "/v1/tenants/{tenant}/members/{user_id}", Rule::Only(TENANT_ADMINS)),
     ("POST", "/v1/tenants/{tenant}/api-keys", Rule::Only(TENANT_ADMINS)),
@@ -104,6 +109,7 @@ pub fn fill(path: &str, tenant: &str) -> String {
     path.replace("{tenant}", tenant)
         .replace("{user_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{key_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{invitation_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{name}", "no-such-model")
         .replace("{model}", "no-such-model")
         .replace("{alias}", "production")

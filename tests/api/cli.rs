@@ -111,8 +111,7 @@ async fn model_upload_streams_an_artifact_to_a_running_server() {
     let app = crate::helpers::spawn_app().await;
     let admin = app.platform_admin().await;
     app.create_tenant(&admin, "acme", serde_json::json!({})).await;
-    let body = serde_json::json!({ "email": "owner@acme.test", "role": "owner", "password": crate::helpers::PASSWORD });
-    assert_eq!(app.post_json("/v1/tenants/acme/members", Some(&admin), &body).await.status(), 201);
+    app.add_member(&admin, "acme", "owner@acme.test", "owner").await;
     let owner = app.session("owner@acme.test", Some("acme")).await.0;
 
     // The server runs on this test's runtime: wait for the command off it.

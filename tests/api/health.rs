@@ -70,7 +70,7 @@ async fn metrics_count_requests_by_route_template_and_report_build_info() {
     let app = spawn_app().await;
     app.get("/healthz").await;
     app.get("/no/such/route").await;
-    let response = app.get("/metrics").await;
+    let response = app.client.get(app.metrics_url()).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(text.contains(r#"tessera_http_requests_total{method="GET",route="/healthz",status="200"} 1"#), "{text}");

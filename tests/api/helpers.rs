@@ -45,6 +45,8 @@ pub fn test_settings() -> Settings {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// The operators' metrics listener.
+    pub metrics_port: Option<u16>,
     pub client: reqwest::Client,
     /// Owner connection to this test's database, for assertions and for tampering.
     pub db: PgPool,
@@ -60,6 +62,29 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    /// Runs SQL as the schema owner with triggers off, as an attacker with full access to the
+    /// database would.
+    pub async fn tamper(&self, sql: &str) {
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// The audit signing keys the server publishes.
+    pub async fn audit_keys(&self) -> tessera::audit::verify::PublicKeys {
+        let keys = self.get("/v1/audit/keys").await.text().await.unwrap();
+        tessera::audit::verify::PublicKeys::parse(&keys).unwrap()
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port.expect("the metrics listener is on"))
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.client.get(self.metrics_url()).send().await.expect("request sent").text().await.unwrap()
     }
 }
 
@@ -172,12 +197,14 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let state = AppState::new(settings.clone()).expect("state builds");
     let app = Application::build(state.clone()).expect("application builds");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     tokio::spawn(app.run_until_stopped());
 
     let scheme = if settings.server.tls.enabled { "https" } else { "http" };
     TestApp {
         address: format!("{scheme}://127.0.0.1:{port}"),
         port,
+        metrics_port,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         db,
         settings,
@@ -393,15 +420,30 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Invites `email` to `tenant` as `role` and accepts the invitation: a new account gets
+    /// `PASSWORD`, an existing one accepts while logged in.
+    pub async fn add_member(&self, inviter: &str, tenant: &str, email: &str, role: &str) {
+        let body = serde_json::json!({ "email": email, "role": role });
+        let invited = self.post_json(&format!("/v1/tenants/{tenant}/invitations"), Some(inviter), &body).await;
+        assert_eq!(invited.status(), 201, "{}", invited.text().await.unwrap());
+        let token = invited.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        let accepted = self.post_json("/v1/invitations/accept", None, &serde_json::json!({ "token": token, "password": PASSWORD })).await;
+        if accepted.status() == 401 {
+            let own = self.session(email, None).await.0;
+            let accepted = self.post_json("/v1/invitations/accept", Some(&own), &serde_json::json!({ "token": token })).await;
+            assert_eq!(accepted.status(), 201, "{}", accepted.text().await.unwrap());
+            return;
+        }
+        assert_eq!(accepted.status(), 201, "{}", accepted.text().await.unwrap());
+    }
+
     /// A tenant with a member for every role and an inference and an admin API key.
     pub async fn tenant_with_members(&self, admin: &str, slug: &str) -> TestTenant {
         let tenant = self.create_tenant(admin, slug, serde_json::json!({})).await;
         let mut emails = std::collections::HashMap::new();
         for role in ["owner", "admin", "ml_engineer", "auditor", "inference"] {
             let email = format!("{role}@{slug}.test");
-            let body = serde_json::json!({ "email": email, "role": role, "password": PASSWORD });
-            let response = self.post_json(&format!("/v1/tenants/{slug}/members"), Some(admin), &body).await;
-            assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+            self.add_member(admin, slug, &email, role).await;
             emails.insert(role, email);
         }
         let inference_key = self.create_api_key(admin, slug, "inference").await["secret"].as_str().unwrap().to_owned();

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Outage, PASSWORD, TestApp, redis_url, spawn_app, spawn_app_with};
+use crate::helpers::{Outage, TestApp, redis_url, spawn_app, spawn_app_with};
 
 const ADD: &[u8] = include_bytes!("../fixtures/models/add_fp32.onnx");
 const MARKER_MODEL: &[u8] = include_bytes!("../fixtures/models/marker.onnx");
@@ -21,8 +21,7 @@ struct Tenant {
 
 async fn tenant(app: &TestApp, admin: &str, slug: &str) -> Tenant {
     app.create_tenant(admin, slug, json!({})).await;
-    let body = json!({ "email": format!("owner@{slug}.test"), "role": "owner", "password": PASSWORD });
-    assert_eq!(app.post_json(&format!("/v1/tenants/{slug}/members"), Some(admin), &body).await.status(), 201);
+    app.add_member(admin, slug, &format!("owner@{slug}.test"), "owner").await;
     let owner = app.session(&format!("owner@{slug}.test"), Some(slug)).await.0;
     let key = app.create_api_key(&owner, slug, "inference").await["secret"].as_str().unwrap().to_owned();
     Tenant { slug: slug.to_owned(), owner, key }
@@ -214,8 +213,7 @@ async fn models_resolve_in_the_callers_tenant_only() {
     }
     assert_eq!(infer(&app, &globex.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 404);
     assert_eq!(app.client.post(app.url("/v2/models/adder/infer")).json(&add_request(1, 0.0)).send().await.unwrap().status(), 401);
-    let body = json!({ "email": "auditor@acme.test", "role": "auditor", "password": PASSWORD });
-    app.post_json("/v1/tenants/acme/members", Some(&admin), &body).await;
+    app.add_member(&admin, "acme", "auditor@acme.test", "auditor").await;
     let auditor = app.session("auditor@acme.test", Some("acme")).await.0;
     assert_eq!(infer(&app, &auditor, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 403);
     assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 200);
@@ -353,7 +351,7 @@ async fn dynamic_batching_returns_each_request_its_own_rows() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["outputs"][0], expected[i], "request {i} got another request's rows");
     }
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics_text().await;
     let batched_runs: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("tessera_inference_batch_rows_count") && l.contains("model=\"batched\""))
@@ -499,7 +497,7 @@ async fn identical_concurrent_misses_run_the_model_once() {
         outputs.push(response.json::<Value>().await.unwrap()["outputs"].clone());
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics_text().await;
     let runs: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("tessera_inference_batch_rows_count") && l.contains("model=\"slow\""))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, eventually, spawn_app_with};
+use crate::helpers::{TestApp, eventually, spawn_app_with};
 
 struct Setup {
     app: TestApp,
@@ -33,8 +33,7 @@ async fn setup(workers: usize) -> Setup {
 async fn tenant_owner(app: &TestApp, admin: &str, slug: &str) -> String {
     app.create_tenant(admin, slug, json!({})).await;
     let email = format!("owner@{slug}.test");
-    let body = json!({ "email": email, "role": "owner", "password": PASSWORD });
-    assert_eq!(app.post_json(&format!("/v1/tenants/{slug}/members"), Some(admin), &body).await.status(), 201);
+    app.add_member(admin, slug, &email, "owner").await;
     app.session(&email, Some(slug)).await.0
 }
 
@@ -551,8 +550,7 @@ async fn the_job_cli_submits_with_its_dataset_and_follows_to_the_result() {
 async fn training_into_a_new_model_respects_the_model_quota() {
     let s = setup(1).await;
     s.app.create_tenant(&s.admin, "tight", json!({ "max_models": 1 })).await;
-    let body = json!({ "email": "owner@tight.test", "role": "owner", "password": PASSWORD });
-    assert_eq!(s.app.post_json("/v1/tenants/tight/members", Some(&s.admin), &body).await.status(), 201);
+    s.app.add_member(&s.admin, "tight", "owner@tight.test", "owner").await;
     let owner = s.app.session("owner@tight.test", Some("tight")).await.0;
     let taken = json!({ "name": "existing", "framework": "burn" });
     assert_eq!(s.app.post_json("/v1/tenants/tight/models", Some(&owner), &taken).await.status(), 201);

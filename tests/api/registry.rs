@@ -29,9 +29,7 @@ struct Setup {
 async fn setup_with(app: TestApp, extra: Value) -> Setup {
     let admin = app.platform_admin().await;
     let t = app.create_tenant(&admin, "acme", extra).await;
-    let body = json!({ "email": "owner@acme.test", "role": "owner", "password": crate::helpers::PASSWORD });
-    let response = app.post_json("/v1/tenants/acme/members", Some(&admin), &body).await;
-    assert_eq!(response.status(), 201);
+    app.add_member(&admin, "acme", "owner@acme.test", "owner").await;
     let owner = app.session("owner@acme.test", Some("acme")).await.0;
     Setup { app, admin, owner, tenant: TenantId(t["id"].as_str().unwrap().parse().unwrap()) }
 }
@@ -370,8 +368,7 @@ async fn another_tenant_sees_none_of_it() {
     s.create_model("secret-model").await;
     s.upload("secret-model", ADD.to_vec(), "").await;
     s.app.create_tenant(&s.admin, "globex", json!({})).await;
-    let body = json!({ "email": "owner@globex.test", "role": "owner", "password": crate::helpers::PASSWORD });
-    s.app.post_json("/v1/tenants/globex/members", Some(&s.admin), &body).await;
+    s.app.add_member(&s.admin, "globex", "owner@globex.test", "owner").await;
     let globex = s.app.session("owner@globex.test", Some("globex")).await.0;
 
     for (method, path) in [

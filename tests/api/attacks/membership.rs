@@ -1,0 +1,64 @@
+//! 8. Membership changes take effect at once, not when access tokens expire.
+
+use serde_json::json;
+
+use crate::helpers::{As, assert_problem, spawn_app};
+
+#[tokio::test]
+async fn attack_08_a_removed_member_loses_the_tenant_within_seconds() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
+    let admin = app.credential(As::Admin, &acme, &root).await.unwrap();
+    // The admin leaves a key behind, then is removed.
+    let key = app.create_api_key(&admin, "acme", "inference").await;
+    let me: serde_json::Value = app.get_as("/v1/me", &admin).await.json().await.unwrap();
+    let admin_id = me["actor"]["id"].as_str().unwrap().to_owned();
+    let removed = app.call("DELETE", &format!("/v1/tenants/acme/members/{admin_id}"), Some(&owner), None).await;
+    assert_eq!(removed.status(), 204);
+
+    // Their still-unexpired access token no longer reaches acme, and writes nothing.
+    assert_problem(app.get_as("/v1/tenants/acme/members", &admin).await, 401, "token_revoked").await;
+    let minted = app.post_json("/v1/tenants/acme/api-keys", Some(&admin), &json!({"name": "backdoor", "role": "admin"})).await;
+    assert_eq!(minted.status(), 401);
+    let backdoors: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE name = 'backdoor'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(backdoors, 0);
+
+    // The key belongs to the tenant: it keeps working, and the list says who made it.
+    let secret = key["secret"].as_str().unwrap();
+    assert_eq!(app.get_as("/v2/models/none/ready", secret).await.status(), 404);
+    let keys: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/api-keys", &owner).await.json().await.unwrap();
+    let listed = keys.iter().find(|k| k["id"] == key["id"]).unwrap();
+    assert_eq!(listed["created_by"], admin_id);
+    assert_eq!(listed["created_by_email"], acme.emails["admin"]);
+}
+
+#[tokio::test]
+async fn attack_08_a_demoted_member_loses_the_role_within_seconds() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
+    let admin = app.credential(As::Admin, &acme, &root).await.unwrap();
+    assert_eq!(app.get_as("/v1/tenants/acme/members", &admin).await.status(), 200);
+    let me: serde_json::Value = app.get_as("/v1/me", &admin).await.json().await.unwrap();
+    let admin_id = me["actor"]["id"].as_str().unwrap().to_owned();
+    let demoted = app.call("PATCH", &format!("/v1/tenants/acme/members/{admin_id}"), Some(&owner), Some(json!({"role": "inference"}))).await;
+    assert_eq!(demoted.status(), 200);
+    assert_problem(app.get_as("/v1/tenants/acme/members", &admin).await, 403, "forbidden").await;
+    let minted = app.post_json("/v1/tenants/acme/api-keys", Some(&admin), &json!({"name": "backdoor", "role": "inference"})).await;
+    assert_problem(minted, 403, "forbidden").await;
+
+    // Another API process learns of it within its re-check interval: simulate by changing the
+    // row directly, as another process would, and waiting.
+    let engineer = app.credential(As::MlEngineer, &acme, &root).await.unwrap();
+    assert_eq!(app.get_as("/v1/tenants/acme/models", &engineer).await.status(), 200);
+    sqlx::query("DELETE FROM memberships WHERE user_id = (SELECT id FROM users WHERE email = $1)")
+        .bind(&acme.emails["ml_engineer"])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let lost = crate::helpers::eventually(5, || async { app.get_as("/v1/tenants/acme/models", &engineer).await.status() == 401 }).await;
+    assert!(lost, "a member removed elsewhere kept access");
+}
