@@ -253,6 +253,10 @@ enum AuditCommand {
         /// With --database: only this tenant (slug, or `platform`).
         #[arg(long)]
         tenant: Option<String>,
+        /// With --database: also hold the chains to the signed digests in the object store,
+        /// which catch a rewrite of the database that recomputed every hash.
+        #[arg(long, requires = "database")]
+        digests: bool,
     },
     /// Delete a tenant's events older than a date, after signing a checkpoint that anchors the
     /// remaining chain. Recorded in the chain itself.
@@ -361,8 +365,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::identity::jwt::generate_key_entry(&kid));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify { file, public_key, no_signatures, database, tenant } } => {
-            audit_verify(file, public_key, no_signatures, database, tenant)
+        Command::Audit { command: AuditCommand::Verify { file, public_key, no_signatures, database, tenant, digests } } => {
+            audit_verify(file, public_key, no_signatures, database, tenant, digests)
         }
         Command::Audit { command: AuditCommand::Purge { tenant, before } } => {
             let settings = match load_settings() {
@@ -371,11 +375,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             actix_web::rt::System::new().block_on(async move {
                 let owner = sqlx::PgPool::connect_with(settings.database.migration_options()?).await?;
-                let signer = crate::audit::signing::AuditSigner::new(secrecy::ExposeSecret::expose_secret(&settings.audit.signing_keys))
-                    .map_err(|e| anyhow::anyhow!("audit.signing_keys: {e}"))?;
+                let notary = notary(&settings)?;
                 let before = time::OffsetDateTime::parse(&before, &time::format_description::well_known::Rfc3339)
                     .map_err(|_| anyhow::anyhow!("--before must be an RFC 3339 instant"))?;
-                let summary = crate::audit::retention::purge(&owner, &tenant, before, &signer).await?;
+                let summary = crate::audit::retention::purge(&owner, &tenant, before, &notary).await?;
                 println!("{summary}");
                 anyhow::Ok(ExitCode::SUCCESS)
             })
@@ -429,7 +432,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     }
     let checkpoint_every = std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds);
     let state = AppState::new(settings)?;
-    crate::audit::spawn_checkpointer(state.db.clone(), state.audit_signer.clone(), checkpoint_every);
+    crate::audit::spawn_checkpointer(state.db.clone(), state.notary.clone(), checkpoint_every);
     {
         let (models, db) = (state.inference.models.clone(), state.db.clone());
         actix_web::rt::spawn(async move {
@@ -706,12 +709,21 @@ fn pretty<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
+/// The checkpoint notary of an operator command: the configured signing keys and object store.
+fn notary(settings: &Settings) -> anyhow::Result<crate::audit::notary::Notary> {
+    let signer = crate::audit::signing::AuditSigner::new(secrecy::ExposeSecret::expose_secret(&settings.audit.signing_keys))
+        .map_err(|e| anyhow::anyhow!("audit.signing_keys: {e}"))?;
+    let store = crate::registry::store::ArtifactStore::from_settings(&settings.registry.storage)?.object_store();
+    Ok(crate::audit::notary::Notary::new(std::sync::Arc::new(signer), store))
+}
+
 fn audit_verify(
     file: Option<std::path::PathBuf>,
     public_key: Option<String>,
     no_signatures: bool,
     database: bool,
     tenant: Option<String>,
+    digests: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::audit::verify::{PublicKeys, Verdict, verify_database, verify_export};
     let keys = match public_key {
@@ -770,6 +782,16 @@ fn audit_verify(
         }
         if verdicts.is_empty() {
             println!("no audit chains");
+        }
+        if digests {
+            let store = crate::registry::store::ArtifactStore::from_settings(&settings.registry.storage)?.object_store();
+            for (tenant, verdict) in crate::audit::notary::verify_digests(&owner, store.as_ref(), only, &keys).await? {
+                ok &= matches!(verdict, Verdict::Ok { .. });
+                match verdict {
+                    Verdict::Ok { count, .. } => println!("{tenant}: digests OK: {count} signed digests agree with the chain"),
+                    broken => println!("{tenant}: digests {broken}"),
+                }
+            }
         }
         anyhow::Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })

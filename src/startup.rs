@@ -16,6 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use secrecy::ExposeSecret;
 
 use crate::audit::Auditor;
+use crate::audit::notary::Notary;
 use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub tenant_admin: TenantService,
     pub auditor: Auditor,
     pub audit_signer: Arc<AuditSigner>,
+    /// Signs checkpoints, as rows and as digests in the object store.
+    pub notary: Notary,
     /// Batched writer for per-call events (inference); see `audit::sink`.
     pub audit_sink: AuditSink,
     /// Tenant and data keys of the model registry.
@@ -114,9 +117,11 @@ impl AppState {
             MasterKeys::parse(settings.registry.master_keys.expose_secret())
                 .map_err(|e| anyhow::anyhow!("registry.master_keys: {e}"))?,
         ));
+        let artifacts = ArtifactStore::from_settings(&settings.registry.storage)?;
+        let notary = Notary::new(audit_signer.clone(), artifacts.object_store());
         let registry = RegistryService::new(
             db.clone(),
-            ArtifactStore::from_settings(&settings.registry.storage)?,
+            artifacts,
             keys.clone(),
             auditor.clone(),
             settings.registry.max_artifact_bytes,
@@ -158,6 +163,7 @@ impl AppState {
             tenant_admin,
             auditor,
             audit_signer,
+            notary,
         })
     }
 }

@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::chain::{ChainedEvent, canonical_json, format_time};
-use super::signing::{AuditSigner, checkpoint_message};
 use crate::error::{ApiError, Code};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams, ToSchema)]
@@ -297,7 +296,7 @@ pub struct ExportJob {
     pub scope: String,
     pub filters: ParsedFilters,
     pub format: ExportFormat,
-    pub signer: std::sync::Arc<AuditSigner>,
+    pub notary: super::notary::Notary,
 }
 
 const FLUSH_AT: usize = 64 * 1024;
@@ -345,22 +344,18 @@ impl ExportJob {
             }
         }
 
-        let signed_at = format_time(super::chain::now_micros());
-        let checkpoint_signature = last.as_ref().map(|(seq, hash)| {
-            self.signer.sign(&checkpoint_message(&self.tenant, *seq, hash, &signed_at))
-        });
-        if let (Some((seq, hash)), Some(signature)) = (&last, &checkpoint_signature) {
-            sqlx::query("SELECT audit_add_checkpoint($1, $2, $3, $4, $5::timestamptz, $6, $7, 'export')")
-                .bind(Uuid::now_v7())
-                .bind(self.tenant)
-                .bind(*seq)
-                .bind(hex::decode(hash).unwrap_or_default())
-                .bind(&signed_at)
-                .bind(self.signer.key_id())
-                .bind(signature)
-                .execute(&self.pool)
-                .await?;
-        }
+        // The last exported event is signed as a checkpoint (row and digest); the manifest
+        // carries that signature, so its time is the checkpoint's.
+        let (signed_at, checkpoint_signature) = match &last {
+            Some((seq, hash)) => {
+                let mut tx = self.pool.begin().await?;
+                let hash = hex::decode(hash).unwrap_or_default();
+                let (signed_at, signature) = self.notary.checkpoint(&mut tx, self.tenant, *seq, &hash, "export").await?;
+                tx.commit().await?;
+                (signed_at, Some(signature))
+            }
+            None => (format_time(super::chain::now_micros()), None),
+        };
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut manifest = Manifest {
@@ -376,11 +371,11 @@ impl ExportJob {
             last_hash: last.map(|l| l.1),
             events_digest: hex::encode(digest.finalize()),
             signed_at,
-            key_id: self.signer.key_id().to_owned(),
+            key_id: self.notary.signer().key_id().to_owned(),
             checkpoint_signature: checkpoint_signature.map(|s| b64.encode(s)),
             signature: String::new(),
         };
-        manifest.signature = b64.encode(self.signer.sign(&manifest.signed_bytes()));
+        manifest.signature = b64.encode(self.notary.signer().sign(&manifest.signed_bytes()));
         buffer.extend(manifest_record(&manifest, self.format));
         let _ = sender.send(Bytes::from(buffer)).await;
         Ok(())

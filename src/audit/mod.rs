@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod notary;
 pub mod redact;
 pub mod retention;
 pub mod routes;
@@ -407,29 +408,21 @@ fn write_row(
     out.push(b'}');
 }
 
-/// Signs every chain head that has moved since its last checkpoint. Returns how many.
-pub async fn sign_checkpoints(pool: &PgPool, signer: &signing::AuditSigner) -> Result<usize, sqlx::Error> {
+/// Signs every chain head that has moved since its last checkpoint (row and digest). Returns
+/// how many.
+pub async fn sign_checkpoints(pool: &PgPool, notary: &notary::Notary) -> anyhow::Result<usize> {
     let heads: Vec<(Uuid, i64, Vec<u8>)> =
         sqlx::query_as("SELECT tenant_id, last_seq, last_hash FROM audit_unsigned_heads()").fetch_all(pool).await?;
     for (tenant, seq, hash) in &heads {
-        let signed_at = format_time(now_micros());
-        let signature = signer.sign(&signing::checkpoint_message(tenant, *seq, &hex::encode(hash), &signed_at));
-        sqlx::query("SELECT audit_add_checkpoint($1, $2, $3, $4, $5::timestamptz, $6, $7, 'periodic')")
-            .bind(Uuid::now_v7())
-            .bind(tenant)
-            .bind(seq)
-            .bind(hash)
-            .bind(&signed_at)
-            .bind(signer.key_id())
-            .bind(signature)
-            .execute(pool)
-            .await?;
+        let mut tx = pool.begin().await?;
+        notary.checkpoint(&mut tx, *tenant, *seq, hash, "periodic").await?;
+        tx.commit().await?;
     }
     Ok(heads.len())
 }
 
 /// Runs `sign_checkpoints` every `interval` until the process ends.
-pub fn spawn_checkpointer(pool: PgPool, signer: Arc<signing::AuditSigner>, interval: Duration) {
+pub fn spawn_checkpointer(pool: PgPool, notary: notary::Notary, interval: Duration) {
     if interval.is_zero() {
         return;
     }
@@ -438,11 +431,11 @@ pub fn spawn_checkpointer(pool: PgPool, signer: Arc<signing::AuditSigner>, inter
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            match sign_checkpoints(&pool, &signer).await {
+            match sign_checkpoints(&pool, &notary).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(chains = n, "signed audit checkpoints"),
                 Err(error) => {
-                    tracing::warn!(%error, "could not sign audit checkpoints; will retry")
+                    tracing::warn!(error = format!("{error:#}"), "could not sign audit checkpoints; will retry")
                 }
             }
         }

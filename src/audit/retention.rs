@@ -6,11 +6,11 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::chain::{format_time, now_micros};
-use super::signing::{AuditSigner, checkpoint_message};
+use super::chain::format_time;
+use super::notary::Notary;
 use super::{AuditActor, AuditEvent, Auditor, PLATFORM, RequestInfo};
 
-pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, signer: &AuditSigner) -> anyhow::Result<String> {
+pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, notary: &Notary) -> anyhow::Result<String> {
     let tenant: Uuid = if tenant_slug == "platform" {
         PLATFORM
     } else {
@@ -33,19 +33,7 @@ pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, si
     let Some((seq, hash)) = last else {
         return Ok(format!("nothing to purge for {tenant_slug} before {}", format_time(before)));
     };
-    let signed_at = format_time(now_micros());
-    let hash_hex = hex::encode(&hash);
-    let signature = signer.sign(&checkpoint_message(&tenant, seq, &hash_hex, &signed_at));
-    sqlx::query("SELECT audit_add_checkpoint($1, $2, $3, $4, $5::timestamptz, $6, $7, 'purge')")
-        .bind(Uuid::now_v7())
-        .bind(tenant)
-        .bind(seq)
-        .bind(&hash)
-        .bind(&signed_at)
-        .bind(signer.key_id())
-        .bind(&signature)
-        .execute(&mut *tx)
-        .await?;
+    let (_, _) = notary.checkpoint(&mut tx, tenant, seq, &hash, "purge").await?;
     sqlx::query("SELECT set_config('tessera.audit_purge', 'on', true)").execute(&mut *tx).await?;
     let deleted = sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq <= $2")
         .bind(tenant)
@@ -66,5 +54,5 @@ pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, si
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     tx.commit().await?;
-    Ok(format!("purged {deleted} events of {tenant_slug} through seq {seq}; checkpoint signed with key {}", signer.key_id()))
+    Ok(format!("purged {deleted} events of {tenant_slug} through seq {seq}; checkpoint signed with key {}", notary.signer().key_id()))
 }

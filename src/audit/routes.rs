@@ -134,7 +134,7 @@ pub async fn export_events(
         .details(details);
     state.auditor.record_alone(&state.db, &info, vec![event]).await?;
 
-    let job = ExportJob { pool: state.db.clone(), tenant, scope: label.clone(), filters, format, signer: state.audit_signer.clone() };
+    let job = ExportJob { pool: state.db.clone(), tenant, scope: label.clone(), filters, format, notary: state.notary.clone() };
     let (content_type, extension) = match format {
         ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
         ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),

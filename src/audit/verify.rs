@@ -98,7 +98,7 @@ impl PublicKeys {
         }
     }
 
-    fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+    pub(crate) fn get(&self, kid: &str) -> Option<&VerifyingKey> {
         match self {
             PublicKeys::None => None,
             PublicKeys::Any(key) => Some(key),

@@ -49,6 +49,12 @@ impl ArtifactStore {
         Ok(Self { inner })
     }
 
+    /// The store itself, for the audit trail's digests (kept beside the artifacts, apart from
+    /// the database).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+
     /// Artifacts are keyed by tenant and artifact id only: names and versions live in
     /// Postgres, so nothing about a model leaks through the object store's listing.
     pub fn key_for(tenant: Uuid, artifact: Uuid) -> String {

@@ -367,8 +367,7 @@ async fn purging_old_events_keeps_the_rest_verifiable_and_is_itself_audited() {
     let owner_token = app.session("owner@acme.test", None).await.0;
     app.create_api_key(&owner_token, "acme", "inference").await;
 
-    let signer = tessera::audit::signing::AuditSigner::new(secrecy::ExposeSecret::expose_secret(&app.settings.audit.signing_keys)).unwrap();
-    let summary = tessera::audit::retention::purge(&app.db, "acme", cutoff, &signer).await.unwrap();
+    let summary = tessera::audit::retention::purge(&app.db, "acme", cutoff, &app.state.notary).await.unwrap();
     assert!(summary.starts_with("purged"), "{summary}");
     let remaining: Vec<String> = sqlx::query_scalar(
         "SELECT action FROM audit_events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = 'acme' ORDER BY seq",
@@ -420,6 +419,7 @@ async fn the_verify_command_checks_files_and_the_database() {
         command.current_dir(env!("CARGO_MANIFEST_DIR")).env("TESSERA_ENV", "test");
         command.env("TESSERA__DATABASE__URL", &app.settings.database.url);
         command.env("TESSERA__DATABASE__MIGRATION_URL", app.settings.database.migration_url.as_deref().unwrap());
+        command.env("TESSERA__REGISTRY__STORAGE__PATH", &app.database.artifact_dir);
         command.args(args).output().unwrap()
     };
     let ok = run(vec!["audit".into(), "verify".into(), file.display().to_string(), "--public-key".into(), keys.display().to_string()]);
@@ -434,6 +434,10 @@ async fn the_verify_command_checks_files_and_the_database() {
 
     let database = run(vec!["audit".into(), "verify".into(), "--database".into()]);
     assert!(database.status.success(), "{}{}", String::from_utf8_lossy(&database.stdout), String::from_utf8_lossy(&database.stderr));
+    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
+    let digests = run(vec!["audit".into(), "verify".into(), "--database".into(), "--digests".into()]);
+    let printed = String::from_utf8_lossy(&digests.stdout);
+    assert!(digests.status.success() && printed.contains("digests OK"), "{printed}{}", String::from_utf8_lossy(&digests.stderr));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -442,9 +446,9 @@ async fn checkpoints_sign_every_moved_chain_head() {
     let app = spawn_app().await;
     let admin = app.platform_admin().await;
     app.create_tenant(&admin, "acme", json!({})).await;
-    let signed = tessera::audit::sign_checkpoints(&app.state.db, &app.state.audit_signer).await.unwrap();
+    let signed = tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
     assert_eq!(signed, 2, "platform and acme");
-    assert_eq!(tessera::audit::sign_checkpoints(&app.state.db, &app.state.audit_signer).await.unwrap(), 0);
+    assert_eq!(tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -78,7 +78,7 @@ async fn attack_06_a_rewritten_chain_with_recomputed_hashes_disagrees_with_its_s
     let root = app.platform_admin().await;
     let acme = app.tenant_with_members(&root, "acme").await;
     let tenant: uuid::Uuid = acme.id.parse().unwrap();
-    tessera::audit::sign_checkpoints(&app.state.db, &app.state.audit_signer).await.unwrap();
+    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
     let signed: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints WHERE tenant_id = $1")
         .bind(tenant)
         .fetch_one(&app.db)
@@ -88,8 +88,27 @@ async fn attack_06_a_rewritten_chain_with_recomputed_hashes_disagrees_with_its_s
     app.get_as("/v1/tenants/acme/members", &owner).await; // more events after the checkpoint
     app.call("POST", "/v1/tenants/acme/api-keys", Some(&owner), Some(serde_json::json!({"name": "late", "role": "inference"}))).await;
 
-    // Rewrite event 2 and recompute every hash after it, head included: each row is consistent.
-    let mut events = chain(&app, tenant).await;
+    rewrite_from_event_two(&app, tenant).await;
+
+    match verdict(&app, tenant).await {
+        Verdict::Broken { seq: Some(seq), reason } => {
+            assert_eq!(seq, signed, "{reason}");
+            assert!(reason.contains("checkpoint"), "{reason}");
+        }
+        other => panic!("a rewritten chain passed verification: {other}"),
+    }
+}
+
+/// The tenant's chain held to the digests in the object store.
+async fn digests(app: &TestApp, tenant: uuid::Uuid) -> Verdict {
+    let store = tessera::registry::store::ArtifactStore::from_settings(&app.settings.registry.storage).unwrap().object_store();
+    let keys = app.audit_keys().await;
+    tessera::audit::notary::verify_digests(&app.db, store.as_ref(), Some(tenant), &keys).await.unwrap().remove(0).1
+}
+
+/// Rewrites event 2 and every hash after it, the head included: each row is consistent.
+async fn rewrite_from_event_two(app: &TestApp, tenant: uuid::Uuid) {
+    let mut events = chain(app, tenant).await;
     events[1].action = "member.nothing_to_see".into();
     let mut prev = tessera::audit::chain::decode_hash(&events[1].prev_hash).unwrap();
     for event in events.iter_mut().skip(1) {
@@ -103,13 +122,48 @@ async fn attack_06_a_rewritten_chain_with_recomputed_hashes_disagrees_with_its_s
         .await;
     }
     app.tamper(&format!("UPDATE audit_heads SET last_hash = '\\x{}' WHERE tenant_id = '{tenant}'", hex::encode(prev))).await;
+}
 
-    match verdict(&app, tenant).await {
+#[tokio::test]
+async fn attack_06_a_rewrite_that_also_removes_the_checkpoints_is_caught_by_the_digests() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let tenant: uuid::Uuid = acme.id.parse().unwrap();
+    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
+    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
+    app.create_api_key(&owner, "acme", "inference").await;
+    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
+    let first_signed: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit_checkpoints WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(matches!(digests(&app, tenant).await, Verdict::Ok { count: 2, .. }), "{}", digests(&app, tenant).await);
+
+    // A digest removed from the store breaks the digests' own chain.
+    let dir = app.database.artifact_dir.join("audit-digests").join(tenant.to_string());
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let kept = std::fs::read(&files[0]).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    match digests(&app, tenant).await {
+        Verdict::Broken { reason, .. } => assert!(reason.contains("chain"), "{reason}"),
+        other => panic!("a removed digest went unnoticed: {other}"),
+    }
+    std::fs::write(&files[0], kept).unwrap();
+
+    // Whoever owns the database rewrites the chain and removes every trace in it.
+    rewrite_from_event_two(&app, tenant).await;
+    app.tamper(&format!("DELETE FROM audit_checkpoints WHERE tenant_id = '{tenant}'")).await;
+    app.tamper(&format!("DELETE FROM audit_digests WHERE tenant_id = '{tenant}'")).await;
+    assert!(matches!(verdict(&app, tenant).await, Verdict::Ok { .. }), "the database alone cannot tell");
+    match digests(&app, tenant).await {
         Verdict::Broken { seq: Some(seq), reason } => {
-            assert_eq!(seq, signed, "{reason}");
-            assert!(reason.contains("checkpoint"), "{reason}");
+            assert_eq!(seq, first_signed, "{reason}");
+            assert!(reason.contains("digest"), "{reason}");
         }
-        other => panic!("a rewritten chain passed verification: {other}"),
+        other => panic!("a rewritten database passed the digests: {other}"),
     }
 }
 
