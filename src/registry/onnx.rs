@@ -490,8 +490,10 @@ impl SignatureScanner {
             Some(VarintField::OpsetVersion) => self.opset_version = Some(value),
             Some(VarintField::ElemType) => self.value.elem_type = Some(value),
             Some(VarintField::DimValue) => self.dim = if value < 0 { -1 } else { value },
-            // TensorProto.DataLocation: 0 DEFAULT, 1 EXTERNAL.
-            Some(VarintField::DataLocation) => self.initializer_external = value == 1,
+            // TensorProto.DataLocation: 0 DEFAULT, 1 EXTERNAL. Anything but DEFAULT is refused
+            // (ONNX Runtime reads the enum as 32 bits, so 2^32 + 1 means EXTERNAL to it), and
+            // nothing clears what an earlier field of the tensor marked.
+            Some(VarintField::DataLocation) => self.initializer_external |= value != 0,
         }
         Ok(())
     }
@@ -1178,6 +1180,18 @@ mod tests {
             let error = scan(&data).unwrap_err().to_string();
             assert!(error.contains("external file"), "{case}: {error}");
         }
+        // A later `data_location` cannot clear what `external_data` marked, and any value but
+        // DEFAULT counts (2^32 + 1 is EXTERNAL to a reader of 32-bit enums).
+        let sneaky = |location: &str| [fv(2, 1), fb(8, b"c"), pointer(location), fv(14, (1 << 32) + 1)].concat();
+        let cleared = |location: &str| [fv(2, 1), fb(8, b"c"), pointer(location), fv(14, 0)].concat();
+        for tensor in [sneaky("/etc/passwd"), cleared("/etc/passwd")] {
+            let as_initializer = model(&[fb(5, &tensor), io.clone()]);
+            assert!(scan(&as_initializer).unwrap_err().to_string().contains("external file"));
+            let as_constant = model(&[fb(1, &[fb(4, b"Constant"), fb(5, &[fb(1, b"value"), fb(5, &tensor)].concat())].concat()), io.clone()]);
+            assert!(scan(&as_constant).unwrap_err().to_string().contains("external file"));
+        }
+        let big_location = model(&[fb(5, &[fv(2, 1), fb(8, b"c"), fv(14, 1 << 32)].concat()), io.clone()]);
+        assert!(scan(&big_location).unwrap_err().to_string().contains("external file"));
         // A function's nodes, and training graphs, too.
         let function = fb(25, &fb(7, &node("/etc/passwd")));
         let with_function = [model(&[io.clone()]), function].concat();

@@ -5,10 +5,11 @@ use serde_json::json;
 use crate::helpers::{As, spawn_app};
 use crate::onnx_builder::{field_bytes as fb, field_varint as fv};
 
-/// A `Constant` node whose FP32 value lives "in" `location`, feeding output `y` ([4]).
-fn constant_model(location: &str, in_subgraph: bool) -> Vec<u8> {
+/// A `Constant` node whose FP32 value lives "in" `location`, feeding output `y` ([4]);
+/// `data_location` as given (1 is EXTERNAL, and so is 2^32 + 1 to a 32-bit reader).
+fn constant_model(location: &str, in_subgraph: bool, data_location: u64) -> Vec<u8> {
     let external = [fb(1, b"location"), fb(2, location.as_bytes())].concat();
-    let tensor = [fv(1, 4), fv(2, 1), fb(8, b"c"), fb(13, &external), fv(14, 1)].concat();
+    let tensor = [fv(1, 4), fv(2, 1), fb(8, b"c"), fb(13, &external), fv(14, data_location)].concat();
     let attribute = [fb(1, b"value"), fb(5, &tensor), fv(20, 4)].concat();
     let constant = [fb(2, b"y"), fb(4, b"Constant"), fb(5, &attribute)].concat();
     let node = if in_subgraph {
@@ -40,19 +41,26 @@ async fn attack_10_models_pointing_at_server_files_are_refused_at_upload() {
     let created = app.post_json("/v1/tenants/acme/models", Some(&engineer), &json!({ "name": "reader", "framework": "onnx" })).await;
     assert_eq!(created.status(), 201);
 
-    for (location, nested) in [("/etc/passwd", false), ("../../../../etc/passwd", false), ("/etc/passwd", true)] {
+    let cases = [
+        ("/etc/passwd", false, 1),
+        ("../../../../etc/passwd", false, 1),
+        ("/etc/passwd", true, 1),
+        ("/etc/passwd", false, (1 << 32) + 1),
+        ("/etc/passwd", false, 0),
+    ];
+    for (location, nested, data_location) in cases {
         let response = app
             .client
             .post(app.url("/v1/tenants/acme/models/reader/versions"))
             .bearer_auth(&engineer)
             .header("content-type", "application/octet-stream")
-            .body(constant_model(location, nested))
+            .body(constant_model(location, nested, data_location))
             .send()
             .await
             .unwrap();
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(status, 422, "{location} (nested: {nested}): {body}");
+        assert_eq!(status, 422, "{location} (nested: {nested}, data_location: {data_location}): {body}");
         assert_eq!(body["code"], "invalid_model");
         assert!(body["detail"].as_str().unwrap().contains("external file"), "{body}");
     }
@@ -77,6 +85,6 @@ fn attack_10_the_engine_refuses_such_a_model_even_if_it_was_stored() {
     let path = std::env::var("ORT_DYLIB_PATH")
         .unwrap_or_else(|_| "/var/tmp/onnxruntime-1.31.1/onnxruntime/capi/libonnxruntime.so.1.31.1".to_owned());
     let runtime = tessera::inference::engine::OnnxRuntime::load(Some(std::path::Path::new(&path))).unwrap();
-    let error = runtime.session(&constant_model("/etc/passwd", false), 1).err().expect("refused");
+    let error = runtime.session(&constant_model("/etc/passwd", false, (1 << 32) + 1), 1).err().expect("refused");
     assert!(error.contains("external file"), "{error}");
 }
