@@ -629,8 +629,16 @@ impl Settings {
             return Err(ConfigError::new("telemetry.otlp.sample_ratio", "must be between 0.0 and 1.0"));
         }
         let metrics = &self.telemetry.metrics_address;
-        if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::new("telemetry.metrics_address", "must be an IP address and port (e.g. 127.0.0.1:9464), or empty"));
+        if !metrics.is_empty() {
+            let address = metrics.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::new("telemetry.metrics_address", "must be an IP address and port (e.g. 127.0.0.1:9464), or empty")
+            })?;
+            if !address.ip().is_loopback() && self.telemetry.metrics_token.is_none() {
+                return Err(ConfigError::new(
+                    "telemetry.metrics_token",
+                    "is required when telemetry.metrics_address is not on loopback (metrics name tenants and models)",
+                ));
+            }
         }
         if self.telemetry.metrics_token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
             return Err(ConfigError::new("telemetry.metrics_token", "must be at least 16 bytes"));

@@ -37,14 +37,27 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 }
 
 /// Why the connected role must not serve tenants' requests, if it must not: it is a superuser
-/// or has BYPASSRLS (itself or through a role it belongs to), or it owns (or belongs to the
-/// owner of) a table in Tessera's schema. Each of these bypasses or can switch off row-level
-/// security, the second wall between tenants.
+/// or has BYPASSRLS or CREATEROLE (itself or through a role it belongs to), it owns (or
+/// belongs to the owner of) a table in Tessera's schema or the database, or it may create
+/// objects in the schema. Each of these bypasses row-level security, the second wall between
+/// tenants, or is a step away from it.
 pub async fn privilege_violation(conn: &mut sqlx::PgConnection) -> Result<Option<String>, sqlx::Error> {
-    let (role, superuser, bypassrls, owned): (String, bool, bool, Option<String>) = sqlx::query_as(
+    let (role, superuser, bypassrls, createrole, owns_database, creates_in_schema, owned): (
+        String,
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        Option<String>,
+    ) = sqlx::query_as(
         "SELECT current_user::text, \
            EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolsuper AND pg_has_role(current_user, r.oid, 'MEMBER')), \
            EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolbypassrls AND pg_has_role(current_user, r.oid, 'MEMBER')), \
+           EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolcreaterole AND pg_has_role(current_user, r.oid, 'MEMBER')), \
+           EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = current_database() \
+                     AND pg_has_role(current_user, d.datdba, 'MEMBER')), \
+           has_schema_privilege(current_user, current_schema(), 'CREATE'), \
            (SELECT string_agg(c.relname, ', ' ORDER BY c.relname) FROM pg_class c \
               JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm') \
@@ -58,6 +71,12 @@ pub async fn privilege_violation(conn: &mut sqlx::PgConnection) -> Result<Option
         "has BYPASSRLS".to_owned()
     } else if let Some(tables) = owned {
         format!("owns Tessera's tables ({tables})")
+    } else if createrole {
+        "has CREATEROLE (it could grant itself the owner's role)".to_owned()
+    } else if owns_database {
+        "owns the database".to_owned()
+    } else if creates_in_schema {
+        "may create objects in Tessera's schema (it could shadow what the schema's functions call)".to_owned()
     } else {
         return Ok(None);
     };

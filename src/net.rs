@@ -33,6 +33,10 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    pub fn contains_opt(&self, address: Option<IpAddr>) -> bool {
+        address.is_some_and(|a| self.contains(a))
+    }
+
     pub fn contains(&self, address: IpAddr) -> bool {
         let address = canonical(address);
         self.0.iter().any(|(network, prefix)| match (canonical(*network), address) {
@@ -118,6 +122,9 @@ mod tests {
         assert_eq!(proxies.client(Some(ip("10.0.0.2")), Some("6.6.6.6, 198.51.100.1, 10.0.0.3")), Some(ip("198.51.100.1")));
         // Garbage ends the walk at the last address believed.
         assert_eq!(proxies.client(Some(ip("10.0.0.2")), Some("nonsense")), Some(ip("10.0.0.2")));
+        // Several header lines are one list, and a client's garbage left of the proxy's hop
+        // does not matter.
+        assert_eq!(proxies.client(Some(ip("10.0.0.2")), Some("6.6.6.6\u{fffd}junk,198.51.100.9")), Some(ip("198.51.100.9")));
         // No proxies configured: the header never counts.
         assert_eq!(TrustedProxies::default().client(Some(ip("10.0.0.2")), Some("1.1.1.1")), Some(ip("10.0.0.2")));
     }

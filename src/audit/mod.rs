@@ -54,10 +54,17 @@ impl RequestInfo {
     pub fn from_request(req: &HttpRequest) -> Self {
         let peer = req.peer_addr().map(|a| a.ip());
         let client_addr = match req.app_data::<crate::net::TrustedProxies>() {
-            Some(proxies) if !proxies.is_empty() => proxies.client(
-                peer,
-                req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-            ),
+            Some(proxies) if !proxies.is_empty() && proxies.contains_opt(peer) => {
+                // Every header line, in order: a proxy may add a line of its own after the one
+                // the client wrote. Read as bytes, so a client's garbage cannot hide the hops
+                // the proxies appended to its right.
+                let lines: Vec<String> = req
+                    .headers()
+                    .get_all("x-forwarded-for")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                proxies.client(peer, (!lines.is_empty()).then(|| lines.join(",")).as_deref())
+            }
             _ => peer,
         };
         Self {

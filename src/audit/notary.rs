@@ -183,7 +183,7 @@ pub async fn verify_digests(
 async fn verify_tenant(pool: &sqlx::PgPool, store: &dyn ObjectStore, tenant: Uuid, keys: &PublicKeys) -> anyhow::Result<Verdict> {
     let files = read_digests(store, tenant).await?;
     let mut digests = Vec::with_capacity(files.len());
-    let mut previous: Option<String> = None;
+    let mut written = std::collections::HashSet::with_capacity(files.len());
     for (key, bytes) in &files {
         let Ok(digest) = serde_json::from_slice::<DigestFile>(bytes) else {
             return Ok(broken(None, format!("digest {key} is unreadable")));
@@ -198,13 +198,18 @@ async fn verify_tenant(pool: &sqlx::PgPool, store: &dyn ObjectStore, tenant: Uui
         if !verify(key_for_id, &digest.signed_bytes(), &signature) {
             return Ok(broken(digest.seq, format!("bad signature on digest {key}")));
         }
-        if digest.previous_digest != previous {
-            return Ok(broken(digest.seq, "the digests' own chain is broken: a digest was removed, replaced or reordered"));
-        }
-        previous = Some(hex::encode(Sha256::digest(bytes)));
+        written.insert(hex::encode(Sha256::digest(bytes)));
         digests.push(digest);
     }
-    let Some(last) = digests.last() else {
+    // Every digest names its predecessor, which must still be there. (Links, not names, give
+    // the order: an export or purge may sign an older sequence number than the digest before
+    // it, and a digest whose checkpoint row was rolled back is a dead end, still true.)
+    for digest in &digests {
+        if digest.previous_digest.as_ref().is_some_and(|p| !written.contains(p)) {
+            return Ok(broken(digest.seq, "the digests' own chain is broken: the digest before this one was removed or replaced"));
+        }
+    }
+    let Some(last) = digests.iter().max_by_key(|d| d.seq) else {
         return Ok(Verdict::Ok { count: 0, signature_checked: true });
     };
 
@@ -220,6 +225,11 @@ async fn verify_tenant(pool: &sqlx::PgPool, store: &dyn ObjectStore, tenant: Uui
     };
     if head.is_none_or(|h| h < last.seq) {
         return Ok(broken(last.seq, "missing: a digest signed events beyond the database's chain head"));
+    }
+    // Events before the first one left may only have gone through a purge, which signs a digest
+    // of its own at the last deleted event: a relabelled checkpoint row cannot fake that.
+    if digests.iter().any(|d| d.seq < first_seq) && !digests.iter().any(|d| d.seq == first_seq - 1 && d.reason == "purge") {
+        return Ok(broken(first_seq - 1, "missing: events up to this seq were deleted without a signed purge"));
     }
     let seqs: Vec<i64> = digests.iter().map(|d| d.seq).filter(|s| *s >= first_seq).collect();
     let stored: std::collections::HashMap<i64, Vec<u8>> =

@@ -173,14 +173,14 @@ impl Authenticator {
     /// confers less (a demotion applies at once; a promotion at the next refresh). A role that
     /// is neither (a lateral change) leaves the token no role until it is refreshed.
     async fn current_role(&self, entry: &CachedToken) -> Result<Option<Role>, ApiError> {
-        let (revoked, role): (bool, Option<String>) = sqlx::query_as("SELECT * FROM access_token_status($1, $2, $3, $4)")
+        let (revoked, role, admin): (bool, Option<String>, bool) = sqlx::query_as("SELECT * FROM access_token_status($1, $2, $3, $4)")
             .bind(entry.jti)
             .bind(entry.user)
             .bind(entry.tenant)
             .bind(entry.epoch)
             .fetch_one(&self.pool)
             .await?;
-        if revoked {
+        if revoked || (entry.platform_admin && !admin) {
             return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
         }
         let (Some(_), Some(granted)) = (entry.tenant, entry.token_role) else {

@@ -19,6 +19,9 @@ use crate::error::ApiError;
 
 const MAX_ACCOUNT: usize = 320;
 const MAX_TENANT: usize = 100;
+const MAX_REASON: usize = 200;
+/// Rows chained per transaction, so a backlog drains in bounded steps.
+const FLUSH_BATCH: i64 = 500;
 const FLUSH_EVERY: Duration = Duration::from_secs(15);
 
 /// One refused login, as counted.
@@ -42,7 +45,9 @@ fn cut(text: &str, max: usize) -> &str {
 }
 
 pub async fn record(pool: &PgPool, failure: FailedLogin<'_>, info: &RequestInfo) -> Result<(), ApiError> {
-    let client = info.client_addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".to_owned());
+    // Counted per client as the throttle counts it (an IPv6 client by its /64), so rotating
+    // addresses inside one block does not turn each attempt into an event of its own.
+    let client = super::throttle::client_key(info.client_addr);
     sqlx::query(
         "INSERT INTO login_failures (minute, account, client, reason, user_id, tenant, user_agent, outcome) \
          VALUES (date_trunc('minute', now()), $1, $2, $3, $4, $5, $6, $7) \
@@ -52,7 +57,7 @@ pub async fn record(pool: &PgPool, failure: FailedLogin<'_>, info: &RequestInfo)
     )
     .bind(cut(failure.account, MAX_ACCOUNT))
     .bind(client)
-    .bind(failure.reason)
+    .bind(cut(failure.reason, MAX_REASON))
     .bind(failure.user)
     .bind(failure.tenant.map(|t| cut(t, MAX_TENANT)))
     .bind(info.user_agent())
@@ -80,12 +85,25 @@ struct Row {
 /// Chains every counted minute that began before `before`'s minute; returns how many events
 /// were written.
 pub async fn flush(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, ApiError> {
+    let mut total = 0;
+    loop {
+        let chained = flush_batch(pool, auditor, before).await?;
+        total += chained;
+        if chained < FLUSH_BATCH as usize {
+            return Ok(total);
+        }
+    }
+}
+
+async fn flush_batch(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, ApiError> {
     let mut tx = pool.begin().await?;
     let mut rows: Vec<Row> = sqlx::query_as(
-        "DELETE FROM login_failures WHERE minute < date_trunc('minute', $1::timestamptz) \
+        "DELETE FROM login_failures WHERE ctid IN (SELECT ctid FROM login_failures \
+         WHERE minute < date_trunc('minute', $1::timestamptz) LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING minute, account, client, reason, outcome, user_id, tenant, user_agent, attempts, first_at, last_at",
     )
     .bind(before)
+    .bind(FLUSH_BATCH)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -102,6 +120,7 @@ pub async fn flush(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> 
                 .outcome(outcome)
                 .details(serde_json::json!({
                     "email": row.account,
+                    "client": row.client,
                     "reason": row.reason,
                     "attempts": row.attempts,
                     "minute": crate::audit::chain::format_time(row.minute),

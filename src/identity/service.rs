@@ -136,20 +136,22 @@ impl IdentityService {
             return Err(wrong());
         };
 
-        let user: Option<(Uuid, String, bool)> =
-            sqlx::query_as("SELECT id, password_hash, is_platform_admin FROM users WHERE lower(email) = $1")
+        // The session epoch is read with the hash it goes with: a password change that commits
+        // while this login is verified leaves it with the old epoch, and so with dead tokens.
+        let user: Option<(Uuid, String, bool, i32)> =
+            sqlx::query_as("SELECT id, password_hash, is_platform_admin, session_epoch FROM users WHERE lower(email) = $1")
                 .bind(email.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        let stored = user.as_ref().map(|(_, hash, _)| hash.clone());
+        let stored = user.as_ref().map(|(_, hash, _, _)| hash.clone());
         let matched = self.passwords.verify(password, stored).await?;
-        let Some((user_id, _, platform_admin)) = user.as_ref().filter(|_| matched).cloned() else {
-            refuse(&account, "wrong email or password", Outcome::Failure, user.map(|(id, _, _)| id)).await?;
+        let Some((user_id, _, platform_admin, epoch)) = user.as_ref().filter(|_| matched).cloned() else {
+            refuse(&account, "wrong email or password", Outcome::Failure, user.map(|(id, _, _, _)| id)).await?;
             return Err(wrong());
         };
         self.throttle.succeeded(&account, &client).await;
 
-        let grant = match self.grant_for(user_id, platform_admin, tenant_slug).await {
+        let grant = match self.grant_for(user_id, platform_admin, epoch, tenant_slug).await {
             Ok(grant) => grant,
             Err(error) => {
                 refuse(&account, error.detail(), Outcome::Denied, Some(user_id)).await?;
@@ -178,7 +180,7 @@ impl IdentityService {
     }
 
     /// Which tenant and role a login (or refresh) acts with.
-    async fn grant_for(&self, user: Uuid, platform_admin: bool, tenant_slug: Option<&str>) -> Result<Grant, ApiError> {
+    async fn grant_for(&self, user: Uuid, platform_admin: bool, epoch: i32, tenant_slug: Option<&str>) -> Result<Grant, ApiError> {
         let mut tx = crate::tenancy::db::begin_as_user(&self.pool, user).await?;
         let memberships: Vec<(Uuid, String)> =
             sqlx::query_as("SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY created_at")
@@ -207,7 +209,6 @@ impl IdentityService {
             .as_ref()
             .and_then(|t| memberships.iter().find(|(id, _)| *id == t.id.0))
             .and_then(|(_, role)| Role::parse(role));
-        let epoch: i32 = sqlx::query_scalar("SELECT session_epoch FROM users WHERE id = $1").bind(user).fetch_one(&self.pool).await?;
         Ok(Grant { user, platform_admin, epoch, tenant, role })
     }
 
@@ -220,8 +221,8 @@ impl IdentityService {
         let token = new_refresh_token();
         let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.refresh_ttl as i64);
         sqlx::query(
-            "INSERT INTO refresh_tokens (id, family_id, user_id, tenant_id, token_digest, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO refresh_tokens (id, family_id, user_id, tenant_id, token_digest, expires_at, session_epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(Uuid::now_v7())
         .bind(family)
@@ -229,6 +230,7 @@ impl IdentityService {
         .bind(grant.tenant.as_ref().map(|t| t.id.0))
         .bind(&self.hasher.digest(&token)[..])
         .bind(expires_at)
+        .bind(grant.epoch)
         .execute(&mut **tx)
         .await?;
         Ok(token)
@@ -277,9 +279,10 @@ impl IdentityService {
             used_at: Option<OffsetDateTime>,
             revoked_at: Option<OffsetDateTime>,
             id: Uuid,
+            session_epoch: i32,
         }
         let row: Row = sqlx::query_as(
-            "SELECT id, family_id, user_id, tenant_id, expires_at, used_at, revoked_at \
+            "SELECT id, family_id, user_id, tenant_id, expires_at, used_at, revoked_at, session_epoch \
              FROM refresh_tokens WHERE token_digest = $1 FOR UPDATE",
         )
         .bind(&digest[..])
@@ -310,17 +313,21 @@ impl IdentityService {
         }
         sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
 
-        let platform_admin: bool = sqlx::query_scalar("SELECT is_platform_admin FROM users WHERE id = $1")
-            .bind(row.user_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(invalid)?;
+        let (platform_admin, epoch): (bool, i32) =
+            sqlx::query_as("SELECT is_platform_admin, session_epoch FROM users WHERE id = $1 FOR SHARE")
+                .bind(row.user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(invalid)?;
+        if epoch != row.session_epoch {
+            return Err(ApiError::new(Code::TokenRevoked, "the refresh token's session has ended; log in again"));
+        }
         // Roles are read afresh: a changed role applies from the next refresh on.
         let slug = match row.tenant_id {
             Some(id) => self.tenants.by_id(crate::tenancy::TenantId(id)).await?.map(|t| t.slug.clone()),
             None => None,
         };
-        let grant = self.grant_for(row.user_id, platform_admin, slug.as_deref()).await?;
+        let grant = self.grant_for(row.user_id, platform_admin, epoch, slug.as_deref()).await?;
         let token = self.insert_refresh(&mut tx, row.family_id, &grant).await?;
         let event = AuditEvent::new(grant.tenant.as_ref().map(|t| t.id), AuditActor::user(row.user_id), "auth.refresh")
             .resource("session", row.family_id)

@@ -246,6 +246,10 @@ impl RegistryService {
     /// Returns the limit the stream is held to.
     pub(super) async fn reserve_room(tx: &mut TenantTx, id: Uuid, cap: u64, declared: Option<u64>) -> Result<Limit, ApiError> {
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
+        sqlx::query("DELETE FROM storage_reservations WHERE tenant_id = $1 AND expires_at <= now()")
+            .bind(tx.tenant().0)
+            .execute(tx.conn())
+            .await?;
         let remaining = Self::remaining_quota(tx).await?;
         let limit = if remaining < cap { Limit::Quota(remaining) } else { Limit::Artifact(cap) };
         if declared.is_some_and(|n| n > limit.bytes()) || limit.bytes() == 0 {

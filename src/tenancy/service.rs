@@ -330,9 +330,25 @@ impl TenantService {
         let token = new_single_use_token(INVITATION_TOKEN_PREFIX);
         let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.invitation_ttl_seconds as i64);
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        // The tenant's own members are the tenant's to know; anyone else's account is not.
+        let member: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.tenant_id = $1 AND lower(u.email) = $2)",
+        )
+        .bind(tenant.id.0)
+        .bind(email.as_str())
+        .fetch_one(tx.conn())
+        .await?;
+        if member {
+            return Err(ApiError::new(Code::AlreadyExists, "this email already belongs to a member of the tenant"));
+        }
+        let key = match actor.actor {
+            crate::identity::Actor::ApiKey { id } => Some(id),
+            _ => None,
+        };
         let invitation: InvitationView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH i AS (INSERT INTO invitations (id, tenant_id, email, role, token_digest, invited_by, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *) \
+            "WITH i AS (INSERT INTO invitations (id, tenant_id, email, role, token_digest, invited_by, invited_by_key, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *) \
              SELECT {INVITATION_COLUMNS} FROM i LEFT JOIN users u ON u.id = i.invited_by"
         )))
         .bind(Uuid::now_v7())
@@ -341,6 +357,7 @@ impl TenantService {
         .bind(role.as_str())
         .bind(&self.hasher.digest(&token)[..])
         .bind(actor.user_id())
+        .bind(key)
         .bind(expires_at)
         .fetch_one(tx.conn())
         .await?;
@@ -350,6 +367,50 @@ impl TenantService {
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         Ok(CreatedInvitation { invitation, token })
+    }
+
+    /// Whether the user or API key that issued an invitation still holds every permission of
+    /// `role` in the transaction's tenant (or is a platform administrator).
+    async fn inviter_may_grant(tx: &mut TenantTx, user: Option<Uuid>, key: Option<Uuid>, role: Role) -> Result<bool, ApiError> {
+        let held: Option<String> = match (user, key) {
+            (Some(user), _) => {
+                let (admin, member): (bool, Option<String>) = sqlx::query_as(
+                    "SELECT u.is_platform_admin, (SELECT m.role FROM memberships m WHERE m.user_id = u.id AND m.tenant_id = $2) \
+                     FROM users u WHERE u.id = $1",
+                )
+                .bind(user)
+                .bind(tx.tenant().0)
+                .fetch_optional(tx.conn())
+                .await?
+                .unwrap_or((false, None));
+                if admin {
+                    return Ok(true);
+                }
+                member
+            }
+            (None, Some(key)) => {
+                sqlx::query_scalar(
+                    "SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > now())",
+                )
+                .bind(key)
+                .bind(tx.tenant().0)
+                .fetch_optional(tx.conn())
+                .await?
+            }
+            (None, None) => None,
+        };
+        Ok(held.as_deref().and_then(Role::parse).is_some_and(|held| held.may_grant(role)))
+    }
+
+    /// Pending invitations a member or key issued stop with their rights.
+    async fn revoke_invitations_of(tx: &mut TenantTx, column: &str, id: Uuid) -> Result<(), ApiError> {
+        let sql = format!(
+            "UPDATE invitations SET revoked_at = now() WHERE tenant_id = $1 AND {column} = $2 \
+             AND accepted_at IS NULL AND revoked_at IS NULL"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tx.tenant().0).bind(id).execute(tx.conn()).await?;
+        Ok(())
     }
 
     pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, ApiError> {
@@ -406,11 +467,9 @@ impl TenantService {
             return Err(invalid());
         }
         let digest = self.hasher.digest(token);
-        let found: Option<(Uuid, Uuid, String, String)> = sqlx::query_as("SELECT * FROM invitation_for_token($1)")
-            .bind(&digest[..])
-            .fetch_optional(&self.pool)
-            .await?;
-        let (invitation, tenant, email, role) = found.ok_or_else(invalid)?;
+        let found: Option<(Uuid, Uuid, String, String, Option<Uuid>, Option<Uuid>)> =
+            sqlx::query_as("SELECT * FROM invitation_for_token($1)").bind(&digest[..]).fetch_optional(&self.pool).await?;
+        let (invitation, tenant, email, role, invited_by, invited_by_key) = found.ok_or_else(invalid)?;
         let role = Role::parse(&role).ok_or_else(invalid)?;
         let tenant = self.directory.by_id(TenantId(tenant)).await?.filter(|t| t.is_active()).ok_or_else(invalid)?;
         let email = Email::parse(&email).map_err(|_| invalid())?;
@@ -426,6 +485,11 @@ impl TenantService {
         .execute(tx.conn())
         .await?;
         if claimed.rows_affected() != 1 {
+            return Err(invalid());
+        }
+        // Honoured only while whoever invited may still grant the role: an admin removed or
+        // demoted since cannot come back through an invitation they issued before.
+        if !Self::inviter_may_grant(&mut tx, invited_by, invited_by_key, role).await? {
             return Err(invalid());
         }
         let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
@@ -508,6 +572,7 @@ impl TenantService {
         .bind(tenant.id.0)
         .fetch_one(tx.conn())
         .await?;
+        Self::revoke_invitations_of(&mut tx, "invited_by", user).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.role_changed")
             .resource("user", user)
             .details(serde_json::json!({ "from": current, "to": role }));
@@ -542,6 +607,7 @@ impl TenantService {
             .bind(tenant.id.0)
             .execute(tx.conn())
             .await?;
+        Self::revoke_invitations_of(&mut tx, "invited_by", user).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.removed")
             .resource("user", user)
             .details(serde_json::json!({ "role": current }));
@@ -635,6 +701,7 @@ impl TenantService {
         .bind(tenant.id.0)
         .fetch_one(tx.conn())
         .await?;
+        Self::revoke_invitations_of(&mut tx, "invited_by_key", key).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "api_key.revoked")
             .resource("api_key", key)
             .details(serde_json::json!({ "prefix": prefix }));

@@ -149,9 +149,12 @@ fn claims_now(app: &crate::helpers::TestApp, user: uuid::Uuid) -> tessera::ident
 async fn forged_none_expired_and_foreign_tokens_are_401() {
     use base64::Engine;
     let app = spawn_app().await;
-    let user = uuid::Uuid::new_v4();
+    app.platform_admin().await;
+    let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users").fetch_one(&app.db).await.unwrap();
     let ring = &app.state.keyring;
     assert_eq!(app.get_as("/v1/me", &ring.sign(&claims_now(&app, user))).await.status(), 200, "control: a good token works");
+    // A well-signed token for a user that does not exist is refused.
+    assert_problem(app.get_as("/v1/me", &ring.sign(&claims_now(&app, uuid::Uuid::new_v4()))).await, 401, "token_revoked").await;
 
     let mut expired = claims_now(&app, user);
     expired.exp -= 3600;
@@ -207,8 +210,24 @@ async fn tokens_signed_by_a_rotated_out_key_verify_while_it_is_listed() {
     let app = spawn_app_with(|s| s.auth.jwt_signing_keys = old.into()).await;
     let admin = app.platform_admin().await;
 
+    // The same platform administrator in each instance's database.
+    let (id, email, hash): (uuid::Uuid, String, String) =
+        sqlx::query_as("SELECT id, email, password_hash FROM users").fetch_one(&app.db).await.unwrap();
+    let same_user = |db: &sqlx::PgPool| {
+        let (id, email, hash, db) = (id, email.clone(), hash.clone(), db.clone());
+        async move {
+            sqlx::query("INSERT INTO users (id, email, password_hash, is_platform_admin) VALUES ($1, $2, $3, true)")
+                .bind(id)
+                .bind(email)
+                .bind(hash)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
     let both = format!("{new_key},{old_key}");
     let rotated = spawn_app_with(|s| s.auth.jwt_signing_keys = both.into()).await;
+    same_user(&rotated.db).await;
     assert_eq!(rotated.get_as("/v1/me", &admin).await.status(), 200);
     let jwks: serde_json::Value = rotated.get("/.well-known/jwks.json").await.json().await.unwrap();
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
@@ -217,6 +236,7 @@ async fn tokens_signed_by_a_rotated_out_key_verify_while_it_is_listed() {
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
 
     let retired = spawn_app_with(|s| s.auth.jwt_signing_keys = new_key.into()).await;
+    same_user(&retired.db).await;
     assert_problem(retired.get_as("/v1/me", &admin).await, 401, "invalid_token").await;
 }
 

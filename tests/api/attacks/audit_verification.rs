@@ -99,6 +99,16 @@ async fn attack_06_a_rewritten_chain_with_recomputed_hashes_disagrees_with_its_s
     }
 }
 
+/// Tessera with tenant `acme` (its id and owner's token), whose chain head is signed.
+async fn signed_acme() -> (TestApp, uuid::Uuid, String) {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
+    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
+    (app, acme.id.parse().unwrap(), owner)
+}
+
 /// The tenant's chain held to the digests in the object store.
 async fn digests(app: &TestApp, tenant: uuid::Uuid) -> Verdict {
     let store = tessera::registry::store::ArtifactStore::from_settings(&app.settings.registry.storage).unwrap().object_store();
@@ -126,12 +136,7 @@ async fn rewrite_from_event_two(app: &TestApp, tenant: uuid::Uuid) {
 
 #[tokio::test]
 async fn attack_06_a_rewrite_that_also_removes_the_checkpoints_is_caught_by_the_digests() {
-    let app = spawn_app().await;
-    let root = app.platform_admin().await;
-    let acme = app.tenant_with_members(&root, "acme").await;
-    let tenant: uuid::Uuid = acme.id.parse().unwrap();
-    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
-    tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
+    let (app, tenant, owner) = signed_acme().await;
     app.create_api_key(&owner, "acme", "inference").await;
     tessera::audit::sign_checkpoints(&app.state.db, &app.state.notary).await.unwrap();
     let first_signed: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit_checkpoints WHERE tenant_id = $1")
@@ -164,6 +169,34 @@ async fn attack_06_a_rewrite_that_also_removes_the_checkpoints_is_caught_by_the_
             assert!(reason.contains("digest"), "{reason}");
         }
         other => panic!("a rewritten database passed the digests: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn attack_06_a_checkpoint_relabelled_as_a_purge_does_not_hide_deleted_events() {
+    let (app, tenant, owner) = signed_acme().await;
+    // A filtered export signs an older event than the head: digests stay consistent.
+    let export = app.get_as("/v1/audit/export?format=jsonl&action=member.invited", &owner).await;
+    assert_eq!(export.status(), 200);
+    export.text().await.unwrap();
+    assert!(matches!(digests(&app, tenant).await, Verdict::Ok { count: 2, .. }), "{}", digests(&app, tenant).await);
+
+    // The database operator relabels the export's checkpoint as a purge and deletes what
+    // came before it: the database alone is satisfied, the digests are not.
+    let anchor: i64 = sqlx::query_scalar("SELECT seq FROM audit_checkpoints WHERE tenant_id = $1 AND reason = 'export'")
+        .bind(tenant)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    app.tamper(&format!("UPDATE audit_checkpoints SET reason = 'purge' WHERE tenant_id = '{tenant}' AND seq = {anchor}")).await;
+    app.tamper(&format!("DELETE FROM audit_events WHERE tenant_id = '{tenant}' AND seq <= {anchor}")).await;
+    assert!(matches!(verdict(&app, tenant).await, Verdict::Ok { .. }), "the database alone cannot tell");
+    match digests(&app, tenant).await {
+        Verdict::Broken { seq: Some(seq), reason } => {
+            assert_eq!(seq, anchor, "{reason}");
+            assert!(reason.contains("purge"), "{reason}");
+        }
+        other => panic!("a forged purge passed the digests: {other}"),
     }
 }
 

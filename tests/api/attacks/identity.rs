@@ -105,6 +105,11 @@ async fn attack_01_passwords_change_only_with_the_current_one_and_end_every_sess
     assert_problem(app.get_as("/v1/me", &other_access).await, 401, "token_revoked").await;
     let refreshed = app.post_json("/v1/auth/refresh", None, &json!({ "refresh_token": refresh })).await;
     assert_problem(refreshed, 401, "token_revoked").await;
+    // A refresh token that escaped the revocation (issued by a login or refresh racing the
+    // change) still belongs to the old session epoch, and is refused.
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = NULL, used_at = NULL").execute(&app.db).await.unwrap();
+    let raced = app.post_json("/v1/auth/refresh", None, &json!({ "refresh_token": refresh })).await;
+    assert_problem(raced, 401, "token_revoked").await;
     assert_eq!(app.login(&email, PASSWORD, Some("acme")).await.status(), 401);
     assert_eq!(app.login(&email, "a-brand-new-password", Some("acme")).await.status(), 200);
 }

@@ -43,9 +43,20 @@ async fn attack_03_sixty_parallel_guesses_get_five_checks_and_lock_nobody_else_o
     assert_eq!(login_from(&app, "203.0.113.20", &victim, PASSWORD).await.status(), 200);
     // and neither is anyone else behind the attacker's address (a shared NAT or proxy).
     assert_eq!(login_from(&app, "198.51.100.7", "root@tessera.test", PASSWORD).await.status(), 200);
-    // A forged X-Forwarded-For prefix does not buy a fresh client: the proxy's hop counts.
+    // A forged X-Forwarded-For prefix does not buy a fresh client: the proxy's hop counts,
+    // whether the client's part comes first in the line or in a line of its own.
     let forged = login_from(&app, "10.9.9.9, 198.51.100.7", &victim, PASSWORD).await;
     assert_eq!(forged.status(), 429);
+    let forged_line = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({ "email": victim, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged_line.status(), 429);
 }
 
 #[tokio::test]

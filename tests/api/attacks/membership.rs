@@ -62,3 +62,40 @@ async fn attack_08_a_demoted_member_loses_the_role_within_seconds() {
     let lost = crate::helpers::eventually(5, || async { app.get_as("/v1/tenants/acme/models", &engineer).await.status() == 401 }).await;
     assert!(lost, "a member removed elsewhere kept access");
 }
+
+#[tokio::test]
+async fn attack_08_invitations_die_with_their_inviters_rights() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
+    let admin = app.credential(As::Admin, &acme, &root).await.unwrap();
+    let invite = |token: String, email: &'static str, role: &'static str| {
+        let app = &app;
+        async move { app.post_json("/v1/tenants/acme/invitations", Some(&token), &json!({ "email": email, "role": role })).await }
+    };
+    // Not for someone already in: an admin cannot stash an invitation for itself.
+    assert_problem(invite(admin.clone(), "admin@acme.test", "admin").await, 409, "already_exists").await;
+    let backdoor = invite(admin.clone(), "backdoor@elsewhere.example", "admin").await;
+    assert_eq!(backdoor.status(), 201);
+    let backdoor = backdoor.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let keyed = invite(acme.admin_key.clone(), "keyed@elsewhere.example", "inference").await;
+    assert_eq!(keyed.status(), 201);
+    let keyed = keyed.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+
+    // The admin is removed and the key revoked: what they issued is dead.
+    let me: serde_json::Value = app.get_as("/v1/me", &admin).await.json().await.unwrap();
+    let admin_id = me["actor"]["id"].as_str().unwrap();
+    assert_eq!(app.call("DELETE", &format!("/v1/tenants/acme/members/{admin_id}"), Some(&owner), None).await.status(), 204);
+    let keys: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/api-keys", &owner).await.json().await.unwrap();
+    let admin_key = keys.iter().find(|k| k["role"] == "admin").unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.call("DELETE", &format!("/v1/tenants/acme/api-keys/{admin_key}"), Some(&owner), None).await.status(), 204);
+    for token in [backdoor, keyed] {
+        let accepted = app.post_json("/v1/invitations/accept", None, &json!({ "token": token, "password": "a-backdoor-password" })).await;
+        assert_problem(accepted, 400, "invalid_invitation").await;
+    }
+    let joined: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE '%@elsewhere.example'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(joined, 0);
+    let listed: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/invitations", &owner).await.json().await.unwrap();
+    assert!(listed.iter().filter(|i| i["email"].as_str().unwrap().ends_with("@elsewhere.example")).all(|i| !i["revoked_at"].is_null()));
+}
