@@ -785,7 +785,7 @@ fn audit_verify(
         }
         if digests {
             let store = crate::registry::store::ArtifactStore::from_settings(&settings.registry.storage)?.object_store();
-            for (tenant, verdict) in crate::audit::notary::verify_digests(&owner, store.as_ref(), only, &keys).await? {
+            for (tenant, verdict) in crate::audit::verify::verify_digests(&owner, store.as_ref(), only, &keys).await? {
                 ok &= matches!(verdict, Verdict::Ok { .. });
                 match verdict {
                     Verdict::Ok { count, .. } => println!("{tenant}: digests OK: {count} signed digests agree with the chain"),

@@ -113,7 +113,7 @@ async fn signed_acme() -> (TestApp, uuid::Uuid, String) {
 async fn digests(app: &TestApp, tenant: uuid::Uuid) -> Verdict {
     let store = tessera::registry::store::ArtifactStore::from_settings(&app.settings.registry.storage).unwrap().object_store();
     let keys = app.audit_keys().await;
-    tessera::audit::notary::verify_digests(&app.db, store.as_ref(), Some(tenant), &keys).await.unwrap().remove(0).1
+    tessera::audit::verify::verify_digests(&app.db, store.as_ref(), Some(tenant), &keys).await.unwrap().remove(0).1
 }
 
 /// Rewrites event 2 and every hash after it, the head included: each row is consistent.
