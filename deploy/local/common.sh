@@ -154,6 +154,8 @@ bench_environment() {
   export TESSERA__SERVER__PORT="$port"
   export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
   export TESSERA__TELEMETRY__LOG_FILTER=warn
+  # A port of its own for each server measured side by side (A/B runs, peers).
+  export TESSERA__TELEMETRY__METRICS_ADDRESS=127.0.0.1:0
   export TESSERA__TELEMETRY__LOG_FORMAT=text
   "$bench_bin" migrate >/dev/null
 }
