@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Fuzzes a served Tessera with schemathesis, from the committed OpenAPI document (the test
+# suite fails when it drifts from what the server serves), in two passes:
+#   server errors: every credential (none, the platform admin, each role of two tenants, their
+#           API keys); any 5xx fails.
+#   isolation: tenant A's credentials, aimed at tenant B's objects; any 5xx, any response that
+#           names one of B's identifiers A never sent, or any 2xx to a request naming one of
+#           B's objects fails (checks in tests/schemathesis/hooks.py).
+# A fresh database, seeded through the public API (tests/schemathesis/seed.py). Called by
+# test.sh after the cargo tests; runs alone too. Knobs: TESSERA_FUZZ_EXAMPLES (fuzzing cases
+# per operation), TESSERA_FUZZ_SEED, TESSERA_FUZZ_DATABASE (dropped and recreated).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$TESSERA_ROOT"
+
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_DIR="${SCHEMATHESIS_DIR:-/var/tmp/tessera-schemathesis}"
+EXAMPLES="${TESSERA_FUZZ_EXAMPLES:-10}"
+SEED="${TESSERA_FUZZ_SEED:-20240611}"
+DB_NAME="${TESSERA_FUZZ_DATABASE:-tessera_schemathesis}"
+ADMIN_EMAIL=root@platform.test
+ADMIN_PASSWORD="schemathesis platform admin password"
+
+ensure_packages
+ensure_running
+ensure_onnxruntime
+export_test_env
+
+if ! PYTHONPATH="$SCHEMATHESIS_DIR" python3 -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_DIR"
+  # --upgrade: without it, pip leaves another version already in the directory in place.
+  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target "$SCHEMATHESIS_DIR" \
+    "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "could not install schemathesis==$SCHEMATHESIS_VERSION from PyPI"
+fi
+
+cargo build --locked --quiet --bin tessera
+bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/debug/tessera"
+
+work="$(mktemp -d /tmp/tessera-schemathesis.XXXXXX)"
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  psql "$TESSERA_TEST_DATABASE_URL" -qAt -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$redis_prefix:*" 2>/dev/null \
+    | xargs -r redis-cli -h 127.0.0.1 -p "$REDIS_PORT" del >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+redis_prefix="tessera-schemathesis-$$"
+trap cleanup EXIT
+
+# As the test harness does: the maintenance (superuser) connection creates the database and
+# migrates it as its owner; the server connects as the RLS-bound application role.
+PGOPTIONS=--client-min-messages=warning psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null
+psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "CREATE DATABASE $DB_NAME" >/dev/null
+owner_url="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
+  "$TESSERA_TEST_DATABASE_URL" "$DB_NAME")"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+base="http://127.0.0.1:$port"
+
+export TESSERA_ENV=test
+export TESSERA_CONFIG_DIR="$TESSERA_ROOT/config"
+export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:$PG_PORT/$DB_NAME"
+export TESSERA__DATABASE__PASSWORD="$TESSERA_TEST_APP_PASSWORD"
+export TESSERA__DATABASE__MIGRATION_URL="$owner_url"
+export TESSERA__DATABASE__MIGRATE_ON_START=true
+export TESSERA__REDIS__URL="$TESSERA_TEST_REDIS_URL"
+export TESSERA__REDIS__KEY_PREFIX="$redis_prefix"
+export TESSERA__SERVER__PORT="$port"
+export TESSERA__TELEMETRY__METRICS_ADDRESS=127.0.0.1:0
+export TESSERA__TELEMETRY__LOG_FILTER=error
+export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
+export TESSERA__INFERENCE__ONNXRUNTIME_PATH="$ORT_DYLIB_PATH"
+export TESSERA__JOBS__WORKERS=0
+# The seeded access tokens must outlive every run (the default is 15 minutes).
+export TESSERA__AUTH__ACCESS_TOKEN_TTL_SECONDS=7200
+
+log "serving Tessera on $base (database $DB_NAME)"
+"$bin" serve >"$work/server.log" 2>&1 &
+server_pid=$!
+wait_ready "$base/readyz" || { tail -n 40 "$work/server.log" >&2; die "Tessera did not become ready"; }
+
+log "seeding two tenants through the API"
+TESSERA_BOOTSTRAP_PASSWORD="$ADMIN_PASSWORD" "$bin" admin bootstrap --email "$ADMIN_EMAIL" >/dev/null
+fixtures="$work/fixtures.json"
+python3 tests/schemathesis/seed.py "$base" "$ADMIN_EMAIL" "$ADMIN_PASSWORD" "$TESSERA_ROOT/tests/fixtures/models/add_fp32.onnx" "$fixtures"
+mapfile -t credentials < <(python3 -c 'import json, sys; [print(c["name"]) for c in json.load(open(sys.argv[1]))["credentials"]]' "$fixtures")
+token_of() { python3 -c 'import json, sys; print(next(c["token"] for c in json.load(open(sys.argv[1]))["credentials"] if c["name"] == sys.argv[2]))' "$fixtures" "$1"; }
+
+# Operations that would dismantle the fixtures the later runs rely on once the hooks point
+# them at seeded objects (suspending a tenant, removing members, revoking keys, deleting the
+# model), and operations that end the caller's own credential whatever their input (logout
+# revokes the access token; a password change ends every session, and wrong current passwords
+# lock the account). Both are left out of the main runs and fuzzed last, in that order.
+dismantling=(suspend_tenant resume_tenant remove_member change_member_role revoke_api_key revoke_invitation
+  delete_model delete_version remove_alias cancel_job)
+self_ending=(logout change_password)
+exclude_last=()
+exclude_self_ending=()
+only_dismantling=()
+only_self_ending=()
+for op in "${dismantling[@]}"; do exclude_last+=(--exclude-operation-id "$op"); only_dismantling+=(--include-operation-id "$op"); done
+for op in "${self_ending[@]}"; do
+  exclude_last+=(--exclude-operation-id "$op")
+  exclude_self_ending+=(--exclude-operation-id "$op")
+  only_self_ending+=(--include-operation-id "$op")
+done
+
+summary="$work/summary.tsv"
+: >"$summary"
+failed=0
+
+# fuzz LABEL CREDENTIAL TARGET CHECKS [schemathesis options...]; CREDENTIAL `anonymous` sends none.
+# One schemathesis worker: with more, Hypothesis parses lambdas' source from several threads at
+# once, which CPython 3.11's `ast` does not survive ("AST constructor recursion depth mismatch").
+fuzz() {
+  local label="$1" credential="$2" target="$3" checks="$4" report="$work/$1-$2.xml" status=0 auth=()
+  shift 4
+  [ "$credential" = anonymous ] || auth=(--header "Authorization: Bearer $(token_of "$credential")")
+  (
+    cd "$work" # schemathesis and Hypothesis leave nothing in the checkout
+    PYTHONPATH="$SCHEMATHESIS_DIR" PYTHONDONTWRITEBYTECODE=1 \
+      SCHEMATHESIS_HOOKS="$TESSERA_ROOT/tests/schemathesis/hooks.py" \
+      TESSERA_FUZZ_FIXTURES="$fixtures" TESSERA_FUZZ_CREDENTIAL="$credential" TESSERA_FUZZ_TARGET="$target" \
+      TESSERA_FUZZ_SENT="$work/sent-by-tenant-a" \
+      python3 -m schemathesis.cli run "$TESSERA_ROOT/openapi/openapi.json" --url "$base" \
+      "${auth[@]}" \
+      --checks "$checks" \
+      --phases examples,coverage,fuzzing \
+      --max-examples "$EXAMPLES" \
+      --seed "$SEED" \
+      --workers 1 \
+      --request-timeout 20 \
+      --generation-database none \
+      --report junit --report-junit-path "$report" \
+      --no-color \
+      "$@"
+  ) >"$work/$label-$credential.log" 2>&1 || status=$?
+  python3 - "$label" "$credential" "$status" "$report" "$work/$label-$credential.log" >>"$summary" <<'PY'
+import re, sys, xml.etree.ElementTree as ET
+label, credential, status, report, log = sys.argv[1:6]
+tested = failing = 0
+try:
+    for case in ET.parse(report).getroot().iter("testcase"):
+        tested += 1
+        failing += any(child.tag in ("failure", "error") for child in case)
+except (OSError, ET.ParseError):
+    pass
+cases = re.findall(r"^\s*(\d+) generated", open(log, errors="replace").read(), re.M)
+print(f"{label}\t{credential}\t{tested}\t{cases[-1] if cases else 0}\t{failing}\t{status}")
+PY
+  if [ "$status" -ne 0 ]; then
+    failed=1
+    log "$label $credential: schemathesis exited $status"
+    # Its ERRORS and FAILURES sections, with a curl reproduction for each failure; the end of
+    # its output when it has neither (a usage or schema loading error).
+    if grep -qE '^=+ (ERRORS|FAILURES) =+$' "$work/$label-$credential.log"; then
+      sed -n '/^=* ERRORS =*$/,/^=* WARNINGS =*$/p; /^=* FAILURES =*$/,/^=* WARNINGS =*$/p' \
+        "$work/$label-$credential.log" | grep -v '^=* WARNINGS =*$' >&2 || true
+    else
+      tail -n 20 "$work/$label-$credential.log" >&2
+    fi
+  fi
+}
+
+started=$SECONDS
+# Isolation first, on the fixtures as seeded: the platform admin's runs below may legitimately
+# copy B's identifiers into A (inviting an email it read from B, say), which would then show up
+# in A's responses without any leak. The dismantling operations are in: aimed at B's objects,
+# they must fail.
+log "isolation pass: tenant A's credentials against tenant B's objects"
+for credential in "${credentials[@]}"; do
+  case "$credential" in a-*) ;; *) continue ;; esac
+  fuzz isolation "$credential" b not_a_server_error,tenant_b_not_leaked,tenant_b_unreachable "${exclude_self_ending[@]}"
+done
+
+log "server-error pass: ${#credentials[@]} credentials and none"
+for credential in anonymous "${credentials[@]}"; do
+  fuzz server-errors "$credential" own not_a_server_error "${exclude_last[@]}"
+done
+# The owners' runs before the platform admin's: it suspends the tenants.
+for credential in b-owner a-owner platform-admin; do
+  fuzz server-errors-dismantling "$credential" own not_a_server_error "${only_dismantling[@]}"
+done
+fuzz server-errors-self-ending platform-admin own not_a_server_error "${only_self_ending[@]}"
+
+# A panic the handler survived, or one in a background task, shows in no response.
+if grep -n 'panicked at' "$work/server.log" >&2; then
+  failed=1
+  log "Tessera panicked during the fuzzing (server log lines above)"
+fi
+if ! kill -0 "$server_pid" 2>/dev/null; then
+  failed=1
+  tail -n 40 "$work/server.log" >&2
+  log "Tessera exited during the fuzzing"
+fi
+
+python3 - "$summary" "$((SECONDS - started))" "$failed" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+print(f"\nschemathesis: {len(rows)} runs in {sys.argv[2]} s")
+print(f"{'pass':<27} {'credential':<16} {'operations':>10} {'cases':>7} {'failing':>8}  exit")
+for label, credential, tested, cases, failing, status in rows:
+    print(f"{label:<27} {credential:<16} {tested:>10} {cases:>7} {failing:>8}  {status}")
+operations, cases, failing = (sum(int(r[i]) for r in rows) for i in (2, 3, 4))
+# A run that failed with no failing operation (a usage error, say) counts as one failure, and
+# so does a panic or exit of the server.
+failing += sum(r[5] != "0" and r[4] == "0" for r in rows)
+failing += sys.argv[3] == "1" and failing == 0
+print(f"{cases} cases over {operations} operations")
+print(f"schemathesis: {operations - min(failing, operations)} passed, {failing} failed")
+PY
+
+[ "$failed" -eq 0 ] || die "schemathesis found server errors or tenant B's identifiers in tenant A's responses (see above)"
+log "schemathesis: no server error, nothing of tenant B reached tenant A"
