@@ -200,9 +200,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut value = serde_json::to_value(self).expect("manifests serialize");
-        value.as_object_mut().expect("an object").remove("signature");
-        canonical_json(&value).into_bytes()
+        super::signing::signed_bytes(self)
     }
 }
 

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::chain::{canonical_json, format_time, now_micros};
+use super::chain::{format_time, now_micros};
 use super::signing::{AuditSigner, checkpoint_message};
 
 /// Where digests live in the object store: `<PREFIX>/<tenant>/<seq>-<signed at>.json`.
@@ -44,9 +44,7 @@ pub struct DigestFile {
 
 impl DigestFile {
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut value = serde_json::to_value(self).expect("digests serialize");
-        value.as_object_mut().expect("an object").remove("signature");
-        canonical_json(&value).into_bytes()
+        super::signing::signed_bytes(self)
     }
 }
 

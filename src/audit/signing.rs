@@ -40,6 +40,14 @@ impl AuditSigner {
     }
 }
 
+/// What a signed document (an export manifest, a digest) signs: its canonical JSON without
+/// its `signature` field.
+pub fn signed_bytes(document: &impl serde::Serialize) -> Vec<u8> {
+    let mut value = serde_json::to_value(document).expect("signed documents serialize");
+    value.as_object_mut().expect("a signed document is an object").remove("signature");
+    super::chain::canonical_json(&value).into_bytes()
+}
+
 /// The statement a checkpoint signs.
 pub fn checkpoint_message(tenant: &uuid::Uuid, seq: i64, hash_hex: &str, signed_at: &str) -> Vec<u8> {
     format!("tessera-audit-checkpoint-v1\n{tenant}\n{seq}\n{hash_hex}\n{signed_at}").into_bytes()
