@@ -443,7 +443,7 @@ impl TenantService {
         .fetch_optional(tx.conn())
         .await?
         .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
-        Self::check_grant(actor, Role::parse(&role).unwrap_or(Role::Owner))?;
+        Self::check_grant(actor, Role::stored(&role))?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "member.invitation_revoked")
             .resource("invitation", invitation)
             .details(serde_json::json!({ "email": email, "role": role }));
@@ -557,7 +557,7 @@ impl TenantService {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
         // Changing a member's role also takes their current one away: the actor must hold it.
-        Self::check_grant(actor, Role::parse(&current).unwrap_or(Role::Owner))?;
+        Self::check_grant(actor, Role::stored(&current))?;
         if current == "owner" {
             if role != Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
                 return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
@@ -591,7 +591,7 @@ impl TenantService {
     ) -> Result<(), ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
-        let role = Role::parse(&current).unwrap_or(Role::Owner);
+        let role = Role::stored(&current);
         Self::check_grant(actor, role)?;
         if role == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
             return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
@@ -693,7 +693,7 @@ impl TenantService {
             .fetch_optional(tx.conn())
             .await?
             .ok_or_else(|| ApiError::not_found("API key not found"))?;
-        Self::check_grant(actor, Role::parse(&role).unwrap_or(Role::Owner))?;
+        Self::check_grant(actor, Role::stored(&role))?;
         let prefix: String = sqlx::query_scalar(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2 RETURNING prefix",
         )
