@@ -105,17 +105,19 @@ pub fn app_role_password() -> Option<String> {
 }
 
 async fn ensure_app_role() {
-    APP_ROLE
-        .get_or_init(|| async {
-            let mut conn = PgConnection::connect(&maintenance_url()).await.expect("Postgres is reachable");
-            let password = app_role_password().map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''"))).unwrap_or_default();
-            let sql = format!(
-                "DO $$ BEGIN CREATE ROLE tessera_app LOGIN{password}; \
-                 EXCEPTION WHEN duplicate_object THEN ALTER ROLE tessera_app LOGIN{password}; END $$"
-            );
-            conn.execute(sqlx::AssertSqlSafe(sql)).await.expect("application role");
-        })
-        .await;
+    APP_ROLE.get_or_init(|| ensure_login_role("tessera_app", "")).await;
+}
+
+/// A login role with `attributes`, with the application role's password (roles are
+/// cluster-wide: created once, brought up to date after).
+pub async fn ensure_login_role(name: &str, attributes: &str) {
+    let mut conn = PgConnection::connect(&maintenance_url()).await.expect("Postgres is reachable");
+    let password = app_role_password().map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''"))).unwrap_or_default();
+    let sql = format!(
+        "DO $$ BEGIN CREATE ROLE {name} LOGIN {attributes}{password}; \
+         EXCEPTION WHEN duplicate_object THEN ALTER ROLE {name} LOGIN {attributes}{password}; END $$"
+    );
+    conn.execute(sqlx::AssertSqlSafe(sql)).await.expect("login role");
 }
 
 impl TestDatabase {

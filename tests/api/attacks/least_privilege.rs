@@ -3,21 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection};
-
-use crate::helpers::{TestDatabase, app_role_password, maintenance_url, spawn_app, spawn_app_with};
-
-/// A login role with `attributes`, sharing the application role's password (roles are
-/// cluster-wide, so these are created once and reused).
-async fn ensure_role(name: &str, attributes: &str) {
-    let mut conn = PgConnection::connect(&maintenance_url()).await.unwrap();
-    let password = app_role_password().map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''"))).unwrap_or_default();
-    let sql = format!(
-        "DO $$ BEGIN CREATE ROLE {name} LOGIN {attributes}{password}; \
-         EXCEPTION WHEN duplicate_object THEN ALTER ROLE {name} LOGIN {attributes}{password}; END $$"
-    );
-    conn.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
-}
+use crate::helpers::{TestDatabase, app_role_password, ensure_login_role, spawn_app, spawn_app_with};
 
 fn url_as(database: &TestDatabase, role: Option<&str>) -> String {
     let mut url = url::Url::parse(&database.url).unwrap();
@@ -69,8 +55,8 @@ fn run(command: &str, url: &str) -> (Option<i32>, String) {
 async fn attack_07_serve_and_worker_refuse_roles_that_bypass_row_level_security() {
     // The app's database, migrated; one table handed to a role that then owns it.
     let app = spawn_app().await;
-    ensure_role("tessera_test_bypass", "NOSUPERUSER BYPASSRLS").await;
-    ensure_role("tessera_test_owner", "NOSUPERUSER NOBYPASSRLS").await;
+    ensure_login_role("tessera_test_bypass", "NOSUPERUSER BYPASSRLS").await;
+    ensure_login_role("tessera_test_owner", "NOSUPERUSER NOBYPASSRLS").await;
     sqlx::query("ALTER TABLE tenants OWNER TO tessera_test_owner").execute(&app.db).await.unwrap();
 
     let cases = [
