@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::audit::RequestInfo;
+use crate::request::RequestInfo;
 use crate::config::Settings;
 use crate::identity::Principal;
 use crate::startup::{AppState, Application};
@@ -344,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::GenerateMaster { kid } } => {
-            println!("{}", crate::crypto::generate_master_key_entry(&kid));
+            println!("{}", crate::crypto::generate_key_entry(&kid));
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::RotateMaster } => {
@@ -362,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Keys { command: KeysCommand::GenerateJwt { kid } } => {
-            println!("{}", crate::identity::jwt::generate_key_entry(&kid));
+            println!("{}", crate::crypto::generate_key_entry(&kid));
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command: AuditCommand::Verify { file, public_key, no_signatures, database, tenant, digests } } => {
@@ -430,19 +430,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     if let Some(code) = refuse_privileged_role(&settings).await {
         return Ok(code);
     }
-    let checkpoint_every = std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds);
-    let state = AppState::new(settings)?;
-    crate::audit::spawn_checkpointer(state.db.clone(), state.notary.clone(), checkpoint_every);
-    {
-        let (models, db) = (state.inference.models.clone(), state.db.clone());
-        actix_web::rt::spawn(async move {
-            match models.preload_all(&db).await {
-                Ok(n) => tracing::info!(versions = n, "loading versions behind eager aliases"),
-                Err(e) => tracing::warn!(error = ?e, "could not list versions behind eager aliases"),
-            }
-        });
-    }
-    let app = Application::build(state)?;
+    let app = Application::build(AppState::new(settings)?)?;
     let shown_host = if host == "0.0.0.0" { "127.0.0.1".to_owned() } else { host };
     tracing::info!(port = app.port(), "serving");
     println!("Tessera is serving at {scheme}://{shown_host}:{}  (API docs: /docs)", app.port());
@@ -580,7 +568,7 @@ async fn follow(client: &crate::client::Client, id: &str) -> anyhow::Result<()> 
 fn operate<F, Fut>(command: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(AppState) -> Fut,
-    Fut: std::future::Future<Output = Result<String, crate::error::ApiError>>,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
 {
     let settings = match load_settings() {
         Ok(s) => s,
@@ -594,43 +582,36 @@ where
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {
-                eprintln!("tessera: {}", error.detail());
+                eprintln!("tessera: {error}");
                 Ok(ExitCode::FAILURE)
             }
         }
     })
 }
 
-fn read_secret_input(env_var: &str) -> Result<String, crate::error::ApiError> {
-    use crate::error::{ApiError, Code};
+fn read_secret_input(env_var: &str) -> anyhow::Result<String> {
     if let Ok(value) = std::env::var(env_var) {
         return Ok(value);
     }
     let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("reading the password from standard input: {e}")))?;
+    std::io::stdin().read_line(&mut line).map_err(|e| anyhow::anyhow!("reading the password from standard input: {e}"))?;
     let password = line.trim_end_matches(['\n', '\r']).to_owned();
     if password.is_empty() {
-        return Err(ApiError::new(Code::InvalidRequest, format!("no password: pipe it on standard input or set {env_var}")));
+        anyhow::bail!("no password: pipe it on standard input or set {env_var}");
     }
     Ok(password)
 }
 
-async fn tenant_by_slug(state: &AppState, slug: &str) -> Result<std::sync::Arc<crate::tenancy::TenantInfo>, crate::error::ApiError> {
-    state.tenants.by_slug(slug).await?.ok_or_else(|| crate::identity::guard::tenant_not_found(slug))
+async fn tenant_by_slug(state: &AppState, slug: &str) -> anyhow::Result<std::sync::Arc<crate::tenancy::TenantInfo>> {
+    state.tenants.by_slug(slug).await?.ok_or_else(|| anyhow::anyhow!("tenant `{slug}` not found"))
 }
 
-fn parse_role(role: &str) -> Result<crate::identity::Role, crate::error::ApiError> {
-    crate::identity::Role::parse(role).ok_or_else(|| {
-        crate::error::ApiError::new(
-            crate::error::Code::InvalidRequest,
-            format!("unknown role `{role}` (owner, admin, ml_engineer, auditor, inference)"),
-        )
-    })
+fn parse_role(role: &str) -> anyhow::Result<crate::identity::Role> {
+    crate::identity::Role::parse(role)
+        .ok_or_else(|| anyhow::anyhow!("unknown role `{role}` (owner, admin, ml_engineer, auditor, inference)"))
 }
 
-async fn admin(state: AppState, command: AdminCommand) -> Result<String, crate::error::ApiError> {
+async fn admin(state: AppState, command: AdminCommand) -> anyhow::Result<String> {
     match command {
         AdminCommand::Bootstrap { email } => {
             let password = read_secret_input("TESSERA_BOOTSTRAP_PASSWORD")?;
@@ -640,11 +621,12 @@ async fn admin(state: AppState, command: AdminCommand) -> Result<String, crate::
     }
 }
 
-async fn tenant(state: AppState, command: TenantCommand) -> Result<String, crate::error::ApiError> {
-    use crate::tenancy::{TenantSlug, TenantStatus, service::NewTenant};
+async fn tenant(state: AppState, command: TenantCommand) -> anyhow::Result<String> {
+    use crate::identity::admin::NewTenant;
+    use crate::tenancy::{TenantSlug, TenantStatus};
     match command {
         TenantCommand::Create { slug, name } => {
-            let slug = TenantSlug::parse(&slug).map_err(|e| crate::error::ApiError::new(crate::error::Code::InvalidRequest, e))?;
+            let slug = TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!(e))?;
             let view = state
                 .tenant_admin
                 .create_tenant(&Principal::operator(), NewTenant {
@@ -673,7 +655,7 @@ async fn tenant(state: AppState, command: TenantCommand) -> Result<String, crate
     }
 }
 
-async fn user(state: AppState, command: UserCommand) -> Result<String, crate::error::ApiError> {
+async fn user(state: AppState, command: UserCommand) -> anyhow::Result<String> {
     match command {
         UserCommand::Add { tenant, email, role } => {
             let role = parse_role(&role)?;
@@ -690,7 +672,7 @@ async fn user(state: AppState, command: UserCommand) -> Result<String, crate::er
     }
 }
 
-async fn apikey(state: AppState, command: ApiKeyCommand) -> Result<String, crate::error::ApiError> {
+async fn apikey(state: AppState, command: ApiKeyCommand) -> anyhow::Result<String> {
     match command {
         ApiKeyCommand::Create { tenant, name, role, expires_in_days } => {
             let role = parse_role(&role)?;

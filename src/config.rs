@@ -94,7 +94,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub inference: InferenceSettings,
     pub auth: AuthSettings,
-    pub audit: AuditSettings,
+    pub audit: AuditConfig,
     pub registry: RegistrySettings,
     pub jobs: JobsSettings,
 }
@@ -165,7 +165,7 @@ struct RawAuditSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct AuditSettings {
+pub struct AuditConfig {
     /// `kid:base64url(seed)[,…]`: Ed25519 keys for checkpoints and export manifests.
     pub signing_keys: SecretString,
     /// How often every chain's head is signed as a checkpoint (0 = only on export).
@@ -553,7 +553,7 @@ impl Settings {
                 max_artifact_bytes: registry.max_artifact_bytes,
                 storage: registry.storage,
             },
-            audit: AuditSettings {
+            audit: AuditConfig {
                 signing_keys: audit_signing_keys,
                 checkpoint_interval_seconds: audit.checkpoint_interval_seconds,
             },
@@ -661,7 +661,7 @@ impl Settings {
                 "contains the development key; production refuses to start with it",
             ));
         }
-        crate::identity::jwt::parse_signing_keys(jwt_keys).map_err(|e| ConfigError::new("auth.jwt_signing_keys", e))?;
+        crate::crypto::parse_key_entries(jwt_keys).map_err(|e| ConfigError::new("auth.jwt_signing_keys", e))?;
         let audit_keys = self.audit.signing_keys.expose_secret();
         if self.environment == Environment::Production && audit_keys.contains(DEV_AUDIT_SIGNING_KEYS) {
             return Err(ConfigError::new(
@@ -669,7 +669,7 @@ impl Settings {
                 "contains the development key; production refuses to start with it",
             ));
         }
-        crate::identity::jwt::parse_signing_keys(audit_keys).map_err(|e| ConfigError::new("audit.signing_keys", e))?;
+        crate::crypto::parse_key_entries(audit_keys).map_err(|e| ConfigError::new("audit.signing_keys", e))?;
         let master_keys = self.registry.master_keys.expose_secret();
         if self.environment == Environment::Production && master_keys.contains(DEV_MASTER_KEYS) {
             return Err(ConfigError::new(

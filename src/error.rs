@@ -1,8 +1,14 @@
-//! The one error type of the HTTP API, rendered as RFC 9457 `application/problem+json`.
+//! Stable error codes, and the one error type of the HTTP API, rendered as RFC 9457
+//! `application/problem+json`.
 //!
 //! Every failure a client can see carries a stable, machine-readable `code`. The table below is
 //! the single place where a code gets its HTTP status and title; the OpenAPI spec lists the same
 //! codes, so clients can switch on them.
+//!
+//! Each domain has its own error enum (`thiserror`) that names the `Code` of every variant
+//! through `ErrorCode`; services return it. Only the HTTP edge turns it into an `ApiError`,
+//! by `?` through the one `From` impl below. `Fault` is what every domain shares: the
+//! database, Redis or an invariant failing under it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -82,6 +88,87 @@ error_codes! {
     ArtifactIntegrity => ("artifact_integrity", INTERNAL_SERVER_ERROR, "Stored artifact failed verification"),
     ServiceUnavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service unavailable"),
     InternalError => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
+}
+
+/// A domain error: each variant maps to a stable `Code`. Its `Display` is what the client
+/// reads, so it must say what went wrong in the client's terms; for `internal_error` it is
+/// logged instead, never shown.
+pub trait ErrorCode: std::error::Error + Send + Sync + 'static {
+    fn code(&self) -> Code;
+
+    /// Seconds before a retry may succeed, for the failures that pass (`Retry-After`).
+    fn retry_after(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<E: ErrorCode> From<E> for ApiError {
+    fn from(error: E) -> Self {
+        let code = error.code();
+        let retry_after_secs = error.retry_after();
+        if code == Code::InternalError {
+            return ApiError { retry_after_secs, ..ApiError::internal(error) };
+        }
+        let detail = error.to_string();
+        let source = code.status().is_server_error().then(|| anyhow::Error::new(error));
+        ApiError { code, detail: Cow::Owned(detail), retry_after_secs, source }
+    }
+}
+
+/// What fails under every domain alike: the database, Redis, or an invariant of the server.
+/// Clients learn only that the server failed (or, for a pool that cannot connect, that it
+/// is unavailable for now); the log gets the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error("{}", database_detail(.0))]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn database_detail(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::PoolTimedOut => "the database is not reachable right now".to_owned(),
+        other => format!("database: {other}"),
+    }
+}
+
+impl ErrorCode for Fault {
+    fn code(&self) -> Code {
+        match self {
+            Fault::Database(sqlx::Error::PoolTimedOut) => Code::ServiceUnavailable,
+            _ => Code::InternalError,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, Fault::Database(sqlx::Error::PoolTimedOut)).then_some(2)
+    }
+}
+
+/// Gives a domain error enum with a `Fault(Fault)` variant the conversions `?` needs from
+/// `sqlx::Error`, `redis::RedisError` and `anyhow::Error`.
+#[macro_export]
+macro_rules! faults_into {
+    ($error:ty) => {
+        impl From<sqlx::Error> for $error {
+            fn from(e: sqlx::Error) -> Self {
+                Self::Fault($crate::error::Fault::Database(e))
+            }
+        }
+        impl From<redis::RedisError> for $error {
+            fn from(e: redis::RedisError) -> Self {
+                Self::Fault($crate::error::Fault::Redis(e))
+            }
+        }
+        impl From<anyhow::Error> for $error {
+            fn from(e: anyhow::Error) -> Self {
+                Self::Fault($crate::error::Fault::Internal(e))
+            }
+        }
+    };
 }
 
 /// An error on its way to the client. `detail` is shown to the client; `source` is logged only.

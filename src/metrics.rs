@@ -34,13 +34,18 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub inference: Arc<crate::inference::metrics::InferenceMetrics>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        Self::with(|_| ()).0
+    }
+
+    /// The registry with the HTTP and build series, plus whatever `more` registers: the
+    /// capabilities' own metrics, which this module does not know.
+    pub fn with<T>(more: impl FnOnce(&mut Registry) -> T) -> (Arc<Self>, T) {
         let mut registry = Registry::with_prefix("tessera");
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_duration = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
@@ -50,11 +55,11 @@ impl Metrics {
             "HTTP request latency, by route template and status",
             http_duration.clone(),
         );
-        let inference = Arc::new(crate::inference::metrics::InferenceMetrics::register(&mut registry));
+        let more = more(&mut registry);
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: crate::VERSION.to_owned() }).set(1);
         registry.register("build_info", "Tessera build information (always 1)", build_info);
-        Arc::new(Self { registry, inference, http_requests, http_duration })
+        (Arc::new(Self { registry, http_requests, http_duration }), more)
     }
 
     pub fn observe_http(&self, labels: &HttpLabels, seconds: f64) {

@@ -10,13 +10,13 @@ use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
-use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_swagger_ui::SwaggerUi;
 
 use secrecy::ExposeSecret;
 
 use crate::audit::Auditor;
 use crate::audit::notary::Notary;
+use crate::audit::service::AuditService;
 use crate::audit::sink::AuditSink;
 use crate::audit::signing::AuditSigner;
 use crate::config::Settings;
@@ -30,7 +30,8 @@ use crate::inference::models::ModelManager;
 use crate::registry::RegistryService;
 use crate::registry::keys::KeyService;
 use crate::registry::store::ArtifactStore;
-use crate::identity::authenticate::{Authenticate, Authenticator};
+use crate::identity::authenticate::Authenticator;
+use crate::http::authenticate::Authenticate;
 use crate::identity::jwt::Keyring;
 use crate::identity::passwords::Passwords;
 use crate::identity::secrets::CredentialHasher;
@@ -38,7 +39,7 @@ use crate::identity::service::IdentityService;
 use crate::identity::throttle::LoginThrottle;
 use crate::tenancy::directory::TenantDirectory;
 use crate::tenancy::rate_limit::RateLimiter;
-use crate::tenancy::service::TenantService;
+use crate::identity::admin::TenantService;
 use crate::http::{edge::Edge, extract, fallback, health};
 use crate::metrics::Metrics;
 use crate::redis_store::RedisStore;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub audit_signer: Arc<AuditSigner>,
     /// Signs checkpoints, as rows and as digests in the object store.
     pub notary: Notary,
+    /// The audit log as its readers see it: pages, exports, keys, settings.
+    pub audit: AuditService,
     /// Batched writer for per-call events (inference); see `audit::sink`.
     pub audit_sink: AuditSink,
     /// Tenant and data keys of the model registry.
@@ -119,6 +122,7 @@ impl AppState {
         ));
         let artifacts = ArtifactStore::from_settings(&settings.registry.storage)?;
         let notary = Notary::new(audit_signer.clone(), artifacts.object_store());
+        let audit = AuditService::new(db.clone(), auditor.clone(), audit_signer.clone(), notary.clone(), tenants.clone());
         let registry = RegistryService::new(
             db.clone(),
             artifacts,
@@ -130,11 +134,12 @@ impl AppState {
                 max_cache_ttl_seconds: settings.inference.max_cache_ttl_seconds,
             },
         );
-        let metrics = Metrics::new();
+        let (metrics, inference_metrics) =
+            Metrics::with(|registry| Arc::new(crate::inference::metrics::InferenceMetrics::register(registry)));
         // Operator commands build this state too and need no ONNX Runtime; the server refuses
         // to start without one (`Application::build`).
         let runtime = OnnxRuntime::load(Some(&settings.inference.onnxruntime_path));
-        let models = Arc::new(ModelManager::new(registry.clone(), runtime, settings.inference.clone(), metrics.inference.clone()));
+        let models = Arc::new(ModelManager::new(registry.clone(), runtime, settings.inference.clone(), inference_metrics.clone()));
         let cache = Arc::new(ResultCache::new(redis.clone(), Duration::from_millis(settings.inference.cache_timeout_ms)));
         let jobs = JobService::new(
             db.clone(),
@@ -144,8 +149,9 @@ impl AppState {
             JobQueue::new(redis.clone()),
             settings.jobs.clone(),
         );
-        let inference = InferenceService::new(models, cache, audit_sink.clone(), metrics.inference.clone());
+        let inference = InferenceService::new(models, cache, audit_sink.clone(), inference_metrics.clone());
         Ok(Self {
+            audit,
             jobs,
             inference,
             registry,
@@ -166,78 +172,6 @@ impl AppState {
             notary,
         })
     }
-}
-
-/// The route table. Both the server and `tessera openapi` are built from it.
-pub fn routes(cfg: &mut ServiceConfig) {
-    use crate::identity::routes as auth;
-    use crate::inference::routes as oip;
-    use crate::jobs::routes as jobs;
-    use crate::registry::routes as models;
-    use crate::tenancy::routes as tenancy;
-    // The router tries routes in this order, matching each dynamic one with a regex: the
-    // inference routes, by far the hottest, come first.
-    cfg.service(oip::infer_latest)
-        .service(oip::infer_version)
-        .service(oip::server_metadata)
-        .service(oip::live)
-        .service(oip::ready)
-        .service(oip::model_metadata)
-        .service(oip::version_metadata)
-        .service(oip::model_ready)
-        .service(oip::version_ready)
-        .service(health::healthz)
-        .service(health::readyz)
-        .service(auth::jwks)
-        .service(auth::login)
-        .service(auth::refresh)
-        .service(auth::logout)
-        .service(auth::verify)
-        .service(auth::me)
-        .service(auth::change_password)
-        .service(auth::issue_password_reset)
-        .service(auth::redeem_password_reset)
-        .service(tenancy::create_tenant)
-        .service(tenancy::list_tenants)
-        .service(tenancy::get_tenant)
-        .service(tenancy::suspend_tenant)
-        .service(tenancy::resume_tenant)
-        .service(tenancy::list_members)
-        .service(tenancy::invite)
-        .service(tenancy::list_invitations)
-        .service(tenancy::revoke_invitation)
-        .service(tenancy::accept_invitation)
-        .service(tenancy::change_member_role)
-        .service(tenancy::remove_member)
-        .service(tenancy::create_api_key)
-        .service(tenancy::list_api_keys)
-        .service(tenancy::revoke_api_key)
-        .service(crate::audit::routes::list_events)
-        .service(crate::audit::routes::export_events)
-        .service(crate::audit::routes::signing_keys)
-        .service(crate::audit::routes::get_settings)
-        .service(crate::audit::routes::put_settings)
-        .service(models::create_model)
-        .service(models::list_models)
-        .service(models::get_model)
-        .service(models::delete_model)
-        .service(models::upload_version)
-        .service(models::list_versions)
-        .service(models::get_version)
-        .service(models::download_version)
-        .service(models::delete_version)
-        .service(models::set_alias)
-        .service(models::remove_alias)
-        .service(models::rotate_tenant_key)
-        .service(jobs::upload_dataset)
-        .service(jobs::list_datasets)
-        .service(jobs::get_dataset)
-        .service(jobs::submit_job)
-        .service(jobs::list_jobs)
-        .service(jobs::get_job)
-        .service(jobs::cancel_job)
-        .service(jobs::job_output)
-        .service(jobs::job_events);
 }
 
 /// What every worker's app shares, computed once.
@@ -278,8 +212,19 @@ pub fn create_app(
     let body_limit = state.settings.server.max_body_bytes;
     let proxies = crate::net::TrustedProxies::parse(&state.settings.server.trusted_proxies)
         .expect("server.trusted_proxies was validated with the configuration");
+    // Each handler reaches only the service its guard names (or, unguarded, the one it
+    // extracts); the application state as a whole is not reachable from a request.
     let (app, _) = App::new()
-        .app_data(web::Data::new(state.clone()))
+        .app_data(web::Data::new(()))
+        .app_data(web::Data::new(state.identity.clone()))
+        .app_data(web::Data::new(state.tenant_admin.clone()))
+        .app_data(web::Data::new(state.audit.clone()))
+        .app_data(web::Data::new(state.registry.clone()))
+        .app_data(web::Data::new(state.inference.clone()))
+        .app_data(web::Data::new(state.jobs.clone()))
+        .app_data(web::Data::from(state.inference.models.clone()))
+        .app_data(web::Data::from(state.keyring.clone()))
+        .app_data(web::Data::new(crate::http::health::Probes::new(state.db.clone(), state.redis.clone())))
         .app_data(proxies)
         .app_data(shared.allowed_methods.clone())
         .app_data(extract::json_config(body_limit))
@@ -287,7 +232,7 @@ pub fn create_app(
         .app_data(extract::query_config())
         .app_data(extract::path_config())
         .into_utoipa_app()
-        .configure(routes)
+        .configure(crate::http::api::routes)
         .split_for_parts();
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", shared.openapi))
         .default_service(web::to(fallback::route_not_found))
@@ -305,7 +250,8 @@ pub struct Application {
     server: Server,
     /// The operators' `/metrics` listener, when `telemetry.metrics_address` is set.
     metrics: Option<(u16, Server)>,
-    /// In-process job workers (`jobs.workers`), told to stop when the server does.
+    /// In-process job workers (`jobs.workers`), the login-failure flusher and the audit
+    /// checkpointer, told to stop when the server does.
     stop_jobs: tokio::sync::watch::Sender<bool>,
     job_workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -334,9 +280,22 @@ impl Application {
             }
         };
 
+        // Everything a serving process runs beside the API starts here, so that what tests
+        // drive is what production runs.
         let (stop_jobs, stopping) = tokio::sync::watch::channel(false);
         let mut job_workers = state.jobs.start_workers(settings.jobs.workers, stopping.clone());
-        job_workers.push(state.identity.spawn_login_failure_flusher(stopping));
+        job_workers.push(state.identity.spawn_login_failure_flusher(stopping.clone()));
+        let checkpoint_every = Duration::from_secs(settings.audit.checkpoint_interval_seconds);
+        job_workers.extend(crate::audit::spawn_checkpointer(state.db.clone(), state.notary.clone(), checkpoint_every, stopping));
+        {
+            let (models, db) = (state.inference.models.clone(), state.db.clone());
+            tokio::spawn(async move {
+                match models.preload_all(&db).await {
+                    Ok(n) => tracing::info!(versions = n, "loading versions behind eager aliases"),
+                    Err(e) => tracing::warn!(error = ?e, "could not list versions behind eager aliases"),
+                }
+            });
+        }
 
         let shared = Shared::new();
         let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))

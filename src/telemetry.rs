@@ -18,7 +18,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, TelemetrySettings};
-use crate::http::edge::RequestId;
+use crate::request::RequestId;
 
 /// Flushes exported spans when dropped at the end of `main`.
 pub struct TelemetryGuard {

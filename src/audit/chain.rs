@@ -222,6 +222,27 @@ pub fn decode_hash(text: &str) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn secrets_never_survive() {
+        let v = serde_json::json!({
+            "email": "alice@example.com", "password": "hunter2",
+            "nested": {"refresh_token": "trt_x", "name": "k", "list": [{"api_key": "tsk"}]},
+            "Authorization": "Bearer x"
+        });
+        let text = canonical_json_redacted(&v, MaskPolicy::default());
+        for secret in ["hunter2", "trt_x", "tsk", "Bearer"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("alice@example.com"));
+    }
+
+    #[test]
+    fn emails_are_masked_per_policy() {
+        let v = serde_json::json!({"email": "alice@example.com"});
+        let text = canonical_json_redacted(&v, MaskPolicy { emails: true, client_addr: false });
+        assert_eq!(text, r#"{"email":"a***@example.com"}"#);
+    }
+
     fn event() -> ChainedEvent {
         ChainedEvent {
             tenant_id: Uuid::nil(),

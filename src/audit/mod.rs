@@ -10,18 +10,15 @@ pub mod notary;
 pub mod redact;
 pub mod retention;
 pub mod routes;
+pub mod service;
 pub mod signing;
 pub mod sink;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::future::{Ready, ready};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::HeaderValue;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use parking_lot::RwLock;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -30,86 +27,11 @@ use uuid::Uuid;
 use self::chain::{format_time, now_micros};
 use self::redact::{MaskPolicy, mask_addr};
 use crate::error::ApiError;
-use crate::http::edge::RequestId;
-use crate::identity::{Actor, Principal};
+use crate::request::{Actor, RequestInfo};
 use crate::tenancy::TenantId;
 
 /// The chain of platform-level events (no tenant): logins without a tenant, bootstrap, …
 pub const PLATFORM: Uuid = Uuid::nil();
-
-/// Where a request came from, as recorded in its events. Kept unformatted (an address, header
-/// values; a generated request id inline): every inference call carries one to the audit
-/// writer, so nothing is formatted until the writer renders it.
-#[derive(Debug, Clone, Default)]
-pub struct RequestInfo {
-    pub client_addr: Option<IpAddr>,
-    pub user_agent: Option<HeaderValue>,
-    pub request_id: Option<RequestId>,
-}
-
-/// Longer user agents are cut to this many bytes when recorded.
-const MAX_USER_AGENT: usize = 512;
-
-impl RequestInfo {
-    pub fn from_request(req: &HttpRequest) -> Self {
-        let peer = req.peer_addr().map(|a| a.ip());
-        let client_addr = match req.app_data::<crate::net::TrustedProxies>() {
-            Some(proxies) if !proxies.is_empty() && proxies.contains_opt(peer) => {
-                // Every header line, in order: a proxy may add a line of its own after the one
-                // the client wrote. Read as bytes, so a client's garbage cannot hide the hops
-                // the proxies appended to its right.
-                let lines: Vec<String> = req
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                proxies.client(peer, (!lines.is_empty()).then(|| lines.join(",")).as_deref())
-            }
-            _ => peer,
-        };
-        Self {
-            client_addr,
-            // Copied, not shared: a header value shares the buffer its request was read into,
-            // which an inference call's event would keep alive until the audit writer drops it.
-            user_agent: req
-                .headers()
-                .get(actix_web::http::header::USER_AGENT)
-                .and_then(|v| HeaderValue::from_bytes(&v.as_bytes()[..v.len().min(MAX_USER_AGENT)]).ok()),
-            request_id: req.extensions().get::<RequestId>().cloned(),
-        }
-    }
-
-    /// For operator commands.
-    pub fn command_line() -> Self {
-        let agent = HeaderValue::from_str(&format!("tessera-cli/{}", crate::VERSION)).ok();
-        Self { client_addr: None, user_agent: agent, request_id: None }
-    }
-
-    /// The user agent as recorded: visible ASCII only (anything else is not recorded), at most
-    /// `MAX_USER_AGENT` bytes.
-    pub fn user_agent(&self) -> Option<&str> {
-        let agent = self.user_agent.as_ref()?.to_str().ok()?;
-        Some(&agent[..agent.len().min(MAX_USER_AGENT)])
-    }
-
-    pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_ref().map(RequestId::as_str)
-    }
-
-    /// The client's address as recorded: masked if the tenant asks for it.
-    pub fn client_addr(&self, policy: MaskPolicy) -> Option<String> {
-        self.client_addr.map(|a| if policy.client_addr { mask_addr(a) } else { a.to_string() })
-    }
-}
-
-impl FromRequest for RequestInfo {
-    type Error = actix_web::Error;
-    type Future = Ready<Result<Self, Self::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Ok(Self::from_request(req)))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -136,10 +58,6 @@ pub struct AuditActor {
 }
 
 impl AuditActor {
-    pub fn of(principal: &Principal) -> Self {
-        Self::from(principal.actor)
-    }
-
     pub fn user(id: Uuid) -> Self {
         Self { kind: "user", id: Some(id) }
     }
@@ -312,7 +230,7 @@ impl Record {
     pub fn new(event: AuditEvent, info: &RequestInfo, policy: MaskPolicy) -> Self {
         Self {
             details: chain::canonical_json_redacted(&event.details, policy),
-            client_addr: info.client_addr(policy),
+            client_addr: info.client_addr.map(|a| if policy.client_addr { mask_addr(a) } else { a.to_string() }),
             user_agent: info.user_agent().map(str::to_owned),
             request_id: info.request_id().map(str::to_owned),
             actor: event.actor,
@@ -429,15 +347,23 @@ pub async fn sign_checkpoints(pool: &PgPool, notary: &notary::Notary) -> anyhow:
 }
 
 /// Runs `sign_checkpoints` every `interval` until the process ends.
-pub fn spawn_checkpointer(pool: PgPool, notary: notary::Notary, interval: Duration) {
+pub fn spawn_checkpointer(
+    pool: PgPool,
+    notary: notary::Notary,
+    interval: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if interval.is_zero() {
-        return;
+        return None;
     }
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.changed() => return,
+            }
             match sign_checkpoints(&pool, &notary).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(chains = n, "signed audit checkpoints"),
@@ -446,5 +372,5 @@ pub fn spawn_checkpointer(pool: PgPool, notary: notary::Notary, interval: Durati
                 }
             }
         }
-    });
+    }))
 }

@@ -71,27 +71,9 @@ pub(crate) fn write_addr(out: &mut Vec<u8>, addr: IpAddr, mask: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::canonical_json_redacted;
 
     #[test]
-    fn secrets_never_survive() {
-        let v = serde_json::json!({
-            "email": "alice@example.com", "password": "hunter2",
-            "nested": {"refresh_token": "trt_x", "name": "k", "list": [{"api_key": "tsk"}]},
-            "Authorization": "Bearer x"
-        });
-        let text = canonical_json_redacted(&v, MaskPolicy::default());
-        for secret in ["hunter2", "trt_x", "tsk", "Bearer"] {
-            assert!(!text.contains(secret), "{text}");
-        }
-        assert!(text.contains("alice@example.com"));
-    }
-
-    #[test]
-    fn masking_is_per_policy() {
-        let v = serde_json::json!({"email": "alice@example.com"});
-        let text = canonical_json_redacted(&v, MaskPolicy { emails: true, client_addr: false });
-        assert_eq!(text, r#"{"email":"a***@example.com"}"#);
+    fn addresses_are_masked_to_their_network() {
         assert_eq!(mask_addr("10.1.2.3".parse().unwrap()), "10.1.2.0");
         assert_eq!(mask_addr("2001:db8:1:2::5".parse().unwrap()), "2001:db8:1::");
         assert_eq!(mask_addr("::1".parse().unwrap()), "0:0:0::");

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::chain::format_time;
 use super::notary::Notary;
-use super::{AuditActor, AuditEvent, Auditor, PLATFORM, RequestInfo};
+use crate::request::RequestInfo;
+use super::{AuditActor, AuditEvent, Auditor, PLATFORM};
 
 pub async fn purge(owner: &PgPool, tenant_slug: &str, before: OffsetDateTime, notary: &Notary) -> anyhow::Result<String> {
     let tenant: Uuid = if tenant_slug == "platform" {

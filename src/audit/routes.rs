@@ -8,13 +8,13 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::chain::ChainedEvent;
-use super::export::{AuditFilters, ExportFormat, ExportJob};
-use super::{AuditActor, AuditEvent, PLATFORM, RequestInfo};
+use super::export::{AuditFilters, ExportFormat};
+use super::service::{AuditService, AuditSettings};
+use super::{AuditActor, PLATFORM};
 use crate::error::{ApiError, Code};
-use crate::identity::guard::tenant_not_found;
-use crate::identity::{Guarded, Principal, perm};
-use crate::startup::AppState;
-use crate::tenancy::TenantId;
+use crate::http::guard::{Guarded, TenantPath, tenant_not_found};
+use crate::identity::{Principal, perm};
+use crate::request::RequestInfo;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -48,11 +48,11 @@ pub struct AuditPage {
 }
 
 /// Which chain a request reads: (tenant id, label).
-async fn scope(state: &AppState, principal: &Principal, requested: Option<&str>) -> Result<(Uuid, String), ApiError> {
+async fn scope(audit: &AuditService, principal: &Principal, requested: Option<&str>) -> Result<(Uuid, String), ApiError> {
     match requested {
         Some("platform") if principal.platform_admin => Ok((PLATFORM, "platform".to_owned())),
         Some(slug) => {
-            let tenant = state.tenants.by_slug(slug).await?.ok_or_else(|| tenant_not_found(slug))?;
+            let tenant = audit.tenant(slug).await?.ok_or_else(|| tenant_not_found(slug))?;
             let own = principal.tenant.as_ref().is_some_and(|t| t.id == tenant.id);
             if own || principal.platform_admin { Ok((tenant.id.0, tenant.slug.clone())) } else { Err(tenant_not_found(slug)) }
         }
@@ -81,26 +81,23 @@ fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
 #[utoipa::path(
     tag = "audit", params(AuditFilters, ScopeQuery, PageQuery), security(("bearer" = [])),
     responses((status = 200, body = AuditPage),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No such tenant, or not visible to the caller"))
+              (status = 404, description = "No such tenant, or not visible to the caller"))
 )]
 #[get("/v1/audit/events")]
 pub async fn list_events(
-    guard: Guarded<{ perm::AUDIT_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::AUDIT_READ }, AuditService>,
     filters: web::Query<AuditFilters>,
     scope_query: web::Query<ScopeQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<web::Json<AuditPage>, ApiError> {
-    let (tenant, _) = scope(&state, &guard.principal, scope_query.tenant.as_deref()).await?;
+    let (tenant, _) = scope(&guard, &guard.principal, scope_query.tenant.as_deref()).await?;
     let limit = page.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(Code::InvalidQuery, "`limit` must be between 1 and 1000"));
     }
     let after = decode_cursor(page.cursor.as_deref())?;
     let filters = filters.into_inner().parse()?;
-    let mut tx = crate::tenancy::db::TenantTx::begin(&state.db, TenantId(tenant)).await?;
-    let events = super::export::page(tx.conn(), tenant, &filters, after, limit + 1).await?;
-    tx.commit().await?;
+    let events = guard.page(tenant, &filters, after, limit + 1).await?;
     let more = events.len() as i64 > limit;
     let events: Vec<ChainedEvent> = events.into_iter().take(limit as usize).collect();
     let next_cursor = more.then(|| URL_SAFE_NO_PAD.encode(format!("seq:{}", events.last().map(|e| e.seq).unwrap_or(0))));
@@ -112,29 +109,22 @@ pub async fn list_events(
 #[utoipa::path(
     tag = "audit", params(AuditFilters, ScopeQuery, FormatQuery), security(("bearer" = [])),
     responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No such tenant, or not visible to the caller"))
+              (status = 404, description = "No such tenant, or not visible to the caller"))
 )]
 #[get("/v1/audit/export")]
 pub async fn export_events(
-    guard: Guarded<{ perm::AUDIT_EXPORT }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::AUDIT_EXPORT }, AuditService>,
     info: RequestInfo,
     filters: web::Query<AuditFilters>,
     scope_query: web::Query<ScopeQuery>,
     format: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, label) = scope(&state, &guard.principal, scope_query.tenant.as_deref()).await?;
+    let (tenant, label) = scope(&guard, &guard.principal, scope_query.tenant.as_deref()).await?;
     let format = format.format.unwrap_or_default();
     let raw = filters.into_inner();
     let details = serde_json::json!({ "format": format, "filters": &raw, "scope": &label });
     let filters = raw.parse()?;
-    // The export is itself audited, before it starts, in the chain it reads.
-    let event = AuditEvent::new(Some(TenantId(tenant)).filter(|t| t.0 != PLATFORM), AuditActor::of(&guard.principal), "audit.exported")
-        .resource("audit_log", &label)
-        .details(details);
-    state.auditor.record_alone(&state.db, &info, vec![event]).await?;
-
-    let job = ExportJob { pool: state.db.clone(), tenant, scope: label.clone(), filters, format, notary: state.notary.clone() };
+    let job = guard.export(tenant, label.clone(), filters, format, AuditActor::from(&guard.principal), details, &info).await?;
     let (content_type, extension) = match format {
         ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
         ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -148,84 +138,27 @@ pub async fn export_events(
 /// The public keys that verify audit checkpoints and export manifests, by key id.
 #[utoipa::path(tag = "audit", responses((status = 200, description = "Key set", body = Object)))]
 #[get("/v1/audit/keys")]
-pub async fn signing_keys(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.audit_signer.public_keys())
-}
-
-#[derive(Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-#[serde(deny_unknown_fields)]
-pub struct AuditSettings {
-    /// Mask email addresses in event details (`a***@example.com`).
-    pub mask_emails: bool,
-    /// Keep only the /24 (IPv4) or /48 (IPv6) of client addresses.
-    pub mask_client_addr: bool,
-    /// `every_call` (default), `sampled` or `aggregated`: how inference calls are recorded.
-    pub inference_mode: String,
-    /// For `sampled`: the fraction of calls recorded, in (0, 1].
-    pub inference_sample_rate: f64,
-}
-
-#[derive(Deserialize, IntoParams)]
-pub struct TenantPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
+pub async fn signing_keys(audit: web::Data<AuditService>) -> HttpResponse {
+    HttpResponse::Ok().json(audit.public_keys())
 }
 
 /// A tenant's audit settings.
 #[utoipa::path(tag = "audit", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = AuditSettings)))]
 #[get("/v1/tenants/{tenant}/audit/settings")]
-pub async fn get_settings(guard: Guarded<{ perm::AUDIT_READ }>, state: web::Data<AppState>) -> Result<web::Json<AuditSettings>, ApiError> {
-    let tenant = guard.tenant()?.id;
-    let settings: Option<AuditSettings> = sqlx::query_as(
-        "SELECT mask_emails, mask_client_addr, inference_mode, inference_sample_rate FROM audit_settings WHERE tenant_id = $1",
-    )
-    .bind(tenant.0)
-    .fetch_optional(&state.db)
-    .await?;
-    Ok(web::Json(settings.unwrap_or(AuditSettings {
-        mask_emails: false,
-        mask_client_addr: false,
-        inference_mode: "every_call".to_owned(),
-        inference_sample_rate: 1.0,
-    })))
+pub async fn get_settings(guard: Guarded<{ perm::AUDIT_READ }, AuditService>) -> Result<web::Json<AuditSettings>, ApiError> {
+    Ok(web::Json(guard.settings(guard.tenant()?.id).await?))
 }
 
 /// Change a tenant's audit settings (owners). The change is itself audited.
 #[utoipa::path(tag = "audit", params(TenantPath), request_body = AuditSettings, security(("bearer" = [])), responses((status = 200, body = AuditSettings)))]
 #[put("/v1/tenants/{tenant}/audit/settings")]
 pub async fn put_settings(
-    guard: Guarded<{ perm::AUDIT_CONFIGURE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::AUDIT_CONFIGURE }, AuditService>,
     info: RequestInfo,
     body: web::Json<AuditSettings>,
 ) -> Result<web::Json<AuditSettings>, ApiError> {
     let tenant = guard.tenant()?.id;
     let body = body.into_inner();
-    if !["every_call", "sampled", "aggregated"].contains(&body.inference_mode.as_str()) {
-        return Err(ApiError::new(Code::InvalidRequest, "inference_mode must be every_call, sampled or aggregated"));
-    }
-    if !(body.inference_sample_rate > 0.0 && body.inference_sample_rate <= 1.0) {
-        return Err(ApiError::new(Code::InvalidRequest, "inference_sample_rate must be in (0, 1]"));
-    }
-    let mut tx = crate::tenancy::db::TenantTx::begin(&state.db, tenant).await?;
-    sqlx::query(
-        "INSERT INTO audit_settings (tenant_id, mask_emails, mask_client_addr, inference_mode, inference_sample_rate) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET mask_emails = $2, mask_client_addr = $3, \
-         inference_mode = $4, inference_sample_rate = $5",
-    )
-    .bind(tenant.0)
-    .bind(body.mask_emails)
-    .bind(body.mask_client_addr)
-    .bind(&body.inference_mode)
-    .bind(body.inference_sample_rate)
-    .execute(tx.conn())
-    .await?;
-    let event = AuditEvent::new(Some(tenant), AuditActor::of(&guard.principal), "audit.settings_changed")
-        .resource("tenant", tenant)
-        .details(serde_json::to_value(&body).unwrap_or_default());
-    state.auditor.record(tx.conn(), &info, vec![event]).await?;
-    tx.commit().await?;
-    state.auditor.settings_changed(tenant);
+    guard.set_settings(tenant, AuditActor::from(&guard.principal), &body, &info).await?;
     Ok(web::Json(body))
 }

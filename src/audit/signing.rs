@@ -12,7 +12,7 @@ pub struct AuditSigner {
 
 impl AuditSigner {
     pub fn new(keys_text: &str) -> Result<Self, String> {
-        let keys = crate::identity::jwt::parse_signing_keys(keys_text)?;
+        let keys = crate::crypto::parse_key_entries(keys_text)?;
         let public = keys.iter().map(|(kid, seed)| (kid.clone(), SigningKey::from_bytes(seed).verifying_key())).collect();
         let (kid, seed) = &keys[0];
         Ok(Self { active: (kid.clone(), SigningKey::from_bytes(seed)), public })

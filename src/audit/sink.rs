@@ -24,7 +24,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::redact::{MaskPolicy, mask_ip, write_addr};
-use super::{AuditActor, AuditEvent, Auditor, Outcome, Record, RequestInfo, chain};
+use crate::request::RequestInfo;
+use super::{AuditActor, AuditEvent, Auditor, Outcome, Record, chain};
 use crate::tenancy::TenantId;
 
 const QUEUE: usize = 65_536;
@@ -501,7 +502,7 @@ fn shared_record(group: &[&Call], policy: MaskPolicy) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::edge::RequestId;
+    use crate::request::RequestId;
     use actix_web::http::header::HeaderValue;
     use serde_json::json;
 

@@ -95,6 +95,35 @@ pub fn unwrap(kek: &[u8; 32], wrapped: &[u8], context: &[u8]) -> Result<Key, Cry
     Ok(key)
 }
 
+/// Parses `kid:base64url(seed)[,kid:seed…]` into (kid, seed) pairs.
+pub fn parse_key_entries(text: &str) -> Result<Vec<(String, [u8; 32])>, String> {
+    let mut keys = Vec::new();
+    for (index, entry) in text.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let (kid, seed) = entry.split_once(':').ok_or_else(|| format!("entry {} is not `kid:seed`", index + 1))?;
+        if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!("entry {}: kid must be 1-64 of A-Za-z0-9-_.", index + 1));
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(seed.trim_end_matches('='))
+            .map_err(|_| format!("entry {} ({kid}): seed is not base64url", index + 1))?;
+        let seed: [u8; 32] =
+            bytes.try_into().map_err(|_| format!("entry {} ({kid}): seed must be 32 bytes", index + 1))?;
+        if keys.iter().any(|(k, _)| k == kid) {
+            return Err(format!("kid {kid} appears twice"));
+        }
+        keys.push((kid.to_owned(), seed));
+    }
+    if keys.is_empty() {
+        return Err("no key configured".to_owned());
+    }
+    Ok(keys)
+}
+
+/// A new `kid:seed` entry: a JWT or audit signing key, or a master key (`tessera keys generate-*`).
+pub fn generate_key_entry(kid: &str) -> String {
+    format!("{kid}:{}", URL_SAFE_NO_PAD.encode(*random_key()))
+}
+
 /// Master keys by id; the first one wraps new tenant keys, all of them unwrap.
 pub struct MasterKeys {
     keys: Vec<(String, Key)>,
@@ -103,7 +132,7 @@ pub struct MasterKeys {
 impl MasterKeys {
     /// `kid:base64url(32 bytes)[,kid:key…]`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let entries = crate::identity::jwt::parse_signing_keys(text)?;
+        let entries = parse_key_entries(text)?;
         Ok(Self { keys: entries.into_iter().map(|(kid, key)| (kid, Zeroizing::new(key))).collect() })
     }
 
@@ -123,11 +152,6 @@ impl MasterKeys {
     pub fn ids(&self) -> Vec<&str> {
         self.keys.iter().map(|(k, _)| k.as_str()).collect()
     }
-}
-
-/// A new `kid:key` entry for the master key list.
-pub fn generate_master_key_entry(kid: &str) -> String {
-    format!("{kid}:{}", URL_SAFE_NO_PAD.encode(*random_key()))
 }
 
 #[cfg(test)]

@@ -11,76 +11,16 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError};
+use actix_web::http::header::HeaderName;
+use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use crate::error::{ApiError, Code};
 use crate::metrics::{HttpLabels, Metrics};
+use crate::request::RequestId;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// The id of the current request: the caller's `X-Request-Id` when it is sane, else a new
-/// UUIDv7. Echoed on the response and recorded in logs, traces and audit events. A generated
-/// id is kept inline: every inference call hands one to the audit writer, and a heap copy
-/// would be freed there, on another thread.
-#[derive(Clone, Debug)]
-pub enum RequestId {
-    Generated([u8; 36]),
-    Given(HeaderValue),
-}
-
-impl RequestId {
-    pub fn as_str(&self) -> &str {
-        match self {
-            RequestId::Generated(text) => std::str::from_utf8(text).unwrap_or(""),
-            // Only ever accepted as visible ASCII, so this cannot fail.
-            RequestId::Given(value) => value.to_str().unwrap_or(""),
-        }
-    }
-
-    fn header_value(&self) -> HeaderValue {
-        match self {
-            RequestId::Generated(text) => HeaderValue::from_bytes(text).expect("a UUID is a valid header value"),
-            RequestId::Given(value) => value.clone(),
-        }
-    }
-
-    /// A caller's request id, if it is one we pass on: short, and only letters, digits and `-_.:`.
-    pub fn parse(value: &HeaderValue) -> Option<Self> {
-        let text = value.as_bytes();
-        if text.is_empty() || text.len() > MAX_REQUEST_ID_LEN || !text.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b)) {
-            return None;
-        }
-        // Copied, not shared: see `RequestInfo::from_request`.
-        HeaderValue::from_bytes(text).ok().map(RequestId::Given)
-    }
-
-    fn from_request_header(value: Option<&HeaderValue>) -> Self {
-        value.and_then(Self::parse).unwrap_or_else(Self::generate)
-    }
-
-    /// A UUIDv7: time-ordered, its other bits random. Not `Uuid::now_v7`, whose counter sits
-    /// behind a lock every HTTP worker would take for every request; ids need not be monotonic.
-    fn generate() -> Self {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let at = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
-        let mut text = [0; 36];
-        uuid::Uuid::new_v7(at).hyphenated().encode_lower(&mut text);
-        RequestId::Generated(text)
-    }
-}
-
-impl FromRequest for RequestId {
-    type Error = Error;
-    type Future = Ready<Result<Self, Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Ok(req.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)))
-    }
-}
 
 pub struct Edge {
     metrics: Arc<Metrics>,

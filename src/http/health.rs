@@ -11,9 +11,26 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{Code, PROBLEM_JSON, Problem};
-use crate::startup::AppState;
+use crate::redis_store::RedisStore;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What readiness probes ask: the shared dependencies, and nothing else of the application.
+#[derive(Clone)]
+pub struct Probes {
+    db: sqlx::PgPool,
+    redis: RedisStore,
+}
+
+impl Probes {
+    pub fn new(db: sqlx::PgPool, redis: RedisStore) -> Self {
+        Self { db, redis }
+    }
+
+    pub async fn postgres(&self, timeout: Duration) -> Result<(), String> {
+        crate::db::ping(&self.db, timeout).await
+    }
+}
 
 #[derive(Serialize, ToSchema)]
 pub struct Liveness {
@@ -55,9 +72,8 @@ pub async fn healthz() -> web::Json<Liveness> {
     )
 )]
 #[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (postgres, redis) =
-        tokio::join!(crate::db::ping(&state.db, PROBE_TIMEOUT), state.redis.ping(PROBE_TIMEOUT));
+pub async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
+    let (postgres, redis) = tokio::join!(probes.postgres(PROBE_TIMEOUT), probes.redis.ping(PROBE_TIMEOUT));
     let mut checks = BTreeMap::new();
     let mut failing = Vec::new();
     for (name, outcome) in [("postgres", postgres), ("redis", redis)] {

@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document. Handlers carry their own `#[utoipa::path]`; the route table in
-//! `startup::routes` registers them, so the served routes and the spec cannot drift apart.
+//! `http::api::routes` registers them, so the served routes and the spec cannot drift apart.
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilder};
@@ -33,7 +33,7 @@ pub struct ApiDoc;
 
 /// The complete document, built from the same route table the server runs.
 pub fn spec() -> OpenApiDoc {
-    let (_, mut doc) = actix_web::App::new().into_utoipa_app().configure(crate::startup::routes).split_for_parts();
+    let (_, mut doc) = actix_web::App::new().into_utoipa_app().configure(super::api::routes).split_for_parts();
     let mut base = ApiDoc::openapi();
     base.merge(std::mem::take(&mut doc));
     StandardErrors.modify(&mut base);
@@ -108,6 +108,18 @@ fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
 
 fn add_standard_errors(operation: &mut Operation) {
     let responses = &mut operation.responses.responses;
+    // Handlers list the failures particular to them by status and description only; every
+    // failure has the same body, declared here once.
+    for (status, response) in responses.iter_mut() {
+        if let RefOr::T(response) = response {
+            if !status.starts_with(['1', '2', '3']) && response.content.is_empty() {
+                *response = match problem_response(&response.description) {
+                    RefOr::T(problem) => problem,
+                    RefOr::Ref(_) => unreachable!("problem_response builds a response"),
+                };
+            }
+        }
+    }
     let mut add = |status: &str, description: &str| {
         responses.entry(status.to_owned()).or_insert_with(|| problem_response(description));
     };

@@ -1,8 +1,5 @@
-//! Authentication: `Authorization: Bearer …` → `Principal`, before any handler runs.
-//!
-//! The middleware refuses a presented-but-bad credential with a 401 before the request body is
-//! read, enforces the tenant's rate limit, and leaves requests without credentials to the
-//! guard (which answers 401 on any route that needs a caller).
+//! Authentication: a bearer credential (access token or API key) → `Principal`. The HTTP
+//! middleware that calls it before any handler runs is `http::authenticate`.
 //!
 //! Hot path: verified JWTs and API key records are cached in process, so a repeat caller costs
 //! a hash-map lookup plus (for API keys) one HMAC. Cached facts (revocation, and the user's
@@ -10,28 +7,20 @@
 //! revocations, membership changes and suspensions made in this process apply at once.
 
 use std::collections::{HashMap, HashSet};
-use std::future::{Ready, ready};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
-use actix_web::{Error, HttpMessage, ResponseError};
-use futures::future::LocalBoxFuture;
-use futures::FutureExt;
 use parking_lot::RwLock;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::jwt::{Keyring, TokenError};
 use super::permissions::Role;
-use super::principal::{Actor, Principal};
+use super::principal::Principal;
+use crate::request::Actor;
 use super::secrets::{CredentialHasher, api_key_prefix};
 use crate::error::{ApiError, Code};
 use crate::tenancy::directory::TenantDirectory;
-use crate::tenancy::rate_limit::{Decision, RateLimiter};
 use crate::tenancy::{TenantId, TenantInfo};
 
 const RECHECK: Duration = Duration::from_secs(2);
@@ -70,7 +59,7 @@ pub struct Authenticator {
     keyring: Arc<Keyring>,
     hasher: CredentialHasher,
     pool: PgPool,
-    tenants: TenantDirectory,
+    pub(crate) tenants: TenantDirectory,
     tokens: RwLock<HashMap<Box<str>, CachedToken>>,
     keys: RwLock<HashMap<Box<str>, CachedKey>>,
     revoked_here: RwLock<HashSet<Uuid>>,
@@ -291,112 +280,5 @@ impl Authenticator {
                 tracing::warn!(%error, "could not record API key use");
             }
         });
-    }
-}
-
-/// Extracts the credential of `Authorization: Bearer <credential>`.
-fn bearer(value: &HeaderValue) -> Result<&str, ApiError> {
-    let text = value.to_str().map_err(|_| ApiError::new(Code::InvalidToken, "the Authorization header is not ASCII"))?;
-    let (scheme, credential) = text
-        .split_once(' ')
-        .ok_or_else(|| ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"))?;
-    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
-        return Err(ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"));
-    }
-    Ok(credential.trim())
-}
-
-pub struct Authenticate {
-    authenticator: Arc<Authenticator>,
-    limiter: RateLimiter,
-}
-
-impl Authenticate {
-    pub fn new(authenticator: Arc<Authenticator>, limiter: RateLimiter) -> Self {
-        Self { authenticator, limiter }
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Authenticate
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = Error;
-    type Transform = AuthenticateMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(AuthenticateMiddleware {
-            service: Rc::new(service),
-            authenticator: self.authenticator.clone(),
-            limiter: self.limiter.clone(),
-        }))
-    }
-}
-
-pub struct AuthenticateMiddleware<S> {
-    service: Rc<S>,
-    authenticator: Arc<Authenticator>,
-    limiter: RateLimiter,
-}
-
-fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
-    let mut response = error.error_response();
-    if error.code().status() == actix_web::http::StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
-    }
-    req.into_response(response).map_into_right_body()
-}
-
-impl<S, B> Service<ServiceRequest> for AuthenticateMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let Some(header) = req.headers().get(AUTHORIZATION).cloned() else {
-            let fut = self.service.call(req);
-            return async move { fut.await.map(ServiceResponse::map_into_left_body) }.boxed_local();
-        };
-        let service = self.service.clone();
-        let authenticator = self.authenticator.clone();
-        let limiter = self.limiter.clone();
-        async move {
-            let principal = match bearer(&header) {
-                Ok(credential) => authenticator.authenticate(credential).await,
-                Err(error) => Err(error),
-            };
-            let principal = match principal {
-                Ok(principal) => principal,
-                Err(error) => return Ok(refuse(req, error)),
-            };
-            if let Some(tenant) = &principal.tenant {
-                if let Decision::Limited { retry_after_secs } = limiter.check(tenant).await {
-                    let error = ApiError::new(Code::RateLimited, format!("tenant {} is over its request rate", tenant.slug))
-                        .with_retry_after(retry_after_secs);
-                    return Ok(refuse(req, error));
-                }
-                tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
-            }
-            if let Some(slug) = super::guard::path_tenant_slug(req.path()) {
-                let resolved = match authenticator.tenants.by_slug(slug).await {
-                    Ok(tenant) => tenant,
-                    Err(error) => return Ok(refuse(req, ApiError::from(error))),
-                };
-                req.extensions_mut().insert(super::guard::PathTenant(resolved));
-            }
-            req.extensions_mut().insert(principal);
-            service.call(req).await.map(ServiceResponse::map_into_left_body)
-        }
-        .boxed_local()
     }
 }

@@ -53,36 +53,6 @@ pub struct Keyring {
     audience: String,
 }
 
-/// Parses `kid:base64url(seed)[,kid:seed…]` into (kid, seed) pairs.
-pub fn parse_signing_keys(text: &str) -> Result<Vec<(String, [u8; 32])>, String> {
-    let mut keys = Vec::new();
-    for (index, entry) in text.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-        let (kid, seed) = entry.split_once(':').ok_or_else(|| format!("entry {} is not `kid:seed`", index + 1))?;
-        if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("entry {}: kid must be 1-64 of A-Za-z0-9-_.", index + 1));
-        }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(seed.trim_end_matches('='))
-            .map_err(|_| format!("entry {} ({kid}): seed is not base64url", index + 1))?;
-        let seed: [u8; 32] =
-            bytes.try_into().map_err(|_| format!("entry {} ({kid}): seed must be 32 bytes", index + 1))?;
-        if keys.iter().any(|(k, _)| k == kid) {
-            return Err(format!("kid {kid} appears twice"));
-        }
-        keys.push((kid.to_owned(), seed));
-    }
-    if keys.is_empty() {
-        return Err("no key configured".to_owned());
-    }
-    Ok(keys)
-}
-
-/// A new `kid:seed` entry for `auth.jwt_signing_keys` (used by `tessera keys generate-jwt`).
-pub fn generate_key_entry(kid: &str) -> String {
-    let seed: [u8; 32] = rand::random();
-    format!("{kid}:{}", URL_SAFE_NO_PAD.encode(seed))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is malformed")]
@@ -99,7 +69,7 @@ pub enum TokenError {
 
 impl Keyring {
     pub fn new(keys_text: &str, issuer: &str, audience: &str) -> Result<Self, String> {
-        let keys = parse_signing_keys(keys_text)?;
+        let keys = crate::crypto::parse_key_entries(keys_text)?;
         let mut verifiers = HashMap::new();
         let mut public_keys = Vec::new();
         let mut signer = None;
@@ -120,7 +90,7 @@ impl Keyring {
         validation.validate_nbf = true;
         validation.leeway = 5;
         Ok(Self {
-            signer: signer.expect("parse_signing_keys returns at least one key"),
+            signer: signer.expect("parse_key_entries returns at least one key"),
             verifiers,
             public_keys,
             validation,

@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
+
+use crate::request::RequestInfo;
 use crate::error::ApiError;
 
 const MAX_ACCOUNT: usize = 320;

@@ -1,8 +1,8 @@
 //! Identity: who the caller is (authentication), what it may do (permissions), and the
 //! credentials behind it (passwords, access tokens, refresh tokens, API keys).
 
+pub mod admin;
 pub mod authenticate;
-pub mod guard;
 pub mod jwt;
 pub mod login_failures;
 pub mod passwords;
@@ -13,9 +13,8 @@ pub mod secrets;
 pub mod service;
 pub mod throttle;
 
-pub use guard::Guarded;
 pub use permissions::{Permission, Role, perm};
-pub use principal::{Actor, Principal};
+pub use principal::Principal;
 
 /// A normalised email address: trimmed, lower-cased, one `@` with text on both sides.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,21 +2,11 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::permissions::{Permission, Role};
+use crate::request::Actor;
 use crate::tenancy::TenantInfo;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Actor {
-    User { id: Uuid },
-    ApiKey { id: Uuid },
-    /// An operator at the command line.
-    System,
-}
 
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -59,5 +49,12 @@ impl Principal {
 
     pub fn permissions(&self) -> Vec<Permission> {
         Permission::ALL.into_iter().filter(|p| self.may(*p)).collect()
+    }
+}
+
+/// Events name the principal's actor: audit records who acted without knowing principals.
+impl From<&Principal> for crate::audit::AuditActor {
+    fn from(principal: &Principal) -> Self {
+        Self::from(principal.actor)
     }
 }

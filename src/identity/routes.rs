@@ -1,17 +1,15 @@
 //! `/v1/auth/*`, `/v1/me` and `/.well-known/jwks.json`.
 
 use actix_web::{HttpResponse, get, post, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
-
-use super::permissions::{Permission, Role, perm};
-use super::principal::Actor;
-use super::service::{PasswordReset, TokenPair};
-use super::Guarded;
-use crate::audit::RequestInfo;
+use super::jwt::Keyring;
+use super::perm;
+use super::service::{IdentityService, MeView, PasswordReset, TokenPair};
+use crate::http::guard::Guarded;
+use crate::request::RequestInfo;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,22 +43,19 @@ pub struct LogoutRequest {
     request_body = LoginRequest,
     responses(
         (status = 200, body = TokenPair),
-        (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
-         description = "Wrong email or password, or no access to the tenant (`invalid_credentials`)"),
-        (status = 403, body = crate::error::Problem, content_type = "application/problem+json",
-         description = "The tenant is suspended (`tenant_suspended`)"),
-        (status = 429, body = crate::error::Problem, content_type = "application/problem+json",
-         description = "Too many failed logins for this account or address (`login_throttled`); see `Retry-After`"),
+        (status = 401, description = "Wrong email or password, or no access to the tenant (`invalid_credentials`)"),
+        (status = 403, description = "The tenant is suspended (`tenant_suspended`)"),
+        (status = 429, description = "Too many failed logins for this account or address (`login_throttled`); see `Retry-After`"),
     )
 )]
 #[post("/v1/auth/login")]
 pub async fn login(
-    state: web::Data<AppState>,
+    identity: web::Data<IdentityService>,
     info: RequestInfo,
     body: web::Json<LoginRequest>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
     let body = body.into_inner();
-    let pair = state.identity.login(&body.email, body.password, body.tenant.as_deref(), &info).await?;
+    let pair = identity.login(&body.email, body.password, body.tenant.as_deref(), &info).await?;
     Ok(web::Json(pair))
 }
 
@@ -71,18 +66,17 @@ pub async fn login(
     request_body = RefreshRequest,
     responses(
         (status = 200, body = TokenPair),
-        (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
-         description = "Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
+        (status = 401, description = "Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
                         or reuse detected (`refresh_token_reused`)"),
     )
 )]
 #[post("/v1/auth/refresh")]
 pub async fn refresh(
-    state: web::Data<AppState>,
+    identity: web::Data<IdentityService>,
     info: RequestInfo,
     body: web::Json<RefreshRequest>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
-    Ok(web::Json(state.identity.refresh(&body.refresh_token, &info).await?))
+    Ok(web::Json(identity.refresh(&body.refresh_token, &info).await?))
 }
 
 /// Revoke the calling access token (and optionally a refresh token's session).
@@ -94,32 +88,12 @@ pub async fn refresh(
 )]
 #[post("/v1/auth/logout")]
 pub async fn logout(
-    guard: Guarded<{ perm::SELF_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
     body: web::Json<LogoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    state.identity.logout(&guard.principal, body.refresh_token.as_deref(), &info).await?;
+    guard.logout(&guard.principal, body.refresh_token.as_deref(), &info).await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct MeView {
-    pub actor: Actor,
-    pub email: Option<String>,
-    pub platform_admin: bool,
-    /// The tenant this credential acts for.
-    pub tenant: Option<String>,
-    pub role: Option<Role>,
-    pub permissions: Vec<Permission>,
-    /// For users: every tenant they belong to, with their role there.
-    pub memberships: Vec<MembershipView>,
-}
-
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
-pub struct MembershipView {
-    pub tenant: String,
-    pub role: String,
 }
 
 /// Credential check for gateways and sidecars: 204 when the bearer credential is valid (and its
@@ -134,34 +108,8 @@ pub async fn verify(_guard: Guarded<{ perm::SELF_READ }>) -> HttpResponse {
 /// The caller: identity, tenant, role and effective permissions.
 #[utoipa::path(tag = "auth", security(("bearer" = [])), responses((status = 200, body = MeView)))]
 #[get("/v1/me")]
-pub async fn me(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<AppState>) -> Result<web::Json<MeView>, ApiError> {
-    let principal = &guard.principal;
-    let (email, memberships) = match principal.user_id() {
-        Some(user) => {
-            let mut tx = crate::tenancy::db::begin_as_user(&state.db, user).await?;
-            let email: Option<String> =
-                sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user).fetch_optional(&mut *tx).await?;
-            let memberships: Vec<MembershipView> = sqlx::query_as(
-                "SELECT t.slug AS tenant, m.role FROM memberships m JOIN tenants t ON t.id = m.tenant_id \
-                 WHERE m.user_id = $1 ORDER BY t.slug",
-            )
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            (email, memberships)
-        }
-        None => (None, Vec::new()),
-    };
-    Ok(web::Json(MeView {
-        actor: principal.actor,
-        email,
-        platform_admin: principal.platform_admin,
-        tenant: principal.tenant.as_ref().map(|t| t.slug.clone()),
-        role: principal.role,
-        permissions: principal.permissions(),
-        memberships,
-    }))
+pub async fn me(guard: Guarded<{ perm::SELF_READ }, IdentityService>) -> Result<web::Json<MeView>, ApiError> {
+    Ok(web::Json(guard.me(&guard.principal).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -176,19 +124,18 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(
     tag = "auth", request_body = ChangePasswordRequest, security(("bearer" = [])),
     responses((status = 204, description = "Changed; every session ended"),
-              (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Weak new password (`weak_password`)"),
-              (status = 401, body = crate::error::Problem, content_type = "application/problem+json", description = "Wrong current password (`invalid_credentials`)"),
-              (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Too many wrong attempts (`login_throttled`)"))
+              (status = 400, description = "Weak new password (`weak_password`)"),
+              (status = 401, description = "Wrong current password (`invalid_credentials`)"),
+              (status = 429, description = "Too many wrong attempts (`login_throttled`)"))
 )]
 #[post("/v1/me/password")]
 pub async fn change_password(
-    guard: Guarded<{ perm::SELF_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
     body: web::Json<ChangePasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    state.identity.change_password(&guard.principal, body.current_password, body.new_password, &info).await?;
+    guard.change_password(&guard.principal, body.current_password, body.new_password, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -203,16 +150,15 @@ pub struct IssueResetRequest {
 #[utoipa::path(
     tag = "auth", request_body = IssueResetRequest, security(("bearer" = [])),
     responses((status = 201, body = PasswordReset),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "No user has this email (`not_found`)"))
+              (status = 404, description = "No user has this email (`not_found`)"))
 )]
 #[post("/v1/password-resets")]
 pub async fn issue_password_reset(
-    guard: Guarded<{ perm::TENANTS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::TENANTS_MANAGE }, IdentityService>,
     info: RequestInfo,
     body: web::Json<IssueResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let reset = state.identity.issue_password_reset(&guard.principal, &body.email, &info).await?;
+    let reset = guard.issue_password_reset(&guard.principal, &body.email, &info).await?;
     Ok(HttpResponse::Created().json(reset))
 }
 
@@ -229,24 +175,23 @@ pub struct RedeemResetRequest {
 #[utoipa::path(
     tag = "auth", request_body = RedeemResetRequest,
     responses((status = 204, description = "Password set; every session ended"),
-              (status = 400, body = crate::error::Problem, content_type = "application/problem+json",
-               description = "Unknown, expired or used token (`invalid_reset_token`), or a weak password (`weak_password`)"))
+              (status = 400, description = "Unknown, expired or used token (`invalid_reset_token`), or a weak password (`weak_password`)"))
 )]
 #[post("/v1/password-resets/redeem")]
 pub async fn redeem_password_reset(
-    state: web::Data<AppState>,
+    identity: web::Data<IdentityService>,
     info: RequestInfo,
     body: web::Json<RedeemResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    state.identity.redeem_password_reset(&body.token, body.new_password, &info).await?;
+    identity.redeem_password_reset(&body.token, body.new_password, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Public keys that verify Tessera's access tokens (JWK Set; Ed25519 `OKP` keys with `kid`).
 #[utoipa::path(tag = "auth", responses((status = 200, description = "JWK Set", body = Object)))]
 #[get("/.well-known/jwks.json")]
-pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=300")).json(state.keyring.jwks())
+pub async fn jwks(keyring: web::Data<Keyring>) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=300")).json(keyring.jwks())
 }
 

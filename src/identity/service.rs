@@ -12,12 +12,13 @@ use super::Email;
 use super::authenticate::Authenticator;
 use super::jwt::{Claims, Keyring};
 use super::passwords::Passwords;
-use super::permissions::Role;
+use super::permissions::{Permission, Role};
 use super::principal::Principal;
 use super::secrets::{CredentialHasher, RESET_TOKEN_PREFIX, new_refresh_token, new_single_use_token};
 use super::login_failures::{self, FailedLogin};
 use super::throttle::{self, LoginThrottle};
-use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
+use crate::request::RequestInfo;
 use crate::config::AuthSettings;
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantInfo;
@@ -358,7 +359,7 @@ impl IdentityService {
             .execute(&mut *tx)
             .await?;
         }
-        let mut event = AuditEvent::new(principal.tenant.as_ref().map(|t| t.id), AuditActor::of(principal), "auth.logout")
+        let mut event = AuditEvent::new(principal.tenant.as_ref().map(|t| t.id), AuditActor::from(principal), "auth.logout")
             .details(serde_json::json!({ "refresh_session_revoked": refresh_token.is_some() }));
         if let Some((jti, _)) = principal.token {
             event = event.resource("access_token", jti);
@@ -435,7 +436,7 @@ impl IdentityService {
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        let event = AuditEvent::new(None, AuditActor::of(actor), "user.password_reset_issued")
+        let event = AuditEvent::new(None, AuditActor::from(actor), "user.password_reset_issued")
             .resource("user", user)
             .details(serde_json::json!({ "email": email.as_str() }));
         self.auditor.record(&mut tx, info, vec![event]).await?;
@@ -533,5 +534,57 @@ impl IdentityService {
         self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
         Ok(id)
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    pub actor: crate::request::Actor,
+    pub email: Option<String>,
+    pub platform_admin: bool,
+    /// The tenant this credential acts for.
+    pub tenant: Option<String>,
+    pub role: Option<Role>,
+    pub permissions: Vec<Permission>,
+    /// For users: every tenant they belong to, with their role there.
+    pub memberships: Vec<MembershipView>,
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct MembershipView {
+    pub tenant: String,
+    pub role: String,
+}
+
+impl IdentityService {
+    /// The caller: identity, tenant, role, effective permissions and, for users, every tenant
+    /// they belong to.
+    pub async fn me(&self, principal: &Principal) -> Result<MeView, ApiError> {
+        let (email, memberships) = match principal.user_id() {
+            Some(user) => {
+                let mut tx = crate::tenancy::db::begin_as_user(&self.pool, user).await?;
+                let email: Option<String> =
+                    sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user).fetch_optional(&mut *tx).await?;
+                let memberships: Vec<MembershipView> = sqlx::query_as(
+                    "SELECT t.slug AS tenant, m.role FROM memberships m JOIN tenants t ON t.id = m.tenant_id \
+                     WHERE m.user_id = $1 ORDER BY t.slug",
+                )
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                (email, memberships)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(MeView {
+            actor: principal.actor,
+            email,
+            platform_admin: principal.platform_admin,
+            tenant: principal.tenant.as_ref().map(|t| t.slug.clone()),
+            role: principal.role,
+            permissions: principal.permissions(),
+            memberships,
+        })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod engine;
+pub mod metadata;
 pub mod metrics;
 pub mod models;
 pub mod protocol;

@@ -15,7 +15,8 @@ use super::engine::{BurnEngine, Engine, OnnxEngine, OnnxRuntime};
 use super::metrics::InferenceMetrics;
 use super::protocol::DataType;
 use super::worker::{BatchPolicy, EngineFactory, WorkerPool};
-use crate::audit::{AuditActor, RequestInfo};
+use crate::audit::AuditActor;
+use crate::request::RequestInfo;
 use crate::burnml::{Architecture, Task};
 use crate::config::InferenceSettings;
 use crate::error::{ApiError, Code};
@@ -129,6 +130,11 @@ pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSp
 }
 
 impl ModelManager {
+    /// The registry models are resolved and loaded from.
+    pub fn registry(&self) -> &RegistryService {
+        &self.registry
+    }
+
     pub fn new(
         registry: RegistryService,
         runtime: Result<Arc<OnnxRuntime>, String>,

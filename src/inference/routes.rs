@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::cache::CacheStatus;
-use super::service::InferCall;
-use crate::audit::{AuditActor, RequestInfo};
+use super::metadata::ModelMetadata;
+use super::service::{InferCall, InferenceService};
+use crate::audit::AuditActor;
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::identity::{Guarded, perm};
-use crate::registry::model::{ModelName, VersionRef};
-use crate::registry::onnx::ModelSignature;
-use crate::startup::AppState;
+use crate::http::guard::Guarded;
+use crate::identity::perm;
+use crate::http::health::Probes;
 
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 pub const CACHE_HEADER: &str = "tessera-cache";
@@ -28,25 +29,6 @@ pub struct ServerMetadata {
     pub name: &'static str,
     pub version: &'static str,
     pub extensions: Vec<&'static str>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct TensorMetadata {
-    pub name: String,
-    #[schema(example = "FP32")]
-    pub datatype: String,
-    /// -1 = any size.
-    pub shape: Vec<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ModelMetadata {
-    pub name: String,
-    pub versions: Vec<String>,
-    #[schema(example = "onnxruntime_onnx")]
-    pub platform: &'static str,
-    pub inputs: Vec<TensorMetadata>,
-    pub outputs: Vec<TensorMetadata>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -82,106 +64,58 @@ pub async fn live() -> HttpResponse {
     tag = "inference",
     responses(
         (status = 200, description = "Ready"),
-        (status = 503, body = crate::error::Problem, content_type = "application/problem+json", description = "Not ready"),
+        (status = 503, description = "Not ready"),
     )
 )]
 #[get("/v2/health/ready")]
-pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !state.inference.models.runtime_ready() {
+pub async fn ready(inference: web::Data<InferenceService>, probes: web::Data<Probes>) -> Result<HttpResponse, ApiError> {
+    if !inference.models.runtime_ready() {
         return Err(ApiError::unavailable("ONNX Runtime is not loaded", 5));
     }
-    crate::db::ping(&state.db, std::time::Duration::from_secs(1))
-        .await
-        .map_err(|e| ApiError::unavailable(format!("postgres: {e}"), 2))?;
+    probes.postgres(std::time::Duration::from_secs(1)).await.map_err(|e| ApiError::unavailable(format!("postgres: {e}"), 2))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ready": true })))
-}
-
-async fn metadata(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
-    let tenant = guard.tenant()?;
-    let model = ModelName::lookup(name)?;
-    let version_ref = version.map(VersionRef::parse).transpose()?;
-    let stored = state.registry.get_version(tenant, &model, version_ref.as_ref()).await?;
-    let versions = match version {
-        Some(_) => vec![stored.view.version.to_string()],
-        None => state.registry.list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
-    };
-    let burn: Option<crate::burnml::Architecture> = stored.view.burn.clone().and_then(|b| serde_json::from_value(b).ok());
-    let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match burn {
-        Some(architecture) => {
-            let (inputs, outputs) = crate::inference::models::burn_specs(&architecture);
-            let convert = |specs: Vec<crate::inference::models::TensorSpec>| {
-                specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype.as_str().to_owned(), shape: t.shape }).collect()
-            };
-            (convert(inputs), convert(outputs))
-        }
-        None => {
-            let signature: Option<ModelSignature> = stored.view.signature.and_then(|s| serde_json::from_value(s).ok());
-            let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
-                specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
-            };
-            signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
-        }
-    };
-    Ok(ModelMetadata {
-        name: name.to_owned(),
-        versions,
-        platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
-        inputs,
-        outputs,
-    })
 }
 
 /// Model metadata (latest version).
 #[utoipa::path(tag = "inference", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = ModelMetadata)))]
 #[get("/v2/models/{name}")]
 pub async fn model_metadata(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     path: web::Path<ModelPath>,
 ) -> Result<web::Json<ModelMetadata>, ApiError> {
-    Ok(web::Json(metadata(&state, &guard, &path.name, None).await?))
+    Ok(web::Json(guard.metadata(guard.tenant()?, &path.name, None).await?))
 }
 
 /// Model metadata of a version or alias.
 #[utoipa::path(tag = "inference", params(VersionPath), security(("bearer" = [])), responses((status = 200, body = ModelMetadata)))]
 #[get("/v2/models/{name}/versions/{version}")]
 pub async fn version_metadata(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     path: web::Path<VersionPath>,
 ) -> Result<web::Json<ModelMetadata>, ApiError> {
-    Ok(web::Json(metadata(&state, &guard, &path.name, Some(&path.version)).await?))
-}
-
-async fn readiness(state: &AppState, guard: &Guarded<{ perm::INFERENCE_RUN }>, name: &str, version: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let tenant = guard.tenant()?;
-    let models = &state.inference.models;
-    let resolved = models.resolve(tenant.id, name, version).await?;
-    // Ready means servable: a lazily loaded model is loaded by being asked about.
-    models.get(tenant.id, name, &resolved, &AuditActor::of(&guard.principal)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": name, "ready": true })))
+    Ok(web::Json(guard.metadata(guard.tenant()?, &path.name, Some(&path.version)).await?))
 }
 
 /// Model readiness (loads the model if it is not loaded yet).
 #[utoipa::path(tag = "inference", params(ModelPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
 #[get("/v2/models/{name}/ready")]
 pub async fn model_ready(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    readiness(&state, &guard, &path.name, None).await
+    guard.readiness(guard.tenant()?, &path.name, None, &AuditActor::from(&guard.principal)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": path.name, "ready": true })))
 }
 
 /// Version readiness.
 #[utoipa::path(tag = "inference", params(VersionPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
 #[get("/v2/models/{name}/versions/{version}/ready")]
 pub async fn version_ready(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     path: web::Path<VersionPath>,
 ) -> Result<HttpResponse, ApiError> {
-    readiness(&state, &guard, &path.name, Some(&path.version)).await
+    guard.readiness(guard.tenant()?, &path.name, Some(&path.version), &AuditActor::from(&guard.principal)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": path.name, "ready": true })))
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
@@ -197,8 +131,7 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiErro
 }
 
 async fn infer(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: &AppState,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: &actix_web::HttpRequest,
     name: String,
     version: Option<String>,
@@ -214,7 +147,7 @@ async fn infer(
         .is_some_and(|v| v.split(',').any(|d| matches!(d.trim(), "no-cache" | "no-store")));
     let call = InferCall {
         tenant: tenant.id,
-        actor: AuditActor::of(&guard.principal),
+        actor: AuditActor::from(&guard.principal),
         name,
         version,
         body: body.into(),
@@ -223,7 +156,7 @@ async fn infer(
         no_cache,
         info: RequestInfo::from_request(req),
     };
-    let reply = state.inference.infer(call).await?;
+    let reply = guard.infer(call).await?;
     let mut response = HttpResponse::Ok();
     response.insert_header((CACHE_HEADER, reply.cache.as_str()));
     if reply.cache == CacheStatus::Hit {
@@ -249,20 +182,19 @@ async fn infer(
     request_body(content = Object, description = "An OIP v2 inference request"),
     responses(
         (status = 200, description = "An OIP v2 inference response", body = Object),
-        (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Inputs do not match the model (`invalid_input`)"),
-        (status = 503, body = crate::error::Problem, content_type = "application/problem+json", description = "Queue full (`overloaded`), with Retry-After"),
-        (status = 504, body = crate::error::Problem, content_type = "application/problem+json", description = "Deadline passed (`deadline_exceeded`)"),
+        (status = 400, description = "Inputs do not match the model (`invalid_input`)"),
+        (status = 503, description = "Queue full (`overloaded`), with Retry-After"),
+        (status = 504, description = "Deadline passed (`deadline_exceeded`)"),
     )
 )]
 #[post("/v2/models/{name}/infer")]
 pub async fn infer_latest(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: actix_web::HttpRequest,
     path: web::Path<ModelPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    infer(guard, &state, &req, path.into_inner().name, None, body).await
+    infer(guard, &req, path.into_inner().name, None, body).await
 }
 
 /// Inference on a version or alias (`production`).
@@ -273,12 +205,11 @@ pub async fn infer_latest(
 )]
 #[post("/v2/models/{name}/versions/{version}/infer")]
 pub async fn infer_version(
-    guard: Guarded<{ perm::INFERENCE_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: actix_web::HttpRequest,
     path: web::Path<VersionPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let VersionPath { name, version } = path.into_inner();
-    infer(guard, &state, &req, name, Some(version), body).await
+    infer(guard, &req, name, Some(version), body).await
 }

@@ -20,7 +20,8 @@ use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_respons
 use super::validate::{Prepared, prepare};
 use super::worker::{Job, WorkError};
 use crate::audit::sink::{AuditSink, CallEvent};
-use crate::audit::{AuditActor, Outcome, RequestInfo};
+use crate::audit::{AuditActor, Outcome};
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantId;
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::csv::{CsvScanner, CsvTable};
+use crate::data::csv::{CsvScanner, CsvTable};
 use super::model::{BatchInferJob, JobRequest, JobSpec, column_indices};
-use super::runner::{Control, Decision, Stop};
+use super::control::{Control, Decision, Stop};
 use super::service::JobRow;
-use crate::audit::{AuditEvent, RequestInfo};
+use crate::audit::AuditEvent;
+use crate::request::RequestInfo;
 use crate::inference::engine::RunOutput;
 use crate::inference::protocol::{DataType, TensorData};
 use crate::inference::worker::{Job, WorkError};

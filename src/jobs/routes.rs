@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::model::{DatasetView, JobKind, JobRequest, JobStatus, JobView};
 use super::service::{JobFilter, JobService};
-use crate::audit::RequestInfo;
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::identity::{Guarded, perm};
+use crate::http::guard::Guarded;
+use crate::identity::perm;
 use crate::registry::model::ModelName;
-use crate::startup::AppState;
 use crate::tenancy::TenantId;
 
 #[derive(Deserialize, IntoParams)]
@@ -49,15 +49,14 @@ pub struct JobListQuery {
     request_body(content = String, content_type = "text/csv", description = "The CSV file"),
     responses(
         (status = 201, body = DatasetView),
-        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "Not a valid numeric CSV (`invalid_dataset`), with the line"),
-        (status = 413, body = crate::error::Problem, content_type = "application/problem+json", description = "Larger than the dataset limit"),
-        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Storage quota exceeded (`quota_exceeded`)"),
+        (status = 422, description = "Not a valid numeric CSV (`invalid_dataset`), with the line"),
+        (status = 413, description = "Larger than the dataset limit"),
+        (status = 403, description = "Storage quota exceeded (`quota_exceeded`)"),
     )
 )]
 #[post("/v1/datasets")]
 pub async fn upload_dataset(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
     req: HttpRequest,
     query: web::Query<DatasetQuery>,
@@ -72,26 +71,25 @@ pub async fn upload_dataset(
     let name = ModelName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.detail().replace("model name", "dataset name")))?;
     let declared_len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let tenant = guard.tenant()?.id;
-    let view = state.jobs.upload_dataset(&guard.principal, tenant, &name, body, declared_len, &info).await?;
+    let view = guard.upload_dataset(&guard.principal, tenant, &name, body, declared_len, &info).await?;
     Ok(HttpResponse::Created().json(view))
 }
 
 /// The tenant's datasets, newest first.
 #[utoipa::path(tag = "jobs", security(("bearer" = [])), responses((status = 200, body = Vec<DatasetView>)))]
 #[get("/v1/datasets")]
-pub async fn list_datasets(guard: Guarded<{ perm::JOBS_RUN }>, state: web::Data<AppState>) -> Result<web::Json<Vec<DatasetView>>, ApiError> {
-    Ok(web::Json(state.jobs.list_datasets(guard.tenant()?.id).await?))
+pub async fn list_datasets(guard: Guarded<{ perm::JOBS_RUN }, JobService>) -> Result<web::Json<Vec<DatasetView>>, ApiError> {
+    Ok(web::Json(guard.list_datasets(guard.tenant()?.id).await?))
 }
 
 /// A dataset's header, size and checksum.
 #[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = DatasetView)))]
 #[get("/v1/datasets/{id}")]
 pub async fn get_dataset(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     path: web::Path<IdPath>,
 ) -> Result<web::Json<DatasetView>, ApiError> {
-    Ok(web::Json(state.jobs.get_dataset(guard.tenant()?.id, path.id).await?))
+    Ok(web::Json(guard.get_dataset(guard.tenant()?.id, path.id).await?))
 }
 
 /// Submit a training or batch inference job. With an `Idempotency-Key` header, resubmitting
@@ -103,13 +101,12 @@ pub async fn get_dataset(
     responses(
         (status = 201, body = JobView, description = "Queued"),
         (status = 200, body = JobView, description = "The job an earlier submission with this Idempotency-Key created"),
-        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "The key was used for a different request (`idempotency_key_reused`)"),
+        (status = 422, description = "The key was used for a different request (`idempotency_key_reused`)"),
     )
 )]
 #[post("/v1/jobs")]
 pub async fn submit_job(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
     req: HttpRequest,
     body: web::Json<JobRequest>,
@@ -123,7 +120,7 @@ pub async fn submit_job(
             Some(key.to_owned())
         }
     };
-    let (job, created) = state.jobs.submit(&guard.principal, guard.tenant()?.id, body.into_inner(), key, &info).await?;
+    let (job, created) = guard.submit(&guard.principal, guard.tenant()?.id, body.into_inner(), key, &info).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.insert_header((header::LOCATION, format!("/v1/jobs/{}", job.id))).json(job))
 }
@@ -132,20 +129,19 @@ pub async fn submit_job(
 #[utoipa::path(tag = "jobs", params(JobListQuery), security(("bearer" = [])), responses((status = 200, body = Vec<JobView>)))]
 #[get("/v1/jobs")]
 pub async fn list_jobs(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     query: web::Query<JobListQuery>,
 ) -> Result<web::Json<Vec<JobView>>, ApiError> {
     let query = query.into_inner();
     let filter = JobFilter { status: query.status, kind: query.kind, before: query.before, limit: query.limit.unwrap_or(50) };
-    Ok(web::Json(state.jobs.list(guard.tenant()?.id, &filter).await?))
+    Ok(web::Json(guard.list(guard.tenant()?.id, &filter).await?))
 }
 
 /// A job: status, attempts, latest progress, result or error.
 #[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = JobView)))]
 #[get("/v1/jobs/{id}")]
-pub async fn get_job(guard: Guarded<{ perm::JOBS_RUN }>, state: web::Data<AppState>, path: web::Path<IdPath>) -> Result<web::Json<JobView>, ApiError> {
-    Ok(web::Json(state.jobs.get(guard.tenant()?.id, path.id).await?))
+pub async fn get_job(guard: Guarded<{ perm::JOBS_RUN }, JobService>, path: web::Path<IdPath>) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(guard.get(guard.tenant()?.id, path.id).await?))
 }
 
 /// Cancel a job: at once if it is queued, at its next epoch (or batch of rows) if running.
@@ -153,17 +149,16 @@ pub async fn get_job(guard: Guarded<{ perm::JOBS_RUN }>, state: web::Data<AppSta
     tag = "jobs", params(IdPath), security(("bearer" = [])),
     responses(
         (status = 200, body = JobView),
-        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already finished (`job_finished`)"),
+        (status = 409, description = "Already finished (`job_finished`)"),
     )
 )]
 #[post("/v1/jobs/{id}/cancel")]
 pub async fn cancel_job(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
     path: web::Path<IdPath>,
 ) -> Result<web::Json<JobView>, ApiError> {
-    Ok(web::Json(state.jobs.cancel(&guard.principal, guard.tenant()?.id, path.id, &info).await?))
+    Ok(web::Json(guard.cancel(&guard.principal, guard.tenant()?.id, path.id, &info).await?))
 }
 
 /// A batch inference job's predictions, as CSV (decrypted as it is served; audited).
@@ -173,12 +168,11 @@ pub async fn cancel_job(
 )]
 #[get("/v1/jobs/{id}/output")]
 pub async fn job_output(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let bytes = state.jobs.output(&guard.principal, guard.tenant()?.id, path.id, &info).await?;
+    let bytes = guard.output(&guard.principal, guard.tenant()?.id, path.id, &info).await?;
     Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(bytes))
 }
 
@@ -192,8 +186,7 @@ pub async fn job_output(
 )]
 #[get("/v1/jobs/{id}/events")]
 pub async fn job_events(
-    guard: Guarded<{ perm::JOBS_RUN }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     req: HttpRequest,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, ApiError> {
@@ -206,8 +199,8 @@ pub async fn job_events(
     };
     // The job must be visible before the stream starts: a 404 is a problem document, not an
     // empty stream.
-    state.jobs.get(tenant, path.id).await?;
-    let stream = event_stream(state.jobs.clone(), tenant, path.id, after);
+    guard.get(tenant, path.id).await?;
+    let stream = event_stream(JobService::clone(&guard), tenant, path.id, after);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

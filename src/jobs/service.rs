@@ -11,10 +11,11 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::csv::CsvTable;
+use crate::data::csv::CsvTable;
 use super::model::{DatasetView, JobKind, JobRequest, JobSpec, JobStatus, JobView, column_indices};
 use super::queue::JobQueue;
-use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
+use crate::request::RequestInfo;
 use crate::config::JobsSettings;
 use crate::error::{ApiError, Code};
 use crate::identity::Principal;
@@ -198,7 +199,7 @@ impl JobService {
             Ok(done) => done,
             Err(e) => {
                 if e.code().status().is_client_error() {
-                    let event = AuditEvent::new(Some(tenant), AuditActor::of(actor), "dataset.upload_rejected")
+                    let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "dataset.upload_rejected")
                         .outcome(Outcome::Failure)
                         .details(json!({ "name": name.as_str(), "code": e.code().as_str(), "reason": e.detail() }));
                     if let Err(audit) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
@@ -211,7 +212,7 @@ impl JobService {
         let result = async {
             let mut tx = TenantTx::begin(&self.pool, tenant).await?;
             let view = self.insert_data_object(&mut tx, "dataset", name.as_str(), &sealed, &table, actor.user_id()).await?;
-            let event = AuditEvent::new(Some(tenant), AuditActor::of(actor), "dataset.uploaded").resource("dataset", view.id).details(
+            let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "dataset.uploaded").resource("dataset", view.id).details(
                 json!({ "name": name.as_str(), "rows": view.rows, "columns": view.columns.len(), "size_bytes": view.size_bytes, "sha256": view.sha256 }),
             );
             self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -322,7 +323,7 @@ impl JobService {
         self.check_references(tenant, &spec).await?;
 
         let id = Uuid::now_v7();
-        let actor_audit = AuditActor::of(actor);
+        let actor_audit = AuditActor::from(actor);
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!(
             "INSERT INTO jobs (id, tenant_id, kind, spec, status, idempotency_key, request_digest, max_attempts, dispatched_at, \
@@ -482,7 +483,7 @@ impl JobService {
                 return Err(ApiError::new(Code::JobFinished, format!("job {id} has already finished ({})", done.as_str())));
             }
         };
-        let event = AuditEvent::new(Some(tenant), AuditActor::of(actor), action).resource("job", id);
+        let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), action).resource("job", id);
         self.auditor.record(tx.conn(), info, vec![event]).await?;
         tx.commit().await?;
         self.get(tenant, id).await
@@ -521,7 +522,7 @@ impl JobService {
             .ok_or_else(|| ApiError::new(Code::NotFound, format!("job {id} has no output (yet)")))?;
         let row = self.data_object(tenant, output, "job_output").await?;
         let bytes = self.open_data_object(tenant, &row).await?;
-        let event = AuditEvent::new(Some(tenant), AuditActor::of(actor), "job.output_downloaded")
+        let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "job.output_downloaded")
             .resource("job", id)
             .details(json!({ "output": output, "rows": row.rows, "size_bytes": row.size_bytes }));
         self.auditor.record_alone(&self.pool, info, vec![event]).await?;

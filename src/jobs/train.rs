@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::batch::{load_table, parse_spec};
 use super::model::{JobSpec, TrainJob, column_indices};
-use super::runner::{Control, Decision, Stop};
+use super::control::{Control, Decision, Stop};
 use super::service::JobRow;
-use crate::audit::{AuditEvent, RequestInfo};
+use crate::audit::AuditEvent;
+use crate::request::RequestInfo;
 use crate::burnml::train::{Dataset, EpochReport, TrainError};
 use crate::burnml::{self, Task};
 use crate::error::Code;
@@ -37,7 +38,7 @@ fn epoch_json(report: &EpochReport) -> Value {
 }
 
 /// Features and targets out of a parsed table, as the architecture expects them.
-fn dataset_for(job: &TrainJob, table: &super::csv::CsvTable) -> Result<Dataset, String> {
+fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dataset, String> {
     let target = column_indices(&table.columns, Some(std::slice::from_ref(&job.target)), None)?[0];
     let features = column_indices(&table.columns, job.features.as_deref(), Some(&job.target))?;
     if features.len() != job.architecture.input_features() {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Auditor};
+
+use crate::request::RequestInfo;
 use crate::crypto::{CryptoError, Key, MasterKeys, random_key, unwrap, wrap};
 use crate::error::ApiError;
 use crate::tenancy::db::TenantTx;

@@ -15,25 +15,14 @@ use super::keys::KeyService;
 use super::model::{ModelName, StoredVersion, VersionRef};
 use super::sealed::SealedRef;
 use super::service::RegistryService;
-use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Outcome};
+use crate::request::RequestInfo;
+use super::error::ArtifactError;
 use crate::crypto::Key;
 use crate::crypto::stream::Decryptor;
 use crate::error::{ApiError, Code};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
-
-/// Why stored bytes did not come back as the artifact that was uploaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ArtifactError {
-    #[error("ciphertext failed authentication (tampered, truncated, reordered or wrong key)")]
-    Tampered,
-    #[error("plaintext does not match the recorded SHA-256 or size")]
-    Checksum,
-    #[error("the data key does not unwrap")]
-    Key,
-    #[error("storage: {0}")]
-    Storage(String),
-}
 
 /// A decrypted, verified artifact, in memory only.
 pub struct LoadedArtifact {

@@ -2,6 +2,7 @@
 //! streamed encrypted uploads (`upload`), verified decryption into memory (`loader`), the
 //! key hierarchy (`keys`) and the object store holding ciphertext (`store`).
 
+pub mod error;
 pub mod keys;
 pub mod loader;
 pub mod model;

@@ -36,7 +36,7 @@ impl ModelName {
 
     /// A name from a URL: one that cannot exist is simply not found.
     pub fn lookup(value: &str) -> Result<Self, ApiError> {
-        Self::parse(value).map_err(|_| super::service::model_not_found(value))
+        Self::parse(value).map_err(|_| super::error::model_not_found(value))
     }
 }
 

@@ -8,32 +8,22 @@ use utoipa::{IntoParams, ToSchema};
 use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, VersionRef, VersionView};
 use super::service::NewModel;
 use super::upload::{UploadSpec, parse_sha256};
-use crate::audit::{AuditActor, RequestInfo};
+use crate::audit::AuditActor;
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::identity::{Guarded, perm};
-use crate::startup::AppState;
-
-#[derive(Deserialize, IntoParams)]
-pub struct TenantPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
-}
+use crate::http::guard::{Guarded, TenantPath};
+use crate::identity::perm;
+use super::RegistryService;
+use crate::inference::models::ModelManager;
 
 #[derive(Deserialize, IntoParams)]
 pub struct ModelPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// Model name.
     model: String,
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct VersionPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// Model name.
     model: String,
     /// A version number or an alias.
@@ -42,9 +32,6 @@ pub struct VersionPath {
 
 #[derive(Deserialize, IntoParams)]
 pub struct AliasPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// Model name.
     model: String,
     /// Alias name, e.g. `production`.
@@ -97,14 +84,13 @@ pub struct RotationResult {
     tag = "models", params(TenantPath), request_body = CreateModelRequest, security(("bearer" = [])),
     responses(
         (status = 201, body = ModelView),
-        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Name taken (`already_exists`)"),
-        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Model quota used up (`quota_exceeded`)"),
+        (status = 409, description = "Name taken (`already_exists`)"),
+        (status = 403, description = "Model quota used up (`quota_exceeded`)"),
     )
 )]
 #[post("/v1/tenants/{tenant}/models")]
 pub async fn create_model(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
     info: RequestInfo,
     body: web::Json<CreateModelRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -117,7 +103,7 @@ pub async fn create_model(
         deterministic: body.deterministic,
         serving: body.serving,
     };
-    let model = state.registry.create_model(&guard.principal, guard.tenant()?, new, &info).await?;
+    let model = guard.create_model(&guard.principal, guard.tenant()?, new, &info).await?;
     Ok(HttpResponse::Created().json(model))
 }
 
@@ -125,61 +111,59 @@ pub async fn create_model(
 #[utoipa::path(tag = "models", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = Vec<ModelView>)))]
 #[get("/v1/tenants/{tenant}/models")]
 pub async fn list_models(
-    guard: Guarded<{ perm::MODELS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
 ) -> Result<web::Json<Vec<ModelView>>, ApiError> {
-    Ok(web::Json(state.registry.list_models(guard.tenant()?).await?))
+    Ok(web::Json(guard.list_models(guard.tenant()?).await?))
 }
 
 /// A model with its aliases and latest version.
-#[utoipa::path(tag = "models", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = ModelView)))]
+#[utoipa::path(tag = "models", params(TenantPath, ModelPath), security(("bearer" = [])), responses((status = 200, body = ModelView)))]
 #[get("/v1/tenants/{tenant}/models/{model}")]
 pub async fn get_model(
-    guard: Guarded<{ perm::MODELS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
     path: web::Path<ModelPath>,
 ) -> Result<web::Json<ModelView>, ApiError> {
-    Ok(web::Json(state.registry.get_model(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
+    Ok(web::Json(guard.get_model(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
 }
 
 /// Delete a model and its versions (soft, audited). Refused while it has aliases.
 #[utoipa::path(
-    tag = "models", params(ModelPath), security(("bearer" = [])),
+    tag = "models", params(TenantPath, ModelPath), security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Aliases remain (`version_has_alias`)"),
+        (status = 409, description = "Aliases remain (`version_has_alias`)"),
     )
 )]
 #[delete("/v1/tenants/{tenant}/models/{model}")]
 pub async fn delete_model(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
+    models: web::Data<ModelManager>,
     info: RequestInfo,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = guard.tenant()?;
-    state.registry.delete_model(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &info).await?;
-    state.inference.models.forget(tenant.id, &path.model);
+    guard.delete_model(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &info).await?;
+    models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Upload a new version: the raw artifact as the body (`application/octet-stream`), streamed,
 /// encrypted as it arrives. ONNX models are validated and their signature extracted.
 #[utoipa::path(
-    tag = "models", params(ModelPath, UploadQuery), security(("bearer" = [])),
+    tag = "models", params(TenantPath, ModelPath, UploadQuery), security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact"),
     responses(
         (status = 201, body = VersionView),
-        (status = 422, body = crate::error::Problem, content_type = "application/problem+json", description = "Not a valid model (`invalid_model`)"),
-        (status = 400, body = crate::error::Problem, content_type = "application/problem+json", description = "Checksum mismatch (`checksum_mismatch`)"),
-        (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "Storage quota exceeded (`quota_exceeded`)"),
-        (status = 413, body = crate::error::Problem, content_type = "application/problem+json", description = "Larger than the platform's artifact limit"),
+        (status = 422, description = "Not a valid model (`invalid_model`)"),
+        (status = 400, description = "Checksum mismatch (`checksum_mismatch`)"),
+        (status = 403, description = "Storage quota exceeded (`quota_exceeded`)"),
+        (status = 413, description = "Larger than the platform's artifact limit"),
     )
 )]
 #[post("/v1/tenants/{tenant}/models/{model}/versions")]
 pub async fn upload_version(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
+    models: web::Data<ModelManager>,
     info: RequestInfo,
     req: HttpRequest,
     path: web::Path<ModelPath>,
@@ -216,53 +200,49 @@ pub async fn upload_version(
         metadata: None,
     };
     let tenant = guard.tenant()?;
-    let version = state.registry.upload(&guard.principal, tenant, &ModelName::lookup(&path.model)?, spec, body, &info).await?;
+    let version = guard.upload(&guard.principal, tenant, &ModelName::lookup(&path.model)?, spec, body, &info).await?;
     // "Latest" now means the new version.
-    state.inference.models.forget(tenant.id, &path.model);
+    models.forget(tenant.id, &path.model);
     Ok(HttpResponse::Created().json(version))
 }
 
 /// List a model's live versions.
-#[utoipa::path(tag = "models", params(ModelPath), security(("bearer" = [])), responses((status = 200, body = Vec<VersionView>)))]
+#[utoipa::path(tag = "models", params(TenantPath, ModelPath), security(("bearer" = [])), responses((status = 200, body = Vec<VersionView>)))]
 #[get("/v1/tenants/{tenant}/models/{model}/versions")]
 pub async fn list_versions(
-    guard: Guarded<{ perm::MODELS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
     path: web::Path<ModelPath>,
 ) -> Result<web::Json<Vec<VersionView>>, ApiError> {
-    Ok(web::Json(state.registry.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
+    Ok(web::Json(guard.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
 }
 
 /// A version, by number or alias.
-#[utoipa::path(tag = "models", params(VersionPath), security(("bearer" = [])), responses((status = 200, body = VersionView)))]
+#[utoipa::path(tag = "models", params(TenantPath, VersionPath), security(("bearer" = [])), responses((status = 200, body = VersionView)))]
 #[get("/v1/tenants/{tenant}/models/{model}/versions/{version}")]
 pub async fn get_version(
-    guard: Guarded<{ perm::MODELS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
     path: web::Path<VersionPath>,
 ) -> Result<web::Json<VersionView>, ApiError> {
     let version = VersionRef::parse(&path.version)?;
-    let stored = state.registry.get_version(guard.tenant()?, &ModelName::lookup(&path.model)?, Some(&version)).await?;
+    let stored = guard.get_version(guard.tenant()?, &ModelName::lookup(&path.model)?, Some(&version)).await?;
     Ok(web::Json(stored.view))
 }
 
 /// Download a version's artifact, decrypted and verified as it streams (audited).
 #[utoipa::path(
-    tag = "models", params(VersionPath), security(("bearer" = [])),
+    tag = "models", params(TenantPath, VersionPath), security(("bearer" = [])),
     responses((status = 200, description = "The artifact", content_type = "application/octet-stream", body = Vec<u8>))
 )]
 #[get("/v1/tenants/{tenant}/models/{model}/versions/{version}/artifact")]
 pub async fn download_version(
-    guard: Guarded<{ perm::MODELS_DOWNLOAD }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_DOWNLOAD }, RegistryService>,
     info: RequestInfo,
     path: web::Path<VersionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let version = VersionRef::parse(&path.version)?;
     let tenant = guard.tenant()?;
-    let (stored, stream) = state
-        .registry
-        .download(AuditActor::of(&guard.principal), tenant.id, &ModelName::lookup(&path.model)?, Some(&version), &info)
+    let (stored, stream) = guard
+        .download(AuditActor::from(&guard.principal), tenant.id, &ModelName::lookup(&path.model)?, Some(&version), &info)
         .await?;
     let filename = format!(
         "{}-v{}.{}",
@@ -281,61 +261,61 @@ pub async fn download_version(
 
 /// Delete a version (soft, audited). Refused while an alias points at it.
 #[utoipa::path(
-    tag = "models", params(VersionPath), security(("bearer" = [])),
+    tag = "models", params(TenantPath, VersionPath), security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Behind an alias (`version_has_alias`)"),
+        (status = 409, description = "Behind an alias (`version_has_alias`)"),
     )
 )]
 #[delete("/v1/tenants/{tenant}/models/{model}/versions/{version}")]
 pub async fn delete_version(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
+    models: web::Data<ModelManager>,
     info: RequestInfo,
     path: web::Path<VersionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let version = VersionRef::parse(&path.version)?;
     let tenant = guard.tenant()?;
-    state.registry.delete_version(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &version, &info).await?;
-    state.inference.models.forget(tenant.id, &path.model);
+    guard.delete_version(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &version, &info).await?;
+    models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Point an alias at a version, creating or moving it atomically.
 #[utoipa::path(
-    tag = "models", params(AliasPath), request_body = SetAliasRequest, security(("bearer" = [])),
+    tag = "models", params(TenantPath, AliasPath), request_body = SetAliasRequest, security(("bearer" = [])),
     responses((status = 200, body = ModelView))
 )]
 #[put("/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
 pub async fn set_alias(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
+    models: web::Data<ModelManager>,
     info: RequestInfo,
     path: web::Path<AliasPath>,
     body: web::Json<SetAliasRequest>,
 ) -> Result<web::Json<ModelView>, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
     let tenant = guard.tenant()?;
-    let model = state.registry.set_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, body.version, &info).await?;
+    let model = guard.set_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, body.version, &info).await?;
     // This instance serves the new target at once; others within `inference.resolve_ttl_ms`.
-    state.inference.models.forget(tenant.id, &path.model);
-    state.inference.models.preload(tenant.id, &path.model, alias.as_str());
+    models.forget(tenant.id, &path.model);
+    models.preload(tenant.id, &path.model, alias.as_str());
     Ok(web::Json(model))
 }
 
 /// Remove an alias.
-#[utoipa::path(tag = "models", params(AliasPath), security(("bearer" = [])), responses((status = 204, description = "Removed")))]
+#[utoipa::path(tag = "models", params(TenantPath, AliasPath), security(("bearer" = [])), responses((status = 204, description = "Removed")))]
 #[delete("/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
 pub async fn remove_alias(
-    guard: Guarded<{ perm::MODELS_WRITE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
+    models: web::Data<ModelManager>,
     info: RequestInfo,
     path: web::Path<AliasPath>,
 ) -> Result<HttpResponse, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
     let tenant = guard.tenant()?;
-    state.registry.remove_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, &info).await?;
-    state.inference.models.forget(tenant.id, &path.model);
+    guard.remove_alias(&guard.principal, tenant, &ModelName::lookup(&path.model)?, &alias, &info).await?;
+    models.forget(tenant.id, &path.model);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -344,10 +324,9 @@ pub async fn remove_alias(
 #[utoipa::path(tag = "models", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = RotationResult)))]
 #[post("/v1/tenants/{tenant}/keys/rotate")]
 pub async fn rotate_tenant_key(
-    guard: Guarded<{ perm::KEYS_ROTATE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::KEYS_ROTATE }, RegistryService>,
     info: RequestInfo,
 ) -> Result<web::Json<RotationResult>, ApiError> {
-    let rewrapped_data_keys = state.registry.rotate_tenant_key(&guard.principal, guard.tenant()?, &info).await?;
+    let rewrapped_data_keys = guard.rotate_tenant_key(&guard.principal, guard.tenant()?, &info).await?;
     Ok(web::Json(RotationResult { rewrapped_data_keys }))
 }

@@ -10,16 +10,17 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::keys::KeyService;
-use super::loader::ArtifactError;
+use super::error::ArtifactError;
 use super::model::{Framework, ModelName, StoredVersion, VersionView};
 use super::service::RegistryService;
 use super::store::ArtifactStore;
 use super::upload::{Author, Check, Checked, Intake, Limit, NewVersionRow, blocking};
-use crate::audit::{AuditEvent, RequestInfo};
+use crate::audit::AuditEvent;
+use crate::request::RequestInfo;
 use crate::crypto::stream::{Encryptor, sealed_len};
 use crate::crypto::{Key, random_key};
 use crate::error::{ApiError, Code};
-use crate::jobs::csv::{CsvScanner, CsvTable};
+use crate::data::csv::{CsvScanner, CsvTable};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 

@@ -10,9 +10,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::keys::KeyService;
+use super::error::model_not_found;
 use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, ServingLimits, StoredVersion, VersionRef, VersionView};
 use super::store::ArtifactStore;
-use crate::audit::{AuditActor, AuditEvent, Auditor, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Auditor};
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
 use crate::identity::Principal;
 use crate::tenancy::TenantInfo;
@@ -130,9 +132,6 @@ const VERSION_SELECT: &str = "SELECT v.id, v.model_id, m.name, m.framework, v.ve
      FROM model_versions v JOIN models m ON m.id = v.model_id \
      WHERE v.tenant_id = $1 AND v.model_id = $2 AND v.deleted_at IS NULL";
 
-pub fn model_not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("model `{name}` not found"))
-}
 
 fn version_not_found(name: &str, version: &VersionRef) -> ApiError {
     ApiError::not_found(format!("model `{name}` has no version `{version}`"))
@@ -194,7 +193,7 @@ impl RegistryService {
                 e.into()
             });
         }
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.created")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.created")
             .resource("model", id)
             .details(json!({ "name": new.name.as_str(), "framework": new.framework.as_str() }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -359,7 +358,7 @@ impl RegistryService {
         .bind(actor.user_id())
         .execute(tx.conn())
         .await?;
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.alias_set")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.alias_set")
             .resource("model", model_id)
             .details(json!({ "model": name.as_str(), "alias": alias.as_str(), "version": version, "previous_version": previous }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -385,7 +384,7 @@ impl RegistryService {
                 .fetch_optional(tx.conn())
                 .await?;
         let version = removed.ok_or_else(|| ApiError::not_found(format!("model `{name}` has no alias `{}`", alias.as_str())))?;
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.alias_removed")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.alias_removed")
             .resource("model", model_id)
             .details(json!({ "model": name.as_str(), "alias": alias.as_str(), "version": version }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -412,7 +411,7 @@ impl RegistryService {
             ));
         }
         sqlx::query("UPDATE model_versions SET deleted_at = now() WHERE id = $1").bind(stored.view.id).execute(tx.conn()).await?;
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.version_deleted")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.version_deleted")
             .resource("model_version", stored.view.id)
             .details(json!({ "model": name.as_str(), "model_id": model_id, "version": stored.view.version }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -449,7 +448,7 @@ impl RegistryService {
         .await?;
         let versions = objects.len();
         sqlx::query("UPDATE models SET deleted_at = now() WHERE id = $1").bind(model_id).execute(tx.conn()).await?;
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.deleted")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.deleted")
             .resource("model", model_id)
             .details(json!({ "name": name.as_str(), "versions_deleted": versions }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -500,7 +499,7 @@ impl RegistryService {
             }
             rewrapped += rows.len();
         }
-        let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "keys.tenant_rotated")
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "keys.tenant_rotated")
             .resource("tenant_key", new_id)
             .details(json!({ "retired_key": retired, "rewrapped_data_keys": rewrapped }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;

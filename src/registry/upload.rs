@@ -16,13 +16,14 @@ use super::model::{Framework, ModelName, VersionView};
 use super::onnx::{ModelSignature, SignatureScanner};
 use super::service::RegistryService;
 use super::store::{ArtifactStore, ArtifactWriter};
-use crate::audit::{AuditActor, AuditEvent, Outcome, RequestInfo};
+use crate::audit::{AuditActor, AuditEvent, Outcome};
+use crate::request::RequestInfo;
 use crate::burnml::Architecture;
 use crate::crypto::random_key;
 use crate::crypto::stream::{Encryptor, sealed_len};
 use crate::error::{ApiError, Code};
 use crate::identity::Principal;
-use crate::jobs::csv::{CsvScanner, CsvTable};
+use crate::data::csv::{CsvScanner, CsvTable};
 use crate::tenancy::TenantInfo;
 use crate::tenancy::db::TenantTx;
 
@@ -198,7 +199,7 @@ impl RegistryService {
             && error.code().status().is_client_error()
             && error.code() != Code::NotFound
         {
-            let event = AuditEvent::new(Some(tenant.id), AuditActor::of(actor), "model.version_upload_rejected")
+            let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.version_upload_rejected")
                 .outcome(Outcome::Failure)
                 .details(json!({ "model": name.as_str(), "code": error.code().as_str(), "reason": error.detail() }));
             if let Err(e) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
@@ -420,7 +421,7 @@ impl RegistryService {
         info: &RequestInfo,
     ) -> Result<VersionView, ApiError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let author = Author { actor: AuditActor::of(actor), user: actor.user_id(), job: None };
+        let author = Author { actor: AuditActor::from(actor), user: actor.user_id(), job: None };
         let view = self.insert_version(&mut tx, &author, name, row, info).await?;
         tx.commit().await?;
         Ok(view)

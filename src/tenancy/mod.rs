@@ -1,11 +1,10 @@
-//! Tenants: identifiers, the cached tenant directory, tenant-scoped transactions, per-tenant
-//! rate limits, and the platform/tenant administration routes.
+//! Tenants: identifiers, the cached tenant directory, tenant-scoped transactions and per-tenant
+//! rate limits. The floor of the capabilities: it knows no users, roles or audit (their
+//! administration is `identity::admin`).
 
 pub mod db;
 pub mod directory;
 pub mod rate_limit;
-pub mod routes;
-pub mod service;
 
 use std::fmt;
 

@@ -47,7 +47,7 @@ const LEASE_LIFETIME: Duration = Duration::from_secs(1);
 /// timeout and retries end a refill well before this.
 const REFILL_WAIT: Duration = Duration::from_secs(2);
 
-pub enum Decision {
+pub enum Admission {
     Allowed,
     Limited { retry_after_secs: u64 },
 }
@@ -113,7 +113,7 @@ impl RateLimiter {
         (tenant.rate_limit_per_second / 50).clamp(1, 100).min(tenant.rate_limit_burst)
     }
 
-    pub async fn check(&self, tenant: &TenantInfo) -> Decision {
+    pub async fn check(&self, tenant: &TenantInfo) -> Admission {
         let lease = Self::lease_size(tenant).max(1);
         let waited_since = Instant::now();
         loop {
@@ -131,10 +131,10 @@ impl RateLimiter {
                         drop(leases);
                         self.spawn_refill(tenant, lease);
                     }
-                    return Decision::Allowed;
+                    return Admission::Allowed;
                 }
                 if let Some(until) = held.denied_until.filter(|until| *until > now) {
-                    return Decision::Limited { retry_after_secs: ceil_secs(until - now) };
+                    return Admission::Limited { retry_after_secs: ceil_secs(until - now) };
                 }
                 !std::mem::replace(&mut held.refilling, true)
             };
@@ -144,7 +144,7 @@ impl RateLimiter {
             let left = REFILL_WAIT.saturating_sub(waited_since.elapsed());
             if tokio::time::timeout(left, settled).await.is_err() {
                 tracing::warn!(tenant = %tenant.id, "rate limiter did not settle in time; request allowed");
-                return Decision::Allowed;
+                return Admission::Allowed;
             }
         }
     }

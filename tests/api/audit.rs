@@ -246,7 +246,7 @@ async fn exports_verify_offline_and_any_edited_byte_is_detected() {
         let truncated: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
         assert!(matches!(verdict_of(&truncated, &keys), Verdict::Broken { .. }), "{format}: truncation");
 
-        let other = PublicKeys::parse(&tessera::audit::signing::AuditSigner::new(&tessera::identity::jwt::generate_key_entry("x")).unwrap().public_keys().to_string()).unwrap();
+        let other = PublicKeys::parse(&tessera::audit::signing::AuditSigner::new(&tessera::crypto::generate_key_entry("x")).unwrap().public_keys().to_string()).unwrap();
         assert!(matches!(verdict_of(&text, &other), Verdict::Broken { .. }), "{format}: wrong key accepted");
     }
 

@@ -172,7 +172,7 @@ async fn forged_none_expired_and_foreign_tokens_are_401() {
 
     // Signed by a key Tessera does not know, under a kid it does not know.
     let stranger = tessera::identity::jwt::Keyring::new(
-        &tessera::identity::jwt::generate_key_entry("stranger"),
+        &tessera::crypto::generate_key_entry("stranger"),
         &app.settings.auth.issuer,
         &app.settings.auth.audience,
     )
@@ -182,7 +182,7 @@ async fn forged_none_expired_and_foreign_tokens_are_401() {
     // Signed by a different key that claims Tessera's kid.
     let kid = ring.signing_kid().to_owned();
     let impostor = tessera::identity::jwt::Keyring::new(
-        &tessera::identity::jwt::generate_key_entry(&kid),
+        &tessera::crypto::generate_key_entry(&kid),
         &app.settings.auth.issuer,
         &app.settings.auth.audience,
     )
@@ -204,8 +204,8 @@ async fn forged_none_expired_and_foreign_tokens_are_401() {
 
 #[tokio::test]
 async fn tokens_signed_by_a_rotated_out_key_verify_while_it_is_listed() {
-    let old_key = tessera::identity::jwt::generate_key_entry("old");
-    let new_key = tessera::identity::jwt::generate_key_entry("new");
+    let old_key = tessera::crypto::generate_key_entry("old");
+    let new_key = tessera::crypto::generate_key_entry("new");
     let old = old_key.clone();
     let app = spawn_app_with(|s| s.auth.jwt_signing_keys = old.into()).await;
     let admin = app.platform_admin().await;
@@ -339,7 +339,7 @@ async fn tenant_rate_limits_answer_429_with_retry_after() {
 /// plus about one lease in flight.
 #[tokio::test]
 async fn concurrent_requests_share_one_rate_limit_refill() {
-    use tessera::tenancy::rate_limit::{Decision, RateLimiter};
+    use tessera::tenancy::rate_limit::{Admission as Decision, RateLimiter};
     use tessera::tenancy::{TenantId, TenantInfo, TenantStatus};
 
     let app = spawn_app().await;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tessera::audit::{AuditActor, RequestInfo};
-use tessera::crypto::generate_master_key_entry;
+use tessera::audit::AuditActor;
+use tessera::request::RequestInfo;
+use tessera::crypto::generate_key_entry;
 use tessera::error::Code;
 use tessera::registry::model::{ModelName, VersionRef};
 use tessera::tenancy::TenantId;
@@ -227,8 +228,8 @@ async fn tampered_objects_refuse_to_load_and_are_audited() {
 
 #[tokio::test]
 async fn key_rotation_rewraps_and_artifacts_still_load() {
-    let m1 = generate_master_key_entry("m1");
-    let m2 = generate_master_key_entry("m2");
+    let m1 = generate_key_entry("m1");
+    let m2 = generate_key_entry("m2");
     let first = m1.clone();
     let s = setup_with(spawn_app_with(|c| c.registry.master_keys = first.into()).await, json!({})).await;
     s.create_model("adder").await;

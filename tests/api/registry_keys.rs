@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tessera::crypto::{MasterKeys, generate_master_key_entry, random_key};
+use tessera::crypto::{MasterKeys, generate_key_entry, random_key};
 use tessera::registry::keys::KeyService;
 use tessera::tenancy::TenantId;
 use tessera::tenancy::db::TenantTx;
@@ -50,8 +50,8 @@ async fn a_tenant_key_is_created_once_and_stored_only_wrapped() {
 
 #[tokio::test]
 async fn rotating_the_master_key_rewraps_tenant_keys_and_the_old_one_can_go() {
-    let old = generate_master_key_entry("m1");
-    let new = generate_master_key_entry("m2");
+    let old = generate_key_entry("m1");
+    let new = generate_key_entry("m2");
     let first = old.clone();
     let app = crate::helpers::spawn_app_with(|s| s.registry.master_keys = first.into()).await;
     let acme = tenant(&app, "acme").await;

@@ -17,10 +17,12 @@ use std::time::Instant;
 use actix_web::{App, HttpResponse, test, web};
 use serde_json::json;
 use tessera::audit::sink::CallEvent;
-use tessera::audit::{AuditActor, Outcome, RequestInfo};
-use tessera::identity::authenticate::Authenticate;
-use tessera::identity::{Guarded, perm};
-use tessera::startup::AppState;
+use tessera::audit::{AuditActor, Outcome};
+use tessera::request::RequestInfo;
+use tessera::audit::sink::AuditSink;
+use tessera::http::authenticate::Authenticate;
+use tessera::http::guard::Guarded;
+use tessera::identity::perm;
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 20_000;
@@ -29,13 +31,13 @@ async fn plain(_guard: Guarded<{ perm::INFERENCE_RUN }>) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
-async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }>, state: web::Data<AppState>, info: RequestInfo) -> HttpResponse {
+async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }, AuditSink>, info: RequestInfo) -> HttpResponse {
     let Ok(tenant) = guard.tenant() else {
         return HttpResponse::NotFound().finish();
     };
     let event = CallEvent {
         tenant: tenant.id,
-        actor: AuditActor::of(&guard.principal),
+        actor: AuditActor::from(&guard.principal),
         model: "bench".into(),
         version: None,
         outcome: Outcome::Success,
@@ -44,7 +46,7 @@ async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }>, state: web::Data<AppSt
         code: None,
         info,
     };
-    state.audit_sink.call(event).await;
+    guard.call(event).await;
     HttpResponse::NoContent().finish()
 }
 
@@ -67,7 +69,8 @@ async fn run() {
     let state = app.state.clone();
     let service = test::init_service(
         App::new()
-            .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(()))
+            .app_data(web::Data::new(state.audit_sink.clone()))
             .route("/plain", web::get().to(plain))
             .route("/audited", web::get().to(audited))
             .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))

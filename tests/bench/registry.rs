@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use tessera::audit::{AuditActor, RequestInfo};
+use tessera::audit::AuditActor;
+use tessera::request::RequestInfo;
 use tessera::identity::Principal;
 use tessera::registry::model::ModelName;
 use tessera::registry::upload::UploadSpec;

@@ -1,28 +1,39 @@
 //! The guard: one extractor through which every protected handler declares the permission it
-//! needs, in its signature: `Guarded<{ perm::API_KEYS_MANAGE }>`.
+//! needs and reaches the one service it uses, in its signature:
+//! `Guarded<{ perm::MODELS_WRITE }, RegistryService>`. The service is reachable only through a
+//! guard that passed (`Deref`), so no handler can use it before the permission is checked.
 //!
 //! It runs before any body extractor, so an unauthorised request is refused without its body
 //! being read. When the route has a `{tenant}` segment, the guard resolves it and hides every
 //! tenant but the caller's own behind a 404 (platform administrators may address any tenant).
 
+use std::future::{Ready, ready};
+use std::ops::Deref;
 use std::sync::Arc;
 
-use std::future::{Ready, ready};
-
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
-use super::permissions::Permission;
-use super::principal::Principal;
 use crate::error::{ApiError, Code};
+use crate::identity::{Permission, Principal};
 use crate::tenancy::TenantInfo;
 
-pub struct Guarded<const P: u8> {
+/// A request allowed permission `P`, and the service `S` it may use (`()` for none).
+pub struct Guarded<const P: u8, S: ?Sized + 'static = ()> {
     pub principal: Principal,
     tenant: Option<Arc<TenantInfo>>,
+    service: web::Data<S>,
 }
 
-impl<const P: u8> Guarded<P> {
+impl<const P: u8, S: ?Sized + 'static> Deref for Guarded<P, S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.service
+    }
+}
+
+impl<const P: u8, S: ?Sized + 'static> Guarded<P, S> {
     pub const PERMISSION: Permission = Permission::from_u8(P);
 
     /// The tenant the operation acts on: the path's `{tenant}` when the route has one, else
@@ -36,6 +47,15 @@ impl<const P: u8> Guarded<P> {
 
 pub fn tenant_not_found(slug: &str) -> ApiError {
     ApiError::new(Code::NotFound, format!("tenant `{slug}` not found"))
+}
+
+/// The `{tenant}` segment of tenant-scoped routes, for their documentation: the guard resolves
+/// it, so handlers never read it.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// Tenant slug.
+    pub tenant: String,
 }
 
 /// The tenant named by the request path (`/v1/tenants/{tenant}/…`), resolved by the
@@ -52,7 +72,7 @@ pub fn path_tenant_slug(path: &str) -> Option<&str> {
     (!slug.is_empty()).then_some(slug)
 }
 
-impl<const P: u8> FromRequest for Guarded<P> {
+impl<const P: u8, S: ?Sized + 'static> FromRequest for Guarded<P, S> {
     type Error = actix_web::Error;
     type Future = Ready<Result<Self, Self::Error>>;
 
@@ -61,7 +81,7 @@ impl<const P: u8> FromRequest for Guarded<P> {
     }
 }
 
-impl<const P: u8> Guarded<P> {
+impl<const P: u8, S: ?Sized + 'static> Guarded<P, S> {
     fn check(req: &HttpRequest) -> Result<Self, ApiError> {
         let extensions = req.extensions();
         let principal = extensions.get::<Principal>().cloned().ok_or_else(|| {
@@ -85,6 +105,11 @@ impl<const P: u8> Guarded<P> {
                 format!("this operation needs the `{}` permission", Self::PERMISSION.as_str()),
             ));
         }
-        Ok(Guarded { principal, tenant })
+        // Fail closed: a service the application did not register is a server error, never a
+        // way around the check above.
+        let service = req.app_data::<web::Data<S>>().cloned().ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("no {} registered for guarded handlers", std::any::type_name::<S>()))
+        })?;
+        Ok(Guarded { principal, tenant, service })
     }
 }

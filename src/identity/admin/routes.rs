@@ -7,12 +7,12 @@ use uuid::Uuid;
 
 use actix_web::HttpMessage;
 
-use super::service::{AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, MemberView, NewTenant, TenantView};
-use super::{TenantSlug, TenantStatus};
-use crate::audit::RequestInfo;
+use super::{TenantService, AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, MemberView, NewTenant, TenantView};
+use crate::tenancy::{TenantSlug, TenantStatus};
+use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::identity::{Guarded, Role, perm};
-use crate::startup::AppState;
+use crate::http::guard::{Guarded, TenantPath};
+use crate::identity::{Role, perm};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -28,26 +28,13 @@ pub struct CreateTenantRequest {
 }
 
 #[derive(Deserialize, IntoParams)]
-pub struct TenantPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
-}
-
-#[derive(Deserialize, IntoParams)]
 pub struct MemberPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// The member's user id.
     user_id: Uuid,
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct ApiKeyPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// The API key's id.
     key_id: Uuid,
 }
@@ -63,20 +50,18 @@ fn not_found_docs() -> &'static str {
     security(("bearer" = [])),
     responses(
         (status = 201, body = TenantView),
-        (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Slug taken (`already_exists`)"),
+        (status = 409, description = "Slug taken (`already_exists`)"),
     )
 )]
 #[post("/v1/tenants")]
 pub async fn create_tenant(
-    guard: Guarded<{ perm::TENANTS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
     info: RequestInfo,
     body: web::Json<CreateTenantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
-    let tenant = state
-        .tenant_admin
+    let tenant = guard
         .create_tenant(&guard.principal, NewTenant {
             slug,
             name: body.name,
@@ -93,51 +78,48 @@ pub async fn create_tenant(
 #[utoipa::path(tag = "tenants", security(("bearer" = [])), responses((status = 200, body = Vec<TenantView>)))]
 #[get("/v1/tenants")]
 pub async fn list_tenants(
-    _guard: Guarded<{ perm::TENANTS_MANAGE }>,
-    state: web::Data<AppState>,
+    _guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
 ) -> Result<web::Json<Vec<TenantView>>, ApiError> {
-    Ok(web::Json(state.tenant_admin.list_tenants().await?))
+    Ok(web::Json(_guard.list_tenants().await?))
 }
 
 /// A tenant, as seen by its members and platform administrators.
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = TenantView),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[get("/v1/tenants/{tenant}")]
-pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }>, state: web::Data<AppState>) -> Result<web::Json<TenantView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.get_tenant(guard.tenant()?.id).await?))
+pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }, TenantService>) -> Result<web::Json<TenantView>, ApiError> {
+    Ok(web::Json(guard.get_tenant(guard.tenant()?.id).await?))
 }
 
 /// Suspend a tenant: its tokens and API keys stop working at once (platform administrators).
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = TenantView),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[post("/v1/tenants/{tenant}/suspend")]
 pub async fn suspend_tenant(
-    guard: Guarded<{ perm::TENANTS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
     info: RequestInfo,
 ) -> Result<web::Json<TenantView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Suspended, &info).await?))
+    Ok(web::Json(guard.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Suspended, &info).await?))
 }
 
 /// Resume a suspended tenant (platform administrators).
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = TenantView),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[post("/v1/tenants/{tenant}/resume")]
 pub async fn resume_tenant(
-    guard: Guarded<{ perm::TENANTS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
     info: RequestInfo,
 ) -> Result<web::Json<TenantView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Active, &info).await?))
+    Ok(web::Json(guard.set_status(&guard.principal, guard.tenant()?.id, TenantStatus::Active, &info).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -160,9 +142,6 @@ pub struct AcceptInvitationRequest {
 
 #[derive(Deserialize, IntoParams)]
 pub struct InvitationPath {
-    /// Tenant slug.
-    #[allow(dead_code)]
-    tenant: String,
     /// The invitation's id.
     invitation_id: Uuid,
 }
@@ -177,14 +156,13 @@ pub struct ChangeRoleRequest {
 #[utoipa::path(
     tag = "members", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = Vec<MemberView>),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[get("/v1/tenants/{tenant}/members")]
 pub async fn list_members(
-    guard: Guarded<{ perm::MEMBERS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
 ) -> Result<web::Json<Vec<MemberView>>, ApiError> {
-    Ok(web::Json(state.tenant_admin.list_members(guard.tenant()?).await?))
+    Ok(web::Json(guard.list_members(guard.tenant()?).await?))
 }
 
 /// Invite someone to the tenant with a role. The answer is the same whether or not the email
@@ -192,17 +170,16 @@ pub async fn list_members(
 #[utoipa::path(
     tag = "members", params(TenantPath), request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = CreatedInvitation),
-              (status = 403, body = crate::error::Problem, content_type = "application/problem+json", description = "The role confers permissions the caller does not hold (`forbidden`)"),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 403, description = "The role confers permissions the caller does not hold (`forbidden`)"),
+              (status = 404, description = not_found_docs()))
 )]
 #[post("/v1/tenants/{tenant}/invitations")]
 pub async fn invite(
-    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let invitation = state.tenant_admin.invite(&guard.principal, guard.tenant()?, &body.email, body.role, &info).await?;
+    let invitation = guard.invite(&guard.principal, guard.tenant()?, &body.email, body.role, &info).await?;
     Ok(HttpResponse::Created().json(invitation))
 }
 
@@ -210,30 +187,28 @@ pub async fn invite(
 #[utoipa::path(
     tag = "members", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = Vec<InvitationView>),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[get("/v1/tenants/{tenant}/invitations")]
 pub async fn list_invitations(
-    guard: Guarded<{ perm::MEMBERS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
 ) -> Result<web::Json<Vec<InvitationView>>, ApiError> {
-    Ok(web::Json(state.tenant_admin.list_invitations(guard.tenant()?).await?))
+    Ok(web::Json(guard.list_invitations(guard.tenant()?).await?))
 }
 
 /// Revoke a pending invitation.
 #[utoipa::path(
-    tag = "members", params(InvitationPath), security(("bearer" = [])),
+    tag = "members", params(TenantPath, InvitationPath), security(("bearer" = [])),
     responses((status = 204, description = "Revoked"),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[delete("/v1/tenants/{tenant}/invitations/{invitation_id}")]
 pub async fn revoke_invitation(
-    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
     path: web::Path<InvitationPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tenant_admin.revoke_invitation(&guard.principal, guard.tenant()?, path.invitation_id, &info).await?;
+    guard.revoke_invitation(&guard.principal, guard.tenant()?, path.invitation_id, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -242,59 +217,55 @@ pub async fn revoke_invitation(
 #[utoipa::path(
     tag = "members", request_body = AcceptInvitationRequest,
     responses((status = 201, body = AcceptedInvitation),
-              (status = 400, body = crate::error::Problem, content_type = "application/problem+json",
-               description = "Unknown, expired, revoked or used token (`invalid_invitation`), or a weak password (`weak_password`)"),
-              (status = 401, body = crate::error::Problem, content_type = "application/problem+json",
-               description = "The invitation is for an existing account: log in as it first (`unauthenticated`)"),
-              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Already a member (`already_exists`)"))
+              (status = 400, description = "Unknown, expired, revoked or used token (`invalid_invitation`), or a weak password (`weak_password`)"),
+              (status = 401, description = "The invitation is for an existing account: log in as it first (`unauthenticated`)"),
+              (status = 409, description = "Already a member (`already_exists`)"))
 )]
 #[post("/v1/invitations/accept")]
 pub async fn accept_invitation(
     req: actix_web::HttpRequest,
-    state: web::Data<AppState>,
+    tenant_admin: web::Data<TenantService>,
     info: RequestInfo,
     body: web::Json<AcceptInvitationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let caller = req.extensions().get::<crate::identity::Principal>().cloned();
-    let accepted = state.tenant_admin.accept_invitation(&body.token, body.password, caller.as_ref(), &info).await?;
+    let accepted = tenant_admin.accept_invitation(&body.token, body.password, caller.as_ref(), &info).await?;
     Ok(HttpResponse::Created().json(accepted))
 }
 
 /// Change a member's role. A demotion applies to the member's access tokens within seconds; a
 /// promotion at their next refresh.
 #[utoipa::path(
-    tag = "members", params(MemberPath), request_body = ChangeRoleRequest, security(("bearer" = [])),
+    tag = "members", params(TenantPath, MemberPath), request_body = ChangeRoleRequest, security(("bearer" = [])),
     responses((status = 200, body = MemberView),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
-              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Would leave the tenant without an owner (`conflict`)"))
+              (status = 404, description = not_found_docs()),
+              (status = 409, description = "Would leave the tenant without an owner (`conflict`)"))
 )]
 #[patch("/v1/tenants/{tenant}/members/{user_id}")]
 pub async fn change_member_role(
-    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
     path: web::Path<MemberPath>,
     body: web::Json<ChangeRoleRequest>,
 ) -> Result<web::Json<MemberView>, ApiError> {
-    Ok(web::Json(state.tenant_admin.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role, &info).await?))
+    Ok(web::Json(guard.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role, &info).await?))
 }
 
 /// Remove a member from the tenant.
 #[utoipa::path(
-    tag = "members", params(MemberPath), security(("bearer" = [])),
+    tag = "members", params(TenantPath, MemberPath), security(("bearer" = [])),
     responses((status = 204, description = "Removed"),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()),
-              (status = 409, body = crate::error::Problem, content_type = "application/problem+json", description = "Would leave the tenant without an owner (`conflict`)"))
+              (status = 404, description = not_found_docs()),
+              (status = 409, description = "Would leave the tenant without an owner (`conflict`)"))
 )]
 #[delete("/v1/tenants/{tenant}/members/{user_id}")]
 pub async fn remove_member(
-    guard: Guarded<{ perm::MEMBERS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
     path: web::Path<MemberPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tenant_admin.remove_member(&guard.principal, guard.tenant()?, path.user_id, &info).await?;
+    guard.remove_member(&guard.principal, guard.tenant()?, path.user_id, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -313,18 +284,16 @@ pub struct CreateApiKeyRequest {
 #[utoipa::path(
     tag = "api-keys", params(TenantPath), request_body = CreateApiKeyRequest, security(("bearer" = [])),
     responses((status = 201, body = CreatedApiKey),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[post("/v1/tenants/{tenant}/api-keys")]
 pub async fn create_api_key(
-    guard: Guarded<{ perm::API_KEYS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::API_KEYS_MANAGE }, TenantService>,
     info: RequestInfo,
     body: web::Json<CreateApiKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let key = state
-        .tenant_admin
+    let key = guard
         .create_api_key(&guard.principal, guard.tenant()?, &body.name, body.role, body.expires_in_days, &info)
         .await?;
     Ok(HttpResponse::Created().json(key))
@@ -334,29 +303,27 @@ pub async fn create_api_key(
 #[utoipa::path(
     tag = "api-keys", params(TenantPath), security(("bearer" = [])),
     responses((status = 200, body = Vec<ApiKeyView>),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[get("/v1/tenants/{tenant}/api-keys")]
 pub async fn list_api_keys(
-    guard: Guarded<{ perm::API_KEYS_READ }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::API_KEYS_READ }, TenantService>,
 ) -> Result<web::Json<Vec<ApiKeyView>>, ApiError> {
-    Ok(web::Json(state.tenant_admin.list_api_keys(guard.tenant()?).await?))
+    Ok(web::Json(guard.list_api_keys(guard.tenant()?).await?))
 }
 
 /// Revoke an API key; it stops working at once.
 #[utoipa::path(
-    tag = "api-keys", params(ApiKeyPath), security(("bearer" = [])),
+    tag = "api-keys", params(TenantPath, ApiKeyPath), security(("bearer" = [])),
     responses((status = 204, description = "Revoked"),
-              (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = not_found_docs()))
+              (status = 404, description = not_found_docs()))
 )]
 #[delete("/v1/tenants/{tenant}/api-keys/{key_id}")]
 pub async fn revoke_api_key(
-    guard: Guarded<{ perm::API_KEYS_MANAGE }>,
-    state: web::Data<AppState>,
+    guard: Guarded<{ perm::API_KEYS_MANAGE }, TenantService>,
     info: RequestInfo,
     path: web::Path<ApiKeyPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tenant_admin.revoke_api_key(&guard.principal, guard.tenant()?, path.key_id, &info).await?;
+    guard.revoke_api_key(&guard.principal, guard.tenant()?, path.key_id, &info).await?;
     Ok(HttpResponse::NoContent().finish())
 }

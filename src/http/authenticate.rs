@@ -1,0 +1,126 @@
+//! The authentication middleware: a bearer credential becomes a `Principal` in the request's
+//! extensions before routing, the tenant's rate limit is applied, and the path's `{tenant}` is
+//! resolved, so that the guard never waits. A bad credential is refused here, its body unread.
+
+use std::future::{Ready, ready};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use actix_web::{Error, HttpMessage, ResponseError};
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+
+use crate::error::{ApiError, Code};
+use crate::identity::authenticate::Authenticator;
+use crate::tenancy::rate_limit::{Admission, RateLimiter};
+
+
+/// Extracts the credential of `Authorization: Bearer <credential>`.
+fn bearer(value: &HeaderValue) -> Result<&str, ApiError> {
+    let text = value.to_str().map_err(|_| ApiError::new(Code::InvalidToken, "the Authorization header is not ASCII"))?;
+    let (scheme, credential) = text
+        .split_once(' ')
+        .ok_or_else(|| ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
+        return Err(ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"));
+    }
+    Ok(credential.trim())
+}
+
+pub struct Authenticate {
+    authenticator: Arc<Authenticator>,
+    limiter: RateLimiter,
+}
+
+impl Authenticate {
+    pub fn new(authenticator: Arc<Authenticator>, limiter: RateLimiter) -> Self {
+        Self { authenticator, limiter }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Authenticate
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = AuthenticateMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(AuthenticateMiddleware {
+            service: Rc::new(service),
+            authenticator: self.authenticator.clone(),
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+pub struct AuthenticateMiddleware<S> {
+    service: Rc<S>,
+    authenticator: Arc<Authenticator>,
+    limiter: RateLimiter,
+}
+
+fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
+    let mut response = error.error_response();
+    if error.code().status() == actix_web::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
+    }
+    req.into_response(response).map_into_right_body()
+}
+
+impl<S, B> Service<ServiceRequest> for AuthenticateMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let Some(header) = req.headers().get(AUTHORIZATION).cloned() else {
+            let fut = self.service.call(req);
+            return async move { fut.await.map(ServiceResponse::map_into_left_body) }.boxed_local();
+        };
+        let service = self.service.clone();
+        let authenticator = self.authenticator.clone();
+        let limiter = self.limiter.clone();
+        async move {
+            let principal = match bearer(&header) {
+                Ok(credential) => authenticator.authenticate(credential).await,
+                Err(error) => Err(error),
+            };
+            let principal = match principal {
+                Ok(principal) => principal,
+                Err(error) => return Ok(refuse(req, error)),
+            };
+            if let Some(tenant) = &principal.tenant {
+                if let Admission::Limited { retry_after_secs } = limiter.check(tenant).await {
+                    let error = ApiError::new(Code::RateLimited, format!("tenant {} is over its request rate", tenant.slug))
+                        .with_retry_after(retry_after_secs);
+                    return Ok(refuse(req, error));
+                }
+                tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+            }
+            if let Some(slug) = super::guard::path_tenant_slug(req.path()) {
+                let resolved = match authenticator.tenants.by_slug(slug).await {
+                    Ok(tenant) => tenant,
+                    Err(error) => return Ok(refuse(req, ApiError::from(error))),
+                };
+                req.extensions_mut().insert(super::guard::PathTenant(resolved));
+            }
+            req.extensions_mut().insert(principal);
+            service.call(req).await.map(ServiceResponse::map_into_left_body)
+        }
+        .boxed_local()
+    }
+}

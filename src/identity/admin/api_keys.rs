@@ -1,0 +1,102 @@
+//! A tenant's API keys: created by members for machines, never exceeding their creator's role.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::*;
+
+impl TenantService {
+    pub async fn create_api_key(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        name: &str,
+        role: Role,
+        expires_in_days: Option<u32>,
+        info: &RequestInfo,
+    ) -> Result<CreatedApiKey, ApiError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(ApiError::new(Code::InvalidRequest, "name must have 1-100 characters"));
+        }
+        Self::check_grant(actor, role)?;
+        if role == Role::Owner {
+            return Err(ApiError::new(Code::InvalidRequest, "API keys cannot have the owner role"));
+        }
+        let expires_at = match expires_in_days {
+            Some(0) | Some(3651..) => {
+                return Err(ApiError::new(Code::InvalidRequest, "expires_in_days must be between 1 and 3650"));
+            }
+            Some(days) => Some(OffsetDateTime::now_utc() + time::Duration::days(days as i64)),
+            None => None,
+        };
+        let (prefix, secret) = new_api_key();
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let key: ApiKeyView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH k AS (INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *) \
+             SELECT {API_KEY_COLUMNS} FROM k LEFT JOIN users u ON u.id = k.created_by"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(tenant.id.0)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(&prefix)
+        .bind(&self.hasher.digest(&secret)[..])
+        .bind(actor.user_id())
+        .bind(expires_at)
+        .fetch_one(tx.conn())
+        .await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "api_key.created")
+            .resource("api_key", key.id)
+            .details(serde_json::json!({ "name": key.name, "role": key.role, "prefix": key.prefix }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        tx.commit().await?;
+        Ok(CreatedApiKey { key, secret })
+    }
+
+    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys k LEFT JOIN users u ON u.id = k.created_by \
+             WHERE k.tenant_id = $1 ORDER BY k.created_at"
+        )))
+        .bind(tenant.id.0)
+        .fetch_all(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    pub async fn revoke_api_key(
+        &self,
+        actor: &Principal,
+        tenant: &TenantInfo,
+        key: Uuid,
+        info: &RequestInfo,
+    ) -> Result<(), ApiError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let role: String = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+            .bind(key)
+            .bind(tenant.id.0)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| ApiError::not_found("API key not found"))?;
+        Self::check_grant(actor, Role::stored(&role))?;
+        let prefix: String = sqlx::query_scalar(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2 RETURNING prefix",
+        )
+        .bind(key)
+        .bind(tenant.id.0)
+        .fetch_one(tx.conn())
+        .await?;
+        Self::revoke_invitations_of(&mut tx, "invited_by_key", key).await?;
+        let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "api_key.revoked")
+            .resource("api_key", key)
+            .details(serde_json::json!({ "prefix": prefix }));
+        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        tx.commit().await?;
+        self.authenticator.api_key_revoked(&prefix);
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Administration by principals: the tenants' lifecycle (platform administrators), members
+//! and their invitations (`members`), API keys (`api_keys`). Every change is recorded in the
+//! audit chain in its own transaction, and a grant never exceeds the granter's role.
+//! Tenant-owned rows are only touched inside a `TenantTx`.
+
+mod api_keys;
+mod members;
+pub mod routes;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::tenancy::db::TenantTx;
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::{TenantId, TenantInfo, TenantSlug, TenantStatus};
+use crate::audit::{AuditActor, AuditEvent, Auditor};
+use crate::request::RequestInfo;
+use crate::error::{ApiError, Code};
+use crate::identity::authenticate::Authenticator;
+use crate::identity::secrets::{CredentialHasher, INVITATION_TOKEN_PREFIX, new_api_key, new_single_use_token};
+use crate::identity::service::IdentityService;
+use crate::identity::{Email, Principal, Role};
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct TenantView {
+    pub id: Uuid,
+    #[schema(example = "acme")]
+    pub slug: String,
+    pub name: String,
+    pub status: String,
+    pub max_models: i32,
+    pub max_storage_bytes: i64,
+    pub rate_limit_per_second: i32,
+    pub rate_limit_burst: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct MemberView {
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApiKeyView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    /// The key's public prefix (`tsk_…`), enough to recognise it, useless to authenticate.
+    pub prefix: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who created the key. Keys belong to the tenant: they keep working when their creator
+    /// leaves it (revoke them then if they should not).
+    pub created_by: Option<Uuid>,
+    pub created_by_email: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct InvitationView {
+    pub id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub invited_by: Option<Uuid>,
+    pub invited_by_email: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub accepted_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedInvitation {
+    #[serde(flatten)]
+    pub invitation: InvitationView,
+    /// Single use, shown this once only: hand it to the invitee, who accepts it at
+    /// `POST /v1/invitations/accept`.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptedInvitation {
+    /// The tenant joined.
+    pub tenant: String,
+    #[serde(flatten)]
+    pub member: MemberView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    /// The secret, shown this once only. Send it as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+pub struct NewTenant {
+    pub slug: TenantSlug,
+    pub name: String,
+    pub max_models: Option<i32>,
+    pub max_storage_bytes: Option<i64>,
+    pub rate_limit_per_second: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+}
+
+#[derive(Clone)]
+pub struct TenantService {
+    pool: PgPool,
+    directory: TenantDirectory,
+    identity: IdentityService,
+    hasher: CredentialHasher,
+    authenticator: Arc<Authenticator>,
+    auditor: Auditor,
+    invitation_ttl_seconds: u64,
+}
+
+const INVITATION_COLUMNS: &str = "i.id, i.email, i.role, i.invited_by, u.email AS invited_by_email, i.created_at, \
+     i.expires_at, i.accepted_at, i.revoked_at";
+
+const API_KEY_COLUMNS: &str = "k.id, k.name, k.role, k.prefix, k.created_at, k.expires_at, k.last_used_at, k.revoked_at, \
+     k.created_by, u.email AS created_by_email";
+
+const TENANT_COLUMNS: &str =
+    "id, slug, name, status, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst, created_at";
+
+impl TenantService {
+    pub fn new(
+        pool: PgPool,
+        directory: TenantDirectory,
+        identity: IdentityService,
+        hasher: CredentialHasher,
+        authenticator: Arc<Authenticator>,
+        auditor: Auditor,
+        invitation_ttl_seconds: u64,
+    ) -> Self {
+        Self { pool, directory, identity, hasher, authenticator, auditor, invitation_ttl_seconds }
+    }
+
+    pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, ApiError> {
+        let name = new.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(ApiError::new(Code::InvalidRequest, "name must have 1-200 characters"));
+        }
+        for (field, value) in [
+            ("max_models", new.max_models.map(i64::from)),
+            ("max_storage_bytes", new.max_storage_bytes),
+            ("rate_limit_per_second", new.rate_limit_per_second.map(i64::from)),
+            ("rate_limit_burst", new.rate_limit_burst.map(i64::from)),
+        ] {
+            if value.is_some_and(|v| v < 0 || (field.starts_with("rate") && v == 0)) {
+                return Err(ApiError::new(Code::InvalidRequest, format!("{field} is out of range")));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query_as::<_, TenantView>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO tenants (id, slug, name, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst) \
+             VALUES ($1, $2, $3, COALESCE($4, 100), COALESCE($5, 10737418240), COALESCE($6, 1000), COALESCE($7, 2000)) \
+             RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(new.slug.as_str())
+        .bind(name)
+        .bind(new.max_models)
+        .bind(new.max_storage_bytes)
+        .bind(new.rate_limit_per_second)
+        .bind(new.rate_limit_burst)
+        .fetch_one(&mut *tx)
+        .await;
+        match result {
+            Ok(view) => {
+                let event = AuditEvent::new(Some(TenantId(view.id)), AuditActor::from(actor), "tenant.created")
+                    .resource("tenant", view.id)
+                    .details(serde_json::json!({ "slug": view.slug, "name": view.name }));
+                self.auditor.record(&mut tx, info, vec![event]).await?;
+                tx.commit().await?;
+                Ok(view)
+            }
+            Err(e) if crate::db::is_unique_violation(&e) => {
+                Err(ApiError::new(Code::AlreadyExists, format!("tenant `{}` already exists", new.slug.as_str())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, ApiError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY slug")))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn get_tenant(&self, tenant: TenantId) -> Result<TenantView, ApiError> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
+            .bind(tenant.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found("tenant not found"))
+    }
+
+    pub async fn set_status(
+        &self,
+        actor: &Principal,
+        tenant: TenantId,
+        status: TenantStatus,
+        info: &RequestInfo,
+    ) -> Result<TenantView, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let view: TenantView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(tenant.0)
+        .bind(status.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant not found"))?;
+        let action = match status {
+            TenantStatus::Active => "tenant.resumed",
+            TenantStatus::Suspended => "tenant.suspended",
+        };
+        let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), action).resource("tenant", tenant);
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
+        self.directory.invalidate(tenant);
+        Ok(view)
+    }
+
+    pub(super) fn check_grant(actor: &Principal, role: Role) -> Result<(), ApiError> {
+        if actor.may_grant(role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::Forbidden,
+                format!("`{}` confers permissions you do not hold; only a holder of all of them may grant it", role.as_str()),
+            ))
+        }
+    }
+}

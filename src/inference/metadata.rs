@@ -1,0 +1,76 @@
+//! What the protocol tells about a model: its metadata (tensors, versions, platform) and
+//! whether it can serve.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::service::InferenceService;
+use crate::audit::AuditActor;
+use crate::error::ApiError;
+use crate::registry::model::{ModelName, VersionRef};
+use crate::registry::onnx::ModelSignature;
+use crate::tenancy::TenantInfo;
+
+#[derive(Serialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    #[schema(example = "FP32")]
+    pub datatype: String,
+    /// -1 = any size.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    #[schema(example = "onnxruntime_onnx")]
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+impl InferenceService {
+    /// The OIP metadata of a model (every version) or of one version or alias.
+    pub async fn metadata(&self, tenant: &TenantInfo, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+        let model = ModelName::lookup(name)?;
+        let version_ref = version.map(VersionRef::parse).transpose()?;
+        let stored = self.models.registry().get_version(tenant, &model, version_ref.as_ref()).await?;
+        let versions = match version {
+            Some(_) => vec![stored.view.version.to_string()],
+            None => self.models.registry().list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
+        };
+        let burn: Option<crate::burnml::Architecture> = stored.view.burn.clone().and_then(|b| serde_json::from_value(b).ok());
+        let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match burn {
+            Some(architecture) => {
+                let (inputs, outputs) = crate::inference::models::burn_specs(&architecture);
+                let convert = |specs: Vec<crate::inference::models::TensorSpec>| {
+                    specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype.as_str().to_owned(), shape: t.shape }).collect()
+                };
+                (convert(inputs), convert(outputs))
+            }
+            None => {
+                let signature: Option<ModelSignature> = stored.view.signature.and_then(|s| serde_json::from_value(s).ok());
+                let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
+                    specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+                };
+                signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
+            }
+        };
+        Ok(ModelMetadata {
+            name: name.to_owned(),
+            versions,
+            platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Whether a model can serve now. Ready means servable: a lazily loaded model is loaded
+    /// by being asked about.
+    pub async fn readiness(&self, tenant: &TenantInfo, name: &str, version: Option<&str>, actor: &AuditActor) -> Result<(), ApiError> {
+        let resolved = self.models.resolve(tenant.id, name, version).await?;
+        self.models.get(tenant.id, name, &resolved, actor).await?;
+        Ok(())
+    }
+}
