@@ -1,0 +1,442 @@
+//! Parsing an inference request body.
+//!
+//! [`parse_infer_request`] takes the raw body and the value of the
+//! `Inference-Header-Content-Length` header. Without the header the whole body is the JSON
+//! request; with it, `body[..n]` is the JSON and the rest is the concatenation of the binary
+//! tensors, in the order of the inputs that carry `parameters.binary_data_size`.
+//!
+//! The envelope is deserialized with serde, each input's `data` kept as a borrowed
+//! [`RawValue`] (so serde validates the whole document once, without building a value tree);
+//! once the datatype and shape are known, `data` is scanned into a typed tensor (`json_data`)
+//! and binary tensors are decoded (`binary`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::bare_non_finite::quote_non_finite;
+use super::binary::decode_binary;
+use super::json_data::parse_json_data;
+use super::request::{InferInput, InferRequest, Limits, ProtocolError, RequestedOutput, perr};
+use super::tensor::DataType;
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    inputs: Vec<WireInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<WireOutput>>,
+}
+
+#[derive(Deserialize)]
+struct WireInput<'a> {
+    name: String,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
+    shape: Vec<Num>,
+    #[serde(default)]
+    parameters: Option<WireInputParams>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireInputParams {
+    #[serde(default)]
+    binary_data_size: Option<Num>,
+    #[serde(default)]
+    shared_memory_region: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<WireOutputParams>,
+}
+
+#[derive(Deserialize)]
+struct WireOutputParams {
+    #[serde(default)]
+    binary_data: Option<Value>,
+    #[serde(default)]
+    classification: Option<Num>,
+    #[serde(default)]
+    shared_memory_region: Option<IgnoredAny>,
+}
+
+/// A JSON scalar where a non-negative integer is expected; anything else is kept as its text
+/// so that the error can name the tensor it belongs to.
+enum Num {
+    Ok(u64),
+    Bad(String),
+}
+
+impl Num {
+    fn get(&self) -> Result<u64, &str> {
+        match self {
+            Num::Ok(v) => Ok(*v),
+            Num::Bad(s) => Err(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Num, E> {
+                Ok(Num::Ok(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
+                Ok(if v >= 0 { Num::Ok(v as u64) } else { Num::Bad(v.to_string()) })
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::Bad(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Num, E> {
+                Ok(Num::Bad(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Num, E> {
+                Ok(Num::Bad(format!("{v:?}")))
+            }
+            fn visit_unit<E>(self) -> Result<Num, E> {
+                Ok(Num::Bad("null".to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses an inference request.
+///
+/// `json_len` is the value of the `Inference-Header-Content-Length` header: `None` means the
+/// whole body is JSON. BYTES elements taken from the binary section are copied; use
+/// [`parse_infer_request_bytes`] to share the body's buffer instead.
+pub fn parse_infer_request(
+    body: &[u8],
+    json_len: Option<usize>,
+    limits: &Limits,
+) -> Result<InferRequest, ProtocolError> {
+    parse_impl(body, None, json_len, limits)
+}
+
+/// Like [`parse_infer_request`], but BYTES elements of binary inputs are zero-copy slices of
+/// `body`.
+pub fn parse_infer_request_bytes(
+    body: &Bytes,
+    json_len: Option<usize>,
+    limits: &Limits,
+) -> Result<InferRequest, ProtocolError> {
+    parse_impl(body, Some(body), json_len, limits)
+}
+
+fn parse_impl(
+    body: &[u8],
+    shared: Option<&Bytes>,
+    json_len: Option<usize>,
+    limits: &Limits,
+) -> Result<InferRequest, ProtocolError> {
+    let has_binary_section = json_len.is_some();
+    let json_len = json_len.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(perr(format!(
+            "Inference-Header-Content-Length is {json_len} but the request body has only {} bytes",
+            body.len()
+        )));
+    }
+    let (json, binary) = body.split_at(json_len);
+    let quoted;
+    let wire: WireRequest<'_> = match serde_json::from_slice(json) {
+        Ok(wire) => wire,
+        Err(e) => {
+            let malformed = || perr(format!("malformed inference request: {e}"));
+            // tritonclient (rapidjson) and Python's json write non-finite floats as bare
+            // `NaN` / `Infinity` / `-Infinity`, which Triton accepts. Retry with them quoted,
+            // a form the FP element parsers take; only failing requests pay for this.
+            quoted = quote_non_finite(json).ok_or_else(malformed)?;
+            serde_json::from_slice(&quoted).map_err(|_| malformed())?
+        }
+    };
+
+    if wire.inputs.len() > limits.max_inputs {
+        return Err(perr(format!(
+            "the request has {} inputs, more than the limit of {}",
+            wire.inputs.len(),
+            limits.max_inputs
+        )));
+    }
+
+    let mut parameters = wire.parameters.unwrap_or_default();
+    let binary_data_output = match parameters.remove("binary_data_output") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(perr(format!("request parameter 'binary_data_output' must be a boolean, got {other}")));
+        }
+    };
+
+    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    let mut offset = 0usize; // into `binary`
+    for (index, input) in wire.inputs.into_iter().enumerate() {
+        let name = input.name;
+        if inputs[..index].iter().any(|i: &InferInput| i.name == name) {
+            return Err(perr(format!("input '{name}' appears more than once")));
+        }
+        let datatype = DataType::parse(&input.datatype)
+            .ok_or_else(|| perr(format!("input '{name}': unsupported datatype '{}'", input.datatype)))?;
+        let (shape, count) = check_shape(&name, &input.shape, limits)?;
+
+        let mut binary_size = None;
+        if let Some(params) = &input.parameters {
+            if params.shared_memory_region.is_some() {
+                return Err(perr(format!("input '{name}': shared memory is not supported")));
+            }
+            if let Some(n) = &params.binary_data_size {
+                let n = n.get().map_err(|bad| {
+                    perr(format!("input '{name}': binary_data_size must be a non-negative integer, got {bad}"))
+                })?;
+                binary_size = Some(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+        }
+
+        let data = match (input.data, binary_size) {
+            (Some(_), Some(_)) => {
+                return Err(perr(format!("input '{name}': has both 'data' and 'parameters.binary_data_size'")));
+            }
+            (None, None) => {
+                return Err(perr(format!("input '{name}': has neither 'data' nor 'parameters.binary_data_size'")));
+            }
+            (Some(raw), None) => {
+                parse_json_data(datatype, raw.get(), count).map_err(|e| e.into_error(&name, &shape, datatype))?
+            }
+            (None, Some(size)) => {
+                let remaining = binary.len() - offset;
+                if size > remaining {
+                    return Err(perr(if !has_binary_section {
+                        format!(
+                            "input '{name}': binary_data_size is {size} but the request has no binary data \
+                             (no Inference-Header-Content-Length header)"
+                        )
+                    } else {
+                        format!(
+                            "input '{name}': binary_data_size is {size} but only {remaining} bytes of binary data remain"
+                        )
+                    }));
+                }
+                let bytes = &binary[offset..offset + size];
+                let base = json_len + offset;
+                offset += size;
+                decode_binary(datatype, bytes, count, shared.map(|b| (b, base)))
+                    .map_err(|msg| perr(format!("input '{name}': {msg}")))?
+            }
+        };
+        inputs.push(InferInput { name, datatype, shape, data });
+    }
+    if offset != binary.len() {
+        return Err(perr(format!(
+            "the request has {} bytes of binary data after the JSON, but its inputs declare {offset}",
+            binary.len()
+        )));
+    }
+
+    let mut outputs: Vec<RequestedOutput> = Vec::new();
+    for output in wire.outputs.unwrap_or_default() {
+        let name = output.name;
+        if outputs.iter().any(|o| o.name == name) {
+            return Err(perr(format!("output '{name}' is requested more than once")));
+        }
+        let mut binary_data = binary_data_output;
+        let mut class_count = 0usize;
+        if let Some(params) = output.parameters {
+            if params.shared_memory_region.is_some() {
+                return Err(perr(format!("output '{name}': shared memory is not supported")));
+            }
+            match params.binary_data {
+                None => {}
+                Some(Value::Bool(b)) => binary_data = b,
+                Some(other) => {
+                    return Err(perr(format!("output '{name}': binary_data must be a boolean, got {other}")));
+                }
+            }
+            if let Some(n) = params.classification {
+                let n = n.get().map_err(|bad| {
+                    perr(format!("output '{name}': classification must be a non-negative integer, got {bad}"))
+                })?;
+                class_count = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+        }
+        outputs.push(RequestedOutput { name, binary_data, class_count });
+    }
+
+    Ok(InferRequest { id: wire.id, parameters, inputs, outputs, binary_data_output })
+}
+
+fn check_shape(name: &str, dims: &[Num], limits: &Limits) -> Result<(Vec<usize>, usize), ProtocolError> {
+    let mut shape = Vec::with_capacity(dims.len());
+    for d in dims {
+        match d.get() {
+            Ok(v) => shape.push(usize::try_from(v).unwrap_or(usize::MAX)),
+            Err(bad) => {
+                return Err(perr(format!("input '{name}': shape dimensions must be non-negative integers, got {bad}")));
+            }
+        }
+    }
+    // Each dimension on its own too: [0, huge] has no elements but would overflow the row
+    // arithmetic of batching and the signature checks.
+    if let Some(d) = shape.iter().find(|d| **d > limits.max_elements_per_tensor) {
+        return Err(perr(format!(
+            "input '{name}': dimension {d} is larger than the limit of {}",
+            limits.max_elements_per_tensor
+        )));
+    }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| perr(format!("input '{name}': shape {shape:?} has too many elements (overflow)")))?;
+    if count > limits.max_elements_per_tensor {
+        return Err(perr(format!(
+            "input '{name}': shape {shape:?} has {count} elements, more than the limit of {}",
+            limits.max_elements_per_tensor
+        )));
+    }
+    Ok((shape, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::protocol::test_support::{err, one, parse};
+
+    #[test]
+    fn envelope_fields_and_unknown_fields() {
+        let r = parse(
+            r#"{"id":"abc","extra":{"x":[1]},"parameters":{"binary_data_output":true,"priority":2,"custom":"v"},
+               "inputs":[{"name":"x","datatype":"UINT8","shape":[2],"parameters":{"foo":1},"data":[1,2],"unknown":null}],
+               "outputs":[{"name":"a"},{"name":"b","parameters":{"binary_data":false,"other":"y"}},
+                          {"name":"c","parameters":{"binary_data":true,"classification":3}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id.as_deref(), Some("abc"));
+        assert!(r.binary_data_output);
+        assert_eq!(r.parameters.get("priority"), Some(&Value::from(2)));
+        assert_eq!(r.parameters.get("custom"), Some(&Value::from("v")));
+        assert!(!r.parameters.contains_key("binary_data_output"));
+        let outs: Vec<(&str, bool, usize)> =
+            r.outputs.iter().map(|o| (o.name.as_str(), o.binary_data, o.class_count)).collect();
+        assert_eq!(outs, [("a", true, 0), ("b", false, 0), ("c", true, 3)]);
+        assert!(r.output_binary("a") && !r.output_binary("b"));
+        // Outputs the request does not name follow binary_data_output.
+        assert!(r.output_binary("zzz"));
+        assert!(r.output_requested("c") && !r.output_requested("zzz"));
+
+        let r = parse(&one("UINT8", "[1]", "[1]")).unwrap();
+        assert_eq!(r.id, None);
+        assert!(r.parameters.is_empty() && r.outputs.is_empty() && !r.binary_data_output);
+        assert!(r.output_requested("anything") && !r.output_binary("anything"));
+        // `"data": null` is the same as no data.
+        assert!(err(&one("UINT8", "[1]", "null")).contains("neither"));
+    }
+
+    #[test]
+    fn shape_and_limit_errors() {
+        assert_eq!(
+            err(&one("FP32", "[4294967296, 4294967296, 16]", "[]")),
+            "input 'x': dimension 4294967296 is larger than the limit of 67108864"
+        );
+        // No elements at all, but a dimension that would overflow row arithmetic downstream.
+        assert_eq!(
+            err(&one("FP32", "[0, 18446744073709551615]", "[]")),
+            "input 'x': dimension 18446744073709551615 is larger than the limit of 67108864"
+        );
+        let limits = Limits { max_elements_per_tensor: 10, max_inputs: 1 };
+        let e = parse_infer_request(one("FP32", "[11]", "[]").as_bytes(), None, &limits).unwrap_err();
+        assert_eq!(e.0, "input 'x': dimension 11 is larger than the limit of 10");
+        let e = parse_infer_request(one("FP32", "[4, 4]", "[]").as_bytes(), None, &limits).unwrap_err();
+        assert_eq!(e.0, "input 'x': shape [4, 4] has 16 elements, more than the limit of 10");
+        let two = r#"{"inputs":[{"name":"a","datatype":"BOOL","shape":[1],"data":[true]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#;
+        let e = parse_infer_request(two.as_bytes(), None, &limits).unwrap_err();
+        assert_eq!(e.0, "the request has 2 inputs, more than the limit of 1");
+        // A declared shape far larger than the data fails without allocating for the shape.
+        assert_eq!(
+            err(&one("FP64", "[60000000]", "[1]")),
+            "input 'x': expected 60000000 elements for shape [60000000], got 1"
+        );
+    }
+
+    #[test]
+    fn request_structure_errors() {
+        let dup = r#"{"inputs":[{"name":"a","datatype":"BOOL","shape":[1],"data":[true]},{"name":"a","datatype":"BOOL","shape":[1],"data":[true]}]}"#;
+        assert_eq!(err(dup), "input 'a' appears more than once");
+        assert_eq!(
+            err(
+                r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1],"parameters":{"binary_data_size":4}}]}"#
+            ),
+            "input 'x': has both 'data' and 'parameters.binary_data_size'"
+        );
+        assert_eq!(
+            err(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1]}]}"#),
+            "input 'x': has neither 'data' nor 'parameters.binary_data_size'"
+        );
+        assert_eq!(
+            err(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"parameters":{"shared_memory_region":"r"}}]}"#),
+            "input 'x': shared memory is not supported"
+        );
+        assert_eq!(
+            err(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"parameters":{"binary_data_size":-4}}]}"#),
+            "input 'x': binary_data_size must be a non-negative integer, got -4"
+        );
+        let outputs = |o: &str| format!(r#"{{"inputs":[],"outputs":[{o}]}}"#);
+        assert_eq!(err(&outputs(r#"{"name":"y"},{"name":"y"}"#)), "output 'y' is requested more than once");
+        assert_eq!(
+            err(&outputs(r#"{"name":"y","parameters":{"binary_data":"yes"}}"#)),
+            r#"output 'y': binary_data must be a boolean, got "yes""#
+        );
+        assert_eq!(
+            err(&outputs(r#"{"name":"y","parameters":{"classification":-1}}"#)),
+            "output 'y': classification must be a non-negative integer, got -1"
+        );
+        assert_eq!(
+            err(&outputs(r#"{"name":"y","parameters":{"shared_memory_region":"r"}}"#)),
+            "output 'y': shared memory is not supported"
+        );
+        assert_eq!(
+            err(r#"{"inputs":[],"parameters":{"binary_data_output":1}}"#),
+            "request parameter 'binary_data_output' must be a boolean, got 1"
+        );
+    }
+
+    #[test]
+    fn malformed_json_reports_serde_message() {
+        assert_eq!(err(""), "malformed inference request: EOF while parsing a value at line 1 column 0");
+        assert_eq!(err("{"), "malformed inference request: EOF while parsing an object at line 1 column 1");
+        assert!(
+            err(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1,]}]}"#)
+                .starts_with("malformed inference request: ")
+        );
+        assert_eq!(err(r#"{"id":"a"}"#), "malformed inference request: missing field `inputs` at line 1 column 10");
+        assert!(err(r#"{"inputs":[{"datatype":"FP32","shape":[1],"data":[1]}]}"#).contains("missing field `name`"));
+        assert!(err(r#"{"inputs":{}}"#).contains("invalid type: map, expected a sequence"));
+        assert!(err(r#"{"id":5,"inputs":[]}"#).contains("invalid type: integer `5`, expected a string"));
+        let bad_utf8 = b"{\"inputs\":[{\"name\":\"\xff\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[1]}]}";
+        let e = parse_infer_request(bad_utf8, None, &Limits::default()).unwrap_err();
+        assert!(e.0.starts_with("malformed inference request: invalid unicode code point"), "{e}");
+        let bad_utf8_data =
+            b"{\"inputs\":[{\"name\":\"x\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[\"\xc3\x28\"]}]}";
+        let e = parse_infer_request(bad_utf8_data, None, &Limits::default()).unwrap_err();
+        assert!(e.0.starts_with("malformed inference request: "), "{e}");
+    }
+}
