@@ -220,11 +220,13 @@ impl Architecture {
     }
 }
 
+/// Architectures the tests of every Burn module build on.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn mlp() -> Architecture {
+    /// 8 inputs, two hidden layers of 64, 3 classes.
+    pub fn mlp() -> Architecture {
         Architecture::Mlp(MlpConfig {
             inputs: 8,
             hidden: vec![64, 64],
@@ -234,6 +236,26 @@ mod tests {
             task: Task::Classification,
         })
     }
+
+    /// Two channels of 32 samples, filters of 8 and 16, two classes.
+    pub fn conv1d() -> Conv1dConfig {
+        Conv1dConfig {
+            channels: 2,
+            length: 32,
+            filters: vec![8, 16],
+            kernel_size: 5,
+            outputs: 2,
+            activation: Activation::Relu,
+            dropout: 0.0,
+            task: Task::Classification,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::mlp;
+    use super::*;
 
     #[test]
     fn json_round_trip_and_defaults() {
@@ -267,16 +289,7 @@ mod tests {
             mlp().parameter_count(),
             8 * 64 + 64 + 64 * 64 + 64 + 64 * 3 + 3
         );
-        let conv = Architecture::Conv1d(Conv1dConfig {
-            channels: 2,
-            length: 32,
-            filters: vec![8, 16],
-            kernel_size: 5,
-            outputs: 2,
-            activation: Activation::Relu,
-            dropout: 0.0,
-            task: Task::Classification,
-        });
+        let conv = Architecture::Conv1d(fixtures::conv1d());
         assert_eq!(
             conv.parameter_count(),
             (2 * 8 * 5 + 8) + (8 * 16 * 5 + 16) + (16 * 2 + 2)

@@ -369,18 +369,8 @@ fn softmax_in_place(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::burnml::arch::{Conv1dConfig, MlpConfig};
-
-    fn small_mlp() -> Architecture {
-        Architecture::Mlp(MlpConfig {
-            inputs: 8,
-            hidden: vec![64, 64],
-            outputs: 3,
-            activation: Activation::Relu,
-            dropout: 0.0,
-            task: Task::Classification,
-        })
-    }
+    use crate::burnml::arch::Conv1dConfig;
+    use crate::burnml::arch::fixtures::{self, mlp};
 
     #[test]
     fn network_is_send_and_sync() {
@@ -390,7 +380,7 @@ mod tests {
 
     #[test]
     fn concurrent_inference_agrees_with_sequential() {
-        let net = Network::init(&small_mlp(), 5);
+        let net = Network::init(&mlp(), 5);
         let input: Vec<f32> = (0..8 * 8).map(|i| (i % 7) as f32 * 0.2 - 0.6).collect();
         let expected = net.infer(&input, 8).unwrap();
         std::thread::scope(|scope| {
@@ -414,16 +404,16 @@ mod tests {
     #[test]
     fn init_is_deterministic_per_seed() {
         let input: Vec<f32> = (0..16).map(|i| i as f32 * 0.1).collect();
-        let a = Network::init(&small_mlp(), 7).infer(&input, 2).unwrap();
-        let b = Network::init(&small_mlp(), 7).infer(&input, 2).unwrap();
-        let c = Network::init(&small_mlp(), 8).infer(&input, 2).unwrap();
+        let a = Network::init(&mlp(), 7).infer(&input, 2).unwrap();
+        let b = Network::init(&mlp(), 7).infer(&input, 2).unwrap();
+        let c = Network::init(&mlp(), 8).infer(&input, 2).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
 
     #[test]
     fn classification_outputs_are_probabilities() {
-        let net = Network::init(&small_mlp(), 1);
+        let net = Network::init(&mlp(), 1);
         let out = net.infer(&[0.5; 8 * 5], 5).unwrap();
         assert_eq!(out.len(), 15);
         for row in out.chunks(3) {
@@ -435,14 +425,13 @@ mod tests {
     #[test]
     fn conv_and_regression_shapes() {
         let arch = Architecture::Conv1d(Conv1dConfig {
-            channels: 2,
             length: 10,
             filters: vec![4, 6],
             kernel_size: 4,
-            outputs: 2,
             activation: Activation::Gelu,
             dropout: 0.5,
             task: Task::Regression,
+            ..fixtures::conv1d()
         });
         let net = Network::init(&arch, 3);
         let out = net.infer(&vec![0.25; 20 * 3], 3).unwrap();
@@ -458,7 +447,7 @@ mod tests {
 
     #[test]
     fn infer_rejects_bad_input() {
-        let net = Network::init(&small_mlp(), 1);
+        let net = Network::init(&mlp(), 1);
         assert!(
             net.infer(&[0.0; 7], 1)
                 .unwrap_err()

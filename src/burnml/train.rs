@@ -541,16 +541,7 @@ pub(crate) mod tests {
 
     #[test]
     fn conv1d_tells_sine_from_ramp() {
-        let arch = Architecture::Conv1d(Conv1dConfig {
-            channels: 2,
-            length: 32,
-            filters: vec![8, 8],
-            kernel_size: 5,
-            outputs: 2,
-            activation: Activation::Relu,
-            dropout: 0.0,
-            task: Task::Classification,
-        });
+        let arch = Architecture::Conv1d(Conv1dConfig { filters: vec![8, 8], ..crate::burnml::arch::fixtures::conv1d() });
         let data = sine_or_ramp(400, 3);
         let params = TrainParams {
             epochs: 15,
@@ -696,66 +687,17 @@ pub(crate) mod tests {
             ),
         };
         let p = blob_params(1);
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    epochs: 0,
-                    ..p.clone()
-                }
-            )
-            .contains("epochs")
-        );
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    epochs: 10_001,
-                    ..p.clone()
-                }
-            )
-            .contains("epochs")
-        );
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    batch_size: 0,
-                    ..p.clone()
-                }
-            )
-            .contains("batch_size")
-        );
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    learning_rate: f64::NAN,
-                    ..p.clone()
-                }
-            )
-            .contains("learning_rate")
-        );
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    learning_rate: 0.0,
-                    ..p.clone()
-                }
-            )
-            .contains("learning_rate")
-        );
-        assert!(
-            run(
-                &data,
-                &TrainParams {
-                    validation_split: 0.95,
-                    ..p.clone()
-                }
-            )
-            .contains("validation_split")
-        );
+        let refused = [
+            (TrainParams { epochs: 0, ..p.clone() }, "epochs"),
+            (TrainParams { epochs: 10_001, ..p.clone() }, "epochs"),
+            (TrainParams { batch_size: 0, ..p.clone() }, "batch_size"),
+            (TrainParams { learning_rate: f64::NAN, ..p.clone() }, "learning_rate"),
+            (TrainParams { learning_rate: 0.0, ..p.clone() }, "learning_rate"),
+            (TrainParams { validation_split: 0.95, ..p.clone() }, "validation_split"),
+        ];
+        for (params, field) in &refused {
+            assert!(run(&data, params).contains(field), "{field}");
+        }
 
         let mut bad = data.clone();
         bad.targets[7] = 3.0;
