@@ -626,7 +626,7 @@ async fn tenant(state: AppState, command: TenantCommand) -> anyhow::Result<Strin
     use crate::tenancy::{TenantSlug, TenantStatus};
     match command {
         TenantCommand::Create { slug, name } => {
-            let slug = TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!(e))?;
+            let slug = TenantSlug::parse(&slug)?;
             let view = state
                 .tenant_admin
                 .create_tenant(&Principal::operator(), NewTenant {

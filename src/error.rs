@@ -20,6 +20,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// What a client reads of a server failure; the cause goes to the log only.
+pub const INTERNAL_DETAIL: &str = "the server failed to handle this request; it has been logged";
 const PROBLEM_TYPE_PREFIX: &str = "urn:tessera:problem:";
 
 macro_rules! error_codes {
@@ -209,7 +211,7 @@ impl ApiError {
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         Self {
             code: Code::InternalError,
-            detail: Cow::Borrowed("the server failed to handle this request; it has been logged"),
+            detail: Cow::Borrowed(INTERNAL_DETAIL),
             retry_after_secs: None,
             source: Some(source.into()),
         }

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::chain::{ChainedEvent, canonical_json, format_time};
-use crate::error::{ApiError, Code};
+use super::error::AuditError;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
@@ -38,19 +38,19 @@ pub struct ParsedFilters {
 }
 
 impl AuditFilters {
-    pub fn parse(self) -> Result<ParsedFilters, ApiError> {
-        let time = |name: &str, value: &Option<String>| -> Result<Option<OffsetDateTime>, ApiError> {
+    pub fn parse(self) -> Result<ParsedFilters, AuditError> {
+        let time = |name: &'static str, value: &Option<String>| -> Result<Option<OffsetDateTime>, AuditError> {
             value
                 .as_deref()
                 .map(|v| {
                     OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                        .map_err(|_| ApiError::new(Code::InvalidQuery, format!("`{name}` must be an RFC 3339 timestamp")))
+                        .map_err(|_| AuditError::InvalidTime(name))
                 })
                 .transpose()
         };
         if let Some(outcome) = &self.outcome {
             if !["success", "failure", "denied"].contains(&outcome.as_str()) {
-                return Err(ApiError::new(Code::InvalidQuery, "`outcome` must be success, failure or denied"));
+                return Err(AuditError::InvalidOutcome);
             }
         }
         Ok(ParsedFilters { from: time("from", &self.from)?, to: time("to", &self.to)?, raw: self })
@@ -313,7 +313,7 @@ impl ExportJob {
         tokio_stream::wrappers::ReceiverStream::new(receiver).map(Ok)
     }
 
-    async fn run(self, sender: &tokio::sync::mpsc::Sender<Bytes>) -> Result<(), ApiError> {
+    async fn run(self, sender: &tokio::sync::mpsc::Sender<Bytes>) -> Result<(), AuditError> {
         let mut buffer: Vec<u8> = Vec::with_capacity(FLUSH_AT + 4096);
         if self.format == ExportFormat::Csv {
             buffer.extend(csv_line(&CSV_HEADER));

@@ -5,6 +5,7 @@
 //! `Auditor::record`): no change without its event, no event without its change.
 
 pub mod chain;
+pub mod error;
 pub mod export;
 pub mod notary;
 pub mod redact;
@@ -26,7 +27,7 @@ use uuid::Uuid;
 
 use self::chain::{format_time, now_micros};
 use self::redact::{MaskPolicy, mask_addr};
-use crate::error::ApiError;
+pub use self::error::AuditError;
 use crate::request::{Actor, RequestInfo};
 use crate::tenancy::TenantId;
 
@@ -162,7 +163,7 @@ impl Auditor {
         conn: &mut PgConnection,
         info: &RequestInfo,
         events: Vec<AuditEvent>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuditError> {
         self.record_each(conn, events.into_iter().map(|e| (e, info.clone())).collect()).await
     }
 
@@ -171,7 +172,7 @@ impl Auditor {
         &self,
         conn: &mut PgConnection,
         events: Vec<(AuditEvent, RequestInfo)>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuditError> {
         let mut by_tenant: Vec<(Uuid, Vec<(AuditEvent, RequestInfo)>)> = Vec::new();
         for (event, info) in events {
             let tenant = event.tenant.map(|t| t.0).unwrap_or(PLATFORM);
@@ -193,7 +194,7 @@ impl Auditor {
         pool: &PgPool,
         info: &RequestInfo,
         events: Vec<AuditEvent>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuditError> {
         let mut tx = pool.begin().await?;
         self.record(&mut tx, info, events).await?;
         tx.commit().await?;
@@ -205,7 +206,7 @@ impl Auditor {
         conn: &mut PgConnection,
         tenant: Uuid,
         events: Vec<(AuditEvent, RequestInfo)>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuditError> {
         let policy = self.mask_policy(conn, tenant).await?;
         let records = events.into_iter().map(|(event, info)| Record::new(event, &info, policy)).collect();
         append_records(conn, tenant, records).await
@@ -248,13 +249,12 @@ pub(crate) async fn append_records(
     conn: &mut PgConnection,
     tenant: Uuid,
     records: Vec<Record>,
-) -> Result<(), ApiError> {
+) -> Result<(), AuditError> {
     let (last_seq, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT last_seq, last_hash FROM audit_lock_head($1)")
         .bind(tenant)
         .fetch_one(&mut *conn)
         .await?;
-    let mut prev: [u8; 32] =
-        last_hash.try_into().map_err(|_| ApiError::internal(anyhow::anyhow!("corrupt audit head for {tenant}")))?;
+    let mut prev: [u8; 32] = last_hash.try_into().map_err(|_| anyhow::anyhow!("corrupt audit head for {tenant}"))?;
     let occurred_at = format_time(now_micros());
     let mut rows = Vec::with_capacity(64 + records.len() * 512);
     rows.push(b'[');

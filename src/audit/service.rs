@@ -12,8 +12,7 @@ use super::chain::ChainedEvent;
 use super::export::{ExportFormat, ExportJob, ParsedFilters};
 use super::notary::Notary;
 use super::signing::AuditSigner;
-use super::{AuditActor, AuditEvent, Auditor, PLATFORM};
-use crate::error::{ApiError, Code};
+use super::{AuditActor, AuditError, AuditEvent, Auditor, PLATFORM};
 use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
 use crate::tenancy::directory::TenantDirectory;
@@ -89,7 +88,7 @@ impl AuditService {
         actor: AuditActor,
         details: serde_json::Value,
         info: &RequestInfo,
-    ) -> Result<ExportJob, ApiError> {
+    ) -> Result<ExportJob, AuditError> {
         let event = AuditEvent::new(Some(TenantId(chain)).filter(|t| t.0 != PLATFORM), actor, "audit.exported")
             .resource("audit_log", &scope)
             .details(details);
@@ -112,9 +111,9 @@ impl AuditService {
     }
 
     /// Stores the settings and records the change in the same transaction.
-    pub async fn set_settings(&self, tenant: TenantId, actor: AuditActor, settings: &AuditSettings, info: &RequestInfo) -> Result<(), ApiError> {
+    pub async fn set_settings(&self, tenant: TenantId, actor: AuditActor, settings: &AuditSettings, info: &RequestInfo) -> Result<(), AuditError> {
         if !(settings.inference_sample_rate > 0.0 && settings.inference_sample_rate <= 1.0) {
-            return Err(ApiError::new(Code::InvalidRequest, "inference_sample_rate must be in (0, 1]"));
+            return Err(AuditError::InvalidSampleRate);
         }
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         sqlx::query(

@@ -360,7 +360,7 @@ async fn write(
     tenant: Uuid,
     calls: &[Call],
     counted: &[AuditEvent],
-) -> Result<(), crate::error::ApiError> {
+) -> Result<(), super::AuditError> {
     let mut tx = pool.begin().await?;
     let policy = auditor.mask_policy(&mut tx, tenant).await?;
     let mut records: Vec<Record> =

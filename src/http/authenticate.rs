@@ -96,7 +96,7 @@ where
         let limiter = self.limiter.clone();
         async move {
             let principal = match bearer(&header) {
-                Ok(credential) => authenticator.authenticate(credential).await,
+                Ok(credential) => authenticator.authenticate(credential).await.map_err(ApiError::from),
                 Err(error) => Err(error),
             };
             let principal = match principal {

@@ -14,12 +14,12 @@ use parking_lot::RwLock;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::jwt::{Keyring, TokenError};
+use super::error::IdentityError;
+use super::jwt::Keyring;
 use super::permissions::Role;
 use super::principal::Principal;
-use crate::request::Actor;
 use super::secrets::{CredentialHasher, api_key_prefix};
-use crate::error::{ApiError, Code};
+use crate::request::Actor;
 use crate::tenancy::directory::TenantDirectory;
 use crate::tenancy::{TenantId, TenantInfo};
 
@@ -87,7 +87,7 @@ impl Authenticator {
         self.keys.write().remove(prefix);
     }
 
-    pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, credential: &str) -> Result<Principal, IdentityError> {
         if credential.starts_with(super::secrets::API_KEY_PREFIX) {
             self.authenticate_api_key(credential).await
         } else {
@@ -95,20 +95,20 @@ impl Authenticator {
         }
     }
 
-    async fn tenant(&self, id: Option<Uuid>) -> Result<Option<Arc<TenantInfo>>, ApiError> {
+    async fn tenant(&self, id: Option<Uuid>) -> Result<Option<Arc<TenantInfo>>, IdentityError> {
         let Some(id) = id else { return Ok(None) };
         let tenant = self
             .tenants
             .by_id(TenantId(id))
             .await?
-            .ok_or_else(|| ApiError::new(Code::InvalidToken, "the credential's tenant no longer exists"))?;
+            .ok_or_else(|| IdentityError::InvalidToken("the credential's tenant no longer exists"))?;
         if !tenant.is_active() {
-            return Err(ApiError::new(Code::TenantSuspended, format!("tenant {} is suspended", tenant.slug)));
+            return Err(IdentityError::TenantSuspended(tenant.slug.clone()));
         }
         Ok(Some(tenant))
     }
 
-    async fn authenticate_token(&self, token: &str) -> Result<Principal, ApiError> {
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, IdentityError> {
         let now = jsonwebtoken::get_current_timestamp();
         let cached = self.tokens.read().get(token).cloned();
         let entry = match cached {
@@ -121,10 +121,7 @@ impl Authenticator {
                 entry
             }
             None => {
-                let claims = self.keyring.verify(token).map_err(|e| match e {
-                    TokenError::Expired => ApiError::new(Code::TokenExpired, "the access token has expired; refresh it"),
-                    other => ApiError::new(Code::InvalidToken, other.to_string()),
-                })?;
+                let claims = self.keyring.verify(token)?;
                 let mut entry = CachedToken {
                     user: claims.sub,
                     tenant: claims.tid,
@@ -142,10 +139,10 @@ impl Authenticator {
             }
         };
         if entry.exp <= now {
-            return Err(ApiError::new(Code::TokenExpired, "the access token has expired; refresh it"));
+            return Err(IdentityError::TokenExpired("the access token has expired; refresh it"));
         }
         if self.revoked_here.read().contains(&entry.jti) {
-            return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
+            return Err(IdentityError::TokenRevoked("the access token has been revoked"));
         }
         let tenant = self.tenant(entry.tenant).await?;
         Ok(Principal {
@@ -161,8 +158,8 @@ impl Authenticator {
     /// role the token may act with now: the token's own, or the member's current role when it
     /// confers less (a demotion applies at once; a promotion at the next refresh). A role that
     /// is neither (a lateral change) leaves the token no role until it is refreshed.
-    async fn current_role(&self, entry: &CachedToken) -> Result<Option<Role>, ApiError> {
-        let (revoked, role, admin): (bool, Option<String>, bool) = sqlx::query_as("SELECT * FROM access_token_status($1, $2, $3, $4)")
+    async fn current_role(&self, entry: &CachedToken) -> Result<Option<Role>, IdentityError> {
+        let (revoked, role, admin): (bool, Option<Role>, bool) = sqlx::query_as("SELECT * FROM access_token_status($1, $2, $3, $4)")
             .bind(entry.jti)
             .bind(entry.user)
             .bind(entry.tenant)
@@ -170,15 +167,15 @@ impl Authenticator {
             .fetch_one(&self.pool)
             .await?;
         if revoked || (entry.platform_admin && !admin) {
-            return Err(ApiError::new(Code::TokenRevoked, "the access token has been revoked"));
+            return Err(IdentityError::TokenRevoked("the access token has been revoked"));
         }
         let (Some(_), Some(granted)) = (entry.tenant, entry.token_role) else {
             // No tenant, or a platform administrator's token without a role in it.
             return Ok(entry.token_role);
         };
-        match role.as_deref().and_then(Role::parse) {
+        match role {
             None if entry.platform_admin => Ok(None),
-            None => Err(ApiError::new(Code::TokenRevoked, "the access token's user is no longer a member of its tenant")),
+            None => Err(IdentityError::TokenRevoked("the access token's user is no longer a member of its tenant")),
             Some(current) if current == granted || current.may_grant(granted) => Ok(Some(granted)),
             Some(current) if granted.may_grant(current) => Ok(Some(current)),
             Some(_) => Ok(None),
@@ -202,8 +199,8 @@ impl Authenticator {
         tokens.insert(token.into(), entry.clone());
     }
 
-    async fn authenticate_api_key(&self, key: &str) -> Result<Principal, ApiError> {
-        let invalid = || ApiError::new(Code::InvalidToken, "the API key is not valid");
+    async fn authenticate_api_key(&self, key: &str) -> Result<Principal, IdentityError> {
+        let invalid = || IdentityError::InvalidToken("the API key is not valid");
         let prefix = api_key_prefix(key).ok_or_else(invalid)?;
         let cached = self.keys.read().get(prefix).cloned();
         let entry = match cached {
@@ -213,7 +210,7 @@ impl Authenticator {
                 struct Row {
                     id: Uuid,
                     tenant_id: Uuid,
-                    role: String,
+                    role: Role,
                     secret_digest: Vec<u8>,
                     expires_at: Option<time::OffsetDateTime>,
                     revoked_at: Option<time::OffsetDateTime>,
@@ -226,7 +223,7 @@ impl Authenticator {
                 let entry = CachedKey {
                     id: row.id,
                     tenant: row.tenant_id,
-                    role: Role::parse(&row.role).ok_or_else(invalid)?,
+                    role: row.role,
                     digest: row.secret_digest,
                     expires_at: row.expires_at,
                     revoked: row.revoked_at.is_some(),
@@ -245,10 +242,10 @@ impl Authenticator {
             return Err(invalid());
         }
         if entry.revoked {
-            return Err(ApiError::new(Code::TokenRevoked, "the API key has been revoked"));
+            return Err(IdentityError::TokenRevoked("the API key has been revoked"));
         }
         if entry.expires_at.is_some_and(|at| at <= time::OffsetDateTime::now_utc()) {
-            return Err(ApiError::new(Code::TokenExpired, "the API key has expired"));
+            return Err(IdentityError::TokenExpired("the API key has expired"));
         }
         let tenant = self.tenant(Some(entry.tenant)).await?;
         if entry.touched_at.is_none_or(|at| at.elapsed() >= LAST_USED_EVERY) {

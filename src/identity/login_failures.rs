@@ -14,10 +14,9 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::error::IdentityError;
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
-
 use crate::request::RequestInfo;
-use crate::error::ApiError;
 
 const MAX_ACCOUNT: usize = 320;
 const MAX_TENANT: usize = 100;
@@ -46,7 +45,7 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-pub async fn record(pool: &PgPool, failure: FailedLogin<'_>, info: &RequestInfo) -> Result<(), ApiError> {
+pub async fn record(pool: &PgPool, failure: FailedLogin<'_>, info: &RequestInfo) -> Result<(), IdentityError> {
     // Counted per client as the throttle counts it (an IPv6 client by its /64), so rotating
     // addresses inside one block does not turn each attempt into an event of its own.
     let client = super::throttle::client_key(info.client_addr);
@@ -86,7 +85,7 @@ struct Row {
 
 /// Chains every counted minute that began before `before`'s minute; returns how many events
 /// were written.
-pub async fn flush(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, ApiError> {
+pub async fn flush(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, IdentityError> {
     let mut total = 0;
     loop {
         let chained = flush_batch(pool, auditor, before).await?;
@@ -97,7 +96,7 @@ pub async fn flush(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> 
     }
 }
 
-async fn flush_batch(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, ApiError> {
+async fn flush_batch(pool: &PgPool, auditor: &Auditor, before: OffsetDateTime) -> Result<usize, IdentityError> {
     let mut tx = pool.begin().await?;
     let mut rows: Vec<Row> = sqlx::query_as(
         "DELETE FROM login_failures WHERE ctid IN (SELECT ctid FROM login_failures \

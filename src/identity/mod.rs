@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod authenticate;
+pub mod error;
 pub mod jwt;
 pub mod login_failures;
 pub mod passwords;
@@ -13,6 +14,7 @@ pub mod secrets;
 pub mod service;
 pub mod throttle;
 
+pub use error::IdentityError;
 pub use permissions::{Permission, Role, perm};
 pub use principal::Principal;
 
@@ -21,7 +23,7 @@ pub use principal::Principal;
 pub struct Email(String);
 
 impl Email {
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, IdentityError> {
         let value = value.trim().to_lowercase();
         let valid = value.len() <= 320
             && value.split_once('@').is_some_and(|(local, domain)| {
@@ -29,7 +31,7 @@ impl Email {
             })
             && !value.chars().any(char::is_whitespace)
             && value.matches('@').count() == 1;
-        if valid { Ok(Self(value)) } else { Err("not a valid email address".to_owned()) }
+        if valid { Ok(Self(value)) } else { Err(IdentityError::InvalidEmail) }
     }
 
     pub fn as_str(&self) -> &str {

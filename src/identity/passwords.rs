@@ -9,30 +9,12 @@ use std::time::Duration;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::error::IdentityError;
 use crate::config::AuthSettings;
-use crate::error::{ApiError, Code};
 
 /// How long a hash may wait for a free slot, and how many may wait (per slot).
 const MAX_WAIT: Duration = Duration::from_secs(1);
 const WAITERS_PER_SLOT: usize = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PasswordError {
-    /// Every hashing slot is taken and the queue is full.
-    #[error("too many password checks at once; retry shortly")]
-    Busy,
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
-
-impl From<PasswordError> for ApiError {
-    fn from(error: PasswordError) -> Self {
-        match error {
-            PasswordError::Busy => ApiError::new(Code::ServiceUnavailable, error.to_string()).with_retry_after(1),
-            PasswordError::Failed(source) => ApiError::internal(source),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Passwords {
@@ -70,19 +52,19 @@ impl Passwords {
     async fn in_slot<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T, PasswordError> {
+    ) -> Result<T, IdentityError> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(PasswordError::Busy);
+                    return Err(IdentityError::HashingBusy);
                 }
                 let acquired = tokio::time::timeout(MAX_WAIT, self.slots.clone().acquire_owned()).await;
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 match acquired {
                     Ok(Ok(permit)) => permit,
-                    _ => return Err(PasswordError::Busy),
+                    _ => return Err(IdentityError::HashingBusy),
                 }
             }
         };
@@ -91,7 +73,7 @@ impl Passwords {
             work()
         })
         .await
-        .map_err(|e| PasswordError::Failed(e.into()))?;
+        .map_err(anyhow::Error::from)?;
         Ok(result?)
     }
 
@@ -99,19 +81,18 @@ impl Passwords {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
-    /// A password policy error, or `None` when acceptable.
-    pub fn policy_violation(password: &str) -> Option<String> {
-        let chars = password.chars().count();
-        if chars < MIN_PASSWORD_LEN {
-            return Some(format!("the password must have at least {MIN_PASSWORD_LEN} characters"));
+    /// Whether a new password meets the policy.
+    pub fn check_policy(password: &str) -> Result<(), IdentityError> {
+        if password.chars().count() < MIN_PASSWORD_LEN {
+            return Err(IdentityError::PasswordTooShort { min: MIN_PASSWORD_LEN });
         }
         if password.len() > MAX_PASSWORD_LEN {
-            return Some(format!("the password must have at most {MAX_PASSWORD_LEN} bytes"));
+            return Err(IdentityError::PasswordTooLong { max: MAX_PASSWORD_LEN });
         }
-        None
+        Ok(())
     }
 
-    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+    pub async fn hash(&self, password: String) -> Result<String, IdentityError> {
         let params = self.params.clone();
         self.in_slot(move || {
             Self::hasher(params)
@@ -123,7 +104,7 @@ impl Passwords {
     }
 
     /// Verifies against `stored`, or against the decoy when there is no such user.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, PasswordError> {
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, IdentityError> {
         let (stored, real) = match stored {
             Some(hash) => (hash, true),
             None => (self.decoy().await?, false),
@@ -138,7 +119,7 @@ impl Passwords {
         Ok(matched && real)
     }
 
-    async fn decoy(&self) -> Result<String, PasswordError> {
+    async fn decoy(&self) -> Result<String, IdentityError> {
         self.decoy
             .get_or_try_init(|| async {
                 let random = uuid::Uuid::new_v4().to_string();
@@ -146,5 +127,20 @@ impl Passwords {
             })
             .await
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Code, ErrorCode};
+
+    #[test]
+    fn the_policy_names_its_limits() {
+        let short = Passwords::check_policy("elevenchars").unwrap_err();
+        assert_eq!((short.code(), short.to_string()), (Code::WeakPassword, "the password must have at least 12 characters".to_owned()));
+        let long = Passwords::check_policy(&"x".repeat(MAX_PASSWORD_LEN + 1)).unwrap_err();
+        assert_eq!(long.to_string(), "the password must have at most 1024 bytes");
+        assert!(Passwords::check_policy("twelve chars").is_ok());
     }
 }

@@ -3,40 +3,21 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A role inside one tenant. Platform administration is a separate flag on the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Owner,
-    Admin,
-    MlEngineer,
-    Auditor,
-    Inference,
+// A stored role that is none of these fails to decode: a server error, never a grant.
+crate::text_enum! {
+    /// A role inside one tenant. Platform administration is a separate flag on the user.
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Role {
+        Owner => "owner",
+        Admin => "admin",
+        MlEngineer => "ml_engineer",
+        Auditor => "auditor",
+        Inference => "inference",
+    }
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::MlEngineer, Role::Auditor, Role::Inference];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::MlEngineer => "ml_engineer",
-            Role::Auditor => "auditor",
-            Role::Inference => "inference",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// A role read back from storage, to check a grant against: one that does not parse
-    /// counts as the hardest to grant, so a check on it fails closed.
-    pub fn stored(s: &str) -> Role {
-        Role::parse(s).unwrap_or(Role::Owner)
-    }
-
     pub fn permissions(self) -> &'static [Permission] {
         use Permission::*;
         match self {
@@ -187,15 +168,23 @@ mod tests {
 
     #[test]
     fn roles_round_trip_through_strings() {
-        for r in Role::ALL {
+        for &r in Role::ALL {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
     }
 
     #[test]
+    fn roles_are_spelled_alike_in_json_and_in_the_database() {
+        for &r in Role::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(serde_json::from_value::<Role>(r.as_str().into()).unwrap(), r);
+        }
+    }
+
+    #[test]
     fn a_role_is_granted_only_by_holders_of_all_its_permissions() {
-        for granter in Role::ALL {
-            for granted in Role::ALL {
+        for &granter in Role::ALL {
+            for &granted in Role::ALL {
                 let expected = granted.permissions().iter().all(|p| granter.permissions().contains(p));
                 assert_eq!(granter.may_grant(granted), expected, "{granter:?} granting {granted:?}");
             }

@@ -1,5 +1,6 @@
 //! Login, refresh, logout and user creation. HTTP-free: handlers and the CLI both call these.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use super::Email;
 use super::authenticate::Authenticator;
+use super::error::IdentityError;
 use super::jwt::{Claims, Keyring};
 use super::passwords::Passwords;
 use super::permissions::{Permission, Role};
@@ -18,9 +20,9 @@ use super::secrets::{CredentialHasher, RESET_TOKEN_PREFIX, new_refresh_token, ne
 use super::login_failures::{self, FailedLogin};
 use super::throttle::{self, LoginThrottle};
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
-use crate::request::RequestInfo;
 use crate::config::AuthSettings;
-use crate::error::{ApiError, Code};
+use crate::error::{Code, ErrorCode, INTERNAL_DETAIL};
+use crate::request::RequestInfo;
 use crate::tenancy::TenantInfo;
 use crate::tenancy::directory::TenantDirectory;
 
@@ -111,8 +113,8 @@ impl IdentityService {
         password: String,
         tenant_slug: Option<&str>,
         info: &RequestInfo,
-    ) -> Result<TokenPair, ApiError> {
-        let wrong = || ApiError::new(Code::InvalidCredentials, "wrong email or password");
+    ) -> Result<TokenPair, IdentityError> {
+        let wrong = || IdentityError::InvalidCredentials("wrong email or password");
         let client = throttle::client_key(info.client_addr);
         // Every refusal below is counted for the platform's chain, never the tenant's: the
         // caller has not shown they are someone of the tenant they name.
@@ -155,7 +157,12 @@ impl IdentityService {
         let grant = match self.grant_for(user_id, platform_admin, epoch, tenant_slug).await {
             Ok(grant) => grant,
             Err(error) => {
-                refuse(&account, error.detail(), Outcome::Denied, Some(user_id)).await?;
+                // A server failure is counted by what its client reads, never by its cause.
+                let reason = match error.code() {
+                    Code::InternalError => Cow::Borrowed(INTERNAL_DETAIL),
+                    _ => Cow::Owned(error.to_string()),
+                };
+                refuse(&account, &reason, Outcome::Denied, Some(user_id)).await?;
                 return Err(error);
             }
         };
@@ -171,7 +178,7 @@ impl IdentityService {
     }
 
     /// Chains the login failures counted in minutes that began before `before`'s minute.
-    pub async fn flush_login_failures(&self, before: OffsetDateTime) -> Result<usize, ApiError> {
+    pub async fn flush_login_failures(&self, before: OffsetDateTime) -> Result<usize, IdentityError> {
         login_failures::flush(&self.pool, &self.auditor, before).await
     }
 
@@ -181,9 +188,9 @@ impl IdentityService {
     }
 
     /// Which tenant and role a login (or refresh) acts with.
-    async fn grant_for(&self, user: Uuid, platform_admin: bool, epoch: i32, tenant_slug: Option<&str>) -> Result<Grant, ApiError> {
+    async fn grant_for(&self, user: Uuid, platform_admin: bool, epoch: i32, tenant_slug: Option<&str>) -> Result<Grant, IdentityError> {
         let mut tx = crate::tenancy::db::begin_as_user(&self.pool, user).await?;
-        let memberships: Vec<(Uuid, String)> =
+        let memberships: Vec<(Uuid, Role)> =
             sqlx::query_as("SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY created_at")
                 .bind(user)
                 .fetch_all(&mut *tx)
@@ -195,7 +202,7 @@ impl IdentityService {
                 let tenant = self.tenants.by_slug(slug).await?;
                 match tenant {
                     Some(t) if platform_admin || memberships.iter().any(|(id, _)| *id == t.id.0) => Some(t),
-                    _ => return Err(ApiError::new(Code::InvalidCredentials, format!("no access to tenant `{slug}`"))),
+                    _ => return Err(IdentityError::NoTenantAccess(slug.to_owned())),
                 }
             }
             None if memberships.len() == 1 => self.tenants.by_id(crate::tenancy::TenantId(memberships[0].0)).await?,
@@ -203,13 +210,13 @@ impl IdentityService {
         };
         if let Some(t) = &tenant {
             if !t.is_active() {
-                return Err(ApiError::new(Code::TenantSuspended, format!("tenant {} is suspended", t.slug)));
+                return Err(IdentityError::TenantSuspended(t.slug.clone()));
             }
         }
         let role = tenant
             .as_ref()
             .and_then(|t| memberships.iter().find(|(id, _)| *id == t.id.0))
-            .and_then(|(_, role)| Role::parse(role));
+            .map(|(_, role)| *role);
         Ok(Grant { user, platform_admin, epoch, tenant, role })
     }
 
@@ -218,7 +225,7 @@ impl IdentityService {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         family: Uuid,
         grant: &Grant,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, IdentityError> {
         let token = new_refresh_token();
         let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.refresh_ttl as i64);
         sqlx::query(
@@ -264,8 +271,8 @@ impl IdentityService {
 
     /// Rotates a refresh token. Presenting one that was already rotated means it was copied:
     /// the whole family is revoked and the caller must log in again.
-    pub async fn refresh(&self, refresh_token: &str, info: &RequestInfo) -> Result<TokenPair, ApiError> {
-        let invalid = || ApiError::new(Code::InvalidToken, "the refresh token is not valid");
+    pub async fn refresh(&self, refresh_token: &str, info: &RequestInfo) -> Result<TokenPair, IdentityError> {
+        let invalid = || IdentityError::InvalidToken("the refresh token is not valid");
         if !refresh_token.starts_with(super::secrets::REFRESH_TOKEN_PREFIX) {
             return Err(invalid());
         }
@@ -291,7 +298,7 @@ impl IdentityService {
         .await?
         .ok_or_else(invalid)?;
         if row.revoked_at.is_some() {
-            return Err(ApiError::new(Code::TokenRevoked, "the refresh token has been revoked"));
+            return Err(IdentityError::TokenRevoked("the refresh token has been revoked"));
         }
         if row.used_at.is_some() {
             sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
@@ -304,13 +311,10 @@ impl IdentityService {
                 .details(serde_json::json!({ "reason": "reuse of a rotated refresh token; session revoked" }));
             self.auditor.record(&mut tx, info, vec![event]).await?;
             tx.commit().await?;
-            return Err(ApiError::new(
-                Code::RefreshTokenReused,
-                "this refresh token was already used; every token of its session is now revoked",
-            ));
+            return Err(IdentityError::RefreshTokenReused);
         }
         if row.expires_at <= OffsetDateTime::now_utc() {
-            return Err(ApiError::new(Code::TokenExpired, "the refresh token has expired; log in again"));
+            return Err(IdentityError::TokenExpired("the refresh token has expired; log in again"));
         }
         sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
 
@@ -321,7 +325,7 @@ impl IdentityService {
                 .await?
                 .ok_or_else(invalid)?;
         if epoch != row.session_epoch {
-            return Err(ApiError::new(Code::TokenRevoked, "the refresh token's session has ended; log in again"));
+            return Err(IdentityError::TokenRevoked("the refresh token's session has ended; log in again"));
         }
         // Roles are read afresh: a changed role applies from the next refresh on.
         let slug = match row.tenant_id {
@@ -339,7 +343,7 @@ impl IdentityService {
     }
 
     /// Revokes the caller's access token and, when given, the refresh token's whole family.
-    pub async fn logout(&self, principal: &Principal, refresh_token: Option<&str>, info: &RequestInfo) -> Result<(), ApiError> {
+    pub async fn logout(&self, principal: &Principal, refresh_token: Option<&str>, info: &RequestInfo) -> Result<(), IdentityError> {
         let mut tx = self.pool.begin().await?;
         if let Some((jti, exp)) = principal.token {
             let expires_at = OffsetDateTime::from_unix_timestamp(exp as i64).unwrap_or_else(|_| OffsetDateTime::now_utc());
@@ -380,13 +384,11 @@ impl IdentityService {
         current: String,
         new: String,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), IdentityError> {
         let Some(user) = principal.user_id() else {
-            return Err(ApiError::new(Code::Forbidden, "only a user has a password to change"));
+            return Err(IdentityError::Forbidden("only a user has a password to change"));
         };
-        if let Some(problem) = Passwords::policy_violation(&new) {
-            return Err(ApiError::new(Code::WeakPassword, problem));
-        }
+        Passwords::check_policy(&new)?;
         let (email, stored): (String, String) = sqlx::query_as("SELECT lower(email), password_hash FROM users WHERE id = $1")
             .bind(user)
             .fetch_one(&self.pool)
@@ -398,7 +400,7 @@ impl IdentityService {
                 .outcome(Outcome::Failure)
                 .details(serde_json::json!({ "reason": "wrong current password" }));
             self.auditor.record_alone(&self.pool, info, vec![event]).await?;
-            return Err(ApiError::new(Code::InvalidCredentials, "the current password is wrong"));
+            return Err(IdentityError::InvalidCredentials("the current password is wrong"));
         }
         self.throttle.succeeded(&email, &client).await;
         let mut tx = self.pool.begin().await?;
@@ -413,17 +415,17 @@ impl IdentityService {
     }
 
     /// A platform administrator issues a one-time password reset token for a user.
-    pub async fn issue_password_reset(&self, actor: &Principal, email: &str, info: &RequestInfo) -> Result<PasswordReset, ApiError> {
+    pub async fn issue_password_reset(&self, actor: &Principal, email: &str, info: &RequestInfo) -> Result<PasswordReset, IdentityError> {
         if !actor.platform_admin {
-            return Err(ApiError::new(Code::Forbidden, "only platform administrators issue password resets"));
+            return Err(IdentityError::Forbidden("only platform administrators issue password resets"));
         }
-        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
+        let email = Email::parse(email)?;
         let mut tx = self.pool.begin().await?;
         let user: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
             .bind(email.as_str())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| ApiError::not_found("no user has this email"))?;
+            .ok_or(IdentityError::NotFound("no user has this email"))?;
         let token = new_single_use_token(RESET_TOKEN_PREFIX);
         let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.reset_ttl as i64);
         // Issuing a new reset voids any earlier one.
@@ -445,14 +447,11 @@ impl IdentityService {
     }
 
     /// Redeems a reset token: sets the new password once and ends every session of the user.
-    pub async fn redeem_password_reset(&self, token: &str, new: String, info: &RequestInfo) -> Result<(), ApiError> {
-        let invalid = || ApiError::new(Code::InvalidResetToken, "this reset token is not valid: unknown, expired or already used");
+    pub async fn redeem_password_reset(&self, token: &str, new: String, info: &RequestInfo) -> Result<(), IdentityError> {
         if !token.starts_with(RESET_TOKEN_PREFIX) {
-            return Err(invalid());
+            return Err(IdentityError::InvalidResetToken);
         }
-        if let Some(problem) = Passwords::policy_violation(&new) {
-            return Err(ApiError::new(Code::WeakPassword, problem));
-        }
+        Passwords::check_policy(&new)?;
         let mut tx = self.pool.begin().await?;
         let user: Uuid = sqlx::query_scalar(
             "UPDATE password_resets SET used_at = now() WHERE token_digest = $1 AND used_at IS NULL AND expires_at > now() \
@@ -461,7 +460,7 @@ impl IdentityService {
         .bind(&self.hasher.digest(token)[..])
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(invalid)?;
+        .ok_or(IdentityError::InvalidResetToken)?;
         self.set_password(&mut tx, user, new).await?;
         let event = AuditEvent::new(None, AuditActor::user(user), "user.password_reset").resource("user", user);
         self.auditor.record(&mut tx, info, vec![event]).await?;
@@ -472,7 +471,7 @@ impl IdentityService {
 
     /// Sets a user's password and ends every session: refresh tokens are revoked and the
     /// session epoch moves on, so every access token issued before stops working.
-    async fn set_password(&self, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, user: Uuid, new: String) -> Result<(), ApiError> {
+    async fn set_password(&self, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, user: Uuid, new: String) -> Result<(), IdentityError> {
         let hash = self.passwords.hash(new).await?;
         sqlx::query("UPDATE users SET password_hash = $2, session_epoch = session_epoch + 1 WHERE id = $1")
             .bind(user)
@@ -493,10 +492,8 @@ impl IdentityService {
         email: &Email,
         password: String,
         platform_admin: bool,
-    ) -> Result<Uuid, ApiError> {
-        if let Some(problem) = Passwords::policy_violation(&password) {
-            return Err(ApiError::new(Code::WeakPassword, problem));
-        }
+    ) -> Result<Uuid, IdentityError> {
+        Passwords::check_policy(&password)?;
         let hash = self.passwords.hash(password).await?;
         let id = Uuid::now_v7();
         let inserted = sqlx::query(
@@ -510,14 +507,14 @@ impl IdentityService {
         .execute(conn)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(ApiError::new(Code::AlreadyExists, format!("a user with email {} already exists", email.as_str())));
+            return Err(IdentityError::AlreadyExists(format!("a user with email {} already exists", email.as_str()).into()));
         }
         Ok(id)
     }
 
     /// `tessera admin bootstrap`: the first platform administrator, refused once one exists.
-    pub async fn bootstrap_admin(&self, email: &str, password: String, info: &RequestInfo) -> Result<Uuid, ApiError> {
-        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
+    pub async fn bootstrap_admin(&self, email: &str, password: String, info: &RequestInfo) -> Result<Uuid, IdentityError> {
+        let email = Email::parse(email)?;
         let mut tx = self.pool.begin().await?;
         // Serialise concurrent bootstraps.
         sqlx::query("SELECT pg_advisory_xact_lock(7201)").execute(&mut *tx).await?;
@@ -525,7 +522,7 @@ impl IdentityService {
             .fetch_one(&mut *tx)
             .await?;
         if exists {
-            return Err(ApiError::new(Code::Conflict, "a platform administrator already exists; bootstrap is refused"));
+            return Err(IdentityError::Conflict("a platform administrator already exists; bootstrap is refused"));
         }
         let id = self.create_user(&mut tx, &email, password, true).await?;
         let event = AuditEvent::new(None, AuditActor { kind: "system", id: None }, "platform.admin_bootstrapped")
@@ -553,13 +550,13 @@ pub struct MeView {
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct MembershipView {
     pub tenant: String,
-    pub role: String,
+    pub role: Role,
 }
 
 impl IdentityService {
     /// The caller: identity, tenant, role, effective permissions and, for users, every tenant
     /// they belong to.
-    pub async fn me(&self, principal: &Principal) -> Result<MeView, ApiError> {
+    pub async fn me(&self, principal: &Principal) -> Result<MeView, IdentityError> {
         let (email, memberships) = match principal.user_id() {
             Some(user) => {
                 let mut tx = crate::tenancy::db::begin_as_user(&self.pool, user).await?;

@@ -15,7 +15,6 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthSettings;
-use crate::error::{ApiError, Code};
 use crate::redis_store::RedisStore;
 
 /// KEYS[1]: the (account, client) pair, a hash {count, blocked_until}.
@@ -63,13 +62,6 @@ impl Refusal {
             Refusal::BackOff { .. } => "throttled",
             Refusal::Spraying { .. } => "throttled: too many accounts from this client",
         }
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        let (Refusal::BackOff { retry_after_secs } | Refusal::Spraying { retry_after_secs }) = refusal;
-        ApiError::new(Code::LoginThrottled, "too many failed logins; try again later").with_retry_after(retry_after_secs)
     }
 }
 

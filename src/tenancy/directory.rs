@@ -27,7 +27,7 @@ pub struct TenantDirectory {
 struct Row {
     id: Uuid,
     slug: String,
-    status: String,
+    status: TenantStatus,
     rate_limit_per_second: i32,
     rate_limit_burst: i32,
 }
@@ -37,7 +37,7 @@ impl From<Row> for TenantInfo {
         TenantInfo {
             id: TenantId(r.id),
             slug: r.slug,
-            status: TenantStatus::parse(&r.status),
+            status: r.status,
             rate_limit_per_second: r.rate_limit_per_second.max(1) as u32,
             rate_limit_burst: r.rate_limit_burst.max(1) as u32,
         }

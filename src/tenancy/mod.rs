@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod directory;
+pub mod error;
 pub mod rate_limit;
 
 use std::fmt;
@@ -11,6 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+pub use error::TenancyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
@@ -28,15 +31,11 @@ impl fmt::Display for TenantId {
 pub struct TenantSlug(String);
 
 impl TenantSlug {
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, TenancyError> {
         let ok = (2..=63).contains(&value.len())
             && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !value.starts_with('-');
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(format!("`{value}` is not a tenant slug: use 2-63 of a-z, 0-9 and '-', not starting with '-'"))
-        }
+        if ok { Ok(Self(value.to_owned())) } else { Err(TenancyError::InvalidSlug(value.to_owned())) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -44,22 +43,14 @@ impl TenantSlug {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TenantStatus {
-    Active,
-    Suspended,
-}
-
-impl TenantStatus {
-    pub fn parse(s: &str) -> TenantStatus {
-        if s == "active" { TenantStatus::Active } else { TenantStatus::Suspended }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TenantStatus::Active => "active",
-            TenantStatus::Suspended => "suspended",
-        }
+// A stored status that is neither fails to decode: no tenant is ever read as active by mistake.
+crate::text_enum! {
+    /// A suspended tenant's tokens and API keys stop working.
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum TenantStatus {
+        Active => "active",
+        Suspended => "suspended",
     }
 }
 
@@ -89,6 +80,14 @@ mod tests {
         assert!(TenantSlug::parse("acme-2").is_ok());
         for bad in ["", "a", "-acme", "Acme", "ac me", "acme/x", &"a".repeat(64)] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_spelled_alike_in_json_and_in_the_database() {
+        for status in TenantStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(TenantStatus::parse(status.as_str()), Some(*status));
         }
     }
 }

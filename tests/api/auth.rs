@@ -1,4 +1,5 @@
 use serde_json::json;
+use tessera::error::ErrorCode;
 
 use crate::helpers::{PASSWORD, assert_problem, spawn_app, spawn_app_with};
 

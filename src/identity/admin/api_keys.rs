@@ -14,18 +14,18 @@ impl TenantService {
         role: Role,
         expires_in_days: Option<u32>,
         info: &RequestInfo,
-    ) -> Result<CreatedApiKey, ApiError> {
+    ) -> Result<CreatedApiKey, IdentityError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
-            return Err(ApiError::new(Code::InvalidRequest, "name must have 1-100 characters"));
+            return Err(IdentityError::InvalidRequest("name must have 1-100 characters"));
         }
         Self::check_grant(actor, role)?;
         if role == Role::Owner {
-            return Err(ApiError::new(Code::InvalidRequest, "API keys cannot have the owner role"));
+            return Err(IdentityError::InvalidRequest("API keys cannot have the owner role"));
         }
         let expires_at = match expires_in_days {
             Some(0) | Some(3651..) => {
-                return Err(ApiError::new(Code::InvalidRequest, "expires_in_days must be between 1 and 3650"));
+                return Err(IdentityError::InvalidRequest("expires_in_days must be between 1 and 3650"));
             }
             Some(days) => Some(OffsetDateTime::now_utc() + time::Duration::days(days as i64)),
             None => None,
@@ -40,7 +40,7 @@ impl TenantService {
         .bind(Uuid::now_v7())
         .bind(tenant.id.0)
         .bind(name)
-        .bind(role.as_str())
+        .bind(role)
         .bind(&prefix)
         .bind(&self.hasher.digest(&secret)[..])
         .bind(actor.user_id())
@@ -55,7 +55,7 @@ impl TenantService {
         Ok(CreatedApiKey { key, secret })
     }
 
-    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, ApiError> {
+    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys k LEFT JOIN users u ON u.id = k.created_by \
@@ -74,15 +74,15 @@ impl TenantService {
         tenant: &TenantInfo,
         key: Uuid,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let role: String = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+        let role: Role = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
             .bind(key)
             .bind(tenant.id.0)
             .fetch_optional(tx.conn())
             .await?
-            .ok_or_else(|| ApiError::not_found("API key not found"))?;
-        Self::check_grant(actor, Role::stored(&role))?;
+            .ok_or(IdentityError::NotFound("API key not found"))?;
+        Self::check_grant(actor, role)?;
         let prefix: String = sqlx::query_scalar(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2 RETURNING prefix",
         )

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::*;
 
 impl TenantService {
-    pub async fn list_members(&self, tenant: &TenantInfo) -> Result<Vec<MemberView>, ApiError> {
+    pub async fn list_members(&self, tenant: &TenantInfo) -> Result<Vec<MemberView>, IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let members = sqlx::query_as(
             "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
@@ -30,11 +30,11 @@ impl TenantService {
         role: Role,
         password: Option<String>,
         info: &RequestInfo,
-    ) -> Result<MemberView, ApiError> {
+    ) -> Result<MemberView, IdentityError> {
         if operator.actor != crate::request::Actor::System {
-            return Err(ApiError::new(Code::Forbidden, "only an operator at the command line seeds members"));
+            return Err(IdentityError::Forbidden("only an operator at the command line seeds members"));
         }
-        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
+        let email = Email::parse(email)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
             .bind(email.as_str())
@@ -45,7 +45,7 @@ impl TenantService {
             (Some(id), _) => id,
             (None, Some(password)) => self.identity.create_user(tx.conn(), &email, password, false).await?,
             (None, None) => {
-                return Err(ApiError::new(Code::InvalidRequest, "no user has this email; give a password to create one"));
+                return Err(IdentityError::InvalidRequest("no user has this email; give a password to create one"));
             }
         };
         let member = Self::insert_member(&mut tx, user, role).await?;
@@ -57,19 +57,19 @@ impl TenantService {
         Ok(member)
     }
 
-    pub(super) async fn insert_member(tx: &mut TenantTx, user: Uuid, role: Role) -> Result<MemberView, ApiError> {
+    pub(super) async fn insert_member(tx: &mut TenantTx, user: Uuid, role: Role) -> Result<MemberView, IdentityError> {
         let result = sqlx::query_as::<_, MemberView>(
             "WITH m AS (INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3) RETURNING *) \
              SELECT m.user_id, u.email, m.role, m.created_at FROM m JOIN users u ON u.id = m.user_id",
         )
         .bind(tx.tenant().0)
         .bind(user)
-        .bind(role.as_str())
+        .bind(role)
         .fetch_one(tx.conn())
         .await;
         match result {
             Ok(member) => Ok(member),
-            Err(e) if crate::db::is_unique_violation(&e) => Err(ApiError::new(Code::AlreadyExists, "this user is already a member")),
+            Err(e) if crate::db::is_unique_violation(&e) => Err(IdentityError::AlreadyExists("this user is already a member".into())),
             Err(e) => Err(e.into()),
         }
     }
@@ -84,9 +84,9 @@ impl TenantService {
         email: &str,
         role: Role,
         info: &RequestInfo,
-    ) -> Result<CreatedInvitation, ApiError> {
+    ) -> Result<CreatedInvitation, IdentityError> {
         Self::check_grant(actor, role)?;
-        let email = Email::parse(email).map_err(|e| ApiError::new(Code::InvalidRequest, format!("email: {e}")))?;
+        let email = Email::parse(email)?;
         let token = new_single_use_token(INVITATION_TOKEN_PREFIX);
         let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(self.invitation_ttl_seconds as i64);
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
@@ -100,7 +100,7 @@ impl TenantService {
         .fetch_one(tx.conn())
         .await?;
         if member {
-            return Err(ApiError::new(Code::AlreadyExists, "this email already belongs to a member of the tenant"));
+            return Err(IdentityError::AlreadyExists("this email already belongs to a member of the tenant".into()));
         }
         let key = match actor.actor {
             crate::request::Actor::ApiKey { id } => Some(id),
@@ -114,7 +114,7 @@ impl TenantService {
         .bind(Uuid::now_v7())
         .bind(tenant.id.0)
         .bind(email.as_str())
-        .bind(role.as_str())
+        .bind(role)
         .bind(&self.hasher.digest(&token)[..])
         .bind(actor.user_id())
         .bind(key)
@@ -131,10 +131,10 @@ impl TenantService {
 
     /// Whether the user or API key that issued an invitation still holds every permission of
     /// `role` in the transaction's tenant (or is a platform administrator).
-    pub(super) async fn inviter_may_grant(tx: &mut TenantTx, user: Option<Uuid>, key: Option<Uuid>, role: Role) -> Result<bool, ApiError> {
-        let held: Option<String> = match (user, key) {
+    pub(super) async fn inviter_may_grant(tx: &mut TenantTx, user: Option<Uuid>, key: Option<Uuid>, role: Role) -> Result<bool, IdentityError> {
+        let held: Option<Role> = match (user, key) {
             (Some(user), _) => {
-                let (admin, member): (bool, Option<String>) = sqlx::query_as(
+                let (admin, member): (bool, Option<Role>) = sqlx::query_as(
                     "SELECT u.is_platform_admin, (SELECT m.role FROM memberships m WHERE m.user_id = u.id AND m.tenant_id = $2) \
                      FROM users u WHERE u.id = $1",
                 )
@@ -160,11 +160,11 @@ impl TenantService {
             }
             (None, None) => None,
         };
-        Ok(held.as_deref().and_then(Role::parse).is_some_and(|held| held.may_grant(role)))
+        Ok(held.is_some_and(|held| held.may_grant(role)))
     }
 
     /// Pending invitations a member or key issued stop with their rights.
-    pub(super) async fn revoke_invitations_of(tx: &mut TenantTx, column: &str, id: Uuid) -> Result<(), ApiError> {
+    pub(super) async fn revoke_invitations_of(tx: &mut TenantTx, column: &str, id: Uuid) -> Result<(), IdentityError> {
         let sql = format!(
             "UPDATE invitations SET revoked_at = now() WHERE tenant_id = $1 AND {column} = $2 \
              AND accepted_at IS NULL AND revoked_at IS NULL"
@@ -173,7 +173,7 @@ impl TenantService {
         Ok(())
     }
 
-    pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, ApiError> {
+    pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let invitations = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {INVITATION_COLUMNS} FROM invitations i LEFT JOIN users u ON u.id = i.invited_by \
@@ -192,9 +192,9 @@ impl TenantService {
         tenant: &TenantInfo,
         invitation: Uuid,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let (email, role): (String, String) = sqlx::query_as(
+        let (email, role): (String, Role) = sqlx::query_as(
             "UPDATE invitations SET revoked_at = COALESCE(revoked_at, now()) \
              WHERE id = $1 AND tenant_id = $2 AND accepted_at IS NULL RETURNING email, role",
         )
@@ -202,8 +202,8 @@ impl TenantService {
         .bind(tenant.id.0)
         .fetch_optional(tx.conn())
         .await?
-        .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
-        Self::check_grant(actor, Role::stored(&role))?;
+        .ok_or(IdentityError::NotFound("no pending invitation with this id"))?;
+        Self::check_grant(actor, role)?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "member.invitation_revoked")
             .resource("invitation", invitation)
             .details(serde_json::json!({ "email": email, "role": role }));
@@ -221,16 +221,15 @@ impl TenantService {
         password: Option<String>,
         caller: Option<&Principal>,
         info: &RequestInfo,
-    ) -> Result<AcceptedInvitation, ApiError> {
-        let invalid = || ApiError::new(Code::InvalidInvitation, "this invitation is not valid: unknown, expired, revoked or already used");
+    ) -> Result<AcceptedInvitation, IdentityError> {
+        let invalid = || IdentityError::InvalidInvitation;
         if !token.starts_with(INVITATION_TOKEN_PREFIX) {
             return Err(invalid());
         }
         let digest = self.hasher.digest(token);
-        let found: Option<(Uuid, Uuid, String, String, Option<Uuid>, Option<Uuid>)> =
+        let found: Option<(Uuid, Uuid, String, Role, Option<Uuid>, Option<Uuid>)> =
             sqlx::query_as("SELECT * FROM invitation_for_token($1)").bind(&digest[..]).fetch_optional(&self.pool).await?;
         let (invitation, tenant, email, role, invited_by, invited_by_key) = found.ok_or_else(invalid)?;
-        let role = Role::parse(&role).ok_or_else(invalid)?;
         let tenant = self.directory.by_id(TenantId(tenant)).await?.filter(|t| t.is_active()).ok_or_else(invalid)?;
         let email = Email::parse(&email).map_err(|_| invalid())?;
 
@@ -259,19 +258,17 @@ impl TenantService {
         let (user, created) = match existing {
             Some(user) => {
                 if caller.and_then(Principal::user_id) != Some(user) {
-                    return Err(ApiError::new(
-                        Code::Unauthenticated,
+                    return Err(IdentityError::Unauthenticated(
                         "this invitation is for an existing account: accept it while logged in as that account",
                     ));
                 }
                 if password.is_some() {
-                    return Err(ApiError::new(Code::InvalidRequest, "an existing account keeps its password; leave `password` out"));
+                    return Err(IdentityError::InvalidRequest("an existing account keeps its password; leave `password` out"));
                 }
                 (user, false)
             }
             None => {
-                let password = password
-                    .ok_or_else(|| ApiError::new(Code::InvalidRequest, "choose a `password` for the new account"))?;
+                let password = password.ok_or(IdentityError::InvalidRequest("choose a `password` for the new account"))?;
                 (self.identity.create_user(tx.conn(), &email, password, false).await?, true)
             }
         };
@@ -287,17 +284,17 @@ impl TenantService {
     }
 
     /// The member's role, with the membership row locked for the rest of the transaction.
-    pub(super) async fn locked_role(tx: &mut TenantTx, user: Uuid) -> Result<String, ApiError> {
+    pub(super) async fn locked_role(tx: &mut TenantTx, user: Uuid) -> Result<Role, IdentityError> {
         let tenant = tx.tenant();
         sqlx::query_scalar("SELECT role FROM memberships WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE")
             .bind(user)
             .bind(tenant.0)
             .fetch_optional(tx.conn())
             .await?
-            .ok_or_else(|| ApiError::not_found("member not found"))
+            .ok_or(IdentityError::NotFound("member not found"))
     }
 
-    pub(super) async fn owners_left_without(&self, tx: &mut TenantTx, user: Uuid) -> Result<i64, ApiError> {
+    pub(super) async fn owners_left_without(&self, tx: &mut TenantTx, user: Uuid) -> Result<i64, IdentityError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $2 AND role = 'owner' AND user_id <> $1")
             .bind(user)
             .bind(tx.tenant().0)
@@ -312,23 +309,21 @@ impl TenantService {
         user: Uuid,
         role: Role,
         info: &RequestInfo,
-    ) -> Result<MemberView, ApiError> {
+    ) -> Result<MemberView, IdentityError> {
         Self::check_grant(actor, role)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
         // Changing a member's role also takes their current one away: the actor must hold it.
-        Self::check_grant(actor, Role::stored(&current))?;
-        if current == "owner" {
-            if role != Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
-                return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
-            }
+        Self::check_grant(actor, current)?;
+        if current == Role::Owner && role != Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
+            return Err(IdentityError::Conflict("a tenant keeps at least one owner"));
         }
         let member = sqlx::query_as::<_, MemberView>(
             "WITH m AS (UPDATE memberships SET role = $2 WHERE user_id = $1 AND tenant_id = $3 RETURNING *) \
              SELECT m.user_id, u.email, m.role, m.created_at FROM m JOIN users u ON u.id = m.user_id",
         )
         .bind(user)
-        .bind(role.as_str())
+        .bind(role)
         .bind(tenant.id.0)
         .fetch_one(tx.conn())
         .await?;
@@ -348,13 +343,12 @@ impl TenantService {
         tenant: &TenantInfo,
         user: Uuid,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let current = Self::locked_role(&mut tx, user).await?;
-        let role = Role::stored(&current);
-        Self::check_grant(actor, role)?;
-        if role == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
-            return Err(ApiError::new(Code::Conflict, "a tenant keeps at least one owner"));
+        Self::check_grant(actor, current)?;
+        if current == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {
+            return Err(IdentityError::Conflict("a tenant keeps at least one owner"));
         }
         sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND tenant_id = $2")
             .bind(user)

@@ -15,16 +15,16 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::tenancy::db::TenantTx;
-use crate::tenancy::directory::TenantDirectory;
-use crate::tenancy::{TenantId, TenantInfo, TenantSlug, TenantStatus};
 use crate::audit::{AuditActor, AuditEvent, Auditor};
-use crate::request::RequestInfo;
-use crate::error::{ApiError, Code};
+use crate::identity::IdentityError;
 use crate::identity::authenticate::Authenticator;
 use crate::identity::secrets::{CredentialHasher, INVITATION_TOKEN_PREFIX, new_api_key, new_single_use_token};
 use crate::identity::service::IdentityService;
 use crate::identity::{Email, Principal, Role};
+use crate::request::RequestInfo;
+use crate::tenancy::db::TenantTx;
+use crate::tenancy::directory::TenantDirectory;
+use crate::tenancy::{TenantId, TenantInfo, TenantSlug, TenantStatus};
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct TenantView {
@@ -32,7 +32,7 @@ pub struct TenantView {
     #[schema(example = "acme")]
     pub slug: String,
     pub name: String,
-    pub status: String,
+    pub status: TenantStatus,
     pub max_models: i32,
     pub max_storage_bytes: i64,
     pub rate_limit_per_second: i32,
@@ -45,7 +45,7 @@ pub struct TenantView {
 pub struct MemberView {
     pub user_id: Uuid,
     pub email: String,
-    pub role: String,
+    pub role: Role,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -54,7 +54,7 @@ pub struct MemberView {
 pub struct ApiKeyView {
     pub id: Uuid,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     /// The key's public prefix (`tsk_…`), enough to recognise it, useless to authenticate.
     pub prefix: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -75,7 +75,7 @@ pub struct ApiKeyView {
 pub struct InvitationView {
     pub id: Uuid,
     pub email: String,
-    pub role: String,
+    pub role: Role,
     pub invited_by: Option<Uuid>,
     pub invited_by_email: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -155,10 +155,10 @@ impl TenantService {
         Self { pool, directory, identity, hasher, authenticator, auditor, invitation_ttl_seconds }
     }
 
-    pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, ApiError> {
+    pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, IdentityError> {
         let name = new.name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(ApiError::new(Code::InvalidRequest, "name must have 1-200 characters"));
+            return Err(IdentityError::InvalidRequest("name must have 1-200 characters"));
         }
         for (field, value) in [
             ("max_models", new.max_models.map(i64::from)),
@@ -167,7 +167,7 @@ impl TenantService {
             ("rate_limit_burst", new.rate_limit_burst.map(i64::from)),
         ] {
             if value.is_some_and(|v| v < 0 || (field.starts_with("rate") && v == 0)) {
-                return Err(ApiError::new(Code::InvalidRequest, format!("{field} is out of range")));
+                return Err(IdentityError::OutOfRange(field));
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -195,24 +195,24 @@ impl TenantService {
                 Ok(view)
             }
             Err(e) if crate::db::is_unique_violation(&e) => {
-                Err(ApiError::new(Code::AlreadyExists, format!("tenant `{}` already exists", new.slug.as_str())))
+                Err(IdentityError::AlreadyExists(format!("tenant `{}` already exists", new.slug.as_str()).into()))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, ApiError> {
+    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, IdentityError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY slug")))
             .fetch_all(&self.pool)
             .await?)
     }
 
-    pub async fn get_tenant(&self, tenant: TenantId) -> Result<TenantView, ApiError> {
+    pub async fn get_tenant(&self, tenant: TenantId) -> Result<TenantView, IdentityError> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
             .bind(tenant.0)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| ApiError::not_found("tenant not found"))
+            .ok_or(IdentityError::NotFound("tenant not found"))
     }
 
     pub async fn set_status(
@@ -221,16 +221,16 @@ impl TenantService {
         tenant: TenantId,
         status: TenantStatus,
         info: &RequestInfo,
-    ) -> Result<TenantView, ApiError> {
+    ) -> Result<TenantView, IdentityError> {
         let mut tx = self.pool.begin().await?;
         let view: TenantView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         )))
         .bind(tenant.0)
-        .bind(status.as_str())
+        .bind(status)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant not found"))?;
+        .ok_or(IdentityError::NotFound("tenant not found"))?;
         let action = match status {
             TenantStatus::Active => "tenant.resumed",
             TenantStatus::Suspended => "tenant.suspended",
@@ -242,14 +242,7 @@ impl TenantService {
         Ok(view)
     }
 
-    pub(super) fn check_grant(actor: &Principal, role: Role) -> Result<(), ApiError> {
-        if actor.may_grant(role) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                Code::Forbidden,
-                format!("`{}` confers permissions you do not hold; only a holder of all of them may grant it", role.as_str()),
-            ))
-        }
+    pub(super) fn check_grant(actor: &Principal, role: Role) -> Result<(), IdentityError> {
+        if actor.may_grant(role) { Ok(()) } else { Err(IdentityError::GrantExceedsRole(role)) }
     }
 }

@@ -10,7 +10,7 @@ use actix_web::HttpMessage;
 use super::{TenantService, AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, MemberView, NewTenant, TenantView};
 use crate::tenancy::{TenantSlug, TenantStatus};
 use crate::request::RequestInfo;
-use crate::error::{ApiError, Code};
+use crate::error::ApiError;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Role, perm};
 
@@ -60,7 +60,7 @@ pub async fn create_tenant(
     body: web::Json<CreateTenantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
+    let slug = TenantSlug::parse(&body.slug)?;
     let tenant = guard
         .create_tenant(&guard.principal, NewTenant {
             slug,
