@@ -130,6 +130,13 @@ fn add_standard_errors(operation: &mut Operation) {
     } else if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
         add("400", "Invalid path or query parameter (`invalid_path`, `invalid_query`)");
     }
+    let in_path = |p: &RefOr<utoipa::openapi::path::Parameter>| {
+        matches!(p, RefOr::T(p) if p.parameter_in == utoipa::openapi::path::ParameterIn::Path)
+    };
+    if operation.parameters.as_ref().is_some_and(|p| p.iter().any(in_path)) {
+        // Another tenant's resources answer exactly as missing ones do.
+        add("404", "No such tenant or resource, or not visible to the caller (`not_found`)");
+    }
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add("401", "Missing, invalid, expired or revoked credentials (`unauthenticated`)");
         add("403", "The caller lacks the permission this operation needs (`forbidden`)");

@@ -39,10 +39,6 @@ pub struct ApiKeyPath {
     key_id: Uuid,
 }
 
-fn not_found_docs() -> &'static str {
-    "No such tenant, or not visible to the caller"
-}
-
 /// Create a tenant (platform administrators).
 #[utoipa::path(
     tag = "tenants",
@@ -86,8 +82,7 @@ pub async fn list_tenants(
 /// A tenant, as seen by its members and platform administrators.
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = TenantView),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = TenantView))
 )]
 #[get("/v1/tenants/{tenant}")]
 pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }, TenantService>) -> Result<web::Json<TenantView>, ApiError> {
@@ -97,8 +92,7 @@ pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }, TenantService>) -> R
 /// Suspend a tenant: its tokens and API keys stop working at once (platform administrators).
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = TenantView),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = TenantView))
 )]
 #[post("/v1/tenants/{tenant}/suspend")]
 pub async fn suspend_tenant(
@@ -111,8 +105,7 @@ pub async fn suspend_tenant(
 /// Resume a suspended tenant (platform administrators).
 #[utoipa::path(
     tag = "tenants", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = TenantView),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = TenantView))
 )]
 #[post("/v1/tenants/{tenant}/resume")]
 pub async fn resume_tenant(
@@ -155,8 +148,7 @@ pub struct ChangeRoleRequest {
 /// List a tenant's members.
 #[utoipa::path(
     tag = "members", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<MemberView>),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = Vec<MemberView>))
 )]
 #[get("/v1/tenants/{tenant}/members")]
 pub async fn list_members(
@@ -170,8 +162,7 @@ pub async fn list_members(
 #[utoipa::path(
     tag = "members", params(TenantPath), request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = CreatedInvitation),
-              (status = 403, description = "The role confers permissions the caller does not hold (`forbidden`)"),
-              (status = 404, description = not_found_docs()))
+              (status = 403, description = "The role confers permissions the caller does not hold (`forbidden`)"))
 )]
 #[post("/v1/tenants/{tenant}/invitations")]
 pub async fn invite(
@@ -186,8 +177,7 @@ pub async fn invite(
 /// A tenant's invitations, pending and past (never their tokens).
 #[utoipa::path(
     tag = "members", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<InvitationView>),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = Vec<InvitationView>))
 )]
 #[get("/v1/tenants/{tenant}/invitations")]
 pub async fn list_invitations(
@@ -199,8 +189,7 @@ pub async fn list_invitations(
 /// Revoke a pending invitation.
 #[utoipa::path(
     tag = "members", params(TenantPath, InvitationPath), security(("bearer" = [])),
-    responses((status = 204, description = "Revoked"),
-              (status = 404, description = not_found_docs()))
+    responses((status = 204, description = "Revoked"))
 )]
 #[delete("/v1/tenants/{tenant}/invitations/{invitation_id}")]
 pub async fn revoke_invitation(
@@ -239,7 +228,6 @@ pub async fn accept_invitation(
 #[utoipa::path(
     tag = "members", params(TenantPath, MemberPath), request_body = ChangeRoleRequest, security(("bearer" = [])),
     responses((status = 200, body = MemberView),
-              (status = 404, description = not_found_docs()),
               (status = 409, description = "Would leave the tenant without an owner (`conflict`)"))
 )]
 #[patch("/v1/tenants/{tenant}/members/{user_id}")]
@@ -256,7 +244,6 @@ pub async fn change_member_role(
 #[utoipa::path(
     tag = "members", params(TenantPath, MemberPath), security(("bearer" = [])),
     responses((status = 204, description = "Removed"),
-              (status = 404, description = not_found_docs()),
               (status = 409, description = "Would leave the tenant without an owner (`conflict`)"))
 )]
 #[delete("/v1/tenants/{tenant}/members/{user_id}")]
@@ -283,8 +270,7 @@ pub struct CreateApiKeyRequest {
 /// Create an API key for machines. The secret is in this response only.
 #[utoipa::path(
     tag = "api-keys", params(TenantPath), request_body = CreateApiKeyRequest, security(("bearer" = [])),
-    responses((status = 201, body = CreatedApiKey),
-              (status = 404, description = not_found_docs()))
+    responses((status = 201, body = CreatedApiKey))
 )]
 #[post("/v1/tenants/{tenant}/api-keys")]
 pub async fn create_api_key(
@@ -302,8 +288,7 @@ pub async fn create_api_key(
 /// List a tenant's API keys (never their secrets).
 #[utoipa::path(
     tag = "api-keys", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<ApiKeyView>),
-              (status = 404, description = not_found_docs()))
+    responses((status = 200, body = Vec<ApiKeyView>))
 )]
 #[get("/v1/tenants/{tenant}/api-keys")]
 pub async fn list_api_keys(
@@ -315,8 +300,7 @@ pub async fn list_api_keys(
 /// Revoke an API key; it stops working at once.
 #[utoipa::path(
     tag = "api-keys", params(TenantPath, ApiKeyPath), security(("bearer" = [])),
-    responses((status = 204, description = "Revoked"),
-              (status = 404, description = not_found_docs()))
+    responses((status = 204, description = "Revoked"))
 )]
 #[delete("/v1/tenants/{tenant}/api-keys/{key_id}")]
 pub async fn revoke_api_key(
