@@ -55,19 +55,6 @@ impl TenantService {
         Ok(CreatedApiKey { key, secret })
     }
 
-    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, IdentityError> {
-        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys k LEFT JOIN users u ON u.id = k.created_by \
-             WHERE k.tenant_id = $1 ORDER BY k.created_at"
-        )))
-        .bind(tenant.id.0)
-        .fetch_all(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(keys)
-    }
-
     pub async fn revoke_api_key(
         &self,
         actor: &Principal,
@@ -98,5 +85,10 @@ impl TenantService {
         tx.commit().await?;
         self.authenticator.api_key_revoked(&prefix);
         Ok(())
+    }
+
+    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, IdentityError> {
+        let from = "api_keys k LEFT JOIN users u ON u.id = k.created_by WHERE k.tenant_id = $1 ORDER BY k.created_at";
+        self.tenant_rows(tenant, format!("SELECT {API_KEY_COLUMNS} FROM {from}")).await
     }
 }

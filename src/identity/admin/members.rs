@@ -7,16 +7,13 @@ use super::*;
 
 impl TenantService {
     pub async fn list_members(&self, tenant: &TenantInfo) -> Result<Vec<MemberView>, IdentityError> {
-        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let members = sqlx::query_as(
+        self.tenant_rows(
+            tenant,
             "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.tenant_id = $1 ORDER BY u.email",
+             WHERE m.tenant_id = $1 ORDER BY u.email"
+                .to_owned(),
         )
-        .bind(tenant.id.0)
-        .fetch_all(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(members)
+        .await
     }
 
     /// `tessera user add`: an operator at the command line seeds a member (a tenant's first
@@ -174,16 +171,8 @@ impl TenantService {
     }
 
     pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, IdentityError> {
-        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let invitations = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {INVITATION_COLUMNS} FROM invitations i LEFT JOIN users u ON u.id = i.invited_by \
-             WHERE i.tenant_id = $1 ORDER BY i.created_at"
-        )))
-        .bind(tenant.id.0)
-        .fetch_all(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(invitations)
+        let from = "invitations i LEFT JOIN users u ON u.id = i.invited_by WHERE i.tenant_id = $1 ORDER BY i.created_at";
+        self.tenant_rows(tenant, format!("SELECT {INVITATION_COLUMNS} FROM {from}")).await
     }
 
     pub async fn revoke_invitation(

@@ -201,6 +201,17 @@ impl TenantService {
         }
     }
 
+    /// A tenant's rows, read in the tenant's transaction; `sql` takes the tenant id as `$1`.
+    pub(super) async fn tenant_rows<T>(&self, tenant: &TenantInfo, sql: String) -> Result<Vec<T>, IdentityError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).fetch_all(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     pub async fn list_tenants(&self) -> Result<Vec<TenantView>, IdentityError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY slug")))
             .fetch_all(&self.pool)
