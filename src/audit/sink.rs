@@ -68,9 +68,8 @@ impl CallField {
 const MAX_BATCH: usize = 2_000;
 /// How long a batch gathers. Each batch costs a transaction of four statements and a commit
 /// whatever its size, so fewer, larger batches leave more of the machine to the calls
-/// themselves: at 16 connections on two cores, auditing every call cost 12.3% of the
-/// throughput with 20 ms and 6.6% with 50 ms (BENCHMARKS.md). Events still reach the database
-/// within about a twentieth of a second, and `flush` does not wait for it.
+/// themselves (BENCHMARKS.md measures what auditing every call costs). Events still reach the
+/// database within about a twentieth of a second, and `flush` does not wait for it.
 const LINGER: Duration = Duration::from_millis(50);
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
 const AGGREGATION_WINDOW: Duration = Duration::from_secs(10);
