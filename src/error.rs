@@ -20,6 +20,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// All a client learns of an `internal_error`: the cause goes to the log.
+pub const INTERNAL_DETAIL: &str = "the server failed to handle this request; it has been logged";
 const PROBLEM_TYPE_PREFIX: &str = "urn:tessera:problem:";
 
 macro_rules! error_codes {
@@ -135,6 +137,14 @@ fn database_detail(error: &sqlx::Error) -> String {
     }
 }
 
+impl Fault {
+    /// An audit event that could not be written in the caller's transaction. The connection
+    /// is already held, so this failed in the database, whatever the audit layer calls it.
+    pub fn audit(error: impl fmt::Debug) -> Self {
+        Fault::Internal(anyhow::anyhow!("writing an audit event: {error:?}"))
+    }
+}
+
 impl ErrorCode for Fault {
     fn code(&self) -> Code {
         match self {
@@ -209,7 +219,7 @@ impl ApiError {
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         Self {
             code: Code::InternalError,
-            detail: Cow::Borrowed("the server failed to handle this request; it has been logged"),
+            detail: Cow::Borrowed(INTERNAL_DETAIL),
             retry_after_secs: None,
             source: Some(source.into()),
         }

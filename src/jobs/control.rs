@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::service::{JobService, record_event};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code, ErrorCode, INTERNAL_DETAIL};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -31,6 +31,22 @@ pub enum Stop {
 impl From<ApiError> for Stop {
     fn from(e: ApiError) -> Self {
         if e.code().status().is_client_error() { Stop::Rejected(e.detail().to_owned()) } else { Stop::Failed(e.detail().to_owned()) }
+    }
+}
+
+/// A failure on a job's way: the client's (the submission) is final, anything else may pass.
+/// The job records what a client would have been told.
+impl<E: ErrorCode> From<E> for Stop {
+    fn from(e: E) -> Self {
+        let code = e.code();
+        if code.status().is_client_error() {
+            return Stop::Rejected(e.to_string());
+        }
+        if code == Code::InternalError {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "a job step failed");
+            return Stop::Failed(INTERNAL_DETAIL.to_owned());
+        }
+        Stop::Failed(e.to_string())
     }
 }
 

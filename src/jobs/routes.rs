@@ -68,7 +68,7 @@ pub async fn upload_dataset(
             return Err(ApiError::new(Code::UnsupportedMediaType, "upload the dataset as text/csv"));
         }
     }
-    let name = ModelName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.detail().replace("model name", "dataset name")))?;
+    let name = ModelName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.to_string().replace("model name", "dataset name")))?;
     let declared_len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let tenant = guard.tenant()?.id;
     let view = guard.upload_dataset(&guard.principal, tenant, &name, body, declared_len, &info).await?;

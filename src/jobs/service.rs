@@ -17,7 +17,7 @@ use super::queue::JobQueue;
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
 use crate::request::RequestInfo;
 use crate::config::JobsSettings;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, ErrorCode};
 use crate::identity::Principal;
 use crate::inference::models::ModelManager;
 use crate::registry::RegistryService;
@@ -201,12 +201,12 @@ impl JobService {
                 if e.code().status().is_client_error() {
                     let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "dataset.upload_rejected")
                         .outcome(Outcome::Failure)
-                        .details(json!({ "name": name.as_str(), "code": e.code().as_str(), "reason": e.detail() }));
+                        .details(json!({ "name": name.as_str(), "code": e.code().as_str(), "reason": e.to_string() }));
                     if let Err(audit) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
                         tracing::warn!(error = ?audit, "recording a rejected dataset failed");
                     }
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         let result = async {
@@ -296,7 +296,7 @@ impl JobService {
             size: row.size_bytes as u64,
             sha256,
         };
-        self.registry.open_sealed(tenant, &sealed, row.tenant_key_id, &row.wrapped_data_key).await
+        Ok(self.registry.open_sealed(tenant, &sealed, row.tenant_key_id, &row.wrapped_data_key).await?)
     }
 
     // ---- jobs ----

@@ -9,25 +9,22 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Code};
+use super::error::RegistryError;
+
+/// 1-128 of `A-Za-z0-9._-`, starting with a letter or digit: what names a model or a dataset.
+pub fn is_plain_name(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+}
 
 /// A model's name inside its tenant: 1-128 of `A-Za-z0-9._-`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelName(String);
 
 impl ModelName {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
-        let ok = (1..=128).contains(&value.len())
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && value.as_bytes()[0].is_ascii_alphanumeric();
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ApiError::new(
-                Code::InvalidRequest,
-                "a model name has 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
-            ))
-        }
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
+        if is_plain_name(value) { Ok(Self(value.to_owned())) } else { Err(RegistryError::InvalidModelName) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -35,8 +32,8 @@ impl ModelName {
     }
 
     /// A name from a URL: one that cannot exist is simply not found.
-    pub fn lookup(value: &str) -> Result<Self, ApiError> {
-        Self::parse(value).map_err(|_| super::error::model_not_found(value))
+    pub fn lookup(value: &str) -> Result<Self, RegistryError> {
+        Self::parse(value).map_err(|_| RegistryError::ModelNotFound(value.to_owned()))
     }
 }
 
@@ -51,18 +48,11 @@ impl fmt::Display for ModelName {
 pub struct AliasName(String);
 
 impl AliasName {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
         let ok = (1..=63).contains(&value.len())
             && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
             && value.as_bytes()[0].is_ascii_lowercase();
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ApiError::new(
-                Code::InvalidRequest,
-                "an alias has 1-63 of a-z, 0-9, '_' and '-', starting with a letter",
-            ))
-        }
+        if ok { Ok(Self(value.to_owned())) } else { Err(RegistryError::InvalidAlias) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -78,16 +68,14 @@ pub enum VersionRef {
 }
 
 impl VersionRef {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
         if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
             return match value.parse::<i32>() {
                 Ok(n) if n > 0 => Ok(VersionRef::Number(n)),
-                _ => Err(ApiError::new(Code::InvalidRequest, "a version number is a positive integer")),
+                _ => Err(RegistryError::InvalidVersionNumber),
             };
         }
-        AliasName::parse(value)
-            .map(VersionRef::Alias)
-            .map_err(|_| ApiError::new(Code::InvalidRequest, format!("`{value}` is neither a version number nor an alias")))
+        AliasName::parse(value).map(VersionRef::Alias).map_err(|_| RegistryError::InvalidVersionRef(value.to_owned()))
     }
 }
 
@@ -160,8 +148,8 @@ pub struct ServingLimits {
 }
 
 impl ServingConfig {
-    pub fn check(&self, limits: ServingLimits) -> Result<(), ApiError> {
-        let bad = |what: &str| Err(ApiError::new(Code::InvalidRequest, format!("serving.{what}")));
+    pub fn check(&self, limits: ServingLimits) -> Result<(), RegistryError> {
+        let bad = |what: &'static str| Err(RegistryError::ServingOutOfRange(what));
         if self.instances.is_some_and(|n| !(1..=64).contains(&n)) {
             return bad("instances must be between 1 and 64");
         }
@@ -179,16 +167,10 @@ impl ServingConfig {
         }
         let threads = self.instances.unwrap_or(1) * self.intra_op_threads.unwrap_or(1);
         if threads > limits.max_threads {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("serving: instances × intra_op_threads must be at most {} (the platform's cap per tenant)", limits.max_threads),
-            ));
+            return Err(RegistryError::ServingThreads(limits.max_threads));
         }
         if self.cache_ttl_seconds.is_some_and(|n| n > limits.max_cache_ttl_seconds) {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("serving.cache_ttl_seconds must be at most {} (the platform's cap)", limits.max_cache_ttl_seconds),
-            ));
+            return Err(RegistryError::ServingCacheTtl(limits.max_cache_ttl_seconds));
         }
         if self.preferred_batch_sizes.len() > 16 || self.preferred_batch_sizes.iter().any(|n| !(1..=1024).contains(n)) {
             return bad("preferred_batch_sizes takes at most 16 sizes between 1 and 1024");

@@ -9,13 +9,13 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::error::RegistryError;
 use super::keys::KeyService;
-use super::error::model_not_found;
 use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, ServingLimits, StoredVersion, VersionRef, VersionView};
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor};
+use crate::error::Fault;
 use crate::request::RequestInfo;
-use crate::error::{ApiError, Code};
 use crate::identity::Principal;
 use crate::tenancy::TenantInfo;
 use crate::tenancy::db::TenantTx;
@@ -132,14 +132,17 @@ const VERSION_SELECT: &str = "SELECT v.id, v.model_id, m.name, m.framework, v.ve
      FROM model_versions v JOIN models m ON m.id = v.model_id \
      WHERE v.tenant_id = $1 AND v.model_id = $2 AND v.deleted_at IS NULL";
 
-
-fn version_not_found(name: &str, version: &VersionRef) -> ApiError {
-    ApiError::not_found(format!("model `{name}` has no version `{version}`"))
+fn version_not_found(name: &ModelName, version: &VersionRef) -> RegistryError {
+    RegistryError::VersionNotFound { model: name.to_string(), version: version.to_string() }
 }
 
-fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
+fn model_not_found(name: &ModelName) -> RegistryError {
+    RegistryError::ModelNotFound(name.to_string())
+}
+
+fn validate_tags(tags: &[String]) -> Result<(), RegistryError> {
     if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(ApiError::new(Code::InvalidRequest, "at most 32 tags of 1-64 characters each"));
+        return Err(RegistryError::InvalidTags);
     }
     Ok(())
 }
@@ -162,9 +165,9 @@ impl RegistryService {
         tenant: &TenantInfo,
         new: NewModel,
         info: &RequestInfo,
-    ) -> Result<ModelView, ApiError> {
+    ) -> Result<ModelView, RegistryError> {
         if new.description.len() > 2000 {
-            return Err(ApiError::new(Code::InvalidRequest, "description has at most 2000 characters"));
+            return Err(RegistryError::DescriptionTooLong);
         }
         validate_tags(&new.tags)?;
         new.serving.check(self.serving_limits)?;
@@ -187,28 +190,24 @@ impl RegistryService {
         .execute(tx.conn())
         .await;
         if let Err(e) = inserted {
-            return Err(if crate::db::is_unique_violation(&e) {
-                ApiError::new(Code::AlreadyExists, format!("a model named `{}` already exists", new.name))
-            } else {
-                e.into()
-            });
+            return Err(if crate::db::is_unique_violation(&e) { RegistryError::ModelExists(new.name.to_string()) } else { e.into() });
         }
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.created")
             .resource("model", id)
             .details(json!({ "name": new.name.as_str(), "framework": new.framework.as_str() }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         let view = Self::model_view(&mut tx, &new.name).await?;
         tx.commit().await?;
         Ok(view)
     }
 
-    async fn model_view(tx: &mut TenantTx, name: &ModelName) -> Result<ModelView, ApiError> {
+    async fn model_view(tx: &mut TenantTx, name: &ModelName) -> Result<ModelView, RegistryError> {
         let sql = format!("{MODEL_SELECT} AND m.name = $2");
         let row: Option<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-        row.map(Into::into).ok_or_else(|| model_not_found(name.as_str()))
+        row.map(Into::into).ok_or_else(|| model_not_found(name))
     }
 
-    pub async fn list_models(&self, tenant: &TenantInfo) -> Result<Vec<ModelView>, ApiError> {
+    pub async fn list_models(&self, tenant: &TenantInfo) -> Result<Vec<ModelView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let sql = format!("{MODEL_SELECT} ORDER BY m.name");
         let rows: Vec<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).fetch_all(tx.conn()).await?;
@@ -216,7 +215,7 @@ impl RegistryService {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn get_model(&self, tenant: &TenantInfo, name: &ModelName) -> Result<ModelView, ApiError> {
+    pub async fn get_model(&self, tenant: &TenantInfo, name: &ModelName) -> Result<ModelView, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let view = Self::model_view(&mut tx, name).await?;
         tx.commit().await?;
@@ -226,7 +225,7 @@ impl RegistryService {
     /// The live model's id and framework, locked against concurrent changes when `lock`.
     /// Locks the tenant row, which serialises model creation per tenant so the count cannot
     /// overshoot the quota, and checks there is room for one more model.
-    pub(super) async fn room_for_a_model(tx: &mut TenantTx) -> Result<(), ApiError> {
+    pub(super) async fn room_for_a_model(tx: &mut TenantTx) -> Result<(), RegistryError> {
         let tenant = tx.tenant().0;
         let (max_models,): (i32,) =
             sqlx::query_as("SELECT max_models FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant).fetch_one(tx.conn()).await?;
@@ -235,19 +234,19 @@ impl RegistryService {
             .fetch_one(tx.conn())
             .await?;
         if live >= max_models as i64 {
-            return Err(ApiError::new(Code::QuotaExceeded, format!("the tenant's quota of {max_models} models is used up")));
+            return Err(RegistryError::ModelQuota(max_models));
         }
         Ok(())
     }
 
-    pub(super) async fn model_id(tx: &mut TenantTx, name: &ModelName, lock: bool) -> Result<(Uuid, Framework), ApiError> {
+    pub(super) async fn model_id(tx: &mut TenantTx, name: &ModelName, lock: bool) -> Result<(Uuid, Framework), RegistryError> {
         let sql = if lock {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL FOR UPDATE"
         } else {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL"
         };
         let row: Option<(Uuid, String)> = sqlx::query_as(sql).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-        let (id, framework) = row.ok_or_else(|| model_not_found(name.as_str()))?;
+        let (id, framework) = row.ok_or_else(|| model_not_found(name))?;
         Ok((id, Framework::parse(&framework).unwrap_or(Framework::Onnx)))
     }
 
@@ -256,7 +255,7 @@ impl RegistryService {
         tx: &mut TenantTx,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<StoredVersion, ApiError> {
+    ) -> Result<StoredVersion, RegistryError> {
         let (model_id, _) = Self::model_id(tx, name, false).await?;
         let tenant = tx.tenant().0;
         let row: Option<VersionRow> = match version {
@@ -276,8 +275,8 @@ impl RegistryService {
             }
         };
         row.map(Into::into).ok_or_else(|| match version {
-            Some(v) => version_not_found(name.as_str(), v),
-            None => ApiError::not_found(format!("model `{name}` has no versions yet")),
+            Some(v) => version_not_found(name, v),
+            None => RegistryError::NoVersions(name.to_string()),
         })
     }
 
@@ -286,7 +285,7 @@ impl RegistryService {
         tenant: &TenantInfo,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<StoredVersion, ApiError> {
+    ) -> Result<StoredVersion, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let stored = Self::stored_version(&mut tx, name, version).await?;
         tx.commit().await?;
@@ -299,7 +298,7 @@ impl RegistryService {
         tenant: crate::tenancy::TenantId,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<ServingInfo, ApiError> {
+    ) -> Result<ServingInfo, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let stored = Self::stored_version(&mut tx, name, version).await?;
         let (deterministic, serving): (bool, sqlx::types::Json<ServingConfig>) =
@@ -311,7 +310,7 @@ impl RegistryService {
         Ok(ServingInfo { stored, deterministic, serving: serving.0 })
     }
 
-    pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, ApiError> {
+    pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, false).await?;
         let sql = format!("{VERSION_SELECT} ORDER BY v.version");
@@ -329,7 +328,7 @@ impl RegistryService {
         alias: &AliasName,
         version: i32,
         info: &RequestInfo,
-    ) -> Result<ModelView, ApiError> {
+    ) -> Result<ModelView, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let live: Option<i32> = sqlx::query_scalar(
@@ -340,7 +339,7 @@ impl RegistryService {
         .fetch_optional(tx.conn())
         .await?;
         if live.is_none() {
-            return Err(version_not_found(name.as_str(), &VersionRef::Number(version)));
+            return Err(version_not_found(name, &VersionRef::Number(version)));
         }
         let previous: Option<i32> = sqlx::query_scalar("SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2")
             .bind(model_id)
@@ -361,7 +360,7 @@ impl RegistryService {
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.alias_set")
             .resource("model", model_id)
             .details(json!({ "model": name.as_str(), "alias": alias.as_str(), "version": version, "previous_version": previous }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         let view = Self::model_view(&mut tx, name).await?;
         tx.commit().await?;
         Ok(view)
@@ -374,7 +373,7 @@ impl RegistryService {
         name: &ModelName,
         alias: &AliasName,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let removed: Option<i32> =
@@ -383,11 +382,12 @@ impl RegistryService {
                 .bind(alias.as_str())
                 .fetch_optional(tx.conn())
                 .await?;
-        let version = removed.ok_or_else(|| ApiError::not_found(format!("model `{name}` has no alias `{}`", alias.as_str())))?;
+        let version =
+            removed.ok_or_else(|| RegistryError::AliasNotFound { model: name.to_string(), alias: alias.as_str().to_owned() })?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.alias_removed")
             .resource("model", model_id)
             .details(json!({ "model": name.as_str(), "alias": alias.as_str(), "version": version }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         Ok(())
     }
@@ -400,21 +400,18 @@ impl RegistryService {
         name: &ModelName,
         version: &VersionRef,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let stored = Self::stored_version(&mut tx, name, Some(version)).await?;
         if !stored.view.aliases.is_empty() {
-            return Err(ApiError::new(
-                Code::VersionHasAlias,
-                format!("version {} is behind alias(es) {}; move or remove them first", stored.view.version, stored.view.aliases.join(", ")),
-            ));
+            return Err(RegistryError::VersionBehindAlias { version: stored.view.version, aliases: stored.view.aliases });
         }
         sqlx::query("UPDATE model_versions SET deleted_at = now() WHERE id = $1").bind(stored.view.id).execute(tx.conn()).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.version_deleted")
             .resource("model_version", stored.view.id)
             .details(json!({ "model": name.as_str(), "model_id": model_id, "version": stored.view.version }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         self.remove_objects(&[stored.object_key]).await;
         Ok(())
@@ -427,7 +424,7 @@ impl RegistryService {
         tenant: &TenantInfo,
         name: &ModelName,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let aliases: Vec<String> = sqlx::query_scalar("SELECT alias FROM model_aliases WHERE model_id = $1 ORDER BY alias")
@@ -435,10 +432,7 @@ impl RegistryService {
             .fetch_all(tx.conn())
             .await?;
         if !aliases.is_empty() {
-            return Err(ApiError::new(
-                Code::VersionHasAlias,
-                format!("model `{name}` still has alias(es) {}; remove them first", aliases.join(", ")),
-            ));
+            return Err(RegistryError::ModelHasAliases { model: name.to_string(), aliases });
         }
         let objects: Vec<String> = sqlx::query_scalar(
             "UPDATE model_versions SET deleted_at = now() WHERE model_id = $1 AND deleted_at IS NULL RETURNING object_key",
@@ -451,9 +445,18 @@ impl RegistryService {
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.deleted")
             .resource("model", model_id)
             .details(json!({ "name": name.as_str(), "versions_deleted": versions }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         self.remove_objects(&objects).await;
+        Ok(())
+    }
+
+    /// Records events that accompany no change (a load, a download) in a transaction of their
+    /// own.
+    pub(super) async fn record_alone(&self, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        self.auditor.record(&mut tx, info, events).await.map_err(Fault::audit)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -470,7 +473,7 @@ impl RegistryService {
 
     /// Gives the tenant a new key and re-wraps every data key under it; the artifacts
     /// themselves are not touched. The old key is retired.
-    pub async fn rotate_tenant_key(&self, actor: &Principal, tenant: &TenantInfo, info: &RequestInfo) -> Result<u64, ApiError> {
+    pub async fn rotate_tenant_key(&self, actor: &Principal, tenant: &TenantInfo, info: &RequestInfo) -> Result<u64, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         // Serialises with uploads committing their version (they lock the same row) and with
         // a concurrent rotation.
@@ -489,7 +492,7 @@ impl RegistryService {
                     old_keys.insert(*key_id, self.keys.tenant_key(&mut tx, *key_id).await?);
                 }
                 let data_key = KeyService::unwrap_data_key(&old_keys[key_id], *artifact, wrapped)
-                    .map_err(|e| ApiError::internal(anyhow::anyhow!("data key of object {artifact}: {e}")))?;
+                    .map_err(|e| anyhow::anyhow!("data key of object {artifact}: {e}"))?;
                 sqlx::query(sqlx::AssertSqlSafe(update.clone()))
                     .bind(artifact)
                     .bind(new_id)
@@ -502,7 +505,7 @@ impl RegistryService {
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "keys.tenant_rotated")
             .resource("tenant_key", new_id)
             .details(json!({ "retired_key": retired, "rewrapped_data_keys": rewrapped }));
-        self.auditor.record(tx.conn(), info, vec![event]).await?;
+        self.auditor.record(tx.conn(), info, vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         Ok(rewrapped as u64)
     }
