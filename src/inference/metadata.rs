@@ -4,9 +4,9 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::InferenceError;
 use super::service::InferenceService;
 use crate::audit::AuditActor;
-use crate::error::ApiError;
 use crate::registry::model::{ModelName, VersionRef};
 use crate::registry::onnx::ModelSignature;
 use crate::tenancy::TenantInfo;
@@ -32,7 +32,7 @@ pub struct ModelMetadata {
 
 impl InferenceService {
     /// The OIP metadata of a model (every version) or of one version or alias.
-    pub async fn metadata(&self, tenant: &TenantInfo, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+    pub async fn metadata(&self, tenant: &TenantInfo, name: &str, version: Option<&str>) -> Result<ModelMetadata, InferenceError> {
         let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let stored = self.models.registry().get_version(tenant, &model, version_ref.as_ref()).await?;
@@ -68,7 +68,7 @@ impl InferenceService {
 
     /// Whether a model can serve now. Ready means servable: a lazily loaded model is loaded
     /// by being asked about.
-    pub async fn readiness(&self, tenant: &TenantInfo, name: &str, version: Option<&str>, actor: &AuditActor) -> Result<(), ApiError> {
+    pub async fn readiness(&self, tenant: &TenantInfo, name: &str, version: Option<&str>, actor: &AuditActor) -> Result<(), InferenceError> {
         let resolved = self.models.resolve(tenant.id, name, version).await?;
         self.models.get(tenant.id, name, &resolved, actor).await?;
         Ok(())
