@@ -7,11 +7,13 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::data::csv::{CsvScanner, CsvTable};
-use super::model::{BatchInferJob, JobRequest, JobSpec, column_indices};
 use super::control::{Control, Decision, Stop};
+use super::error::JobError;
+use super::model::{BatchInferJob, JobRequest, JobSpec, column_indices};
 use super::service::JobRow;
 use crate::audit::AuditEvent;
+use crate::data::csv::{CsvScanner, CsvTable};
+use crate::error::Fault;
 use crate::request::RequestInfo;
 use crate::inference::engine::RunOutput;
 use crate::inference::protocol::{DataType, TensorData};
@@ -66,7 +68,7 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
     let width: usize = row_shape.iter().product();
 
     let table = load_table(control, job.dataset).await?;
-    let columns = column_indices(&table.columns, job.features.as_deref(), None).map_err(Stop::Rejected)?;
+    let columns = column_indices(&table.columns, job.features.as_deref(), None)?;
     if columns.len() != width {
         return Err(Stop::Rejected(format!("the model takes {width} values per row; {} columns were selected", columns.len())));
     }
@@ -213,9 +215,9 @@ async fn store_output(
         let event = AuditEvent::new(Some(control.tenant), row.submitter(), "job.succeeded")
             .resource("job", control.job)
             .details(json!({ "kind": "batch_infer", "output": output.id, "rows": rows, "model": job.model.as_str(), "version": version }));
-        service.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
+        service.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(true)
+        Ok::<_, JobError>(true)
     }
     .await;
     match committed {

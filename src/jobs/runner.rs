@@ -16,12 +16,13 @@ use uuid::Uuid;
 
 use super::batch;
 use super::control::{Control, Stop};
+use super::error::JobError;
 use super::queue::Delivery;
 use super::service::{JOB_COLUMNS, JobRow, JobService, record_event};
 use super::train;
 use crate::audit::{AuditEvent, Outcome};
+use crate::error::Fault;
 use crate::request::RequestInfo;
-use crate::error::ApiError;
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -76,7 +77,7 @@ impl JobService {
         }
     }
 
-    pub async fn dispatch_due(&self) -> Result<usize, ApiError> {
+    pub async fn dispatch_due(&self) -> Result<usize, JobError> {
         // A queued job's entry waits until a worker is free, however long that is: only one
         // left alone for this long is presumed lost (Redis restarted without its data).
         let queued_after = Duration::from_secs(300);
@@ -90,7 +91,7 @@ impl JobService {
         .fetch_all(&self.pool)
         .await?;
         for (job, tenant) in &due {
-            self.queue.enqueue(*job, *tenant).await.map_err(|e| ApiError::unavailable(format!("Redis: {e}"), 1))?;
+            self.queue.enqueue(*job, *tenant).await.map_err(JobError::Queue)?;
         }
         Ok(due.len())
     }
@@ -203,7 +204,7 @@ impl JobService {
                 .fetch_optional(tx.conn())
                 .await?;
                 tx.commit().await?;
-                Ok::<_, ApiError>(cancel)
+                Ok::<_, JobError>(cancel)
             }
             .await;
             match renewed {
@@ -221,7 +222,7 @@ impl JobService {
         }
     }
 
-    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, ApiError> {
+    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let state: Option<(String, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
             "SELECT status, COALESCE(lease_until < now(), true), next_attempt_at <= now(), cancel_requested, attempts, max_attempts, \
@@ -253,7 +254,7 @@ impl JobService {
         if takeover && cancel_requested {
             self.end(&mut tx, job, "cancelled", None, Some("cancelled while its worker was lost")).await?;
             let event = AuditEvent::new(Some(tenant), actor, "job.cancelled").resource("job", job);
-            self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
+            self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
             tx.commit().await?;
             return Ok(Claim::Acknowledge);
         }
@@ -265,7 +266,7 @@ impl JobService {
                 .resource("job", job)
                 .outcome(Outcome::Failure)
                 .details(json!({ "attempts": attempts, "reason": reason }));
-            self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
+            self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
             tx.commit().await?;
             let _ = self.queue.dead_letter(job, tenant.0, &reason).await;
             return Ok(Claim::Acknowledge);
@@ -287,18 +288,18 @@ impl JobService {
         let event = AuditEvent::new(Some(tenant), row.submitter(), "job.started")
             .resource("job", job)
             .details(json!({ "attempt": row.attempts, "worker": worker, "takeover": takeover }));
-        self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
+        self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         Ok(Claim::Run(Box::new(row)))
     }
 
-    async fn row_in(&self, tx: &mut TenantTx, job: Uuid) -> Result<JobRow, ApiError> {
+    async fn row_in(&self, tx: &mut TenantTx, job: Uuid) -> Result<JobRow, JobError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tx.tenant().0).bind(job).fetch_one(tx.conn()).await?)
     }
 
     /// Puts a job in a final state with its status event (the caller holds the row).
-    pub(super) async fn end(&self, tx: &mut TenantTx, job: Uuid, status: &str, result: Option<Value>, error: Option<&str>) -> Result<(), ApiError> {
+    pub(super) async fn end(&self, tx: &mut TenantTx, job: Uuid, status: &str, result: Option<Value>, error: Option<&str>) -> Result<(), JobError> {
         sqlx::query(
             "UPDATE jobs SET status = $2, result = COALESCE($3, result), error = $4, finished_at = now(), lease_until = NULL WHERE id = $1",
         )
@@ -316,7 +317,7 @@ impl JobService {
     }
 
     /// Locks the job if this worker still holds it; `None` when another one took it over.
-    pub(super) async fn still_mine(&self, tx: &mut TenantTx, control: &Control) -> Result<bool, ApiError> {
+    pub(super) async fn still_mine(&self, tx: &mut TenantTx, control: &Control) -> Result<bool, JobError> {
         let mine: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 AND worker = $2 AND status = 'running' FOR UPDATE")
                 .bind(control.job)
@@ -326,7 +327,7 @@ impl JobService {
         Ok(mine.is_some())
     }
 
-    async fn finish_unsuccessfully(&self, control: &Control, row: &JobRow, stop: Stop) -> Result<(), ApiError> {
+    async fn finish_unsuccessfully(&self, control: &Control, row: &JobRow, stop: Stop) -> Result<(), JobError> {
         let mut tx = TenantTx::begin(&self.pool, control.tenant).await?;
         if !self.still_mine(&mut tx, control).await? {
             return Ok(());
@@ -377,7 +378,7 @@ impl JobService {
             }
         };
         let event = AuditEvent::new(Some(control.tenant), actor, action).resource("job", job).outcome(outcome).details(details);
-        self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
+        self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
         Ok(())
     }

@@ -9,15 +9,17 @@ use std::ops::ControlFlow;
 use serde_json::{Value, json};
 
 use super::batch::{load_table, parse_spec};
-use super::model::{JobSpec, TrainJob, column_indices};
 use super::control::{Control, Decision, Stop};
+use super::error::JobError;
+use super::model::{JobSpec, TrainJob, column_indices};
 use super::service::JobRow;
 use crate::audit::AuditEvent;
-use crate::request::RequestInfo;
 use crate::burnml::train::{Dataset, EpochReport, TrainError};
 use crate::burnml::{self, Task};
-use crate::error::Code;
+use crate::error::Fault;
+use crate::registry::error::RegistryError;
 use crate::registry::upload::Author;
+use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
 
 /// Rows of the dataset whose predictions the job records, so that a client can check the
@@ -38,11 +40,15 @@ fn epoch_json(report: &EpochReport) -> Value {
 }
 
 /// Features and targets out of a parsed table, as the architecture expects them.
-fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dataset, String> {
+fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dataset, Stop> {
     let target = column_indices(&table.columns, Some(std::slice::from_ref(&job.target)), None)?[0];
     let features = column_indices(&table.columns, job.features.as_deref(), Some(&job.target))?;
     if features.len() != job.architecture.input_features() {
-        return Err(format!("the architecture takes {} features; {} columns were selected", job.architecture.input_features(), features.len()));
+        return Err(Stop::Rejected(format!(
+            "the architecture takes {} features; {} columns were selected",
+            job.architecture.input_features(),
+            features.len()
+        )));
     }
     let cells = table.columns.len();
     let rows = table.rows as usize;
@@ -70,7 +76,7 @@ struct Outcome {
 pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
     let JobSpec::Train(job) = parse_spec(row)? else { return Err(Stop::Rejected("not a training job".into())) };
     let table = load_table(control, job.dataset).await?;
-    let data = dataset_for(&job, &table).map_err(Stop::Rejected)?;
+    let data = dataset_for(&job, &table)?;
     drop(table);
     if control.report(json!({ "stage": "training", "rows": data.rows, "epoch": 0, "epochs": job.params.epochs })).await == Decision::Stop {
         return Err(control.stop_reason().unwrap_or(Stop::Cancelled));
@@ -170,9 +176,9 @@ async fn register(control: &Control, row: &JobRow, job: &TrainJob, outcome: Outc
         let event = AuditEvent::new(Some(tenant), row.submitter(), "job.succeeded").resource("job", control.job).details(json!({
             "kind": "train", "model": job.model.as_str(), "version": version.version, "metrics": metrics,
         }));
-        service.auditor.record(tx.conn(), &info, vec![event]).await?;
+        service.auditor.record(tx.conn(), &info, vec![event]).await.map_err(Fault::audit)?;
         tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(Some(version))
+        Ok::<_, JobError>(Some(version))
     }
     .await;
     match committed {
@@ -187,7 +193,7 @@ async fn register(control: &Control, row: &JobRow, job: &TrainJob, outcome: Outc
         Err(e) => {
             service.registry.discard(&sealed.object_key).await;
             // Another attempt registered first: it also finished the job, so this one lost.
-            if e.code() == Code::AlreadyExists { Err(Stop::Lost) } else { Err(e.into()) }
+            if matches!(e, JobError::Registry(RegistryError::JobAlreadyRegistered(_))) { Err(Stop::Lost) } else { Err(e.into()) }
         }
     }
 }
