@@ -5,10 +5,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::InferenceError;
+use super::models::{ServedTensor, burn_specs};
 use super::service::InferenceService;
 use crate::audit::AuditActor;
-use crate::registry::model::{ModelName, VersionRef};
-use crate::registry::onnx::ModelSignature;
+use crate::registry::model::{Framework, ModelName, VersionRef};
+use crate::registry::onnx::TensorSpec;
 use crate::tenancy::TenantInfo;
 
 #[derive(Serialize, ToSchema)]
@@ -40,27 +41,25 @@ impl InferenceService {
             Some(_) => vec![stored.view.version.to_string()],
             None => self.models.registry().list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
         };
-        let burn: Option<crate::burnml::Architecture> = stored.view.burn.clone().and_then(|b| serde_json::from_value(b).ok());
-        let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match burn {
+        let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match &stored.view.burn {
             Some(architecture) => {
-                let (inputs, outputs) = crate::inference::models::burn_specs(&architecture);
-                let convert = |specs: Vec<crate::inference::models::TensorSpec>| {
+                let (inputs, outputs) = burn_specs(architecture);
+                let convert = |specs: Vec<ServedTensor>| {
                     specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype.as_str().to_owned(), shape: t.shape }).collect()
                 };
                 (convert(inputs), convert(outputs))
             }
             None => {
-                let signature: Option<ModelSignature> = stored.view.signature.and_then(|s| serde_json::from_value(s).ok());
-                let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
+                let convert = |specs: Vec<TensorSpec>| {
                     specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
                 };
-                signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
+                stored.view.signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
             }
         };
         Ok(ModelMetadata {
             name: name.to_owned(),
             versions,
-            platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
+            platform: if stored.view.framework == Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
             inputs,
             outputs,
         })

@@ -23,11 +23,12 @@ use crate::config::InferenceSettings;
 use crate::error::{Code, ErrorCode};
 use crate::registry::RegistryService;
 use crate::registry::model::{Framework, ModelName, ServingConfig, VersionRef};
-use crate::registry::onnx::ModelSignature;
+use crate::registry::onnx::{ModelSignature, TensorSpec};
 use crate::tenancy::TenantId;
 
+/// An input or output as the served model takes or gives it.
 #[derive(Debug, Clone)]
-pub struct TensorSpec {
+pub struct ServedTensor {
     pub name: String,
     pub datatype: DataType,
     /// -1 = any size.
@@ -41,8 +42,8 @@ pub struct LoadedModel {
     pub version: i32,
     pub version_label: String,
     pub artifact: Uuid,
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
+    pub inputs: Vec<ServedTensor>,
+    pub outputs: Vec<ServedTensor>,
     /// Every input and output has a free first dimension: requests may be batched.
     pub batchable: bool,
     /// The engine refuses NaN and infinities (Burn): inputs are checked first, so the client
@@ -71,9 +72,9 @@ pub struct Resolved {
     pub artifact: Uuid,
     pub version: i32,
     pub framework: Framework,
-    pub signature: Option<serde_json::Value>,
+    pub signature: Option<ModelSignature>,
     /// Burn versions: the architecture and configuration the weights belong to.
-    pub burn: Option<serde_json::Value>,
+    pub burn: Option<Architecture>,
     pub deterministic: bool,
     pub serving: ServingConfig,
 }
@@ -96,12 +97,12 @@ pub struct ModelManager {
 /// How long a failed load is answered from memory before it is tried again.
 const FAILED_LOAD_TTL: Duration = Duration::from_secs(10);
 
-pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), InferenceError> {
-    let convert = |specs: &[crate::registry::onnx::TensorSpec]| {
+pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<ServedTensor>, Vec<ServedTensor>), InferenceError> {
+    let convert = |specs: &[TensorSpec]| {
         specs
             .iter()
             .map(|t| {
-                Ok(TensorSpec {
+                Ok(ServedTensor {
                     name: t.name.clone(),
                     datatype: DataType::parse(&t.datatype)
                         .ok_or_else(|| InferenceError::UnservedDatatype { tensor: t.name.clone(), datatype: t.datatype.clone() })?,
@@ -116,7 +117,7 @@ pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, V
 /// How a Burn version looks to clients: one FP32 input (`[-1, features]`, or `[-1, channels,
 /// length]` for a 1-D convolution) and one FP32 output of `outputs` values per row:
 /// `probabilities` (softmax) for a classifier, `predictions` for a regressor.
-pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+pub fn burn_specs(architecture: &Architecture) -> (Vec<ServedTensor>, Vec<ServedTensor>) {
     let shape = match architecture {
         Architecture::Conv1d(c) => vec![-1, c.channels as i64, c.length as i64],
         Architecture::Mlp(_) => vec![-1, architecture.input_features() as i64],
@@ -126,8 +127,8 @@ pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSp
         Task::Regression => "predictions",
     };
     (
-        vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape }],
-        vec![TensorSpec { name: output.into(), datatype: DataType::Fp32, shape: vec![-1, architecture.outputs() as i64] }],
+        vec![ServedTensor { name: "input".into(), datatype: DataType::Fp32, shape }],
+        vec![ServedTensor { name: output.into(), datatype: DataType::Fp32, shape: vec![-1, architecture.outputs() as i64] }],
     )
 }
 
@@ -261,20 +262,14 @@ impl ModelManager {
         let (runtime, inputs, outputs) = match resolved.framework {
             Framework::Onnx => {
                 let runtime = self.runtime.clone().map_err(InferenceError::RuntimeUnavailable)?;
-                let signature: ModelSignature = resolved
-                    .signature
-                    .clone()
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .ok_or_else(|| anyhow::anyhow!("version {} of {name} has no signature", resolved.version))?;
-                let (inputs, outputs) = signature_specs(&signature)?;
+                let signature =
+                    resolved.signature.as_ref().ok_or_else(|| anyhow::anyhow!("version {} of {name} has no signature", resolved.version))?;
+                let (inputs, outputs) = signature_specs(signature)?;
                 (Runtime::Onnx(runtime), inputs, outputs)
             }
             Framework::Burn => {
-                let architecture: Architecture = resolved
-                    .burn
-                    .clone()
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .ok_or_else(|| anyhow::anyhow!("version {} of {name} has no Burn architecture", resolved.version))?;
+                let architecture =
+                    resolved.burn.clone().ok_or_else(|| anyhow::anyhow!("version {} of {name} has no Burn architecture", resolved.version))?;
                 let (inputs, outputs) = burn_specs(&architecture);
                 (Runtime::Burn(architecture), inputs, outputs)
             }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::control::{Control, Decision, Stop};
 use super::error::JobError;
-use super::model::{BatchInferJob, JobRequest, JobSpec, column_indices};
+use super::model::{BatchInferJob, JobRequest, JobSpec, JobStatus, column_indices};
 use super::service::JobRow;
 use crate::audit::AuditEvent;
 use crate::data::csv::{CsvScanner, CsvTable};
@@ -211,7 +211,7 @@ async fn store_output(
             "output": output.id, "rows": rows, "columns": columns, "model": job.model.as_str(), "version": version,
             "size_bytes": output.size_bytes, "sha256": output.sha256,
         });
-        service.end(&mut tx, control.job, "succeeded", Some(result), None).await?;
+        service.end(&mut tx, control.job, JobStatus::Succeeded, Some(result), None).await?;
         let event = AuditEvent::new(Some(control.tenant), row.submitter(), "job.succeeded")
             .resource("job", control.job)
             .details(json!({ "kind": "batch_infer", "output": output.id, "rows": rows, "model": job.model.as_str(), "version": version }));

@@ -12,50 +12,30 @@ use crate::burnml::Architecture;
 use crate::burnml::train::TrainParams;
 use crate::registry::model::{ModelName, VersionRef, is_plain_name};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Train,
-    BatchInfer,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Train => "train",
-            JobKind::BatchInfer => "batch_infer",
-        }
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind {
+        Train => "train",
+        BatchInfer => "batch_infer",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Failed on every allowed attempt: kept for inspection, never retried.
-    Dead,
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobStatus {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        /// Failed on every allowed attempt: kept for inspection, never retried.
+        Dead => "dead",
+    }
 }
 
 impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-            JobStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Dead].into_iter().find(|k| k.as_str() == s)
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(self, JobStatus::Queued | JobStatus::Running)
     }

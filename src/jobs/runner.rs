@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::batch;
 use super::control::{Control, Stop};
 use super::error::JobError;
+use super::model::{JobKind, JobStatus};
 use super::queue::Delivery;
 use super::service::{JOB_COLUMNS, JobRow, JobService, record_event};
 use super::train;
@@ -155,9 +156,9 @@ impl JobService {
         let control = Arc::new(Control::new(self.clone(), tenant, row.id, worker.clone(), shutdown.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat(control.clone(), delivery.entry.clone()));
         tracing::info!(job = %row.id, kind = row.kind.as_str(), attempt = row.attempts, worker = &**worker, "job started");
-        let outcome = match row.kind.as_str() {
-            "train" => train::run(&control, &row).await,
-            _ => batch::run(&control, &row).await,
+        let outcome = match row.kind {
+            JobKind::Train => train::run(&control, &row).await,
+            JobKind::BatchInfer => batch::run(&control, &row).await,
         };
         heartbeat.abort();
         let outcome = outcome.map_err(|stop| match (stop, control.stop_reason()) {
@@ -224,7 +225,7 @@ impl JobService {
 
     async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let state: Option<(String, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
+        let state: Option<(JobStatus, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
             "SELECT status, COALESCE(lease_until < now(), true), next_attempt_at <= now(), cancel_requested, attempts, max_attempts, \
              stream_entry FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         )
@@ -235,24 +236,24 @@ impl JobService {
         let Some((status, expired, due, cancel_requested, attempts, max_attempts, running_entry)) = state else {
             return Ok(Claim::Acknowledge);
         };
-        let takeover = match status.as_str() {
-            "queued" if !due => {
+        let takeover = match status {
+            JobStatus::Queued if !due => {
                 // Early (a retry still backing off): the dispatcher adds it again when due.
                 sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
                 tx.commit().await?;
                 return Ok(Claim::Acknowledge);
             }
-            "queued" => false,
+            JobStatus::Queued => false,
             // A second entry for a job that runs under another one: a duplicate.
-            "running" if !expired && running_entry.as_deref() != Some(entry) => return Ok(Claim::Acknowledge),
-            "running" if !expired => return Ok(Claim::Leave),
-            "running" => true,
-            _ => return Ok(Claim::Acknowledge),
+            JobStatus::Running if !expired && running_entry.as_deref() != Some(entry) => return Ok(Claim::Acknowledge),
+            JobStatus::Running if !expired => return Ok(Claim::Leave),
+            JobStatus::Running => true,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Dead => return Ok(Claim::Acknowledge),
         };
         let row = self.row_in(&mut tx, job).await?;
         let actor = row.submitter();
         if takeover && cancel_requested {
-            self.end(&mut tx, job, "cancelled", None, Some("cancelled while its worker was lost")).await?;
+            self.end(&mut tx, job, JobStatus::Cancelled, None, Some("cancelled while its worker was lost")).await?;
             let event = AuditEvent::new(Some(tenant), actor, "job.cancelled").resource("job", job);
             self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await.map_err(Fault::audit)?;
             tx.commit().await?;
@@ -261,7 +262,7 @@ impl JobService {
         if attempts >= max_attempts {
             // The last attempt never reported back: its worker died with it.
             let reason = format!("attempt {attempts} of {max_attempts} ended with its worker");
-            self.end(&mut tx, job, "dead", None, Some(&reason)).await?;
+            self.end(&mut tx, job, JobStatus::Dead, None, Some(&reason)).await?;
             let event = AuditEvent::new(Some(tenant), actor, "job.dead_lettered")
                 .resource("job", job)
                 .outcome(Outcome::Failure)
@@ -299,7 +300,14 @@ impl JobService {
     }
 
     /// Puts a job in a final state with its status event (the caller holds the row).
-    pub(super) async fn end(&self, tx: &mut TenantTx, job: Uuid, status: &str, result: Option<Value>, error: Option<&str>) -> Result<(), JobError> {
+    pub(super) async fn end(
+        &self,
+        tx: &mut TenantTx,
+        job: Uuid,
+        status: JobStatus,
+        result: Option<Value>,
+        error: Option<&str>,
+    ) -> Result<(), JobError> {
         sqlx::query(
             "UPDATE jobs SET status = $2, result = COALESCE($3, result), error = $4, finished_at = now(), lease_until = NULL WHERE id = $1",
         )
@@ -309,7 +317,7 @@ impl JobService {
         .bind(error)
         .execute(tx.conn())
         .await?;
-        let mut data = json!({ "status": status });
+        let mut data = json!({ "status": status.as_str() });
         if let Some(error) = error {
             data["error"] = json!(error);
         }
@@ -338,7 +346,7 @@ impl JobService {
         let (action, outcome, details) = match stop {
             Stop::Lost => return Ok(()),
             Stop::Cancelled => {
-                self.end(&mut tx, job, "cancelled", None, None).await?;
+                self.end(&mut tx, job, JobStatus::Cancelled, None, None).await?;
                 ("job.cancelled", Outcome::Success, json!({ "worker": worker }))
             }
             Stop::ShuttingDown => {
@@ -353,7 +361,7 @@ impl JobService {
                 ("job.handed_back", Outcome::Success, json!({ "worker": worker }))
             }
             Stop::Rejected(reason) => {
-                self.end(&mut tx, job, "failed", None, Some(&reason)).await?;
+                self.end(&mut tx, job, JobStatus::Failed, None, Some(&reason)).await?;
                 ("job.failed", Outcome::Failure, json!({ "worker": worker, "reason": reason, "retry": false }))
             }
             Stop::Failed(reason) if row.attempts < row.max_attempts => {
@@ -372,7 +380,7 @@ impl JobService {
                 ("job.attempt_failed", Outcome::Failure, json!({ "worker": worker, "reason": reason, "attempt": row.attempts }))
             }
             Stop::Failed(reason) => {
-                self.end(&mut tx, job, "dead", None, Some(&reason)).await?;
+                self.end(&mut tx, job, JobStatus::Dead, None, Some(&reason)).await?;
                 let _ = self.queue.dead_letter(job, control.tenant.0, &reason).await;
                 ("job.dead_lettered", Outcome::Failure, json!({ "worker": worker, "reason": reason, "attempts": row.attempts }))
             }

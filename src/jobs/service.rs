@@ -40,8 +40,8 @@ pub struct JobService {
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
     pub id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub spec: Value,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -60,10 +60,6 @@ pub(super) const JOB_COLUMNS: &str = "id, kind, status, spec, attempts, max_atte
      submitted_by_kind, submitted_by_id, created_at, started_at, finished_at";
 
 impl JobRow {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-
     /// Who submitted the job: the actor its effects are recorded under.
     pub fn submitter(&self) -> AuditActor {
         let kind = match self.submitted_by_kind.as_str() {
@@ -77,8 +73,8 @@ impl JobRow {
     pub fn view(self) -> JobView {
         JobView {
             id: self.id,
-            kind: if self.kind == "train" { JobKind::Train } else { JobKind::BatchInfer },
-            status: self.status(),
+            kind: self.kind,
+            status: self.status,
             spec: self.spec,
             attempts: self.attempts,
             max_attempts: self.max_attempts,
@@ -326,7 +322,7 @@ impl JobService {
         let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .bind(tenant.0)
-            .bind(request.kind().as_str())
+            .bind(request.kind())
             .bind(serde_json::to_value(&request).map_err(anyhow::Error::new)?)
             .bind(&idempotency_key)
             .bind(&digest[..])
@@ -445,12 +441,12 @@ impl JobService {
     /// sees at the next epoch (or batch of rows) and honours.
     pub async fn cancel(&self, actor: &Principal, tenant: TenantId, id: Uuid, info: &RequestInfo) -> Result<JobView, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+        let status: Option<JobStatus> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
             .bind(tenant.0)
             .bind(id)
             .fetch_optional(tx.conn())
             .await?;
-        let status = status.and_then(|s| JobStatus::parse(&s)).ok_or(JobError::JobNotFound(id))?;
+        let status = status.ok_or(JobError::JobNotFound(id))?;
         let action = match status {
             JobStatus::Queued => {
                 sqlx::query(
@@ -478,12 +474,12 @@ impl JobService {
     /// Events after `after`, oldest first, and the job's status now.
     pub async fn events_since(&self, tenant: TenantId, id: Uuid, after: i64) -> Result<(Vec<JobEvent>, JobStatus), JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2")
+        let status: Option<JobStatus> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id)
             .fetch_optional(tx.conn())
             .await?;
-        let status = status.and_then(|s| JobStatus::parse(&s)).ok_or(JobError::JobNotFound(id))?;
+        let status = status.ok_or(JobError::JobNotFound(id))?;
         let events: Vec<JobEvent> = sqlx::query_as(
             "SELECT id, kind, data FROM job_events WHERE tenant_id = $1 AND job_id = $2 AND id > $3 ORDER BY id LIMIT 500",
         )

@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::RegistryError;
+use super::onnx::ModelSignature;
+use crate::burnml::Architecture;
 
 /// 1-128 of `A-Za-z0-9._-`, starting with a letter or digit: what names a model or a dataset.
 pub fn is_plain_name(value: &str) -> bool {
@@ -88,27 +90,12 @@ impl fmt::Display for VersionRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Framework {
-    Onnx,
-    Burn,
-}
-
-impl Framework {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Framework::Onnx => "onnx",
-            Framework::Burn => "burn",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "onnx" => Some(Framework::Onnx),
-            "burn" => Some(Framework::Burn),
-            _ => None,
-        }
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Framework {
+        Onnx => "onnx",
+        Burn => "burn",
     }
 }
 
@@ -211,16 +198,24 @@ pub struct VersionView {
     pub sha256: String,
     /// ONNX: inputs and outputs (names, OIP datatypes, shapes; -1 = dynamic).
     #[schema(value_type = Option<Object>)]
-    pub signature: Option<serde_json::Value>,
+    #[serde(serialize_with = "keys_sorted")]
+    pub signature: Option<ModelSignature>,
     /// Burn: the architecture and configuration the weights belong to.
     #[schema(value_type = Option<Object>)]
-    pub burn: Option<serde_json::Value>,
+    #[serde(serialize_with = "keys_sorted")]
+    pub burn: Option<Architecture>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// Aliases pointing at this version.
     pub aliases: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// Through `serde_json::Value`, whose objects hold their keys sorted: these documents read like
+/// `metadata` beside them, whatever the order of the fields that build them.
+fn keys_sorted<T: Serialize, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(value).map_err(serde::ser::Error::custom)?.serialize(serializer)
 }
 
 /// What the registry keeps about a stored version: enough to fetch and decrypt it.
@@ -237,6 +232,7 @@ pub struct StoredVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::onnx::TensorSpec;
 
     #[test]
     fn version_refs_parse() {
@@ -246,6 +242,35 @@ mod tests {
         assert!(VersionRef::parse("99999999999").is_err());
         assert!(VersionRef::parse("Prod!").is_err());
         assert!(VersionRef::parse("").is_err());
+    }
+
+    #[test]
+    fn a_view_gives_its_documents_keys_in_sorted_order() {
+        let tensor = |name: &str| TensorSpec { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 2] };
+        let signature =
+            ModelSignature { ir_version: 8, opset: Some(13), producer: None, inputs: vec![tensor("x")], outputs: vec![tensor("y")] };
+        let burn: Architecture =
+            serde_json::from_value(serde_json::json!({ "architecture": "mlp", "config": { "inputs": 2, "hidden": [4], "outputs": 2 } }))
+                .unwrap();
+        let view = VersionView {
+            id: Uuid::nil(),
+            model: "m".into(),
+            framework: Framework::Onnx,
+            version: 1,
+            size_bytes: 1,
+            sha256: String::new(),
+            signature: Some(signature),
+            burn: Some(burn),
+            metadata: serde_json::json!({}),
+            aliases: vec![],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let text = serde_json::to_string(&view).unwrap();
+        let shape = r#"{"datatype":"FP32","name":"x","shape":[-1,2]}"#;
+        assert!(text.contains(&format!(r#""signature":{{"inputs":[{shape}],"ir_version":8,"opset":13,"outputs":"#)), "{text}");
+        assert!(text.contains(r#""producer":null}"#), "{text}");
+        let config = r#"{"activation":"relu","dropout":0.0,"hidden":[4],"inputs":2,"outputs":2,"task":"classification"}"#;
+        assert!(text.contains(&format!(r#""burn":{{"architecture":"mlp","config":{config}}}"#)), "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::service::RegistryService;
 use super::store::ArtifactStore;
 use super::upload::{Author, Check, Checked, Intake, Limit, NewVersionRow, blocking};
 use crate::audit::AuditEvent;
+use crate::burnml::Architecture;
 use crate::request::RequestInfo;
 use crate::crypto::stream::{Encryptor, sealed_len};
 use crate::crypto::{Key, random_key};
@@ -199,7 +200,7 @@ impl RegistryService {
         author: &Author,
         name: &ModelName,
         sealed: &SealedObject,
-        burn: serde_json::Value,
+        burn: Architecture,
         metadata: serde_json::Value,
         info: &RequestInfo,
     ) -> Result<VersionView, RegistryError> {

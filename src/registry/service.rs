@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::error::RegistryError;
 use super::keys::KeyService;
 use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, ServingLimits, StoredVersion, VersionRef, VersionView};
+use super::onnx::ModelSignature;
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor};
+use crate::burnml::Architecture;
 use crate::error::Fault;
 use crate::request::RequestInfo;
 use crate::identity::Principal;
@@ -49,7 +52,7 @@ pub struct ServingInfo {
 struct ModelRow {
     id: Uuid,
     name: String,
-    framework: String,
+    framework: Framework,
     description: String,
     tags: Vec<String>,
     deterministic: bool,
@@ -64,7 +67,7 @@ impl From<ModelRow> for ModelView {
         ModelView {
             id: r.id,
             name: r.name,
-            framework: Framework::parse(&r.framework).unwrap_or(Framework::Onnx),
+            framework: r.framework,
             description: r.description,
             tags: r.tags,
             deterministic: r.deterministic,
@@ -86,7 +89,7 @@ struct VersionRow {
     id: Uuid,
     model_id: Uuid,
     name: String,
-    framework: String,
+    framework: Framework,
     version: i32,
     size_bytes: i64,
     stored_bytes: i64,
@@ -94,8 +97,8 @@ struct VersionRow {
     object_key: String,
     tenant_key_id: Uuid,
     wrapped_data_key: Vec<u8>,
-    signature: Option<serde_json::Value>,
-    burn: Option<serde_json::Value>,
+    signature: Option<Json<ModelSignature>>,
+    burn: Option<Json<Architecture>>,
     metadata: serde_json::Value,
     created_at: OffsetDateTime,
     aliases: Vec<String>,
@@ -107,12 +110,12 @@ impl From<VersionRow> for StoredVersion {
             view: VersionView {
                 id: r.id,
                 model: r.name,
-                framework: Framework::parse(&r.framework).unwrap_or(Framework::Onnx),
+                framework: r.framework,
                 version: r.version,
                 size_bytes: r.size_bytes,
                 sha256: hex::encode(&r.sha256),
-                signature: r.signature,
-                burn: r.burn,
+                signature: r.signature.map(|s| s.0),
+                burn: r.burn.map(|b| b.0),
                 metadata: r.metadata,
                 aliases: r.aliases,
                 created_at: r.created_at,
@@ -181,7 +184,7 @@ impl RegistryService {
         .bind(id)
         .bind(tenant.id.0)
         .bind(new.name.as_str())
-        .bind(new.framework.as_str())
+        .bind(new.framework)
         .bind(&new.description)
         .bind(&new.tags)
         .bind(new.deterministic)
@@ -245,9 +248,8 @@ impl RegistryService {
         } else {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL"
         };
-        let row: Option<(Uuid, String)> = sqlx::query_as(sql).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-        let (id, framework) = row.ok_or_else(|| model_not_found(name))?;
-        Ok((id, Framework::parse(&framework).unwrap_or(Framework::Onnx)))
+        let row: Option<(Uuid, Framework)> = sqlx::query_as(sql).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
+        row.ok_or_else(|| model_not_found(name))
     }
 
     /// Resolves a version (number, alias, or the latest when `None`) of a live model.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::BATCH_BYTES;
@@ -226,8 +227,7 @@ impl RegistryService {
         let artifact = Uuid::now_v7();
         let limit = Self::reserve_room(&mut tx, artifact, self.max_artifact_bytes, spec.declared_len).await?;
         tx.commit().await?;
-        let burn = burn_architecture.as_ref().map(|a| serde_json::to_value(a).expect("an architecture serialises"));
-        let uploaded = self.upload_reserved(actor, tenant, name, spec, &mut body, info, artifact, limit, burn_architecture, burn).await;
+        let uploaded = self.upload_reserved(actor, tenant, name, spec, &mut body, info, artifact, limit, burn_architecture).await;
         if uploaded.is_err() {
             self.release_room(tenant.id, artifact).await;
         }
@@ -284,8 +284,7 @@ impl RegistryService {
         info: &RequestInfo,
         artifact: Uuid,
         limit: Limit,
-        burn_architecture: Option<Architecture>,
-        burn: Option<serde_json::Value>,
+        burn: Option<Architecture>,
     ) -> Result<VersionView, RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -296,7 +295,7 @@ impl RegistryService {
         let intake = Intake {
             encryptor: Encryptor::new(&data_key, &artifact),
             digest: Sha256::new(),
-            check: match &burn_architecture {
+            check: match &burn {
                 None => Check::Onnx(SignatureScanner::new()),
                 Some(architecture) => Check::Burn { architecture: Box::new(architecture.clone()), weights: Vec::new() },
             },
@@ -327,7 +326,7 @@ impl RegistryService {
             object_key: &object_key,
             data_key,
             signature: match checked {
-                Checked::Onnx(s) => Some(serde_json::to_value(s).expect("signature serialises")),
+                Checked::Onnx(s) => Some(s),
                 Checked::Nothing | Checked::Csv(_) => None,
             },
             burn,
@@ -460,8 +459,8 @@ impl RegistryService {
         .bind(row.object_key)
         .bind(tenant_key_id)
         .bind(&wrapped_data_key)
-        .bind(&row.signature)
-        .bind(&row.burn)
+        .bind(row.signature.as_ref().map(Json))
+        .bind(row.burn.as_ref().map(Json))
         .bind(&row.metadata)
         .bind(author.user)
         .bind(author.job)
@@ -503,7 +502,7 @@ pub(super) struct NewVersionRow<'a> {
     /// Wrapped at commit, under the tenant key active then: a rotation that commits while the
     /// bytes stream cannot leave this version under a retired key.
     pub(super) data_key: crate::crypto::Key,
-    pub(super) signature: Option<serde_json::Value>,
-    pub(super) burn: Option<serde_json::Value>,
+    pub(super) signature: Option<ModelSignature>,
+    pub(super) burn: Option<Architecture>,
     pub(super) metadata: serde_json::Value,
 }
