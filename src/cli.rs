@@ -355,7 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             actix_web::rt::System::new().block_on(async move {
                 let owner = sqlx::PgPool::connect_with(settings.database.migration_options()?).await?;
                 let state = AppState::new(settings)?;
-                let rewrapped = state.keys.rotate_master(&owner, &state.auditor).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let rewrapped = state.keys.rotate_master(&owner, &state.auditor).await?;
                 let referenced = crate::registry::keys::KeyService::referenced_master_keys(&owner).await?;
                 println!("re-wrapped {rewrapped} tenant keys; master keys still referenced: {}", referenced.join(", "));
                 anyhow::Ok(ExitCode::SUCCESS)

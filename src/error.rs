@@ -124,7 +124,7 @@ impl<E: ErrorCode> From<E> for ApiError {
 pub enum Fault {
     #[error("{}", database_detail(.0))]
     Database(#[from] sqlx::Error),
-    #[error("redis: {0}")]
+    #[error("redis failed")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -133,7 +133,8 @@ pub enum Fault {
 fn database_detail(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::PoolTimedOut => "the database is not reachable right now".to_owned(),
-        other => format!("database: {other}"),
+        // The driver's own text goes to the log, as this error's source, never to a client.
+        _ => "the database failed".to_owned(),
     }
 }
 
@@ -323,6 +324,17 @@ mod tests {
             assert!(seen.insert(code.as_str()), "duplicate code {}", code.as_str());
             assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
+    }
+
+    #[test]
+    fn database_and_redis_failures_never_show_the_driver_text() {
+        let fault = Fault::from(sqlx::Error::Protocol("role tessera_app at db.internal:5432".into()));
+        assert_eq!(fault.to_string(), "the database failed");
+        let api = ApiError::from(fault);
+        assert_eq!(api.code(), Code::InternalError);
+        assert!(!api.problem().detail.contains("db.internal"));
+        let busy = ApiError::from(Fault::from(sqlx::Error::PoolTimedOut));
+        assert_eq!((busy.code(), busy.retry_after_secs), (Code::ServiceUnavailable, Some(2)));
     }
 
     #[test]

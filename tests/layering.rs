@@ -426,11 +426,6 @@ fn no_two_files_import_each_other() {
     assert!(described.is_empty(), "files that import each other:\n{}", described.join("\n"));
 }
 
-/// Files whose failures are still `ApiError`s on their way to domain errors.
-const CONVERTING: &[&str] = &[
-    "inference", "jobs", "registry",
-];
-
 #[test]
 fn only_the_edge_speaks_http_errors() {
     let mut files = Vec::new();
@@ -438,7 +433,7 @@ fn only_the_edge_speaks_http_errors() {
     let mut broken = Vec::new();
     for file in files {
         let module = module_of(&file);
-        if ["http", "error", "*::routes"].iter().chain(CONVERTING).any(|edge| matches(edge, &module)) {
+        if ["http", "error", "*::routes"].iter().any(|edge| matches(edge, &module)) {
             continue;
         }
         let text = blank(&fs::read_to_string(&file).expect("readable"));

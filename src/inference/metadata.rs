@@ -4,11 +4,12 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::InferenceError;
+use super::models::{ServedTensor, burn_specs};
 use super::service::InferenceService;
 use crate::audit::AuditActor;
-use crate::error::ApiError;
-use crate::registry::model::{ModelName, VersionRef};
-use crate::registry::onnx::ModelSignature;
+use crate::registry::model::{Framework, ModelName, VersionRef};
+use crate::registry::onnx::TensorSpec;
 use crate::tenancy::TenantInfo;
 
 #[derive(Serialize, ToSchema)]
@@ -32,7 +33,7 @@ pub struct ModelMetadata {
 
 impl InferenceService {
     /// The OIP metadata of a model (every version) or of one version or alias.
-    pub async fn metadata(&self, tenant: &TenantInfo, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+    pub async fn metadata(&self, tenant: &TenantInfo, name: &str, version: Option<&str>) -> Result<ModelMetadata, InferenceError> {
         let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
         let stored = self.models.registry().get_version(tenant, &model, version_ref.as_ref()).await?;
@@ -40,27 +41,25 @@ impl InferenceService {
             Some(_) => vec![stored.view.version.to_string()],
             None => self.models.registry().list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
         };
-        let burn: Option<crate::burnml::Architecture> = stored.view.burn.clone().and_then(|b| serde_json::from_value(b).ok());
-        let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match burn {
+        let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match &stored.view.burn {
             Some(architecture) => {
-                let (inputs, outputs) = crate::inference::models::burn_specs(&architecture);
-                let convert = |specs: Vec<crate::inference::models::TensorSpec>| {
+                let (inputs, outputs) = burn_specs(architecture);
+                let convert = |specs: Vec<ServedTensor>| {
                     specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype.as_str().to_owned(), shape: t.shape }).collect()
                 };
                 (convert(inputs), convert(outputs))
             }
             None => {
-                let signature: Option<ModelSignature> = stored.view.signature.and_then(|s| serde_json::from_value(s).ok());
-                let convert = |specs: Vec<crate::registry::onnx::TensorSpec>| {
+                let convert = |specs: Vec<TensorSpec>| {
                     specs.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
                 };
-                signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
+                stored.view.signature.map(|s| (convert(s.inputs), convert(s.outputs))).unwrap_or_default()
             }
         };
         Ok(ModelMetadata {
             name: name.to_owned(),
             versions,
-            platform: if stored.view.framework == crate::registry::model::Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
+            platform: if stored.view.framework == Framework::Onnx { "onnxruntime_onnx" } else { "burn" },
             inputs,
             outputs,
         })
@@ -68,7 +67,7 @@ impl InferenceService {
 
     /// Whether a model can serve now. Ready means servable: a lazily loaded model is loaded
     /// by being asked about.
-    pub async fn readiness(&self, tenant: &TenantInfo, name: &str, version: Option<&str>, actor: &AuditActor) -> Result<(), ApiError> {
+    pub async fn readiness(&self, tenant: &TenantInfo, name: &str, version: Option<&str>, actor: &AuditActor) -> Result<(), InferenceError> {
         let resolved = self.models.resolve(tenant.id, name, version).await?;
         self.models.get(tenant.id, name, &resolved, actor).await?;
         Ok(())

@@ -2,10 +2,11 @@
 //! (`worker`) running engines (`engine`: ONNX Runtime sessions) for the model versions that
 //! `models` resolves, loads and evicts; inputs checked against signatures (`validate`),
 //! results cached in Redis for deterministic models (`cache`), one call end to end in
-//! `service`.
+//! `service`, and what any of it can fail with (`error`).
 
 pub mod cache;
 pub mod engine;
+pub mod error;
 pub mod metadata;
 pub mod metrics;
 pub mod models;

@@ -12,6 +12,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::engine::{BurnEngine, Engine, OnnxEngine, OnnxRuntime};
+use super::error::InferenceError;
 use super::metrics::InferenceMetrics;
 use super::protocol::DataType;
 use super::worker::{BatchPolicy, EngineFactory, WorkerPool};
@@ -19,14 +20,15 @@ use crate::audit::AuditActor;
 use crate::request::RequestInfo;
 use crate::burnml::{Architecture, Task};
 use crate::config::InferenceSettings;
-use crate::error::{ApiError, Code};
+use crate::error::{Code, ErrorCode};
 use crate::registry::RegistryService;
 use crate::registry::model::{Framework, ModelName, ServingConfig, VersionRef};
-use crate::registry::onnx::ModelSignature;
+use crate::registry::onnx::{ModelSignature, TensorSpec};
 use crate::tenancy::TenantId;
 
+/// An input or output as the served model takes or gives it.
 #[derive(Debug, Clone)]
-pub struct TensorSpec {
+pub struct ServedTensor {
     pub name: String,
     pub datatype: DataType,
     /// -1 = any size.
@@ -40,8 +42,8 @@ pub struct LoadedModel {
     pub version: i32,
     pub version_label: String,
     pub artifact: Uuid,
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
+    pub inputs: Vec<ServedTensor>,
+    pub outputs: Vec<ServedTensor>,
     /// Every input and output has a free first dimension: requests may be batched.
     pub batchable: bool,
     /// The engine refuses NaN and infinities (Burn): inputs are checked first, so the client
@@ -70,9 +72,9 @@ pub struct Resolved {
     pub artifact: Uuid,
     pub version: i32,
     pub framework: Framework,
-    pub signature: Option<serde_json::Value>,
+    pub signature: Option<ModelSignature>,
     /// Burn versions: the architecture and configuration the weights belong to.
-    pub burn: Option<serde_json::Value>,
+    pub burn: Option<Architecture>,
     pub deterministic: bool,
     pub serving: ServingConfig,
 }
@@ -95,18 +97,19 @@ pub struct ModelManager {
 /// How long a failed load is answered from memory before it is tried again.
 const FAILED_LOAD_TTL: Duration = Duration::from_secs(10);
 
-pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
-    let convert = |specs: &[crate::registry::onnx::TensorSpec]| {
+pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<ServedTensor>, Vec<ServedTensor>), InferenceError> {
+    let convert = |specs: &[TensorSpec]| {
         specs
             .iter()
             .map(|t| {
-                Ok(TensorSpec {
+                Ok(ServedTensor {
                     name: t.name.clone(),
-                    datatype: DataType::parse(&t.datatype).ok_or_else(|| format!("tensor `{}`: datatype {} is not served", t.name, t.datatype))?,
+                    datatype: DataType::parse(&t.datatype)
+                        .ok_or_else(|| InferenceError::UnservedDatatype { tensor: t.name.clone(), datatype: t.datatype.clone() })?,
                     shape: t.shape.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, InferenceError>>()
     };
     Ok((convert(&signature.inputs)?, convert(&signature.outputs)?))
 }
@@ -114,7 +117,7 @@ pub fn signature_specs(signature: &ModelSignature) -> Result<(Vec<TensorSpec>, V
 /// How a Burn version looks to clients: one FP32 input (`[-1, features]`, or `[-1, channels,
 /// length]` for a 1-D convolution) and one FP32 output of `outputs` values per row:
 /// `probabilities` (softmax) for a classifier, `predictions` for a regressor.
-pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+pub fn burn_specs(architecture: &Architecture) -> (Vec<ServedTensor>, Vec<ServedTensor>) {
     let shape = match architecture {
         Architecture::Conv1d(c) => vec![-1, c.channels as i64, c.length as i64],
         Architecture::Mlp(_) => vec![-1, architecture.input_features() as i64],
@@ -124,8 +127,8 @@ pub fn burn_specs(architecture: &Architecture) -> (Vec<TensorSpec>, Vec<TensorSp
         Task::Regression => "predictions",
     };
     (
-        vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape }],
-        vec![TensorSpec { name: output.into(), datatype: DataType::Fp32, shape: vec![-1, architecture.outputs() as i64] }],
+        vec![ServedTensor { name: "input".into(), datatype: DataType::Fp32, shape }],
+        vec![ServedTensor { name: output.into(), datatype: DataType::Fp32, shape: vec![-1, architecture.outputs() as i64] }],
     )
 }
 
@@ -167,7 +170,7 @@ impl ModelManager {
 
     /// Resolves a model version, from the short-lived cache when possible. The database path
     /// is boxed: every call awaits this, and only a few need room for a query.
-    pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Arc<Resolved>, ApiError> {
+    pub async fn resolve(&self, tenant: TenantId, name: &str, version: Option<&str>) -> Result<Arc<Resolved>, InferenceError> {
         let key: ResolveKey = (tenant.0, name.to_owned(), version.map(str::to_owned));
         if let Some((at, hit)) = self.resolved.read().get(&key)
             && at.elapsed() < Duration::from_millis(self.settings.resolve_ttl_ms)
@@ -183,7 +186,7 @@ impl ModelManager {
         tenant: TenantId,
         name: &str,
         version: Option<&str>,
-    ) -> Result<Arc<Resolved>, ApiError> {
+    ) -> Result<Arc<Resolved>, InferenceError> {
         let ttl = Duration::from_millis(self.settings.resolve_ttl_ms);
         let model = ModelName::lookup(name)?;
         let version_ref = version.map(VersionRef::parse).transpose()?;
@@ -221,16 +224,16 @@ impl ModelManager {
     /// The loaded model, loading it first if needed (once, however many requests ask). The
     /// load runs in a task of its own: a caller that gives up (deadline, disconnect) does not
     /// cancel it for the others.
-    pub async fn get(self: &Arc<Self>, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
+    pub async fn get(self: &Arc<Self>, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, InferenceError> {
         if let Some(model) = self.loaded(resolved) {
             return Ok(model);
         }
         // A load that lands in between is found by `get_or_try_init` below.
         let cell = self.loaded.lock().entry(resolved.artifact).or_default().clone();
-        if let Some((at, code, message)) = self.failed.lock().get(&resolved.artifact)
+        if let Some((at, code, detail)) = self.failed.lock().get(&resolved.artifact)
             && at.elapsed() < FAILED_LOAD_TTL
         {
-            return Err(ApiError::new(*code, message.clone()).with_retry_after(FAILED_LOAD_TTL.as_secs()));
+            return Err(InferenceError::RecentlyFailed { code: *code, detail: detail.clone(), retry_after: FAILED_LOAD_TTL.as_secs() });
         }
         let (this, name, resolved, actor) = (self.clone(), name.to_owned(), resolved.clone(), *actor);
         let model = tokio::spawn(async move {
@@ -238,19 +241,19 @@ impl ModelManager {
             match &loaded {
                 Ok(_) => this.evict_over_budget(resolved.artifact, tenant),
                 Err(e) if e.code() != Code::NotFound && e.code() != Code::ServiceUnavailable => {
-                    this.failed.lock().insert(resolved.artifact, (Instant::now(), e.code(), e.detail().to_owned()));
+                    this.failed.lock().insert(resolved.artifact, (Instant::now(), e.code(), e.to_string()));
                 }
                 Err(_) => {}
             }
             loaded
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(anyhow::Error::new)??;
         model.touch(self.epoch);
         Ok(model)
     }
 
-    async fn load(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, ApiError> {
+    async fn load(&self, tenant: TenantId, name: &str, resolved: &Resolved, actor: &AuditActor) -> Result<Arc<LoadedModel>, InferenceError> {
         // What the version looks like to clients, checked before anything is decrypted.
         enum Runtime {
             Onnx(Arc<OnnxRuntime>),
@@ -258,21 +261,15 @@ impl ModelManager {
         }
         let (runtime, inputs, outputs) = match resolved.framework {
             Framework::Onnx => {
-                let runtime = self.runtime.clone().map_err(|e| ApiError::unavailable(format!("ONNX Runtime is not available: {e}"), 30))?;
-                let signature: ModelSignature = resolved
-                    .signature
-                    .clone()
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no signature", resolved.version)))?;
-                let (inputs, outputs) = signature_specs(&signature).map_err(|e| ApiError::new(Code::InvalidModel, e))?;
+                let runtime = self.runtime.clone().map_err(InferenceError::RuntimeUnavailable)?;
+                let signature =
+                    resolved.signature.as_ref().ok_or_else(|| anyhow::anyhow!("version {} of {name} has no signature", resolved.version))?;
+                let (inputs, outputs) = signature_specs(signature)?;
                 (Runtime::Onnx(runtime), inputs, outputs)
             }
             Framework::Burn => {
-                let architecture: Architecture = resolved
-                    .burn
-                    .clone()
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("version {} of {name} has no Burn architecture", resolved.version)))?;
+                let architecture =
+                    resolved.burn.clone().ok_or_else(|| anyhow::anyhow!("version {} of {name} has no Burn architecture", resolved.version))?;
                 let (inputs, outputs) = burn_specs(&architecture);
                 (Runtime::Burn(architecture), inputs, outputs)
             }
@@ -284,7 +281,7 @@ impl ModelManager {
             .await?;
         if artifact.version.view.id != resolved.artifact {
             // The model was deleted and re-created under its name since it was resolved.
-            return Err(ApiError::new(Code::NotFound, format!("version {} of model `{name}` is gone", resolved.version)));
+            return Err(InferenceError::VersionGone { model: name.to_owned(), version: resolved.version });
         }
         let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
         let size = bytes.len() as u64;
@@ -320,8 +317,8 @@ impl ModelManager {
             WorkerPool::start(&label, instances, capacity, policy, batchable, factory, worker_metrics)
         })
             .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::new(Code::InvalidModel, format!("version {} of model `{name}` does not load: {e}", resolved.version)))?;
+            .map_err(anyhow::Error::new)?
+            .map_err(|reason| InferenceError::DoesNotLoad { model: name.to_owned(), version: resolved.version, reason })?;
         tracing::info!(model = name, version = resolved.version, bytes = size, instances, batchable, "model loaded");
         Ok(Arc::new(LoadedModel {
             tenant,
@@ -397,7 +394,7 @@ impl ModelManager {
     }
 
     /// At start: every version behind an eager alias, in every active tenant.
-    pub async fn preload_all(self: &Arc<Self>, pool: &sqlx::PgPool) -> Result<usize, ApiError> {
+    pub async fn preload_all(self: &Arc<Self>, pool: &sqlx::PgPool) -> Result<usize, InferenceError> {
         let tenants: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE status = 'active'").fetch_all(pool).await?;
         let mut count = 0;
         for tenant in tenants {

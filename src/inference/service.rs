@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::cache::{CacheStatus, Flight, ResultCache};
 use super::engine::RunOutput;
+use super::error::InferenceError;
 use super::metrics::InferenceMetrics;
 use super::models::{LoadedModel, ModelManager, Resolved};
 use super::quiet::{self, CallInProgress};
@@ -22,7 +23,7 @@ use super::worker::{Job, WorkError};
 use crate::audit::sink::{AuditSink, CallEvent};
 use crate::audit::{AuditActor, Outcome};
 use crate::request::RequestInfo;
-use crate::error::{ApiError, Code};
+use crate::error::ErrorCode;
 use crate::tenancy::TenantId;
 
 /// Bodies larger than this are parsed on the blocking pool rather than the executor.
@@ -62,11 +63,11 @@ pub struct InferReply {
     pub cache: CacheStatus,
 }
 
-fn failed(e: WorkError) -> ApiError {
+fn failed(e: WorkError) -> InferenceError {
     match e {
-        WorkError::Failed(message) => ApiError::new(Code::InferenceFailed, format!("the model failed: {message}")),
-        WorkError::Crashed => ApiError::new(Code::InferenceFailed, "the model's worker crashed and was replaced; retry"),
-        WorkError::DeadlineExceeded => ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model ran"),
+        WorkError::Failed(message) => InferenceError::ModelFailed(message),
+        WorkError::Crashed => InferenceError::WorkerCrashed,
+        WorkError::DeadlineExceeded => InferenceError::DeadlineBeforeRun,
     }
 }
 
@@ -75,7 +76,7 @@ impl InferenceService {
         Self { models, cache, audit, metrics, limits: Arc::new(Limits::default()) }
     }
 
-    pub async fn infer(&self, call: InferCall) -> Result<InferReply, ApiError> {
+    pub async fn infer(&self, call: InferCall) -> Result<InferReply, InferenceError> {
         let started = Instant::now();
         let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
@@ -106,7 +107,7 @@ impl InferenceService {
         result.map(|(reply, _)| reply)
     }
 
-    async fn infer_inner(&self, call: &InferCall, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), ApiError> {
+    async fn infer_inner(&self, call: &InferCall, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), InferenceError> {
         let parse = {
             let (body, json_len, limits) = (call.body.clone(), call.json_len, self.limits.clone());
             move || parse_infer_request_bytes(&body, json_len, &limits)
@@ -114,9 +115,8 @@ impl InferenceService {
         let mut request = if call.body.len() <= PARSE_INLINE_BYTES {
             parse()
         } else {
-            tokio::task::spawn_blocking(parse).await.map_err(ApiError::internal)?
-        }
-        .map_err(|e| ApiError::new(Code::InvalidInput, e.to_string()))?;
+            tokio::task::spawn_blocking(parse).await.map_err(anyhow::Error::new)?
+        }?;
 
         let settings = self.models.settings();
         let asked = request
@@ -138,7 +138,7 @@ impl InferenceService {
                 let loading = self.models.get(call.tenant, &call.name, resolved, &call.actor).instrument(tracing::info_span!("inference.model"));
                 Box::pin(tokio::time::timeout_at(deadline.into(), loading))
                     .await
-                    .map_err(|_| ApiError::new(Code::DeadlineExceeded, "the deadline passed while the model was loading"))??
+                    .map_err(|_| InferenceError::DeadlineWhileLoading)??
             }
         };
         let parameters = std::mem::take(&mut request.parameters);
@@ -183,7 +183,7 @@ impl InferenceService {
         parameters: &serde_json::Map<String, serde_json::Value>,
         tenant: TenantId,
         deadline: Instant,
-    ) -> Result<(Vec<RunOutput>, CacheStatus), ApiError> {
+    ) -> Result<(Vec<RunOutput>, CacheStatus), InferenceError> {
         let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, parameters);
         let tenant = tenant.0;
         // Join before looking: a request arriving as a flight lands then finds the value
@@ -207,13 +207,13 @@ impl InferenceService {
                 Ok(Ok(shared)) => Ok((shared.0.clone(), shared.1)),
                 // The leader went away without a result (it failed or was cancelled).
                 Ok(Err(_)) => Ok((self.run(model, prepared, deadline).await?, CacheStatus::Miss)),
-                Err(_) => Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed")),
+                Err(_) => Err(InferenceError::DeadlineWhileWaiting),
             },
         }
     }
 
     /// Queues the job and waits for its outputs (the selected ones, in request order).
-    async fn run(&self, model: &LoadedModel, prepared: Prepared, deadline: Instant) -> Result<Vec<RunOutput>, ApiError> {
+    async fn run(&self, model: &LoadedModel, prepared: Prepared, deadline: Instant) -> Result<Vec<RunOutput>, InferenceError> {
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             inputs: prepared.inputs,
@@ -223,8 +223,7 @@ impl InferenceService {
             reply,
         };
         if model.pool.submit(job).is_err() {
-            return Err(ApiError::new(Code::Overloaded, format!("model `{}` is at capacity; retry shortly", model.name))
-                .with_retry_after(1));
+            return Err(InferenceError::Overloaded(model.name.clone()));
         }
         self.metrics.queue_depth(model.tenant, &model.name, model.pool.queue_depth());
         let waiting = tracing::info_span!("inference.queue_and_run", model = %model.name, version = model.version);
@@ -238,12 +237,12 @@ impl InferenceService {
         let answered = match polled {
             Some(answered) => answered,
             None => match tokio::time::timeout_at(deadline.into(), answer).instrument(waiting).await {
-                Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "the deadline passed before the model answered")),
+                Err(_) => return Err(InferenceError::DeadlineBeforeAnswer),
                 Ok(answered) => answered.map_err(|_| ()),
             },
         };
         let all = match answered {
-            Err(()) => return Err(ApiError::new(Code::InferenceFailed, "the model's worker stopped")),
+            Err(()) => return Err(InferenceError::WorkerStopped),
             Ok(result) => result.map_err(failed)?,
         };
         let mut all: Vec<Option<RunOutput>> = all.into_iter().map(Some).collect();
@@ -253,7 +252,7 @@ impl InferenceService {
             .map(|(index, _)| {
                 all.get_mut(*index)
                     .and_then(Option::take)
-                    .ok_or_else(|| ApiError::new(Code::InferenceFailed, "the model returned fewer outputs than its signature"))
+                    .ok_or(InferenceError::MissingOutputs)
             })
             .collect()
     }

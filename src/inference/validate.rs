@@ -2,9 +2,9 @@
 //! ranks and fixed dimensions. (Element counts against shapes are the protocol parser's.)
 //! Every mismatch is a 400 naming the tensor; nothing malformed reaches ONNX Runtime.
 
+use super::error::InferenceError;
 use super::models::LoadedModel;
 use super::protocol::{InferRequest, TensorData};
-use crate::error::{ApiError, Code};
 
 pub struct Prepared {
     /// In the signature's input order.
@@ -15,52 +15,38 @@ pub struct Prepared {
     pub batchable: bool,
 }
 
-fn invalid(message: String) -> ApiError {
-    ApiError::new(Code::InvalidInput, message)
-}
-
 fn shape_text<T: std::fmt::Display>(shape: &[T]) -> String {
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
     format!("[{}]", dims.join(", "))
 }
 
-pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, ApiError> {
+pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, InferenceError> {
     let mut slots: Vec<Option<(Vec<usize>, TensorData)>> = model.inputs.iter().map(|_| None).collect();
     for input in request.inputs {
         let Some(index) = model.inputs.iter().position(|spec| spec.name == input.name) else {
             let known: Vec<&str> = model.inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(invalid(format!("unknown input '{}'; the model takes {}", input.name, known.join(", "))));
+            return Err(InferenceError::UnknownInput { name: input.name, known: known.join(", ") });
         };
         let spec = &model.inputs[index];
         if input.datatype != spec.datatype {
-            return Err(invalid(format!(
-                "input '{}': datatype {} does not match the model's {}",
-                input.name,
-                input.datatype.as_str(),
-                spec.datatype.as_str()
-            )));
+            return Err(InferenceError::InputDatatype { name: input.name, got: input.datatype, want: spec.datatype });
         }
         let fits = input.shape.len() == spec.shape.len()
             && input.shape.iter().zip(&spec.shape).all(|(got, want)| *want < 0 || *got as i64 == *want);
         if !fits {
-            return Err(invalid(format!(
-                "input '{}': shape {} does not match the model's {}",
-                input.name,
-                shape_text(&input.shape),
-                shape_text(&spec.shape)
-            )));
+            return Err(InferenceError::InputShape { got: shape_text(&input.shape), want: shape_text(&spec.shape), name: input.name });
         }
         if model.finite_inputs
             && let TensorData::Fp32(values) = &input.data
             && let Some(at) = values.iter().position(|v| !v.is_finite())
         {
-            return Err(invalid(format!("input '{}': element {at} is {}; this model takes finite numbers", input.name, values[at])));
+            return Err(InferenceError::NotFinite { at, value: values[at], name: input.name });
         }
         slots[index] = Some((input.shape, input.data));
     }
     let mut inputs = Vec::with_capacity(slots.len());
     for (slot, spec) in slots.into_iter().zip(&model.inputs) {
-        inputs.push(slot.ok_or_else(|| invalid(format!("input '{}' is missing", spec.name)))?);
+        inputs.push(slot.ok_or_else(|| InferenceError::MissingInput(spec.name.clone()))?);
     }
     let outputs = if request.outputs.is_empty() {
         (0..model.outputs.len()).map(|i| (i, request.binary_data_output)).collect()
@@ -69,10 +55,10 @@ pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, A
         for wanted in &request.outputs {
             let index = model.outputs.iter().position(|o| o.name == wanted.name).ok_or_else(|| {
                 let known: Vec<&str> = model.outputs.iter().map(|s| s.name.as_str()).collect();
-                invalid(format!("unknown output '{}'; the model gives {}", wanted.name, known.join(", ")))
+                InferenceError::UnknownOutput { name: wanted.name.clone(), known: known.join(", ") }
             })?;
             if wanted.class_count > 0 {
-                return Err(invalid(format!("output '{}': the classification extension is not supported", wanted.name)));
+                return Err(InferenceError::ClassificationUnsupported(wanted.name.clone()));
             }
             chosen.push((index, wanted.binary_data));
         }

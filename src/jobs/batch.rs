@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::data::csv::{CsvScanner, CsvTable};
-use super::model::{BatchInferJob, JobRequest, JobSpec, column_indices};
 use super::control::{Control, Decision, Stop};
+use super::error::JobError;
+use super::model::{BatchInferJob, JobRequest, JobSpec, JobStatus, column_indices};
 use super::service::JobRow;
 use crate::audit::AuditEvent;
+use crate::data::csv::{CsvScanner, CsvTable};
 use crate::request::RequestInfo;
 use crate::inference::engine::RunOutput;
 use crate::inference::protocol::{DataType, TensorData};
@@ -66,7 +67,7 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
     let width: usize = row_shape.iter().product();
 
     let table = load_table(control, job.dataset).await?;
-    let columns = column_indices(&table.columns, job.features.as_deref(), None).map_err(Stop::Rejected)?;
+    let columns = column_indices(&table.columns, job.features.as_deref(), None)?;
     if columns.len() != width {
         return Err(Stop::Rejected(format!("the model takes {width} values per row; {} columns were selected", columns.len())));
     }
@@ -209,13 +210,13 @@ async fn store_output(
             "output": output.id, "rows": rows, "columns": columns, "model": job.model.as_str(), "version": version,
             "size_bytes": output.size_bytes, "sha256": output.sha256,
         });
-        service.end(&mut tx, control.job, "succeeded", Some(result), None).await?;
+        service.end(&mut tx, control.job, JobStatus::Succeeded, Some(result), None).await?;
         let event = AuditEvent::new(Some(control.tenant), row.submitter(), "job.succeeded")
             .resource("job", control.job)
             .details(json!({ "kind": "batch_infer", "output": output.id, "rows": rows, "model": job.model.as_str(), "version": version }));
         service.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
         tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(true)
+        Ok::<_, JobError>(true)
     }
     .await;
     match committed {

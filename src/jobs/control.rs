@@ -9,8 +9,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::error::JobError;
 use super::service::{JobService, record_event};
-use crate::error::ApiError;
+use crate::error::{Code, ErrorCode, INTERNAL_DETAIL};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -28,9 +29,19 @@ pub enum Stop {
     Failed(String),
 }
 
-impl From<ApiError> for Stop {
-    fn from(e: ApiError) -> Self {
-        if e.code().status().is_client_error() { Stop::Rejected(e.detail().to_owned()) } else { Stop::Failed(e.detail().to_owned()) }
+/// A failure on a job's way: the client's (the submission) is final, anything else may pass.
+/// The job records what a client would have been told.
+impl<E: ErrorCode> From<E> for Stop {
+    fn from(e: E) -> Self {
+        let code = e.code();
+        if code.status().is_client_error() {
+            return Stop::Rejected(e.to_string());
+        }
+        if code == Code::InternalError {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "a job step failed");
+            return Stop::Failed(INTERNAL_DETAIL.to_owned());
+        }
+        Stop::Failed(e.to_string())
     }
 }
 
@@ -68,7 +79,7 @@ impl Control {
         if self.stop_reason().is_some() { Decision::Stop } else { Decision::Continue }
     }
 
-    async fn write_progress(&self, data: Value) -> Result<Option<bool>, ApiError> {
+    async fn write_progress(&self, data: Value) -> Result<Option<bool>, JobError> {
         let mut tx = TenantTx::begin(&self.service.pool, self.tenant).await?;
         let cancel: Option<bool> = sqlx::query_scalar(
             "UPDATE jobs SET progress = $3 WHERE id = $1 AND worker = $2 AND status = 'running' RETURNING cancel_requested",

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod control;
+pub mod error;
 pub mod model;
 pub mod queue;
 pub mod routes;

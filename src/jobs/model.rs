@@ -7,57 +7,52 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::JobError;
 use crate::burnml::Architecture;
 use crate::burnml::train::TrainParams;
-use crate::error::{ApiError, Code};
-use crate::registry::model::{ModelName, VersionRef};
+use crate::registry::model::{ModelName, VersionRef, is_plain_name};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Train,
-    BatchInfer,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Train => "train",
-            JobKind::BatchInfer => "batch_infer",
-        }
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind {
+        Train => "train",
+        BatchInfer => "batch_infer",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Failed on every allowed attempt: kept for inspection, never retried.
-    Dead,
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobStatus {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        /// Failed on every allowed attempt: kept for inspection, never retried.
+        Dead => "dead",
+    }
 }
 
 impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-            JobStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Dead].into_iter().find(|k| k.as_str() == s)
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// A dataset's name: spelled like a model's name (1-128 of `A-Za-z0-9._-`, starting with a
+/// letter or digit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DatasetName(String);
+
+impl DatasetName {
+    pub fn parse(value: &str) -> Result<Self, JobError> {
+        if is_plain_name(value) { Ok(Self(value.to_owned())) } else { Err(JobError::InvalidDatasetName) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -157,10 +152,6 @@ pub enum JobSpec {
     BatchInfer(BatchInferJob),
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(Code::InvalidRequest, message.into())
-}
-
 impl JobRequest {
     pub fn kind(&self) -> JobKind {
         match self {
@@ -177,13 +168,14 @@ impl JobRequest {
     }
 
     /// Parses everything that can be checked without the dataset.
-    pub fn parse(&self) -> Result<JobSpec, ApiError> {
+    pub fn parse(&self) -> Result<JobSpec, JobError> {
         match self {
             JobRequest::Train(t) => {
                 let architecture: Architecture =
-                    serde_json::from_value(serde_json::json!({ "architecture": t.architecture, "config": t.config }))
-                        .map_err(|e| invalid(format!("architecture `{}` with this config: {e}", t.architecture)))?;
-                architecture.validate().map_err(|e| invalid(format!("config: {e}")))?;
+                    serde_json::from_value(serde_json::json!({ "architecture": t.architecture, "config": t.config })).map_err(|e| {
+                        JobError::InvalidArchitecture { architecture: t.architecture.clone(), reason: e.to_string() }
+                    })?;
+                architecture.validate().map_err(JobError::InvalidConfig)?;
                 let params = TrainParams {
                     epochs: t.epochs,
                     learning_rate: t.learning_rate,
@@ -191,10 +183,10 @@ impl JobRequest {
                     validation_split: t.validation_split,
                     seed: t.seed,
                 };
-                params.validate().map_err(invalid)?;
+                params.validate().map_err(JobError::InvalidParams)?;
                 check_columns(t.features.as_deref())?;
                 if t.features.as_ref().is_some_and(|f| f.contains(&t.target)) {
-                    return Err(invalid(format!("the target `{}` cannot also be a feature", t.target)));
+                    return Err(JobError::TargetIsFeature(t.target.clone()));
                 }
                 Ok(JobSpec::Train(TrainJob {
                     model: ModelName::parse(&t.model)?,
@@ -218,14 +210,14 @@ impl JobRequest {
     }
 }
 
-fn check_columns(columns: Option<&[String]>) -> Result<(), ApiError> {
+fn check_columns(columns: Option<&[String]>) -> Result<(), JobError> {
     if let Some(columns) = columns {
         if columns.is_empty() {
-            return Err(invalid("features, when given, must name at least one column"));
+            return Err(JobError::NoFeatures);
         }
         for (i, c) in columns.iter().enumerate() {
             if columns[..i].contains(c) {
-                return Err(invalid(format!("feature `{c}` is listed twice")));
+                return Err(JobError::DuplicateFeature(c.clone()));
             }
         }
     }
@@ -233,11 +225,11 @@ fn check_columns(columns: Option<&[String]>) -> Result<(), ApiError> {
 }
 
 /// Picks feature columns (and the target, for training) out of a table's header.
-pub fn column_indices(header: &[String], wanted: Option<&[String]>, exclude: Option<&str>) -> Result<Vec<usize>, String> {
+pub fn column_indices(header: &[String], wanted: Option<&[String]>, exclude: Option<&str>) -> Result<Vec<usize>, JobError> {
     match wanted {
         Some(names) => names
             .iter()
-            .map(|n| header.iter().position(|h| h == n).ok_or_else(|| format!("the dataset has no column `{n}`")))
+            .map(|n| header.iter().position(|h| h == n).ok_or_else(|| JobError::NoSuchColumn(n.clone())))
             .collect(),
         None => Ok((0..header.len()).filter(|i| Some(header[*i].as_str()) != exclude).collect()),
     }
@@ -287,14 +279,14 @@ pub struct DatasetView {
 mod tests {
     use super::*;
 
-    fn train(extra: Value) -> Result<JobSpec, ApiError> {
+    fn train(extra: Value) -> Result<JobSpec, String> {
         let mut body = serde_json::json!({
             "kind": "train", "model": "m", "architecture": "mlp",
             "config": {"inputs": 2, "hidden": [4], "outputs": 2},
             "dataset": Uuid::nil(), "target": "y"
         });
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        serde_json::from_value::<JobRequest>(body).map_err(|e| invalid(e.to_string()))?.parse()
+        serde_json::from_value::<JobRequest>(body).map_err(|e| e.to_string())?.parse().map_err(|e| e.to_string())
     }
 
     #[test]
@@ -315,7 +307,7 @@ mod tests {
             (serde_json::json!({"unknown": 1}), "unknown"),
         ] {
             let err = train(extra.clone()).unwrap_err();
-            assert!(err.detail().contains(needle), "{extra}: {}", err.detail());
+            assert!(err.contains(needle), "{extra}: {err}");
         }
     }
 
@@ -324,6 +316,6 @@ mod tests {
         let header: Vec<String> = ["a", "b", "y"].map(String::from).to_vec();
         assert_eq!(column_indices(&header, None, Some("y")).unwrap(), [0, 1]);
         assert_eq!(column_indices(&header, Some(&["b".into(), "a".into()]), None).unwrap(), [1, 0]);
-        assert!(column_indices(&header, Some(&["c".into()]), None).unwrap_err().contains("`c`"));
+        assert!(column_indices(&header, Some(&["c".into()]), None).unwrap_err().to_string().contains("`c`"));
     }
 }

@@ -9,13 +9,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::model::{DatasetView, JobKind, JobRequest, JobStatus, JobView};
+use super::model::{DatasetName, DatasetView, JobKind, JobRequest, JobStatus, JobView};
 use super::service::{JobFilter, JobService};
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
 use crate::http::guard::Guarded;
 use crate::identity::perm;
-use crate::registry::model::ModelName;
 use crate::tenancy::TenantId;
 
 #[derive(Deserialize, IntoParams)]
@@ -68,7 +67,7 @@ pub async fn upload_dataset(
             return Err(ApiError::new(Code::UnsupportedMediaType, "upload the dataset as text/csv"));
         }
     }
-    let name = ModelName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.detail().replace("model name", "dataset name")))?;
+    let name = DatasetName::parse(&query.name).map_err(|e| ApiError::new(Code::InvalidQuery, e.to_string()))?;
     let declared_len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let tenant = guard.tenant()?.id;
     let view = guard.upload_dataset(&guard.principal, tenant, &name, body, declared_len, &info).await?;
@@ -219,7 +218,7 @@ fn event_stream(jobs: JobService, tenant: TenantId, job: Uuid, after: i64) -> im
         loop {
             let (events, status) = match jobs.events_since(tenant, job, last).await {
                 Ok(found) => found,
-                Err(e) => return Some((Err(e), (jobs, last, true, quiet))),
+                Err(e) => return Some((Err(e.into()), (jobs, last, true, quiet))),
             };
             if !events.is_empty() {
                 let mut text = String::new();

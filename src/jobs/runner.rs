@@ -16,12 +16,13 @@ use uuid::Uuid;
 
 use super::batch;
 use super::control::{Control, Stop};
+use super::error::JobError;
+use super::model::{JobKind, JobStatus};
 use super::queue::Delivery;
 use super::service::{JOB_COLUMNS, JobRow, JobService, record_event};
 use super::train;
 use crate::audit::{AuditEvent, Outcome};
 use crate::request::RequestInfo;
-use crate::error::ApiError;
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -76,7 +77,7 @@ impl JobService {
         }
     }
 
-    pub async fn dispatch_due(&self) -> Result<usize, ApiError> {
+    pub async fn dispatch_due(&self) -> Result<usize, JobError> {
         // A queued job's entry waits until a worker is free, however long that is: only one
         // left alone for this long is presumed lost (Redis restarted without its data).
         let queued_after = Duration::from_secs(300);
@@ -90,7 +91,7 @@ impl JobService {
         .fetch_all(&self.pool)
         .await?;
         for (job, tenant) in &due {
-            self.queue.enqueue(*job, *tenant).await.map_err(|e| ApiError::unavailable(format!("Redis: {e}"), 1))?;
+            self.queue.enqueue(*job, *tenant).await.map_err(JobError::Queue)?;
         }
         Ok(due.len())
     }
@@ -154,9 +155,9 @@ impl JobService {
         let control = Arc::new(Control::new(self.clone(), tenant, row.id, worker.clone(), shutdown.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat(control.clone(), delivery.entry.clone()));
         tracing::info!(job = %row.id, kind = row.kind.as_str(), attempt = row.attempts, worker = &**worker, "job started");
-        let outcome = match row.kind.as_str() {
-            "train" => train::run(&control, &row).await,
-            _ => batch::run(&control, &row).await,
+        let outcome = match row.kind {
+            JobKind::Train => train::run(&control, &row).await,
+            JobKind::BatchInfer => batch::run(&control, &row).await,
         };
         heartbeat.abort();
         let outcome = outcome.map_err(|stop| match (stop, control.stop_reason()) {
@@ -203,7 +204,7 @@ impl JobService {
                 .fetch_optional(tx.conn())
                 .await?;
                 tx.commit().await?;
-                Ok::<_, ApiError>(cancel)
+                Ok::<_, JobError>(cancel)
             }
             .await;
             match renewed {
@@ -221,9 +222,9 @@ impl JobService {
         }
     }
 
-    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, ApiError> {
+    async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let state: Option<(String, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
+        let state: Option<(JobStatus, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
             "SELECT status, COALESCE(lease_until < now(), true), next_attempt_at <= now(), cancel_requested, attempts, max_attempts, \
              stream_entry FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         )
@@ -234,24 +235,24 @@ impl JobService {
         let Some((status, expired, due, cancel_requested, attempts, max_attempts, running_entry)) = state else {
             return Ok(Claim::Acknowledge);
         };
-        let takeover = match status.as_str() {
-            "queued" if !due => {
+        let takeover = match status {
+            JobStatus::Queued if !due => {
                 // Early (a retry still backing off): the dispatcher adds it again when due.
                 sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
                 tx.commit().await?;
                 return Ok(Claim::Acknowledge);
             }
-            "queued" => false,
+            JobStatus::Queued => false,
             // A second entry for a job that runs under another one: a duplicate.
-            "running" if !expired && running_entry.as_deref() != Some(entry) => return Ok(Claim::Acknowledge),
-            "running" if !expired => return Ok(Claim::Leave),
-            "running" => true,
-            _ => return Ok(Claim::Acknowledge),
+            JobStatus::Running if !expired && running_entry.as_deref() != Some(entry) => return Ok(Claim::Acknowledge),
+            JobStatus::Running if !expired => return Ok(Claim::Leave),
+            JobStatus::Running => true,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Dead => return Ok(Claim::Acknowledge),
         };
         let row = self.row_in(&mut tx, job).await?;
         let actor = row.submitter();
         if takeover && cancel_requested {
-            self.end(&mut tx, job, "cancelled", None, Some("cancelled while its worker was lost")).await?;
+            self.end(&mut tx, job, JobStatus::Cancelled, None, Some("cancelled while its worker was lost")).await?;
             let event = AuditEvent::new(Some(tenant), actor, "job.cancelled").resource("job", job);
             self.auditor.record(tx.conn(), &RequestInfo::default(), vec![event]).await?;
             tx.commit().await?;
@@ -260,7 +261,7 @@ impl JobService {
         if attempts >= max_attempts {
             // The last attempt never reported back: its worker died with it.
             let reason = format!("attempt {attempts} of {max_attempts} ended with its worker");
-            self.end(&mut tx, job, "dead", None, Some(&reason)).await?;
+            self.end(&mut tx, job, JobStatus::Dead, None, Some(&reason)).await?;
             let event = AuditEvent::new(Some(tenant), actor, "job.dead_lettered")
                 .resource("job", job)
                 .outcome(Outcome::Failure)
@@ -292,13 +293,20 @@ impl JobService {
         Ok(Claim::Run(Box::new(row)))
     }
 
-    async fn row_in(&self, tx: &mut TenantTx, job: Uuid) -> Result<JobRow, ApiError> {
+    async fn row_in(&self, tx: &mut TenantTx, job: Uuid) -> Result<JobRow, JobError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tx.tenant().0).bind(job).fetch_one(tx.conn()).await?)
     }
 
     /// Puts a job in a final state with its status event (the caller holds the row).
-    pub(super) async fn end(&self, tx: &mut TenantTx, job: Uuid, status: &str, result: Option<Value>, error: Option<&str>) -> Result<(), ApiError> {
+    pub(super) async fn end(
+        &self,
+        tx: &mut TenantTx,
+        job: Uuid,
+        status: JobStatus,
+        result: Option<Value>,
+        error: Option<&str>,
+    ) -> Result<(), JobError> {
         sqlx::query(
             "UPDATE jobs SET status = $2, result = COALESCE($3, result), error = $4, finished_at = now(), lease_until = NULL WHERE id = $1",
         )
@@ -308,7 +316,7 @@ impl JobService {
         .bind(error)
         .execute(tx.conn())
         .await?;
-        let mut data = json!({ "status": status });
+        let mut data = json!({ "status": status.as_str() });
         if let Some(error) = error {
             data["error"] = json!(error);
         }
@@ -316,7 +324,7 @@ impl JobService {
     }
 
     /// Locks the job if this worker still holds it; `None` when another one took it over.
-    pub(super) async fn still_mine(&self, tx: &mut TenantTx, control: &Control) -> Result<bool, ApiError> {
+    pub(super) async fn still_mine(&self, tx: &mut TenantTx, control: &Control) -> Result<bool, JobError> {
         let mine: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 AND worker = $2 AND status = 'running' FOR UPDATE")
                 .bind(control.job)
@@ -326,7 +334,7 @@ impl JobService {
         Ok(mine.is_some())
     }
 
-    async fn finish_unsuccessfully(&self, control: &Control, row: &JobRow, stop: Stop) -> Result<(), ApiError> {
+    async fn finish_unsuccessfully(&self, control: &Control, row: &JobRow, stop: Stop) -> Result<(), JobError> {
         let mut tx = TenantTx::begin(&self.pool, control.tenant).await?;
         if !self.still_mine(&mut tx, control).await? {
             return Ok(());
@@ -337,7 +345,7 @@ impl JobService {
         let (action, outcome, details) = match stop {
             Stop::Lost => return Ok(()),
             Stop::Cancelled => {
-                self.end(&mut tx, job, "cancelled", None, None).await?;
+                self.end(&mut tx, job, JobStatus::Cancelled, None, None).await?;
                 ("job.cancelled", Outcome::Success, json!({ "worker": worker }))
             }
             Stop::ShuttingDown => {
@@ -352,7 +360,7 @@ impl JobService {
                 ("job.handed_back", Outcome::Success, json!({ "worker": worker }))
             }
             Stop::Rejected(reason) => {
-                self.end(&mut tx, job, "failed", None, Some(&reason)).await?;
+                self.end(&mut tx, job, JobStatus::Failed, None, Some(&reason)).await?;
                 ("job.failed", Outcome::Failure, json!({ "worker": worker, "reason": reason, "retry": false }))
             }
             Stop::Failed(reason) if row.attempts < row.max_attempts => {
@@ -371,7 +379,7 @@ impl JobService {
                 ("job.attempt_failed", Outcome::Failure, json!({ "worker": worker, "reason": reason, "attempt": row.attempts }))
             }
             Stop::Failed(reason) => {
-                self.end(&mut tx, job, "dead", None, Some(&reason)).await?;
+                self.end(&mut tx, job, JobStatus::Dead, None, Some(&reason)).await?;
                 let _ = self.queue.dead_letter(job, control.tenant.0, &reason).await;
                 ("job.dead_lettered", Outcome::Failure, json!({ "worker": worker, "reason": reason, "attempts": row.attempts }))
             }

@@ -11,18 +11,19 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::data::csv::CsvTable;
-use super::model::{DatasetView, JobKind, JobRequest, JobSpec, JobStatus, JobView, column_indices};
+use super::error::JobError;
+use super::model::{DatasetName, DatasetView, JobKind, JobRequest, JobSpec, JobStatus, JobView, column_indices};
 use super::queue::JobQueue;
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
-use crate::request::RequestInfo;
 use crate::config::JobsSettings;
-use crate::error::{ApiError, Code};
+use crate::data::csv::CsvTable;
+use crate::error::ErrorCode;
 use crate::identity::Principal;
 use crate::inference::models::ModelManager;
 use crate::registry::RegistryService;
-use crate::registry::model::{Framework, ModelName};
+use crate::registry::model::Framework;
 use crate::registry::sealed::SealedRef;
+use crate::request::RequestInfo;
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -39,8 +40,8 @@ pub struct JobService {
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
     pub id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub spec: Value,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -59,10 +60,6 @@ pub(super) const JOB_COLUMNS: &str = "id, kind, status, spec, attempts, max_atte
      submitted_by_kind, submitted_by_id, created_at, started_at, finished_at";
 
 impl JobRow {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-
     /// Who submitted the job: the actor its effects are recorded under.
     pub fn submitter(&self) -> AuditActor {
         let kind = match self.submitted_by_kind.as_str() {
@@ -76,8 +73,8 @@ impl JobRow {
     pub fn view(self) -> JobView {
         JobView {
             id: self.id,
-            kind: if self.kind == "train" { JobKind::Train } else { JobKind::BatchInfer },
-            status: self.status(),
+            kind: self.kind,
+            status: self.status,
             spec: self.spec,
             attempts: self.attempts,
             max_attempts: self.max_attempts,
@@ -142,15 +139,7 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
-fn job_not_found(id: Uuid) -> ApiError {
-    ApiError::new(Code::NotFound, format!("job {id} not found"))
-}
-
-fn dataset_not_found(id: Uuid) -> ApiError {
-    ApiError::new(Code::NotFound, format!("dataset {id} not found"))
-}
-
-pub(super) async fn record_event(tx: &mut TenantTx, job: Uuid, kind: &str, data: Value) -> Result<(), ApiError> {
+pub(super) async fn record_event(tx: &mut TenantTx, job: Uuid, kind: &str, data: Value) -> Result<(), JobError> {
     sqlx::query("INSERT INTO job_events (job_id, tenant_id, kind, data) VALUES ($1, $2, $3, $4)")
         .bind(job)
         .bind(tx.tenant().0)
@@ -185,11 +174,11 @@ impl JobService {
         &self,
         actor: &Principal,
         tenant: TenantId,
-        name: &ModelName,
+        name: &DatasetName,
         body: S,
         declared_len: Option<u64>,
         info: &RequestInfo,
-    ) -> Result<DatasetView, ApiError>
+    ) -> Result<DatasetView, JobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -201,12 +190,12 @@ impl JobService {
                 if e.code().status().is_client_error() {
                     let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "dataset.upload_rejected")
                         .outcome(Outcome::Failure)
-                        .details(json!({ "name": name.as_str(), "code": e.code().as_str(), "reason": e.detail() }));
+                        .details(json!({ "name": name.as_str(), "code": e.code().as_str(), "reason": e.to_string() }));
                     if let Err(audit) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
                         tracing::warn!(error = ?audit, "recording a rejected dataset failed");
                     }
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         let result = async {
@@ -217,7 +206,7 @@ impl JobService {
             );
             self.auditor.record(tx.conn(), info, vec![event]).await?;
             tx.commit().await?;
-            Ok::<_, ApiError>(view)
+            Ok::<_, JobError>(view)
         }
         .await;
         if result.is_err() {
@@ -235,7 +224,7 @@ impl JobService {
         sealed: &crate::registry::sealed::SealedObject,
         table: &CsvTable,
         created_by: Option<Uuid>,
-    ) -> Result<DatasetView, ApiError> {
+    ) -> Result<DatasetView, JobError> {
         self.registry.reserve(tx, sealed).await?;
         let (tenant_key_id, wrapped) = self.registry.wrap(tx, sealed).await?;
         let sql = format!(
@@ -262,7 +251,7 @@ impl JobService {
         Ok(row.view())
     }
 
-    pub async fn list_datasets(&self, tenant: TenantId) -> Result<Vec<DatasetView>, ApiError> {
+    pub async fn list_datasets(&self, tenant: TenantId) -> Result<Vec<DatasetView>, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!(
             "SELECT {DATA_OBJECT_COLUMNS} FROM data_objects WHERE tenant_id = $1 AND kind = 'dataset' ORDER BY created_at DESC LIMIT 500"
@@ -272,21 +261,21 @@ impl JobService {
         Ok(rows.iter().map(DataObjectRow::view).collect())
     }
 
-    pub(super) async fn data_object(&self, tenant: TenantId, id: Uuid, kind: &str) -> Result<DataObjectRow, ApiError> {
+    pub(super) async fn data_object(&self, tenant: TenantId, id: Uuid, kind: &str) -> Result<DataObjectRow, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!("SELECT {DATA_OBJECT_COLUMNS} FROM data_objects WHERE tenant_id = $1 AND id = $2 AND kind = $3");
         let row: Option<DataObjectRow> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.0).bind(id).bind(kind).fetch_optional(tx.conn()).await?;
         tx.commit().await?;
-        row.ok_or_else(|| dataset_not_found(id))
+        row.ok_or(JobError::DatasetNotFound(id))
     }
 
-    pub async fn get_dataset(&self, tenant: TenantId, id: Uuid) -> Result<DatasetView, ApiError> {
+    pub async fn get_dataset(&self, tenant: TenantId, id: Uuid) -> Result<DatasetView, JobError> {
         Ok(self.data_object(tenant, id, "dataset").await?.view())
     }
 
     /// The plaintext of a dataset or output, verified.
-    pub(super) async fn open_data_object(&self, tenant: TenantId, row: &DataObjectRow) -> Result<Vec<u8>, ApiError> {
+    pub(super) async fn open_data_object(&self, tenant: TenantId, row: &DataObjectRow) -> Result<Vec<u8>, JobError> {
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(&row.sha256);
         let sealed = SealedRef {
@@ -296,7 +285,7 @@ impl JobService {
             size: row.size_bytes as u64,
             sha256,
         };
-        self.registry.open_sealed(tenant, &sealed, row.tenant_key_id, &row.wrapped_data_key).await
+        Ok(self.registry.open_sealed(tenant, &sealed, row.tenant_key_id, &row.wrapped_data_key).await?)
     }
 
     // ---- jobs ----
@@ -311,9 +300,9 @@ impl JobService {
         request: JobRequest,
         idempotency_key: Option<String>,
         info: &RequestInfo,
-    ) -> Result<(JobView, bool), ApiError> {
+    ) -> Result<(JobView, bool), JobError> {
         let spec = request.parse()?;
-        let canonical = serde_json::to_vec(&request).map_err(ApiError::internal)?;
+        let canonical = serde_json::to_vec(&request).map_err(anyhow::Error::new)?;
         let digest: [u8; 32] = Sha256::digest(&canonical).into();
         if let Some(key) = &idempotency_key
             && let Some(existing) = self.by_idempotency_key(tenant, key, &digest).await?
@@ -333,8 +322,8 @@ impl JobService {
         let inserted: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .bind(tenant.0)
-            .bind(request.kind().as_str())
-            .bind(serde_json::to_value(&request).map_err(ApiError::internal)?)
+            .bind(request.kind())
+            .bind(serde_json::to_value(&request).map_err(anyhow::Error::new)?)
             .bind(&idempotency_key)
             .bind(&digest[..])
             .bind(self.settings.max_attempts as i32)
@@ -346,7 +335,7 @@ impl JobService {
             // A concurrent submission with the same key won the race.
             drop(tx);
             let key = idempotency_key.as_deref().unwrap_or_default();
-            let existing = self.by_idempotency_key(tenant, key, &digest).await?.ok_or_else(|| job_not_found(id))?;
+            let existing = self.by_idempotency_key(tenant, key, &digest).await?.ok_or(JobError::JobNotFound(id))?;
             return Ok((existing, false));
         };
         record_event(&mut tx, id, "status", json!({ "status": "queued" })).await?;
@@ -372,7 +361,7 @@ impl JobService {
         Ok((row.view(), true))
     }
 
-    async fn by_idempotency_key(&self, tenant: TenantId, key: &str, digest: &[u8; 32]) -> Result<Option<JobView>, ApiError> {
+    async fn by_idempotency_key(&self, tenant: TenantId, key: &str, digest: &[u8; 32]) -> Result<Option<JobView>, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT request_digest FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
             .bind(tenant.0)
@@ -381,10 +370,7 @@ impl JobService {
             .await?;
         let Some((stored,)) = row else { return Ok(None) };
         if stored != digest {
-            return Err(ApiError::new(
-                Code::IdempotencyKeyReused,
-                "this Idempotency-Key was used for a different request; use a new key for a new job",
-            ));
+            return Err(JobError::IdempotencyKeyReused);
         }
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2");
         let job: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.0).bind(key).fetch_one(tx.conn()).await?;
@@ -394,36 +380,34 @@ impl JobService {
 
     /// The dataset and its columns exist, and so does the model to run (or, for training,
     /// the model to register into is a Burn model if it exists at all).
-    async fn check_references(&self, tenant: TenantId, spec: &JobSpec) -> Result<(), ApiError> {
-        let bad = |e: String| ApiError::new(Code::InvalidRequest, e);
+    async fn check_references(&self, tenant: TenantId, spec: &JobSpec) -> Result<(), JobError> {
         match spec {
             JobSpec::Train(t) => {
                 let dataset = self.data_object(tenant, t.dataset, "dataset").await?;
-                column_indices(&dataset.columns, Some(std::slice::from_ref(&t.target)), None).map_err(bad)?;
-                let features = column_indices(&dataset.columns, t.features.as_deref(), Some(&t.target)).map_err(bad)?;
+                column_indices(&dataset.columns, Some(std::slice::from_ref(&t.target)), None)?;
+                let features = column_indices(&dataset.columns, t.features.as_deref(), Some(&t.target))?;
                 if features.len() != t.architecture.input_features() {
-                    return Err(bad(format!(
-                        "the architecture takes {} input features; the dataset provides {} ({})",
-                        t.architecture.input_features(),
-                        features.len(),
-                        features.iter().map(|i| dataset.columns[*i].as_str()).collect::<Vec<_>>().join(", ")
-                    )));
+                    return Err(JobError::FeaturesMismatch {
+                        expected: t.architecture.input_features(),
+                        provided: features.len(),
+                        columns: features.iter().map(|i| dataset.columns[*i].as_str()).collect::<Vec<_>>().join(", "),
+                    });
                 }
                 match self.registry.framework_of(tenant, &t.model).await? {
-                    Some(Framework::Onnx) => Err(bad(format!("model `{}` is an ONNX model; training registers Burn versions", t.model))),
+                    Some(Framework::Onnx) => Err(JobError::TrainOnnx(t.model.to_string())),
                     Some(Framework::Burn) | None => Ok(()),
                 }
             }
             JobSpec::BatchInfer(b) => {
                 let dataset = self.data_object(tenant, b.dataset, "dataset").await?;
-                column_indices(&dataset.columns, b.features.as_deref(), None).map_err(bad)?;
+                column_indices(&dataset.columns, b.features.as_deref(), None)?;
                 self.models.resolve(tenant, b.model.as_str(), b.version.as_ref().map(|v| v.to_string()).as_deref()).await?;
                 Ok(())
             }
         }
     }
 
-    pub async fn list(&self, tenant: TenantId, filter: &JobFilter) -> Result<Vec<JobView>, ApiError> {
+    pub async fn list(&self, tenant: TenantId, filter: &JobFilter) -> Result<Vec<JobView>, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
@@ -441,28 +425,28 @@ impl JobService {
         Ok(rows.into_iter().map(JobRow::view).collect())
     }
 
-    pub(super) async fn row(&self, tenant: TenantId, id: Uuid) -> Result<JobRow, ApiError> {
+    pub(super) async fn row(&self, tenant: TenantId, id: Uuid) -> Result<JobRow, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2");
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.0).bind(id).fetch_optional(tx.conn()).await?;
         tx.commit().await?;
-        row.ok_or_else(|| job_not_found(id))
+        row.ok_or(JobError::JobNotFound(id))
     }
 
-    pub async fn get(&self, tenant: TenantId, id: Uuid) -> Result<JobView, ApiError> {
+    pub async fn get(&self, tenant: TenantId, id: Uuid) -> Result<JobView, JobError> {
         Ok(self.row(tenant, id).await?.view())
     }
 
     /// A queued job is cancelled at once; a running one is asked to stop, which its worker
     /// sees at the next epoch (or batch of rows) and honours.
-    pub async fn cancel(&self, actor: &Principal, tenant: TenantId, id: Uuid, info: &RequestInfo) -> Result<JobView, ApiError> {
+    pub async fn cancel(&self, actor: &Principal, tenant: TenantId, id: Uuid, info: &RequestInfo) -> Result<JobView, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+        let status: Option<JobStatus> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
             .bind(tenant.0)
             .bind(id)
             .fetch_optional(tx.conn())
             .await?;
-        let status = status.and_then(|s| JobStatus::parse(&s)).ok_or_else(|| job_not_found(id))?;
+        let status = status.ok_or(JobError::JobNotFound(id))?;
         let action = match status {
             JobStatus::Queued => {
                 sqlx::query(
@@ -479,9 +463,7 @@ impl JobService {
                 record_event(&mut tx, id, "log", json!({ "message": "cancellation requested" })).await?;
                 "job.cancel_requested"
             }
-            done => {
-                return Err(ApiError::new(Code::JobFinished, format!("job {id} has already finished ({})", done.as_str())));
-            }
+            done => return Err(JobError::Finished { id, status: done.as_str() }),
         };
         let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), action).resource("job", id);
         self.auditor.record(tx.conn(), info, vec![event]).await?;
@@ -490,14 +472,14 @@ impl JobService {
     }
 
     /// Events after `after`, oldest first, and the job's status now.
-    pub async fn events_since(&self, tenant: TenantId, id: Uuid, after: i64) -> Result<(Vec<JobEvent>, JobStatus), ApiError> {
+    pub async fn events_since(&self, tenant: TenantId, id: Uuid, after: i64) -> Result<(Vec<JobEvent>, JobStatus), JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2")
+        let status: Option<JobStatus> = sqlx::query_scalar("SELECT status FROM jobs WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id)
             .fetch_optional(tx.conn())
             .await?;
-        let status = status.and_then(|s| JobStatus::parse(&s)).ok_or_else(|| job_not_found(id))?;
+        let status = status.ok_or(JobError::JobNotFound(id))?;
         let events: Vec<JobEvent> = sqlx::query_as(
             "SELECT id, kind, data FROM job_events WHERE tenant_id = $1 AND job_id = $2 AND id > $3 ORDER BY id LIMIT 500",
         )
@@ -511,7 +493,7 @@ impl JobService {
     }
 
     /// A finished batch inference job's output, decrypted (audited).
-    pub async fn output(&self, actor: &Principal, tenant: TenantId, id: Uuid, info: &RequestInfo) -> Result<Vec<u8>, ApiError> {
+    pub async fn output(&self, actor: &Principal, tenant: TenantId, id: Uuid, info: &RequestInfo) -> Result<Vec<u8>, JobError> {
         let job = self.row(tenant, id).await?;
         let output = job
             .result
@@ -519,13 +501,15 @@ impl JobService {
             .and_then(|r| r.get("output"))
             .and_then(|o| o.as_str())
             .and_then(|o| Uuid::parse_str(o).ok())
-            .ok_or_else(|| ApiError::new(Code::NotFound, format!("job {id} has no output (yet)")))?;
+            .ok_or(JobError::NoOutput(id))?;
         let row = self.data_object(tenant, output, "job_output").await?;
         let bytes = self.open_data_object(tenant, &row).await?;
         let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "job.output_downloaded")
             .resource("job", id)
             .details(json!({ "output": output, "rows": row.rows, "size_bytes": row.size_bytes }));
-        self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+        let mut tx = self.pool.begin().await?;
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
         Ok(bytes)
     }
 }

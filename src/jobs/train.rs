@@ -9,15 +9,16 @@ use std::ops::ControlFlow;
 use serde_json::{Value, json};
 
 use super::batch::{load_table, parse_spec};
-use super::model::{JobSpec, TrainJob, column_indices};
 use super::control::{Control, Decision, Stop};
+use super::error::JobError;
+use super::model::{JobSpec, JobStatus, TrainJob, column_indices};
 use super::service::JobRow;
 use crate::audit::AuditEvent;
-use crate::request::RequestInfo;
 use crate::burnml::train::{Dataset, EpochReport, TrainError};
 use crate::burnml::{self, Task};
-use crate::error::Code;
+use crate::registry::error::RegistryError;
 use crate::registry::upload::Author;
+use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
 
 /// Rows of the dataset whose predictions the job records, so that a client can check the
@@ -38,11 +39,15 @@ fn epoch_json(report: &EpochReport) -> Value {
 }
 
 /// Features and targets out of a parsed table, as the architecture expects them.
-fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dataset, String> {
+fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dataset, Stop> {
     let target = column_indices(&table.columns, Some(std::slice::from_ref(&job.target)), None)?[0];
     let features = column_indices(&table.columns, job.features.as_deref(), Some(&job.target))?;
     if features.len() != job.architecture.input_features() {
-        return Err(format!("the architecture takes {} features; {} columns were selected", job.architecture.input_features(), features.len()));
+        return Err(Stop::Rejected(format!(
+            "the architecture takes {} features; {} columns were selected",
+            job.architecture.input_features(),
+            features.len()
+        )));
     }
     let cells = table.columns.len();
     let rows = table.rows as usize;
@@ -56,7 +61,8 @@ fn dataset_for(job: &TrainJob, table: &crate::data::csv::CsvTable) -> Result<Dat
     Ok(Dataset { features: x, targets: y, rows, columns: features.len() })
 }
 
-struct Outcome {
+/// What a finished training run hands to registration.
+struct Trained {
     weights: Vec<u8>,
     history: Vec<Value>,
     metric_name: &'static str,
@@ -70,7 +76,7 @@ struct Outcome {
 pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
     let JobSpec::Train(job) = parse_spec(row)? else { return Err(Stop::Rejected("not a training job".into())) };
     let table = load_table(control, job.dataset).await?;
-    let data = dataset_for(&job, &table).map_err(Stop::Rejected)?;
+    let data = dataset_for(&job, &table)?;
     drop(table);
     if control.report(json!({ "stage": "training", "rows": data.rows, "epoch": 0, "epochs": job.params.epochs })).await == Decision::Stop {
         return Err(control.stop_reason().unwrap_or(Stop::Cancelled));
@@ -97,7 +103,7 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         let last = trained.history.last();
         let samples: usize = trained.history.iter().map(|r| r.samples).sum();
         let train_seconds: f64 = trained.history.iter().map(|r| r.seconds).sum();
-        Ok::<_, TrainError>(Outcome {
+        Ok::<_, TrainError>(Trained {
             history: trained.history.iter().map(epoch_json).collect(),
             metric_name: last.map_or("accuracy", |r| r.metric_name),
             metric: trained.validation_metric,
@@ -112,23 +118,22 @@ pub(super) async fn run(control: &Control, row: &JobRow) -> Result<(), Stop> {
         let decision = control.report(epoch_json(&report)).await;
         let _ = answer.send(decision);
     }
-    let outcome = match training.await {
-        Ok(Ok(outcome)) => outcome,
+    let trained = match training.await {
+        Ok(Ok(trained)) => trained,
         Ok(Err(TrainError::Cancelled)) => return Err(control.stop_reason().unwrap_or(Stop::Cancelled)),
         Ok(Err(TrainError::Invalid(message))) => return Err(Stop::Rejected(message)),
         // A panic in training would panic again on the same data and spec.
         Err(e) if e.is_panic() => return Err(Stop::Rejected("training failed inside Burn".into())),
         Err(e) => return Err(Stop::Failed(format!("training stopped: {e}"))),
     };
-    register(control, row, &job, outcome).await
+    register(control, row, &job, trained).await
 }
 
-async fn register(control: &Control, row: &JobRow, job: &TrainJob, outcome: Outcome) -> Result<(), Stop> {
+async fn register(control: &Control, row: &JobRow, job: &TrainJob, trained: Trained) -> Result<(), Stop> {
     let service = &control.service;
     let tenant = control.tenant;
-    let sealed = service.registry.seal(tenant, outcome.weights).await?;
-    let burn_spec = serde_json::to_value(&job.architecture).map_err(|e| Stop::Failed(e.to_string()))?;
-    let metrics = json!({ outcome.metric_name: outcome.metric, "samples_per_second": outcome.samples_per_second, "seconds": outcome.seconds });
+    let sealed = service.registry.seal(tenant, trained.weights).await?;
+    let metrics = json!({ trained.metric_name: trained.metric, "samples_per_second": trained.samples_per_second, "seconds": trained.seconds });
     let metadata = json!({
         "job": control.job,
         "dataset": job.dataset,
@@ -151,28 +156,29 @@ async fn register(control: &Control, row: &JobRow, job: &TrainJob, outcome: Outc
             return Ok(None);
         }
         let info = RequestInfo::default();
-        let version = service.registry.register_trained(&mut tx, &author, &job.model, &sealed, burn_spec, metadata, &info).await?;
+        let version =
+            service.registry.register_trained(&mut tx, &author, &job.model, &sealed, job.architecture.clone(), metadata, &info).await?;
         let outputs = job.architecture.outputs();
         let result = json!({
             "model": job.model.as_str(),
             "version": version.version,
             "model_version_id": version.id,
             "metrics": metrics,
-            "history": outcome.history,
+            "history": trained.history,
             "predictions_sample": {
-                "rows": outcome.sample_rows,
+                "rows": trained.sample_rows,
                 "outputs": outputs,
                 "kind": if job.architecture.task() == Task::Classification { "probabilities" } else { "values" },
-                "values": outcome.sample,
+                "values": trained.sample,
             },
         });
-        service.end(&mut tx, control.job, "succeeded", Some(result), None).await?;
+        service.end(&mut tx, control.job, JobStatus::Succeeded, Some(result), None).await?;
         let event = AuditEvent::new(Some(tenant), row.submitter(), "job.succeeded").resource("job", control.job).details(json!({
             "kind": "train", "model": job.model.as_str(), "version": version.version, "metrics": metrics,
         }));
         service.auditor.record(tx.conn(), &info, vec![event]).await?;
         tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(Some(version))
+        Ok::<_, JobError>(Some(version))
     }
     .await;
     match committed {
@@ -187,7 +193,7 @@ async fn register(control: &Control, row: &JobRow, job: &TrainJob, outcome: Outc
         Err(e) => {
             service.registry.discard(&sealed.object_key).await;
             // Another attempt registered first: it also finished the job, so this one lost.
-            if e.code() == Code::AlreadyExists { Err(Stop::Lost) } else { Err(e.into()) }
+            if matches!(e, JobError::Registry(RegistryError::JobAlreadyRegistered(_))) { Err(Stop::Lost) } else { Err(e.into()) }
         }
     }
 }

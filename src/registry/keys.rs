@@ -7,11 +7,10 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::error::RegistryError;
 use crate::audit::{AuditActor, AuditEvent, Auditor};
-
-use crate::request::RequestInfo;
 use crate::crypto::{CryptoError, Key, MasterKeys, random_key, unwrap, wrap};
-use crate::error::ApiError;
+use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
 
 fn tenant_key_context(tenant: Uuid, key: Uuid) -> Vec<u8> {
@@ -33,7 +32,7 @@ impl KeyService {
     }
 
     /// The tenant's active key, created (and wrapped by the active master key) on first use.
-    pub async fn active_tenant_key(&self, tx: &mut TenantTx) -> Result<(Uuid, Key), ApiError> {
+    pub async fn active_tenant_key(&self, tx: &mut TenantTx) -> Result<(Uuid, Key), RegistryError> {
         let tenant = tx.tenant().0;
         loop {
             let row: Option<(Uuid, String, Vec<u8>)> = sqlx::query_as(
@@ -67,7 +66,7 @@ impl KeyService {
 
     /// Retires the tenant's active key (if any) and creates a new active one. Returns the new
     /// key and the retired key's id; the caller re-wraps data keys in the same transaction.
-    pub async fn rotate_tenant_key(&self, tx: &mut TenantTx) -> Result<(Uuid, Key, Option<Uuid>), ApiError> {
+    pub async fn rotate_tenant_key(&self, tx: &mut TenantTx) -> Result<(Uuid, Key, Option<Uuid>), RegistryError> {
         let tenant = tx.tenant().0;
         let retired: Option<Uuid> = sqlx::query_scalar(
             "UPDATE tenant_keys SET retired_at = now() WHERE tenant_id = $1 AND retired_at IS NULL RETURNING id",
@@ -80,7 +79,7 @@ impl KeyService {
     }
 
     /// A tenant key by id (active or retired), for unwrapping an existing artifact's data key.
-    pub async fn tenant_key(&self, tx: &mut TenantTx, id: Uuid) -> Result<Key, ApiError> {
+    pub async fn tenant_key(&self, tx: &mut TenantTx, id: Uuid) -> Result<Key, RegistryError> {
         let tenant = tx.tenant().0;
         let (master_id, wrapped): (String, Vec<u8>) =
             sqlx::query_as("SELECT master_key_id, wrapped_key FROM tenant_keys WHERE id = $1 AND tenant_id = $2")
@@ -88,14 +87,13 @@ impl KeyService {
                 .bind(tenant)
                 .fetch_optional(tx.conn())
                 .await?
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("tenant key {id} of {tenant} is missing")))?;
+                .ok_or_else(|| anyhow::anyhow!("tenant key {id} of {tenant} is missing"))?;
         self.unwrap_tenant_key(tenant, id, &master_id, &wrapped)
     }
 
-    fn unwrap_tenant_key(&self, tenant: Uuid, id: Uuid, master_id: &str, wrapped: &[u8]) -> Result<Key, ApiError> {
-        let master = self.masters.get(master_id).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
-        unwrap(master, wrapped, &tenant_key_context(tenant, id))
-            .map_err(|e| ApiError::internal(anyhow::anyhow!("tenant key {id}: {e}")))
+    fn unwrap_tenant_key(&self, tenant: Uuid, id: Uuid, master_id: &str, wrapped: &[u8]) -> Result<Key, RegistryError> {
+        let master = self.masters.get(master_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(unwrap(master, wrapped, &tenant_key_context(tenant, id)).map_err(|e| anyhow::anyhow!("tenant key {id}: {e}"))?)
     }
 
     pub fn wrap_data_key(tenant_key: &[u8; 32], artifact: Uuid, data_key: &[u8; 32]) -> Vec<u8> {
@@ -108,7 +106,7 @@ impl KeyService {
 
     /// Re-wraps every tenant key that is not under the active master key. Needs a connection
     /// that sees every tenant's keys (the schema owner's). Returns how many were re-wrapped.
-    pub async fn rotate_master(&self, owner: &PgPool, auditor: &Auditor) -> Result<u64, ApiError> {
+    pub async fn rotate_master(&self, owner: &PgPool, auditor: &Auditor) -> Result<u64, RegistryError> {
         let (active_id, active) = self.masters.active();
         let mut tx = owner.begin().await?;
         let rows: Vec<(Uuid, Uuid, String, Vec<u8>)> = sqlx::query_as(

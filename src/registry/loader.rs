@@ -11,16 +11,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::BATCH_BYTES;
+use super::error::{ArtifactError, RegistryError};
 use super::keys::KeyService;
 use super::model::{ModelName, StoredVersion, VersionRef};
 use super::sealed::SealedRef;
 use super::service::RegistryService;
 use crate::audit::{AuditActor, AuditEvent, Outcome};
-use crate::request::RequestInfo;
-use super::error::ArtifactError;
 use crate::crypto::Key;
 use crate::crypto::stream::Decryptor;
-use crate::error::{ApiError, Code};
+use crate::request::RequestInfo;
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
 
@@ -148,7 +147,7 @@ impl RegistryService {
         tenant: TenantId,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<(StoredVersion, Result<Key, ArtifactError>), ApiError> {
+    ) -> Result<(StoredVersion, Result<Key, ArtifactError>), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let stored = Self::stored_version(&mut tx, name, version).await?;
         let tenant_key = self.keys.tenant_key(&mut tx, stored.tenant_key_id).await?;
@@ -197,7 +196,7 @@ impl RegistryService {
         name: &ModelName,
         version: Option<&VersionRef>,
         info: &RequestInfo,
-    ) -> Result<LoadedArtifact, ApiError> {
+    ) -> Result<LoadedArtifact, RegistryError> {
         let (stored, data_key) = self.open_version(tenant, name, version).await?;
         let bytes = match data_key {
             Ok(key) => match SealedRef::of_version(&stored) {
@@ -212,18 +211,15 @@ impl RegistryService {
         let details = json!({ "model": name.as_str(), "version": stored.view.version });
         match bytes {
             Ok(bytes) => {
-                self.auditor.record_alone(&self.pool, info, vec![event.details(details)]).await?;
+                self.record_alone(info, vec![event.details(details)]).await?;
                 Ok(LoadedArtifact { version: stored, bytes })
             }
             Err(e) => {
                 let mut details = details;
                 details["reason"] = json!(e.to_string());
-                self.auditor.record_alone(&self.pool, info, vec![event.details(details)]).await?;
+                self.record_alone(info, vec![event.details(details)]).await?;
                 tracing::error!(model = name.as_str(), version = stored.view.version, error = %e, "artifact refused to load");
-                Err(ApiError::new(
-                    Code::ArtifactIntegrity,
-                    format!("version {} of model `{name}` cannot be loaded: {e}", stored.view.version),
-                ))
+                Err(RegistryError::Unloadable { model: name.to_string(), version: stored.view.version, reason: e })
             }
         }
     }
@@ -238,11 +234,11 @@ impl RegistryService {
         name: &ModelName,
         version: Option<&VersionRef>,
         info: &RequestInfo,
-    ) -> Result<(StoredVersion, impl futures::Stream<Item = Result<Bytes, std::io::Error>> + use<>), ApiError> {
+    ) -> Result<(StoredVersion, impl futures::Stream<Item = Result<Bytes, std::io::Error>> + use<>), RegistryError> {
         let (stored, data_key) = self.open_version(tenant, name, version).await?;
         let unavailable = |e: ArtifactError| {
             tracing::error!(model = name.as_str(), error = %e, "artifact cannot be read");
-            ApiError::new(Code::ArtifactIntegrity, format!("version {} of model `{name}` cannot be read: {e}", stored.view.version))
+            RegistryError::Unreadable { model: name.to_string(), version: stored.view.version, reason: e }
         };
         let data_key = data_key.map_err(unavailable)?;
         let sealed = SealedRef::of_version(&stored).map_err(unavailable)?;
@@ -257,7 +253,7 @@ impl RegistryService {
         let event = AuditEvent::new(Some(tenant), actor, "model.version_downloaded")
             .resource("model_version", stored.view.id)
             .details(json!({ "model": name.as_str(), "version": stored.view.version, "size_bytes": stored.view.size_bytes }));
-        self.auditor.record_alone(&self.pool, info, vec![event]).await?;
+        self.record_alone(info, vec![event]).await?;
         let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
         let stream = futures::stream::iter(first.map(Ok)).chain(rest).map(|item| {
             item.map_err(|e| {

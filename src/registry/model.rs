@@ -9,25 +9,24 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Code};
+use super::error::RegistryError;
+use super::onnx::ModelSignature;
+use crate::burnml::Architecture;
+
+/// 1-128 of `A-Za-z0-9._-`, starting with a letter or digit: what names a model or a dataset.
+pub fn is_plain_name(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+}
 
 /// A model's name inside its tenant: 1-128 of `A-Za-z0-9._-`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelName(String);
 
 impl ModelName {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
-        let ok = (1..=128).contains(&value.len())
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && value.as_bytes()[0].is_ascii_alphanumeric();
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ApiError::new(
-                Code::InvalidRequest,
-                "a model name has 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
-            ))
-        }
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
+        if is_plain_name(value) { Ok(Self(value.to_owned())) } else { Err(RegistryError::InvalidModelName) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -35,8 +34,8 @@ impl ModelName {
     }
 
     /// A name from a URL: one that cannot exist is simply not found.
-    pub fn lookup(value: &str) -> Result<Self, ApiError> {
-        Self::parse(value).map_err(|_| super::error::model_not_found(value))
+    pub fn lookup(value: &str) -> Result<Self, RegistryError> {
+        Self::parse(value).map_err(|_| RegistryError::ModelNotFound(value.to_owned()))
     }
 }
 
@@ -51,18 +50,11 @@ impl fmt::Display for ModelName {
 pub struct AliasName(String);
 
 impl AliasName {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
         let ok = (1..=63).contains(&value.len())
             && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
             && value.as_bytes()[0].is_ascii_lowercase();
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ApiError::new(
-                Code::InvalidRequest,
-                "an alias has 1-63 of a-z, 0-9, '_' and '-', starting with a letter",
-            ))
-        }
+        if ok { Ok(Self(value.to_owned())) } else { Err(RegistryError::InvalidAlias) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -78,16 +70,14 @@ pub enum VersionRef {
 }
 
 impl VersionRef {
-    pub fn parse(value: &str) -> Result<Self, ApiError> {
+    pub fn parse(value: &str) -> Result<Self, RegistryError> {
         if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
             return match value.parse::<i32>() {
                 Ok(n) if n > 0 => Ok(VersionRef::Number(n)),
-                _ => Err(ApiError::new(Code::InvalidRequest, "a version number is a positive integer")),
+                _ => Err(RegistryError::InvalidVersionNumber),
             };
         }
-        AliasName::parse(value)
-            .map(VersionRef::Alias)
-            .map_err(|_| ApiError::new(Code::InvalidRequest, format!("`{value}` is neither a version number nor an alias")))
+        AliasName::parse(value).map(VersionRef::Alias).map_err(|_| RegistryError::InvalidVersionRef(value.to_owned()))
     }
 }
 
@@ -100,27 +90,12 @@ impl fmt::Display for VersionRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Framework {
-    Onnx,
-    Burn,
-}
-
-impl Framework {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Framework::Onnx => "onnx",
-            Framework::Burn => "burn",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "onnx" => Some(Framework::Onnx),
-            "burn" => Some(Framework::Burn),
-            _ => None,
-        }
+crate::text_enum! {
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Framework {
+        Onnx => "onnx",
+        Burn => "burn",
     }
 }
 
@@ -160,8 +135,8 @@ pub struct ServingLimits {
 }
 
 impl ServingConfig {
-    pub fn check(&self, limits: ServingLimits) -> Result<(), ApiError> {
-        let bad = |what: &str| Err(ApiError::new(Code::InvalidRequest, format!("serving.{what}")));
+    pub fn check(&self, limits: ServingLimits) -> Result<(), RegistryError> {
+        let bad = |what: &'static str| Err(RegistryError::ServingOutOfRange(what));
         if self.instances.is_some_and(|n| !(1..=64).contains(&n)) {
             return bad("instances must be between 1 and 64");
         }
@@ -179,16 +154,10 @@ impl ServingConfig {
         }
         let threads = self.instances.unwrap_or(1) * self.intra_op_threads.unwrap_or(1);
         if threads > limits.max_threads {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("serving: instances × intra_op_threads must be at most {} (the platform's cap per tenant)", limits.max_threads),
-            ));
+            return Err(RegistryError::ServingThreads(limits.max_threads));
         }
         if self.cache_ttl_seconds.is_some_and(|n| n > limits.max_cache_ttl_seconds) {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("serving.cache_ttl_seconds must be at most {} (the platform's cap)", limits.max_cache_ttl_seconds),
-            ));
+            return Err(RegistryError::ServingCacheTtl(limits.max_cache_ttl_seconds));
         }
         if self.preferred_batch_sizes.len() > 16 || self.preferred_batch_sizes.iter().any(|n| !(1..=1024).contains(n)) {
             return bad("preferred_batch_sizes takes at most 16 sizes between 1 and 1024");
@@ -229,16 +198,24 @@ pub struct VersionView {
     pub sha256: String,
     /// ONNX: inputs and outputs (names, OIP datatypes, shapes; -1 = dynamic).
     #[schema(value_type = Option<Object>)]
-    pub signature: Option<serde_json::Value>,
+    #[serde(serialize_with = "keys_sorted")]
+    pub signature: Option<ModelSignature>,
     /// Burn: the architecture and configuration the weights belong to.
     #[schema(value_type = Option<Object>)]
-    pub burn: Option<serde_json::Value>,
+    #[serde(serialize_with = "keys_sorted")]
+    pub burn: Option<Architecture>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// Aliases pointing at this version.
     pub aliases: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// Through `serde_json::Value`, whose objects hold their keys sorted: these documents read like
+/// `metadata` beside them, whatever the order of the fields that build them.
+fn keys_sorted<T: Serialize, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(value).map_err(serde::ser::Error::custom)?.serialize(serializer)
 }
 
 /// What the registry keeps about a stored version: enough to fetch and decrypt it.
@@ -255,6 +232,7 @@ pub struct StoredVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::onnx::TensorSpec;
 
     #[test]
     fn version_refs_parse() {
@@ -264,6 +242,35 @@ mod tests {
         assert!(VersionRef::parse("99999999999").is_err());
         assert!(VersionRef::parse("Prod!").is_err());
         assert!(VersionRef::parse("").is_err());
+    }
+
+    #[test]
+    fn a_view_gives_its_documents_keys_in_sorted_order() {
+        let tensor = |name: &str| TensorSpec { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 2] };
+        let signature =
+            ModelSignature { ir_version: 8, opset: Some(13), producer: None, inputs: vec![tensor("x")], outputs: vec![tensor("y")] };
+        let burn: Architecture =
+            serde_json::from_value(serde_json::json!({ "architecture": "mlp", "config": { "inputs": 2, "hidden": [4], "outputs": 2 } }))
+                .unwrap();
+        let view = VersionView {
+            id: Uuid::nil(),
+            model: "m".into(),
+            framework: Framework::Onnx,
+            version: 1,
+            size_bytes: 1,
+            sha256: String::new(),
+            signature: Some(signature),
+            burn: Some(burn),
+            metadata: serde_json::json!({}),
+            aliases: vec![],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let text = serde_json::to_string(&view).unwrap();
+        let shape = r#"{"datatype":"FP32","name":"x","shape":[-1,2]}"#;
+        assert!(text.contains(&format!(r#""signature":{{"inputs":[{shape}],"ir_version":8,"opset":13,"outputs":"#)), "{text}");
+        assert!(text.contains(r#""producer":null}"#), "{text}");
+        let config = r#"{"activation":"relu","dropout":0.0,"hidden":[4],"inputs":2,"outputs":2,"task":"classification"}"#;
+        assert!(text.contains(&format!(r#""burn":{{"architecture":"mlp","config":{config}}}"#)), "{text}");
     }
 
     #[test]

@@ -9,17 +9,17 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::error::{ArtifactError, RegistryError};
 use super::keys::KeyService;
-use super::error::ArtifactError;
 use super::model::{Framework, ModelName, StoredVersion, VersionView};
 use super::service::RegistryService;
 use super::store::ArtifactStore;
 use super::upload::{Author, Check, Checked, Intake, Limit, NewVersionRow, blocking};
 use crate::audit::AuditEvent;
+use crate::burnml::Architecture;
 use crate::request::RequestInfo;
 use crate::crypto::stream::{Encryptor, sealed_len};
 use crate::crypto::{Key, random_key};
-use crate::error::{ApiError, Code};
 use crate::data::csv::{CsvScanner, CsvTable};
 use crate::tenancy::TenantId;
 use crate::tenancy::db::TenantTx;
@@ -60,7 +60,7 @@ pub struct SealedObject {
 
 impl RegistryService {
     /// Encrypts bytes held in memory into a new object.
-    pub async fn seal(&self, tenant: TenantId, plain: Vec<u8>) -> Result<SealedObject, ApiError> {
+    pub async fn seal(&self, tenant: TenantId, plain: Vec<u8>) -> Result<SealedObject, RegistryError> {
         let id = Uuid::now_v7();
         let data_key = random_key();
         let object_key = ArtifactStore::key_for(tenant.0, id);
@@ -73,18 +73,18 @@ impl RegistryService {
             (sealed, sha256, plain.len() as u64)
         })
         .await?;
-        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        let mut writer = self.store.writer(&object_key).await?;
         if let Err(e) = writer.write(sealed).await {
             writer.abort().await;
-            return Err(ApiError::internal(e));
+            return Err(e.into());
         }
-        writer.finish().await.map_err(ApiError::internal)?;
+        writer.finish().await?;
         Ok(SealedObject { id, object_key, size, stored_bytes: sealed_len(size), sha256, data_key })
     }
 
     /// Streams a CSV body through validation and encryption into a new object. Nothing is
     /// left in the store unless the whole file is valid and fits `max_bytes` and the quota.
-    pub async fn seal_csv<S, E>(&self, tenant: TenantId, mut body: S, max_bytes: u64, declared_len: Option<u64>) -> Result<(SealedObject, CsvTable), ApiError>
+    pub async fn seal_csv<S, E>(&self, tenant: TenantId, mut body: S, max_bytes: u64, declared_len: Option<u64>) -> Result<(SealedObject, CsvTable), RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -100,7 +100,7 @@ impl RegistryService {
         sealed
     }
 
-    async fn seal_reserved<S, E>(&self, tenant: TenantId, id: Uuid, body: &mut S, limit: Limit) -> Result<(SealedObject, CsvTable), ApiError>
+    async fn seal_reserved<S, E>(&self, tenant: TenantId, id: Uuid, body: &mut S, limit: Limit) -> Result<(SealedObject, CsvTable), RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -114,7 +114,7 @@ impl RegistryService {
             received: 0,
             limit,
         };
-        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        let mut writer = self.store.writer(&object_key).await?;
         let (size, sha256, checked) = match Self::stream_into(intake, body, &mut writer).await {
             Ok(done) => done,
             Err(e) => {
@@ -123,14 +123,14 @@ impl RegistryService {
             }
         };
         let Checked::Csv(table) = checked else { unreachable!("a CSV check yields a table") };
-        writer.finish().await.map_err(ApiError::internal)?;
+        writer.finish().await?;
         Ok((SealedObject { id, object_key, size, stored_bytes: sealed_len(size), sha256, data_key }, table))
     }
 
     /// Before a sealed object's row is written: locks the tenant row (serialising with uploads
     /// and key rotation, so the data key is wrapped under the key active at commit) and checks
     /// that `size` more bytes fit the tenant's storage quota.
-    pub async fn reserve(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(), ApiError> {
+    pub async fn reserve(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(), RegistryError> {
         let size = sealed.size;
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
         // An upload's own reservation (if it had one) becomes its row.
@@ -143,7 +143,7 @@ impl RegistryService {
     }
 
     /// Wraps the object's data key under the tenant's active key, for its row.
-    pub async fn wrap(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(Uuid, Vec<u8>), ApiError> {
+    pub async fn wrap(&self, tx: &mut TenantTx, sealed: &SealedObject) -> Result<(Uuid, Vec<u8>), RegistryError> {
         let (tenant_key_id, tenant_key) = self.keys.active_tenant_key(tx).await?;
         Ok((tenant_key_id, KeyService::wrap_data_key(&tenant_key, sealed.id, &sealed.data_key)))
     }
@@ -155,13 +155,13 @@ impl RegistryService {
         sealed: &SealedRef<'_>,
         tenant_key_id: Uuid,
         wrapped_data_key: &[u8],
-    ) -> Result<Vec<u8>, ApiError> {
+    ) -> Result<Vec<u8>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let tenant_key = self.keys.tenant_key(&mut tx, tenant_key_id).await?;
         tx.commit().await?;
         let refused = |e: ArtifactError| {
             tracing::error!(object = %sealed.id, error = %e, "sealed object refused to open");
-            ApiError::new(Code::ArtifactIntegrity, format!("stored object {} cannot be read: {e}", sealed.id))
+            RegistryError::SealedUnreadable { object: sealed.id, reason: e }
         };
         let data_key = KeyService::unwrap_data_key(&tenant_key, sealed.id, wrapped_data_key).map_err(|_| refused(ArtifactError::Key))?;
         self.read_verified(sealed, &data_key).await.map_err(refused)
@@ -175,17 +175,17 @@ impl RegistryService {
     }
 
     /// The framework of a live model, or `None` when there is no such model.
-    pub async fn framework_of(&self, tenant: TenantId, name: &ModelName) -> Result<Option<Framework>, ApiError> {
+    pub async fn framework_of(&self, tenant: TenantId, name: &ModelName) -> Result<Option<Framework>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let found = self.framework_in(&mut tx, name).await?;
         tx.commit().await?;
         Ok(found)
     }
 
-    async fn framework_in(&self, tx: &mut TenantTx, name: &ModelName) -> Result<Option<Framework>, ApiError> {
+    async fn framework_in(&self, tx: &mut TenantTx, name: &ModelName) -> Result<Option<Framework>, RegistryError> {
         match Self::model_id(tx, name, false).await {
             Ok((_, framework)) => Ok(Some(framework)),
-            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(RegistryError::ModelNotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -199,10 +199,10 @@ impl RegistryService {
         author: &Author,
         name: &ModelName,
         sealed: &SealedObject,
-        burn: serde_json::Value,
+        burn: Architecture,
         metadata: serde_json::Value,
         info: &RequestInfo,
-    ) -> Result<VersionView, ApiError> {
+    ) -> Result<VersionView, RegistryError> {
         // The tenant row is locked before any model row is written, in the order every other
         // writer of models and versions takes them; a new model must fit the quota.
         let exists = self.framework_in(tx, name).await?.is_some();
@@ -226,7 +226,7 @@ impl RegistryService {
             == 1;
         let (_, framework) = Self::model_id(tx, name, false).await?;
         if framework != Framework::Burn {
-            return Err(ApiError::new(Code::InvalidRequest, format!("model `{name}` is not a Burn model")));
+            return Err(RegistryError::NotBurn(name.to_string()));
         }
         if created {
             let event = AuditEvent::new(Some(tx.tenant()), author.actor.clone(), "model.created")
@@ -238,7 +238,7 @@ impl RegistryService {
             .fetch_optional(tx.conn())
             .await?;
         if let Some(version) = already {
-            return Err(ApiError::new(Code::AlreadyExists, format!("the job already registered version {version}")));
+            return Err(RegistryError::JobAlreadyRegistered(version));
         }
         let row = NewVersionRow {
             artifact: sealed.id,

@@ -6,16 +6,18 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::error::RegistryError;
 use super::keys::KeyService;
-use super::error::model_not_found;
 use super::model::{AliasName, Framework, ModelName, ModelView, ServingConfig, ServingLimits, StoredVersion, VersionRef, VersionView};
+use super::onnx::ModelSignature;
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor};
+use crate::burnml::Architecture;
 use crate::request::RequestInfo;
-use crate::error::{ApiError, Code};
 use crate::identity::Principal;
 use crate::tenancy::TenantInfo;
 use crate::tenancy::db::TenantTx;
@@ -49,7 +51,7 @@ pub struct ServingInfo {
 struct ModelRow {
     id: Uuid,
     name: String,
-    framework: String,
+    framework: Framework,
     description: String,
     tags: Vec<String>,
     deterministic: bool,
@@ -64,7 +66,7 @@ impl From<ModelRow> for ModelView {
         ModelView {
             id: r.id,
             name: r.name,
-            framework: Framework::parse(&r.framework).unwrap_or(Framework::Onnx),
+            framework: r.framework,
             description: r.description,
             tags: r.tags,
             deterministic: r.deterministic,
@@ -86,7 +88,7 @@ struct VersionRow {
     id: Uuid,
     model_id: Uuid,
     name: String,
-    framework: String,
+    framework: Framework,
     version: i32,
     size_bytes: i64,
     stored_bytes: i64,
@@ -94,8 +96,8 @@ struct VersionRow {
     object_key: String,
     tenant_key_id: Uuid,
     wrapped_data_key: Vec<u8>,
-    signature: Option<serde_json::Value>,
-    burn: Option<serde_json::Value>,
+    signature: Option<Json<ModelSignature>>,
+    burn: Option<Json<Architecture>>,
     metadata: serde_json::Value,
     created_at: OffsetDateTime,
     aliases: Vec<String>,
@@ -107,12 +109,12 @@ impl From<VersionRow> for StoredVersion {
             view: VersionView {
                 id: r.id,
                 model: r.name,
-                framework: Framework::parse(&r.framework).unwrap_or(Framework::Onnx),
+                framework: r.framework,
                 version: r.version,
                 size_bytes: r.size_bytes,
                 sha256: hex::encode(&r.sha256),
-                signature: r.signature,
-                burn: r.burn,
+                signature: r.signature.map(|s| s.0),
+                burn: r.burn.map(|b| b.0),
                 metadata: r.metadata,
                 aliases: r.aliases,
                 created_at: r.created_at,
@@ -132,14 +134,17 @@ const VERSION_SELECT: &str = "SELECT v.id, v.model_id, m.name, m.framework, v.ve
      FROM model_versions v JOIN models m ON m.id = v.model_id \
      WHERE v.tenant_id = $1 AND v.model_id = $2 AND v.deleted_at IS NULL";
 
-
-fn version_not_found(name: &str, version: &VersionRef) -> ApiError {
-    ApiError::not_found(format!("model `{name}` has no version `{version}`"))
+fn version_not_found(name: &ModelName, version: &VersionRef) -> RegistryError {
+    RegistryError::VersionNotFound { model: name.to_string(), version: version.to_string() }
 }
 
-fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
+fn model_not_found(name: &ModelName) -> RegistryError {
+    RegistryError::ModelNotFound(name.to_string())
+}
+
+fn validate_tags(tags: &[String]) -> Result<(), RegistryError> {
     if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(ApiError::new(Code::InvalidRequest, "at most 32 tags of 1-64 characters each"));
+        return Err(RegistryError::InvalidTags);
     }
     Ok(())
 }
@@ -162,9 +167,9 @@ impl RegistryService {
         tenant: &TenantInfo,
         new: NewModel,
         info: &RequestInfo,
-    ) -> Result<ModelView, ApiError> {
+    ) -> Result<ModelView, RegistryError> {
         if new.description.len() > 2000 {
-            return Err(ApiError::new(Code::InvalidRequest, "description has at most 2000 characters"));
+            return Err(RegistryError::DescriptionTooLong);
         }
         validate_tags(&new.tags)?;
         new.serving.check(self.serving_limits)?;
@@ -178,7 +183,7 @@ impl RegistryService {
         .bind(id)
         .bind(tenant.id.0)
         .bind(new.name.as_str())
-        .bind(new.framework.as_str())
+        .bind(new.framework)
         .bind(&new.description)
         .bind(&new.tags)
         .bind(new.deterministic)
@@ -187,11 +192,7 @@ impl RegistryService {
         .execute(tx.conn())
         .await;
         if let Err(e) = inserted {
-            return Err(if crate::db::is_unique_violation(&e) {
-                ApiError::new(Code::AlreadyExists, format!("a model named `{}` already exists", new.name))
-            } else {
-                e.into()
-            });
+            return Err(if crate::db::is_unique_violation(&e) { RegistryError::ModelExists(new.name.to_string()) } else { e.into() });
         }
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.created")
             .resource("model", id)
@@ -202,13 +203,13 @@ impl RegistryService {
         Ok(view)
     }
 
-    async fn model_view(tx: &mut TenantTx, name: &ModelName) -> Result<ModelView, ApiError> {
+    async fn model_view(tx: &mut TenantTx, name: &ModelName) -> Result<ModelView, RegistryError> {
         let sql = format!("{MODEL_SELECT} AND m.name = $2");
         let row: Option<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-        row.map(Into::into).ok_or_else(|| model_not_found(name.as_str()))
+        row.map(Into::into).ok_or_else(|| model_not_found(name))
     }
 
-    pub async fn list_models(&self, tenant: &TenantInfo) -> Result<Vec<ModelView>, ApiError> {
+    pub async fn list_models(&self, tenant: &TenantInfo) -> Result<Vec<ModelView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let sql = format!("{MODEL_SELECT} ORDER BY m.name");
         let rows: Vec<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).fetch_all(tx.conn()).await?;
@@ -216,7 +217,7 @@ impl RegistryService {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn get_model(&self, tenant: &TenantInfo, name: &ModelName) -> Result<ModelView, ApiError> {
+    pub async fn get_model(&self, tenant: &TenantInfo, name: &ModelName) -> Result<ModelView, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let view = Self::model_view(&mut tx, name).await?;
         tx.commit().await?;
@@ -226,7 +227,7 @@ impl RegistryService {
     /// The live model's id and framework, locked against concurrent changes when `lock`.
     /// Locks the tenant row, which serialises model creation per tenant so the count cannot
     /// overshoot the quota, and checks there is room for one more model.
-    pub(super) async fn room_for_a_model(tx: &mut TenantTx) -> Result<(), ApiError> {
+    pub(super) async fn room_for_a_model(tx: &mut TenantTx) -> Result<(), RegistryError> {
         let tenant = tx.tenant().0;
         let (max_models,): (i32,) =
             sqlx::query_as("SELECT max_models FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant).fetch_one(tx.conn()).await?;
@@ -235,20 +236,19 @@ impl RegistryService {
             .fetch_one(tx.conn())
             .await?;
         if live >= max_models as i64 {
-            return Err(ApiError::new(Code::QuotaExceeded, format!("the tenant's quota of {max_models} models is used up")));
+            return Err(RegistryError::ModelQuota(max_models));
         }
         Ok(())
     }
 
-    pub(super) async fn model_id(tx: &mut TenantTx, name: &ModelName, lock: bool) -> Result<(Uuid, Framework), ApiError> {
+    pub(super) async fn model_id(tx: &mut TenantTx, name: &ModelName, lock: bool) -> Result<(Uuid, Framework), RegistryError> {
         let sql = if lock {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL FOR UPDATE"
         } else {
             "SELECT id, framework FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL"
         };
-        let row: Option<(Uuid, String)> = sqlx::query_as(sql).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-        let (id, framework) = row.ok_or_else(|| model_not_found(name.as_str()))?;
-        Ok((id, Framework::parse(&framework).unwrap_or(Framework::Onnx)))
+        let row: Option<(Uuid, Framework)> = sqlx::query_as(sql).bind(tx.tenant().0).bind(name.as_str()).fetch_optional(tx.conn()).await?;
+        row.ok_or_else(|| model_not_found(name))
     }
 
     /// Resolves a version (number, alias, or the latest when `None`) of a live model.
@@ -256,7 +256,7 @@ impl RegistryService {
         tx: &mut TenantTx,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<StoredVersion, ApiError> {
+    ) -> Result<StoredVersion, RegistryError> {
         let (model_id, _) = Self::model_id(tx, name, false).await?;
         let tenant = tx.tenant().0;
         let row: Option<VersionRow> = match version {
@@ -276,8 +276,8 @@ impl RegistryService {
             }
         };
         row.map(Into::into).ok_or_else(|| match version {
-            Some(v) => version_not_found(name.as_str(), v),
-            None => ApiError::not_found(format!("model `{name}` has no versions yet")),
+            Some(v) => version_not_found(name, v),
+            None => RegistryError::NoVersions(name.to_string()),
         })
     }
 
@@ -286,7 +286,7 @@ impl RegistryService {
         tenant: &TenantInfo,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<StoredVersion, ApiError> {
+    ) -> Result<StoredVersion, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let stored = Self::stored_version(&mut tx, name, version).await?;
         tx.commit().await?;
@@ -299,7 +299,7 @@ impl RegistryService {
         tenant: crate::tenancy::TenantId,
         name: &ModelName,
         version: Option<&VersionRef>,
-    ) -> Result<ServingInfo, ApiError> {
+    ) -> Result<ServingInfo, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let stored = Self::stored_version(&mut tx, name, version).await?;
         let (deterministic, serving): (bool, sqlx::types::Json<ServingConfig>) =
@@ -311,7 +311,7 @@ impl RegistryService {
         Ok(ServingInfo { stored, deterministic, serving: serving.0 })
     }
 
-    pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, ApiError> {
+    pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, false).await?;
         let sql = format!("{VERSION_SELECT} ORDER BY v.version");
@@ -329,7 +329,7 @@ impl RegistryService {
         alias: &AliasName,
         version: i32,
         info: &RequestInfo,
-    ) -> Result<ModelView, ApiError> {
+    ) -> Result<ModelView, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let live: Option<i32> = sqlx::query_scalar(
@@ -340,7 +340,7 @@ impl RegistryService {
         .fetch_optional(tx.conn())
         .await?;
         if live.is_none() {
-            return Err(version_not_found(name.as_str(), &VersionRef::Number(version)));
+            return Err(version_not_found(name, &VersionRef::Number(version)));
         }
         let previous: Option<i32> = sqlx::query_scalar("SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2")
             .bind(model_id)
@@ -374,7 +374,7 @@ impl RegistryService {
         name: &ModelName,
         alias: &AliasName,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let removed: Option<i32> =
@@ -383,7 +383,8 @@ impl RegistryService {
                 .bind(alias.as_str())
                 .fetch_optional(tx.conn())
                 .await?;
-        let version = removed.ok_or_else(|| ApiError::not_found(format!("model `{name}` has no alias `{}`", alias.as_str())))?;
+        let version =
+            removed.ok_or_else(|| RegistryError::AliasNotFound { model: name.to_string(), alias: alias.as_str().to_owned() })?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.alias_removed")
             .resource("model", model_id)
             .details(json!({ "model": name.as_str(), "alias": alias.as_str(), "version": version }));
@@ -400,15 +401,12 @@ impl RegistryService {
         name: &ModelName,
         version: &VersionRef,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let stored = Self::stored_version(&mut tx, name, Some(version)).await?;
         if !stored.view.aliases.is_empty() {
-            return Err(ApiError::new(
-                Code::VersionHasAlias,
-                format!("version {} is behind alias(es) {}; move or remove them first", stored.view.version, stored.view.aliases.join(", ")),
-            ));
+            return Err(RegistryError::VersionBehindAlias { version: stored.view.version, aliases: stored.view.aliases });
         }
         sqlx::query("UPDATE model_versions SET deleted_at = now() WHERE id = $1").bind(stored.view.id).execute(tx.conn()).await?;
         let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.version_deleted")
@@ -427,7 +425,7 @@ impl RegistryService {
         tenant: &TenantInfo,
         name: &ModelName,
         info: &RequestInfo,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, true).await?;
         let aliases: Vec<String> = sqlx::query_scalar("SELECT alias FROM model_aliases WHERE model_id = $1 ORDER BY alias")
@@ -435,10 +433,7 @@ impl RegistryService {
             .fetch_all(tx.conn())
             .await?;
         if !aliases.is_empty() {
-            return Err(ApiError::new(
-                Code::VersionHasAlias,
-                format!("model `{name}` still has alias(es) {}; remove them first", aliases.join(", ")),
-            ));
+            return Err(RegistryError::ModelHasAliases { model: name.to_string(), aliases });
         }
         let objects: Vec<String> = sqlx::query_scalar(
             "UPDATE model_versions SET deleted_at = now() WHERE model_id = $1 AND deleted_at IS NULL RETURNING object_key",
@@ -457,6 +452,15 @@ impl RegistryService {
         Ok(())
     }
 
+    /// Records events that accompany no change (a load, a download) in a transaction of their
+    /// own.
+    pub(super) async fn record_alone(&self, info: &RequestInfo, events: Vec<AuditEvent>) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        self.auditor.record(&mut tx, info, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A deleted version keeps its row (the audit trail points at it) but not its ciphertext,
     /// so that deleting frees the tenant's quota for real. Removal follows the commit; a failure
     /// is logged and leaves an orphan object, never a row without its object.
@@ -470,7 +474,7 @@ impl RegistryService {
 
     /// Gives the tenant a new key and re-wraps every data key under it; the artifacts
     /// themselves are not touched. The old key is retired.
-    pub async fn rotate_tenant_key(&self, actor: &Principal, tenant: &TenantInfo, info: &RequestInfo) -> Result<u64, ApiError> {
+    pub async fn rotate_tenant_key(&self, actor: &Principal, tenant: &TenantInfo, info: &RequestInfo) -> Result<u64, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         // Serialises with uploads committing their version (they lock the same row) and with
         // a concurrent rotation.
@@ -489,7 +493,7 @@ impl RegistryService {
                     old_keys.insert(*key_id, self.keys.tenant_key(&mut tx, *key_id).await?);
                 }
                 let data_key = KeyService::unwrap_data_key(&old_keys[key_id], *artifact, wrapped)
-                    .map_err(|e| ApiError::internal(anyhow::anyhow!("data key of object {artifact}: {e}")))?;
+                    .map_err(|e| anyhow::anyhow!("data key of object {artifact}: {e}"))?;
                 sqlx::query(sqlx::AssertSqlSafe(update.clone()))
                     .bind(artifact)
                     .bind(new_id)

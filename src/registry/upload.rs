@@ -8,9 +8,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::BATCH_BYTES;
+use super::error::RegistryError;
 use super::keys::KeyService;
 use super::model::{Framework, ModelName, VersionView};
 use super::onnx::{ModelSignature, SignatureScanner};
@@ -21,7 +23,7 @@ use crate::request::RequestInfo;
 use crate::burnml::Architecture;
 use crate::crypto::random_key;
 use crate::crypto::stream::{Encryptor, sealed_len};
-use crate::error::{ApiError, Code};
+use crate::error::{Code, ErrorCode};
 use crate::identity::Principal;
 use crate::data::csv::{CsvScanner, CsvTable};
 use crate::tenancy::TenantInfo;
@@ -39,10 +41,9 @@ pub struct UploadSpec {
     pub metadata: Option<serde_json::Value>,
 }
 
-pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], ApiError> {
+pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], RegistryError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digest.trim(), &mut out)
-        .map_err(|_| ApiError::new(Code::InvalidRequest, "sha256 must be 64 hexadecimal characters"))?;
+    hex::decode_to_slice(hex_digest.trim(), &mut out).map_err(|_| RegistryError::InvalidSha256)?;
     Ok(out)
 }
 
@@ -61,13 +62,10 @@ impl Limit {
         }
     }
 
-    pub(super) fn exceeded(self) -> ApiError {
+    pub(super) fn exceeded(self) -> RegistryError {
         match self {
-            Limit::Artifact(n) => ApiError::new(Code::PayloadTooLarge, format!("an artifact may have at most {n} bytes")),
-            Limit::Quota(n) => ApiError::new(
-                Code::QuotaExceeded,
-                format!("the artifact does not fit in the tenant's remaining storage quota of {n} bytes"),
-            ),
+            Limit::Artifact(n) => RegistryError::TooLarge(n),
+            Limit::Quota(n) => RegistryError::StorageQuota(n),
         }
     }
 }
@@ -93,18 +91,15 @@ pub(super) enum Checked {
 }
 
 impl Check {
-    fn update(&mut self, piece: &[u8]) -> Result<(), ApiError> {
+    fn update(&mut self, piece: &[u8]) -> Result<(), RegistryError> {
         match self {
-            Check::Onnx(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidModel, e.to_string())),
-            Check::Csv(scanner) => scanner.update(piece).map_err(|e| ApiError::new(Code::InvalidDataset, e.to_string())),
+            Check::Onnx(scanner) => scanner.update(piece).map_err(RegistryError::InvalidOnnx),
+            Check::Csv(scanner) => scanner.update(piece).map_err(RegistryError::InvalidCsv),
             Check::Burn { architecture, weights } => {
                 // Only what the declared architecture's weights can take is ever buffered.
                 let limit = architecture.parameter_count() * 4 + BURN_CONTAINER_BYTES;
                 if weights.len() + piece.len() > limit {
-                    return Err(ApiError::new(
-                        Code::InvalidModel,
-                        format!("larger than the weights of this {} architecture ({limit} bytes at most)", architecture.name()),
-                    ));
+                    return Err(RegistryError::BurnTooLarge { architecture: architecture.name(), limit });
                 }
                 weights.extend_from_slice(piece);
                 Ok(())
@@ -112,13 +107,13 @@ impl Check {
         }
     }
 
-    fn finish(self) -> Result<Checked, ApiError> {
+    fn finish(self) -> Result<Checked, RegistryError> {
         Ok(match self {
-            Check::Onnx(scanner) => Checked::Onnx(scanner.finish().map_err(|e| ApiError::new(Code::InvalidModel, e.to_string()))?),
-            Check::Csv(scanner) => Checked::Csv(scanner.finish().map_err(|e| ApiError::new(Code::InvalidDataset, e.to_string()))?),
+            Check::Onnx(scanner) => Checked::Onnx(scanner.finish().map_err(RegistryError::InvalidOnnx)?),
+            Check::Csv(scanner) => Checked::Csv(scanner.finish().map_err(RegistryError::InvalidCsv)?),
             Check::Burn { architecture, weights } => {
                 crate::burnml::from_bytes(&architecture, &weights)
-                    .map_err(|e| ApiError::new(Code::InvalidModel, format!("not weights of this {} architecture: {e}", architecture.name())))?;
+                    .map_err(|reason| RegistryError::NotBurnWeights { architecture: architecture.name(), reason })?;
                 Checked::Nothing
             }
         })
@@ -136,7 +131,7 @@ pub(super) struct Intake {
 
 impl Intake {
     /// Checks and hashes on a second core while this one encrypts: both only read `pieces`.
-    fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, ApiError> {
+    fn feed(&mut self, pieces: &[Bytes]) -> Result<Vec<Bytes>, RegistryError> {
         self.received += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         if self.received > self.limit.bytes() {
             return Err(self.limit.exceeded());
@@ -148,7 +143,7 @@ impl Intake {
                     check.update(piece)?;
                     digest.update(piece);
                 }
-                Ok::<(), ApiError>(())
+                Ok::<(), RegistryError>(())
             });
             let sealed: Vec<Bytes> = pieces.iter().flat_map(|piece| encryptor.update(piece)).collect();
             checking.join().expect("checking does not panic")?;
@@ -156,26 +151,26 @@ impl Intake {
         })
     }
 
-    fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Checked, u64), ApiError> {
+    fn finish(self) -> Result<(Vec<Bytes>, [u8; 32], Checked, u64), RegistryError> {
         let checked = self.check.finish()?;
         let digest: [u8; 32] = self.digest.finalize().into();
         Ok((self.encryptor.finish(), digest, checked, self.received))
     }
 }
 
-pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, RegistryError> {
+    Ok(tokio::task::spawn_blocking(work).await.map_err(anyhow::Error::new)?)
 }
 
 /// Burn records hold weights, not the graph: they are accepted only for an architecture
 /// Tessera knows, with a configuration it can build.
-fn check_burn_spec(burn: Option<&serde_json::Value>) -> Result<Architecture, ApiError> {
-    let spec = burn.ok_or_else(|| ApiError::new(Code::InvalidRequest, "a Burn artifact needs its `architecture` and `config`"))?;
+fn check_burn_spec(burn: Option<&serde_json::Value>) -> Result<Architecture, RegistryError> {
+    let spec = burn.ok_or(RegistryError::BurnSpecMissing)?;
     let architecture: Architecture = serde_json::from_value(spec.clone()).map_err(|e| {
         let name = spec.get("architecture").and_then(|a| a.as_str()).unwrap_or("");
-        ApiError::new(Code::InvalidRequest, format!("Burn architecture `{name}` (this build knows mlp and conv1d): {e}"))
+        RegistryError::UnknownArchitecture { name: name.to_owned(), reason: e.to_string() }
     })?;
-    architecture.validate().map_err(|e| ApiError::new(Code::InvalidRequest, format!("Burn config: {e}")))?;
+    architecture.validate().map_err(RegistryError::InvalidBurnConfig)?;
     Ok(architecture)
 }
 
@@ -189,7 +184,7 @@ impl RegistryService {
         spec: UploadSpec,
         body: S,
         info: &RequestInfo,
-    ) -> Result<VersionView, ApiError>
+    ) -> Result<VersionView, RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -201,7 +196,7 @@ impl RegistryService {
         {
             let event = AuditEvent::new(Some(tenant.id), AuditActor::from(actor), "model.version_upload_rejected")
                 .outcome(Outcome::Failure)
-                .details(json!({ "model": name.as_str(), "code": error.code().as_str(), "reason": error.detail() }));
+                .details(json!({ "model": name.as_str(), "code": error.code().as_str(), "reason": error.to_string() }));
             if let Err(e) = self.auditor.record_alone(&self.pool, info, vec![event]).await {
                 tracing::warn!(error = ?e, "recording a rejected upload failed");
             }
@@ -217,7 +212,7 @@ impl RegistryService {
         spec: UploadSpec,
         mut body: S,
         info: &RequestInfo,
-    ) -> Result<VersionView, ApiError>
+    ) -> Result<VersionView, RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -225,17 +220,14 @@ impl RegistryService {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (_, framework) = Self::model_id(&mut tx, name, false).await?;
         let burn_architecture = match framework {
-            Framework::Onnx if spec.burn.is_some() => {
-                return Err(ApiError::new(Code::InvalidRequest, "`architecture` and `config` apply to Burn models only"));
-            }
+            Framework::Onnx if spec.burn.is_some() => return Err(RegistryError::BurnSpecOnOnnx),
             Framework::Onnx => None,
             Framework::Burn => Some(check_burn_spec(spec.burn.as_ref())?),
         };
-        let burn = burn_architecture.as_ref().map(|a| serde_json::to_value(a).expect("an architecture serialises"));
         let artifact = Uuid::now_v7();
         let limit = Self::reserve_room(&mut tx, artifact, self.max_artifact_bytes, spec.declared_len).await?;
         tx.commit().await?;
-        let uploaded = self.upload_reserved(actor, tenant, name, spec, &mut body, info, artifact, limit, burn_architecture, burn).await;
+        let uploaded = self.upload_reserved(actor, tenant, name, spec, &mut body, info, artifact, limit, burn_architecture).await;
         if uploaded.is_err() {
             self.release_room(tenant.id, artifact).await;
         }
@@ -245,7 +237,7 @@ impl RegistryService {
     /// Holds room in the tenant's storage quota for an upload about to stream, under the
     /// tenant row's lock: `declared` bytes, or (length unknown) all that one upload may take.
     /// Returns the limit the stream is held to.
-    pub(super) async fn reserve_room(tx: &mut TenantTx, id: Uuid, cap: u64, declared: Option<u64>) -> Result<Limit, ApiError> {
+    pub(super) async fn reserve_room(tx: &mut TenantTx, id: Uuid, cap: u64, declared: Option<u64>) -> Result<Limit, RegistryError> {
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tx.tenant().0).execute(tx.conn()).await?;
         sqlx::query("DELETE FROM storage_reservations WHERE tenant_id = $1 AND expires_at <= now()")
             .bind(tx.tenant().0)
@@ -292,9 +284,8 @@ impl RegistryService {
         info: &RequestInfo,
         artifact: Uuid,
         limit: Limit,
-        burn_architecture: Option<Architecture>,
-        burn: Option<serde_json::Value>,
-    ) -> Result<VersionView, ApiError>
+        burn: Option<Architecture>,
+    ) -> Result<VersionView, RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -304,14 +295,14 @@ impl RegistryService {
         let intake = Intake {
             encryptor: Encryptor::new(&data_key, &artifact),
             digest: Sha256::new(),
-            check: match &burn_architecture {
+            check: match &burn {
                 None => Check::Onnx(SignatureScanner::new()),
                 Some(architecture) => Check::Burn { architecture: Box::new(architecture.clone()), weights: Vec::new() },
             },
             received: 0,
             limit,
         };
-        let mut writer = self.store.writer(&object_key).await.map_err(ApiError::internal)?;
+        let mut writer = self.store.writer(&object_key).await?;
         let streamed = Self::stream_into(intake, body, &mut writer).await;
         let (size, digest, checked) = match streamed {
             Ok(done) => done,
@@ -324,12 +315,9 @@ impl RegistryService {
             && expected != digest
         {
             writer.abort().await;
-            return Err(ApiError::new(
-                Code::ChecksumMismatch,
-                format!("the uploaded bytes have SHA-256 {}, not {}", hex::encode(digest), hex::encode(expected)),
-            ));
+            return Err(RegistryError::ChecksumMismatch { actual: digest, expected });
         }
-        writer.finish().await.map_err(ApiError::internal)?;
+        writer.finish().await?;
 
         let row = NewVersionRow {
             artifact,
@@ -338,7 +326,7 @@ impl RegistryService {
             object_key: &object_key,
             data_key,
             signature: match checked {
-                Checked::Onnx(s) => Some(serde_json::to_value(s).expect("signature serialises")),
+                Checked::Onnx(s) => Some(s),
                 Checked::Nothing | Checked::Csv(_) => None,
             },
             burn,
@@ -360,7 +348,7 @@ impl RegistryService {
         mut intake: Intake,
         body: &mut S,
         writer: &mut ArtifactWriter,
-    ) -> Result<(u64, [u8; 32], Checked), ApiError>
+    ) -> Result<(u64, [u8; 32], Checked), RegistryError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -371,7 +359,7 @@ impl RegistryService {
             let next = body.next().await;
             let done = next.is_none();
             if let Some(piece) = next {
-                let piece = piece.map_err(|e| ApiError::new(Code::ClientError, format!("the upload was interrupted: {e}")))?;
+                let piece = piece.map_err(|e| RegistryError::Interrupted(e.to_string()))?;
                 batched += piece.len();
                 batch.push(piece);
             }
@@ -384,20 +372,20 @@ impl RegistryService {
                 })
                 .await?;
                 intake = back;
-                writer.write(sealed?).await.map_err(ApiError::internal)?;
+                writer.write(sealed?).await?;
             }
             if done {
                 break;
             }
         }
         let (sealed, digest, checked, size) = blocking(move || intake.finish()).await??;
-        writer.write(sealed).await.map_err(ApiError::internal)?;
+        writer.write(sealed).await?;
         Ok((size, digest, checked))
     }
 
     /// Bytes of the tenant's storage quota not yet used by live versions and datasets, nor
     /// reserved by uploads in flight.
-    pub(super) async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, ApiError> {
+    pub(super) async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, RegistryError> {
         let (max, used): (i64, i64) = sqlx::query_as(
             "SELECT t.max_storage_bytes, (COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
              WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0) \
@@ -419,7 +407,7 @@ impl RegistryService {
         name: &ModelName,
         row: NewVersionRow<'_>,
         info: &RequestInfo,
-    ) -> Result<VersionView, ApiError> {
+    ) -> Result<VersionView, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let author = Author { actor: AuditActor::from(actor), user: actor.user_id(), job: None };
         let view = self.insert_version(&mut tx, &author, name, row, info).await?;
@@ -437,7 +425,7 @@ impl RegistryService {
         name: &ModelName,
         row: NewVersionRow<'_>,
         info: &RequestInfo,
-    ) -> Result<VersionView, ApiError> {
+    ) -> Result<VersionView, RegistryError> {
         let tenant = tx.tenant();
         // Locking the tenant row serialises commits of one tenant, so concurrent uploads
         // cannot together overshoot the quota that each of them fitted alone.
@@ -471,8 +459,8 @@ impl RegistryService {
         .bind(row.object_key)
         .bind(tenant_key_id)
         .bind(&wrapped_data_key)
-        .bind(&row.signature)
-        .bind(&row.burn)
+        .bind(row.signature.as_ref().map(Json))
+        .bind(row.burn.as_ref().map(Json))
         .bind(&row.metadata)
         .bind(author.user)
         .bind(author.job)
@@ -514,7 +502,7 @@ pub(super) struct NewVersionRow<'a> {
     /// Wrapped at commit, under the tenant key active then: a rotation that commits while the
     /// bytes stream cannot leave this version under a retired key.
     pub(super) data_key: crate::crypto::Key,
-    pub(super) signature: Option<serde_json::Value>,
-    pub(super) burn: Option<serde_json::Value>,
+    pub(super) signature: Option<ModelSignature>,
+    pub(super) burn: Option<Architecture>,
     pub(super) metadata: serde_json::Value,
 }
