@@ -122,7 +122,7 @@ impl AppState {
         ));
         let artifacts = ArtifactStore::from_settings(&settings.registry.storage)?;
         let notary = Notary::new(audit_signer.clone(), artifacts.object_store());
-        let audit = AuditService::new(db.clone(), auditor.clone(), audit_signer.clone(), notary.clone(), tenants.clone());
+        let audit = AuditService::new(db.clone(), auditor.clone(), notary.clone(), tenants.clone());
         let registry = RegistryService::new(
             db.clone(),
             artifacts,
@@ -212,8 +212,9 @@ pub fn create_app(
     let body_limit = state.settings.server.max_body_bytes;
     let proxies = crate::net::TrustedProxies::parse(&state.settings.server.trusted_proxies)
         .expect("server.trusted_proxies was validated with the configuration");
-    // Each handler reaches only the service its guard names (or, unguarded, the one it
-    // extracts); the application state as a whole is not reachable from a request.
+    // Each handler reaches the service its guard names (registry handlers that change what is
+    // served also take the model manager, after their guard); public handlers get only public
+    // documents. The application state as a whole is not reachable from a request.
     let (app, _) = App::new()
         .app_data(web::Data::new(()))
         .app_data(web::Data::new(state.identity.clone()))
@@ -223,7 +224,8 @@ pub fn create_app(
         .app_data(web::Data::new(state.inference.clone()))
         .app_data(web::Data::new(state.jobs.clone()))
         .app_data(web::Data::from(state.inference.models.clone()))
-        .app_data(web::Data::from(state.keyring.clone()))
+        .app_data(web::Data::new(crate::identity::jwt::Jwks(state.keyring.jwks())))
+        .app_data(web::Data::new(crate::audit::signing::PublicKeySet(state.audit_signer.public_keys())))
         .app_data(web::Data::new(crate::http::health::Probes::new(state.db.clone(), state.redis.clone())))
         .app_data(proxies)
         .app_data(shared.allowed_methods.clone())

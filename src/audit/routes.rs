@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::chain::ChainedEvent;
 use super::export::{AuditFilters, ExportFormat};
 use super::service::{AuditService, AuditSettings};
+use super::signing::PublicKeySet;
 use super::{AuditActor, PLATFORM};
 use crate::error::{ApiError, Code};
 use crate::http::guard::{Guarded, TenantPath, tenant_not_found};
@@ -138,8 +139,8 @@ pub async fn export_events(
 /// The public keys that verify audit checkpoints and export manifests, by key id.
 #[utoipa::path(tag = "audit", responses((status = 200, description = "Key set", body = Object)))]
 #[get("/v1/audit/keys")]
-pub async fn signing_keys(audit: web::Data<AuditService>) -> HttpResponse {
-    HttpResponse::Ok().json(audit.public_keys())
+pub async fn signing_keys(keys: web::Data<PublicKeySet>) -> HttpResponse {
+    HttpResponse::Ok().json(&keys.0)
 }
 
 /// A tenant's audit settings.

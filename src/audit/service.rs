@@ -1,5 +1,5 @@
 //! The audit log as tenants and compliance officers see it: reading a chain page by page,
-//! starting an export (itself recorded), the signing keys, and the per-tenant settings.
+//! starting an export (itself recorded), and the per-tenant settings.
 
 use std::sync::Arc;
 
@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::chain::ChainedEvent;
 use super::export::{ExportFormat, ExportJob, ParsedFilters};
 use super::notary::Notary;
-use super::signing::AuditSigner;
 use super::{AuditActor, AuditError, AuditEvent, Auditor, PLATFORM};
 use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
@@ -55,14 +54,13 @@ impl Default for AuditSettings {
 pub struct AuditService {
     pool: PgPool,
     auditor: Auditor,
-    signer: Arc<AuditSigner>,
     notary: Notary,
     tenants: TenantDirectory,
 }
 
 impl AuditService {
-    pub fn new(pool: PgPool, auditor: Auditor, signer: Arc<AuditSigner>, notary: Notary, tenants: TenantDirectory) -> Self {
-        Self { pool, auditor, signer, notary, tenants }
+    pub fn new(pool: PgPool, auditor: Auditor, notary: Notary, tenants: TenantDirectory) -> Self {
+        Self { pool, auditor, notary, tenants }
     }
 
     /// A tenant by slug, for resolving `?tenant=`; visibility is the caller's to decide.
@@ -94,10 +92,6 @@ impl AuditService {
             .details(details);
         self.auditor.record_alone(&self.pool, info, vec![event]).await?;
         Ok(ExportJob { pool: self.pool.clone(), tenant: chain, scope, filters, format, notary: self.notary.clone() })
-    }
-
-    pub fn public_keys(&self) -> serde_json::Value {
-        self.signer.public_keys()
     }
 
     pub async fn settings(&self, tenant: TenantId) -> Result<AuditSettings, sqlx::Error> {

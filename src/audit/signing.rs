@@ -67,3 +67,7 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
 pub fn verify(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
     Signature::from_slice(signature).is_ok_and(|sig| key.verify(message, &sig).is_ok())
 }
+
+/// The audit signing keys' public halves, as `GET /v1/audit/keys` serves them to anyone: the
+/// handler holds this document, not the signer.
+pub struct PublicKeySet(pub serde_json::Value);

@@ -44,6 +44,10 @@ struct SigningKey {
     encoding: EncodingKey,
 }
 
+/// The public half of the keyring as a JWKS document: what unauthenticated clients may read,
+/// so that the handler serving it never holds a signing key.
+pub struct Jwks(pub serde_json::Value);
+
 pub struct Keyring {
     signer: SigningKey,
     verifiers: HashMap<String, DecodingKey>,

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::jwt::Keyring;
+use super::jwt::Jwks;
 use super::perm;
 use super::service::{IdentityService, MeView, PasswordReset, TokenPair};
 use crate::http::guard::Guarded;
@@ -191,7 +191,7 @@ pub async fn redeem_password_reset(
 /// Public keys that verify Tessera's access tokens (JWK Set; Ed25519 `OKP` keys with `kid`).
 #[utoipa::path(tag = "auth", responses((status = 200, description = "JWK Set", body = Object)))]
 #[get("/.well-known/jwks.json")]
-pub async fn jwks(keyring: web::Data<Keyring>) -> HttpResponse {
-    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=300")).json(keyring.jwks())
+pub async fn jwks(jwks: web::Data<Jwks>) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=300")).json(&jwks.0)
 }
 
