@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::service::InferenceAuditMode;
 use super::redact::{MaskPolicy, mask_ip, write_addr};
 use crate::request::RequestInfo;
 use super::{AuditActor, AuditEvent, Auditor, Outcome, Record, chain};
@@ -82,13 +83,14 @@ pub enum CallMode {
 }
 
 impl CallMode {
-    /// As records state it in `details.audit_mode`.
+    /// As records state it in `details.audit_mode`: the setting's own spelling.
     fn label(self) -> &'static str {
         match self {
-            CallMode::EveryCall => "every_call",
-            CallMode::Sampled(_) => "sampled",
-            CallMode::Aggregated => "aggregated",
+            CallMode::EveryCall => InferenceAuditMode::EveryCall,
+            CallMode::Sampled(_) => InferenceAuditMode::Sampled,
+            CallMode::Aggregated => InferenceAuditMode::Aggregated,
         }
+        .as_str()
     }
 }
 
@@ -179,16 +181,18 @@ impl AuditSink {
     }
 
     async fn read_mode(&self, tenant: Uuid) -> CallMode {
-        let row: Option<(String, f64)> =
+        // Unreadable settings (the database down, a row that does not decode) record every
+        // call: the mode that loses nothing.
+        let row: Option<(InferenceAuditMode, f64)> =
             sqlx::query_as("SELECT inference_mode, inference_sample_rate FROM audit_settings WHERE tenant_id = $1")
                 .bind(tenant)
                 .fetch_optional(&self.pool)
                 .await
                 .unwrap_or(None);
         let mode = match row {
-            Some((mode, rate)) if mode == "sampled" => CallMode::Sampled(rate),
-            Some((mode, _)) if mode == "aggregated" => CallMode::Aggregated,
-            _ => CallMode::EveryCall,
+            Some((InferenceAuditMode::Sampled, rate)) => CallMode::Sampled(rate),
+            Some((InferenceAuditMode::Aggregated, _)) => CallMode::Aggregated,
+            Some((InferenceAuditMode::EveryCall, _)) | None => CallMode::EveryCall,
         };
         self.modes.write().insert(tenant, (mode, Instant::now()));
         mode
