@@ -314,7 +314,7 @@ fn load_settings() -> Result<Settings, ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Openapi { output } => {
-            let text = crate::http::openapi::spec_json();
+            let text = crate::api::openapi::spec_json();
             match output {
                 Some(path) => std::fs::write(&path, text)?,
                 None => std::io::stdout().write_all(text.as_bytes())?,

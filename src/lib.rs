@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the module map and the invariants between modules.
 
+pub mod api;
 pub mod audit;
 pub mod burnml;
 pub mod cli;

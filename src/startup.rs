@@ -183,7 +183,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new() -> Self {
-        let openapi = crate::http::openapi::spec();
+        let openapi = crate::api::openapi::spec();
         let allowed_methods = web::Data::new(fallback::AllowedMethods::from_spec(&openapi));
         Self { openapi, allowed_methods }
     }
@@ -234,7 +234,7 @@ pub fn create_app(
         .app_data(extract::query_config())
         .app_data(extract::path_config())
         .into_utoipa_app()
-        .configure(crate::http::api::routes)
+        .configure(crate::api::routes)
         .split_for_parts();
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", shared.openapi))
         .default_service(web::to(fallback::route_not_found))

@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("main", &["main"]),
     ("cli", &["cli", "client"]),
     ("startup", &["startup"]),
-    ("route table", &["http::api", "http::openapi"]),
+    ("route table", &["api"]),
     ("handlers", &["*::routes"]),
     ("HTTP edge", &["http"]),
     ("jobs", &["jobs"]),

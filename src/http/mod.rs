@@ -1,11 +1,10 @@
-//! The HTTP edge: middleware every request passes, extractor error mapping, the fallback
-//! routes, the OpenAPI document and the operational endpoints.
+//! The HTTP edge below the handlers: middleware every request passes, the guard, extractor
+//! error mapping, the fallback routes and the operational endpoints. It knows no handler; the
+//! route table (`api`) sits above both.
 
-pub mod api;
 pub mod authenticate;
 pub mod edge;
 pub mod extract;
 pub mod fallback;
 pub mod guard;
 pub mod health;
-pub mod openapi;

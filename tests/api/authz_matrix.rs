@@ -94,7 +94,7 @@ const JOB_RUNNERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 const AUDITORS: &[As] = &[PlatformAdmin, Owner, Auditor];
 
 pub fn spec_routes() -> Vec<(String, String, bool)> {
-    let spec: serde_json::Value = serde_json::from_str(&tessera::http::openapi::spec_json()).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&tessera::api::openapi::spec_json()).unwrap();
     let mut routes = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {

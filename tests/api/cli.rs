@@ -15,7 +15,7 @@ fn tessera() -> Command {
 fn openapi_command_prints_the_committed_document() {
     let output = tessera().arg("openapi").output().unwrap();
     assert!(output.status.success());
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), tessera::http::openapi::spec_json());
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), tessera::api::openapi::spec_json());
 }
 
 #[test]

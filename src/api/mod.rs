@@ -1,5 +1,7 @@
-//! The route table: every route of the API, in the order the router tries them. The server and
-//! the OpenAPI document are both built from it, so what is served is what is documented.
+//! The API as a whole: the route table, every route in the order the router tries them, and
+//! the OpenAPI document built from it (`openapi`), so what is served is what is documented.
+
+pub mod openapi;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -10,7 +12,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     use crate::jobs::routes as jobs;
     use crate::registry::routes as models;
     use crate::identity::admin::routes as tenancy;
-    use super::health;
+    use crate::http::health;
     // The router tries routes in this order, matching each dynamic one with a regex: the
     // inference routes, by far the hottest, come first.
     cfg.service(oip::infer_latest)

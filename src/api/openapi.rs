@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document. Handlers carry their own `#[utoipa::path]`; the route table in
-//! `http::api::routes` registers them, so the served routes and the spec cannot drift apart.
+//! `api::routes` registers them, so the served routes and the spec cannot drift apart.
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilder};
@@ -33,7 +33,7 @@ pub struct ApiDoc;
 
 /// The complete document, built from the same route table the server runs.
 pub fn spec() -> OpenApiDoc {
-    let (_, mut doc) = actix_web::App::new().into_utoipa_app().configure(super::api::routes).split_for_parts();
+    let (_, mut doc) = actix_web::App::new().into_utoipa_app().configure(super::routes).split_for_parts();
     let mut base = ApiDoc::openapi();
     base.merge(std::mem::take(&mut doc));
     StandardErrors.modify(&mut base);
