@@ -294,6 +294,10 @@ pub(crate) fn problem_response(status: StatusCode, problem: &Problem, retry_afte
     if let Some(secs) = retry_after_secs {
         response.insert_header((header::RETRY_AFTER, secs));
     }
+    // RFC 9110: every 401 names the scheme that would be accepted.
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\"")));
+    }
     response.body(body)
 }
 

@@ -143,4 +143,10 @@ fn add_standard_errors(operation: &mut Operation) {
         add("429", "Tenant rate limit exceeded; see `Retry-After` (`rate_limited`)");
     }
     add("500", "Unexpected server failure (`internal_error`)");
+    // Every 401 names the scheme that would be accepted.
+    if let Some(RefOr::T(unauthorized)) = responses.get_mut("401") {
+        let mut header = utoipa::openapi::header::Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String));
+        header.description = Some("`Bearer realm=\"tessera\"`".to_owned());
+        unauthorized.headers.insert("WWW-Authenticate".to_owned(), RefOr::T(header));
+    }
 }

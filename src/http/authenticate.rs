@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use actix_web::http::header::{AUTHORIZATION, HeaderValue};
 use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
@@ -68,11 +68,7 @@ pub struct AuthenticateMiddleware<S> {
 }
 
 fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
-    let mut response = error.error_response();
-    if error.code().status() == actix_web::http::StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
-    }
-    req.into_response(response).map_into_right_body()
+    req.into_response(error.error_response()).map_into_right_body()
 }
 
 impl<S, B> Service<ServiceRequest> for AuthenticateMiddleware<S>

@@ -381,3 +381,23 @@ async fn passwords_are_stored_as_argon2id_hashes() {
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.db).await.unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 }
+
+/// RFC 9110: every 401 says which scheme would be accepted, whatever refused the request.
+#[tokio::test]
+async fn every_401_names_the_bearer_scheme() {
+    let app = spawn_app().await;
+    let refused = [
+        app.get("/v1/me").await,
+        app.get_as("/v1/me", "not-a-token").await,
+        app.client
+            .post(app.url("/v1/auth/login"))
+            .json(&serde_json::json!({ "email": "nobody@tessera.test", "password": "wrong password!" }))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for response in refused {
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"tessera\"");
+    }
+}
