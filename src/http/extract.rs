@@ -5,6 +5,12 @@ use actix_web::web;
 
 use crate::error::{ApiError, Code};
 
+// For the OpenAPI document only: a `Vec<u8>` would be documented as a JSON array of integers.
+/// Raw bytes, sent and returned as they are (`application/octet-stream`).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(pub Vec<u8>);
+
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default().limit(limit).error_handler(|error, _| json_error(error).into())
 }

@@ -11,6 +11,7 @@ use super::upload::{UploadSpec, parse_sha256};
 use crate::audit::AuditActor;
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
+use crate::http::extract::Binary;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
 use super::RegistryService;
@@ -151,7 +152,7 @@ pub async fn delete_model(
 /// encrypted as it arrives. ONNX models are validated and their signature extracted.
 #[utoipa::path(
     tag = "models", params(TenantPath, ModelPath, UploadQuery), security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact"),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The artifact"),
     responses(
         (status = 201, body = VersionView),
         (status = 422, description = "Not a valid model (`invalid_model`)"),
@@ -231,7 +232,7 @@ pub async fn get_version(
 /// Download a version's artifact, decrypted and verified as it streams (audited).
 #[utoipa::path(
     tag = "models", params(TenantPath, VersionPath), security(("bearer" = [])),
-    responses((status = 200, description = "The artifact", content_type = "application/octet-stream", body = Vec<u8>))
+    responses((status = 200, description = "The artifact", content_type = "application/octet-stream", body = Binary))
 )]
 #[get("/v1/tenants/{tenant}/models/{model}/versions/{version}/artifact")]
 pub async fn download_version(
