@@ -57,13 +57,54 @@ impl DatasetName {
 }
 
 /// A job as submitted: `POST /v1/jobs`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobRequest {
     /// Train a Burn model on a dataset and register the result as a new version.
     Train(TrainRequest),
     /// Run a model version over every row of a dataset; the predictions become a CSV output.
     BatchInfer(BatchInferRequest),
+}
+
+// Documented by hand: derived, each kind would be its request's schema (which admits no
+// other property) joined with `kind` by `allOf`, a combination no body satisfies. Here each
+// kind is one object that holds its `kind`, and `kind` tells them apart.
+impl utoipa::PartialSchema for JobRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{Discriminator, ObjectBuilder, OneOfBuilder, Schema, Type};
+        fn tagged(kind: &str, description: &str, request: RefOr<Schema>) -> Schema {
+            let RefOr::T(Schema::Object(mut object)) = request else {
+                unreachable!("a job request derives an inline object schema")
+            };
+            let tag = ObjectBuilder::new().schema_type(Type::String).enum_values(Some([kind]));
+            object.properties.insert("kind".to_owned(), tag.into());
+            object.required.insert(0, "kind".to_owned());
+            object.description = Some(description.to_owned());
+            Schema::Object(object)
+        }
+        OneOfBuilder::new()
+            .item(tagged(
+                JobKind::Train.as_str(),
+                "Train a Burn model on a dataset and register the result as a new version.",
+                <TrainRequest as utoipa::PartialSchema>::schema(),
+            ))
+            .item(tagged(
+                JobKind::BatchInfer.as_str(),
+                "Run a model version over every row of a dataset; the predictions become a CSV output.",
+                <BatchInferRequest as utoipa::PartialSchema>::schema(),
+            ))
+            .discriminator(Some(Discriminator::new("kind")))
+            .description(Some("A job as submitted: `POST /v1/jobs`."))
+            .into()
+    }
+}
+
+impl ToSchema for JobRequest {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <TrainRequest as ToSchema>::schemas(schemas);
+        <BatchInferRequest as ToSchema>::schemas(schemas);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
