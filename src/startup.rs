@@ -239,10 +239,12 @@ pub fn create_app(
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", shared.openapi))
         .default_service(web::to(fallback::route_not_found))
         // Middleware order, outermost last: Edge sees every response (request id, metrics,
-        // panics), then the per-request span, then problem+json rewriting, then
-        // authentication (before any handler or body extractor runs).
+        // panics), then the per-request span, then compression (gzip or zstd, as the client
+        // accepts; a response that names its encoding is left alone), then problem+json
+        // rewriting, then authentication (before any handler or body extractor runs).
         .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
         .wrap(fallback::problem_rewriter())
+        .wrap(actix_web::middleware::Compress::default())
         .wrap(TracingLogger::<TesseraRootSpan>::new())
         .wrap(Edge::new(state.metrics.clone()))
 }

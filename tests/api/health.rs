@@ -92,3 +92,30 @@ async fn request_ids_are_echoed_or_generated() {
     let response = app.client.get(app.url("/healthz")).header("x-request-id", "bad id with spaces").send().await.unwrap();
     assert_ne!(response.headers()["x-request-id"], "bad id with spaces");
 }
+
+/// Responses are compressed as the client asks (gzip, zstd), streamed ones included; an
+/// inference answer goes out as it is.
+#[tokio::test]
+async fn responses_are_compressed_as_the_client_accepts() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    let plain = app.client.get(app.url("/openapi.json")).send().await.unwrap().bytes().await.unwrap();
+    for (encoding, decode) in [
+        ("gzip", &(|b: &[u8]| {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(b).read_to_end(&mut out).unwrap();
+            out
+        }) as &dyn Fn(&[u8]) -> Vec<u8>),
+        ("zstd", &|b: &[u8]| zstd::decode_all(b).unwrap()),
+    ] {
+        let response =
+            app.client.get(app.url("/openapi.json")).header("accept-encoding", encoding).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], encoding);
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() * 4 < plain.len(), "{encoding}: {} of {} bytes", body.len(), plain.len());
+        assert_eq!(decode(&body), plain.to_vec(), "{encoding} decodes to the document");
+    }
+    let identity = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    assert!(identity.headers().get("content-encoding").is_none());
+}

@@ -528,3 +528,35 @@ async fn a_model_that_fails_to_load_is_refused_at_once_for_a_while() {
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'model.load_failed'").fetch_one(&app.db).await.unwrap();
     assert_eq!(failures, 1);
 }
+
+/// Inference answers go out as they are even to a client that accepts compression; the admin
+/// API beside them is compressed.
+#[tokio::test]
+async fn inference_answers_are_never_compressed() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    acme.model(&app, "adder", ADD, json!({})).await;
+    let response = app
+        .client
+        .post(app.url("/v2/models/adder/infer"))
+        .bearer_auth(&acme.key)
+        .header("accept-encoding", "gzip, zstd")
+        .json(&add_request(64, 0.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "identity");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][0]["shape"], json!([64, 4]));
+    let listing = app
+        .client
+        .get(app.url("/v1/tenants/acme/models/adder/versions"))
+        .bearer_auth(&acme.owner)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listing.headers()["content-encoding"], "gzip");
+}
