@@ -31,6 +31,7 @@ pub struct PageQuery {
     /// From `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

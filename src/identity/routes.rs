@@ -116,7 +116,8 @@ pub async fn me(guard: Guarded<{ perm::SELF_READ }, IdentityService>) -> Result<
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
-    /// At least 12 characters.
+    /// At least 12 characters (and at most 1024 bytes).
+    #[schema(min_length = 12, max_length = 256)]
     pub new_password: String,
 }
 
@@ -167,7 +168,8 @@ pub async fn issue_password_reset(
 pub struct RedeemResetRequest {
     /// The reset token (`tsr_…`).
     pub token: String,
-    /// At least 12 characters.
+    /// At least 12 characters (and at most 1024 bytes).
+    #[schema(min_length = 12, max_length = 256)]
     pub new_password: String,
 }
 

@@ -34,3 +34,25 @@ async fn docs_render_from_the_local_server_alone() {
     let spec: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
 }
+
+/// What the document says of a tenant's fields is what the server holds to: a name is up to
+/// 200 characters (not bytes), and out-of-range limits are refused with `invalid_request`.
+#[tokio::test]
+async fn tenant_fields_are_checked_as_documented() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let create = |body: serde_json::Value| {
+        let app = &app;
+        let admin = admin.clone();
+        async move { app.post_json("/v1/tenants", Some(&admin), &body).await }
+    };
+    let wide = "é".repeat(200);
+    assert_eq!(create(serde_json::json!({ "slug": "wide", "name": wide })).await.status(), 201);
+    for (field, value) in [("rate_limit_per_second", 0), ("rate_limit_burst", 0), ("max_models", -1), ("max_storage_bytes", -1)] {
+        let mut body = serde_json::json!({ "slug": "limits", "name": "Limits" });
+        body[field] = value.into();
+        assert_problem(create(body).await, 400, "invalid_request").await;
+    }
+    assert_problem(create(serde_json::json!({ "slug": "blank", "name": "   " })).await, 400, "invalid_request").await;
+    assert_problem(create(serde_json::json!({ "slug": "long", "name": "x".repeat(201) })).await, 400, "invalid_request").await;
+}

@@ -157,7 +157,7 @@ impl TenantService {
 
     pub async fn create_tenant(&self, actor: &Principal, new: NewTenant, info: &RequestInfo) -> Result<TenantView, IdentityError> {
         let name = new.name.trim();
-        if name.is_empty() || name.len() > 200 {
+        if name.is_empty() || name.chars().count() > 200 {
             return Err(IdentityError::InvalidRequest("name must have 1-200 characters"));
         }
         for (field, value) in [

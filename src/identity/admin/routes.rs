@@ -17,13 +17,23 @@ use crate::identity::{Role, perm};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
-    #[schema(example = "acme")]
+    /// 2-63 of `a-z`, `0-9` and `-`, not starting with `-`.
+    #[schema(example = "acme", pattern = "^[a-z0-9][a-z0-9-]{1,62}$")]
     pub slug: String,
-    #[schema(example = "Acme Corp")]
+    /// Shown to people; leading and trailing spaces are dropped.
+    #[schema(example = "Acme Corp", min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    /// Default 100.
+    #[schema(minimum = 0)]
     pub max_models: Option<i32>,
+    /// Default 10 GiB.
+    #[schema(minimum = 0)]
     pub max_storage_bytes: Option<i64>,
+    /// Default 1000.
+    #[schema(minimum = 1)]
     pub rate_limit_per_second: Option<i32>,
+    /// Default 2000.
+    #[schema(minimum = 1)]
     pub rate_limit_burst: Option<i32>,
 }
 
@@ -130,6 +140,7 @@ pub struct AcceptInvitationRequest {
     pub token: String,
     /// For a new account: the password it will have (at least 12 characters). An existing
     /// account accepts while logged in (`Authorization: Bearer <access token>`) and leaves it out.
+    #[schema(min_length = 12, max_length = 256)]
     pub password: Option<String>,
 }
 
@@ -263,7 +274,8 @@ pub struct CreateApiKeyRequest {
     pub name: String,
     /// `admin`, `ml_engineer`, `auditor` or `inference`.
     pub role: Role,
-    /// Days until the key expires; never when absent.
+    /// Days until the key expires (1-3650); never when absent.
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
 
