@@ -547,7 +547,7 @@ async fn inference_answers_are_never_compressed() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-encoding"], "identity");
+    assert!(response.headers().get("content-encoding").is_none(), "{:?}", response.headers());
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["outputs"][0]["shape"], json!([64, 4]));
     let listing = app
