@@ -222,17 +222,8 @@ impl ApiError {
         Self::new(Code::ServiceUnavailable, detail).with_retry_after(retry_after_secs)
     }
 
-    pub fn not_found(what: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(Code::NotFound, what)
-    }
-
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
-        self
-    }
-
-    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
-        self.source = Some(source.into());
         self
     }
 
@@ -301,19 +292,17 @@ pub(crate) fn problem_response(status: StatusCode, problem: &Problem, retry_afte
     response.body(body)
 }
 
-/// Any failure that is not an `ApiError` by the time it reaches the edge is the server's fault.
+/// A database or other failure that reaches a handler undressed is read as every domain reads
+/// it: through `Fault`, the one place that knows a pool timeout is worth a retry.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut => ApiError::unavailable("the database is not reachable right now", 2).with_source(e),
-            _ => ApiError::internal(e),
-        }
+        ApiError::from(Fault::from(e))
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError::internal(e)
+        ApiError::from(Fault::from(e))
     }
 }
 

@@ -16,7 +16,7 @@ use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, INTERNAL_DETAIL};
 use crate::metrics::{HttpLabels, Metrics};
 use crate::request::RequestId;
 
@@ -142,7 +142,7 @@ impl ResponseError for HandlerPanicked {
 
     fn error_response(&self) -> actix_web::HttpResponse {
         let mut response =
-            ApiError::new(Code::InternalError, "the server failed to handle this request; it has been logged")
+            ApiError::new(Code::InternalError, INTERNAL_DETAIL)
                 .error_response();
         response.headers_mut().insert(X_REQUEST_ID, self.request_id.header_value());
         response
