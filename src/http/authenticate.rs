@@ -67,6 +67,14 @@ pub struct AuthenticateMiddleware<S> {
     limiter: RateLimiter,
 }
 
+fn nul_in_uri(uri: &actix_web::http::Uri) -> Option<ApiError> {
+    let has_nul = |text: &str| text.as_bytes().windows(3).any(|w| w == b"%00");
+    if has_nul(uri.path()) {
+        return Some(ApiError::new(Code::InvalidPath, "the path holds a NUL character (%00)"));
+    }
+    uri.query().filter(|q| has_nul(q)).map(|_| ApiError::new(Code::InvalidQuery, "the query holds a NUL character (%00)"))
+}
+
 fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
     req.into_response(error.error_response()).map_into_right_body()
 }
@@ -83,6 +91,11 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
+        // Postgres text cannot hold NUL, so no name, id or filter can contain one: refused
+        // here, once, rather than failing in whichever query it would reach.
+        if let Some(error) = nul_in_uri(req.uri()) {
+            return std::future::ready(Ok(refuse(req, error))).boxed_local();
+        }
         let Some(header) = req.headers().get(AUTHORIZATION).cloned() else {
             let fut = self.service.call(req);
             return async move { fut.await.map(ServiceResponse::map_into_left_body) }.boxed_local();

@@ -76,11 +76,25 @@ impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Json<T
         let value = web::Json::<serde_json::Value>::from_request(req, payload);
         Box::pin(async move {
             let mut value = value.await?.into_inner();
+            if holds_nul(&value) {
+                return Err(ApiError::new(Code::InvalidRequest, "text may not hold NUL characters (\\u0000)").into());
+            }
             integral_numbers_as_integers(&mut value);
             serde_json::from_value(value)
                 .map(Json)
                 .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()).into())
         })
+    }
+}
+
+/// Postgres text cannot hold NUL: no field Tessera stores may contain one.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -43,6 +43,7 @@ pub struct VersionPath {
     /// Model name in the caller's tenant.
     name: String,
     /// Version number or alias.
+    #[param(pattern = "^(0*[1-9][0-9]{0,8}|[a-z][a-z0-9_-]{0,62})$")]
     version: String,
 }
 

@@ -202,7 +202,7 @@ pub async fn upload_version(
         (Some(architecture), config) => {
             let config: serde_json::Value = match config {
                 Some(text) => serde_json::from_str(&text)
-                    .map_err(|e| ApiError::new(Code::InvalidQuery, format!("config is not JSON: {e}")))?,
+                    .map_err(|e| ApiError::new(Code::Unprocessable, format!("config is not JSON: {e}")))?,
                 None => serde_json::json!({}),
             };
             Some(serde_json::json!({ "architecture": architecture, "config": config }))

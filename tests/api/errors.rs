@@ -56,3 +56,17 @@ async fn tenant_fields_are_checked_as_documented() {
     assert_problem(create(serde_json::json!({ "slug": "blank", "name": "   " })).await, 400, "invalid_request").await;
     assert_problem(create(serde_json::json!({ "slug": "long", "name": "x".repeat(201) })).await, 400, "invalid_request").await;
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_wherever_they_come() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    app.create_tenant(&admin, "acme", serde_json::json!({})).await;
+    let refused = app.get_as("/v1/tenants/acme/audit/events?actor_id=a%00b", &admin).await;
+    assert_problem(refused, 400, "invalid_query").await;
+    assert_problem(app.get_as("/v1/tenants/ac%00me/models", &admin).await, 400, "invalid_path").await;
+    let body = serde_json::json!({ "name": "key\u{0}", "role": "inference" });
+    assert_problem(app.post_json("/v1/tenants/acme/api-keys", Some(&admin), &body).await, 400, "invalid_request").await;
+    let body = serde_json::json!({ "email": "a\u{0}@example.com" });
+    assert_problem(app.post_json("/v1/password-resets", Some(&admin), &body).await, 400, "invalid_request").await;
+}
