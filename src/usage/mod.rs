@@ -1,8 +1,13 @@
 //! Usage for dashboards and billing: per tenant, model version and hour, the calls, rows,
 //! errors by code, cache hits, latency percentiles and bytes of inference. The request path
-//! records into memory (`recorder`, with the latency `histogram`).
+//! records into memory (`recorder`, with the latency `histogram`); a flusher adds the deltas
+//! to Postgres every `usage.flush_interval_seconds` (`service`).
 
+pub mod error;
 pub mod histogram;
 pub mod recorder;
+pub mod service;
 
+pub use error::UsageError;
 pub use recorder::{CallUsage, UsageRecorder};
+pub use service::UsageService;
