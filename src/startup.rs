@@ -153,7 +153,7 @@ impl AppState {
             settings.jobs.clone(),
         );
         let usage_recorder = UsageRecorder::new();
-        let usage = UsageService::new(db.clone(), usage_recorder.clone());
+        let usage = UsageService::new(db.clone(), usage_recorder.clone(), registry.clone());
         let inference = InferenceService::new(models, cache, audit_sink.clone(), inference_metrics.clone(), usage_recorder);
         Ok(Self {
             audit,
@@ -229,6 +229,7 @@ pub fn create_app(
         .app_data(web::Data::new(state.registry.clone()))
         .app_data(web::Data::new(state.inference.clone()))
         .app_data(web::Data::new(state.jobs.clone()))
+        .app_data(web::Data::new(state.usage.clone()))
         .app_data(web::Data::from(state.inference.models.clone()))
         .app_data(web::Data::new(crate::identity::jwt::Jwks(state.keyring.jwks())))
         .app_data(web::Data::new(crate::audit::signing::PublicKeySet(state.audit_signer.public_keys())))

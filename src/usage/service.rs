@@ -1,5 +1,5 @@
 //! Usage in Postgres: the flusher that adds what the request path counted to the hourly
-//! table.
+//! table, and the reads (pages of buckets, the tenant's quotas).
 //!
 //! A flush takes every cell out of the recorder, merges cells that name the same row, and
 //! for each tenant adds them in one statement inside that tenant's transaction (row-level
@@ -12,17 +12,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use sqlx::PgPool;
+use time::OffsetDateTime;
 
 use super::error::UsageError;
+use super::histogram::quantile_ms;
+use super::model::{Cursor, Quota, QuotaUse, UsageBucket, UsageQuery};
 use super::recorder::{Cell, Counts, Hour, UsageRecorder};
-use crate::tenancy::TenantId;
+use crate::registry::RegistryService;
 use crate::tenancy::db::TenantTx;
+use crate::tenancy::{TenantId, TenantInfo};
 
 #[derive(Clone)]
 pub struct UsageService {
     pool: PgPool,
     recorder: UsageRecorder,
+    registry: RegistryService,
     /// One flush at a time per process: a flush asked for while another writes waits for it,
     /// so that when `flush` returns, everything recorded before the call is in Postgres.
     flushing: Arc<tokio::sync::Mutex<()>>,
@@ -62,9 +68,47 @@ ON CONFLICT (tenant_id, hour, model, version) DO UPDATE SET \
     latency_buckets = usage_add_buckets(u.latency_buckets, EXCLUDED.latency_buckets), \
     updated_at = now()";
 
+/// Buckets of a window, hours summed into days when asked: one query for both, grouped by
+/// the bucket's start. The cursor bounds the scan (`hour >= start`) and then the order.
+const PAGE: &str = "\
+SELECT * FROM ( \
+    SELECT date_trunc($2, hour, 'UTC') AS start, model, version, sum(calls)::bigint AS calls, \
+           sum(input_rows)::bigint AS input_rows, sum(cache_hits)::bigint AS cache_hits, sum(bytes_in)::bigint AS bytes_in, \
+           sum(bytes_out)::bigint AS bytes_out, usage_sum_counts(errors) AS errors, \
+           usage_sum_buckets(latency_buckets) AS latency_buckets \
+    FROM usage_hourly \
+    WHERE tenant_id = $1 AND hour >= greatest($3, $7) AND hour < $4 \
+      AND ($5::text IS NULL OR model = $5) AND ($6::integer IS NULL OR version = $6) \
+    GROUP BY 1, 2, 3) AS b \
+WHERE $7::timestamptz IS NULL OR (b.start, b.model, b.version) > ($7, $8::text, $9::integer) \
+ORDER BY 1, 2, 3 LIMIT $10";
+
+type PageRow = (OffsetDateTime, String, i32, i64, i64, i64, i64, i64, serde_json::Value, Vec<i64>);
+
+fn bucket(row: PageRow) -> UsageBucket {
+    let (start, model, version, calls, rows, cache_hits, bytes_in, bytes_out, errors, latency) = row;
+    let errors = match errors {
+        serde_json::Value::Object(map) => map.into_iter().map(|(k, v)| (k, v.as_i64().unwrap_or(0))).collect(),
+        _ => BTreeMap::new(),
+    };
+    UsageBucket {
+        start,
+        model,
+        version,
+        calls,
+        rows,
+        errors,
+        cache_hits,
+        p50_ms: quantile_ms(&latency, 0.5),
+        p99_ms: quantile_ms(&latency, 0.99),
+        bytes_in,
+        bytes_out,
+    }
+}
+
 impl UsageService {
-    pub fn new(pool: PgPool, recorder: UsageRecorder) -> Self {
-        Self { pool, recorder, flushing: Arc::default() }
+    pub fn new(pool: PgPool, recorder: UsageRecorder, registry: RegistryService) -> Self {
+        Self { pool, recorder, registry, flushing: Arc::default() }
     }
 
     /// What the inference path records into.
@@ -155,6 +199,55 @@ impl UsageService {
                     break;
                 }
             }
+        })
+    }
+
+    /// One page of buckets, ordered by (start, model, version), after `cursor`.
+    pub async fn page(&self, tenant: TenantId, query: &UsageQuery, cursor: Option<&Cursor>, limit: i64) -> Result<Vec<UsageBucket>, UsageError> {
+        let mut tx = TenantTx::begin_snapshot(&self.pool, tenant).await?;
+        let rows: Vec<PageRow> = sqlx::query_as(PAGE)
+            .bind(tenant.0)
+            .bind(query.granularity.as_str())
+            .bind(query.from)
+            .bind(query.to)
+            .bind(query.model.as_deref())
+            .bind(query.version)
+            .bind(cursor.map(|c| c.start))
+            .bind(cursor.map(|c| c.model.as_str()))
+            .bind(cursor.map(|c| c.version))
+            .bind(limit)
+            .fetch_all(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(bucket).collect())
+    }
+
+    /// Every bucket of the window, a page at a time: memory stays bounded however long the
+    /// export.
+    pub fn stream(&self, tenant: TenantId, query: UsageQuery) -> impl Stream<Item = Result<Vec<UsageBucket>, UsageError>> + use<> {
+        const PAGE_SIZE: i64 = 1000;
+        let service = self.clone();
+        futures::stream::try_unfold(Some(None::<Cursor>), move |state| {
+            let (service, query) = (service.clone(), query.clone());
+            async move {
+                let Some(cursor) = state else { return Ok::<_, UsageError>(None) };
+                let page = service.page(tenant, &query, cursor.as_ref(), PAGE_SIZE).await?;
+                let next = (page.len() as i64 == PAGE_SIZE)
+                    .then(|| page.last().map(|b| Cursor { start: b.start, model: b.model.clone(), version: b.version }))
+                    .flatten();
+                Ok(if page.is_empty() { None } else { Some((page, next.map(Some))) })
+            }
+        })
+    }
+
+    /// The tenant's quotas and what is used of them now.
+    pub async fn quota(&self, tenant: &TenantInfo) -> Result<Quota, UsageError> {
+        let used = self.registry.quota_use(tenant.id).await?;
+        Ok(Quota {
+            models: QuotaUse { used: used.models, limit: used.max_models },
+            storage_bytes: QuotaUse { used: used.storage_bytes, limit: used.max_storage_bytes },
+            rate_limit_per_second: tenant.rate_limit_per_second as i32,
+            rate_limit_burst: tenant.rate_limit_burst as i32,
         })
     }
 }

@@ -20,3 +20,4 @@ mod registry;
 mod registry_keys;
 mod tenant_isolation;
 mod tls;
+mod usage;
