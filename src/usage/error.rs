@@ -18,8 +18,6 @@ pub enum UsageError {
     InvalidVersion,
     #[error("`version` needs `model`")]
     VersionWithoutModel,
-    #[error("`limit` must be between 1 and {0}")]
-    InvalidLimit(i64),
     #[error("`cursor` is not one this API returned")]
     InvalidCursor,
     #[error(transparent)]
@@ -40,7 +38,6 @@ impl ErrorCode for UsageError {
             | E::InvalidModel
             | E::InvalidVersion
             | E::VersionWithoutModel
-            | E::InvalidLimit(_)
             | E::InvalidCursor => Code::InvalidQuery,
             E::Registry(e) => e.code(),
             E::Fault(fault) => fault.code(),

@@ -3,9 +3,9 @@
 //! quotas beside them.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -14,9 +14,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::UsageError;
 use crate::registry::model::is_plain_name;
 
-/// Buckets per page of `GET …/usage`, by default and at most.
-pub const DEFAULT_LIMIT: i64 = 1000;
-pub const MAX_LIMIT: i64 = 10_000;
 /// The window a request reads when it names none: the last 24 hours.
 const DEFAULT_WINDOW_SECS: i64 = 24 * 3600;
 
@@ -127,7 +124,8 @@ impl UsageFilters {
     }
 }
 
-/// Where the previous page stopped: the last bucket's (start, model, version), opaque to clients.
+/// Where the previous page stopped: the last bucket's (start, model, version). Pages carry
+/// it as `start:version:model`, opaque to clients (`page::PageQuery`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub start: OffsetDateTime,
@@ -136,20 +134,30 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}:{}", self.start.unix_timestamp(), self.version, self.model))
+    pub fn after(bucket: &UsageBucket) -> Self {
+        Self { start: bucket.start, model: bucket.model.clone(), version: bucket.version }
     }
+}
 
-    pub fn decode(text: &str) -> Result<Self, UsageError> {
-        let parsed = || -> Option<Self> {
-            let text = String::from_utf8(URL_SAFE_NO_PAD.decode(text).ok()?).ok()?;
-            let mut parts = text.splitn(3, ':');
-            let start = OffsetDateTime::from_unix_timestamp(parts.next()?.parse().ok()?).ok()?;
-            let version = parts.next()?.parse().ok()?;
-            let model = parts.next()?.to_owned();
-            is_plain_name(&model).then_some(Self { start, model, version })
-        };
-        parsed().ok_or(UsageError::InvalidCursor)
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.start.unix_timestamp(), self.version, self.model)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = UsageError;
+
+    fn from_str(text: &str) -> Result<Self, UsageError> {
+        let mut parts = text.splitn(3, ':');
+        let mut next = || parts.next().ok_or(UsageError::InvalidCursor);
+        let start = next()?.parse().ok().and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok());
+        let version = next()?.parse().ok();
+        let model = next()?.to_owned();
+        match (start, version) {
+            (Some(start), Some(version)) if is_plain_name(&model) => Ok(Self { start, model, version }),
+            _ => Err(UsageError::InvalidCursor),
+        }
     }
 }
 
@@ -209,7 +217,8 @@ pub struct UsageReport {
     pub to: OffsetDateTime,
     /// Ordered by start, model, version.
     pub buckets: Vec<UsageBucket>,
-    /// Pass as `cursor` for the next page; null on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
     pub quota: Quota,
 }
@@ -283,9 +292,9 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_forgeries_are_refused() {
         let cursor = Cursor { start: datetime!(2026-12-06 17:00 UTC), model: "a.b-c_d".into(), version: 7 };
-        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
-        for bad in ["", "!!", &URL_SAFE_NO_PAD.encode("1:2"), &URL_SAFE_NO_PAD.encode("x:1:m"), &URL_SAFE_NO_PAD.encode("1:1:../m")] {
-            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        assert_eq!(cursor.to_string().parse::<Cursor>().unwrap(), cursor);
+        for bad in ["", "1:2", "x:1:m", "1:x:m", "1:1:../m", "1:1:"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
     }
 }

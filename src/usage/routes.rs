@@ -7,22 +7,13 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use super::model::{CSV_HEADER, Cursor, DEFAULT_LIMIT, MAX_LIMIT, UsageFilters, UsageReport};
+use super::model::{CSV_HEADER, Cursor, UsageFilters, UsageReport};
 use super::{UsageError, UsageService};
 use crate::audit::export::csv_line;
 use crate::error::ApiError;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// From `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Buckets per page: 1-10000, default 1000.
-    #[param(minimum = 1, maximum = 10000)]
-    pub limit: Option<i64>,
-}
+use crate::page::PageQuery;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -40,7 +31,7 @@ pub struct ExportQuery {
 
 /// Usage of the tenant's models: calls, rows, errors by code, cache hits, latency percentiles
 /// and bytes per model version and hour or UTC day, ordered by start, model and version, a
-/// page at a time; with the tenant's quotas. Counts reach this within
+/// page at a time (the list convention's `cursor` and `limit`); with the tenant's quotas. Counts reach this within
 /// `usage.flush_interval_seconds` of the call.
 #[utoipa::path(
     tag = "usage", params(TenantPath, UsageFilters, PageQuery), security(("bearer" = [])),
@@ -57,19 +48,18 @@ pub async fn usage(
 ) -> Result<web::Json<UsageReport>, ApiError> {
     let tenant = guard.tenant()?;
     let query = filters.parse(OffsetDateTime::now_utc())?;
-    let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(UsageError::InvalidLimit(MAX_LIMIT).into());
-    }
-    let cursor = page.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let mut buckets = guard.page(tenant.id, &query, cursor.as_ref(), limit + 1).await?;
-    let more = buckets.len() as i64 > limit;
-    buckets.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| buckets.last().map(|b| Cursor { start: b.start, model: b.model.clone(), version: b.version }.encode()))
-        .flatten();
+    let page = page.parse::<Cursor>()?;
+    let buckets = guard.page(tenant.id, &query, page.after.as_ref(), page.fetch()).await?;
+    let page = page.finish(buckets, Cursor::after);
     let quota = guard.quota(tenant).await?;
-    Ok(web::Json(UsageReport { granularity: query.granularity, from: query.from, to: query.to, buckets, next_cursor, quota }))
+    Ok(web::Json(UsageReport {
+        granularity: query.granularity,
+        from: query.from,
+        to: query.to,
+        buckets: page.items,
+        next_cursor: page.next_cursor,
+        quota,
+    }))
 }
 
 /// The same buckets as CSV, the whole window in one streamed response: a header row, then one

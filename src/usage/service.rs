@@ -232,9 +232,7 @@ impl UsageService {
             async move {
                 let Some(cursor) = state else { return Ok::<_, UsageError>(None) };
                 let page = service.page(tenant, &query, cursor.as_ref(), PAGE_SIZE).await?;
-                let next = (page.len() as i64 == PAGE_SIZE)
-                    .then(|| page.last().map(|b| Cursor { start: b.start, model: b.model.clone(), version: b.version }))
-                    .flatten();
+                let next = (page.len() as i64 == PAGE_SIZE).then(|| page.last().map(Cursor::after)).flatten();
                 Ok(if page.is_empty() { None } else { Some((page, next.map(Some))) })
             }
         })
