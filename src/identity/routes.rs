@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::jwt::Jwks;
 use super::perm;
 use super::service::{IdentityService, MeView, PasswordReset, TokenPair};
+use crate::http::extract::Json;
 use crate::http::guard::Guarded;
 use crate::request::RequestInfo;
 use crate::error::ApiError;
@@ -52,7 +53,7 @@ pub struct LogoutRequest {
 pub async fn login(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
-    body: web::Json<LoginRequest>,
+    body: Json<LoginRequest>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
     let body = body.into_inner();
     let pair = identity.login(&body.email, body.password, body.tenant.as_deref(), &info).await?;
@@ -74,7 +75,7 @@ pub async fn login(
 pub async fn refresh(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
-    body: web::Json<RefreshRequest>,
+    body: Json<RefreshRequest>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
     Ok(web::Json(identity.refresh(&body.refresh_token, &info).await?))
 }
@@ -90,7 +91,7 @@ pub async fn refresh(
 pub async fn logout(
     guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
-    body: web::Json<LogoutRequest>,
+    body: Json<LogoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
     guard.logout(&guard.principal, body.refresh_token.as_deref(), &info).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -133,7 +134,7 @@ pub struct ChangePasswordRequest {
 pub async fn change_password(
     guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
-    body: web::Json<ChangePasswordRequest>,
+    body: Json<ChangePasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     guard.change_password(&guard.principal, body.current_password, body.new_password, &info).await?;
@@ -143,7 +144,8 @@ pub async fn change_password(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueResetRequest {
-    #[schema(example = "alice@example.com")]
+    /// An email address: one `@`, a dot inside the domain, no spaces; at most 320 characters.
+    #[schema(example = "alice@example.com", max_length = 320, pattern = "^[\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]+@[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*\\.[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$")]
     pub email: String,
 }
 
@@ -157,7 +159,7 @@ pub struct IssueResetRequest {
 pub async fn issue_password_reset(
     guard: Guarded<{ perm::TENANTS_MANAGE }, IdentityService>,
     info: RequestInfo,
-    body: web::Json<IssueResetRequest>,
+    body: Json<IssueResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let reset = guard.issue_password_reset(&guard.principal, &body.email, &info).await?;
     Ok(HttpResponse::Created().json(reset))
@@ -183,7 +185,7 @@ pub struct RedeemResetRequest {
 pub async fn redeem_password_reset(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
-    body: web::Json<RedeemResetRequest>,
+    body: Json<RedeemResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     identity.redeem_password_reset(&body.token, body.new_password, &info).await?;
