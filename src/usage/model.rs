@@ -145,6 +145,22 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// Read from the query string as its text.
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl crate::page::CursorKey for Cursor {
+    fn schema() -> utoipa::openapi::schema::ObjectBuilder {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .max_length(Some(160))
+            .pattern(Some("^-?[0-9]{1,12}:[0-9]{1,10}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"))
+    }
+}
+
 impl FromStr for Cursor {
     type Err = UsageError;
 

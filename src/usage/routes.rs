@@ -34,7 +34,7 @@ pub struct ExportQuery {
 /// page at a time (the list convention's `cursor` and `limit`); with the tenant's quotas. Counts reach this within
 /// `usage.flush_interval_seconds` of the call.
 #[utoipa::path(
-    tag = "usage", params(TenantPath, UsageFilters, PageQuery), security(("bearer" = [])),
+    tag = "usage", params(TenantPath, UsageFilters, PageQuery<Cursor>), security(("bearer" = [])),
     responses(
         (status = 200, body = UsageReport),
         (status = 400, description = "A bad window, model, version, cursor or limit (`invalid_query`)"),
@@ -44,11 +44,11 @@ pub struct ExportQuery {
 pub async fn usage(
     guard: Guarded<{ perm::USAGE_READ }, UsageService>,
     filters: web::Query<UsageFilters>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<Cursor>>,
 ) -> Result<web::Json<UsageReport>, ApiError> {
     let tenant = guard.tenant()?;
     let query = filters.parse(OffsetDateTime::now_utc())?;
-    let page = page.parse::<Cursor>()?;
+    let page = page.parse()?;
     let buckets = guard.page(tenant.id, &query, page.after.as_ref(), page.fetch()).await?;
     let page = page.finish(buckets, Cursor::after);
     let quota = guard.quota(tenant).await?;

@@ -115,7 +115,7 @@ async fn inference_calls_show_up_as_usage_after_a_flush() {
     assert_eq!(hits, 1, "the cache never answered");
     // Inputs the model refuses: counted as an error of the version, by code.
     let bad = serde_json::to_vec(&json!({ "inputs": [{ "name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3] }] })).unwrap();
-    assert_eq!(infer(&app, &acme.key, "adder", &bad).await.0, 400);
+    assert_eq!(infer(&app, &acme.key, "adder", &bad).await.0, 422);
     calls += 1;
     bytes_in += bad.len() as i64;
     // A model that does not exist: no version to count it against.
