@@ -97,6 +97,15 @@ pub struct Settings {
     pub audit: AuditConfig,
     pub registry: RegistrySettings,
     pub jobs: JobsSettings,
+    pub usage: UsageSettings,
+}
+
+/// Usage counted in memory by each process and added to Postgres in the background.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageSettings {
+    /// How often counts are added to Postgres (and so how stale a usage read may be).
+    pub flush_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,6 +397,7 @@ struct RawSettings {
     audit: RawAuditSettings,
     registry: RawRegistrySettings,
     jobs: JobsSettings,
+    usage: UsageSettings,
 }
 
 impl DatabaseSettings {
@@ -509,7 +519,7 @@ impl Settings {
     }
 
     fn finish(environment: Environment, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let RawSettings { server, mut database, redis, mut telemetry, inference, auth, audit, registry, jobs } = raw;
+        let RawSettings { server, mut database, redis, mut telemetry, inference, auth, audit, registry, jobs, usage } = raw;
 
         if let Some(path) = database.password_file.take() {
             database.password = Some(read_secret_file("database.password_file", &path)?);
@@ -563,6 +573,7 @@ impl Settings {
             telemetry,
             inference,
             jobs,
+            usage,
             auth: AuthSettings {
                 api_key_secret,
                 jwt_signing_keys,
@@ -724,6 +735,9 @@ impl Settings {
         }
         if j.dispatch_interval_ms == 0 || j.events_poll_ms == 0 {
             return Err(ConfigError::new("jobs.dispatch_interval_ms", "intervals must be at least 1 ms"));
+        }
+        if !(1..=3600).contains(&self.usage.flush_interval_seconds) {
+            return Err(ConfigError::new("usage.flush_interval_seconds", "must be between 1 and 3600"));
         }
         if self.registry.max_artifact_bytes == 0 {
             return Err(ConfigError::new("registry.max_artifact_bytes", "must be greater than 0"));

@@ -26,6 +26,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
+pub mod usage;
 
 /// Version string reported by `/metrics` build info and `tessera --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -44,6 +44,7 @@ use crate::http::{edge::Edge, extract, fallback, health};
 use crate::metrics::Metrics;
 use crate::redis_store::RedisStore;
 use crate::telemetry::TesseraRootSpan;
+use crate::usage::{UsageRecorder, UsageService};
 
 /// Process-wide state shared by every worker. Cheap to clone.
 ///
@@ -74,6 +75,8 @@ pub struct AppState {
     pub registry: RegistryService,
     pub inference: InferenceService,
     pub jobs: JobService,
+    /// Usage as the inference path counts it and readers see it; flushed in the background.
+    pub usage: UsageService,
 }
 
 impl AppState {
@@ -149,10 +152,13 @@ impl AppState {
             JobQueue::new(redis.clone()),
             settings.jobs.clone(),
         );
-        let inference = InferenceService::new(models, cache, audit_sink.clone(), inference_metrics.clone());
+        let usage_recorder = UsageRecorder::new();
+        let usage = UsageService::new(db.clone(), usage_recorder.clone(), registry.clone());
+        let inference = InferenceService::new(models, cache, audit_sink.clone(), inference_metrics.clone(), usage_recorder);
         Ok(Self {
             audit,
             jobs,
+            usage,
             inference,
             registry,
             keys,
@@ -223,6 +229,7 @@ pub fn create_app(
         .app_data(web::Data::new(state.registry.clone()))
         .app_data(web::Data::new(state.inference.clone()))
         .app_data(web::Data::new(state.jobs.clone()))
+        .app_data(web::Data::new(state.usage.clone()))
         .app_data(web::Data::from(state.inference.models.clone()))
         .app_data(web::Data::new(crate::identity::jwt::Jwks(state.keyring.jwks())))
         .app_data(web::Data::new(crate::audit::signing::PublicKeySet(state.audit_signer.public_keys())))
@@ -254,8 +261,8 @@ pub struct Application {
     server: Server,
     /// The operators' `/metrics` listener, when `telemetry.metrics_address` is set.
     metrics: Option<(u16, Server)>,
-    /// In-process job workers (`jobs.workers`), the login-failure flusher and the audit
-    /// checkpointer, told to stop when the server does.
+    /// In-process job workers (`jobs.workers`), the login-failure flusher, the usage flusher
+    /// and the audit checkpointer, told to stop when the server does.
     stop_jobs: tokio::sync::watch::Sender<bool>,
     job_workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -290,6 +297,7 @@ impl Application {
         let mut job_workers = state.jobs.start_workers(settings.jobs.workers, stopping.clone());
         job_workers.push(state.identity.spawn_login_failure_flusher(stopping.clone()));
         let checkpoint_every = Duration::from_secs(settings.audit.checkpoint_interval_seconds);
+        job_workers.push(state.usage.spawn_flusher(Duration::from_secs(settings.usage.flush_interval_seconds), stopping.clone()));
         job_workers.extend(crate::audit::spawn_checkpointer(state.db.clone(), state.notary.clone(), checkpoint_every, stopping));
         {
             let (models, db) = (state.inference.models.clone(), state.db.clone());

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("HTTP edge", &["http"]),
     ("jobs", &["jobs"]),
     ("inference", &["inference"]),
+    ("usage", &["usage"]),
     ("registry", &["registry"]),
     ("identity", &["identity"]),
     ("audit", &["audit"]),
@@ -40,6 +41,7 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("audit", "identity", "audit records actors, never users, roles or principals"),
     ("audit", "registry", "audit knows nothing of models"),
     ("tenancy", "audit", "tenants know nothing of the audit log"),
+    ("usage", "identity", "usage is counted per tenant and model version, never per user or key"),
     ("burnml", "", "Burn models know nothing of Tessera: no crate:: imports at all"),
     ("data", "", "CSV scanning knows nothing of Tessera: no crate:: imports at all"),
 ];

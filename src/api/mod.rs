@@ -77,5 +77,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(jobs::get_job)
         .service(jobs::cancel_job)
         .service(jobs::job_output)
-        .service(jobs::job_events);
+        .service(jobs::job_events)
+        .service(crate::usage::routes::usage)
+        .service(crate::usage::routes::export);
 }

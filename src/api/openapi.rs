@@ -27,6 +27,7 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         (name = "inference", description = "The Open Inference Protocol v2 (KServe / Triton HTTP), in the caller's tenant"),
         (name = "jobs", description = "Datasets, training and batch inference jobs, their event streams and outputs"),
         (name = "audit", description = "The tamper-evident audit log: events, signed exports, signing keys, settings"),
+        (name = "usage", description = "Inference usage per model version and hour or day; the tenant's quotas"),
     ),
     modifiers(&BearerAuth),
 )]

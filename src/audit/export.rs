@@ -233,7 +233,8 @@ pub fn csv_parse_optional(field: &str) -> Option<String> {
     }
 }
 
-fn csv_line(fields: &[&str]) -> Vec<u8> {
+/// One CSV record, line end included.
+pub fn csv_line<S: AsRef<[u8]>>(fields: &[S]) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(512));
     writer.write_record(fields).expect("writing to memory cannot fail");
     writer.into_inner().expect("flushing to memory cannot fail")

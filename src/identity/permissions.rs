@@ -23,14 +23,14 @@ impl Role {
         match self {
             Role::Owner => &[
                 MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, ModelsDownload, InferenceRun,
-                JobsRun, AuditRead, AuditExport, AuditConfigure, KeysRotate,
+                JobsRun, AuditRead, AuditExport, AuditConfigure, KeysRotate, UsageRead,
             ],
             Role::Admin => &[
                 MembersRead, MembersManage, ApiKeysRead, ApiKeysManage, ModelsRead, ModelsWrite, ModelsDownload, InferenceRun,
-                JobsRun,
+                JobsRun, UsageRead,
             ],
             Role::MlEngineer => &[ModelsRead, ModelsWrite, ModelsDownload, InferenceRun, JobsRun],
-            Role::Auditor => &[AuditRead, AuditExport],
+            Role::Auditor => &[AuditRead, AuditExport, UsageRead],
             Role::Inference => &[ModelsRead, InferenceRun],
         }
     }
@@ -72,10 +72,12 @@ pub enum Permission {
     ModelsDownload,
     /// Rotate the tenant's encryption key.
     KeysRotate,
+    /// Read the tenant's usage (calls, rows, errors, latency, bytes) and export it.
+    UsageRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Permission::TenantsManage,
         Permission::SelfRead,
         Permission::MembersRead,
@@ -91,6 +93,7 @@ impl Permission {
         Permission::AuditConfigure,
         Permission::ModelsDownload,
         Permission::KeysRotate,
+        Permission::UsageRead,
     ];
 
     pub const fn from_u8(value: u8) -> Permission {
@@ -110,6 +113,7 @@ impl Permission {
             12 => Permission::AuditConfigure,
             13 => Permission::ModelsDownload,
             14 => Permission::KeysRotate,
+            15 => Permission::UsageRead,
             _ => panic!("not a permission"),
         }
     }
@@ -131,6 +135,7 @@ impl Permission {
             Permission::AuditConfigure => "audit.configure",
             Permission::ModelsDownload => "models.download",
             Permission::KeysRotate => "keys.rotate",
+            Permission::UsageRead => "usage.read",
         }
     }
 }
@@ -153,6 +158,7 @@ pub mod perm {
     pub const AUDIT_CONFIGURE: u8 = Permission::AuditConfigure as u8;
     pub const MODELS_DOWNLOAD: u8 = Permission::ModelsDownload as u8;
     pub const KEYS_ROTATE: u8 = Permission::KeysRotate as u8;
+    pub const USAGE_READ: u8 = Permission::UsageRead as u8;
 }
 
 #[cfg(test)]
@@ -203,5 +209,12 @@ mod tests {
         assert!(Role::Inference.allows(Permission::InferenceRun));
         assert!(!Role::Inference.allows(Permission::ModelsWrite));
         assert!(!Role::Inference.allows(Permission::AuditRead));
+        assert!(!Role::Inference.allows(Permission::UsageRead));
+    }
+
+    #[test]
+    fn usage_is_read_by_owners_admins_and_auditors_only() {
+        let readers: Vec<Role> = Role::ALL.iter().copied().filter(|r| r.allows(Permission::UsageRead)).collect();
+        assert_eq!(readers, [Role::Owner, Role::Admin, Role::Auditor]);
     }
 }

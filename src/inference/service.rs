@@ -25,6 +25,7 @@ use crate::audit::{AuditActor, Outcome};
 use crate::request::RequestInfo;
 use crate::error::ErrorCode;
 use crate::tenancy::TenantId;
+use crate::usage::{CallUsage, UsageRecorder};
 
 /// Bodies larger than this are parsed on the blocking pool rather than the executor.
 const PARSE_INLINE_BYTES: usize = 64 * 1024;
@@ -39,6 +40,7 @@ pub struct InferenceService {
     cache: Arc<ResultCache>,
     audit: AuditSink,
     pub metrics: Arc<InferenceMetrics>,
+    usage: UsageRecorder,
     limits: Arc<Limits>,
 }
 
@@ -72,8 +74,14 @@ fn failed(e: WorkError) -> InferenceError {
 }
 
 impl InferenceService {
-    pub fn new(models: Arc<ModelManager>, cache: Arc<ResultCache>, audit: AuditSink, metrics: Arc<InferenceMetrics>) -> Self {
-        Self { models, cache, audit, metrics, limits: Arc::new(Limits::default()) }
+    pub fn new(
+        models: Arc<ModelManager>,
+        cache: Arc<ResultCache>,
+        audit: AuditSink,
+        metrics: Arc<InferenceMetrics>,
+        usage: UsageRecorder,
+    ) -> Self {
+        Self { models, cache, audit, metrics, usage, limits: Arc::new(Limits::default()) }
     }
 
     pub async fn infer(&self, call: InferCall) -> Result<InferReply, InferenceError> {
@@ -91,7 +99,22 @@ impl InferenceService {
             Err(_) => (Outcome::Failure, CacheStatus::Bypass, 0),
         };
         let label = if resolved.is_some() { call.name.as_str() } else { "unknown" };
-        self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.observe(call.tenant, label, outcome == Outcome::Success, cache, elapsed);
+        // Usage names only versions that resolved: a caller's made-up names count nowhere.
+        if let Some(resolved) = &resolved {
+            let usage = CallUsage {
+                rows: rows as u64,
+                cache_hit: cache == CacheStatus::Hit,
+                bytes_in: call.body.len() as u64,
+                bytes_out: result.as_ref().map_or(0, |(reply, _)| reply.encoded.body.len() as u64),
+                outcome: match &result {
+                    Ok(_) => Ok(elapsed),
+                    Err(e) => Err(e.code()),
+                },
+            };
+            self.usage.record(call.tenant, resolved.artifact, &resolved.name, resolved.version, usage);
+        }
         let event = CallEvent {
             tenant: call.tenant,
             actor: call.actor,

@@ -20,8 +20,17 @@ use crate::burnml::Architecture;
 use crate::page::{Page, PageRequest};
 use crate::request::RequestInfo;
 use crate::identity::Principal;
-use crate::tenancy::TenantInfo;
+use crate::tenancy::{TenantId, TenantInfo};
 use crate::tenancy::db::TenantTx;
+
+/// A tenant's quotas and what is used of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub models: i64,
+    pub max_models: i64,
+    pub storage_bytes: i64,
+    pub max_storage_bytes: i64,
+}
 
 #[derive(Clone)]
 pub struct RegistryService {
@@ -229,6 +238,21 @@ impl RegistryService {
         let view = Self::model_view(&mut tx, name).await?;
         tx.commit().await?;
         Ok(view)
+    }
+
+    /// What the tenant uses of its quotas now: live models, and storage as uploads count it.
+    pub async fn quota_use(&self, tenant: TenantId) -> Result<QuotaUse, RegistryError> {
+        let mut tx = TenantTx::begin(&self.pool, tenant).await?;
+        let (max_models, models): (i32, i64) = sqlx::query_as(
+            "SELECT t.max_models, (SELECT count(*) FROM models m WHERE m.tenant_id = t.id AND m.deleted_at IS NULL) \
+             FROM tenants t WHERE t.id = $1",
+        )
+        .bind(tenant.0)
+        .fetch_one(tx.conn())
+        .await?;
+        let (max_storage_bytes, storage_bytes) = Self::storage_use(&mut tx).await?;
+        tx.commit().await?;
+        Ok(QuotaUse { models, max_models: i64::from(max_models), storage_bytes, max_storage_bytes })
     }
 
     /// The live model's id and framework, locked against concurrent changes when `lock`.

@@ -386,6 +386,13 @@ impl RegistryService {
     /// Bytes of the tenant's storage quota not yet used by live versions and datasets, nor
     /// reserved by uploads in flight.
     pub(super) async fn remaining_quota(tx: &mut TenantTx) -> Result<u64, RegistryError> {
+        let (max, used) = Self::storage_use(tx).await?;
+        Ok(max.saturating_sub(used).max(0) as u64)
+    }
+
+    /// The tenant's storage quota and what live versions, datasets and uploads in flight use
+    /// of it: (max, used).
+    pub(super) async fn storage_use(tx: &mut TenantTx) -> Result<(i64, i64), RegistryError> {
         let (max, used): (i64, i64) = sqlx::query_as(
             "SELECT t.max_storage_bytes, (COALESCE((SELECT sum(v.size_bytes) FROM model_versions v \
              WHERE v.tenant_id = t.id AND v.deleted_at IS NULL), 0) \
@@ -397,7 +404,7 @@ impl RegistryService {
         .bind(tx.tenant().0)
         .fetch_one(tx.conn())
         .await?;
-        Ok(max.saturating_sub(used).max(0) as u64)
+        Ok((max, used))
     }
 
     async fn commit_version(

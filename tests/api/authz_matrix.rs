@@ -72,6 +72,8 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/tenants/{tenant}/jobs/{id}/cancel", Rule::Only(JOB_RUNNERS)),
     ("GET", "/v1/tenants/{tenant}/jobs/{id}/events", Rule::Only(JOB_RUNNERS)),
     ("GET", "/v1/tenants/{tenant}/jobs/{id}/output", Rule::Only(JOB_RUNNERS)),
+    ("GET", "/v1/tenants/{tenant}/usage", Rule::Only(USAGE_READERS)),
+    ("GET", "/v1/tenants/{tenant}/usage/export", Rule::Only(USAGE_READERS)),
     ("GET", "/v2", Rule::Public),
     ("GET", "/v2/health/live", Rule::Public),
     ("GET", "/v2/health/ready", Rule::Public),
@@ -94,6 +96,9 @@ const MODEL_READERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey
 const JOB_RUNNERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 
 const AUDITORS: &[As] = &[PlatformAdmin, Owner, Auditor];
+
+/// Owners, admins (and their keys) and auditors: `inference` and `ml_engineer` see no usage.
+const USAGE_READERS: &[As] = &[PlatformAdmin, Owner, Admin, AdminKey, Auditor];
 
 pub fn spec_routes() -> Vec<(String, String, bool)> {
     let spec: serde_json::Value = serde_json::from_str(&tessera::api::openapi::spec_json()).unwrap();

@@ -21,3 +21,4 @@ mod registry;
 mod registry_keys;
 mod tenant_isolation;
 mod tls;
+mod usage;
