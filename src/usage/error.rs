@@ -32,13 +32,9 @@ impl ErrorCode for UsageError {
     fn code(&self) -> Code {
         use UsageError as E;
         match self {
-            E::InvalidTime(_)
-            | E::EmptyWindow
-            | E::WindowTooLong { .. }
-            | E::InvalidModel
-            | E::InvalidVersion
-            | E::VersionWithoutModel
-            | E::InvalidCursor => Code::InvalidQuery,
+            E::InvalidTime(_) | E::InvalidModel | E::InvalidVersion | E::InvalidCursor => Code::InvalidQuery,
+            // Each parameter valid alone, but not together: what a schema cannot say.
+            E::EmptyWindow | E::WindowTooLong { .. } | E::VersionWithoutModel => Code::Unprocessable,
             E::Registry(e) => e.code(),
             E::Fault(fault) => fault.code(),
         }

@@ -26,6 +26,7 @@ pub enum UsageExportFormat {
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `csv` (the default and only format).
+    #[param(inline)]
     pub format: Option<UsageExportFormat>,
 }
 
@@ -37,7 +38,8 @@ pub struct ExportQuery {
     tag = "usage", params(TenantPath, UsageFilters, PageQuery<Cursor>), security(("bearer" = [])),
     responses(
         (status = 200, body = UsageReport),
-        (status = 400, description = "A bad window, model, version, cursor or limit (`invalid_query`)"),
+        (status = 400, description = "A bad timestamp, model, version, cursor or limit (`invalid_query`)"),
+        (status = 422, description = "An empty or too long window, or `version` without `model` (`unprocessable`)"),
     )
 )]
 #[get("/v1/tenants/{tenant}/usage")]
@@ -68,7 +70,8 @@ pub async fn usage(
     tag = "usage", params(TenantPath, UsageFilters, ExportQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "The buckets as CSV, streamed", content_type = "text/csv", body = String),
-        (status = 400, description = "A bad window, model, version or format (`invalid_query`)"),
+        (status = 400, description = "A bad timestamp, model, version or format (`invalid_query`)"),
+        (status = 422, description = "An empty or too long window, or `version` without `model` (`unprocessable`)"),
     )
 )]
 #[get("/v1/tenants/{tenant}/usage/export")]
