@@ -1,0 +1,31 @@
+// What each role may do, as src/identity/permissions.rs says. Only used to offer the roles
+// the caller may grant (a role whose every permission the caller holds); the server decides.
+import type { Permission, Role } from "./api/client";
+import { session } from "./session";
+
+export const ROLES: Role[] = ["owner", "admin", "ml_engineer", "auditor", "inference"];
+
+const PERMISSIONS: Record<Role, Permission[]> = {
+  owner: [
+    "members_read", "members_manage", "api_keys_read", "api_keys_manage", "models_read", "models_write", "models_download",
+    "inference_run", "jobs_run", "audit_read", "audit_export", "audit_configure", "keys_rotate",
+  ],
+  admin: [
+    "members_read", "members_manage", "api_keys_read", "api_keys_manage", "models_read", "models_write", "models_download",
+    "inference_run", "jobs_run",
+  ],
+  ml_engineer: ["models_read", "models_write", "models_download", "inference_run", "jobs_run"],
+  auditor: ["audit_read", "audit_export"],
+  inference: ["models_read", "inference_run"],
+};
+
+/** Roles the signed-in caller may hand out (a platform administrator may hand out any). */
+export function grantableRoles(): Role[] {
+  if (session.me?.platform_admin) return ROLES;
+  return ROLES.filter((role) => PERMISSIONS[role].every((p) => session.can(p)));
+}
+
+/** API keys never carry `owner`. */
+export function keyRoles(): Role[] {
+  return grantableRoles().filter((r) => r !== "owner");
+}
