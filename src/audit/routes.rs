@@ -39,6 +39,8 @@ pub struct PageQuery {
 #[into_params(parameter_in = Query)]
 pub struct FormatQuery {
     /// `jsonl` (default) or `csv`.
+    // Inline: the document would otherwise refer to a schema it never defines.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
 }
 
