@@ -53,6 +53,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(crate::audit::routes::list_events)
         .service(crate::audit::routes::export_events)
         .service(crate::audit::routes::signing_keys)
+        .service(crate::audit::routes::verify_export)
         .service(crate::audit::routes::get_settings)
         .service(crate::audit::routes::put_settings)
         .service(models::create_model)

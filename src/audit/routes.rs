@@ -1,6 +1,6 @@
 //! `/v1/audit/*`: reading, exporting and configuring the audit log; the signing keys.
 
-use actix_web::{HttpResponse, get, put, web};
+use actix_web::{HttpResponse, get, post, put, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -165,4 +165,58 @@ pub async fn put_settings(
     let body = body.into_inner();
     guard.set_settings(tenant, AuditActor::from(&guard.principal), &body, &info).await?;
     Ok(web::Json(body))
+}
+
+/// What `POST /v1/audit/verify` found.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// The chain and the manifest's signature hold.
+    pub valid: bool,
+    /// Events verified (when valid).
+    pub events: Option<u64>,
+    /// The first broken sequence number, when the break has one.
+    pub broken_at: Option<i64>,
+    /// The verdict as `tessera audit verify` prints it.
+    #[schema(example = "OK: 42 events, chain and signatures valid")]
+    pub detail: String,
+}
+
+/// The largest export the server verifies; the command line verifies any size offline.
+const MAX_VERIFY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Verify an audit export (JSON Lines or CSV, as the export streamed it) with this server's
+/// audit signing keys: every hash of the chain and the manifest's signature, as
+/// `tessera audit verify` does offline. A broken export is a 200 whose `valid` is false.
+#[utoipa::path(
+    tag = "audit", security(("bearer" = [])),
+    request_body(content = String, content_type = "application/x-ndjson", description = "The export, JSON Lines or CSV"),
+    responses((status = 200, body = VerifyReport),
+              (status = 413, description = "Larger than 64 MiB: verify it with `tessera audit verify` (`payload_too_large`)"))
+)]
+#[post("/v1/audit/verify")]
+pub async fn verify_export(
+    _guard: Guarded<{ perm::AUDIT_READ }>,
+    keys: web::Data<PublicKeySet>,
+    mut body: web::Payload,
+) -> Result<web::Json<VerifyReport>, ApiError> {
+    use futures::StreamExt;
+    let mut export = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(Code::ClientError, format!("reading the body: {e}")))?;
+        if export.len() + chunk.len() > MAX_VERIFY_BYTES {
+            return Err(ApiError::new(Code::PayloadTooLarge, "exports over 64 MiB are verified offline with `tessera audit verify`"));
+        }
+        export.extend_from_slice(&chunk);
+    }
+    let keys = super::verify::PublicKeys::parse(&keys.0.to_string())
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("the server's own audit keys do not parse: {e}")))?;
+    // Hashing a large export is CPU work: off the executor.
+    let verdict = tokio::task::spawn_blocking(move || super::verify::verify_export(&export[..], &keys))
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("verification panicked: {e}")))?;
+    let detail = verdict.to_string();
+    Ok(web::Json(match verdict {
+        super::verify::Verdict::Ok { count, .. } => VerifyReport { valid: true, events: Some(count), broken_at: None, detail },
+        super::verify::Verdict::Broken { seq, .. } => VerifyReport { valid: false, events: None, broken_at: seq, detail },
+    }))
 }

@@ -47,6 +47,7 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("GET", "/v1/audit/events", Rule::Only(AUDITORS)),
     ("GET", "/v1/audit/export", Rule::Only(AUDITORS)),
     ("GET", "/v1/audit/keys", Rule::Public),
+    ("POST", "/v1/audit/verify", Rule::Only(AUDITORS)),
     ("GET", "/v1/tenants/{tenant}/audit/settings", Rule::Only(AUDITORS)),
     ("PUT", "/v1/tenants/{tenant}/audit/settings", Rule::Only(&[PlatformAdmin, Owner])),
     ("POST", "/v1/tenants/{tenant}/models", Rule::Only(MODEL_WRITERS)),

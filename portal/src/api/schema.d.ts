@@ -221,7 +221,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Log in with email and password; returns an access token and a refresh token. */
+        /**
+         * Log in with email and password; returns an access token and a refresh token.
+         * @description Browsers send `X-Tessera-Refresh: cookie`: the refresh token is then set as an `HttpOnly`,
+         *     `Secure`, `SameSite=Strict` cookie on `/v1/auth` and left out of the body.
+         */
         post: operations["login"];
         delete?: never;
         options?: never;
@@ -241,6 +245,9 @@ export interface paths {
         /**
          * Exchange a refresh token for a new token pair. Each refresh token works once; presenting a
          *     used one revokes its whole session.
+         * @description The token comes from the body or, when the body has none, from the `tessera_refresh`
+         *     cookie; the cookie is accepted only with `X-Tessera-Refresh: cookie` from the same origin,
+         *     and the new refresh token then replaces it.
          */
         post: operations["refresh"];
         delete?: never;
@@ -258,7 +265,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Revoke the calling access token (and optionally a refresh token's session). */
+        /**
+         * Revoke the calling access token (and optionally a refresh token's session: the one in the
+         *     body, else the one in the `tessera_refresh` cookie, which is cleared).
+         */
         post: operations["logout"];
         delete?: never;
         options?: never;
@@ -603,6 +613,27 @@ export interface paths {
         get: operations["signing_keys"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Verify an audit export (JSON Lines or CSV, as the export streamed it) with this server's
+         *     audit signing keys: every hash of the chain and the manifest's signature, as
+         *     `tessera audit verify` does offline. A broken export is a 200 whose `valid` is false.
+         */
+        post: operations["verify_export"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1284,7 +1315,7 @@ export interface components {
          * @enum {string}
          */
         Permission: "tenants_manage" | "self_read" | "members_read" | "members_manage" | "api_keys_read" | "api_keys_manage" | "models_read" | "models_write" | "inference_run" | "jobs_run" | "audit_read" | "audit_export" | "audit_configure" | "models_download" | "keys_rotate";
-        /** @description An RFC 9457 problem document. Codes: `invalid_json` (400), `invalid_request` (400), `invalid_query` (400), `invalid_path` (400), `invalid_header` (400), `unsupported_media_type` (415), `payload_too_large` (413), `route_not_found` (404), `method_not_allowed` (405), `not_found` (404), `conflict` (409), `unauthenticated` (401), `invalid_token` (401), `token_expired` (401), `token_revoked` (401), `invalid_credentials` (401), `refresh_token_reused` (401), `tenant_suspended` (403), `tenant_required` (400), `login_throttled` (429), `already_exists` (409), `weak_password` (400), `invalid_invitation` (400), `invalid_reset_token` (400), `forbidden` (403), `rate_limited` (429), `client_error` (400), `quota_exceeded` (403), `invalid_model` (422), `checksum_mismatch` (400), `version_has_alias` (409), `invalid_dataset` (422), `idempotency_key_reused` (422), `job_finished` (409), `invalid_input` (400), `overloaded` (503), `deadline_exceeded` (504), `inference_failed` (500), `artifact_integrity` (500), `service_unavailable` (503), `internal_error` (500). */
+        /** @description An RFC 9457 problem document. Codes: `invalid_json` (400), `invalid_request` (400), `invalid_query` (400), `invalid_path` (400), `invalid_header` (400), `unsupported_media_type` (415), `payload_too_large` (413), `route_not_found` (404), `method_not_allowed` (405), `not_found` (404), `conflict` (409), `unauthenticated` (401), `invalid_token` (401), `token_expired` (401), `token_revoked` (401), `invalid_credentials` (401), `cookie_refused` (403), `refresh_token_reused` (401), `tenant_suspended` (403), `tenant_required` (400), `login_throttled` (429), `already_exists` (409), `weak_password` (400), `invalid_invitation` (400), `invalid_reset_token` (400), `forbidden` (403), `rate_limited` (429), `client_error` (400), `quota_exceeded` (403), `invalid_model` (422), `checksum_mismatch` (400), `version_has_alias` (409), `invalid_dataset` (422), `idempotency_key_reused` (422), `job_finished` (409), `invalid_input` (400), `overloaded` (503), `deadline_exceeded` (504), `inference_failed` (500), `artifact_integrity` (500), `service_unavailable` (503), `internal_error` (500). */
         Problem: {
             /**
              * @description `urn:tessera:problem:<code>`
@@ -1332,7 +1363,11 @@ export interface components {
             new_password: string;
         };
         RefreshRequest: {
-            refresh_token: string;
+            /**
+             * @description The refresh token. Leave it out to use the `tessera_refresh` cookie instead, which
+             *     needs `X-Tessera-Refresh: cookie`.
+             */
+            refresh_token?: string | null;
         };
         /**
          * @description A role inside one tenant. Platform administration is a separate flag on the user.
@@ -1422,11 +1457,34 @@ export interface components {
              * @description Seconds until `access_token` expires.
              */
             expires_in: number;
-            /** @description Single-use: exchange it at `/v1/auth/refresh` for a new pair. */
-            refresh_token: string;
+            /**
+             * @description Single-use: exchange it at `/v1/auth/refresh` for a new pair. Absent when the request
+             *     asked for it as a cookie (`X-Tessera-Refresh: cookie`).
+             */
+            refresh_token?: string | null;
             /** @description The tenant the tokens act for, if any. */
             tenant?: string | null;
             role?: components["schemas"]["Role"] | null;
+        };
+        /** @description What `POST /v1/audit/verify` found. */
+        VerifyReport: {
+            /** @description The chain and the manifest's signature hold. */
+            valid: boolean;
+            /**
+             * Format: int64
+             * @description Events verified (when valid).
+             */
+            events?: number | null;
+            /**
+             * Format: int64
+             * @description The first broken sequence number, when the break has one.
+             */
+            broken_at?: number | null;
+            /**
+             * @description The verdict as `tessera audit verify` prints it.
+             * @example OK: 42 events, chain and signatures valid
+             */
+            detail: string;
         };
         VersionView: {
             /**
@@ -2190,7 +2248,10 @@ export interface operations {
     login: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description `cookie`: return the refresh token as the `tessera_refresh` cookie, not in the body */
+                "X-Tessera-Refresh"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2202,13 +2263,15 @@ export interface operations {
         responses: {
             200: {
                 headers: {
+                    /** @description In cookie mode: `tessera_refresh` */
+                    "Set-Cookie"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TokenPair"];
                 };
             };
-            /** @description Malformed or invalid request (`invalid_json`, `invalid_request`) */
+            /** @description X-Tessera-Refresh is not `cookie` (`invalid_header`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2228,7 +2291,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The tenant is suspended (`tenant_suspended`) */
+            /** @description The tenant is suspended (`tenant_suspended`), or cookie mode from another origin (`cookie_refused`) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2278,7 +2341,10 @@ export interface operations {
     refresh: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description `cookie`: read the refresh token from, and return it as, the `tessera_refresh` cookie */
+                "X-Tessera-Refresh"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2290,13 +2356,15 @@ export interface operations {
         responses: {
             200: {
                 headers: {
+                    /** @description In cookie mode: the rotated `tessera_refresh` */
+                    "Set-Cookie"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TokenPair"];
                 };
             };
-            /** @description Malformed or invalid request (`invalid_json`, `invalid_request`) */
+            /** @description No refresh token in the body and no cookie mode (`invalid_request`), or a bad X-Tessera-Refresh (`invalid_header`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2310,6 +2378,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer realm="tessera"` */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The cookie without X-Tessera-Refresh, or from another origin (`cookie_refused`) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2361,6 +2438,8 @@ export interface operations {
             /** @description Revoked */
             204: {
                 headers: {
+                    /** @description Clears `tessera_refresh` */
+                    "Set-Cookie"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -4163,7 +4242,7 @@ export interface operations {
                  */
                 tenant?: string;
                 /** @description `jsonl` (default) or `csv`. */
-                format?: null | ("jsonl" | "csv");
+                format?: "jsonl" | "csv";
             };
             header?: never;
             path?: never;
@@ -4254,6 +4333,95 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+            /** @description Unexpected server failure (`internal_error`) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    verify_export: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The export, JSON Lines or CSV */
+        requestBody: {
+            content: {
+                "application/x-ndjson": string;
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VerifyReport"];
+                };
+            };
+            /** @description Malformed or invalid request (`invalid_json`, `invalid_request`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The caller lacks the permission this operation needs (`forbidden`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Larger than 64 MiB: verify it with `tessera audit verify` (`payload_too_large`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Wrong Content-Type (`unsupported_media_type`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unexpected server failure (`internal_error`) */
