@@ -176,7 +176,8 @@ function JobWatch({ id, onChange }: { id: string; onChange: () => void }) {
       (event) => {
         if (event.event === "progress") {
           const report = JSON.parse(event.data) as Epoch;
-          if (typeof report.epoch === "number") setEpochs((all) => [...all.filter((e) => e.epoch !== report.epoch), report]);
+          // The first report (epoch 0) only says training started: no loss yet.
+          if (typeof report.epoch === "number" && report.train_loss !== undefined) setEpochs((all) => [...all.filter((e) => e.epoch !== report.epoch), report]);
         } else if (event.event === "status") {
           void load();
           onChange();
