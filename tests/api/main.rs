@@ -16,6 +16,7 @@ mod health;
 mod inference;
 mod jobs;
 mod openapi_drift;
+mod portal;
 mod registry;
 mod registry_keys;
 mod tenant_isolation;
