@@ -68,15 +68,17 @@ export function Models() {
                     .map(([a, v]) => `${a} → ${v}`)
                     .join(", ") || "none"}
                 </td>
-                <td class="row">
-                  <button type="button" onClick={() => setSelected(m.name)} aria-pressed={selected === m.name}>
-                    Open {m.name}
-                  </button>
-                  {write && (
-                    <button type="button" class="danger" onClick={() => setDeleting(m.name)}>
-                      Delete {m.name}
+                <td>
+                  <div class="row">
+                    <button type="button" onClick={() => setSelected(m.name)} aria-pressed={selected === m.name}>
+                      Open {m.name}
                     </button>
-                  )}
+                    {write && (
+                      <button type="button" class="danger" onClick={() => setDeleting(m.name)}>
+                        Delete {m.name}
+                      </button>
+                    )}
+                  </div>
                 </td>
               </tr>
             ))}
@@ -188,30 +190,32 @@ function ModelDetail({ model, onChange }: { model: Model; onChange: () => void }
               <td>{v.aliases.join(", ") || "none"}</td>
               <td>{when(v.created_at)}</td>
               {write && (
-                <td class="row">
-                  {!v.aliases.includes("production") && (
-                    <button type="button" onClick={() => setMoving({ alias: "production", version: v.version })}>
-                      Make version {v.version} production
-                    </button>
-                  )}
-                  {v.aliases.map((alias) => (
-                    <button type="button" onClick={() => void change(`Alias ${alias} removed.`, () => api.DELETE("/v1/tenants/{tenant}/models/{model}/aliases/{alias}", { params: { path: { tenant, model: model.name, alias } } }))}>
-                      Remove alias {alias}
-                    </button>
-                  ))}
-                  {v.aliases.length === 0 && (
-                    <button
-                      type="button"
-                      class="danger"
-                      onClick={() =>
-                        void change(`Version ${v.version} deleted.`, () =>
-                          api.DELETE("/v1/tenants/{tenant}/models/{model}/versions/{version}", { params: { path: { tenant, model: model.name, version: String(v.version) } } }),
-                        )
-                      }
-                    >
-                      Delete version {v.version}
-                    </button>
-                  )}
+                <td>
+                  <div class="row">
+                    {!v.aliases.includes("production") && (
+                      <button type="button" onClick={() => setMoving({ alias: "production", version: v.version })}>
+                        Make version {v.version} production
+                      </button>
+                    )}
+                    {v.aliases.map((alias) => (
+                      <button type="button" onClick={() => void change(`Alias ${alias} removed.`, () => api.DELETE("/v1/tenants/{tenant}/models/{model}/aliases/{alias}", { params: { path: { tenant, model: model.name, alias } } }))}>
+                        Remove alias {alias}
+                      </button>
+                    ))}
+                    {v.aliases.length === 0 && (
+                      <button
+                        type="button"
+                        class="danger"
+                        onClick={() =>
+                          void change(`Version ${v.version} deleted.`, () =>
+                            api.DELETE("/v1/tenants/{tenant}/models/{model}/versions/{version}", { params: { path: { tenant, model: model.name, version: String(v.version) } } }),
+                          )
+                        }
+                      >
+                        Delete version {v.version}
+                      </button>
+                    )}
+                  </div>
                 </td>
               )}
             </tr>
