@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything Tessera needs on a Debian/Ubuntu machine and runs the server:
 # installs and starts Postgres and Redis when missing, creates the database and its roles,
-# builds Tessera, applies migrations and serves on http://127.0.0.1:8080.
+# builds the portal and Tessera (which embeds it), applies migrations and serves on
+# http://127.0.0.1:8080 (the portal at /portal).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -21,6 +22,7 @@ if [ "$(psql_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'te
   psql_super -d postgres -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
 fi
 
+build_portal
 log "building Tessera"
 cargo build --locked --quiet --bin tessera
 target_dir="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}"
