@@ -89,14 +89,17 @@ struct ServerArgs {
     /// Base URL of the Tessera server.
     #[arg(long, env = "TESSERA_SERVER")]
     server: String,
-    /// Access token or API key (tenant-scoped: jobs run in its tenant).
+    /// Access token or API key.
     #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: String,
+    /// The tenant (slug) the jobs run in.
+    #[arg(long, env = "TESSERA_TENANT")]
+    tenant: String,
 }
 
 #[derive(Subcommand)]
 enum JobCommand {
-    /// Submit a job from a JSON spec (the body of `POST /v1/jobs`), optionally uploading its
+    /// Submit a job from a JSON spec (the body of `POST /v1/tenants/{tenant}/jobs`), optionally uploading its
     /// dataset first, and follow its progress.
     Submit {
         /// The job spec, as JSON.
@@ -238,7 +241,7 @@ enum ApiKeyCommand {
 enum AuditCommand {
     /// Verify an export file offline, or (with --database) the live chains.
     Verify {
-        /// An export (JSON Lines or CSV) from GET /v1/audit/export.
+        /// An export (JSON Lines or CSV) from GET /v1/tenants/{tenant}/audit/export.
         file: Option<std::path::PathBuf>,
         /// Ed25519 public key (base64), or a file holding the key set from GET /v1/audit/keys.
         #[arg(long)]
@@ -475,6 +478,7 @@ fn job_command(command: JobCommand) -> anyhow::Result<ExitCode> {
         match command {
             JobCommand::Submit { spec, dataset, idempotency_key, detach, server } => {
                 let client = Client::new(&server.server, server.token)?;
+                let tenant = server.tenant;
                 let text = std::fs::read_to_string(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
                 let mut body: serde_json::Value =
                     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", spec.display()))?;
@@ -484,23 +488,23 @@ fn job_command(command: JobCommand) -> anyhow::Result<ExitCode> {
                         .and_then(|s| s.to_str())
                         .map(|s| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect::<String>())
                         .unwrap_or_else(|| "dataset".into());
-                    let uploaded = client.upload_dataset(&path, &name).await?;
+                    let uploaded = client.upload_dataset(&tenant, &path, &name).await?;
                     eprintln!("dataset {} uploaded: {} rows", uploaded["id"].as_str().unwrap_or("?"), uploaded["rows"]);
                     body["dataset"] = uploaded["id"].clone();
                 }
-                let job = client.submit_job(&body, idempotency_key.as_deref()).await?;
+                let job = client.submit_job(&tenant, &body, idempotency_key.as_deref()).await?;
                 let id = job["id"].as_str().unwrap_or_default().to_owned();
                 println!("{id}");
-                if detach { Ok(()) } else { follow(&client, &id).await }
+                if detach { Ok(()) } else { follow(&client, &tenant, &id).await }
             }
             JobCommand::Status { id, server } => {
                 let client = Client::new(&server.server, server.token)?;
-                println!("{}", serde_json::to_string_pretty(&client.job(&id).await?)?);
+                println!("{}", serde_json::to_string_pretty(&client.job(&server.tenant, &id).await?)?);
                 Ok(())
             }
             JobCommand::Logs { id, server } => {
                 let client = Client::new(&server.server, server.token)?;
-                follow(&client, &id).await
+                follow(&client, &server.tenant, &id).await
             }
         }
     });
@@ -515,13 +519,13 @@ fn job_command(command: JobCommand) -> anyhow::Result<ExitCode> {
 
 /// Prints a job's events as they come, with an epoch (or row) progress bar on a terminal;
 /// fails unless the job succeeds.
-async fn follow(client: &crate::client::Client, id: &str) -> anyhow::Result<()> {
+async fn follow(client: &crate::client::Client, tenant: &str, id: &str) -> anyhow::Result<()> {
     use futures::StreamExt;
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{prefix:>8} [{bar:32}] {pos}/{len} {msg}").expect("the progress template is valid").progress_chars("=> "),
     );
-    let mut events = Box::pin(client.job_events(id).await?);
+    let mut events = Box::pin(client.job_events(tenant, id).await?);
     let mut last_status = String::new();
     while let Some(event) = events.next().await {
         let (kind, data) = event?;
@@ -555,7 +559,7 @@ async fn follow(client: &crate::client::Client, id: &str) -> anyhow::Result<()> 
     bar.finish_and_clear();
     match last_status.as_str() {
         "succeeded" => {
-            let job = client.job(id).await?;
+            let job = client.job(tenant, id).await?;
             println!("{}", serde_json::to_string_pretty(&job["result"])?);
             Ok(())
         }
@@ -641,8 +645,17 @@ async fn tenant(state: AppState, command: TenantCommand) -> anyhow::Result<Strin
             Ok(pretty(&view))
         }
         TenantCommand::List => {
-            let tenants = state.tenant_admin.list_tenants().await?;
-            Ok(tenants.iter().map(|t| format!("{}\t{}\t{}\t{}", t.slug, t.status, t.id, t.name)).collect::<Vec<_>>().join("\n"))
+            let mut lines = Vec::new();
+            let mut page = crate::page::PageRequest::default();
+            loop {
+                let tenants = state.tenant_admin.list_tenants(&page).await?;
+                lines.extend(tenants.items.iter().map(|t| format!("{}\t{}\t{}\t{}", t.slug, t.status, t.id, t.name)));
+                match tenants.items.last() {
+                    Some(last) if tenants.next_cursor.is_some() => page.after = Some(last.slug.clone()),
+                    _ => break,
+                }
+            }
+            Ok(lines.join("\n"))
         }
         TenantCommand::Suspend { slug } => {
             let t = tenant_by_slug(&state, &slug).await?;

@@ -160,9 +160,9 @@ impl Client {
     }
 
     /// Uploads a CSV dataset, streamed; returns the dataset (its `id` goes into a job spec).
-    pub async fn upload_dataset(&self, path: &Path, name: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn upload_dataset(&self, tenant: &str, path: &Path, name: &str) -> Result<serde_json::Value, ClientError> {
         let len = tokio::fs::metadata(path).await?.len();
-        let mut url = self.url(&["v1", "datasets"]);
+        let mut url = self.url(&["v1", "tenants", tenant, "datasets"]);
         url.query_pairs_mut().append_pair("name", name);
         let file = tokio::fs::File::open(path).await?;
         let response = self
@@ -177,11 +177,16 @@ impl Client {
         answer(response).await
     }
 
-    /// Submits a job (`POST /v1/jobs`), with an idempotency key when given.
-    pub async fn submit_job(&self, spec: &serde_json::Value, idempotency_key: Option<&str>) -> Result<serde_json::Value, ClientError> {
+    /// Submits a job (`POST /v1/tenants/{tenant}/jobs`), with an idempotency key when given.
+    pub async fn submit_job(
+        &self,
+        tenant: &str,
+        spec: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
         let mut request = self
             .http
-            .post(self.url(&["v1", "jobs"]))
+            .post(self.url(&["v1", "tenants", tenant, "jobs"]))
             .bearer_auth(&self.token)
             .header(header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(spec).expect("JSON serialises"));
@@ -191,13 +196,17 @@ impl Client {
         answer(request.send().await?).await
     }
 
-    pub async fn job(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        answer(self.http.get(self.url(&["v1", "jobs", id])).bearer_auth(&self.token).send().await?).await
+    pub async fn job(&self, tenant: &str, id: &str) -> Result<serde_json::Value, ClientError> {
+        answer(self.http.get(self.url(&["v1", "tenants", tenant, "jobs", id])).bearer_auth(&self.token).send().await?).await
     }
 
     /// The job's Server-Sent Events as (event, data) pairs, until the job's final status.
-    pub async fn job_events(&self, id: &str) -> Result<impl Stream<Item = Result<(String, serde_json::Value), ClientError>> + use<>, ClientError> {
-        let response = self.http.get(self.url(&["v1", "jobs", id, "events"])).bearer_auth(&self.token).send().await?;
+    pub async fn job_events(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<(String, serde_json::Value), ClientError>> + use<>, ClientError> {
+        let response = self.http.get(self.url(&["v1", "tenants", tenant, "jobs", id, "events"])).bearer_auth(&self.token).send().await?;
         if !response.status().is_success() {
             return Err(answer::<serde_json::Value>(response).await.err().unwrap_or(ClientError::Unexpected {
                 status: 0,

@@ -253,7 +253,7 @@ pub struct JobsSettings {
     pub max_dataset_bytes: u64,
     /// How often a dispatcher looks for due jobs that are not in the stream.
     pub dispatch_interval_ms: u64,
-    /// How often an event stream (`/v1/jobs/{id}/events`) looks for news.
+    /// How often an event stream (`/v1/tenants/{tenant}/jobs/{id}/events`) looks for news.
     pub events_poll_ms: u64,
 }
 

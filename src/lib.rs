@@ -18,6 +18,7 @@ pub mod inference;
 pub mod jobs;
 pub mod metrics;
 pub mod net;
+pub mod page;
 pub mod redis_store;
 pub mod registry;
 pub mod request;

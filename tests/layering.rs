@@ -28,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "floor",
         &[
-            "burnml", "config", "crypto", "data", "db", "error", "metrics", "net", "redis_store", "request", "telemetry",
+            "burnml", "config", "crypto", "data", "db", "error", "metrics", "net", "page", "redis_store", "request", "telemetry",
             "tls", "",
         ],
     ),

@@ -52,6 +52,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(tenancy::revoke_api_key)
         .service(crate::audit::routes::list_events)
         .service(crate::audit::routes::export_events)
+        .service(crate::audit::routes::list_platform_events)
+        .service(crate::audit::routes::export_platform_events)
         .service(crate::audit::routes::signing_keys)
         .service(crate::audit::routes::verify_export)
         .service(crate::audit::routes::get_settings)

@@ -25,6 +25,7 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         (name = "api-keys", description = "API keys for machines"),
         (name = "models", description = "The encrypted model registry: models, versions, aliases, artifacts, tenant keys"),
         (name = "inference", description = "The Open Inference Protocol v2 (KServe / Triton HTTP), in the caller's tenant"),
+        (name = "jobs", description = "Datasets, training and batch inference jobs, their event streams and outputs"),
         (name = "audit", description = "The tamper-evident audit log: events, signed exports, signing keys, settings"),
     ),
     modifiers(&BearerAuth),

@@ -1,8 +1,7 @@
-//! `/v1/audit/*`: reading, exporting and configuring the audit log; the signing keys.
+//! Reading, exporting and configuring a tenant's audit log (`/v1/tenants/{tenant}/audit/*`),
+//! the platform's log (`/v1/platform/audit/*`), and the signing keys.
 
 use actix_web::{HttpResponse, get, post, put, web};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -13,27 +12,10 @@ use super::service::{AuditService, AuditSettings};
 use super::signing::PublicKeySet;
 use super::{AuditActor, PLATFORM};
 use crate::error::{ApiError, Code};
-use crate::http::guard::{Guarded, TenantPath, tenant_not_found};
+use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Principal, perm};
+use crate::page::{Page, PageQuery};
 use crate::request::RequestInfo;
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ScopeQuery {
-    /// Platform administrators: the tenant (slug) whose log to read; `platform` for the
-    /// platform log. Others read their own tenant's log and may only name it.
-    pub tenant: Option<String>,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// From `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// 1-1000, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-}
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -44,91 +26,33 @@ pub struct FormatQuery {
     pub format: Option<ExportFormat>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct AuditPage {
-    pub events: Vec<ChainedEvent>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Which chain a request reads: (tenant id, label).
-async fn scope(audit: &AuditService, principal: &Principal, requested: Option<&str>) -> Result<(Uuid, String), ApiError> {
-    match requested {
-        Some("platform") if principal.platform_admin => Ok((PLATFORM, "platform".to_owned())),
-        Some(slug) => {
-            let tenant = audit.tenant(slug).await?.ok_or_else(|| tenant_not_found(slug))?;
-            let own = principal.tenant.as_ref().is_some_and(|t| t.id == tenant.id);
-            if own || principal.platform_admin { Ok((tenant.id.0, tenant.slug.clone())) } else { Err(tenant_not_found(slug)) }
-        }
-        None => match &principal.tenant {
-            Some(t) => Ok((t.id.0, t.slug.clone())),
-            None if principal.platform_admin => Ok((PLATFORM, "platform".to_owned())),
-            None => Err(ApiError::new(Code::TenantRequired, "name a tenant with `?tenant=`")),
-        },
-    }
-}
-
-fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
-    cursor
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("seq:").and_then(|n| n.parse().ok()))
-                .ok_or_else(|| ApiError::new(Code::InvalidQuery, "`cursor` is not one this API returned"))
-        })
-        .transpose()
-}
-
-/// Audit events of the caller's tenant, oldest first, filtered, one page at a time.
-#[utoipa::path(
-    tag = "audit", params(AuditFilters, ScopeQuery, PageQuery), security(("bearer" = [])),
-    responses((status = 200, body = AuditPage),
-              (status = 404, description = "No such tenant, or not visible to the caller"))
-)]
-#[get("/v1/audit/events")]
-pub async fn list_events(
-    guard: Guarded<{ perm::AUDIT_READ }, AuditService>,
+/// A page of events, oldest first, filtered.
+async fn page(
+    audit: &AuditService,
+    tenant: Uuid,
     filters: web::Query<AuditFilters>,
-    scope_query: web::Query<ScopeQuery>,
-    page: web::Query<PageQuery>,
-) -> Result<web::Json<AuditPage>, ApiError> {
-    let (tenant, _) = scope(&guard, &guard.principal, scope_query.tenant.as_deref()).await?;
-    let limit = page.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(Code::InvalidQuery, "`limit` must be between 1 and 1000"));
-    }
-    let after = decode_cursor(page.cursor.as_deref())?;
+    page: &PageQuery,
+) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
+    let page = page.parse::<i64>()?;
     let filters = filters.into_inner().parse()?;
-    let events = guard.page(tenant, &filters, after, limit + 1).await?;
-    let more = events.len() as i64 > limit;
-    let events: Vec<ChainedEvent> = events.into_iter().take(limit as usize).collect();
-    let next_cursor = more.then(|| URL_SAFE_NO_PAD.encode(format!("seq:{}", events.last().map(|e| e.seq).unwrap_or(0))));
-    Ok(web::Json(AuditPage { events, next_cursor }))
+    let events = audit.page(tenant, &filters, page.after, page.fetch()).await?;
+    Ok(web::Json(page.finish(events, |e: &ChainedEvent| e.seq)))
 }
 
-/// Streams an export (JSON Lines or CSV) of the audit events matching the filters. The last
-/// record is a signed manifest; `tessera audit verify <file>` checks it offline.
-#[utoipa::path(
-    tag = "audit", params(AuditFilters, ScopeQuery, FormatQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String),
-              (status = 404, description = "No such tenant, or not visible to the caller"))
-)]
-#[get("/v1/audit/export")]
-pub async fn export_events(
-    guard: Guarded<{ perm::AUDIT_EXPORT }, AuditService>,
-    info: RequestInfo,
+/// Streams an export of one chain, audited as an export by the caller.
+async fn export(
+    audit: &AuditService,
+    principal: &Principal,
+    info: &RequestInfo,
+    (tenant, label): (Uuid, &str),
     filters: web::Query<AuditFilters>,
-    scope_query: web::Query<ScopeQuery>,
     format: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, label) = scope(&guard, &guard.principal, scope_query.tenant.as_deref()).await?;
     let format = format.format.unwrap_or_default();
     let raw = filters.into_inner();
-    let details = serde_json::json!({ "format": format, "filters": &raw, "scope": &label });
+    let details = serde_json::json!({ "format": format, "filters": &raw, "scope": label });
     let filters = raw.parse()?;
-    let job = guard.export(tenant, label.clone(), filters, format, AuditActor::from(&guard.principal), details, &info).await?;
+    let job = audit.export(tenant, label.to_owned(), filters, format, AuditActor::from(principal), details, info).await?;
     let (content_type, extension) = match format {
         ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
         ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -137,6 +61,67 @@ pub async fn export_events(
         .content_type(content_type)
         .insert_header(("content-disposition", format!("attachment; filename=\"audit-{label}.{extension}\"")))
         .streaming(job.stream()))
+}
+
+/// A tenant's audit events, oldest first, filtered, one page at a time.
+#[utoipa::path(
+    tag = "audit", params(TenantPath, AuditFilters, PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<ChainedEvent>))
+)]
+#[get("/v1/tenants/{tenant}/audit/events")]
+pub async fn list_events(
+    guard: Guarded<{ perm::AUDIT_READ }, AuditService>,
+    filters: web::Query<AuditFilters>,
+    query: web::Query<PageQuery>,
+) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
+    page(&guard, guard.tenant()?.id.0, filters, &query).await
+}
+
+/// Streams an export (JSON Lines or CSV) of a tenant's audit events matching the filters. The
+/// last record is a signed manifest; `tessera audit verify <file>` checks it offline.
+#[utoipa::path(
+    tag = "audit", params(TenantPath, AuditFilters, FormatQuery), security(("bearer" = [])),
+    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String))
+)]
+#[get("/v1/tenants/{tenant}/audit/export")]
+pub async fn export_events(
+    guard: Guarded<{ perm::AUDIT_EXPORT }, AuditService>,
+    info: RequestInfo,
+    filters: web::Query<AuditFilters>,
+    format: web::Query<FormatQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = guard.tenant()?;
+    export(&guard, &guard.principal, &info, (tenant.id.0, tenant.slug.as_str()), filters, format).await
+}
+
+/// The platform's own audit events (tenants created, suspended, resumed; platform
+/// administrators' sign-ins), oldest first (platform administrators).
+#[utoipa::path(
+    tag = "audit", params(AuditFilters, PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<ChainedEvent>))
+)]
+#[get("/v1/platform/audit/events")]
+pub async fn list_platform_events(
+    guard: Guarded<{ perm::TENANTS_MANAGE }, AuditService>,
+    filters: web::Query<AuditFilters>,
+    query: web::Query<PageQuery>,
+) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
+    page(&guard, PLATFORM, filters, &query).await
+}
+
+/// Streams an export of the platform's audit events, as for a tenant's (platform administrators).
+#[utoipa::path(
+    tag = "audit", params(AuditFilters, FormatQuery), security(("bearer" = [])),
+    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String))
+)]
+#[get("/v1/platform/audit/export")]
+pub async fn export_platform_events(
+    guard: Guarded<{ perm::TENANTS_MANAGE }, AuditService>,
+    info: RequestInfo,
+    filters: web::Query<AuditFilters>,
+    format: web::Query<FormatQuery>,
+) -> Result<HttpResponse, ApiError> {
+    export(&guard, &guard.principal, &info, (PLATFORM, "platform"), filters, format).await
 }
 
 /// The public keys that verify audit checkpoints and export manifests, by key id.

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::error::InferenceError;
 use super::models::{ServedTensor, burn_specs};
 use super::service::InferenceService;
+use crate::page::{MAX_LIMIT, PageRequest};
 use crate::audit::AuditActor;
 use crate::registry::model::{Framework, ModelName, VersionRef};
 use crate::registry::onnx::TensorSpec;
@@ -39,7 +40,12 @@ impl InferenceService {
         let stored = self.models.registry().get_version(tenant, &model, version_ref.as_ref()).await?;
         let versions = match version {
             Some(_) => vec![stored.view.version.to_string()],
-            None => self.models.registry().list_versions(tenant, &model).await?.iter().map(|v| v.version.to_string()).collect(),
+            None => {
+                // OIP has no paging: the metadata names at most a full page of versions.
+                let page = PageRequest { after: None, limit: MAX_LIMIT };
+                let versions = self.models.registry().list_versions(tenant, &model, &page).await?;
+                versions.items.iter().map(|v| v.version.to_string()).collect()
+            }
         };
         let (inputs, outputs): (Vec<TensorMetadata>, Vec<TensorMetadata>) = match &stored.view.burn {
             Some(architecture) => {

@@ -56,7 +56,7 @@ impl DatasetName {
     }
 }
 
-/// A job as submitted: `POST /v1/jobs`.
+/// A job as submitted: `POST /v1/tenants/{tenant}/jobs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobRequest {
@@ -95,7 +95,7 @@ impl utoipa::PartialSchema for JobRequest {
                 <BatchInferRequest as utoipa::PartialSchema>::schema(),
             ))
             .discriminator(Some(Discriminator::new("kind")))
-            .description(Some("A job as submitted: `POST /v1/jobs`."))
+            .description(Some("A job as submitted: `POST /v1/tenants/{tenant}/jobs`."))
             .into()
     }
 }
@@ -120,7 +120,7 @@ pub struct TrainRequest {
     /// The architecture's configuration (layer sizes, activation, dropout, task).
     #[schema(value_type = Object, example = json!({"inputs": 8, "hidden": [32, 32], "outputs": 3}))]
     pub config: Value,
-    /// A dataset id (`POST /v1/datasets`).
+    /// A dataset id (`POST /v1/tenants/{tenant}/datasets`).
     pub dataset: Uuid,
     /// The column to predict: class indices 0..outputs-1 (classification) or values (regression).
     #[schema(example = "label")]

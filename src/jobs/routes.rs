@@ -1,4 +1,4 @@
-//! `/v1/datasets` and `/v1/jobs`: thin handlers over `JobService`, in the caller's tenant.
+//! `/v1/tenants/{tenant}/datasets` and `/v1/tenants/{tenant}/jobs`: thin handlers over `JobService`.
 
 use std::time::Duration;
 
@@ -13,8 +13,9 @@ use super::model::{DatasetName, DatasetView, JobKind, JobRequest, JobStatus, Job
 use super::service::{JobFilter, JobService};
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::http::guard::Guarded;
+use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
+use crate::page::{Page, PageQuery};
 use crate::tenancy::TenantId;
 
 #[derive(Deserialize, IntoParams)]
@@ -31,20 +32,16 @@ pub struct IdPath {
 }
 
 #[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     pub status: Option<JobStatus>,
     pub kind: Option<JobKind>,
-    /// The last id of the previous page: jobs older than it.
-    pub before: Option<Uuid>,
-    /// At most this many (1–200, default 50).
-    pub limit: Option<u32>,
 }
 
 /// Upload a dataset: a CSV file with a header of column names and numeric rows, streamed and
 /// encrypted as it arrives. The first malformed line is reported by number.
 #[utoipa::path(
-    tag = "jobs", params(DatasetQuery), security(("bearer" = [])),
+    tag = "jobs", params(TenantPath, DatasetQuery), security(("bearer" = [])),
     request_body(content = String, content_type = "text/csv", description = "The CSV file"),
     responses(
         (status = 201, body = DatasetView),
@@ -53,7 +50,7 @@ pub struct JobListQuery {
         (status = 403, description = "Storage quota exceeded (`quota_exceeded`)"),
     )
 )]
-#[post("/v1/datasets")]
+#[post("/v1/tenants/{tenant}/datasets")]
 pub async fn upload_dataset(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
@@ -75,15 +72,18 @@ pub async fn upload_dataset(
 }
 
 /// The tenant's datasets, newest first.
-#[utoipa::path(tag = "jobs", security(("bearer" = [])), responses((status = 200, body = Vec<DatasetView>)))]
-#[get("/v1/datasets")]
-pub async fn list_datasets(guard: Guarded<{ perm::JOBS_RUN }, JobService>) -> Result<web::Json<Vec<DatasetView>>, ApiError> {
-    Ok(web::Json(guard.list_datasets(guard.tenant()?.id).await?))
+#[utoipa::path(tag = "jobs", params(TenantPath, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<DatasetView>)))]
+#[get("/v1/tenants/{tenant}/datasets")]
+pub async fn list_datasets(
+    guard: Guarded<{ perm::JOBS_RUN }, JobService>,
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<DatasetView>>, ApiError> {
+    Ok(web::Json(guard.list_datasets(guard.tenant()?.id, &page.parse()?).await?))
 }
 
 /// A dataset's header, size and checksum.
-#[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = DatasetView)))]
-#[get("/v1/datasets/{id}")]
+#[utoipa::path(tag = "jobs", params(TenantPath, IdPath), security(("bearer" = [])), responses((status = 200, body = DatasetView)))]
+#[get("/v1/tenants/{tenant}/datasets/{id}")]
 pub async fn get_dataset(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     path: web::Path<IdPath>,
@@ -95,7 +95,7 @@ pub async fn get_dataset(
 /// the same request returns the job the first submission created (200) instead of a new one.
 #[utoipa::path(
     tag = "jobs", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes resubmission safe: the same key and body give the same job")),
+    params(TenantPath, ("Idempotency-Key" = Option<String>, Header, description = "Makes resubmission safe: the same key and body give the same job")),
     request_body = JobRequest,
     responses(
         (status = 201, body = JobView, description = "Queued"),
@@ -103,7 +103,7 @@ pub async fn get_dataset(
         (status = 422, description = "The key was used for a different request (`idempotency_key_reused`)"),
     )
 )]
-#[post("/v1/jobs")]
+#[post("/v1/tenants/{tenant}/jobs")]
 pub async fn submit_job(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
@@ -119,39 +119,40 @@ pub async fn submit_job(
             Some(key.to_owned())
         }
     };
-    let (job, created) = guard.submit(&guard.principal, guard.tenant()?.id, body.into_inner(), key, &info).await?;
+    let tenant = guard.tenant()?;
+    let (job, created) = guard.submit(&guard.principal, tenant.id, body.into_inner(), key, &info).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
-    Ok(response.insert_header((header::LOCATION, format!("/v1/jobs/{}", job.id))).json(job))
+    Ok(response.insert_header((header::LOCATION, format!("/v1/tenants/{}/jobs/{}", tenant.slug, job.id))).json(job))
 }
 
 /// The tenant's jobs, newest first, filtered by status and kind.
-#[utoipa::path(tag = "jobs", params(JobListQuery), security(("bearer" = [])), responses((status = 200, body = Vec<JobView>)))]
-#[get("/v1/jobs")]
+#[utoipa::path(tag = "jobs", params(TenantPath, JobListQuery, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<JobView>)))]
+#[get("/v1/tenants/{tenant}/jobs")]
 pub async fn list_jobs(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     query: web::Query<JobListQuery>,
-) -> Result<web::Json<Vec<JobView>>, ApiError> {
-    let query = query.into_inner();
-    let filter = JobFilter { status: query.status, kind: query.kind, before: query.before, limit: query.limit.unwrap_or(50) };
-    Ok(web::Json(guard.list(guard.tenant()?.id, &filter).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<JobView>>, ApiError> {
+    let filter = JobFilter { status: query.status, kind: query.kind };
+    Ok(web::Json(guard.list(guard.tenant()?.id, &filter, &page.parse()?).await?))
 }
 
 /// A job: status, attempts, latest progress, result or error.
-#[utoipa::path(tag = "jobs", params(IdPath), security(("bearer" = [])), responses((status = 200, body = JobView)))]
-#[get("/v1/jobs/{id}")]
+#[utoipa::path(tag = "jobs", params(TenantPath, IdPath), security(("bearer" = [])), responses((status = 200, body = JobView)))]
+#[get("/v1/tenants/{tenant}/jobs/{id}")]
 pub async fn get_job(guard: Guarded<{ perm::JOBS_RUN }, JobService>, path: web::Path<IdPath>) -> Result<web::Json<JobView>, ApiError> {
     Ok(web::Json(guard.get(guard.tenant()?.id, path.id).await?))
 }
 
 /// Cancel a job: at once if it is queued, at its next epoch (or batch of rows) if running.
 #[utoipa::path(
-    tag = "jobs", params(IdPath), security(("bearer" = [])),
+    tag = "jobs", params(TenantPath, IdPath), security(("bearer" = [])),
     responses(
         (status = 200, body = JobView),
         (status = 409, description = "Already finished (`job_finished`)"),
     )
 )]
-#[post("/v1/jobs/{id}/cancel")]
+#[post("/v1/tenants/{tenant}/jobs/{id}/cancel")]
 pub async fn cancel_job(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
@@ -162,10 +163,10 @@ pub async fn cancel_job(
 
 /// A batch inference job's predictions, as CSV (decrypted as it is served; audited).
 #[utoipa::path(
-    tag = "jobs", params(IdPath), security(("bearer" = [])),
+    tag = "jobs", params(TenantPath, IdPath), security(("bearer" = [])),
     responses((status = 200, description = "The predictions", content_type = "text/csv", body = String))
 )]
-#[get("/v1/jobs/{id}/output")]
+#[get("/v1/tenants/{tenant}/jobs/{id}/output")]
 pub async fn job_output(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
@@ -179,11 +180,11 @@ pub async fn job_output(
 /// metric, rows done), from the start or after `Last-Event-ID`. The stream ends after the
 /// job's final status.
 #[utoipa::path(
-    tag = "jobs", params(IdPath, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    tag = "jobs", params(TenantPath, IdPath, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
     security(("bearer" = [])),
     responses((status = 200, description = "`text/event-stream`: `id`, `event` (status, progress, log) and JSON `data`", content_type = "text/event-stream", body = String))
 )]
-#[get("/v1/jobs/{id}/events")]
+#[get("/v1/tenants/{tenant}/jobs/{id}/events")]
 pub async fn job_events(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     req: HttpRequest,

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{DatasetName, DatasetView, JobKind, JobRequest, JobSpec, JobStatus, JobView, column_indices};
 use super::queue::JobQueue;
+use crate::page::{Page, PageRequest};
 use crate::audit::{AuditActor, AuditEvent, Auditor, Outcome};
 use crate::config::JobsSettings;
 use crate::data::csv::CsvTable;
@@ -129,14 +130,11 @@ pub struct JobEvent {
     pub data: Value,
 }
 
-/// Filters of `GET /v1/jobs`.
+/// Filters of `GET /v1/tenants/{tenant}/jobs`.
 #[derive(Debug, Default)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub kind: Option<JobKind>,
-    /// Jobs older than this one (the previous page's last id).
-    pub before: Option<Uuid>,
-    pub limit: u32,
 }
 
 pub(super) async fn record_event(tx: &mut TenantTx, job: Uuid, kind: &str, data: Value) -> Result<(), JobError> {
@@ -251,14 +249,17 @@ impl JobService {
         Ok(row.view())
     }
 
-    pub async fn list_datasets(&self, tenant: TenantId) -> Result<Vec<DatasetView>, JobError> {
+    /// Datasets, newest first (ids are time-ordered).
+    pub async fn list_datasets(&self, tenant: TenantId, page: &PageRequest<Uuid>) -> Result<Page<DatasetView>, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!(
-            "SELECT {DATA_OBJECT_COLUMNS} FROM data_objects WHERE tenant_id = $1 AND kind = 'dataset' ORDER BY created_at DESC LIMIT 500"
+            "SELECT {DATA_OBJECT_COLUMNS} FROM data_objects WHERE tenant_id = $1 AND kind = 'dataset' \
+             AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
         );
-        let rows: Vec<DataObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.0).fetch_all(tx.conn()).await?;
+        let rows: Vec<DataObjectRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.0).bind(page.after).bind(page.fetch()).fetch_all(tx.conn()).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(DataObjectRow::view).collect())
+        Ok(page.finish(rows.iter().map(DataObjectRow::view).collect(), |d: &DatasetView| d.id))
     }
 
     pub(super) async fn data_object(&self, tenant: TenantId, id: Uuid, kind: &str) -> Result<DataObjectRow, JobError> {
@@ -407,7 +408,8 @@ impl JobService {
         }
     }
 
-    pub async fn list(&self, tenant: TenantId, filter: &JobFilter) -> Result<Vec<JobView>, JobError> {
+    /// Jobs, newest first (ids are time-ordered).
+    pub async fn list(&self, tenant: TenantId, filter: &JobFilter, page: &PageRequest<Uuid>) -> Result<Page<JobView>, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
@@ -417,12 +419,12 @@ impl JobService {
             .bind(tenant.0)
             .bind(filter.status.map(JobStatus::as_str))
             .bind(filter.kind.map(JobKind::as_str))
-            .bind(filter.before)
-            .bind(filter.limit.clamp(1, 200) as i64)
+            .bind(page.after)
+            .bind(page.fetch())
             .fetch_all(tx.conn())
             .await?;
         tx.commit().await?;
-        Ok(rows.into_iter().map(JobRow::view).collect())
+        Ok(page.finish(rows.into_iter().map(JobRow::view).collect(), |j: &JobView| j.id))
     }
 
     pub(super) async fn row(&self, tenant: TenantId, id: Uuid) -> Result<JobRow, JobError> {

@@ -14,6 +14,7 @@ use crate::error::{ApiError, Code};
 use crate::http::extract::Binary;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
+use crate::page::{Page, PageQuery};
 use super::RegistryService;
 use crate::inference::models::ModelManager;
 
@@ -108,13 +109,14 @@ pub async fn create_model(
     Ok(HttpResponse::Created().json(model))
 }
 
-/// List the tenant's models.
-#[utoipa::path(tag = "models", params(TenantPath), security(("bearer" = [])), responses((status = 200, body = Vec<ModelView>)))]
+/// List the tenant's models, by name.
+#[utoipa::path(tag = "models", params(TenantPath, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<ModelView>)))]
 #[get("/v1/tenants/{tenant}/models")]
 pub async fn list_models(
     guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
-) -> Result<web::Json<Vec<ModelView>>, ApiError> {
-    Ok(web::Json(guard.list_models(guard.tenant()?).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<ModelView>>, ApiError> {
+    Ok(web::Json(guard.list_models(guard.tenant()?, &page.parse()?).await?))
 }
 
 /// A model with its aliases and latest version.
@@ -207,14 +209,18 @@ pub async fn upload_version(
     Ok(HttpResponse::Created().json(version))
 }
 
-/// List a model's live versions.
-#[utoipa::path(tag = "models", params(TenantPath, ModelPath), security(("bearer" = [])), responses((status = 200, body = Vec<VersionView>)))]
+/// List a model's live versions, by number.
+#[utoipa::path(
+    tag = "models", params(TenantPath, ModelPath, PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<VersionView>))
+)]
 #[get("/v1/tenants/{tenant}/models/{model}/versions")]
 pub async fn list_versions(
     guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
     path: web::Path<ModelPath>,
-) -> Result<web::Json<Vec<VersionView>>, ApiError> {
-    Ok(web::Json(guard.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<VersionView>>, ApiError> {
+    Ok(web::Json(guard.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?, &page.parse()?).await?))
 }
 
 /// A version, by number or alias.

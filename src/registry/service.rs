@@ -17,6 +17,7 @@ use super::onnx::ModelSignature;
 use super::store::ArtifactStore;
 use crate::audit::{AuditActor, AuditEvent, Auditor};
 use crate::burnml::Architecture;
+use crate::page::{Page, PageRequest};
 use crate::request::RequestInfo;
 use crate::identity::Principal;
 use crate::tenancy::TenantInfo;
@@ -209,12 +210,18 @@ impl RegistryService {
         row.map(Into::into).ok_or_else(|| model_not_found(name))
     }
 
-    pub async fn list_models(&self, tenant: &TenantInfo) -> Result<Vec<ModelView>, RegistryError> {
+    /// Live models by name.
+    pub async fn list_models(&self, tenant: &TenantInfo, page: &PageRequest<String>) -> Result<Page<ModelView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let sql = format!("{MODEL_SELECT} ORDER BY m.name");
-        let rows: Vec<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).fetch_all(tx.conn()).await?;
+        let sql = format!("{MODEL_SELECT} AND ($2::text IS NULL OR m.name > $2) ORDER BY m.name LIMIT $3");
+        let rows: Vec<ModelRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.id.0)
+            .bind(page.after.clone())
+            .bind(page.fetch())
+            .fetch_all(tx.conn())
+            .await?;
         tx.commit().await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(page.finish(rows.into_iter().map(ModelView::from).collect(), |m: &ModelView| m.name.clone()))
     }
 
     pub async fn get_model(&self, tenant: &TenantInfo, name: &ModelName) -> Result<ModelView, RegistryError> {
@@ -311,13 +318,25 @@ impl RegistryService {
         Ok(ServingInfo { stored, deterministic, serving: serving.0 })
     }
 
-    pub async fn list_versions(&self, tenant: &TenantInfo, name: &ModelName) -> Result<Vec<VersionView>, RegistryError> {
+    /// A model's live versions, by number.
+    pub async fn list_versions(
+        &self,
+        tenant: &TenantInfo,
+        name: &ModelName,
+        page: &PageRequest<i32>,
+    ) -> Result<Page<VersionView>, RegistryError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let (model_id, _) = Self::model_id(&mut tx, name, false).await?;
-        let sql = format!("{VERSION_SELECT} ORDER BY v.version");
-        let rows: Vec<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).bind(model_id).fetch_all(tx.conn()).await?;
+        let sql = format!("{VERSION_SELECT} AND ($3::int4 IS NULL OR v.version > $3) ORDER BY v.version LIMIT $4");
+        let rows: Vec<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.id.0)
+            .bind(model_id)
+            .bind(page.after)
+            .bind(page.fetch())
+            .fetch_all(tx.conn())
+            .await?;
         tx.commit().await?;
-        Ok(rows.into_iter().map(|r| StoredVersion::from(r).view).collect())
+        Ok(page.finish(rows.into_iter().map(|r| StoredVersion::from(r).view).collect(), |v: &VersionView| v.version))
     }
 
     /// Points `alias` at `version`, creating or moving it in one statement.

@@ -44,8 +44,8 @@ async fn each_action_produces_exactly_one_event_with_its_actor_and_tenant() {
     let owner = pair["access_token"].as_str().unwrap().to_owned();
     let key = app.create_api_key(&owner, "acme", "inference").await;
     app.call("DELETE", &format!("/v1/tenants/acme/api-keys/{}", key["id"].as_str().unwrap()), Some(&owner), None).await;
-    let inference_user: serde_json::Value = app.get_as("/v1/tenants/acme/members", &owner).await.json().await.unwrap();
-    let inference_user = inference_user.as_array().unwrap().iter().find(|m| m["role"] == "inference").unwrap()["user_id"]
+    let inference_user = app.items("/v1/tenants/acme/members", &owner).await;
+    let inference_user = inference_user.iter().find(|m| m["role"] == "inference").unwrap()["user_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -162,15 +162,25 @@ async fn auditors_see_and_export_only_their_own_tenant() {
     let globex = app.tenant_with_members(&admin, "globex").await;
     let auditor = app.credential(As::Auditor, &acme, &admin).await.unwrap();
 
-    assert_problem(app.get_as("/v1/audit/events?tenant=globex", &auditor).await, 404, "not_found").await;
-    assert_problem(app.get_as("/v1/audit/export?tenant=globex", &auditor).await, 404, "not_found").await;
-    assert_problem(app.get_as("/v1/audit/events?tenant=platform", &auditor).await, 404, "not_found").await;
+    assert_problem(app.get_as("/v1/tenants/globex/audit/events", &auditor).await, 404, "not_found").await;
+    assert_problem(app.get_as("/v1/tenants/globex/audit/export", &auditor).await, 404, "not_found").await;
+    assert_problem(app.get_as("/v1/tenants/platform/audit/events", &auditor).await, 404, "not_found").await;
+    assert_problem(app.get_as("/v1/platform/audit/events", &auditor).await, 403, "forbidden").await;
+    assert_problem(app.get_as("/v1/platform/audit/export", &auditor).await, 403, "forbidden").await;
 
-    let page: serde_json::Value = app.get_as("/v1/audit/events?limit=1000", &auditor).await.json().await.unwrap();
+    // The platform's own chain is the platform administrators'.
+    let platform: serde_json::Value = app.get_as("/v1/platform/audit/events", &admin).await.json().await.unwrap();
+    let actions: Vec<&str> = platform["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"platform.admin_bootstrapped"), "{actions:?}");
+    assert!(platform["items"].as_array().unwrap().iter().all(|e| e["tenant_id"] != acme.id.as_str()));
+    let export = app.get_as("/v1/platform/audit/export?format=jsonl", &admin).await.text().await.unwrap();
+    assert!(export.contains("platform.admin_bootstrapped") && export.contains("\"manifest\""), "{export}");
+
+    let page: serde_json::Value = app.get_as("/v1/tenants/acme/audit/events?limit=1000", &auditor).await.json().await.unwrap();
     let tenants: std::collections::HashSet<&str> =
-        page["events"].as_array().unwrap().iter().map(|e| e["tenant_id"].as_str().unwrap()).collect();
+        page["items"].as_array().unwrap().iter().map(|e| e["tenant_id"].as_str().unwrap()).collect();
     assert_eq!(tenants, [acme.id.as_str()].into_iter().collect());
-    let export = app.get_as("/v1/audit/export", &auditor).await.text().await.unwrap();
+    let export = app.get_as("/v1/tenants/acme/audit/export", &auditor).await.text().await.unwrap();
     assert!(!export.contains(&globex.id), "tenant B's data in tenant A's export");
     assert!(!export.contains("globex"));
 }
@@ -185,11 +195,11 @@ async fn listing_filters_and_pages_with_a_cursor() {
     let mut cursor: Option<String> = None;
     loop {
         let path = match &cursor {
-            Some(c) => format!("/v1/audit/events?action=member.joined&limit=2&cursor={c}"),
-            None => "/v1/audit/events?action=member.joined&limit=2".to_owned(),
+            Some(c) => format!("/v1/tenants/acme/audit/events?action=member.joined&limit=2&cursor={c}"),
+            None => "/v1/tenants/acme/audit/events?action=member.joined&limit=2".to_owned(),
         };
         let page: serde_json::Value = app.get_as(&path, &owner).await.json().await.unwrap();
-        for e in page["events"].as_array().unwrap() {
+        for e in page["items"].as_array().unwrap() {
             assert_eq!(e["action"], "member.joined");
             seen.push(e["seq"].as_i64().unwrap());
         }
@@ -200,15 +210,15 @@ async fn listing_filters_and_pages_with_a_cursor() {
     }
     assert_eq!(seen.len(), 5);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
-    let prefix: serde_json::Value = app.get_as("/v1/audit/events?action=auth.", &owner).await.json().await.unwrap();
-    assert!(prefix["events"].as_array().unwrap().iter().all(|e| e["action"].as_str().unwrap().starts_with("auth.")));
-    assert_problem(app.get_as("/v1/audit/events?from=yesterday", &owner).await, 400, "invalid_query").await;
-    assert_problem(app.get_as("/v1/audit/events?cursor=garbage", &owner).await, 400, "invalid_query").await;
-    assert_problem(app.get_as("/v1/audit/events?limit=0", &owner).await, 400, "invalid_query").await;
+    let prefix: serde_json::Value = app.get_as("/v1/tenants/acme/audit/events?action=auth.", &owner).await.json().await.unwrap();
+    assert!(prefix["items"].as_array().unwrap().iter().all(|e| e["action"].as_str().unwrap().starts_with("auth.")));
+    assert_problem(app.get_as("/v1/tenants/acme/audit/events?from=yesterday", &owner).await, 400, "invalid_query").await;
+    assert_problem(app.get_as("/v1/tenants/acme/audit/events?cursor=garbage", &owner).await, 400, "invalid_query").await;
+    assert_problem(app.get_as("/v1/tenants/acme/audit/events?limit=0", &owner).await, 400, "invalid_query").await;
 }
 
 async fn export(app: &TestApp, token: &str, query: &str) -> String {
-    let response = app.get_as(&format!("/v1/audit/export?{query}"), token).await;
+    let response = app.get_as(&format!("/v1/tenants/acme/audit/export?{query}"), token).await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
@@ -545,7 +555,7 @@ async fn the_server_verifies_an_export_and_names_the_first_broken_event() {
     };
 
     for format in ["jsonl", "csv"] {
-        let export = app.get_as(&format!("/v1/audit/export?format={format}"), &auditor).await.text().await.unwrap();
+        let export = app.get_as(&format!("/v1/tenants/acme/audit/export?format={format}"), &auditor).await.text().await.unwrap();
         let report: serde_json::Value = verify(export.clone(), Some(auditor.clone())).await.unwrap().json().await.unwrap();
         assert_eq!(report["valid"], true, "{format}: {report}");
         assert!(report["events"].as_u64().unwrap() > 5, "{report}");

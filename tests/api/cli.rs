@@ -162,7 +162,6 @@ async fn model_upload_streams_an_artifact_to_a_running_server() {
     let missing = upload(fixture, &["--model", "nope"]).await;
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("(not_found)"), "{}", String::from_utf8_lossy(&missing.stderr));
-    let versions: Vec<serde_json::Value> =
-        app.get_as("/v1/tenants/acme/models/adder/versions", &owner).await.json().await.unwrap();
+    let versions = app.items("/v1/tenants/acme/models/adder/versions", &owner).await;
     assert_eq!(versions.len(), 2);
 }

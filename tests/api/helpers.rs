@@ -382,6 +382,27 @@ impl TestApp {
         self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
     }
 
+    /// Every item of a list endpoint, following its cursors.
+    pub async fn items(&self, path: &str, token: &str) -> Vec<serde_json::Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{separator}cursor={c}"),
+                None => path.to_owned(),
+            };
+            let response = self.get_as(&url, token).await;
+            assert_eq!(response.status(), 200, "GET {url}");
+            let page: serde_json::Value = response.json().await.expect("a page");
+            items.extend(page["items"].as_array().expect("a page has items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
+    }
+
     pub async fn login(&self, email: &str, password: &str, tenant: Option<&str>) -> reqwest::Response {
         let mut body = serde_json::json!({ "email": email, "password": password });
         if let Some(tenant) = tenant {

@@ -67,10 +67,10 @@ fn blobs_csv(rows: usize, seed: u64) -> String {
 }
 
 impl Setup {
-    async fn upload_dataset(&self, token: &str, name: &str, csv: String) -> reqwest::Response {
+    async fn upload_dataset(&self, tenant: &str, token: &str, name: &str, csv: String) -> reqwest::Response {
         self.app
             .client
-            .post(self.app.url(&format!("/v1/datasets?name={name}")))
+            .post(self.app.url(&format!("/v1/tenants/{tenant}/datasets?name={name}")))
             .bearer_auth(token)
             .header("content-type", "text/csv")
             .body(csv)
@@ -80,13 +80,13 @@ impl Setup {
     }
 
     async fn dataset(&self, csv: String) -> String {
-        let response = self.upload_dataset(&self.owner, "blobs", csv).await;
+        let response = self.upload_dataset("acme", &self.owner, "blobs", csv).await;
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
     }
 
-    async fn submit(&self, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
-        let mut request = self.app.client.post(self.app.url("/v1/jobs")).bearer_auth(token).json(body);
+    async fn submit(&self, tenant: &str, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.app.client.post(self.app.url(&format!("/v1/tenants/{tenant}/jobs"))).bearer_auth(token).json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -94,7 +94,7 @@ impl Setup {
     }
 
     async fn job(&self, id: &str) -> Value {
-        self.app.get_as(&format!("/v1/jobs/{id}"), &self.owner).await.json().await.unwrap()
+        self.app.get_as(&format!("/v1/tenants/acme/jobs/{id}"), &self.owner).await.json().await.unwrap()
     }
 
     /// Waits for a final status and returns the job.
@@ -129,7 +129,7 @@ async fn a_trained_mlp_reaches_95_percent_and_serves_what_the_job_evaluated() {
     let s = setup(1).await;
     let csv = blobs_csv(600, 11);
     let dataset = s.dataset(csv.clone()).await;
-    let response = s.submit(&s.owner, &train_spec(&dataset, 12), None).await;
+    let response = s.submit("acme", &s.owner, &train_spec(&dataset, 12), None).await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
@@ -164,7 +164,7 @@ async fn a_trained_mlp_reaches_95_percent_and_serves_what_the_job_evaluated() {
     }
 
     // The job's progress, as Server-Sent Events, ends with its final status.
-    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await;
+    let events = s.app.get_as(&format!("/v1/tenants/acme/jobs/{id}/events"), &s.owner).await;
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     let text = events.text().await.unwrap();
     assert!(text.contains("event: progress") && text.contains("\"epoch\":12") && text.contains("\"accuracy\""), "{text}");
@@ -172,13 +172,13 @@ async fn a_trained_mlp_reaches_95_percent_and_serves_what_the_job_evaluated() {
 
     // Batch inference with the trained version: the same predictions, as an encrypted CSV.
     let body = json!({ "kind": "batch_infer", "model": "blobs-mlp", "version": version.to_string(), "dataset": dataset, "features": ["x1", "x2", "x3", "x4"] });
-    let response = s.submit(&s.owner, &body, None).await;
+    let response = s.submit("acme", &s.owner, &body, None).await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     let batch = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let job = s.finished(&batch, 60).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["rows"], 600);
-    let output = s.app.get_as(&format!("/v1/jobs/{batch}/output"), &s.owner).await;
+    let output = s.app.get_as(&format!("/v1/tenants/acme/jobs/{batch}/output"), &s.owner).await;
     assert_eq!(output.status(), 200);
     let output = output.text().await.unwrap();
     let mut lines = output.lines();
@@ -195,8 +195,8 @@ async fn a_trained_mlp_reaches_95_percent_and_serves_what_the_job_evaluated() {
     }
 
     // Audited: submission, start, success, the registered version, the download.
-    let audit: Value = s.app.get_as("/v1/audit/events?limit=200", &s.owner).await.json().await.unwrap();
-    let actions: Vec<&str> = audit["events"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    let audit: Value = s.app.get_as("/v1/tenants/acme/audit/events?limit=200", &s.owner).await.json().await.unwrap();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     for action in ["dataset.uploaded", "job.submitted", "job.started", "job.succeeded", "model.version_uploaded", "job.output_downloaded"] {
         assert!(actions.contains(&action), "{action} missing from {actions:?}");
     }
@@ -226,19 +226,19 @@ async fn a_malformed_csv_is_refused_with_its_line_number_and_leaves_nothing() {
         ("a,a\n1,2\n", "line 1"),
         ("", "empty"),
     ] {
-        let response = s.upload_dataset(&s.owner, "bad", csv.to_owned()).await;
+        let response = s.upload_dataset("acme", &s.owner, "bad", csv.to_owned()).await;
         assert_eq!(response.status(), 422);
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], "invalid_dataset");
         assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
     }
-    let listed: Value = s.app.get_as("/v1/datasets", &s.owner).await.json().await.unwrap();
-    assert_eq!(listed, json!([]));
+    let listed: Value = s.app.get_as("/v1/tenants/acme/datasets", &s.owner).await.json().await.unwrap();
+    assert_eq!(listed, json!({ "items": [] }));
     assert!(walk(&s.app.database.artifact_dir).is_empty(), "a refused dataset left objects behind");
 
-    let response = s.upload_dataset(&s.owner, "not a name", "a\n1\n".into()).await;
+    let response = s.upload_dataset("acme", &s.owner, "not a name", "a\n1\n".into()).await;
     assert_eq!(response.status(), 400);
-    let response = s.app.client.post(s.app.url("/v1/datasets?name=x")).bearer_auth(&s.owner).header("content-type", "application/json").body("{}").send().await.unwrap();
+    let response = s.app.client.post(s.app.url("/v1/tenants/acme/datasets?name=x")).bearer_auth(&s.owner).header("content-type", "application/json").body("{}").send().await.unwrap();
     assert_eq!(response.status(), 415);
 }
 
@@ -247,22 +247,22 @@ async fn resubmitting_with_an_idempotency_key_returns_the_same_job() {
     let s = setup(0).await;
     let dataset = s.dataset(blobs_csv(30, 1)).await;
     let spec = train_spec(&dataset, 3);
-    let first = s.submit(&s.owner, &spec, Some("nightly-2026-11-26")).await;
+    let first = s.submit("acme", &s.owner, &spec, Some("nightly-2026-11-26")).await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
-    let again = s.submit(&s.owner, &spec, Some("nightly-2026-11-26")).await;
+    let again = s.submit("acme", &s.owner, &spec, Some("nightly-2026-11-26")).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
-    let listed: Value = s.app.get_as("/v1/jobs", &s.owner).await.json().await.unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let listed: Value = s.app.get_as("/v1/tenants/acme/jobs", &s.owner).await.json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 
     let mut other = spec.clone();
     other["epochs"] = json!(4);
-    let reused = s.submit(&s.owner, &other, Some("nightly-2026-11-26")).await;
+    let reused = s.submit("acme", &s.owner, &other, Some("nightly-2026-11-26")).await;
     assert_eq!(reused.status(), 422);
     assert_eq!(reused.json::<Value>().await.unwrap()["code"], "idempotency_key_reused");
     // Without a key, every submission is a new job.
-    let a: Value = s.submit(&s.owner, &spec, None).await.json().await.unwrap();
+    let a: Value = s.submit("acme", &s.owner, &spec, None).await.json().await.unwrap();
     assert_ne!(a["id"], first["id"]);
 
     // Bad specs are refused before a job exists, naming what is wrong.
@@ -274,16 +274,16 @@ async fn resubmitting_with_an_idempotency_key_returns_the_same_job() {
     ] {
         let mut body = spec.clone();
         body.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
-        let response = s.submit(&s.owner, &body, None).await;
+        let response = s.submit("acme", &s.owner, &body, None).await;
         assert!(response.status().is_client_error());
         let problem: Value = response.json().await.unwrap();
         assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
     }
     // A queued job is cancelled at once; a finished one cannot be.
     let id = first["id"].as_str().unwrap();
-    let cancelled: Value = s.app.post_json(&format!("/v1/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await.json().await.unwrap();
+    let cancelled: Value = s.app.post_json(&format!("/v1/tenants/acme/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
-    let again = s.app.post_json(&format!("/v1/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await;
+    let again = s.app.post_json(&format!("/v1/tenants/acme/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await;
     assert_eq!(again.status(), 409);
 }
 
@@ -291,15 +291,15 @@ async fn resubmitting_with_an_idempotency_key_returns_the_same_job() {
 async fn cancel_stops_a_running_training_job_within_one_epoch() {
     let s = setup(1).await;
     let dataset = s.dataset(blobs_csv(300, 3)).await;
-    let id = s.submit(&s.owner, &train_spec(&dataset, 5000), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 5000), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
-    let response = s.app.post_json(&format!("/v1/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await;
+    let response = s.app.post_json(&format!("/v1/tenants/acme/jobs/{id}/cancel"), Some(&s.owner), &json!({})).await;
     assert_eq!(response.status(), 200);
     let job = s.finished(&id, 60).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     // The request is logged in the job's events in the same transaction that sets the flag:
     // at most one epoch may end after it.
-    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    let events = s.app.get_as(&format!("/v1/tenants/acme/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
     let after = events.split("cancellation requested").nth(1).expect("the request is in the log");
     assert!(after.matches("event: progress").count() <= 1, "epochs after the cancellation: {after}");
     assert!(after.contains("\"status\":\"cancelled\""), "{after}");
@@ -315,12 +315,12 @@ async fn a_job_that_keeps_failing_is_retried_with_backoff_then_dead_lettered() {
     for file in walk(&s.app.database.artifact_dir) {
         std::fs::remove_file(file).unwrap();
     }
-    let id = s.submit(&s.owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let job = s.finished(&id, 60).await;
     assert_eq!(job["status"], "dead", "{job}");
     assert_eq!(job["attempts"], 3);
     assert!(job["error"].as_str().unwrap().contains("cannot be read"), "{job}");
-    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    let events = s.app.get_as(&format!("/v1/tenants/acme/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
     assert_eq!(events.matches("\"retry_in_ms\"").count(), 2, "{events}");
 }
 
@@ -329,17 +329,17 @@ async fn tenants_cannot_see_or_touch_each_others_jobs_and_datasets() {
     let s = setup(0).await;
     let other = tenant_owner(&s.app, &s.admin, "globex").await;
     let dataset = s.dataset(blobs_csv(30, 9)).await;
-    let id = s.submit(&s.owner, &train_spec(&dataset, 3), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 3), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
-    for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/events"), format!("/v1/jobs/{id}/output"), format!("/v1/datasets/{dataset}")] {
+    for path in [format!("/v1/tenants/acme/jobs/{id}"), format!("/v1/tenants/acme/jobs/{id}/events"), format!("/v1/tenants/acme/jobs/{id}/output"), format!("/v1/tenants/acme/datasets/{dataset}")] {
         let response = s.app.get_as(&path, &other).await;
         assert_eq!(response.status(), 404, "{path}");
     }
-    assert_eq!(s.app.post_json(&format!("/v1/jobs/{id}/cancel"), Some(&other), &json!({})).await.status(), 404);
-    assert_eq!(s.app.get_as("/v1/jobs", &other).await.json::<Value>().await.unwrap(), json!([]));
-    assert_eq!(s.app.get_as("/v1/datasets", &other).await.json::<Value>().await.unwrap(), json!([]));
+    assert_eq!(s.app.post_json(&format!("/v1/tenants/acme/jobs/{id}/cancel"), Some(&other), &json!({})).await.status(), 404);
+    assert_eq!(s.app.get_as("/v1/tenants/globex/jobs", &other).await.json::<Value>().await.unwrap(), json!({ "items": [] }));
+    assert_eq!(s.app.get_as("/v1/tenants/globex/datasets", &other).await.json::<Value>().await.unwrap(), json!({ "items": [] }));
     // Nor train on another tenant's dataset.
-    let response = s.submit(&other, &train_spec(&dataset, 3), None).await;
+    let response = s.submit("globex", &other, &train_spec(&dataset, 3), None).await;
     assert_eq!(response.status(), 404);
     assert_eq!(s.job(&id).await["status"], "queued");
 }
@@ -446,7 +446,7 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
     let dataset = s.dataset(blobs_csv(300, 13)).await;
     // Many short epochs: the job is surely mid-training when its worker dies, however fast
     // or loaded this machine is.
-    let id = s.submit(&s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
     // Mid-training: find the process holding the job and kill it outright.
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
@@ -464,7 +464,7 @@ async fn a_killed_worker_s_job_finishes_on_another_and_registers_one_version() {
     assert_eq!(versions, 1);
     let all: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
     assert_eq!(all, 1);
-    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    let events = s.app.get_as(&format!("/v1/tenants/acme/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
     assert!(events.contains("\"takeover\":true"), "{events}");
 }
 
@@ -473,7 +473,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
     let s = setup(0).await;
     let mut workers = Reaper(vec![worker_process(&s.app), worker_process(&s.app)]);
     let dataset = s.dataset(blobs_csv(300, 17)).await;
-    let id = s.submit(&s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 1500), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert!(eventually(120, || async { s.job(&id).await["progress"]["epoch"].as_u64().unwrap_or(0) >= 2 }).await, "training never got going");
     let holder: String = sqlx::query_scalar("SELECT worker FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap();
     let stopping = workers.0.iter().position(|c| holder.split('-').rev().nth(2) == Some(&c.id().to_string())).expect("a worker holds the job");
@@ -488,7 +488,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_to_the_others() {
 
     let job = s.finished(&id, 240).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let events = s.app.get_as(&format!("/v1/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
+    let events = s.app.get_as(&format!("/v1/tenants/acme/jobs/{id}/events"), &s.owner).await.text().await.unwrap();
     let handed_back = events.matches("worker shutting down").count();
     assert_eq!(handed_back, 1, "{events}");
     // Handed back, not failed: the interrupted attempt does not count.
@@ -508,7 +508,8 @@ async fn the_job_cli_submits_with_its_dataset_and_follows_to_the_result() {
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
     let cli = |args: &[&str]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        command.args(args).args(["--server", &s.app.address, "--token", &s.owner]).env_remove("TESSERA_SERVER").env_remove("TESSERA_TOKEN");
+        command.args(args).args(["--server", &s.app.address, "--token", &s.owner, "--tenant", "acme"]);
+        command.env_remove("TESSERA_SERVER").env_remove("TESSERA_TOKEN").env_remove("TESSERA_TENANT");
         command
     };
     let spec_path = dir.join("spec.json");
@@ -554,11 +555,11 @@ async fn training_into_a_new_model_respects_the_model_quota() {
     let owner = s.app.session("owner@tight.test", Some("tight")).await.0;
     let taken = json!({ "name": "existing", "framework": "burn" });
     assert_eq!(s.app.post_json("/v1/tenants/tight/models", Some(&owner), &taken).await.status(), 201);
-    let response = s.upload_dataset(&owner, "blobs", blobs_csv(60, 23)).await;
+    let response = s.upload_dataset("tight", &owner, "blobs", blobs_csv(60, 23)).await;
     let dataset = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let id = s.submit(&owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = s.submit("tight", &owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let job = loop {
-        let job: Value = s.app.get_as(&format!("/v1/jobs/{id}"), &owner).await.json().await.unwrap();
+        let job: Value = s.app.get_as(&format!("/v1/tenants/tight/jobs/{id}"), &owner).await.json().await.unwrap();
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
             break job;
         }

@@ -15,6 +15,7 @@ mod errors;
 mod health;
 mod inference;
 mod jobs;
+mod lists;
 mod openapi_drift;
 mod portal;
 mod registry;

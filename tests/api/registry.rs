@@ -133,11 +133,11 @@ async fn upload_list_alias_download_round_trip() {
     let v2: Value = s.upload("adder", MARKER_MODEL.to_vec(), "").await.json().await.unwrap();
     assert_eq!(v2["version"], 2);
 
-    let models: Value = s.app.get_as("/v1/tenants/acme/models", &s.owner).await.json().await.unwrap();
+    let models = s.app.items("/v1/tenants/acme/models", &s.owner).await;
     assert_eq!(models[0]["name"], "adder");
     assert_eq!(models[0]["latest_version"], 2);
-    let versions: Value = s.app.get_as("/v1/tenants/acme/models/adder/versions", &s.owner).await.json().await.unwrap();
-    assert_eq!(versions.as_array().unwrap().len(), 2);
+    let versions = s.app.items("/v1/tenants/acme/models/adder/versions", &s.owner).await;
+    assert_eq!(versions.len(), 2);
 
     let response = s.app.call("PUT", "/v1/tenants/acme/models/adder/aliases/production", Some(&s.owner), Some(json!({ "version": 1 }))).await;
     assert_eq!(response.status(), 200);
@@ -387,7 +387,7 @@ async fn another_tenant_sees_none_of_it() {
         assert_eq!(response.status(), 404, "{method} {path}");
     }
     let listed: Value = s.app.get_as("/v1/tenants/globex/models", &globex).await.json().await.unwrap();
-    assert_eq!(listed, json!([]));
+    assert_eq!(listed, json!({ "items": [] }));
     let response = s.app.client.post(s.app.url("/v1/tenants/acme/models/secret-model/versions")).bearer_auth(&globex)
         .header("content-type", "application/octet-stream").body(ADD.to_vec()).send().await.unwrap();
     assert_eq!(response.status(), 404);

@@ -49,7 +49,7 @@ async fn main() {
         };
         let memory = memory::PeakRss::start();
         let started = Instant::now();
-        let response = app.get_as("/v1/audit/export?format=csv", &token).await;
+        let response = app.get_as(&format!("/v1/tenants/{slug}/audit/export?format=csv"), &token).await;
         assert_eq!(response.status(), 200);
         let mut stream = response.bytes_stream();
         let (mut bytes, mut lines) = (0u64, 0u64);

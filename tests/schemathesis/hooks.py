@@ -44,7 +44,7 @@ _OWN = _CREDENTIAL.split("-", 1)[0] if _CREDENTIAL[:2] in ("a-", "b-") else None
 def before_load_schema(context, raw_schema):
     """Repairs two defects of the committed document that stop generation, not the server.
 
-    - `ExportFormat` (the `format` query parameter of `/v1/audit/export`) is referenced but not
+    - `ExportFormat` (the `format` query parameter of the audit exports) is referenced but not
       defined under `components.schemas`.
     - Each `JobRequest` branch is `allOf: [X, {kind}]` where X forbids additional properties,
       so no body satisfies it; merged into one object per branch, as the server reads it.
@@ -189,7 +189,7 @@ def before_call(context, case, kwargs):
         if name == "tenant":
             case.path_parameters[name] = tenant
         elif name == "id":
-            case.path_parameters[name] = values["job_id" if case.path.startswith("/v1/jobs") else "dataset_id"]
+            case.path_parameters[name] = values["job_id" if "/jobs/" in case.path else "dataset_id"]
         elif name in values:
             case.path_parameters[name] = values[name]
     if isinstance(case.query, dict):
@@ -201,7 +201,7 @@ def before_call(context, case, kwargs):
     elif case.method == "POST" and case.path == "/v1/tenants/{tenant}/models/{model}/versions" and _MODEL_BYTES:
         case.body = _artifact_body(seed >> 2)
     # A job over another tenant's dataset or model is the same question asked through a body.
-    if _TARGET == "b" and case.path == "/v1/jobs" and isinstance(case.body, dict):
+    if _TARGET == "b" and case.path == "/v1/tenants/{tenant}/jobs" and isinstance(case.body, dict):
         if "dataset" in case.body:
             case.body["dataset"] = values["dataset_id"]
         if "model" in case.body:

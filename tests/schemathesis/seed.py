@@ -107,7 +107,7 @@ def seed_tenant(base, admin, key, spec, model_bytes):
     dataset = call(
         base,
         "POST",
-        f"/v1/datasets?name={dataset_name}",
+        f"/v1/tenants/{slug}/datasets?name={dataset_name}",
         owner,
         b"a,b\n1,2\n3,4\n",
         content_type="text/csv",
@@ -115,14 +115,14 @@ def seed_tenant(base, admin, key, spec, model_bytes):
     job = call(
         base,
         "POST",
-        "/v1/jobs",
+        f"/v1/tenants/{slug}/jobs",
         owner,
         {"kind": "batch_infer", "model": spec["model"], "version": "production", "dataset": dataset["id"]},
         expect=(200, 201, 202),
     )
     # No job workers run here: cancelled while queued, the job is final, so its event stream
     # ends instead of holding each request that follows it until the client's timeout.
-    call(base, "POST", f"/v1/jobs/{job['id']}/cancel", owner, expect=(200, 202, 204))
+    call(base, "POST", f"/v1/tenants/{slug}/jobs/{job['id']}/cancel", owner, expect=(200, 202, 204))
     known.update(dataset_id=dataset["id"], dataset_name=dataset_name, job_id=job["id"])
     return known, credentials
 

@@ -56,7 +56,12 @@ export function rawFetch(path: string, init: RequestInit = {}): Promise<Response
   return authorizedFetch(new Request(path, init));
 }
 
-/** The items of a list answer. */
-export function itemsOf<T>(page: { items: T[] } | T[]): T[] {
-  return Array.isArray(page) ? page : page.items;
+/** The items of a list answer (`{ items, next_cursor }`). */
+export function itemsOf<T>(page: { items: T[] }): T[] {
+  return page.items;
+}
+
+/** `/v1/tenants/{tenant}`, for the calls made outside the typed client (uploads, streams). */
+export function tenantPath(tenant: string): string {
+  return `/v1/tenants/${encodeURIComponent(tenant)}`;
 }

@@ -565,14 +565,14 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/audit/events": {
+    "/v1/tenants/{tenant}/audit/events": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** Audit events of the caller's tenant, oldest first, filtered, one page at a time. */
+        /** A tenant's audit events, oldest first, filtered, one page at a time. */
         get: operations["list_events"];
         put?: never;
         post?: never;
@@ -582,7 +582,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/audit/export": {
+    "/v1/tenants/{tenant}/audit/export": {
         parameters: {
             query?: never;
             header?: never;
@@ -590,10 +590,47 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Streams an export (JSON Lines or CSV) of the audit events matching the filters. The last
-         *     record is a signed manifest; `tessera audit verify <file>` checks it offline.
+         * Streams an export (JSON Lines or CSV) of a tenant's audit events matching the filters. The
+         *     last record is a signed manifest; `tessera audit verify <file>` checks it offline.
          */
         get: operations["export_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/platform/audit/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The platform's own audit events (tenants created, suspended, resumed; platform
+         *     administrators' sign-ins), oldest first (platform administrators).
+         */
+        get: operations["list_platform_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/platform/audit/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Streams an export of the platform's audit events, as for a tenant's (platform administrators). */
+        get: operations["export_platform_events"];
         put?: never;
         post?: never;
         delete?: never;
@@ -665,7 +702,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List the tenant's models. */
+        /** List the tenant's models, by name. */
         get: operations["list_models"];
         put?: never;
         /** Create a model (no versions yet). */
@@ -701,7 +738,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List a model's live versions. */
+        /** List a model's live versions, by number. */
         get: operations["list_versions"];
         put?: never;
         /**
@@ -788,7 +825,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/datasets": {
+    "/v1/tenants/{tenant}/datasets": {
         parameters: {
             query?: never;
             header?: never;
@@ -809,7 +846,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/datasets/{id}": {
+    "/v1/tenants/{tenant}/datasets/{id}": {
         parameters: {
             query?: never;
             header?: never;
@@ -826,7 +863,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/jobs": {
+    "/v1/tenants/{tenant}/jobs": {
         parameters: {
             query?: never;
             header?: never;
@@ -847,7 +884,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/jobs/{id}": {
+    "/v1/tenants/{tenant}/jobs/{id}": {
         parameters: {
             query?: never;
             header?: never;
@@ -864,7 +901,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/jobs/{id}/cancel": {
+    "/v1/tenants/{tenant}/jobs/{id}/cancel": {
         parameters: {
             query?: never;
             header?: never;
@@ -881,7 +918,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/jobs/{id}/output": {
+    "/v1/tenants/{tenant}/jobs/{id}/output": {
         parameters: {
             query?: never;
             header?: never;
@@ -898,7 +935,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/jobs/{id}/events": {
+    "/v1/tenants/{tenant}/jobs/{id}/events": {
         parameters: {
             query?: never;
             header?: never;
@@ -972,11 +1009,6 @@ export interface components {
              */
             created_by?: string | null;
             created_by_email?: string | null;
-        };
-        AuditPage: {
-            events: components["schemas"]["ChainedEvent"][];
-            /** @description Pass as `cursor` for the next page; absent on the last page. */
-            next_cursor?: string | null;
         };
         AuditSettings: {
             /** @description Mask email addresses in event details (`a***@example.com`). */
@@ -1141,7 +1173,7 @@ export interface components {
         };
         /** @enum {string} */
         JobKind: "train" | "batch_infer";
-        /** @description A job as submitted: `POST /v1/jobs`. */
+        /** @description A job as submitted: `POST /v1/tenants/{tenant}/jobs`. */
         JobRequest: {
             /**
              * @description The model the trained weights become a version of; created (framework `burn`) if it
@@ -1158,7 +1190,7 @@ export interface components {
             config: Record<string, never>;
             /**
              * Format: uuid
-             * @description A dataset id (`POST /v1/datasets`).
+             * @description A dataset id (`POST /v1/tenants/{tenant}/datasets`).
              */
             dataset: string;
             /**
@@ -1299,6 +1331,227 @@ export interface components {
             checks: {
                 [key: string]: string;
             };
+        };
+        /** @description One page of a list. */
+        Page_ApiKeyView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                name: string;
+                role: components["schemas"]["Role"];
+                /** @description The key's public prefix (`tsk_…`), enough to recognise it, useless to authenticate. */
+                prefix: string;
+                /** Format: date-time */
+                created_at: string;
+                /** Format: date-time */
+                expires_at?: string | null;
+                /** Format: date-time */
+                last_used_at?: string | null;
+                /** Format: date-time */
+                revoked_at?: string | null;
+                /**
+                 * Format: uuid
+                 * @description Who created the key. Keys belong to the tenant: they keep working when their creator
+                 *     leaves it (revoke them then if they should not).
+                 */
+                created_by?: string | null;
+                created_by_email?: string | null;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_ChainedEvent: {
+            items: {
+                /** Format: uuid */
+                tenant_id: string;
+                /** Format: int64 */
+                seq: number;
+                /** Format: uuid */
+                id: string;
+                occurred_at: string;
+                actor_type: string;
+                actor_id?: string | null;
+                action: string;
+                resource_type?: string | null;
+                resource_id?: string | null;
+                outcome: string;
+                client_addr?: string | null;
+                user_agent?: string | null;
+                request_id?: string | null;
+                details: Record<string, never>;
+                /** @description Hex. */
+                prev_hash: string;
+                /** @description Hex. */
+                hash: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_DatasetView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                name: string;
+                columns: string[];
+                /** Format: int64 */
+                rows: number;
+                /** Format: int64 */
+                size_bytes: number;
+                sha256: string;
+                /** Format: date-time */
+                created_at: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_InvitationView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                email: string;
+                role: components["schemas"]["Role"];
+                /** Format: uuid */
+                invited_by?: string | null;
+                invited_by_email?: string | null;
+                /** Format: date-time */
+                created_at: string;
+                /** Format: date-time */
+                expires_at: string;
+                /** Format: date-time */
+                accepted_at?: string | null;
+                /** Format: date-time */
+                revoked_at?: string | null;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_JobView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                kind: components["schemas"]["JobKind"];
+                status: components["schemas"]["JobStatus"];
+                /** @description The request as submitted. */
+                spec: Record<string, never>;
+                /** Format: int32 */
+                attempts: number;
+                /** Format: int32 */
+                max_attempts: number;
+                cancel_requested: boolean;
+                /** @description The latest progress report (epoch, loss, metric, rows done). */
+                progress: Record<string, never>;
+                /** @description Training: the registered model version and its metrics. Batch inference: the output. */
+                result?: Record<string, never> | null;
+                error?: string | null;
+                /** Format: date-time */
+                created_at: string;
+                /** Format: date-time */
+                started_at?: string | null;
+                /** Format: date-time */
+                finished_at?: string | null;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_MemberView: {
+            items: {
+                /** Format: uuid */
+                user_id: string;
+                email: string;
+                role: components["schemas"]["Role"];
+                /** Format: date-time */
+                created_at: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_ModelView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                /** @example fraud-detector */
+                name: string;
+                framework: components["schemas"]["Framework"];
+                description: string;
+                tags: string[];
+                /** @description Inference results may be cached (same inputs, same outputs). */
+                deterministic: boolean;
+                serving: components["schemas"]["ServingConfig"];
+                /** @description Alias → version number. */
+                aliases: {
+                    [key: string]: number;
+                };
+                /**
+                 * Format: int32
+                 * @description The highest live version, if any.
+                 */
+                latest_version?: number | null;
+                /** Format: date-time */
+                created_at: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_TenantView: {
+            items: {
+                /** Format: uuid */
+                id: string;
+                /** @example acme */
+                slug: string;
+                name: string;
+                status: components["schemas"]["TenantStatus"];
+                /** Format: int32 */
+                max_models: number;
+                /** Format: int64 */
+                max_storage_bytes: number;
+                /** Format: int32 */
+                rate_limit_per_second: number;
+                /** Format: int32 */
+                rate_limit_burst: number;
+                /** Format: date-time */
+                created_at: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_VersionView: {
+            items: {
+                /**
+                 * Format: uuid
+                 * @description Also the artifact's id.
+                 */
+                id: string;
+                model: string;
+                framework: components["schemas"]["Framework"];
+                /** Format: int32 */
+                version: number;
+                /**
+                 * Format: int64
+                 * @description Size of the plaintext artifact.
+                 */
+                size_bytes: number;
+                /** @description SHA-256 of the plaintext artifact, hex. */
+                sha256: string;
+                /** @description ONNX: inputs and outputs (names, OIP datatypes, shapes; -1 = dynamic). */
+                signature?: Record<string, never> | null;
+                /** @description Burn: the architecture and configuration the weights belong to. */
+                burn?: Record<string, never> | null;
+                metadata: Record<string, never>;
+                /** @description Aliases pointing at this version. */
+                aliases: string[];
+                /** Format: date-time */
+                created_at: string;
+            }[];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string | null;
         };
         /** @description A password reset token, shown once to the platform administrator who issued it. */
         PasswordReset: {
@@ -2868,7 +3121,12 @@ export interface operations {
     };
     list_tenants: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2880,7 +3138,16 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["TenantView"][];
+                    "application/json": components["schemas"]["Page_TenantView"];
+                };
+            };
+            /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Missing, invalid, expired or revoked credentials (`unauthenticated`) */
@@ -3256,7 +3523,12 @@ export interface operations {
     };
     list_members: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description Tenant slug. */
@@ -3266,12 +3538,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description Members by email */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["MemberView"][];
+                    "application/json": components["schemas"]["Page_MemberView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -3334,7 +3607,12 @@ export interface operations {
     };
     list_invitations: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description Tenant slug. */
@@ -3344,12 +3622,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description Invitations, oldest first */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["InvitationView"][];
+                    "application/json": components["schemas"]["Page_InvitationView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -3869,7 +4148,12 @@ export interface operations {
     };
     list_api_keys: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description Tenant slug. */
@@ -3879,12 +4163,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description API keys, oldest first */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ApiKeyView"][];
+                    "application/json": components["schemas"]["Page_ApiKeyView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -4139,18 +4424,16 @@ export interface operations {
                 resource_id?: string;
                 /** @description `success`, `failure` or `denied`. */
                 outcome?: string;
-                /**
-                 * @description Platform administrators: the tenant (slug) whose log to read; `platform` for the
-                 *     platform log. Others read their own tenant's log and may only name it.
-                 */
-                tenant?: string;
-                /** @description From `next_cursor` of the previous page. */
+                /** @description `next_cursor` of the previous page; absent for the first page. */
                 cursor?: string;
-                /** @description 1-1000, default 100. */
+                /** @description Items per page, 1-1000 (default 100). */
                 limit?: number;
             };
             header?: never;
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         requestBody?: never;
@@ -4160,7 +4443,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["AuditPage"];
+                    "application/json": components["schemas"]["Page_ChainedEvent"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -4192,7 +4475,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description No such tenant, or not visible to the caller */
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4236,16 +4519,14 @@ export interface operations {
                 resource_id?: string;
                 /** @description `success`, `failure` or `denied`. */
                 outcome?: string;
-                /**
-                 * @description Platform administrators: the tenant (slug) whose log to read; `platform` for the
-                 *     platform log. Others read their own tenant's log and may only name it.
-                 */
-                tenant?: string;
                 /** @description `jsonl` (default) or `csv`. */
                 format?: "jsonl" | "csv";
             };
             header?: never;
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         requestBody?: never;
@@ -4288,8 +4569,173 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description No such tenant, or not visible to the caller */
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected server failure (`internal_error`) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_platform_events: {
+        parameters: {
+            query?: {
+                /** @description Events at or after this instant (RFC 3339). */
+                from?: string;
+                /** @description Events before this instant (RFC 3339). */
+                to?: string;
+                actor_type?: string;
+                actor_id?: string;
+                /** @description Exact action, e.g. `api_key.created`, or a prefix ending in `.`, e.g. `auth.`. */
+                action?: string;
+                resource_type?: string;
+                resource_id?: string;
+                /** @description `success`, `failure` or `denied`. */
+                outcome?: string;
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_ChainedEvent"];
+                };
+            };
+            /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The caller lacks the permission this operation needs (`forbidden`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected server failure (`internal_error`) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    export_platform_events: {
+        parameters: {
+            query?: {
+                /** @description Events at or after this instant (RFC 3339). */
+                from?: string;
+                /** @description Events before this instant (RFC 3339). */
+                to?: string;
+                actor_type?: string;
+                actor_id?: string;
+                /** @description Exact action, e.g. `api_key.created`, or a prefix ending in `.`, e.g. `auth.`. */
+                action?: string;
+                resource_type?: string;
+                resource_id?: string;
+                /** @description `success`, `failure` or `denied`. */
+                outcome?: string;
+                /** @description `jsonl` (default) or `csv`. */
+                format?: "jsonl" | "csv";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The export, streamed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": string;
+                };
+            };
+            /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The caller lacks the permission this operation needs (`forbidden`) */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4615,7 +5061,12 @@ export interface operations {
     };
     list_models: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description Tenant slug. */
@@ -4630,7 +5081,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ModelView"][];
+                    "application/json": components["schemas"]["Page_ModelView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -4970,7 +5421,12 @@ export interface operations {
     };
     list_versions: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description Tenant slug. */
@@ -4987,7 +5443,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["VersionView"][];
+                    "application/json": components["schemas"]["Page_VersionView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -5687,9 +6143,17 @@ export interface operations {
     };
     list_datasets: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
+            };
             header?: never;
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         requestBody?: never;
@@ -5699,7 +6163,16 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["DatasetView"][];
+                    "application/json": components["schemas"]["Page_DatasetView"];
+                };
+            };
+            /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Missing, invalid, expired or revoked credentials (`unauthenticated`) */
@@ -5715,6 +6188,15 @@ export interface operations {
             };
             /** @description The caller lacks the permission this operation needs (`forbidden`) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5749,7 +6231,10 @@ export interface operations {
                 name: string;
             };
             header?: never;
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         /** @description The CSV file */
@@ -5789,6 +6274,15 @@ export interface operations {
             };
             /** @description Storage quota exceeded (`quota_exceeded`) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5848,6 +6342,8 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Tenant slug. */
+                tenant: string;
                 /** @description The id. */
                 id: string;
             };
@@ -5924,15 +6420,18 @@ export interface operations {
     list_jobs: {
         parameters: {
             query?: {
-                status?: components["schemas"]["JobStatus"] | null;
-                kind?: components["schemas"]["JobKind"] | null;
-                /** @description The last id of the previous page: jobs older than it. */
-                before?: string | null;
-                /** @description At most this many (1–200, default 50). */
-                limit?: number | null;
+                status?: components["schemas"]["JobStatus"];
+                kind?: components["schemas"]["JobKind"];
+                /** @description `next_cursor` of the previous page; absent for the first page. */
+                cursor?: string;
+                /** @description Items per page, 1-1000 (default 100). */
+                limit?: number;
             };
             header?: never;
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         requestBody?: never;
@@ -5942,7 +6441,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["JobView"][];
+                    "application/json": components["schemas"]["Page_JobView"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -5967,6 +6466,15 @@ export interface operations {
             };
             /** @description The caller lacks the permission this operation needs (`forbidden`) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6001,7 +6509,10 @@ export interface operations {
                 /** @description Makes resubmission safe: the same key and body give the same job */
                 "Idempotency-Key"?: string | null;
             };
-            path?: never;
+            path: {
+                /** @description Tenant slug. */
+                tenant: string;
+            };
             cookie?: never;
         };
         requestBody: {
@@ -6050,6 +6561,15 @@ export interface operations {
             };
             /** @description The caller lacks the permission this operation needs (`forbidden`) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tenant or resource, or not visible to the caller (`not_found`) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6109,6 +6629,8 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Tenant slug. */
+                tenant: string;
                 /** @description The id. */
                 id: string;
             };
@@ -6187,6 +6709,8 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Tenant slug. */
+                tenant: string;
                 /** @description The id. */
                 id: string;
             };
@@ -6274,6 +6798,8 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Tenant slug. */
+                tenant: string;
                 /** @description The id. */
                 id: string;
             };
@@ -6356,6 +6882,8 @@ export interface operations {
                 "Last-Event-ID"?: number | null;
             };
             path: {
+                /** @description Tenant slug. */
+                tenant: string;
                 /** @description The id. */
                 id: string;
             };

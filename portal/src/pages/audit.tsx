@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, describe, must, rawFetch } from "../api/client";
+import { api, describe, must, rawFetch, tenantPath } from "../api/client";
 import type { Schemas } from "../api/client";
 import { saveResponse } from "../download";
 import { Field, Loading, Messages, Section, Select, Table, useAction, useSession, when } from "../components/ui";
@@ -9,11 +9,13 @@ type Filters = Record<string, string>;
 
 const FILTERS = ["action", "actor_type", "outcome", "resource_type", "from", "to"] as const;
 
-function query(filters: Filters): string {
-  return Object.entries(filters)
-    .filter(([, v]) => v !== "")
-    .map(([k, v]) => `${k}=${encodeURIComponent(k === "from" || k === "to" ? new Date(v).toISOString() : v)}`)
-    .join("&");
+/** The filters that are set, dates as RFC 3339. */
+function query(filters: Filters): Filters {
+  return Object.fromEntries(
+    Object.entries(filters)
+      .filter(([, v]) => v !== "")
+      .map(([k, v]) => [k, k === "from" || k === "to" ? new Date(v).toISOString() : v]),
+  );
 }
 
 export function Audit() {
@@ -31,11 +33,11 @@ export function Audit() {
     setLoading(true);
     try {
       const page = must(
-        await api.GET("/v1/audit/events", {
-          params: { query: { ...(Object.fromEntries(Object.entries(next).filter(([, v]) => v !== "")) as object), tenant, cursor: after ?? undefined, limit: 50 } },
+        await api.GET("/v1/tenants/{tenant}/audit/events", {
+          params: { path: { tenant }, query: { ...(Object.fromEntries(Object.entries(query(next))) as object), cursor: after ?? undefined, limit: 50 } },
         }),
       );
-      setEvents((all) => (after ? [...all, ...page.events] : page.events));
+      setEvents((all) => (after ? [...all, ...page.items] : page.items));
       setCursor(page.next_cursor ?? null);
       action.setError(null);
     } catch (e) {
@@ -61,8 +63,8 @@ export function Audit() {
 
   const exportAs = (format: "csv" | "jsonl") =>
     action.run(async () => {
-      const q = query(active);
-      const response = await rawFetch(`/v1/audit/export?tenant=${encodeURIComponent(tenant)}&format=${format}${q ? `&${q}` : ""}`);
+      const q = new URLSearchParams(query(active)).toString();
+      const response = await rawFetch(`${tenantPath(tenant)}/audit/export?format=${format}${q ? `&${q}` : ""}`);
       if (!response.ok) throw new Error(`export failed: ${response.status}`);
       await saveResponse(response, `audit-${tenant}.${format}`);
       return `Exported as ${format.toUpperCase()}.`;
@@ -71,7 +73,7 @@ export function Audit() {
   const verify = () =>
     action.run(async () => {
       setVerdict(null);
-      const exported = await rawFetch(`/v1/audit/export?tenant=${encodeURIComponent(tenant)}&format=jsonl`);
+      const exported = await rawFetch(`${tenantPath(tenant)}/audit/export?format=jsonl`);
       if (!exported.ok) throw new Error(`export failed: ${exported.status}`);
       const response = await rawFetch("/v1/audit/verify", {
         method: "POST",

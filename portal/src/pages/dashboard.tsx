@@ -1,6 +1,6 @@
 // Usage over time (GET /v1/tenants/{tenant}/usage) and quota use.
 import { useState } from "preact/hooks";
-import { api, itemsOf, must, rawFetch } from "../api/client";
+import { api, itemsOf, must, rawFetch, tenantPath } from "../api/client";
 import { LineChart, Meter } from "../components/chart";
 import { saveResponse } from "../download";
 import { Loading, Messages, Section, Select, useAction, useLoad, useSession } from "../components/ui";
@@ -37,7 +37,7 @@ export function Dashboard() {
   const usageUrl = () => {
     const to = new Date(Math.ceil(Date.now() / 3600_000) * 3600_000);
     const from = new Date(to.getTime() - hours * 3600_000);
-    return `/v1/tenants/${encodeURIComponent(tenant)}/usage?granularity=${granularity}&from=${from.toISOString()}&to=${to.toISOString()}`;
+    return `${tenantPath(tenant)}/usage?granularity=${granularity}&from=${from.toISOString()}&to=${to.toISOString()}`;
   };
   const usage = useLoad(async () => {
     const response = await rawFetch(usageUrl());

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, describe, itemsOf, must, rawFetch } from "../api/client";
+import { api, describe, itemsOf, must, rawFetch, tenantPath } from "../api/client";
 import type { Schemas } from "../api/client";
 import { uploadWithProgress } from "../upload";
 import { followEvents } from "../sse";
@@ -14,8 +14,10 @@ type Epoch = { epoch: number; train_loss?: number; validation_loss?: number; acc
 export function Jobs() {
   const s = useSession();
   const tenant = s.tenant!;
-  const datasets = useLoad(async () => itemsOf(must(await api.GET("/v1/datasets"))), [tenant]);
-  const jobs = useLoad(async () => itemsOf(must(await api.GET("/v1/jobs", {}))), [tenant]);
+  const path = { params: { path: { tenant } } };
+  const base = tenantPath(tenant);
+  const datasets = useLoad(async () => itemsOf(must(await api.GET("/v1/tenants/{tenant}/datasets", path))), [tenant]);
+  const jobs = useLoad(async () => itemsOf(must(await api.GET("/v1/tenants/{tenant}/jobs", path))), [tenant]);
   const action = useAction();
   const [progress, setProgress] = useState<number | null>(null);
   const [watching, setWatching] = useState<string | null>(null);
@@ -24,7 +26,7 @@ export function Jobs() {
     const file = data.get("csv") as File;
     const name = String(data.get("name") || file.name.replace(/\.csv$/i, ""));
     setProgress(0);
-    const dataset = await uploadWithProgress<Dataset>(`/v1/datasets?name=${encodeURIComponent(name)}`, file, "text/csv", setProgress).finally(() =>
+    const dataset = await uploadWithProgress<Dataset>(`${base}/datasets?name=${encodeURIComponent(name)}`, file, "text/csv", setProgress).finally(() =>
       setProgress(null),
     );
     datasets.reload();
@@ -32,7 +34,7 @@ export function Jobs() {
   });
 
   const submit = async (request: Schemas["JobRequest"]) => {
-    const job = must(await api.POST("/v1/jobs", { body: request }));
+    const job = must(await api.POST("/v1/tenants/{tenant}/jobs", { ...path, body: request }));
     jobs.reload();
     setWatching(job.id);
     return `${job.kind === "train" ? "Training" : "Batch"} job ${job.id} submitted.`;
@@ -161,18 +163,19 @@ function TrainForm({ datasets, label, onSubmit, busy }: { datasets: Dataset[]; l
 }
 
 function JobWatch({ id, onChange }: { id: string; onChange: () => void }) {
+  const tenant = useSession().tenant!;
   const [job, setJob] = useState<Job | null>(null);
   const [epochs, setEpochs] = useState<Epoch[]>([]);
   const [error, setError] = useState<string | null>(null);
   const action = useAction();
 
-  const load = async () => setJob(must(await api.GET("/v1/jobs/{id}", { params: { path: { id } } })));
+  const load = async () => setJob(must(await api.GET("/v1/tenants/{tenant}/jobs/{id}", { params: { path: { tenant, id } } })));
 
   useEffect(() => {
     const stop = new AbortController();
     void load().catch((e) => setError(describe(e)));
     followEvents(
-      `/v1/jobs/${id}/events`,
+      `${tenantPath(tenant)}/jobs/${id}/events`,
       (event) => {
         if (event.event === "progress") {
           const report = JSON.parse(event.data) as Epoch;
@@ -191,7 +194,7 @@ function JobWatch({ id, onChange }: { id: string; onChange: () => void }) {
   }, [id]);
 
   const download = async () => {
-    const response = await rawFetch(`/v1/jobs/${id}/output`);
+    const response = await rawFetch(`${tenantPath(tenant)}/jobs/${id}/output`);
     if (!response.ok) return action.setError(`download failed: ${response.status}`);
     await saveResponse(response, `job-${id}.csv`);
   };
@@ -213,7 +216,7 @@ function JobWatch({ id, onChange }: { id: string; onChange: () => void }) {
             class="danger"
             onClick={() =>
               void action.run(async () => {
-                must(await api.POST("/v1/jobs/{id}/cancel", { params: { path: { id } } }));
+                must(await api.POST("/v1/tenants/{tenant}/jobs/{id}/cancel", { params: { path: { tenant, id } } }));
                 await load();
                 return "Cancellation requested.";
               })

@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { api, itemsOf, must } from "../api/client";
+import { api, itemsOf, must, tenantPath } from "../api/client";
 import type { Schemas } from "../api/client";
 import { uploadWithProgress } from "../upload";
 import { BASE } from "../router";
@@ -123,7 +123,7 @@ function ModelDetail({ model, onChange }: { model: Model; onChange: () => void }
     if (!file) return;
     setProgress(0);
     void action.run(async () => {
-      const url = `/v1/tenants/${encodeURIComponent(tenant)}/models/${encodeURIComponent(model.name)}/versions`;
+      const url = `${tenantPath(tenant)}/models/${encodeURIComponent(model.name)}/versions`;
       const version = await uploadWithProgress<Version>(url, file, "application/octet-stream", setProgress).finally(() =>
         setProgress(null),
       );

@@ -87,8 +87,10 @@ impl TenantService {
         Ok(())
     }
 
-    pub async fn list_api_keys(&self, tenant: &TenantInfo) -> Result<Vec<ApiKeyView>, IdentityError> {
-        let from = "api_keys k LEFT JOIN users u ON u.id = k.created_by WHERE k.tenant_id = $1 ORDER BY k.created_at";
-        self.tenant_rows(tenant, format!("SELECT {API_KEY_COLUMNS} FROM {from}")).await
+    /// API keys, oldest first (ids are time-ordered).
+    pub async fn list_api_keys(&self, tenant: &TenantInfo, page: &PageRequest<Uuid>) -> Result<Page<ApiKeyView>, IdentityError> {
+        let from = "api_keys k LEFT JOIN users u ON u.id = k.created_by \
+                    WHERE k.tenant_id = $1 AND ($2::uuid IS NULL OR k.id > $2) ORDER BY k.id LIMIT $3";
+        self.tenant_page(tenant, format!("SELECT {API_KEY_COLUMNS} FROM {from}"), page, |k: &ApiKeyView| k.id).await
     }
 }

@@ -6,14 +6,11 @@ use uuid::Uuid;
 use super::*;
 
 impl TenantService {
-    pub async fn list_members(&self, tenant: &TenantInfo) -> Result<Vec<MemberView>, IdentityError> {
-        self.tenant_rows(
-            tenant,
-            "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.tenant_id = $1 ORDER BY u.email"
-                .to_owned(),
-        )
-        .await
+    /// Members by email.
+    pub async fn list_members(&self, tenant: &TenantInfo, page: &PageRequest<String>) -> Result<Page<MemberView>, IdentityError> {
+        let sql = "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
+                   WHERE m.tenant_id = $1 AND ($2::text IS NULL OR u.email > $2) ORDER BY u.email LIMIT $3";
+        self.tenant_page(tenant, sql.to_owned(), page, |m: &MemberView| m.email.clone()).await
     }
 
     /// `tessera user add`: an operator at the command line seeds a member (a tenant's first
@@ -170,9 +167,11 @@ impl TenantService {
         Ok(())
     }
 
-    pub async fn list_invitations(&self, tenant: &TenantInfo) -> Result<Vec<InvitationView>, IdentityError> {
-        let from = "invitations i LEFT JOIN users u ON u.id = i.invited_by WHERE i.tenant_id = $1 ORDER BY i.created_at";
-        self.tenant_rows(tenant, format!("SELECT {INVITATION_COLUMNS} FROM {from}")).await
+    /// Invitations, oldest first (ids are time-ordered).
+    pub async fn list_invitations(&self, tenant: &TenantInfo, page: &PageRequest<Uuid>) -> Result<Page<InvitationView>, IdentityError> {
+        let from = "invitations i LEFT JOIN users u ON u.id = i.invited_by \
+                    WHERE i.tenant_id = $1 AND ($2::uuid IS NULL OR i.id > $2) ORDER BY i.id LIMIT $3";
+        self.tenant_page(tenant, format!("SELECT {INVITATION_COLUMNS} FROM {from}"), page, |i: &InvitationView| i.id).await
     }
 
     pub async fn revoke_invitation(

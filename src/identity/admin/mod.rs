@@ -21,6 +21,7 @@ use crate::identity::authenticate::Authenticator;
 use crate::identity::secrets::{CredentialHasher, INVITATION_TOKEN_PREFIX, new_api_key, new_single_use_token};
 use crate::identity::service::IdentityService;
 use crate::identity::{Email, Principal, Role};
+use crate::page::{Page, PageRequest};
 use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
 use crate::tenancy::directory::TenantDirectory;
@@ -201,21 +202,36 @@ impl TenantService {
         }
     }
 
-    /// A tenant's rows, read in the tenant's transaction; `sql` takes the tenant id as `$1`.
-    pub(super) async fn tenant_rows<T>(&self, tenant: &TenantInfo, sql: String) -> Result<Vec<T>, IdentityError>
+    /// One page of a tenant's rows, read in the tenant's transaction; `sql` takes the tenant
+    /// id as `$1`, the key to start after (or NULL) as `$2` and the row count as `$3`.
+    pub(super) async fn tenant_page<T, K, D>(
+        &self,
+        tenant: &TenantInfo,
+        sql: String,
+        page: &PageRequest<K>,
+        key: impl Fn(&T) -> D,
+    ) -> Result<Page<T>, IdentityError>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+        K: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Clone + Send,
+        D: std::fmt::Display,
     {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
-        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant.id.0).fetch_all(tx.conn()).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.id.0)
+            .bind(page.after.clone())
+            .bind(page.fetch())
+            .fetch_all(tx.conn())
+            .await?;
         tx.commit().await?;
-        Ok(rows)
+        Ok(page.finish(rows, key))
     }
 
-    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, IdentityError> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY slug")))
-            .fetch_all(&self.pool)
-            .await?)
+    /// Every tenant, by slug.
+    pub async fn list_tenants(&self, page: &PageRequest<String>) -> Result<Page<TenantView>, IdentityError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1::text IS NULL OR slug > $1) ORDER BY slug LIMIT $2");
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(page.after.clone()).bind(page.fetch()).fetch_all(&self.pool).await?;
+        Ok(page.finish(rows, |t: &TenantView| t.slug.clone()))
     }
 
     pub async fn get_tenant(&self, tenant: TenantId) -> Result<TenantView, IdentityError> {

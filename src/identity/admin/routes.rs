@@ -13,6 +13,7 @@ use crate::request::RequestInfo;
 use crate::error::ApiError;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Role, perm};
+use crate::page::{Page, PageQuery};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -81,12 +82,13 @@ pub async fn create_tenant(
 }
 
 /// List every tenant (platform administrators).
-#[utoipa::path(tag = "tenants", security(("bearer" = [])), responses((status = 200, body = Vec<TenantView>)))]
+#[utoipa::path(tag = "tenants", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<TenantView>)))]
 #[get("/v1/tenants")]
 pub async fn list_tenants(
-    _guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
-) -> Result<web::Json<Vec<TenantView>>, ApiError> {
-    Ok(web::Json(_guard.list_tenants().await?))
+    guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<TenantView>>, ApiError> {
+    Ok(web::Json(guard.list_tenants(&page.parse()?).await?))
 }
 
 /// A tenant, as seen by its members and platform administrators.
@@ -158,14 +160,15 @@ pub struct ChangeRoleRequest {
 
 /// List a tenant's members.
 #[utoipa::path(
-    tag = "members", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<MemberView>))
+    tag = "members", params(TenantPath, PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "Members by email", body = Page<MemberView>))
 )]
 #[get("/v1/tenants/{tenant}/members")]
 pub async fn list_members(
     guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
-) -> Result<web::Json<Vec<MemberView>>, ApiError> {
-    Ok(web::Json(guard.list_members(guard.tenant()?).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<MemberView>>, ApiError> {
+    Ok(web::Json(guard.list_members(guard.tenant()?, &page.parse()?).await?))
 }
 
 /// Invite someone to the tenant with a role. The answer is the same whether or not the email
@@ -187,14 +190,15 @@ pub async fn invite(
 
 /// A tenant's invitations, pending and past (never their tokens).
 #[utoipa::path(
-    tag = "members", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<InvitationView>))
+    tag = "members", params(TenantPath, PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "Invitations, oldest first", body = Page<InvitationView>))
 )]
 #[get("/v1/tenants/{tenant}/invitations")]
 pub async fn list_invitations(
     guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
-) -> Result<web::Json<Vec<InvitationView>>, ApiError> {
-    Ok(web::Json(guard.list_invitations(guard.tenant()?).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<InvitationView>>, ApiError> {
+    Ok(web::Json(guard.list_invitations(guard.tenant()?, &page.parse()?).await?))
 }
 
 /// Revoke a pending invitation.
@@ -299,14 +303,15 @@ pub async fn create_api_key(
 
 /// List a tenant's API keys (never their secrets).
 #[utoipa::path(
-    tag = "api-keys", params(TenantPath), security(("bearer" = [])),
-    responses((status = 200, body = Vec<ApiKeyView>))
+    tag = "api-keys", params(TenantPath, PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "API keys, oldest first", body = Page<ApiKeyView>))
 )]
 #[get("/v1/tenants/{tenant}/api-keys")]
 pub async fn list_api_keys(
     guard: Guarded<{ perm::API_KEYS_READ }, TenantService>,
-) -> Result<web::Json<Vec<ApiKeyView>>, ApiError> {
-    Ok(web::Json(guard.list_api_keys(guard.tenant()?).await?))
+    page: web::Query<PageQuery>,
+) -> Result<web::Json<Page<ApiKeyView>>, ApiError> {
+    Ok(web::Json(guard.list_api_keys(guard.tenant()?, &page.parse()?).await?))
 }
 
 /// Revoke an API key; it stops working at once.

@@ -176,7 +176,7 @@ async fn attack_06_a_rewrite_that_also_removes_the_checkpoints_is_caught_by_the_
 async fn attack_06_a_checkpoint_relabelled_as_a_purge_does_not_hide_deleted_events() {
     let (app, tenant, owner) = signed_acme().await;
     // A filtered export signs an older event than the head: digests stay consistent.
-    let export = app.get_as("/v1/audit/export?format=jsonl&action=member.invited", &owner).await;
+    let export = app.get_as("/v1/tenants/acme/audit/export?format=jsonl&action=member.invited", &owner).await;
     assert_eq!(export.status(), 200);
     export.text().await.unwrap();
     assert!(matches!(digests(&app, tenant).await, Verdict::Ok { count: 2, .. }), "{}", digests(&app, tenant).await);
@@ -206,7 +206,7 @@ async fn attack_06_verifying_a_file_without_a_key_is_not_a_success() {
     let root = app.platform_admin().await;
     let acme = app.tenant_with_members(&root, "acme").await;
     let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
-    let export = app.get_as("/v1/audit/export?format=jsonl", &owner).await.text().await.unwrap();
+    let export = app.get_as("/v1/tenants/acme/audit/export?format=jsonl", &owner).await.text().await.unwrap();
     let file = std::env::temp_dir().join(format!("tessera-export-{}.jsonl", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, export).unwrap();
     let run = |extra: &[&str]| {

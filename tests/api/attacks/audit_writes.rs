@@ -67,7 +67,7 @@ async fn attack_04_formula_cells_in_csv_exports_are_neutralised_and_still_verify
         assert_eq!(response.status(), 200);
     }
     let owner = app.credential(As::Owner, &acme, &root).await.unwrap();
-    let csv = app.get_as("/v1/audit/export?format=csv", &owner).await.text().await.unwrap();
+    let csv = app.get_as("/v1/tenants/acme/audit/export?format=csv", &owner).await.text().await.unwrap();
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(csv.as_bytes());
     let mut agents = 0;
     for record in reader.records() {

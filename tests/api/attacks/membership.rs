@@ -28,7 +28,7 @@ async fn attack_08_a_removed_member_loses_the_tenant_within_seconds() {
     // The key belongs to the tenant: it keeps working, and the list says who made it.
     let secret = key["secret"].as_str().unwrap();
     assert_eq!(app.get_as("/v2/models/none/ready", secret).await.status(), 404);
-    let keys: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/api-keys", &owner).await.json().await.unwrap();
+    let keys = app.items("/v1/tenants/acme/api-keys", &owner).await;
     let listed = keys.iter().find(|k| k["id"] == key["id"]).unwrap();
     assert_eq!(listed["created_by"], admin_id);
     assert_eq!(listed["created_by_email"], acme.emails["admin"]);
@@ -87,7 +87,7 @@ async fn attack_08_invitations_die_with_their_inviters_rights() {
     let me: serde_json::Value = app.get_as("/v1/me", &admin).await.json().await.unwrap();
     let admin_id = me["actor"]["id"].as_str().unwrap();
     assert_eq!(app.call("DELETE", &format!("/v1/tenants/acme/members/{admin_id}"), Some(&owner), None).await.status(), 204);
-    let keys: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/api-keys", &owner).await.json().await.unwrap();
+    let keys = app.items("/v1/tenants/acme/api-keys", &owner).await;
     let admin_key = keys.iter().find(|k| k["role"] == "admin").unwrap()["id"].as_str().unwrap().to_owned();
     assert_eq!(app.call("DELETE", &format!("/v1/tenants/acme/api-keys/{admin_key}"), Some(&owner), None).await.status(), 204);
     for token in [backdoor, keyed] {
@@ -96,6 +96,6 @@ async fn attack_08_invitations_die_with_their_inviters_rights() {
     }
     let joined: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE '%@elsewhere.example'").fetch_one(&app.db).await.unwrap();
     assert_eq!(joined, 0);
-    let listed: Vec<serde_json::Value> = app.get_as("/v1/tenants/acme/invitations", &owner).await.json().await.unwrap();
+    let listed = app.items("/v1/tenants/acme/invitations", &owner).await;
     assert!(listed.iter().filter(|i| i["email"].as_str().unwrap().ends_with("@elsewhere.example")).all(|i| !i["revoked_at"].is_null()));
 }
