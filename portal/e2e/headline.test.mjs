@@ -73,9 +73,6 @@ test("headline: a tenant from nothing to a served, measured model without a term
   for (;;) {
     const text = (await page.getByRole("region", { name: "Usage" }).textContent()) ?? "";
     if (/[1-9]\d* calls in the/.test(text)) break;
-    if (text.includes("Usage is not recorded by this server.")) {
-      assert.fail("the server has no usage endpoint: the dashboard cannot show the call");
-    }
     assert.ok(Date.now() < deadline, `the call never reached the dashboard: ${text}`);
     await page.waitForTimeout(1000);
     await page.reload();
