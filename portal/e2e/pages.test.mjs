@@ -169,3 +169,39 @@ test("change password: every session ends, the new password signs in", async () 
   await signIn(page, globex.emails.inference, "a brand new password");
   await done(page);
 });
+
+test("keyboard: sign in, move between pages and answer a dialog without a mouse", async () => {
+  const page = await newPage();
+  await page.goto("/portal/sign-in");
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute("aria-label") || document.activeElement?.textContent?.trim() || document.activeElement?.getAttribute("name"));
+  // Tab until `name` has the focus (at most 30 steps), as a keyboard user would.
+  const tabTo = async (name) => {
+    for (let i = 0; i < 30; i++) {
+      await page.keyboard.press("Tab");
+      if ((await focused()) === name) return;
+    }
+    assert.fail(`${name} never got the focus`);
+  };
+  await tabTo("email");
+  await page.keyboard.type(globex.emails.admin);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(PASSWORD);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { level: 1, name: "Dashboard" }).waitFor();
+  await tabTo("API keys");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { level: 1, name: "API keys" }).waitFor();
+  await tabTo("name");
+  await page.keyboard.type("keyboard key");
+  await page.keyboard.press("Enter");
+  await page.getByRole("status").filter({ hasText: "Key keyboard key created." }).waitFor();
+  await tabTo("Revoke keyboard key");
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog", { name: "Revoke key" });
+  await dialog.waitFor();
+  assert.equal(await focused(), "Cancel", "the dialog takes the focus, on its safe choice");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(await page.getByRole("button", { name: "Revoke keyboard key" }).count(), 1, "Escape revoked nothing");
+  await done(page);
+});
