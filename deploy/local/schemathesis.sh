@@ -54,7 +54,7 @@ token_of() { python3 -c 'import json, sys; print(next(c["token"] for c in json.l
 # model), and operations that end the caller's own credential whatever their input (logout
 # revokes the access token; a password change ends every session, and wrong current passwords
 # lock the account). Both are left out of the main runs and fuzzed last, in that order.
-dismantling=(suspend_tenant resume_tenant remove_member change_member_role revoke_api_key revoke_invitation
+dismantling=(suspend_tenant resume_tenant set_tenant_limits remove_member change_member_role revoke_api_key revoke_invitation
   delete_model delete_version remove_alias cancel_job)
 self_ending=(logout change_password)
 exclude_last=()

@@ -38,6 +38,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(tenancy::create_tenant)
         .service(tenancy::list_tenants)
         .service(tenancy::get_tenant)
+        .service(tenancy::set_tenant_limits)
         .service(tenancy::suspend_tenant)
         .service(tenancy::resume_tenant)
         .service(tenancy::list_members)

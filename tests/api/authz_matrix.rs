@@ -32,6 +32,7 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants/{tenant}", Rule::Any),
+    ("PATCH", "/v1/tenants/{tenant}", Rule::Only(&[PlatformAdmin])),
     ("POST", "/v1/tenants/{tenant}/suspend", Rule::Only(&[PlatformAdmin])),
     ("POST", "/v1/tenants/{tenant}/resume", Rule::Only(&[PlatformAdmin])),
     ("GET", "/v1/tenants/{tenant}/members", Rule::Only(TENANT_ADMINS)),

@@ -21,4 +21,5 @@ mod portal;
 mod registry;
 mod registry_keys;
 mod tenant_isolation;
+mod tenants;
 mod tls;
