@@ -18,10 +18,11 @@ test("headline: a tenant from nothing to a served, measured model without a term
 
   await signIn(page, ADMIN.email, ADMIN.password);
   await page.getByRole("heading", { level: 1, name: "Platform" }).waitFor();
-  await page.getByLabel("Slug").fill("acme");
-  await page.getByLabel("Name", { exact: true }).fill("Acme Corp");
-  await page.getByLabel("Max models").fill("5");
-  await page.getByRole("button", { name: "Create tenant" }).click();
+  const create = page.getByRole("region", { name: "Create a tenant" });
+  await create.getByLabel("Slug").fill("acme");
+  await create.getByLabel("Name", { exact: true }).fill("Acme Corp");
+  await create.getByLabel("Max models").fill("5");
+  await create.getByRole("button", { name: "Create tenant" }).click();
   await page.getByRole("status").filter({ hasText: "Tenant acme created." }).waitFor();
   await page.getByTestId("status-acme").filter({ hasText: "active" }).waitFor();
 

@@ -143,10 +143,17 @@ test("audit: filter, export and verify the chain", async () => {
   await done(page);
 });
 
-test("platform: suspend and resume a tenant", async () => {
+test("platform: change a tenant's limits, suspend and resume it", async () => {
   const page = await newPage();
   await signIn(page, ADMIN.email, ADMIN.password);
   await page.getByRole("heading", { level: 1, name: "Platform" }).waitFor();
+  const limits = page.getByRole("region", { name: "Change limits" });
+  await limits.getByLabel("Tenant").selectOption("globex");
+  await limits.getByLabel("Max models").fill("7");
+  await limits.getByRole("button", { name: "Change limits" }).click();
+  await page.getByRole("status").filter({ hasText: "Limits of globex changed." }).waitFor();
+  const [, view] = await call("GET", "/v1/tenants/globex", globex.admin);
+  assert.equal(view.max_models, 7);
   await page.getByRole("button", { name: "Suspend globex" }).click();
   await page.getByRole("dialog", { name: "Suspend tenant" }).getByRole("button", { name: "Suspend" }).click();
   await page.getByTestId("status-globex").filter({ hasText: "suspended" }).waitFor();

@@ -37,6 +37,26 @@ export function Platform() {
     return `Tenant ${slug} ${suspend ? "suspended" : "resumed"}.`;
   };
 
+  // Blank fields keep their values.
+  const limits = action.form(async (data) => {
+    const slug = String(data.get("limit_tenant"));
+    const number = (name: string) => (data.get(name) ? Number(data.get(name)) : null);
+    const storage = number("limit_storage_gib");
+    must(
+      await api.PATCH("/v1/tenants/{tenant}", {
+        params: { path: { tenant: slug } },
+        body: {
+          max_models: number("limit_models"),
+          max_storage_bytes: storage === null ? null : Math.round(storage * GIB),
+          rate_limit_per_second: number("limit_rate"),
+          rate_limit_burst: number("limit_burst"),
+        },
+      }),
+    );
+    tenants.reload();
+    return `Limits of ${slug} changed.`;
+  });
+
   const slugs = tenants.data?.map((t) => t.slug) ?? [];
   return (
     <>
@@ -72,6 +92,21 @@ export function Platform() {
             </button>
           </form>
           {invited && <Secret label="Send this invitation link to the invitee." value={invited} />}
+        </Section>
+      )}
+      {slugs.length > 0 && (
+        <Section title="Change limits">
+          <form onSubmit={limits} class="inline">
+            <Select label="Tenant" name="limit_tenant" options={slugs} />
+            <Field label="Max models" name="limit_models" type="number" min={0} />
+            <Field label="Max storage (GiB)" name="limit_storage_gib" type="number" min={0} step="any" />
+            <Field label="Rate limit (calls/s)" name="limit_rate" type="number" min={1} />
+            <Field label="Burst" name="limit_burst" type="number" min={1} />
+            <button type="submit" disabled={action.busy}>
+              Change limits
+            </button>
+          </form>
+          <p class="hint">Blank fields keep their values.</p>
         </Section>
       )}
       <Section title="Tenants">
