@@ -7,12 +7,13 @@ import { ADMIN, accessible, closeBrowser, done, newPage, open, screenshot, signI
 
 after(closeBrowser);
 
-test("headline: a tenant from nothing to a served, measured model without a terminal", async () => {
+test("headline: a tenant from nothing to a served, measured model without a terminal", async (t) => {
   const page = await newPage();
   const started = Date.now();
   await page.goto("/portal/");
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
   const firstPaint = Date.now() - started;
+  t.diagnostic(`sign-in page interactive ${firstPaint} ms after navigation, cold cache`);
   assert.ok(firstPaint < 1000, `sign-in page interactive in ${firstPaint} ms`);
   await accessible(page, "sign-in");
 
