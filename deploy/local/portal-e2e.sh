@@ -23,6 +23,8 @@ cargo build --locked --quiet --bin tessera
 
 work="$(mktemp -d /tmp/tessera-portal-e2e.XXXXXX)"
 trap 'stop_fresh "$DB_NAME" "$work"' EXIT
+# Usage reaches the dashboard within a second of a call, not the test default's hour.
+if grep -q '^\[usage\]' config/default.toml; then export TESSERA__USAGE__FLUSH_INTERVAL_SECONDS=1; fi
 # Training jobs run in the served process.
 FRESH_JOB_WORKERS=1 serve_fresh "$DB_NAME" "$work" "tessera-portal-e2e-$$"
 TESSERA_BOOTSTRAP_PASSWORD="$ADMIN_PASSWORD" "$bin" admin bootstrap --email "$ADMIN_EMAIL" >/dev/null

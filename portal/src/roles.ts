@@ -5,17 +5,19 @@ import { session } from "./session";
 
 export const ROLES: Role[] = ["owner", "admin", "ml_engineer", "auditor", "inference"];
 
-const PERMISSIONS: Record<Role, Permission[]> = {
+// Strings rather than the generated Permission type: a server that predates a permission
+// still serves this table.
+const PERMISSIONS: Record<Role, readonly (Permission | "usage_read")[]> = {
   owner: [
     "members_read", "members_manage", "api_keys_read", "api_keys_manage", "models_read", "models_write", "models_download",
-    "inference_run", "jobs_run", "audit_read", "audit_export", "audit_configure", "keys_rotate",
+    "inference_run", "jobs_run", "audit_read", "audit_export", "audit_configure", "keys_rotate", "usage_read",
   ],
   admin: [
     "members_read", "members_manage", "api_keys_read", "api_keys_manage", "models_read", "models_write", "models_download",
-    "inference_run", "jobs_run",
+    "inference_run", "jobs_run", "usage_read",
   ],
   ml_engineer: ["models_read", "models_write", "models_download", "inference_run", "jobs_run"],
-  auditor: ["audit_read", "audit_export"],
+  auditor: ["audit_read", "audit_export", "usage_read"],
   inference: ["models_read", "inference_run"],
 };
 

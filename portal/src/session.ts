@@ -33,8 +33,9 @@ class Session {
     return request;
   }
 
-  can(permission: components["schemas"]["Permission"]): boolean {
-    return !!this.me?.permissions.includes(permission);
+  /** Whether the caller holds `permission` (a name of the Permission schema). */
+  can(permission: components["schemas"]["Permission"] | "usage_read"): boolean {
+    return !!(this.me?.permissions as string[] | undefined)?.includes(permission);
   }
 
   get tenant(): string | null {

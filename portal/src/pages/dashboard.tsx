@@ -65,7 +65,7 @@ export function Dashboard() {
   const [model, setModel] = useState("");
   const { hours, granularity } = RANGES[range]!;
   const action = useAction();
-  const mayRead = s.can("usage_read" as never);
+  const mayRead = s.can("usage_read");
   const query = () => {
     const to = new Date(Math.ceil(Date.now() / 3600_000) * 3600_000);
     const from = new Date(to.getTime() - hours * 3600_000);
