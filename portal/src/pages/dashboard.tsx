@@ -133,7 +133,7 @@ export function Dashboard() {
           {report && (
             <>
               <p data-testid="total-calls">
-                {total} calls in the {range}.
+                {total} {total === 1 ? "call" : "calls"} in the {range}.
               </p>
               <div class="charts">
                 <LineChart title="Calls" labels={labels} series={[{ name: "calls", values: points.map((p) => p.calls), color: "#1f5fbf" }]} />
