@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Drives the portal in a real browser (Debian's Chromium through playwright-core) against a
 # served Tessera on the real Postgres and Redis: a fresh database, a bootstrapped platform
-# administrator, a random port. The tests are portal/e2e/*.test.mjs (node's test runner);
-# screenshots of the dashboard and the models page land in docs/screenshots/. Called by
-# test.sh after the cargo tests; runs alone too. Extra arguments go to `node --test`
-# (e.g. --test-name-pattern=headline).
+# administrator, a random port. The tests are portal/e2e/*.test.mjs (node's test runner).
+# Called by test.sh after the cargo tests; runs alone too. Extra arguments go to `node --test`
+# (e.g. --test-name-pattern=headline). The headline test photographs the dashboard and the
+# models page into TESSERA_SCREENSHOTS (default: a temporary directory); the README's come from
+#   TESSERA_SCREENSHOTS=$PWD/docs/screenshots deploy/local/portal-e2e.sh --test-name-pattern=headline
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -35,7 +36,7 @@ status=0
   cd portal
   TESSERA_URL="$base" TESSERA_ADMIN_EMAIL="$ADMIN_EMAIL" TESSERA_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
     TESSERA_MODEL="$TESSERA_ROOT/tests/fixtures/models/add_fp32.onnx" \
-    TESSERA_SCREENSHOTS="$TESSERA_ROOT/docs/screenshots" CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" \
+    TESSERA_SCREENSHOTS="${TESSERA_SCREENSHOTS:-$work/screenshots}" CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" \
     node --test --test-concurrency=1 --test-reporter=spec "$@" e2e/
 ) || status=$?
 log "portal browser tests took $((SECONDS - started)) s"
