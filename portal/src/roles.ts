@@ -1,5 +1,6 @@
 // What each role may do, as src/identity/permissions.rs says. Only used to offer the roles
-// the caller may grant (a role whose every permission the caller holds); the server decides.
+// the caller may grant (a role whose every permission the caller's role has); the server
+// decides.
 import type { Permission, Role } from "./api/client";
 import { session } from "./session";
 
@@ -21,10 +22,13 @@ const PERMISSIONS: Record<Role, readonly (Permission | "usage_read")[]> = {
   inference: ["models_read", "inference_run"],
 };
 
-/** Roles the signed-in caller may hand out (a platform administrator may hand out any). */
+/** Roles the signed-in caller may hand out (a platform administrator may hand out any): those
+ * whose every permission the caller's role has, both read from this one table, so that a
+ * permission the server does not have yet cannot make the two disagree. */
 export function grantableRoles(): Role[] {
   if (session.me?.platform_admin) return ROLES;
-  return ROLES.filter((role) => PERMISSIONS[role].every((p) => session.can(p)));
+  const mine = session.me?.role ? PERMISSIONS[session.me.role] : [];
+  return ROLES.filter((role) => PERMISSIONS[role].every((p) => mine.includes(p)));
 }
 
 /** API keys never carry `owner`. */
