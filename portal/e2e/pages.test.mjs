@@ -2,7 +2,7 @@
 // platform creation), plus the session's handling of its tokens.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { ADMIN, PASSWORD, accessible, call, closeBrowser, done, login, newPage, open, seedTenant, signIn, signOut } from "./helpers.mjs";
+import { ADMIN, BASE, PASSWORD, accessible, call, closeBrowser, done, login, newPage, open, seedTenant, signIn, signOut } from "./helpers.mjs";
 
 let globex;
 before(async () => {
@@ -24,6 +24,41 @@ test("session: the refresh token stays in an HttpOnly cookie and a reload signs 
   assert.equal((await page.context().cookies()).filter((c) => c.name === "tessera_refresh").length, 0, "sign-out clears the cookie");
   await page.goto("/portal/models");
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  await done(page);
+});
+
+test("session: another site's page can neither use nor spend the refresh cookie", async () => {
+  const page = await newPage();
+  await signIn(page, globex.emails.owner);
+  const target = new URL("/v1/auth/refresh", BASE).href;
+  // A page of another site in the same browser, as an attacker's would be: localhost is not
+  // the site of 127.0.0.1 (both loopback, so the browser's private network checks stay out of
+  // it), and /healthz is a document without the portal's CSP to hold its script back.
+  const attacker = await page.context().newPage();
+  await attacker.goto(new URL("/healthz", BASE.replace("127.0.0.1", "localhost")).href);
+  const sent = [];
+  attacker.on("request", async (request) => {
+    if (request.url() === target) sent.push((await request.allHeaders()).cookie ?? "");
+  });
+  const outcomes = await attacker.evaluate(async (url) => {
+    const results = [];
+    // A simple request: no preflight, but SameSite=Strict keeps the cookie home.
+    await fetch(url, { method: "POST", mode: "no-cors", credentials: "include", headers: { "Content-Type": "text/plain" }, body: "{}" })
+      .then((r) => results.push(`simple: ${r.type}`))
+      .catch((e) => results.push(`simple: ${e.name}`));
+    // With the header the server requires: the preflight gets no CORS grant.
+    await fetch(url, { method: "POST", credentials: "include", headers: { "Content-Type": "application/json", "X-Tessera-Refresh": "cookie" }, body: "{}" })
+      .then((r) => results.push(`with header: ${r.status}`))
+      .catch((e) => results.push(`with header: ${e.name}`));
+    return results;
+  }, target);
+  assert.deepEqual(outcomes, ["simple: opaque", "with header: TypeError"]);
+  assert.ok(sent.length > 0, "the simple request was sent");
+  assert.ok(sent.every((cookie) => !cookie.includes("tessera_refresh")), `the cookie left for another site: ${sent}`);
+  // The session is intact: the portal still refreshes from its cookie.
+  await page.reload();
+  await page.getByTestId("who").filter({ hasText: globex.emails.owner }).waitFor();
+  await attacker.close();
   await done(page);
 });
 
