@@ -11,7 +11,8 @@ export function useSession() {
   return session;
 }
 
-/** Loads data once and on `reload()`; `error` is the message to show. */
+/** Loads data once, again on `reload()` and whenever `deps` change (the tenant, a filter: what
+ * `load`, a new closure each render, depends on); `error` is the message to show. */
 export function useLoad<T>(load: () => Promise<T>, deps: unknown[] = []) {
   const [data, setData] = useState<T | undefined>(undefined);
   const [error, setError] = useState<string | null>(null);
@@ -25,7 +26,6 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[] = []) {
       })
       .catch((e) => setError(describe(e)))
       .finally(() => setLoading(false));
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
   useEffect(reload, [reload]);
   return { data, error, loading, reload };
