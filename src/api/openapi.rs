@@ -126,6 +126,7 @@ fn add_standard_errors(operation: &mut Operation) {
     };
     if operation.request_body.is_some() {
         add("400", "Malformed or invalid request (`invalid_json`, `invalid_request`)");
+        add("422", "Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others)");
         add("413", "Body larger than the configured limit (`payload_too_large`)");
         add("415", "Wrong Content-Type (`unsupported_media_type`)");
     } else if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {

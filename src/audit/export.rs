@@ -18,8 +18,10 @@ use super::error::AuditError;
 #[into_params(parameter_in = Query)]
 pub struct AuditFilters {
     /// Events at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Events before this instant (RFC 3339).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub actor_type: Option<String>,
     pub actor_id: Option<String>,
@@ -28,6 +30,7 @@ pub struct AuditFilters {
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
     /// `success`, `failure` or `denied`.
+    #[param(pattern = "^(success|failure|denied)$")]
     pub outcome: Option<String>,
 }
 

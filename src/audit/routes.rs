@@ -12,6 +12,7 @@ use super::service::{AuditService, AuditSettings};
 use super::signing::PublicKeySet;
 use super::{AuditActor, PLATFORM};
 use crate::error::{ApiError, Code};
+use crate::http::extract::Json;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Principal, perm};
 use crate::page::{Page, PageQuery};
@@ -31,9 +32,9 @@ async fn page(
     audit: &AuditService,
     tenant: Uuid,
     filters: web::Query<AuditFilters>,
-    page: &PageQuery,
+    page: &PageQuery<i64>,
 ) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
-    let page = page.parse::<i64>()?;
+    let page = page.parse()?;
     let filters = filters.into_inner().parse()?;
     let events = audit.page(tenant, &filters, page.after, page.fetch()).await?;
     Ok(web::Json(page.finish(events, |e: &ChainedEvent| e.seq)))
@@ -65,14 +66,14 @@ async fn export(
 
 /// A tenant's audit events, oldest first, filtered, one page at a time.
 #[utoipa::path(
-    tag = "audit", params(TenantPath, AuditFilters, PageQuery), security(("bearer" = [])),
+    tag = "audit", params(TenantPath, AuditFilters, PageQuery<i64>), security(("bearer" = [])),
     responses((status = 200, body = Page<ChainedEvent>))
 )]
 #[get("/v1/tenants/{tenant}/audit/events")]
 pub async fn list_events(
     guard: Guarded<{ perm::AUDIT_READ }, AuditService>,
     filters: web::Query<AuditFilters>,
-    query: web::Query<PageQuery>,
+    query: web::Query<PageQuery<i64>>,
 ) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
     page(&guard, guard.tenant()?.id.0, filters, &query).await
 }
@@ -81,7 +82,7 @@ pub async fn list_events(
 /// last record is a signed manifest; `tessera audit verify <file>` checks it offline.
 #[utoipa::path(
     tag = "audit", params(TenantPath, AuditFilters, FormatQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String))
+    responses((status = 200, description = "The export, streamed", content((String = "application/x-ndjson"), (String = "text/csv"))))
 )]
 #[get("/v1/tenants/{tenant}/audit/export")]
 pub async fn export_events(
@@ -97,14 +98,14 @@ pub async fn export_events(
 /// The platform's own audit events (tenants created, suspended, resumed; platform
 /// administrators' sign-ins), oldest first (platform administrators).
 #[utoipa::path(
-    tag = "audit", params(AuditFilters, PageQuery), security(("bearer" = [])),
+    tag = "audit", params(AuditFilters, PageQuery<i64>), security(("bearer" = [])),
     responses((status = 200, body = Page<ChainedEvent>))
 )]
 #[get("/v1/platform/audit/events")]
 pub async fn list_platform_events(
     guard: Guarded<{ perm::TENANTS_MANAGE }, AuditService>,
     filters: web::Query<AuditFilters>,
-    query: web::Query<PageQuery>,
+    query: web::Query<PageQuery<i64>>,
 ) -> Result<web::Json<Page<ChainedEvent>>, ApiError> {
     page(&guard, PLATFORM, filters, &query).await
 }
@@ -112,7 +113,7 @@ pub async fn list_platform_events(
 /// Streams an export of the platform's audit events, as for a tenant's (platform administrators).
 #[utoipa::path(
     tag = "audit", params(AuditFilters, FormatQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The export, streamed", content_type = "application/x-ndjson", body = String))
+    responses((status = 200, description = "The export, streamed", content((String = "application/x-ndjson"), (String = "text/csv"))))
 )]
 #[get("/v1/platform/audit/export")]
 pub async fn export_platform_events(
@@ -144,7 +145,7 @@ pub async fn get_settings(guard: Guarded<{ perm::AUDIT_READ }, AuditService>) ->
 pub async fn put_settings(
     guard: Guarded<{ perm::AUDIT_CONFIGURE }, AuditService>,
     info: RequestInfo,
-    body: web::Json<AuditSettings>,
+    body: Json<AuditSettings>,
 ) -> Result<web::Json<AuditSettings>, ApiError> {
     let tenant = guard.tenant()?.id;
     let body = body.into_inner();

@@ -41,6 +41,7 @@ pub struct AuditSettings {
     /// How inference calls are recorded (`every_call` by default).
     pub inference_mode: InferenceAuditMode,
     /// For `sampled`: the fraction of calls recorded, in (0, 1].
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub inference_sample_rate: f64,
 }
 

@@ -48,6 +48,57 @@ pub fn json_error(error: JsonPayloadError) -> ApiError {
     }
 }
 
+/// A JSON body, read as `web::Json` reads it (same limit and errors) and then taken as `T`,
+/// with one difference: a number with no fractional part is an integer, as JSON Schema says
+/// (`1.0` is a valid `integer`), so a generated client that writes integers as floats is
+/// understood.
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Json<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Json<T> {
+    type Error = actix_web::Error;
+    type Future = futures::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let value = web::Json::<serde_json::Value>::from_request(req, payload);
+        Box::pin(async move {
+            let mut value = value.await?.into_inner();
+            integral_numbers_as_integers(&mut value);
+            serde_json::from_value(value)
+                .map(Json)
+                .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()).into())
+        })
+    }
+}
+
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            // Only where the float is exact: beyond 2^53 it may not be the integer meant.
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0) {
+                *n = if f < 0.0 { (f as i64).into() } else { (f as u64).into() };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
 pub fn payload_error(error: PayloadError) -> ApiError {
     match error {
         PayloadError::Overflow => ApiError::new(Code::PayloadTooLarge, "the body exceeds the configured limit"),
@@ -57,6 +108,7 @@ pub fn payload_error(error: PayloadError) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+
     use actix_web::{App, HttpResponse, test, web};
 
     use super::*;
@@ -111,5 +163,16 @@ mod tests {
         let request = test::TestRequest::post().uri("/echo").insert_header(("content-type", "application/json")).set_payload(big);
         let (status, body) = problem(request).await;
         assert_eq!((status, body["code"].as_str()), (413, Some("payload_too_large")));
+    }
+}
+
+#[cfg(test)]
+mod numbers {
+    #[test]
+    fn integral_floats_become_integers_and_others_stay() {
+        let mut value = serde_json::json!({ "a": 5.0, "b": [-2.0, 1.5], "c": 1e300, "d": 7, "e": "8.0" });
+        super::integral_numbers_as_integers(&mut value);
+        assert_eq!(value, serde_json::json!({ "a": 5, "b": [-2, 1.5], "c": 1e300, "d": 7, "e": "8.0" }));
+        assert!(value["a"].is_u64() && value["b"][0].is_i64() && value["c"].is_f64());
     }
 }

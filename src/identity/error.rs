@@ -62,6 +62,9 @@ pub enum IdentityError {
     Conflict(&'static str),
     #[error("{0}")]
     InvalidRequest(&'static str),
+    /// Well formed, but not applicable to the account or object it names.
+    #[error("{0}")]
+    Unprocessable(&'static str),
     /// A numeric field (named) outside its range.
     #[error("{0} is out of range")]
     OutOfRange(&'static str),
@@ -86,6 +89,7 @@ impl ErrorCode for IdentityError {
             HashingBusy => Code::ServiceUnavailable,
             PasswordTooShort { .. } | PasswordTooLong { .. } => Code::WeakPassword,
             InvalidEmail | InvalidRequest(_) | OutOfRange(_) => Code::InvalidRequest,
+            Unprocessable(_) => Code::Unprocessable,
             InvalidInvitation => Code::InvalidInvitation,
             InvalidResetToken => Code::InvalidResetToken,
             TenantSuspended(_) => Code::TenantSuspended,

@@ -24,8 +24,10 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(value: &str) -> Result<Self, IdentityError> {
+        // As the documented pattern reads the input: at most 320 characters before trimming.
+        let short = value.chars().count() <= 320;
         let value = value.trim().to_lowercase();
-        let valid = value.len() <= 320
+        let valid = short
             && value.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
             })

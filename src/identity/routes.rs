@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use super::jwt::Jwks;
 use super::perm;
 use super::service::{IdentityService, MeView, PasswordReset, TokenPair};
+use crate::http::extract::Json;
 use crate::http::guard::Guarded;
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
@@ -124,7 +125,7 @@ pub async fn login(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
     req: HttpRequest,
-    body: web::Json<LoginRequest>,
+    body: Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let cookie = cookie_mode(&req)?;
     let body = body.into_inner();
@@ -155,7 +156,7 @@ pub async fn refresh(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
     req: HttpRequest,
-    body: web::Json<RefreshRequest>,
+    body: Json<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let cookie = cookie_mode(&req)?;
     let token = match body.into_inner().refresh_token {
@@ -185,7 +186,7 @@ pub async fn logout(
     guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
     req: HttpRequest,
-    body: web::Json<LogoutRequest>,
+    body: Json<LogoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // The bearer token already proves the caller; the cookie only names a session to end, and
     // the service ends it only if it is the caller's own.
@@ -231,7 +232,7 @@ pub struct ChangePasswordRequest {
 pub async fn change_password(
     guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
-    body: web::Json<ChangePasswordRequest>,
+    body: Json<ChangePasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     guard.change_password(&guard.principal, body.current_password, body.new_password, &info).await?;
@@ -241,7 +242,8 @@ pub async fn change_password(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueResetRequest {
-    #[schema(example = "alice@example.com")]
+    /// An email address: one `@`, a dot inside the domain, no spaces; at most 320 characters.
+    #[schema(example = "alice@example.com", max_length = 320, pattern = "^[\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]+@[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*\\.[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$")]
     pub email: String,
 }
 
@@ -255,7 +257,7 @@ pub struct IssueResetRequest {
 pub async fn issue_password_reset(
     guard: Guarded<{ perm::TENANTS_MANAGE }, IdentityService>,
     info: RequestInfo,
-    body: web::Json<IssueResetRequest>,
+    body: Json<IssueResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let reset = guard.issue_password_reset(&guard.principal, &body.email, &info).await?;
     Ok(HttpResponse::Created().json(reset))
@@ -281,7 +283,7 @@ pub struct RedeemResetRequest {
 pub async fn redeem_password_reset(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
-    body: web::Json<RedeemResetRequest>,
+    body: Json<RedeemResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     identity.redeem_password_reset(&body.token, body.new_password, &info).await?;

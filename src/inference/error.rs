@@ -71,6 +71,7 @@ impl ErrorCode for InferenceError {
     fn code(&self) -> Code {
         use InferenceError as E;
         match self {
+            E::Protocol(e) if e.syntax => Code::InvalidJson,
             E::Protocol(_)
             | E::UnknownInput { .. }
             | E::InputDatatype { .. }

@@ -14,6 +14,7 @@ use super::service::{InferCall, InferenceService};
 use crate::audit::AuditActor;
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
+use crate::http::extract::Binary;
 use crate::http::guard::Guarded;
 use crate::identity::perm;
 use crate::http::health::Probes;
@@ -184,8 +185,9 @@ async fn infer(
     tag = "inference", params(ModelPath), security(("bearer" = [])),
     request_body(content = Object, description = "An OIP v2 inference request"),
     responses(
-        (status = 200, description = "An OIP v2 inference response", body = Object),
-        (status = 400, description = "Inputs do not match the model (`invalid_input`)"),
+        (status = 200, description = "An OIP v2 inference response: JSON, or binary tensor data after a JSON header when asked for",
+         content((Object = "application/json"), (Binary = "application/octet-stream"))),
+        (status = 422, description = "Inputs do not match the model (`invalid_input`)"),
         (status = 503, description = "Queue full (`overloaded`), with Retry-After"),
         (status = 504, description = "Deadline passed (`deadline_exceeded`)"),
     )
@@ -204,7 +206,11 @@ pub async fn infer_latest(
 #[utoipa::path(
     tag = "inference", params(VersionPath), security(("bearer" = [])),
     request_body(content = Object, description = "An OIP v2 inference request"),
-    responses((status = 200, description = "An OIP v2 inference response", body = Object))
+    responses(
+        (status = 200, description = "An OIP v2 inference response: JSON, or binary tensor data after a JSON header when asked for",
+         content((Object = "application/json"), (Binary = "application/octet-stream"))),
+        (status = 422, description = "Inputs do not match the model (`invalid_input`)"),
+    )
 )]
 #[post("/v2/models/{name}/versions/{version}/infer")]
 pub async fn infer_version(

@@ -67,16 +67,14 @@ impl ErrorCode for JobError {
             E::JobNotFound(_) | E::DatasetNotFound(_) | E::NoOutput(_) => Code::NotFound,
             E::Finished { .. } => Code::JobFinished,
             E::IdempotencyKeyReused => Code::IdempotencyKeyReused,
-            E::InvalidDatasetName
-            | E::InvalidArchitecture { .. }
+            E::InvalidDatasetName | E::InvalidParams(_) | E::NoFeatures | E::DuplicateFeature(_) => Code::InvalidRequest,
+            // Well formed, but at odds with the dataset, the model or the architecture.
+            E::InvalidArchitecture { .. }
             | E::InvalidConfig(_)
-            | E::InvalidParams(_)
             | E::TargetIsFeature(_)
-            | E::NoFeatures
-            | E::DuplicateFeature(_)
             | E::NoSuchColumn(_)
             | E::FeaturesMismatch { .. }
-            | E::TrainOnnx(_) => Code::InvalidRequest,
+            | E::TrainOnnx(_) => Code::Unprocessable,
             E::Queue(_) => Code::ServiceUnavailable,
             E::Registry(e) => e.code(),
             E::Inference(e) => e.code(),

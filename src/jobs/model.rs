@@ -112,10 +112,10 @@ impl ToSchema for JobRequest {
 pub struct TrainRequest {
     /// The model the trained weights become a version of; created (framework `burn`) if it
     /// does not exist.
-    #[schema(example = "churn-mlp")]
+    #[schema(example = "churn-mlp", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub model: String,
     /// `mlp` or `conv1d`.
-    #[schema(example = "mlp")]
+    #[schema(example = "mlp", pattern = "^(mlp|conv1d)$")]
     pub architecture: String,
     /// The architecture's configuration (layer sizes, activation, dropout, task).
     #[schema(value_type = Object, example = json!({"inputs": 8, "hidden": [32, 32], "outputs": 3}))]
@@ -127,17 +127,33 @@ pub struct TrainRequest {
     pub target: String,
     /// Feature columns, in the order the model sees them (default: every other column).
     #[serde(default)]
+    #[schema(schema_with = feature_columns)]
     pub features: Option<Vec<String>>,
     #[serde(default = "default_epochs")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub epochs: u32,
     #[serde(default = "default_learning_rate")]
+    #[schema(exclusive_minimum = 0.0)]
     pub learning_rate: f64,
     #[serde(default = "default_batch_size")]
+    #[schema(minimum = 1, maximum = 65536)]
     pub batch_size: usize,
     #[serde(default = "default_validation_split")]
+    #[schema(minimum = 0.0, maximum = 0.9)]
     pub validation_split: f64,
     #[serde(default)]
     pub seed: u64,
+}
+
+/// Distinct column names, at least one.
+fn feature_columns() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, schema::Type};
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String))
+        .min_items(Some(1))
+        .unique_items(true)
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]))
+        .build()
 }
 
 fn default_epochs() -> u32 {
@@ -156,15 +172,16 @@ fn default_validation_split() -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchInferRequest {
-    #[schema(example = "churn-mlp")]
+    #[schema(example = "churn-mlp", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub model: String,
     /// A version number or alias (default: the latest version).
     #[serde(default)]
-    #[schema(example = "production")]
+    #[schema(example = "production", pattern = "^(0*[1-9][0-9]{0,8}|[a-z][a-z0-9_-]{0,62})$")]
     pub version: Option<String>,
     pub dataset: Uuid,
     /// Input columns, in the model's input order (default: every column).
     #[serde(default)]
+    #[schema(schema_with = feature_columns)]
     pub features: Option<Vec<String>>,
 }
 

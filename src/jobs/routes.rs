@@ -13,6 +13,7 @@ use super::model::{DatasetName, DatasetView, JobKind, JobRequest, JobStatus, Job
 use super::service::{JobFilter, JobService};
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
+use crate::http::extract::Json;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
 use crate::page::{Page, PageQuery};
@@ -21,8 +22,29 @@ use crate::tenancy::TenantId;
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetQuery {
-    /// A name for the dataset (letters, digits, `.`, `_`, `-`).
+    /// A name for the dataset: 1-128 of letters, digits, `.`, `_`, `-`, starting with a letter or digit.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
+}
+
+/// For the document only: the handlers read these headers themselves.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct LastEventId {
+    /// Resume after this event.
+    #[param(rename = "Last-Event-ID", nullable = false, minimum = 0)]
+    last_event_id: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKey {
+    /// Makes resubmission safe: the same key and body give the same job. 1-255 visible ASCII
+    /// characters (inner spaces allowed).
+    #[param(rename = "Idempotency-Key", nullable = false, pattern = "^[!-~]([ -~]{0,253}[!-~])?$")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -72,11 +94,11 @@ pub async fn upload_dataset(
 }
 
 /// The tenant's datasets, newest first.
-#[utoipa::path(tag = "jobs", params(TenantPath, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<DatasetView>)))]
+#[utoipa::path(tag = "jobs", params(TenantPath, PageQuery<Uuid>), security(("bearer" = [])), responses((status = 200, body = Page<DatasetView>)))]
 #[get("/v1/tenants/{tenant}/datasets")]
 pub async fn list_datasets(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<Uuid>>,
 ) -> Result<web::Json<Page<DatasetView>>, ApiError> {
     Ok(web::Json(guard.list_datasets(guard.tenant()?.id, &page.parse()?).await?))
 }
@@ -95,7 +117,7 @@ pub async fn get_dataset(
 /// the same request returns the job the first submission created (200) instead of a new one.
 #[utoipa::path(
     tag = "jobs", security(("bearer" = [])),
-    params(TenantPath, ("Idempotency-Key" = Option<String>, Header, description = "Makes resubmission safe: the same key and body give the same job")),
+    params(TenantPath, IdempotencyKey),
     request_body = JobRequest,
     responses(
         (status = 201, body = JobView, description = "Queued"),
@@ -108,12 +130,12 @@ pub async fn submit_job(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     info: RequestInfo,
     req: HttpRequest,
-    body: web::Json<JobRequest>,
+    body: Json<JobRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let key = match req.headers().get("idempotency-key") {
         None => None,
         Some(value) => {
-            let key = value.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+            let key = value.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (b' '..=b'~').contains(&b))).ok_or_else(|| {
                 ApiError::new(Code::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters")
             })?;
             Some(key.to_owned())
@@ -126,12 +148,12 @@ pub async fn submit_job(
 }
 
 /// The tenant's jobs, newest first, filtered by status and kind.
-#[utoipa::path(tag = "jobs", params(TenantPath, JobListQuery, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<JobView>)))]
+#[utoipa::path(tag = "jobs", params(TenantPath, JobListQuery, PageQuery<Uuid>), security(("bearer" = [])), responses((status = 200, body = Page<JobView>)))]
 #[get("/v1/tenants/{tenant}/jobs")]
 pub async fn list_jobs(
     guard: Guarded<{ perm::JOBS_RUN }, JobService>,
     query: web::Query<JobListQuery>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<Uuid>>,
 ) -> Result<web::Json<Page<JobView>>, ApiError> {
     let filter = JobFilter { status: query.status, kind: query.kind };
     Ok(web::Json(guard.list(guard.tenant()?.id, &filter, &page.parse()?).await?))
@@ -180,9 +202,9 @@ pub async fn job_output(
 /// metric, rows done), from the start or after `Last-Event-ID`. The stream ends after the
 /// job's final status.
 #[utoipa::path(
-    tag = "jobs", params(TenantPath, IdPath, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    tag = "jobs", params(TenantPath, IdPath, LastEventId),
     security(("bearer" = [])),
-    responses((status = 200, description = "`text/event-stream`: `id`, `event` (status, progress, log) and JSON `data`", content_type = "text/event-stream", body = String))
+    responses((status = 200, description = "`text/event-stream`: `id`, `event` (status, progress, log) and JSON `data`", content_type = "text/event-stream", body = JobStreamEvent))
 )]
 #[get("/v1/tenants/{tenant}/jobs/{id}/events")]
 pub async fn job_events(
@@ -193,7 +215,7 @@ pub async fn job_events(
     let tenant = guard.tenant()?.id;
     let after = match req.headers().get("last-event-id") {
         None => 0,
-        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).and_then(|n| i64::try_from(n).ok()).ok_or_else(|| {
             ApiError::new(Code::InvalidHeader, "Last-Event-ID must be the id of an event of this stream")
         })?,
     };
@@ -206,6 +228,21 @@ pub async fn job_events(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream))
+}
+
+/// One Server-Sent Event of a job's stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: the stream is written as text
+struct JobStreamEvent {
+    /// The event's number: send it back as `Last-Event-ID` to resume after it.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// `status` (with `status`), `progress` (epoch, loss, metric or rows done) or `log`.
+    #[schema(pattern = "^(status|progress|log)$")]
+    event: String,
+    /// The event's fields, as a JSON object.
+    #[schema(content_media_type = "application/json")]
+    data: String,
 }
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);

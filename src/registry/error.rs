@@ -128,14 +128,15 @@ impl ErrorCode for RegistryError {
             | E::InvalidSha256
             | E::DescriptionTooLong
             | E::InvalidTags
-            | E::ServingOutOfRange(_)
-            | E::ServingThreads(_)
+            | E::ServingOutOfRange(_) => Code::InvalidRequest,
+            // Well formed, but at odds with the platform's limits or the model's framework.
+            E::ServingThreads(_)
             | E::ServingCacheTtl(_)
             | E::BurnSpecMissing
             | E::BurnSpecOnOnnx
             | E::UnknownArchitecture { .. }
             | E::InvalidBurnConfig(_)
-            | E::NotBurn(_) => Code::InvalidRequest,
+            | E::NotBurn(_) => Code::Unprocessable,
             E::ModelExists(_) | E::JobAlreadyRegistered(_) => Code::AlreadyExists,
             E::ModelQuota(_) | E::StorageQuota(_) => Code::QuotaExceeded,
             E::TooLarge(_) => Code::PayloadTooLarge,

@@ -72,8 +72,10 @@ pub enum VersionRef {
 impl VersionRef {
     pub fn parse(value: &str) -> Result<Self, RegistryError> {
         if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
-            return match value.parse::<i32>() {
-                Ok(n) if n > 0 => Ok(VersionRef::Number(n)),
+            // At most nine significant digits, as the schema's pattern says.
+            let digits = value.trim_start_matches('0');
+            return match digits.parse::<i32>() {
+                Ok(n) if n > 0 && digits.len() <= 9 => Ok(VersionRef::Number(n)),
                 _ => Err(RegistryError::InvalidVersionNumber),
             };
         }
@@ -105,25 +107,39 @@ crate::text_enum! {
 pub struct ServingConfig {
     /// Sessions (worker threads) per loaded version, 1-64.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
     pub instances: Option<usize>,
     /// ONNX Runtime intra-op threads per session, 1-64.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
     pub intra_op_threads: Option<usize>,
     /// Most rows run together by dynamic batching (1 = off), up to 1024.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1024)]
     pub max_batch_size: Option<usize>,
     /// Longest wait of a batch's first request for company, in microseconds (up to 1 s).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1000000)]
     pub max_queue_delay_us: Option<u64>,
-    /// Batch sizes to run at once when reached and nothing else waits.
+    /// Batch sizes to run at once when reached and nothing else waits: at most 16, each 1-1024.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = batch_sizes)]
     pub preferred_batch_sizes: Vec<usize>,
     /// Requests waiting before new ones are turned away, 1-100000.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub queue_capacity: Option<usize>,
     /// Result cache TTL for this model (needs `deterministic`); 0 = no caching.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl_seconds: Option<u64>,
+}
+
+fn batch_sizes() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, schema::Type};
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(1024)))
+        .max_items(Some(16))
+        .build()
 }
 
 /// What the platform allows any one model (`inference.tenant_max_threads`,

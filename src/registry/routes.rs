@@ -11,7 +11,7 @@ use super::upload::{UploadSpec, parse_sha256};
 use crate::audit::AuditActor;
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
-use crate::http::extract::Binary;
+use crate::http::extract::{Binary, Json};
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::perm;
 use crate::page::{Page, PageQuery};
@@ -29,6 +29,7 @@ pub struct VersionPath {
     /// Model name.
     model: String,
     /// A version number or an alias.
+    #[param(pattern = "^(0*[1-9][0-9]{0,8}|[a-z][a-z0-9_-]{0,62})$")]
     version: String,
 }
 
@@ -36,19 +37,24 @@ pub struct VersionPath {
 pub struct AliasPath {
     /// Model name.
     model: String,
-    /// Alias name, e.g. `production`.
+    /// Alias name, e.g. `production`: 1-63 of `a-z0-9_-`, starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9_-]{0,62}$")]
     alias: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateModelRequest {
-    #[schema(example = "fraud-detector")]
+    /// 1-128 of `A-Za-z0-9._-`, starting with a letter or digit.
+    #[schema(example = "fraud-detector", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     pub framework: Framework,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
+    /// At most 32, of 1-64 characters each.
     #[serde(default)]
+    #[schema(schema_with = tags_schema)]
     pub tags: Vec<String>,
     /// Same inputs always give the same outputs, so results may be cached (default false).
     #[serde(default)]
@@ -61,11 +67,22 @@ pub struct CreateModelRequest {
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// SHA-256 of the artifact (hex); the upload fails unless the bytes match.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     pub sha256: Option<String>,
     /// Burn models: the architecture the weights belong to.
+    #[param(pattern = "^(mlp|conv1d)$")]
     pub architecture: Option<String>,
     /// Burn models: the architecture's configuration, as JSON.
+    #[param(min_length = 1)]
     pub config: Option<String>,
+}
+
+fn tags_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, schema::Type};
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(64)))
+        .max_items(Some(32))
+        .build()
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -94,7 +111,7 @@ pub struct RotationResult {
 pub async fn create_model(
     guard: Guarded<{ perm::MODELS_WRITE }, RegistryService>,
     info: RequestInfo,
-    body: web::Json<CreateModelRequest>,
+    body: Json<CreateModelRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let new = NewModel {
@@ -110,11 +127,11 @@ pub async fn create_model(
 }
 
 /// List the tenant's models, by name.
-#[utoipa::path(tag = "models", params(TenantPath, PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<ModelView>)))]
+#[utoipa::path(tag = "models", params(TenantPath, PageQuery<String>), security(("bearer" = [])), responses((status = 200, body = Page<ModelView>)))]
 #[get("/v1/tenants/{tenant}/models")]
 pub async fn list_models(
     guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<String>>,
 ) -> Result<web::Json<Page<ModelView>>, ApiError> {
     Ok(web::Json(guard.list_models(guard.tenant()?, &page.parse()?).await?))
 }
@@ -211,14 +228,14 @@ pub async fn upload_version(
 
 /// List a model's live versions, by number.
 #[utoipa::path(
-    tag = "models", params(TenantPath, ModelPath, PageQuery), security(("bearer" = [])),
+    tag = "models", params(TenantPath, ModelPath, PageQuery<i32>), security(("bearer" = [])),
     responses((status = 200, body = Page<VersionView>))
 )]
 #[get("/v1/tenants/{tenant}/models/{model}/versions")]
 pub async fn list_versions(
     guard: Guarded<{ perm::MODELS_READ }, RegistryService>,
     path: web::Path<ModelPath>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<i32>>,
 ) -> Result<web::Json<Page<VersionView>>, ApiError> {
     Ok(web::Json(guard.list_versions(guard.tenant()?, &ModelName::lookup(&path.model)?, &page.parse()?).await?))
 }
@@ -299,7 +316,7 @@ pub async fn set_alias(
     models: web::Data<ModelManager>,
     info: RequestInfo,
     path: web::Path<AliasPath>,
-    body: web::Json<SetAliasRequest>,
+    body: Json<SetAliasRequest>,
 ) -> Result<web::Json<ModelView>, ApiError> {
     let alias = AliasName::parse(&path.alias)?;
     let tenant = guard.tenant()?;

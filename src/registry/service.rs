@@ -144,7 +144,7 @@ fn model_not_found(name: &ModelName) -> RegistryError {
 }
 
 fn validate_tags(tags: &[String]) -> Result<(), RegistryError> {
-    if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+    if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.chars().count() > 64) {
         return Err(RegistryError::InvalidTags);
     }
     Ok(())
@@ -169,7 +169,7 @@ impl RegistryService {
         new: NewModel,
         info: &RequestInfo,
     ) -> Result<ModelView, RegistryError> {
-        if new.description.len() > 2000 {
+        if new.description.chars().count() > 2000 {
             return Err(RegistryError::DescriptionTooLong);
         }
         validate_tags(&new.tags)?;

@@ -43,7 +43,7 @@ pub struct UploadSpec {
 
 pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], RegistryError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digest.trim(), &mut out).map_err(|_| RegistryError::InvalidSha256)?;
+    hex::decode_to_slice(hex_digest, &mut out).map_err(|_| RegistryError::InvalidSha256)?;
     Ok(out)
 }
 

@@ -86,8 +86,8 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
 ];
 
 /// Everyone with `inference.run` in the tenant. A platform administrator's token names no
-/// tenant, so it has no models to call (400 `tenant_required`, not 403).
-const INFERENCE: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];
+/// tenant, so it has no models to call (403 `tenant_required`).
+const INFERENCE: &[As] = &[Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];
 
 const MODEL_WRITERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey];
 const MODEL_READERS: &[As] = &[PlatformAdmin, Owner, Admin, MlEngineer, AdminKey, Inference, InferenceKey];

@@ -182,7 +182,7 @@ async fn inputs_are_checked_before_any_work() {
     ];
     for (body, expected) in cases {
         let (status, code, error) = problem(infer(&app, &acme.key, "/v2/models/adder/infer", &body).await).await;
-        assert_eq!((status, code.as_str()), (400, "invalid_input"), "{body}: {error}");
+        assert_eq!((status, code.as_str()), (422, "invalid_input"), "{body}: {error}");
         assert!(error.contains(expected), "{error:?} should mention {expected:?}");
     }
     let response = app.client.post(app.url("/v2/models/adder/infer")).bearer_auth(&acme.key).body("{not json").send().await.unwrap();
@@ -370,7 +370,7 @@ async fn every_call_is_audited() {
         assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, i as f32)).await.status(), 200);
     }
     let bad = json!({ "inputs": [] });
-    assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &bad).await.status(), 400);
+    assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &bad).await.status(), 422);
     app.state.audit_sink.flush().await;
     let records: Vec<Value> =
         sqlx::query_scalar("SELECT details FROM audit_events WHERE action = 'inference.call'").fetch_all(&app.db).await.unwrap();

@@ -392,7 +392,7 @@ async fn burn_weights_upload_only_for_their_architecture_and_serve() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("element 1"), "{problem}");
 }

@@ -273,9 +273,9 @@ async fn bad_artifacts_are_refused_and_nothing_is_stored() {
         ("text", b"hello, this is not a model".to_vec(), "", 422, "invalid_model"),
         ("png", png, "", 422, "invalid_model"),
         ("truncated", ADD[..ADD.len() - 10].to_vec(), "", 422, "invalid_model"),
-        ("wrong checksum", ADD.to_vec(), "?sha256=00000000000000000000000000000000000000000000000000000000000000ff", 400, "checksum_mismatch"),
+        ("wrong checksum", ADD.to_vec(), "?sha256=00000000000000000000000000000000000000000000000000000000000000ff", 422, "checksum_mismatch"),
         ("bad checksum", ADD.to_vec(), "?sha256=xyz", 400, "invalid_request"),
-        ("burn params on onnx", ADD.to_vec(), "?architecture=mlp", 400, "invalid_request"),
+        ("burn params on onnx", ADD.to_vec(), "?architecture=mlp", 422, "unprocessable"),
     ];
     for (what, bytes, query, status, code) in cases {
         let (got_status, got_code, detail) = problem(s.upload("adder", bytes, query).await).await;

@@ -991,6 +991,11 @@ export interface components {
             /** @enum {string} */
             type: "system";
         };
+        /**
+         * @description The roles an API key may have: every role but `owner`.
+         * @enum {string}
+         */
+        ApiKeyRole: "admin" | "ml_engineer" | "auditor" | "inference";
         ApiKeyView: {
             /** Format: uuid */
             id: string;
@@ -1065,10 +1070,13 @@ export interface components {
             role: components["schemas"]["Role"];
         };
         CreateApiKeyRequest: {
-            /** @example fraud-scoring-service */
+            /**
+             * @description 1-100 characters, not all blank; leading and trailing spaces are dropped.
+             * @example fraud-scoring-service
+             */
             name: string;
-            /** @description `admin`, `ml_engineer`, `auditor` or `inference`. */
-            role: components["schemas"]["Role"];
+            /** @description Any role but `owner`. */
+            role: components["schemas"]["ApiKeyRole"];
             /**
              * Format: int32
              * @description Days until the key expires (1-3650); never when absent.
@@ -1076,7 +1084,10 @@ export interface components {
             expires_in_days?: number | null;
         };
         CreateModelRequest: {
-            /** @example fraud-detector */
+            /**
+             * @description 1-128 of `A-Za-z0-9._-`, starting with a letter or digit.
+             * @example fraud-detector
+             */
             name: string;
             framework: components["schemas"]["Framework"];
             description?: string;
@@ -1167,12 +1178,18 @@ export interface components {
             revoked_at?: string | null;
         };
         InviteRequest: {
-            /** @example bob@example.com */
+            /**
+             * @description An email address: one `@`, a dot inside the domain, no spaces; at most 320 characters.
+             * @example bob@example.com
+             */
             email: string;
             role: components["schemas"]["Role"];
         };
         IssueResetRequest: {
-            /** @example alice@example.com */
+            /**
+             * @description An email address: one `@`, a dot inside the domain, no spaces; at most 320 characters.
+             * @example alice@example.com
+             */
             email: string;
         };
         /** @enum {string} */
@@ -1202,7 +1219,6 @@ export interface components {
              * @example label
              */
             target: string;
-            /** @description Feature columns, in the order the model sees them (default: every other column). */
             features?: string[] | null;
             /** Format: int32 */
             epochs?: number;
@@ -1225,13 +1241,21 @@ export interface components {
             version?: string | null;
             /** Format: uuid */
             dataset: string;
-            /** @description Input columns, in the model's input order (default: every column). */
             features?: string[] | null;
             /** @enum {string} */
             kind: "batch_infer";
         };
         /** @enum {string} */
         JobStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled" | "dead";
+        /** @description One Server-Sent Event of a job's stream. */
+        JobStreamEvent: {
+            /** @description The event's number: send it back as `Last-Event-ID` to resume after it. */
+            id: string;
+            /** @description `status` (with `status`), `progress` (epoch, loss, metric or rows done) or `log`. */
+            event: string;
+            /** @description The event's fields, as a JSON object. */
+            data: string;
+        };
         /** @description A job as clients see it. */
         JobView: {
             /** Format: uuid */
@@ -1572,7 +1596,7 @@ export interface components {
          * @enum {string}
          */
         Permission: "tenants_manage" | "self_read" | "members_read" | "members_manage" | "api_keys_read" | "api_keys_manage" | "models_read" | "models_write" | "inference_run" | "jobs_run" | "audit_read" | "audit_export" | "audit_configure" | "models_download" | "keys_rotate";
-        /** @description An RFC 9457 problem document. Codes: `invalid_json` (400), `invalid_request` (400), `invalid_query` (400), `invalid_path` (400), `invalid_header` (400), `unsupported_media_type` (415), `payload_too_large` (413), `route_not_found` (404), `method_not_allowed` (405), `not_found` (404), `conflict` (409), `unauthenticated` (401), `invalid_token` (401), `token_expired` (401), `token_revoked` (401), `invalid_credentials` (401), `cookie_refused` (403), `refresh_token_reused` (401), `tenant_suspended` (403), `tenant_required` (400), `login_throttled` (429), `already_exists` (409), `weak_password` (400), `invalid_invitation` (400), `invalid_reset_token` (400), `forbidden` (403), `rate_limited` (429), `client_error` (400), `quota_exceeded` (403), `invalid_model` (422), `checksum_mismatch` (400), `version_has_alias` (409), `invalid_dataset` (422), `idempotency_key_reused` (422), `job_finished` (409), `invalid_input` (400), `overloaded` (503), `deadline_exceeded` (504), `inference_failed` (500), `artifact_integrity` (500), `service_unavailable` (503), `internal_error` (500). */
+        /** @description An RFC 9457 problem document. Codes: `invalid_json` (400), `invalid_request` (400), `invalid_query` (400), `invalid_path` (400), `invalid_header` (400), `unsupported_media_type` (415), `payload_too_large` (413), `route_not_found` (404), `method_not_allowed` (405), `not_found` (404), `conflict` (409), `unauthenticated` (401), `invalid_token` (401), `token_expired` (401), `token_revoked` (401), `invalid_credentials` (401), `cookie_refused` (403), `refresh_token_reused` (401), `tenant_suspended` (403), `tenant_required` (403), `login_throttled` (429), `already_exists` (409), `weak_password` (422), `invalid_invitation` (422), `invalid_reset_token` (422), `forbidden` (403), `rate_limited` (429), `client_error` (400), `unprocessable` (422), `quota_exceeded` (403), `invalid_model` (422), `checksum_mismatch` (422), `version_has_alias` (409), `invalid_dataset` (422), `idempotency_key_reused` (422), `job_finished` (409), `invalid_input` (422), `overloaded` (503), `deadline_exceeded` (504), `inference_failed` (500), `artifact_integrity` (500), `service_unavailable` (503), `internal_error` (500). */
         Problem: {
             /**
              * @description `urn:tessera:problem:<code>`
@@ -1657,7 +1681,6 @@ export interface components {
              * @description Longest wait of a batch's first request for company, in microseconds (up to 1 s).
              */
             max_queue_delay_us?: number | null;
-            /** @description Batch sizes to run at once when reached and nothing else waits. */
             preferred_batch_sizes?: number[];
             /** @description Requests waiting before new ones are turned away, 1-100000. */
             queue_capacity?: number | null;
@@ -1806,16 +1829,17 @@ export interface operations {
             };
         };
         responses: {
-            /** @description An OIP v2 inference response */
+            /** @description An OIP v2 inference response: JSON, or binary tensor data after a JSON header when asked for */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": Record<string, never>;
+                    "application/octet-stream": components["schemas"]["Binary"];
                 };
             };
-            /** @description Inputs do not match the model (`invalid_input`) */
+            /** @description Malformed or invalid request (`invalid_json`, `invalid_request`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1864,6 +1888,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Inputs do not match the model (`invalid_input`) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1928,13 +1961,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description An OIP v2 inference response */
+            /** @description An OIP v2 inference response: JSON, or binary tensor data after a JSON header when asked for */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": Record<string, never>;
+                    "application/octet-stream": components["schemas"]["Binary"];
                 };
             };
             /** @description Malformed or invalid request (`invalid_json`, `invalid_request`) */
@@ -1986,6 +2020,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Inputs do not match the model (`invalid_input`) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2585,6 +2628,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Too many failed logins for this account or address (`login_throttled`); see `Retry-After` */
             429: {
                 headers: {
@@ -2678,6 +2730,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
                 headers: {
@@ -2751,6 +2812,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2958,6 +3028,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Too many wrong attempts (`login_throttled`) */
             429: {
                 headers: {
@@ -3055,6 +3134,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -3115,6 +3203,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3274,6 +3371,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3452,6 +3558,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3865,6 +3980,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Already a member, or already invited (`already_exists`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Body larger than the configured limit (`payload_too_large`) */
             413: {
                 headers: {
@@ -3876,6 +4000,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4043,6 +4176,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4240,6 +4382,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -4424,6 +4575,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -4539,7 +4699,7 @@ export interface operations {
                 /** @description `success`, `failure` or `denied`. */
                 outcome?: string;
                 /** @description `next_cursor` of the previous page; absent for the first page. */
-                cursor?: string;
+                cursor?: number;
                 /** @description Items per page, 1-1000 (default 100). */
                 limit?: number;
             };
@@ -4652,6 +4812,7 @@ export interface operations {
                 };
                 content: {
                     "application/x-ndjson": string;
+                    "text/csv": string;
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -4728,7 +4889,7 @@ export interface operations {
                 /** @description `success`, `failure` or `denied`. */
                 outcome?: string;
                 /** @description `next_cursor` of the previous page; absent for the first page. */
-                cursor?: string;
+                cursor?: number;
                 /** @description Items per page, 1-1000 (default 100). */
                 limit?: number;
             };
@@ -4826,6 +4987,7 @@ export interface operations {
                 };
                 content: {
                     "application/x-ndjson": string;
+                    "text/csv": string;
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */
@@ -4968,6 +5130,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5146,6 +5317,15 @@ export interface operations {
             };
             /** @description Wrong Content-Type (`unsupported_media_type`) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5345,6 +5525,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -5537,7 +5726,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `next_cursor` of the previous page; absent for the first page. */
-                cursor?: string;
+                cursor?: number;
                 /** @description Items per page, 1-1000 (default 100). */
                 limit?: number;
             };
@@ -6001,7 +6190,7 @@ export interface operations {
                 tenant: string;
                 /** @description Model name. */
                 model: string;
-                /** @description Alias name, e.g. `production`. */
+                /** @description Alias name, e.g. `production`: 1-63 of `a-z0-9_-`, starting with a letter. */
                 alias: string;
             };
             cookie?: never;
@@ -6076,6 +6265,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Well formed, but not applicable: an unknown token, content the model or dataset cannot take (`unprocessable` and others) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -6105,7 +6303,7 @@ export interface operations {
                 tenant: string;
                 /** @description Model name. */
                 model: string;
-                /** @description Alias name, e.g. `production`. */
+                /** @description Alias name, e.g. `production`: 1-63 of `a-z0-9_-`, starting with a letter. */
                 alias: string;
             };
             cookie?: never;
@@ -6341,7 +6539,7 @@ export interface operations {
     upload_dataset: {
         parameters: {
             query: {
-                /** @description A name for the dataset (letters, digits, `.`, `_`, `-`). */
+                /** @description A name for the dataset: 1-128 of letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
                 name: string;
             };
             header?: never;
@@ -6620,8 +6818,11 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Makes resubmission safe: the same key and body give the same job */
-                "Idempotency-Key"?: string | null;
+                /**
+                 * @description Makes resubmission safe: the same key and body give the same job. 1-255 visible ASCII
+                 *     characters (inner spaces allowed).
+                 */
+                "Idempotency-Key"?: string;
             };
             path: {
                 /** @description Tenant slug. */
@@ -6992,8 +7193,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Resume after this event */
-                "Last-Event-ID"?: number | null;
+                /** @description Resume after this event. */
+                "Last-Event-ID"?: number;
             };
             path: {
                 /** @description Tenant slug. */
@@ -7011,7 +7212,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": string;
+                    "text/event-stream": components["schemas"]["JobStreamEvent"];
                 };
             };
             /** @description Invalid path or query parameter (`invalid_path`, `invalid_query`) */

@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
 import { api, itemsOf, must } from "../api/client";
-import type { Role, Schemas } from "../api/client";
+import type { Schemas } from "../api/client";
 import { keyRoles } from "../roles";
 import { Confirmed, Field, Loading, Messages, Secret, Section, Select, Table, useAction, useLoad, useSession, when } from "../components/ui";
 
@@ -19,7 +19,7 @@ export function ApiKeys() {
     const created = must(
       await api.POST("/v1/tenants/{tenant}/api-keys", {
         ...path,
-        body: { name: String(data.get("name")), role: String(data.get("role")) as Role, ...(days ? { expires_in_days: Number(days) } : {}) },
+        body: { name: String(data.get("name")), role: String(data.get("role")) as Schemas["ApiKeyRole"], ...(days ? { expires_in_days: Number(days) } : {}) },
       }),
     );
     setSecret(created.secret);

@@ -34,7 +34,7 @@ export function Audit() {
     try {
       const page = must(
         await api.GET("/v1/tenants/{tenant}/audit/events", {
-          params: { path: { tenant }, query: { ...(Object.fromEntries(Object.entries(query(next))) as object), cursor: after ?? undefined, limit: 50 } },
+          params: { path: { tenant }, query: { ...(Object.fromEntries(Object.entries(query(next))) as object), cursor: after === null ? undefined : Number(after), limit: 50 } },
         }),
       );
       setEvents((all) => (after ? [...all, ...page.items] : page.items));

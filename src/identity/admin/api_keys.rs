@@ -15,10 +15,11 @@ impl TenantService {
         expires_in_days: Option<u32>,
         info: &RequestInfo,
     ) -> Result<CreatedApiKey, IdentityError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 100 {
+        // As the schema counts: 1-100 characters, not all blank.
+        if name.trim().is_empty() || name.chars().count() > 100 {
             return Err(IdentityError::InvalidRequest("name must have 1-100 characters"));
         }
+        let name = name.trim();
         Self::check_grant(actor, role)?;
         if role == Role::Owner {
             return Err(IdentityError::InvalidRequest("API keys cannot have the owner role"));

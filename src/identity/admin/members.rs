@@ -256,7 +256,7 @@ impl TenantService {
                 (user, false)
             }
             None => {
-                let password = password.ok_or(IdentityError::InvalidRequest("choose a `password` for the new account"))?;
+                let password = password.ok_or(IdentityError::Unprocessable("choose a `password` for the new account"))?;
                 (self.identity.create_user(tx.conn(), &email, password, false).await?, true)
             }
         };

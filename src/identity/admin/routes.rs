@@ -11,6 +11,7 @@ use super::{TenantService, AcceptedInvitation, ApiKeyView, CreatedApiKey, Create
 use crate::tenancy::{TenantSlug, TenantStatus};
 use crate::request::RequestInfo;
 use crate::error::ApiError;
+use crate::http::extract::Json;
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Role, perm};
 use crate::page::{Page, PageQuery};
@@ -64,7 +65,7 @@ pub struct ApiKeyPath {
 pub async fn create_tenant(
     guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
     info: RequestInfo,
-    body: web::Json<CreateTenantRequest>,
+    body: Json<CreateTenantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let slug = TenantSlug::parse(&body.slug)?;
@@ -84,11 +85,11 @@ pub async fn create_tenant(
 }
 
 /// List every tenant (platform administrators).
-#[utoipa::path(tag = "tenants", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<TenantView>)))]
+#[utoipa::path(tag = "tenants", params(PageQuery<String>), security(("bearer" = [])), responses((status = 200, body = Page<TenantView>)))]
 #[get("/v1/tenants")]
 pub async fn list_tenants(
     guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<String>>,
 ) -> Result<web::Json<Page<TenantView>>, ApiError> {
     Ok(web::Json(guard.list_tenants(&page.parse()?).await?))
 }
@@ -127,7 +128,7 @@ pub struct SetLimitsRequest {
 pub async fn set_tenant_limits(
     guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
     info: RequestInfo,
-    body: web::Json<SetLimitsRequest>,
+    body: Json<SetLimitsRequest>,
 ) -> Result<web::Json<TenantView>, ApiError> {
     let body = body.into_inner();
     let limits = Limits {
@@ -168,7 +169,8 @@ pub async fn resume_tenant(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
-    #[schema(example = "bob@example.com")]
+    /// An email address: one `@`, a dot inside the domain, no spaces; at most 320 characters.
+    #[schema(example = "bob@example.com", max_length = 320, pattern = "^[\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]+@[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*\\.[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@]*[^\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000@.][\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$")]
     pub email: String,
     pub role: Role,
 }
@@ -198,13 +200,13 @@ pub struct ChangeRoleRequest {
 
 /// List a tenant's members.
 #[utoipa::path(
-    tag = "members", params(TenantPath, PageQuery), security(("bearer" = [])),
+    tag = "members", params(TenantPath, PageQuery<String>), security(("bearer" = [])),
     responses((status = 200, description = "Members by email", body = Page<MemberView>))
 )]
 #[get("/v1/tenants/{tenant}/members")]
 pub async fn list_members(
     guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<String>>,
 ) -> Result<web::Json<Page<MemberView>>, ApiError> {
     Ok(web::Json(guard.list_members(guard.tenant()?, &page.parse()?).await?))
 }
@@ -214,13 +216,14 @@ pub async fn list_members(
 #[utoipa::path(
     tag = "members", params(TenantPath), request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = CreatedInvitation),
+              (status = 409, description = "Already a member, or already invited (`already_exists`)"),
               (status = 403, description = "The role confers permissions the caller does not hold (`forbidden`)"))
 )]
 #[post("/v1/tenants/{tenant}/invitations")]
 pub async fn invite(
     guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
-    body: web::Json<InviteRequest>,
+    body: Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let invitation = guard.invite(&guard.principal, guard.tenant()?, &body.email, body.role, &info).await?;
     Ok(HttpResponse::Created().json(invitation))
@@ -228,13 +231,13 @@ pub async fn invite(
 
 /// A tenant's invitations, pending and past (never their tokens).
 #[utoipa::path(
-    tag = "members", params(TenantPath, PageQuery), security(("bearer" = [])),
+    tag = "members", params(TenantPath, PageQuery<Uuid>), security(("bearer" = [])),
     responses((status = 200, description = "Invitations, oldest first", body = Page<InvitationView>))
 )]
 #[get("/v1/tenants/{tenant}/invitations")]
 pub async fn list_invitations(
     guard: Guarded<{ perm::MEMBERS_READ }, TenantService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<Uuid>>,
 ) -> Result<web::Json<Page<InvitationView>>, ApiError> {
     Ok(web::Json(guard.list_invitations(guard.tenant()?, &page.parse()?).await?))
 }
@@ -268,7 +271,7 @@ pub async fn accept_invitation(
     req: actix_web::HttpRequest,
     tenant_admin: web::Data<TenantService>,
     info: RequestInfo,
-    body: web::Json<AcceptInvitationRequest>,
+    body: Json<AcceptInvitationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let caller = req.extensions().get::<crate::identity::Principal>().cloned();
@@ -288,7 +291,7 @@ pub async fn change_member_role(
     guard: Guarded<{ perm::MEMBERS_MANAGE }, TenantService>,
     info: RequestInfo,
     path: web::Path<MemberPath>,
-    body: web::Json<ChangeRoleRequest>,
+    body: Json<ChangeRoleRequest>,
 ) -> Result<web::Json<MemberView>, ApiError> {
     Ok(web::Json(guard.change_role(&guard.principal, guard.tenant()?, path.user_id, body.role, &info).await?))
 }
@@ -312,13 +315,26 @@ pub async fn remove_member(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
-    #[schema(example = "fraud-scoring-service")]
+    /// 1-100 characters, not all blank; leading and trailing spaces are dropped.
+    #[schema(example = "fraud-scoring-service", min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
-    /// `admin`, `ml_engineer`, `auditor` or `inference`.
+    /// Any role but `owner`.
+    #[schema(value_type = ApiKeyRole)]
     pub role: Role,
     /// Days until the key expires (1-3650); never when absent.
     #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
+}
+
+/// The roles an API key may have: every role but `owner`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // documentation only: requests deserialize into `Role`
+enum ApiKeyRole {
+    Admin,
+    MlEngineer,
+    Auditor,
+    Inference,
 }
 
 /// Create an API key for machines. The secret is in this response only.
@@ -330,7 +346,7 @@ pub struct CreateApiKeyRequest {
 pub async fn create_api_key(
     guard: Guarded<{ perm::API_KEYS_MANAGE }, TenantService>,
     info: RequestInfo,
-    body: web::Json<CreateApiKeyRequest>,
+    body: Json<CreateApiKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let key = guard
@@ -341,13 +357,13 @@ pub async fn create_api_key(
 
 /// List a tenant's API keys (never their secrets).
 #[utoipa::path(
-    tag = "api-keys", params(TenantPath, PageQuery), security(("bearer" = [])),
+    tag = "api-keys", params(TenantPath, PageQuery<Uuid>), security(("bearer" = [])),
     responses((status = 200, description = "API keys, oldest first", body = Page<ApiKeyView>))
 )]
 #[get("/v1/tenants/{tenant}/api-keys")]
 pub async fn list_api_keys(
     guard: Guarded<{ perm::API_KEYS_READ }, TenantService>,
-    page: web::Query<PageQuery>,
+    page: web::Query<PageQuery<Uuid>>,
 ) -> Result<web::Json<Page<ApiKeyView>>, ApiError> {
     Ok(web::Json(guard.list_api_keys(guard.tenant()?, &page.parse()?).await?))
 }

@@ -153,37 +153,37 @@ mod tests {
     fn binary_input_errors() {
         let fp32 = one_binary("FP32", "[3]", 8);
         assert_eq!(
-            parse_bin(&fp32, &[0; 8]).unwrap_err().0,
+            parse_bin(&fp32, &[0; 8]).unwrap_err().message,
             "input 'x': binary_data_size is 8 bytes but 3 FP32 elements take 12"
         );
         let fp32 = one_binary("FP32", "[3]", 12);
         assert_eq!(
-            parse_bin(&fp32, &[0; 8]).unwrap_err().0,
+            parse_bin(&fp32, &[0; 8]).unwrap_err().message,
             "input 'x': binary_data_size is 12 but only 8 bytes of binary data remain"
         );
         assert_eq!(
-            parse_bin(&fp32, &[0; 13]).unwrap_err().0,
+            parse_bin(&fp32, &[0; 13]).unwrap_err().message,
             "the request has 13 bytes of binary data after the JSON, but its inputs declare 12"
         );
         assert_eq!(
-            parse_infer_request(fp32.as_bytes(), None, &Limits::default()).unwrap_err().0,
+            parse_infer_request(fp32.as_bytes(), None, &Limits::default()).unwrap_err().message,
             "input 'x': binary_data_size is 12 but the request has no binary data (no Inference-Header-Content-Length header)"
         );
         assert_eq!(
-            parse_infer_request(b"{}", Some(3), &Limits::default()).unwrap_err().0,
+            parse_infer_request(b"{}", Some(3), &Limits::default()).unwrap_err().message,
             "Inference-Header-Content-Length is 3 but the request body has only 2 bytes"
         );
         let plain = one("UINT8", "[1]", "[1]");
         assert_eq!(
-            parse_bin(&plain, b"xy").unwrap_err().0,
+            parse_bin(&plain, b"xy").unwrap_err().message,
             "the request has 2 bytes of binary data after the JSON, but its inputs declare 0"
         );
         assert_eq!(
-            parse_bin(&one_binary("BOOL", "[3]", 3), &[0, 1, 2]).unwrap_err().0,
+            parse_bin(&one_binary("BOOL", "[3]", 3), &[0, 1, 2]).unwrap_err().message,
             "input 'x': BOOL element 2 is the byte 2, expected 0 or 1"
         );
         let bytes_case =
-            |shape: &str, bin: &[u8]| parse_bin(&one_binary("BYTES", shape, bin.len()), bin).unwrap_err().0;
+            |shape: &str, bin: &[u8]| parse_bin(&one_binary("BYTES", shape, bin.len()), bin).unwrap_err().message;
         assert_eq!(bytes_case("[1]", &[1, 0]), "input 'x': BYTES element 0: truncated length prefix (2 bytes)");
         assert_eq!(
             bytes_case("[1]", &[5, 0, 0, 0, b'a']),

@@ -153,17 +153,18 @@ fn parse_impl(
     let has_binary_section = json_len.is_some();
     let json_len = json_len.unwrap_or(body.len());
     if json_len > body.len() {
-        return Err(perr(format!(
-            "Inference-Header-Content-Length is {json_len} but the request body has only {} bytes",
-            body.len()
-        )));
+        return Err(ProtocolError {
+            message: format!("Inference-Header-Content-Length is {json_len} but the request body has only {} bytes", body.len()),
+            syntax: true,
+        });
     }
     let (json, binary) = body.split_at(json_len);
     let quoted;
     let wire: WireRequest<'_> = match serde_json::from_slice(json) {
         Ok(wire) => wire,
         Err(e) => {
-            let malformed = || perr(format!("malformed inference request: {e}"));
+            let syntax = e.is_syntax() || e.is_eof();
+            let malformed = || ProtocolError { message: format!("malformed inference request: {e}"), syntax };
             // tritonclient (rapidjson) and Python's json write non-finite floats as bare
             // `NaN` / `Infinity` / `-Infinity`, which Triton accepts. Retry with them quoted,
             // a form the FP element parsers take; only failing requests pay for this.
@@ -364,12 +365,12 @@ mod tests {
         );
         let limits = Limits { max_elements_per_tensor: 10, max_inputs: 1 };
         let e = parse_infer_request(one("FP32", "[11]", "[]").as_bytes(), None, &limits).unwrap_err();
-        assert_eq!(e.0, "input 'x': dimension 11 is larger than the limit of 10");
+        assert_eq!(e.message, "input 'x': dimension 11 is larger than the limit of 10");
         let e = parse_infer_request(one("FP32", "[4, 4]", "[]").as_bytes(), None, &limits).unwrap_err();
-        assert_eq!(e.0, "input 'x': shape [4, 4] has 16 elements, more than the limit of 10");
+        assert_eq!(e.message, "input 'x': shape [4, 4] has 16 elements, more than the limit of 10");
         let two = r#"{"inputs":[{"name":"a","datatype":"BOOL","shape":[1],"data":[true]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#;
         let e = parse_infer_request(two.as_bytes(), None, &limits).unwrap_err();
-        assert_eq!(e.0, "the request has 2 inputs, more than the limit of 1");
+        assert_eq!(e.message, "the request has 2 inputs, more than the limit of 1");
         // A declared shape far larger than the data fails without allocating for the shape.
         assert_eq!(
             err(&one("FP64", "[60000000]", "[1]")),
@@ -433,10 +434,10 @@ mod tests {
         assert!(err(r#"{"id":5,"inputs":[]}"#).contains("invalid type: integer `5`, expected a string"));
         let bad_utf8 = b"{\"inputs\":[{\"name\":\"\xff\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[1]}]}";
         let e = parse_infer_request(bad_utf8, None, &Limits::default()).unwrap_err();
-        assert!(e.0.starts_with("malformed inference request: invalid unicode code point"), "{e}");
+        assert!(e.message.starts_with("malformed inference request: invalid unicode code point"), "{e}");
         let bad_utf8_data =
             b"{\"inputs\":[{\"name\":\"x\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[\"\xc3\x28\"]}]}";
         let e = parse_infer_request(bad_utf8_data, None, &Limits::default()).unwrap_err();
-        assert!(e.0.starts_with("malformed inference request: "), "{e}");
+        assert!(e.message.starts_with("malformed inference request: "), "{e}");
     }
 }

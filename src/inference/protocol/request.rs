@@ -74,12 +74,16 @@ impl Default for Limits {
     }
 }
 
-/// A request the protocol rejects; the message is meant for the client (HTTP 400), and names
-/// the tensor at fault.
+/// A request the protocol rejects; the message is meant for the client, and names the tensor
+/// at fault. `syntax` when the body is not JSON at all (400); otherwise it is JSON the model
+/// or the protocol cannot take (422).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ProtocolError(pub String);
+#[error("{message}")]
+pub struct ProtocolError {
+    pub message: String,
+    pub syntax: bool,
+}
 
 pub(super) fn perr(msg: impl Into<String>) -> ProtocolError {
-    ProtocolError(msg.into())
+    ProtocolError { message: msg.into(), syntax: false }
 }

@@ -12,7 +12,7 @@ pub(super) fn parse(json: &str) -> Result<InferRequest, ProtocolError> {
 pub(super) fn err(json: &str) -> String {
     match parse(json) {
         Ok(r) => panic!("expected an error for {json}, parsed {r:?}"),
-        Err(e) => e.0,
+        Err(e) => e.message,
     }
 }
 

@@ -21,11 +21,11 @@ async fn attack_09_serving_settings_beyond_the_platform_caps_are_refused() {
     let acme = app.tenant_with_members(&root, "acme").await;
     let engineer = app.credential(As::MlEngineer, &acme, &root).await.unwrap();
     let greedy = create(&app, &engineer, "greedy", json!({ "instances": 64, "intra_op_threads": 1 })).await;
-    assert_eq!(greedy.status(), 400, "{}", greedy.text().await.unwrap());
+    assert_eq!(greedy.status(), 422, "{}", greedy.text().await.unwrap());
     let threads = create(&app, &engineer, "threads", json!({ "instances": 2, "intra_op_threads": 4 })).await;
-    assert_eq!(threads.status(), 400);
+    assert_eq!(threads.status(), 422);
     let forever = create(&app, &engineer, "forever", json!({ "cache_ttl_seconds": 30 * 24 * 3600 })).await;
-    assert_eq!(forever.status(), 400);
+    assert_eq!(forever.status(), 422);
     assert_eq!(create(&app, &engineer, "fair", json!({ "instances": 2, "intra_op_threads": 2 })).await.status(), 201);
     let names: Vec<String> = sqlx::query_scalar("SELECT name FROM models ORDER BY name").fetch_all(&app.db).await.unwrap();
     assert_eq!(names, ["fair"]);

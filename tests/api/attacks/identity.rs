@@ -69,7 +69,7 @@ async fn attack_01_another_tenant_cannot_take_over_an_account_or_learn_which_exi
     // The token is single use and bound to its account: presented by the squatter's session it
     // joins only that account (which is what alpha invited), and only once.
     let reused = accept(&app, None, json!({ "token": unknown["token"], "password": "another-password-1" })).await;
-    assert_problem(reused, 400, "invalid_invitation").await;
+    assert_problem(reused, 422, "invalid_invitation").await;
     let _ = alpha_invite;
 
     // Every step is in the audit trail of the tenant it concerns.
@@ -133,7 +133,7 @@ async fn attack_01_only_a_platform_administrator_issues_a_reset_and_it_works_onc
     assert_eq!(redeemed.status(), 204);
     assert_problem(app.get_as("/v1/me", &access).await, 401, "token_revoked").await;
     let again = app.post_json("/v1/password-resets/redeem", None, &json!({ "token": token, "new_password": "and-then-this-one" })).await;
-    assert_problem(again, 400, "invalid_reset_token").await;
+    assert_problem(again, 422, "invalid_reset_token").await;
     assert_eq!(app.login(&email, "reset-to-this-one", Some("acme")).await.status(), 200);
     let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_events WHERE action LIKE 'user.password%' ORDER BY occurred_at")
         .fetch_all(&app.db)

@@ -92,7 +92,7 @@ async fn attack_08_invitations_die_with_their_inviters_rights() {
     assert_eq!(app.call("DELETE", &format!("/v1/tenants/acme/api-keys/{admin_key}"), Some(&owner), None).await.status(), 204);
     for token in [backdoor, keyed] {
         let accepted = app.post_json("/v1/invitations/accept", None, &json!({ "token": token, "password": "a-backdoor-password" })).await;
-        assert_problem(accepted, 400, "invalid_invitation").await;
+        assert_problem(accepted, 422, "invalid_invitation").await;
     }
     let joined: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE '%@elsewhere.example'").fetch_one(&app.db).await.unwrap();
     assert_eq!(joined, 0);
