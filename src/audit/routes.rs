@@ -12,7 +12,7 @@ use super::service::{AuditService, AuditSettings};
 use super::signing::PublicKeySet;
 use super::{AuditActor, PLATFORM};
 use crate::error::{ApiError, Code};
-use crate::http::extract::Json;
+use crate::http::extract::{Binary, Json};
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Principal, perm};
 use crate::page::{Page, PageQuery};
@@ -175,7 +175,7 @@ const MAX_VERIFY_BYTES: usize = 64 * 1024 * 1024;
 /// `tessera audit verify` does offline. A broken export is a 200 whose `valid` is false.
 #[utoipa::path(
     tag = "audit", security(("bearer" = [])),
-    request_body(content = String, content_type = "application/x-ndjson", description = "The export, JSON Lines or CSV"),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The export file, JSON Lines or CSV"),
     responses((status = 200, body = VerifyReport),
               (status = 413, description = "Larger than 64 MiB: verify it with `tessera audit verify` (`payload_too_large`)"))
 )]

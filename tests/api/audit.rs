@@ -547,7 +547,7 @@ async fn the_server_verifies_an_export_and_names_the_first_broken_event() {
     let acme = app.tenant_with_members(&admin, "acme").await;
     let auditor = app.credential(As::Auditor, &acme, &admin).await.unwrap();
     let verify = |body: String, token: Option<String>| {
-        let mut request = app.client.post(app.url("/v1/audit/verify")).header("content-type", "application/x-ndjson").body(body);
+        let mut request = app.client.post(app.url("/v1/audit/verify")).header("content-type", "application/octet-stream").body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

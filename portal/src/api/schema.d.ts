@@ -5075,10 +5075,10 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        /** @description The export, JSON Lines or CSV */
+        /** @description The export file, JSON Lines or CSV */
         requestBody: {
             content: {
-                "application/x-ndjson": string;
+                "application/octet-stream": components["schemas"]["Binary"];
             };
         };
         responses: {

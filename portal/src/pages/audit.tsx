@@ -77,7 +77,7 @@ export function Audit() {
       if (!exported.ok) throw new Error(`export failed: ${exported.status}`);
       const response = await rawFetch("/v1/audit/verify", {
         method: "POST",
-        headers: { "Content-Type": "application/x-ndjson" },
+        headers: { "Content-Type": "application/octet-stream" },
         body: await exported.blob(),
       });
       const report = await response.json();
