@@ -636,10 +636,7 @@ async fn tenant(state: AppState, command: TenantCommand) -> anyhow::Result<Strin
                 .create_tenant(&Principal::operator(), NewTenant {
                     slug,
                     name,
-                    max_models: None,
-                    max_storage_bytes: None,
-                    rate_limit_per_second: None,
-                    rate_limit_burst: None,
+                    limits: Default::default(),
                 }, &RequestInfo::command_line())
                 .await?;
             Ok(pretty(&view))

@@ -65,6 +65,7 @@ error_codes! {
     TokenExpired => ("token_expired", UNAUTHORIZED, "Token expired"),
     TokenRevoked => ("token_revoked", UNAUTHORIZED, "Token revoked"),
     InvalidCredentials => ("invalid_credentials", UNAUTHORIZED, "Wrong email or password"),
+    CookieRefused => ("cookie_refused", FORBIDDEN, "Cookie credential refused: X-Tessera-Refresh header or same origin missing"),
     RefreshTokenReused => ("refresh_token_reused", UNAUTHORIZED, "Refresh token reused; its session was revoked"),
     TenantSuspended => ("tenant_suspended", FORBIDDEN, "Tenant suspended"),
     TenantRequired => ("tenant_required", FORBIDDEN, "A tenant-scoped credential is required"),

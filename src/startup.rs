@@ -243,7 +243,11 @@ pub fn create_app(
         .into_utoipa_app()
         .configure(crate::api::routes)
         .split_for_parts();
+    // The portal and the API reference are web pages, not API routes: outside the route table
+    // and its document.
+    let portal = web::get().to(crate::http::portal::serve);
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", shared.openapi))
+        .service(web::resource(["/portal", "/portal/{path:.*}"]).route(portal))
         .default_service(web::to(fallback::route_not_found))
         // Middleware order, outermost last: Edge sees every response (request id, metrics,
         // panics), then the per-request span, then compression (gzip or zstd, as the client

@@ -11,6 +11,7 @@ ensure_packages
 ensure_running
 ensure_onnxruntime
 export_test_env
+build_portal
 
 # One cargo invocation, so the release build happens once for all the benchmarks named.
 targets=()

@@ -32,6 +32,43 @@ ensure_packages() {
   command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install a Rust toolchain (1.85 or newer) first"
 }
 
+# The portal is built with Node and npm (packages from the npm registry, pinned by
+# portal/package-lock.json); its browser tests drive Debian's Chromium, since Playwright's own
+# browser downloads are not used.
+ensure_node() {
+  command -v npm >/dev/null 2>&1 || {
+    log "installing nodejs and npm"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  }
+}
+
+ensure_browser() {
+  [ -x /usr/bin/chromium ] && return 0
+  log "installing chromium"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+}
+
+# build_portal: installs the portal's packages when its lock file changed and builds it into
+# portal/dist, which the `tessera` binary embeds (build.rs refuses to build without it).
+build_portal() {
+  ensure_node
+  local portal="$TESSERA_ROOT/portal"
+  if [ ! -f "$portal/node_modules/.package-lock.json" ] || [ "$portal/package-lock.json" -nt "$portal/node_modules/.package-lock.json" ]; then
+    log "installing the portal's npm packages"
+    (cd "$portal" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  fi
+  # Only when a source is newer than the build: a rebuild touches every embedded file, which
+  # makes cargo rebuild the crate.
+  if [ -f "$portal/dist/index.html" ] && [ -z "$(find "$portal/src" "$portal/index.html" "$portal/vite.config.ts" \
+    "$portal/tsconfig.json" "$portal/package-lock.json" -newer "$portal/dist/index.html" -print -quit)" ]; then
+    return 0
+  fi
+  log "building the portal"
+  (cd "$portal" && npm run --silent build) >&2
+}
+
 # ONNX Runtime comes as a shared library from the official PyPI wheel (no build-time
 # download): installed once under /var/tmp, found by Tessera through ORT_DYLIB_PATH.
 ONNXRUNTIME_VERSION=1.31.1
@@ -133,6 +170,7 @@ export_test_env() {
 # it (port $1, artifacts under $2), migrated. Sets `bench_bin` to the release binary.
 bench_environment() {
   local port="$1" work="$2" owner_password app_password
+  build_portal
   owner_password="$(local_secret db-owner-password)"
   app_password="$(local_secret db-app-password)"
   ensure_role tessera "" "$owner_password"
@@ -178,12 +216,64 @@ wait_ready() {
   return 1
 }
 
+# serve_fresh DB_NAME WORK REDIS_PREFIX: the debug build of Tessera on a free port, over a
+# database DB_NAME dropped and created anew and a Redis key prefix of its own, artifacts and
+# its log (server.log) under WORK. As the test harness does: the maintenance (superuser)
+# connection creates the database and the server migrates it as its owner, then connects as
+# the RLS-bound application role. Sets `bin`, `base` and `server_pid`; stop_fresh undoes it.
+# Job workers: FRESH_JOB_WORKERS (default 0).
+serve_fresh() {
+  local db="$1" work="$2" owner_url port
+  fresh_redis_prefix="$3"
+  bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/debug/tessera"
+  server_pid=""
+  PGOPTIONS=--client-min-messages=warning psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "CREATE DATABASE $db" >/dev/null
+  owner_url="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
+    "$TESSERA_TEST_DATABASE_URL" "$db")"
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  base="http://127.0.0.1:$port"
+
+  export TESSERA_ENV=test
+  export TESSERA_CONFIG_DIR="$TESSERA_ROOT/config"
+  export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:$PG_PORT/$db"
+  export TESSERA__DATABASE__PASSWORD="$TESSERA_TEST_APP_PASSWORD"
+  export TESSERA__DATABASE__MIGRATION_URL="$owner_url"
+  export TESSERA__DATABASE__MIGRATE_ON_START=true
+  export TESSERA__REDIS__URL="$TESSERA_TEST_REDIS_URL"
+  export TESSERA__REDIS__KEY_PREFIX="$fresh_redis_prefix"
+  export TESSERA__SERVER__PORT="$port"
+  export TESSERA__TELEMETRY__METRICS_ADDRESS=127.0.0.1:0
+  export TESSERA__TELEMETRY__LOG_FILTER=error
+  export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
+  export TESSERA__INFERENCE__ONNXRUNTIME_PATH="$ORT_DYLIB_PATH"
+  export TESSERA__JOBS__WORKERS="${FRESH_JOB_WORKERS:-0}"
+
+  log "serving Tessera on $base (database $db)"
+  "$bin" serve >"$work/server.log" 2>&1 &
+  server_pid=$!
+  wait_ready "$base/readyz" || { tail -n 40 "$work/server.log" >&2; die "Tessera did not become ready"; }
+}
+
+# stop_fresh DB_NAME WORK: stops what serve_fresh started and drops its database, Redis keys
+# and WORK.
+stop_fresh() {
+  if [ -n "${server_pid:-}" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  psql "$TESSERA_TEST_DATABASE_URL" -qAt -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1 || true
+  if [ -n "${fresh_redis_prefix:-}" ]; then
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$fresh_redis_prefix:*" 2>/dev/null \
+      | xargs -r redis-cli -h 127.0.0.1 -p "$REDIS_PORT" del >/dev/null 2>&1 || true
+  fi
+  rm -rf "$2"
+}
+
 # bench_load_tools PEERS_DIR: what the wrk benchmarks need besides the services: ONNX Runtime,
 # wrk, and the peers' tools virtualenv (numpy and onnx, to make models and request bodies).
 bench_load_tools() {
   ensure_packages
   ensure_running
   ensure_onnxruntime
+  build_portal
   command -v wrk >/dev/null 2>&1 || { log "installing wrk"; as_root apt-get install -y -qq wrk >/dev/null; }
   [ -x /tmp/peer-tools/bin/python ] || VENVS=tools "$1/setup_venvs.sh"
 }

@@ -33,51 +33,14 @@ if ! PYTHONPATH="$SCHEMATHESIS_DIR" python3 -c "import schemathesis, sys; sys.ex
     "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "could not install schemathesis==$SCHEMATHESIS_VERSION from PyPI"
 fi
 
+build_portal
 cargo build --locked --quiet --bin tessera
-bin="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}/debug/tessera"
 
 work="$(mktemp -d /tmp/tessera-schemathesis.XXXXXX)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  psql "$TESSERA_TEST_DATABASE_URL" -qAt -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$redis_prefix:*" 2>/dev/null \
-    | xargs -r redis-cli -h 127.0.0.1 -p "$REDIS_PORT" del >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-redis_prefix="tessera-schemathesis-$$"
-trap cleanup EXIT
-
-# As the test harness does: the maintenance (superuser) connection creates the database and
-# migrates it as its owner; the server connects as the RLS-bound application role.
-PGOPTIONS=--client-min-messages=warning psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null
-psql "$TESSERA_TEST_DATABASE_URL" -v ON_ERROR_STOP=1 -qAt -c "CREATE DATABASE $DB_NAME" >/dev/null
-owner_url="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
-  "$TESSERA_TEST_DATABASE_URL" "$DB_NAME")"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
-
-export TESSERA_ENV=test
-export TESSERA_CONFIG_DIR="$TESSERA_ROOT/config"
-export TESSERA__DATABASE__URL="postgres://tessera_app@127.0.0.1:$PG_PORT/$DB_NAME"
-export TESSERA__DATABASE__PASSWORD="$TESSERA_TEST_APP_PASSWORD"
-export TESSERA__DATABASE__MIGRATION_URL="$owner_url"
-export TESSERA__DATABASE__MIGRATE_ON_START=true
-export TESSERA__REDIS__URL="$TESSERA_TEST_REDIS_URL"
-export TESSERA__REDIS__KEY_PREFIX="$redis_prefix"
-export TESSERA__SERVER__PORT="$port"
-export TESSERA__TELEMETRY__METRICS_ADDRESS=127.0.0.1:0
-export TESSERA__TELEMETRY__LOG_FILTER=error
-export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
-export TESSERA__INFERENCE__ONNXRUNTIME_PATH="$ORT_DYLIB_PATH"
-export TESSERA__JOBS__WORKERS=0
+trap 'stop_fresh "$DB_NAME" "$work"' EXIT
 # The seeded access tokens must outlive every run (the default is 15 minutes).
 export TESSERA__AUTH__ACCESS_TOKEN_TTL_SECONDS=7200
-
-log "serving Tessera on $base (database $DB_NAME)"
-"$bin" serve >"$work/server.log" 2>&1 &
-server_pid=$!
-wait_ready "$base/readyz" || { tail -n 40 "$work/server.log" >&2; die "Tessera did not become ready"; }
+serve_fresh "$DB_NAME" "$work" "tessera-schemathesis-$$"
 
 log "seeding two tenants through the API"
 TESSERA_BOOTSTRAP_PASSWORD="$ADMIN_PASSWORD" "$bin" admin bootstrap --email "$ADMIN_EMAIL" >/dev/null
@@ -91,7 +54,7 @@ token_of() { python3 -c 'import json, sys; print(next(c["token"] for c in json.l
 # model), and operations that end the caller's own credential whatever their input (logout
 # revokes the access token; a password change ends every session, and wrong current passwords
 # lock the account). Both are left out of the main runs and fuzzed last, in that order.
-dismantling=(suspend_tenant resume_tenant remove_member change_member_role revoke_api_key revoke_invitation
+dismantling=(suspend_tenant resume_tenant set_tenant_limits remove_member change_member_role revoke_api_key revoke_invitation
   delete_model delete_version remove_alias cancel_job)
 self_ending=(logout change_password)
 exclude_last=()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs Tessera's whole test suite against the real Postgres and Redis on this machine,
 # installing and starting them first when needed. Extra arguments go to `cargo test`.
-# After a whole suite that passed, fuzzes the API (schemathesis.sh): extra arguments mean a
-# chosen subset, so they skip it, and so does TESSERA_SKIP_SCHEMATHESIS=1.
+# The portal is built first (the binary embeds it) and its generated API client checked
+# against openapi/openapi.json. After a whole suite that passed, drives the portal in a
+# browser (portal-e2e.sh) and fuzzes the API (schemathesis.sh): extra arguments mean a chosen
+# subset, so they skip both, and so do TESSERA_SKIP_E2E=1 and TESSERA_SKIP_SCHEMATHESIS=1.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -14,7 +16,14 @@ ensure_test_python
 
 export_test_env
 
+build_portal
+(cd portal && npm run --silent check-client)
+
 cargo test --locked "$@"
+
+if [ $# -eq 0 ] && [ "${TESSERA_SKIP_E2E:-0}" != 1 ]; then
+  bash "$TESSERA_ROOT/deploy/local/portal-e2e.sh"
+fi
 
 if [ $# -eq 0 ] && [ "${TESSERA_SKIP_SCHEMATHESIS:-0}" != 1 ]; then
   bash "$TESSERA_ROOT/deploy/local/schemathesis.sh"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything Tessera needs on a Debian/Ubuntu machine and runs the server:
 # installs and starts Postgres and Redis when missing, creates the database and its roles,
-# builds Tessera, applies migrations and serves on http://127.0.0.1:8080.
+# builds the portal and Tessera (which embeds it), applies migrations, creates the first
+# platform administrator and serves on http://127.0.0.1:8080 (the portal at /portal).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -21,6 +22,7 @@ if [ "$(psql_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'te
   psql_super -d postgres -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
 fi
 
+build_portal
 log "building Tessera"
 cargo build --locked --quiet --bin tessera
 target_dir="${CARGO_TARGET_DIR:-$TESSERA_ROOT/target}"
@@ -32,5 +34,14 @@ export TESSERA__DATABASE__MIGRATION_URL="${TESSERA__DATABASE__MIGRATION_URL:-pos
 
 log "applying migrations"
 "$target_dir/debug/tessera" migrate
+
+# The first platform administrator, so that everything else can be done in the portal. Its
+# password is generated once per checkout into .local/; bootstrap refuses once one exists.
+admin_email="${TESSERA_ADMIN_EMAIL:-admin@example.com}"
+admin_password="$(local_secret admin-password)"
+if TESSERA_BOOTSTRAP_PASSWORD="$(cat "$admin_password")" "$target_dir/debug/tessera" admin bootstrap --email "$admin_email" >/dev/null 2>&1; then
+  log "created the platform administrator $admin_email"
+fi
+log "portal: http://127.0.0.1:${TESSERA__SERVER__PORT:-8080}/portal, as $admin_email with the password in $admin_password ($(cat "$admin_password"))"
 log "starting Tessera (Ctrl-C stops it)"
 exec "$target_dir/debug/tessera" serve

@@ -1,9 +1,9 @@
 //! Reading, exporting and configuring a tenant's audit log (`/v1/tenants/{tenant}/audit/*`),
 //! the platform's log (`/v1/platform/audit/*`), and the signing keys.
 
-use actix_web::{HttpResponse, get, put, web};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use actix_web::{HttpResponse, get, post, put, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::chain::ChainedEvent;
@@ -11,8 +11,8 @@ use super::export::{AuditFilters, ExportFormat};
 use super::service::{AuditService, AuditSettings};
 use super::signing::PublicKeySet;
 use super::{AuditActor, PLATFORM};
-use crate::error::ApiError;
-use crate::http::extract::Json;
+use crate::error::{ApiError, Code};
+use crate::http::extract::{Binary, Json};
 use crate::http::guard::{Guarded, TenantPath};
 use crate::identity::{Principal, perm};
 use crate::page::{Page, PageQuery};
@@ -22,6 +22,8 @@ use crate::request::RequestInfo;
 #[into_params(parameter_in = Query)]
 pub struct FormatQuery {
     /// `jsonl` (default) or `csv`.
+    // Inline: the document would otherwise refer to a schema it never defines.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
 }
 
@@ -149,4 +151,58 @@ pub async fn put_settings(
     let body = body.into_inner();
     guard.set_settings(tenant, AuditActor::from(&guard.principal), &body, &info).await?;
     Ok(web::Json(body))
+}
+
+/// What `POST /v1/audit/verify` found.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// The chain and the manifest's signature hold.
+    pub valid: bool,
+    /// Events verified (when valid).
+    pub events: Option<u64>,
+    /// The first broken sequence number, when the break has one.
+    pub broken_at: Option<i64>,
+    /// The verdict as `tessera audit verify` prints it.
+    #[schema(example = "OK: 42 events, chain and signatures valid")]
+    pub detail: String,
+}
+
+/// The largest export the server verifies; the command line verifies any size offline.
+const MAX_VERIFY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Verify an audit export (JSON Lines or CSV, as the export streamed it) with this server's
+/// audit signing keys: every hash of the chain and the manifest's signature, as
+/// `tessera audit verify` does offline. A broken export is a 200 whose `valid` is false.
+#[utoipa::path(
+    tag = "audit", security(("bearer" = [])),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The export file, JSON Lines or CSV"),
+    responses((status = 200, body = VerifyReport),
+              (status = 413, description = "Larger than 64 MiB: verify it with `tessera audit verify` (`payload_too_large`)"))
+)]
+#[post("/v1/audit/verify")]
+pub async fn verify_export(
+    _guard: Guarded<{ perm::AUDIT_READ }>,
+    keys: web::Data<PublicKeySet>,
+    mut body: web::Payload,
+) -> Result<web::Json<VerifyReport>, ApiError> {
+    use futures::StreamExt;
+    let mut export = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(Code::ClientError, format!("reading the body: {e}")))?;
+        if export.len() + chunk.len() > MAX_VERIFY_BYTES {
+            return Err(ApiError::new(Code::PayloadTooLarge, "exports over 64 MiB are verified offline with `tessera audit verify`"));
+        }
+        export.extend_from_slice(&chunk);
+    }
+    let keys = super::verify::PublicKeys::parse(&keys.0.to_string())
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("the server's own audit keys do not parse: {e}")))?;
+    // Hashing a large export is CPU work: off the executor.
+    let verdict = tokio::task::spawn_blocking(move || super::verify::verify_export(&export[..], &keys))
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("verification panicked: {e}")))?;
+    let detail = verdict.to_string();
+    Ok(web::Json(match verdict {
+        super::verify::Verdict::Ok { count, .. } => VerifyReport { valid: true, events: Some(count), broken_at: None, detail },
+        super::verify::Verdict::Broken { seq, .. } => VerifyReport { valid: false, events: None, broken_at: seq, detail },
+    }))
 }

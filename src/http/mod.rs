@@ -8,3 +8,4 @@ pub mod extract;
 pub mod fallback;
 pub mod guard;
 pub mod health;
+pub mod portal;

@@ -1,6 +1,7 @@
 //! `/v1/auth/*`, `/v1/me` and `/.well-known/jwks.json`.
 
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -10,7 +11,7 @@ use super::service::{IdentityService, MeView, PasswordReset, TokenPair};
 use crate::http::extract::Json;
 use crate::http::guard::Guarded;
 use crate::request::RequestInfo;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +28,9 @@ pub struct LoginRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    /// The refresh token. Leave it out to use the `tessera_refresh` cookie instead, which
+    /// needs `X-Tessera-Refresh: cookie`.
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -38,14 +41,82 @@ pub struct LogoutRequest {
 }
 
 
+/// The cookie that carries a browser's refresh token. `HttpOnly` keeps it from scripts,
+/// `SameSite=Strict` from other sites' requests, and its path from every route but these.
+const REFRESH_COOKIE: &str = "tessera_refresh";
+const REFRESH_COOKIE_PATH: &str = "/v1/auth";
+const REFRESH_MODE: &str = "x-tessera-refresh";
+
+/// Whether the request asks for its refresh token as a cookie (`X-Tessera-Refresh: cookie`).
+///
+/// A cookie travels by itself, so a request that uses one must also prove it comes from a
+/// page of this origin: the custom header cannot be sent across origins without a CORS
+/// preflight that Tessera never grants, and a browser's `Origin` and `Sec-Fetch-Site` must
+/// agree when present (in case a proxy in front answers preflights).
+fn cookie_mode(req: &HttpRequest) -> Result<bool, ApiError> {
+    let Some(mode) = req.headers().get(REFRESH_MODE) else { return Ok(false) };
+    if !mode.as_bytes().eq_ignore_ascii_case(b"cookie") {
+        return Err(ApiError::new(Code::InvalidHeader, "X-Tessera-Refresh accepts only `cookie`"));
+    }
+    let site = req.headers().get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site.is_some_and(|site| site != b"same-origin" && site != b"none") {
+        return Err(ApiError::new(Code::CookieRefused, "the refresh cookie is only for the portal's own origin"));
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req.connection_info().host().to_owned();
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(&host));
+        if !same {
+            return Err(ApiError::new(Code::CookieRefused, "the refresh cookie is only for the portal's own origin"));
+        }
+    }
+    Ok(true)
+}
+
+fn refresh_cookie(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == REFRESH_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+fn set_refresh_cookie(token: &str, max_age: u64) -> (header::HeaderName, String) {
+    let cookie = format!("{REFRESH_COOKIE}={token}; Path={REFRESH_COOKIE_PATH}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
+    (header::SET_COOKIE, cookie)
+}
+
+/// The answer to a login or refresh: in cookie mode the refresh token leaves only as the cookie.
+fn token_response(mut pair: TokenPair, cookie: bool, max_age: u64) -> HttpResponse {
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    if cookie {
+        if let Some(token) = pair.refresh_token.take() {
+            response.insert_header(set_refresh_cookie(&token, max_age));
+        }
+    }
+    response.json(pair)
+}
+
 /// Log in with email and password; returns an access token and a refresh token.
+///
+/// Browsers send `X-Tessera-Refresh: cookie`: the refresh token is then set as an `HttpOnly`,
+/// `Secure`, `SameSite=Strict` cookie on `/v1/auth` and left out of the body.
 #[utoipa::path(
     tag = "auth",
     request_body = LoginRequest,
+    params(("X-Tessera-Refresh" = Option<String>, Header, description = "`cookie`: return the refresh token as the `tessera_refresh` cookie, not in the body")),
     responses(
-        (status = 200, body = TokenPair),
+        (status = 200, body = TokenPair, headers(("Set-Cookie" = String, description = "In cookie mode: `tessera_refresh`"))),
+        (status = 400, description = "X-Tessera-Refresh is not `cookie` (`invalid_header`)"),
         (status = 401, description = "Wrong email or password, or no access to the tenant (`invalid_credentials`)"),
-        (status = 403, description = "The tenant is suspended (`tenant_suspended`)"),
+        (status = 403, description = "The tenant is suspended (`tenant_suspended`), or cookie mode from another origin (`cookie_refused`)"),
         (status = 429, description = "Too many failed logins for this account or address (`login_throttled`); see `Retry-After`"),
     )
 )]
@@ -53,48 +124,75 @@ pub struct LogoutRequest {
 pub async fn login(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
+    req: HttpRequest,
     body: Json<LoginRequest>,
-) -> Result<web::Json<TokenPair>, ApiError> {
+) -> Result<HttpResponse, ApiError> {
+    let cookie = cookie_mode(&req)?;
     let body = body.into_inner();
     let pair = identity.login(&body.email, body.password, body.tenant.as_deref(), &info).await?;
-    Ok(web::Json(pair))
+    Ok(token_response(pair, cookie, identity.refresh_ttl_seconds()))
 }
 
 /// Exchange a refresh token for a new token pair. Each refresh token works once; presenting a
 /// used one revokes its whole session.
+///
+/// The token comes from the body or, when the body has none, from the `tessera_refresh`
+/// cookie; the cookie is accepted only with `X-Tessera-Refresh: cookie` from the same origin,
+/// and the new refresh token then replaces it.
 #[utoipa::path(
     tag = "auth",
     request_body = RefreshRequest,
+    params(("X-Tessera-Refresh" = Option<String>, Header, description = "`cookie`: read the refresh token from, and return it as, the `tessera_refresh` cookie")),
     responses(
-        (status = 200, body = TokenPair),
+        (status = 200, body = TokenPair, headers(("Set-Cookie" = String, description = "In cookie mode: the rotated `tessera_refresh`"))),
+        (status = 400, description = "No refresh token in the body and no cookie mode (`invalid_request`), or a bad X-Tessera-Refresh (`invalid_header`)"),
         (status = 401, description = "Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
                         or reuse detected (`refresh_token_reused`)"),
+        (status = 403, description = "The cookie without X-Tessera-Refresh, or from another origin (`cookie_refused`)"),
     )
 )]
 #[post("/v1/auth/refresh")]
 pub async fn refresh(
     identity: web::Data<IdentityService>,
     info: RequestInfo,
+    req: HttpRequest,
     body: Json<RefreshRequest>,
-) -> Result<web::Json<TokenPair>, ApiError> {
-    Ok(web::Json(identity.refresh(&body.refresh_token, &info).await?))
+) -> Result<HttpResponse, ApiError> {
+    let cookie = cookie_mode(&req)?;
+    let token = match body.into_inner().refresh_token {
+        Some(token) => token,
+        None if cookie => refresh_cookie(&req)
+            .ok_or_else(|| ApiError::new(Code::InvalidToken, "no refresh token: none in the body and no tessera_refresh cookie"))?,
+        // A cookie alone proves nothing about who sent the request.
+        None if refresh_cookie(&req).is_some() => {
+            return Err(ApiError::new(Code::CookieRefused, "refreshing from the cookie needs `X-Tessera-Refresh: cookie`"));
+        }
+        None => return Err(ApiError::new(Code::InvalidRequest, "refresh_token is required")),
+    };
+    let pair = identity.refresh(&token, &info).await?;
+    Ok(token_response(pair, cookie, identity.refresh_ttl_seconds()))
 }
 
-/// Revoke the calling access token (and optionally a refresh token's session).
+/// Revoke the calling access token (and optionally a refresh token's session: the one in the
+/// body, else the one in the `tessera_refresh` cookie, which is cleared).
 #[utoipa::path(
     tag = "auth",
     request_body = LogoutRequest,
     security(("bearer" = [])),
-    responses((status = 204, description = "Revoked"))
+    responses((status = 204, description = "Revoked", headers(("Set-Cookie" = String, description = "Clears `tessera_refresh`"))))
 )]
 #[post("/v1/auth/logout")]
 pub async fn logout(
     guard: Guarded<{ perm::SELF_READ }, IdentityService>,
     info: RequestInfo,
+    req: HttpRequest,
     body: Json<LogoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    guard.logout(&guard.principal, body.refresh_token.as_deref(), &info).await?;
-    Ok(HttpResponse::NoContent().finish())
+    // The bearer token already proves the caller; the cookie only names a session to end, and
+    // the service ends it only if it is the caller's own.
+    let session = body.into_inner().refresh_token.or_else(|| refresh_cookie(&req));
+    guard.logout(&guard.principal, session.as_deref(), &info).await?;
+    Ok(HttpResponse::NoContent().insert_header(set_refresh_cookie("", 0)).finish())
 }
 
 /// Credential check for gateways and sidecars: 204 when the bearer credential is valid (and its

@@ -34,8 +34,10 @@ pub struct TokenPair {
     pub token_type: &'static str,
     /// Seconds until `access_token` expires.
     pub expires_in: u64,
-    /// Single-use: exchange it at `/v1/auth/refresh` for a new pair.
-    pub refresh_token: String,
+    /// Single-use: exchange it at `/v1/auth/refresh` for a new pair. Absent when the request
+    /// asked for it as a cookie (`X-Tessera-Refresh: cookie`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// The tenant the tokens act for, if any.
     pub tenant: Option<String>,
     pub role: Option<Role>,
@@ -101,6 +103,11 @@ impl IdentityService {
             refresh_ttl: settings.refresh_token_ttl_seconds,
             reset_ttl: settings.password_reset_ttl_seconds,
         }
+    }
+
+    /// How long a refresh token lives, for a cookie that carries one.
+    pub fn refresh_ttl_seconds(&self) -> u64 {
+        self.refresh_ttl
     }
 
     pub fn passwords(&self) -> &Passwords {
@@ -263,7 +270,7 @@ impl IdentityService {
             access_token: self.keyring.sign(&claims),
             token_type: "Bearer",
             expires_in: self.access_ttl,
-            refresh_token,
+            refresh_token: Some(refresh_token),
             tenant: grant.tenant.as_ref().map(|t| t.slug.clone()),
             role: grant.role,
         }

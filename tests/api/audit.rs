@@ -539,3 +539,41 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
         assert!(matches!(verdict, Verdict::Ok { .. }), "{tenant}: {verdict}");
     }
 }
+
+#[tokio::test]
+async fn the_server_verifies_an_export_and_names_the_first_broken_event() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = app.tenant_with_members(&admin, "acme").await;
+    let auditor = app.credential(As::Auditor, &acme, &admin).await.unwrap();
+    let verify = |body: String, token: Option<String>| {
+        let mut request = app.client.post(app.url("/v1/audit/verify")).header("content-type", "application/octet-stream").body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    for format in ["jsonl", "csv"] {
+        let export = app.get_as(&format!("/v1/tenants/acme/audit/export?format={format}"), &auditor).await.text().await.unwrap();
+        let report: serde_json::Value = verify(export.clone(), Some(auditor.clone())).await.unwrap().json().await.unwrap();
+        assert_eq!(report["valid"], true, "{format}: {report}");
+        assert!(report["events"].as_u64().unwrap() > 5, "{report}");
+        assert!(report["detail"].as_str().unwrap().contains("chain and signatures valid"), "{report}");
+
+        // One event rewritten in the file: the chain breaks at it.
+        let tampered = export.replacen("member.invited", "member.removed", 1);
+        assert_ne!(tampered, export);
+        let report: serde_json::Value = verify(tampered, Some(auditor.clone())).await.unwrap().json().await.unwrap();
+        assert_eq!(report["valid"], false, "{format}: {report}");
+        assert!(report["broken_at"].as_i64().is_some(), "{report}");
+    }
+
+    let report: serde_json::Value = verify("not an export".to_owned(), Some(auditor.clone())).await.unwrap().json().await.unwrap();
+    assert_eq!(report["valid"], false);
+    assert_problem(verify(String::new(), None).await.unwrap(), 401, "unauthenticated").await;
+    let engineer = app.credential(As::MlEngineer, &acme, &admin).await.unwrap();
+    assert_problem(verify(String::new(), Some(engineer)).await.unwrap(), 403, "forbidden").await;
+    let huge = "x".repeat(64 * 1024 * 1024 + 1);
+    assert_problem(verify(huge, Some(auditor)).await.unwrap(), 413, "payload_too_large").await;
+}

@@ -117,10 +117,39 @@ pub struct CreatedApiKey {
 pub struct NewTenant {
     pub slug: TenantSlug,
     pub name: String,
+    /// Unset limits take their defaults.
+    pub limits: Limits,
+}
+
+/// A tenant's quotas and rate limit; `None` leaves one as it is (or its default, for a new
+/// tenant).
+#[derive(Debug, Default, Serialize)]
+pub struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_models: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_storage_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_second: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<i32>,
+}
+
+impl Limits {
+    /// Quotas are never negative, rate limits never zero.
+    fn check(&self) -> Result<(), IdentityError> {
+        for (field, value) in [
+            ("max_models", self.max_models.map(i64::from)),
+            ("max_storage_bytes", self.max_storage_bytes),
+            ("rate_limit_per_second", self.rate_limit_per_second.map(i64::from)),
+            ("rate_limit_burst", self.rate_limit_burst.map(i64::from)),
+        ] {
+            if value.is_some_and(|v| v < 0 || (field.starts_with("rate") && v == 0)) {
+                return Err(IdentityError::OutOfRange(field));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -161,16 +190,7 @@ impl TenantService {
         if name.is_empty() || name.chars().count() > 200 {
             return Err(IdentityError::InvalidRequest("name must have 1-200 characters"));
         }
-        for (field, value) in [
-            ("max_models", new.max_models.map(i64::from)),
-            ("max_storage_bytes", new.max_storage_bytes),
-            ("rate_limit_per_second", new.rate_limit_per_second.map(i64::from)),
-            ("rate_limit_burst", new.rate_limit_burst.map(i64::from)),
-        ] {
-            if value.is_some_and(|v| v < 0 || (field.starts_with("rate") && v == 0)) {
-                return Err(IdentityError::OutOfRange(field));
-            }
-        }
+        new.limits.check()?;
         let mut tx = self.pool.begin().await?;
         let result = sqlx::query_as::<_, TenantView>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO tenants (id, slug, name, max_models, max_storage_bytes, rate_limit_per_second, rate_limit_burst) \
@@ -180,10 +200,10 @@ impl TenantService {
         .bind(Uuid::now_v7())
         .bind(new.slug.as_str())
         .bind(name)
-        .bind(new.max_models)
-        .bind(new.max_storage_bytes)
-        .bind(new.rate_limit_per_second)
-        .bind(new.rate_limit_burst)
+        .bind(new.limits.max_models)
+        .bind(new.limits.max_storage_bytes)
+        .bind(new.limits.rate_limit_per_second)
+        .bind(new.limits.rate_limit_burst)
         .fetch_one(&mut *tx)
         .await;
         match result {
@@ -265,6 +285,33 @@ impl TenantService {
         let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), action).resource("tenant", tenant);
         self.auditor.record(&mut tx, info, vec![event]).await?;
         tx.commit().await?;
+        self.directory.invalidate(tenant);
+        Ok(view)
+    }
+
+    /// Changes a tenant's quotas or rate limit (the ones given); audited with the new values.
+    pub async fn set_limits(&self, actor: &Principal, tenant: TenantId, limits: Limits, info: &RequestInfo) -> Result<TenantView, IdentityError> {
+        limits.check()?;
+        let mut tx = self.pool.begin().await?;
+        let view: TenantView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE tenants SET max_models = COALESCE($2, max_models), max_storage_bytes = COALESCE($3, max_storage_bytes), \
+             rate_limit_per_second = COALESCE($4, rate_limit_per_second), rate_limit_burst = COALESCE($5, rate_limit_burst), \
+             updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(tenant.0)
+        .bind(limits.max_models)
+        .bind(limits.max_storage_bytes)
+        .bind(limits.rate_limit_per_second)
+        .bind(limits.rate_limit_burst)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(IdentityError::NotFound("tenant not found"))?;
+        let event = AuditEvent::new(Some(tenant), AuditActor::from(actor), "tenant.limits_changed")
+            .resource("tenant", tenant)
+            .details(serde_json::to_value(&limits).map_err(|e| crate::error::Fault::Internal(e.into()))?);
+        self.auditor.record(&mut tx, info, vec![event]).await?;
+        tx.commit().await?;
+        // The rate limiter reads limits through the directory.
         self.directory.invalidate(tenant);
         Ok(view)
     }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use actix_web::HttpMessage;
 
-use super::{TenantService, AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, MemberView, NewTenant, TenantView};
+use super::{TenantService, AcceptedInvitation, ApiKeyView, CreatedApiKey, CreatedInvitation, InvitationView, Limits, MemberView, NewTenant, TenantView};
 use crate::tenancy::{TenantSlug, TenantStatus};
 use crate::request::RequestInfo;
 use crate::error::ApiError;
@@ -73,10 +73,12 @@ pub async fn create_tenant(
         .create_tenant(&guard.principal, NewTenant {
             slug,
             name: body.name,
-            max_models: body.max_models,
-            max_storage_bytes: body.max_storage_bytes,
-            rate_limit_per_second: body.rate_limit_per_second,
-            rate_limit_burst: body.rate_limit_burst,
+            limits: Limits {
+                max_models: body.max_models,
+                max_storage_bytes: body.max_storage_bytes,
+                rate_limit_per_second: body.rate_limit_per_second,
+                rate_limit_burst: body.rate_limit_burst,
+            },
         }, &info)
         .await?;
     Ok(HttpResponse::Created().json(tenant))
@@ -100,6 +102,42 @@ pub async fn list_tenants(
 #[get("/v1/tenants/{tenant}")]
 pub async fn get_tenant(guard: Guarded<{ perm::SELF_READ }, TenantService>) -> Result<web::Json<TenantView>, ApiError> {
     Ok(web::Json(guard.get_tenant(guard.tenant()?.id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLimitsRequest {
+    #[schema(minimum = 0)]
+    pub max_models: Option<i32>,
+    #[schema(minimum = 0)]
+    pub max_storage_bytes: Option<i64>,
+    #[schema(minimum = 1)]
+    pub rate_limit_per_second: Option<i32>,
+    #[schema(minimum = 1)]
+    pub rate_limit_burst: Option<i32>,
+}
+
+/// Change a tenant's quotas or rate limit; the fields left out keep their values (platform
+/// administrators). A quota below what the tenant uses refuses only what would grow past it.
+#[utoipa::path(
+    tag = "tenants", params(TenantPath), request_body = SetLimitsRequest, security(("bearer" = [])),
+    responses((status = 200, body = TenantView),
+              (status = 400, description = "A negative quota or a zero rate limit (`invalid_request`)"))
+)]
+#[patch("/v1/tenants/{tenant}")]
+pub async fn set_tenant_limits(
+    guard: Guarded<{ perm::TENANTS_MANAGE }, TenantService>,
+    info: RequestInfo,
+    body: Json<SetLimitsRequest>,
+) -> Result<web::Json<TenantView>, ApiError> {
+    let body = body.into_inner();
+    let limits = Limits {
+        max_models: body.max_models,
+        max_storage_bytes: body.max_storage_bytes,
+        rate_limit_per_second: body.rate_limit_per_second,
+        rate_limit_burst: body.rate_limit_burst,
+    };
+    Ok(web::Json(guard.set_limits(&guard.principal, guard.tenant()?.id, limits, &info).await?))
 }
 
 /// Suspend a tenant: its tokens and API keys stop working at once (platform administrators).

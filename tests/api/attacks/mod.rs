@@ -12,3 +12,4 @@ mod least_privilege;
 mod login_throttling;
 mod membership;
 mod metrics;
+mod refresh_cookie;
