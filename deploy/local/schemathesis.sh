@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Fuzzes a served Tessera with schemathesis, from the committed OpenAPI document (the test
 # suite fails when it drifts from what the server serves), in two passes:
-#   server errors: every credential (none, the platform admin, each role of two tenants, their
-#           API keys); any 5xx fails.
+#   contract: every credential (none, the platform admin, each role of two tenants, their API
+#           keys), every phase; any 5xx fails, and so does any breach of the document: a status,
+#           content type, header or body it does not declare, a schema-valid request refused as
+#           malformed (400), or a schema-invalid one accepted.
 #   isolation: tenant A's credentials, aimed at tenant B's objects; any 5xx, any response that
 #           names one of B's identifiers A never sent, or any 2xx to a request naming one of
 #           B's objects fails (checks in tests/schemathesis/hooks.py).
 # A fresh database, seeded through the public API (tests/schemathesis/seed.py). Called by
 # test.sh after the cargo tests; runs alone too. Knobs: TESSERA_FUZZ_EXAMPLES (fuzzing cases
-# per operation), TESSERA_FUZZ_SEED, TESSERA_FUZZ_DATABASE (dropped and recreated).
+# per operation), TESSERA_FUZZ_SEED, TESSERA_FUZZ_DATABASE (dropped and recreated),
+# TESSERA_FUZZ_ONLY (credential names, e.g. "a-owner anonymous": only their runs).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
 
 SCHEMATHESIS_VERSION=4.32.5
 SCHEMATHESIS_DIR="${SCHEMATHESIS_DIR:-/var/tmp/tessera-schemathesis}"
-EXAMPLES="${TESSERA_FUZZ_EXAMPLES:-10}"
+EXAMPLES="${TESSERA_FUZZ_EXAMPLES:-100}"
+# The isolation pass and the API keys' contract runs (beyond the roles' own tokens).
+SIDE_EXAMPLES="${TESSERA_FUZZ_SIDE_EXAMPLES:-25}"
 SEED="${TESSERA_FUZZ_SEED:-20240611}"
 DB_NAME="${TESSERA_FUZZ_DATABASE:-tessera_schemathesis}"
 ADMIN_EMAIL=root@platform.test
@@ -72,12 +77,34 @@ summary="$work/summary.tsv"
 : >"$summary"
 failed=0
 
+# in_two_lanes LABEL TARGET CHECKS EXAMPLES CREDENTIAL... -- OPTION...: `fuzz` for each
+# credential, two at a time (schemathesis is bound by one Python thread; the machine has two
+# cores). Failures are read back from the summary.
+in_two_lanes() {
+  local label="$1" target="$2" checks="$3" examples="$4" lane pids=()
+  shift 4
+  local creds=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do creds+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  for lane in 0 1; do
+    (
+      for i in "${!creds[@]}"; do
+        [ $((i % 2)) -eq "$lane" ] || continue
+        FUZZ_EXAMPLES="$examples" fuzz "$label" "${creds[$i]}" "$target" "$checks" "$@"
+      done
+    ) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+
 # fuzz LABEL CREDENTIAL TARGET CHECKS [schemathesis options...]; CREDENTIAL `anonymous` sends none.
 # One schemathesis worker: with more, Hypothesis parses lambdas' source from several threads at
 # once, which CPython 3.11's `ast` does not survive ("AST constructor recursion depth mismatch").
 fuzz() {
   local label="$1" credential="$2" target="$3" checks="$4" report="$work/$1-$2.xml" status=0 auth=()
   shift 4
+  if [ -n "${TESSERA_FUZZ_ONLY:-}" ] && [[ " $TESSERA_FUZZ_ONLY " != *" $credential "* ]]; then return 0; fi
   [ "$credential" = anonymous ] || auth=(--header "Authorization: Bearer $(token_of "$credential")")
   (
     cd "$work" # schemathesis and Hypothesis leave nothing in the checkout
@@ -85,11 +112,12 @@ fuzz() {
       SCHEMATHESIS_HOOKS="$TESSERA_ROOT/tests/schemathesis/hooks.py" \
       TESSERA_FUZZ_FIXTURES="$fixtures" TESSERA_FUZZ_CREDENTIAL="$credential" TESSERA_FUZZ_TARGET="$target" \
       TESSERA_FUZZ_SENT="$work/sent-by-tenant-a" \
-      python3 -m schemathesis.cli run "$TESSERA_ROOT/openapi/openapi.json" --url "$base" \
+      python3 -m schemathesis.cli --config-file "$TESSERA_ROOT/tests/schemathesis/schemathesis.toml" \
+      run "$TESSERA_ROOT/openapi/openapi.json" --url "$base" \
       "${auth[@]}" \
       --checks "$checks" \
       --phases examples,coverage,fuzzing \
-      --max-examples "$EXAMPLES" \
+      --max-examples "${FUZZ_EXAMPLES:-$EXAMPLES}" \
       --seed "$SEED" \
       --workers 1 \
       --request-timeout 20 \
@@ -130,22 +158,30 @@ started=$SECONDS
 # copy B's identifiers into A (inviting an email it read from B, say), which would then show up
 # in A's responses without any leak. The dismantling operations are in: aimed at B's objects,
 # they must fail.
-log "isolation pass: tenant A's credentials against tenant B's objects"
+tenant_a=() roles=(anonymous) keys=()
 for credential in "${credentials[@]}"; do
-  case "$credential" in a-*) ;; *) continue ;; esac
-  fuzz isolation "$credential" b not_a_server_error,tenant_b_not_leaked,tenant_b_unreachable "${exclude_self_ending[@]}"
+  case "$credential" in a-*) tenant_a+=("$credential") ;; esac
+  case "$credential" in *-key-*) keys+=("$credential") ;; *) roles+=("$credential") ;; esac
 done
+log "isolation pass: tenant A's credentials against tenant B's objects"
+in_two_lanes isolation b not_a_server_error,tenant_b_not_leaked,tenant_b_unreachable "$SIDE_EXAMPLES" \
+  "${tenant_a[@]}" -- "${exclude_self_ending[@]}"
 
-log "server-error pass: ${#credentials[@]} credentials and none"
-for credential in anonymous "${credentials[@]}"; do
-  fuzz server-errors "$credential" own not_a_server_error "${exclude_last[@]}"
-done
+contract=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance
+contract+=,response_schema_conformance,positive_data_acceptance,negative_data_rejection
+log "contract pass: every role of both tenants, the platform admin and no credential; the API keys"
+in_two_lanes contract own "$contract" "$EXAMPLES" "${roles[@]}" -- "${exclude_last[@]}"
+in_two_lanes contract own "$contract" "$SIDE_EXAMPLES" "${keys[@]}" -- "${exclude_last[@]}"
 # The owners' runs before the platform admin's: it suspends the tenants.
 for credential in b-owner a-owner platform-admin; do
-  fuzz server-errors-dismantling "$credential" own not_a_server_error "${only_dismantling[@]}"
+  fuzz contract-dismantling "$credential" own "$contract" "${only_dismantling[@]}"
 done
-fuzz server-errors-self-ending platform-admin own not_a_server_error "${only_self_ending[@]}"
+fuzz contract-self-ending platform-admin own "$contract" "${only_self_ending[@]}"
 
+if awk -F'\t' '$6 != "0" { bad = 1 } END { exit !bad }' "$summary"; then
+  failed=1
+  grep -m 20 'ERROR' "$work/server.log" >&2 || true
+fi
 # A panic the handler survived, or one in a background task, shows in no response.
 if grep -n 'panicked at' "$work/server.log" >&2; then
   failed=1
