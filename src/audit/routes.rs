@@ -194,6 +194,9 @@ pub async fn verify_export(
         }
         export.extend_from_slice(&chunk);
     }
+    if export.is_empty() {
+        return Err(ApiError::new(Code::InvalidRequest, "send the export file as the body"));
+    }
     let keys = super::verify::PublicKeys::parse(&keys.0.to_string())
         .map_err(|e| ApiError::internal(anyhow::anyhow!("the server's own audit keys do not parse: {e}")))?;
     // Hashing a large export is CPU work: off the executor.

@@ -47,6 +47,17 @@ const REFRESH_COOKIE: &str = "tessera_refresh";
 const REFRESH_COOKIE_PATH: &str = "/v1/auth";
 const REFRESH_MODE: &str = "x-tessera-refresh";
 
+/// For the document only: the handlers read the header themselves.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct RefreshMode {
+    /// `cookie`: the refresh token travels in the `tessera_refresh` cookie (HttpOnly, Secure,
+    /// SameSite=Strict, scoped to `/v1/auth`), never in the body.
+    #[param(rename = "X-Tessera-Refresh", nullable = false, pattern = "^cookie$")]
+    mode: Option<String>,
+}
+
 /// Whether the request asks for its refresh token as a cookie (`X-Tessera-Refresh: cookie`).
 ///
 /// A cookie travels by itself, so a request that uses one must also prove it comes from a
@@ -55,7 +66,7 @@ const REFRESH_MODE: &str = "x-tessera-refresh";
 /// agree when present (in case a proxy in front answers preflights).
 fn cookie_mode(req: &HttpRequest) -> Result<bool, ApiError> {
     let Some(mode) = req.headers().get(REFRESH_MODE) else { return Ok(false) };
-    if !mode.as_bytes().eq_ignore_ascii_case(b"cookie") {
+    if mode.as_bytes() != b"cookie" {
         return Err(ApiError::new(Code::InvalidHeader, "X-Tessera-Refresh accepts only `cookie`"));
     }
     let site = req.headers().get("sec-fetch-site").map(HeaderValue::as_bytes);
@@ -111,7 +122,7 @@ fn token_response(mut pair: TokenPair, cookie: bool, max_age: u64) -> HttpRespon
 #[utoipa::path(
     tag = "auth",
     request_body = LoginRequest,
-    params(("X-Tessera-Refresh" = Option<String>, Header, description = "`cookie`: return the refresh token as the `tessera_refresh` cookie, not in the body")),
+    params(RefreshMode),
     responses(
         (status = 200, body = TokenPair, headers(("Set-Cookie" = String, description = "In cookie mode: `tessera_refresh`"))),
         (status = 400, description = "X-Tessera-Refresh is not `cookie` (`invalid_header`)"),
@@ -142,7 +153,7 @@ pub async fn login(
 #[utoipa::path(
     tag = "auth",
     request_body = RefreshRequest,
-    params(("X-Tessera-Refresh" = Option<String>, Header, description = "`cookie`: read the refresh token from, and return it as, the `tessera_refresh` cookie")),
+    params(RefreshMode),
     responses(
         (status = 200, body = TokenPair, headers(("Set-Cookie" = String, description = "In cookie mode: the rotated `tessera_refresh`"))),
         (status = 400, description = "No refresh token in the body and no cookie mode (`invalid_request`), or a bad X-Tessera-Refresh (`invalid_header`)"),

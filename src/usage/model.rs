@@ -167,8 +167,14 @@ impl FromStr for Cursor {
     fn from_str(text: &str) -> Result<Self, UsageError> {
         let mut parts = text.splitn(3, ':');
         let mut next = || parts.next().ok_or(UsageError::InvalidCursor);
-        let start = next()?.parse().ok().and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok());
-        let version = next()?.parse().ok();
+        // Every cursor the schema allows is a position: one beyond the representable instants
+        // or versions sorts before or after them all.
+        let (earliest, latest) = (OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT), OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
+        let start = next()?
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| OffsetDateTime::from_unix_timestamp(s.clamp(earliest.unix_timestamp(), latest.unix_timestamp())).ok());
+        let version = next()?.parse::<u64>().ok().map(|v| v.min(i32::MAX as u64) as i32);
         let model = next()?.to_owned();
         match (start, version) {
             (Some(start), Some(version)) if is_plain_name(&model) => Ok(Self { start, model, version }),

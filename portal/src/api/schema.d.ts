@@ -2694,8 +2694,11 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description `cookie`: return the refresh token as the `tessera_refresh` cookie, not in the body */
-                "X-Tessera-Refresh"?: string | null;
+                /**
+                 * @description `cookie`: the refresh token travels in the `tessera_refresh` cookie (HttpOnly, Secure,
+                 *     SameSite=Strict, scoped to `/v1/auth`), never in the body.
+                 */
+                "X-Tessera-Refresh"?: string;
             };
             path?: never;
             cookie?: never;
@@ -2796,8 +2799,11 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description `cookie`: read the refresh token from, and return it as, the `tessera_refresh` cookie */
-                "X-Tessera-Refresh"?: string | null;
+                /**
+                 * @description `cookie`: the refresh token travels in the `tessera_refresh` cookie (HttpOnly, Secure,
+                 *     SameSite=Strict, scoped to `/v1/auth`), never in the body.
+                 */
+                "X-Tessera-Refresh"?: string;
             };
             path?: never;
             cookie?: never;
