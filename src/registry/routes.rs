@@ -207,7 +207,7 @@ pub async fn upload_version(
             };
             Some(serde_json::json!({ "architecture": architecture, "config": config }))
         }
-        (None, Some(_)) => return Err(ApiError::new(Code::InvalidQuery, "config needs an architecture")),
+        (None, Some(_)) => return Err(ApiError::new(Code::Unprocessable, "config needs an architecture")),
     };
     let spec = UploadSpec {
         expected_sha256: query.sha256.as_deref().map(parse_sha256).transpose()?,
