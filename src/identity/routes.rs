@@ -156,8 +156,9 @@ pub async fn login(
     params(RefreshMode),
     responses(
         (status = 200, body = TokenPair, headers(("Set-Cookie" = String, description = "In cookie mode: the rotated `tessera_refresh`"))),
-        (status = 400, description = "No refresh token in the body and no cookie mode (`invalid_request`), or a bad X-Tessera-Refresh (`invalid_header`)"),
-        (status = 401, description = "Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
+        (status = 400, description = "A bad X-Tessera-Refresh (`invalid_header`)"),
+        (status = 401, description = "No refresh token in the body and no cookie mode (`unauthenticated`); \
+                                      invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), \
                         or reuse detected (`refresh_token_reused`)"),
         (status = 403, description = "The cookie without X-Tessera-Refresh, or from another origin (`cookie_refused`)"),
     )
@@ -178,7 +179,7 @@ pub async fn refresh(
         None if refresh_cookie(&req).is_some() => {
             return Err(ApiError::new(Code::CookieRefused, "refreshing from the cookie needs `X-Tessera-Refresh: cookie`"));
         }
-        None => return Err(ApiError::new(Code::InvalidRequest, "refresh_token is required")),
+        None => return Err(ApiError::new(Code::Unauthenticated, "no refresh token: send `refresh_token`, or the cookie with `X-Tessera-Refresh: cookie`")),
     };
     let pair = identity.refresh(&token, &info).await?;
     Ok(token_response(pair, cookie, identity.refresh_ttl_seconds()))

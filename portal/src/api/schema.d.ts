@@ -2824,7 +2824,7 @@ export interface operations {
                     "application/json": components["schemas"]["TokenPair"];
                 };
             };
-            /** @description No refresh token in the body and no cookie mode (`invalid_request`), or a bad X-Tessera-Refresh (`invalid_header`) */
+            /** @description A bad X-Tessera-Refresh (`invalid_header`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2833,7 +2833,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), or reuse detected (`refresh_token_reused`) */
+            /** @description No refresh token in the body and no cookie mode (`unauthenticated`); invalid, expired or revoked refresh token (`invalid_token`, `token_expired`, `token_revoked`), or reuse detected (`refresh_token_reused`) */
             401: {
                 headers: {
                     /** @description `Bearer realm="tessera"` */

@@ -119,7 +119,7 @@ async fn cookie_mode_without_a_cookie_or_a_token_is_refused() {
     let no_cookie = app.client.post(app.url("/v1/auth/refresh")).header(MODE.0, MODE.1).json(&json!({})).send().await.unwrap();
     assert_problem(no_cookie, 401, "invalid_token").await;
     let nothing = app.post_json("/v1/auth/refresh", None, &json!({})).await;
-    assert_problem(nothing, 400, "invalid_request").await;
+    assert_problem(nothing, 401, "unauthenticated").await;
     let forged = refresh(&app, "trt_forged", &[MODE]).await;
     assert_problem(forged, 401, "invalid_token").await;
 }
