@@ -142,6 +142,11 @@ fn add_standard_errors(operation: &mut Operation) {
     }
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add("401", "Missing, invalid, expired or revoked credentials (`unauthenticated`)");
+    } else {
+        // Public routes need none, but a credential that is presented is still checked.
+        add("401", "A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`)");
+    }
+    if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add("403", "The caller lacks the permission this operation needs (`forbidden`)");
         add("429", "Tenant rate limit exceeded; see `Retry-After` (`rate_limited`)");
     }

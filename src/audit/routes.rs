@@ -195,7 +195,7 @@ pub async fn verify_export(
         export.extend_from_slice(&chunk);
     }
     if export.is_empty() {
-        return Err(ApiError::new(Code::InvalidRequest, "send the export file as the body"));
+        return Err(ApiError::new(Code::Unprocessable, "an empty file is no export: send the export file as the body"));
     }
     let keys = super::verify::PublicKeys::parse(&keys.0.to_string())
         .map_err(|e| ApiError::internal(anyhow::anyhow!("the server's own audit keys do not parse: {e}")))?;

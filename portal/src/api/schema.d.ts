@@ -2208,6 +2208,17 @@ export interface operations {
                     "application/json": components["schemas"]["ServerMetadata"];
                 };
             };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
                 headers: {
@@ -2235,6 +2246,17 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
                 headers: {
@@ -2261,6 +2283,17 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
@@ -2613,6 +2646,17 @@ export interface operations {
                     "application/json": components["schemas"]["Liveness"];
                 };
             };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
                 headers: {
@@ -2639,6 +2683,17 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Readiness"];
+                };
+            };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unexpected server failure (`internal_error`) */
@@ -2677,6 +2732,17 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unexpected server failure (`internal_error`) */
@@ -3327,6 +3393,17 @@ export interface operations {
             /** @description Unknown, expired or used token (`invalid_reset_token`), or a weak password (`weak_password`) */
             400: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5196,6 +5273,17 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+            /** @description A presented credential is invalid, expired or revoked (`invalid_token`, `token_revoked`) */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="tessera"` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unexpected server failure (`internal_error`) */
