@@ -125,7 +125,7 @@ impl AppState {
         ));
         let artifacts = ArtifactStore::from_settings(&settings.registry.storage)?;
         let notary = Notary::new(audit_signer.clone(), artifacts.object_store());
-        let audit = AuditService::new(db.clone(), auditor.clone(), notary.clone(), tenants.clone());
+        let audit = AuditService::new(db.clone(), auditor.clone(), notary.clone());
         let registry = RegistryService::new(
             db.clone(),
             artifacts,

@@ -1,7 +1,6 @@
 //! The audit log as tenants and compliance officers see it: reading a chain page by page,
 //! starting an export (itself recorded), and the per-tenant settings.
 
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -14,8 +13,7 @@ use super::notary::Notary;
 use super::{AuditActor, AuditError, AuditEvent, Auditor, PLATFORM};
 use crate::request::RequestInfo;
 use crate::tenancy::db::TenantTx;
-use crate::tenancy::directory::TenantDirectory;
-use crate::tenancy::{TenantId, TenantInfo};
+use crate::tenancy::TenantId;
 
 crate::text_enum! {
     /// How a tenant's inference calls are recorded.
@@ -56,17 +54,11 @@ pub struct AuditService {
     pool: PgPool,
     auditor: Auditor,
     notary: Notary,
-    tenants: TenantDirectory,
 }
 
 impl AuditService {
-    pub fn new(pool: PgPool, auditor: Auditor, notary: Notary, tenants: TenantDirectory) -> Self {
-        Self { pool, auditor, notary, tenants }
-    }
-
-    /// A tenant by slug, for resolving `?tenant=`; visibility is the caller's to decide.
-    pub async fn tenant(&self, slug: &str) -> Result<Option<Arc<TenantInfo>>, sqlx::Error> {
-        self.tenants.by_slug(slug).await
+    pub fn new(pool: PgPool, auditor: Auditor, notary: Notary) -> Self {
+        Self { pool, auditor, notary }
     }
 
     /// Events of one chain (`PLATFORM` for the platform's) after sequence number `after`.
