@@ -37,8 +37,10 @@ test("session: another site's page can neither use nor spend the refresh cookie"
   const attacker = await page.context().newPage();
   await attacker.goto(new URL("/healthz", BASE.replace("127.0.0.1", "localhost")).href);
   const sent = [];
-  attacker.on("request", async (request) => {
-    if (request.url() === target) sent.push((await request.allHeaders()).cookie ?? "");
+  // Held as promises, pushed when the event fires: reading the headers is asynchronous and
+  // may finish after the page's fetches have returned.
+  attacker.on("request", (request) => {
+    if (request.url() === target) sent.push(request.allHeaders().then((headers) => headers.cookie ?? ""));
   });
   const outcomes = await attacker.evaluate(async (url) => {
     const results = [];
@@ -54,7 +56,8 @@ test("session: another site's page can neither use nor spend the refresh cookie"
   }, target);
   assert.deepEqual(outcomes, ["simple: opaque", "with header: TypeError"]);
   assert.ok(sent.length > 0, "the simple request was sent");
-  assert.ok(sent.every((cookie) => !cookie.includes("tessera_refresh")), `the cookie left for another site: ${sent}`);
+  const cookies = await Promise.all(sent);
+  assert.ok(cookies.every((cookie) => !cookie.includes("tessera_refresh")), `the cookie left for another site: ${cookies}`);
   // The session is intact: the portal still refreshes from its cookie.
   await page.reload();
   await page.getByTestId("who").filter({ hasText: globex.emails.owner }).waitFor();
