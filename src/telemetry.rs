@@ -2,16 +2,25 @@
 //!
 //! Export runs on the OpenTelemetry batch processor's own thread with a bounded queue: an
 //! unreachable collector costs dropped spans, never a blocked or failed request.
+//!
+//! Logs and traces are filtered apart: `log_filter` decides what is printed, never what is
+//! traced, so a quiet log level does not silence traces. Traces take every span at `info`
+//! and the client spans around Postgres and Redis (`CLIENT_SPANS`, `debug`, which cost
+//! nothing while nothing traces), sampled by `otlp.sample_ratio`. A caller's W3C
+//! `traceparent` makes the request's span a child of the caller's.
 
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{Error, HttpMessage};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_actix_web::RootSpanBuilder;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -19,6 +28,12 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, TelemetrySettings};
 use crate::request::RequestId;
+
+/// The target of the spans around each Postgres transaction and Redis command: `debug`, so
+/// only a trace (or a log filter asking for them) pays for them.
+pub const CLIENT_SPANS: &str = "tessera::client";
+/// What traces take, whatever the log filter says.
+const TRACE_FILTER: &str = "info,tessera::client=debug";
 
 /// Flushes exported spans when dropped at the end of `main`.
 pub struct TelemetryGuard {
@@ -60,11 +75,14 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
                 .build(),
         )
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")).with_error_records_to_exceptions(true));
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("tessera"))
+            .with_error_records_to_exceptions(true)
+            .with_filter(EnvFilter::new(TRACE_FILTER))
+    });
 
-    tracing_subscriber::registry().with(fmt_layer).with(otel_layer).with(filter).try_init()?;
+    tracing_subscriber::registry().with(fmt_layer.with_filter(filter)).with(otel_layer).try_init()?;
     Ok(TelemetryGuard { provider })
 }
 
@@ -75,7 +93,7 @@ impl RootSpanBuilder for TesseraRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let extensions = request.extensions();
         let request_id = extensions.get::<RequestId>().map(RequestId::as_str).unwrap_or("");
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "http_request",
             otel.kind = "server",
             otel.name = tracing::field::Empty,
@@ -86,7 +104,13 @@ impl RootSpanBuilder for TesseraRootSpan {
             request_id = %request_id,
             tenant_id = tracing::field::Empty,
             exception.message = tracing::field::Empty,
-        )
+        );
+        if request.headers().contains_key("traceparent") {
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            // Fails only when nothing traces; then there is nothing to attach either.
+            let _ = span.set_parent(parent);
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
@@ -102,5 +126,18 @@ impl RootSpanBuilder for TesseraRootSpan {
                 span.record("exception.message", tracing::field::display(error));
             }
         }
+    }
+}
+
+/// The request's headers as the W3C propagator reads them.
+struct HeaderExtractor<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
     }
 }

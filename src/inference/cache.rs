@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::engine::RunOutput;
 use super::protocol::{DataType, TensorData};
 use crate::redis_store::RedisStore;
+use tracing::Instrument;
 
 const BACKOFF: Duration = Duration::from_secs(5);
 
@@ -132,7 +133,8 @@ impl ResultCache {
         }
         let mut conn = self.redis.connection();
         let redis_key = self.redis_key(tenant, key);
-        match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(&redis_key)).await {
+        let lookup = conn.get::<_, Option<Vec<u8>>>(&redis_key).instrument(redis_span("GET"));
+        match tokio::time::timeout(self.timeout, lookup).await {
             Ok(Ok(Some(bytes))) => decode(&bytes),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
@@ -155,7 +157,8 @@ impl ResultCache {
         let value = encode(outputs);
         let redis_key = self.redis_key(tenant, key);
         let mut conn = self.redis.connection();
-        match tokio::time::timeout(self.timeout * 4, conn.set_ex::<_, _, ()>(&redis_key, value, ttl_seconds)).await {
+        let store = conn.set_ex::<_, _, ()>(&redis_key, value, ttl_seconds).instrument(redis_span("SETEX"));
+        match tokio::time::timeout(self.timeout * 4, store).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.failed(&e.to_string()),
             Err(_) => self.failed("store timed out"),
@@ -171,6 +174,10 @@ impl ResultCache {
         inflight.insert(key, sender.clone());
         Flight::Leader(FlightGuard { key, sender, inflight: self.inflight.clone() })
     }
+}
+
+fn redis_span(operation: &'static str) -> tracing::Span {
+    tracing::debug_span!(target: crate::telemetry::CLIENT_SPANS, "redis", otel.kind = "client", db.system = "redis", db.operation = operation)
 }
 
 fn encode(outputs: &[RunOutput]) -> Vec<u8> {

@@ -10,27 +10,35 @@ use super::TenantId;
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     tenant: TenantId,
+    /// Open for as long as the transaction: the request's trace shows its time in Postgres.
+    _span: tracing::Span,
+}
+
+fn transaction_span() -> tracing::Span {
+    tracing::debug_span!(target: crate::telemetry::CLIENT_SPANS, "postgres.transaction", otel.kind = "client", db.system = "postgresql")
 }
 
 impl TenantTx {
     pub async fn begin(pool: &PgPool, tenant: TenantId) -> Result<Self, sqlx::Error> {
+        let span = transaction_span();
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
             .bind(tenant.0.to_string())
             .execute(&mut *tx)
             .await?;
-        Ok(Self { tx, tenant })
+        Ok(Self { tx, tenant, _span: span })
     }
 
     /// A read-only transaction over one consistent snapshot (long reads such as exports).
     pub async fn begin_snapshot(pool: &PgPool, tenant: TenantId) -> Result<Self, sqlx::Error> {
+        let span = transaction_span();
         let mut tx = pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
         sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
             .bind(tenant.0.to_string())
             .execute(&mut *tx)
             .await?;
-        Ok(Self { tx, tenant })
+        Ok(Self { tx, tenant, _span: span })
     }
 
     pub fn tenant(&self) -> TenantId {
