@@ -23,7 +23,15 @@ enum Command {
     /// Run the HTTP API (applies migrations first when database.migrate_on_start is true).
     Serve,
     /// Apply the embedded database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Apply nothing: exit 0 when the database has every migration of this build, 1
+        /// otherwise (through the application's role, as an init container would).
+        #[arg(long)]
+        check: bool,
+        /// With --check: keep checking, every two seconds, for up to this many seconds.
+        #[arg(long, value_name = "SECONDS", requires = "check")]
+        wait: Option<u64>,
+    },
     /// Print the OpenAPI 3.1 document.
     Openapi {
         /// Write to this file instead of standard output.
@@ -333,7 +341,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("tessera: configuration OK ({})", settings.environment.as_str());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
+        Command::Migrate { check: true, wait } => {
+            let settings = match load_settings() {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            actix_web::rt::System::new().block_on(migrations_current(settings, wait.unwrap_or(0)))
+        }
+        Command::Migrate { check: false, .. } => {
             let settings = match load_settings() {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
@@ -412,6 +427,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `tessera migrate --check`: whether the schema has every migration this build knows, so a
+/// new release's pods wait for its migration job instead of serving an older schema.
+async fn migrations_current(settings: Settings, wait_seconds: u64) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        let outcome = async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_with(settings.database.connect_options()?)
+                .await?;
+            let pending = crate::db::pending_migrations(&pool).await;
+            pool.close().await;
+            anyhow::Ok(pending?)
+        }
+        .await;
+        let waiting = match outcome {
+            Ok(pending) if pending.is_empty() => {
+                println!("tessera: every migration of this build is applied");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(pending) => format!("{} migration(s) not applied, the first {}", pending.len(), pending[0]),
+            Err(e) => format!("cannot read the applied migrations: {e}"),
+        };
+        if std::time::Instant::now() >= deadline {
+            eprintln!("tessera: {waiting}");
+            return Ok(ExitCode::FAILURE);
+        }
+        tracing::debug!(%waiting, "waiting for migrations");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Exit code 2, as for a configuration error, when the database role may bypass row-level
 /// security (checked after migrating, so that the tables it might own exist).
 async fn refuse_privileged_role(settings: &Settings) -> Option<ExitCode> {
@@ -455,9 +503,26 @@ async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Resul
         return Ok(code);
     }
     let count = concurrency.unwrap_or(settings.jobs.workers).max(1);
+    let metrics_address = settings.telemetry.metrics_address.clone();
+    let metrics_token = settings.telemetry.metrics_token.clone();
     let state = AppState::new(settings)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let workers = state.jobs.start_workers(count, stopping);
+    let mut workers = state.jobs.start_workers(count, stopping.clone());
+    workers.push(state.jobs.spawn_backlog_gauge(state.jobs_backlog.clone(), stopping));
+    // The operators' listener, as beside the API: metrics, and liveness for an orchestrator.
+    let metrics_server = match metrics_address.as_str() {
+        "" => None,
+        address => {
+            let listener = std::net::TcpListener::bind(address).map_err(|e| {
+                anyhow::anyhow!("cannot bind telemetry.metrics_address {address}: {e} (set it to another address, or empty)")
+            })?;
+            tracing::info!(address = %listener.local_addr()?, "metrics listener");
+            let server = crate::http::health::metrics_server(listener, state.metrics.clone(), metrics_token)?;
+            let handle = server.handle();
+            tokio::spawn(server);
+            Some(handle)
+        }
+    };
     tracing::info!(workers = count, "job workers started");
     println!("Tessera job workers running ({count})");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -468,6 +533,10 @@ async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Resul
     tracing::info!("stopping: handing back running jobs");
     let _ = stop.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(60), futures::future::join_all(workers)).await;
+    // Last, so that liveness holds while jobs are handed back.
+    if let Some(handle) = metrics_server {
+        handle.stop(false).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -188,6 +188,8 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub max_body_bytes: usize,
+    /// On SIGTERM: serve on, failing readiness and closing connections, this long first.
+    pub drain_seconds: u64,
     pub shutdown_grace_seconds: u64,
     pub keep_alive_seconds: u64,
     pub tls: TlsSettings,
@@ -852,6 +854,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "\n[server]")?;
         writeln!(f, "host = {:?}\nport = {}\nworkers = {}", s.server.host, s.server.port, s.server.workers)?;
         writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
+        writeln!(f, "drain_seconds = {}", s.server.drain_seconds)?;
         writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;
         writeln!(f, "keep_alive_seconds = {}", s.server.keep_alive_seconds)?;
         writeln!(f, "trusted_proxies = {:?}", s.server.trusted_proxies)?;

@@ -20,6 +20,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -36,6 +41,7 @@ pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    dependency_up: Family<DependencyLabels, Gauge>,
 }
 
 impl Metrics {
@@ -55,16 +61,26 @@ impl Metrics {
             "HTTP request latency, by route template and status",
             http_duration.clone(),
         );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "Whether a dependency answered the last readiness probe (1) or not (0)",
+            dependency_up.clone(),
+        );
         let more = more(&mut registry);
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: crate::VERSION.to_owned() }).set(1);
         registry.register("build_info", "Tessera build information (always 1)", build_info);
-        (Arc::new(Self { registry, http_requests, http_duration }), more)
+        (Arc::new(Self { registry, http_requests, http_duration, dependency_up }), more)
     }
 
     pub fn observe_http(&self, labels: &HttpLabels, seconds: f64) {
         self.http_requests.get_or_create(labels).inc();
         self.http_duration.get_or_create(labels).observe(seconds);
+    }
+
+    pub fn dependency_up(&self, dependency: &'static str, up: bool) {
+        self.dependency_up.get_or_create(&DependencyLabels { dependency }).set(i64::from(up));
     }
 
     /// OpenMetrics text exposition (scraped by Prometheus).

@@ -75,6 +75,10 @@ pub struct AppState {
     pub registry: RegistryService,
     pub inference: InferenceService,
     pub jobs: JobService,
+    /// Job-stream entries waiting or running (`tessera_jobs_backlog`), what workers scale on.
+    pub jobs_backlog: prometheus_client::metrics::gauge::Gauge,
+    /// Turned on by SIGTERM (see `Application::run_until_stopped`).
+    pub draining: crate::http::health::Draining,
     /// Usage as the inference path counts it and readers see it; flushed in the background.
     pub usage: UsageService,
 }
@@ -137,8 +141,11 @@ impl AppState {
                 max_cache_ttl_seconds: settings.inference.max_cache_ttl_seconds,
             },
         );
-        let (metrics, inference_metrics) =
-            Metrics::with(|registry| Arc::new(crate::inference::metrics::InferenceMetrics::register(registry)));
+        let (metrics, (inference_metrics, jobs_backlog)) = Metrics::with(|registry| {
+            let backlog = prometheus_client::metrics::gauge::Gauge::default();
+            registry.register("jobs_backlog", "Jobs waiting for a worker or running, across every process", backlog.clone());
+            (Arc::new(crate::inference::metrics::InferenceMetrics::register(registry)), backlog)
+        });
         // Operator commands build this state too and need no ONNX Runtime; the server refuses
         // to start without one (`Application::build`).
         let runtime = OnnxRuntime::load(Some(&settings.inference.onnxruntime_path));
@@ -158,6 +165,8 @@ impl AppState {
         Ok(Self {
             audit,
             jobs,
+            jobs_backlog,
+            draining: crate::http::health::Draining::default(),
             usage,
             inference,
             registry,
@@ -233,7 +242,12 @@ pub fn create_app(
         .app_data(web::Data::from(state.inference.models.clone()))
         .app_data(web::Data::new(crate::identity::jwt::Jwks(state.keyring.jwks())))
         .app_data(web::Data::new(crate::audit::signing::PublicKeySet(state.audit_signer.public_keys())))
-        .app_data(web::Data::new(crate::http::health::Probes::new(state.db.clone(), state.redis.clone())))
+        .app_data(web::Data::new(crate::http::health::Probes::new(
+            state.db.clone(),
+            state.redis.clone(),
+            state.metrics.clone(),
+            state.draining.clone(),
+        )))
         .app_data(proxies)
         .app_data(shared.allowed_methods.clone())
         .app_data(extract::json_config(body_limit))
@@ -257,7 +271,7 @@ pub fn create_app(
         .wrap(fallback::problem_rewriter())
         .wrap(actix_web::middleware::Compress::default())
         .wrap(TracingLogger::<TesseraRootSpan>::new())
-        .wrap(Edge::new(state.metrics.clone()))
+        .wrap(Edge::new(state.metrics.clone(), state.draining.clone()))
 }
 
 pub struct Application {
@@ -269,6 +283,8 @@ pub struct Application {
     /// and the audit checkpointer, told to stop when the server does.
     stop_jobs: tokio::sync::watch::Sender<bool>,
     job_workers: Vec<tokio::task::JoinHandle<()>>,
+    draining: health::Draining,
+    drain: Duration,
 }
 
 impl Application {
@@ -300,6 +316,7 @@ impl Application {
         let (stop_jobs, stopping) = tokio::sync::watch::channel(false);
         let mut job_workers = state.jobs.start_workers(settings.jobs.workers, stopping.clone());
         job_workers.push(state.identity.spawn_login_failure_flusher(stopping.clone()));
+        job_workers.push(state.jobs.spawn_backlog_gauge(state.jobs_backlog.clone(), stopping.clone()));
         let checkpoint_every = Duration::from_secs(settings.audit.checkpoint_interval_seconds);
         job_workers.push(state.usage.spawn_flusher(Duration::from_secs(settings.usage.flush_interval_seconds), stopping.clone()));
         job_workers.extend(crate::audit::spawn_checkpointer(state.db.clone(), state.notary.clone(), checkpoint_every, stopping));
@@ -313,9 +330,12 @@ impl Application {
             });
         }
 
+        let draining = state.draining.clone();
         let shared = Shared::new();
         let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))
         .shutdown_timeout(settings.server.shutdown_grace_seconds)
+        // Signals are handled in `run_until_stopped`, which drains before stopping.
+        .disable_signals()
         .keep_alive(std::time::Duration::from_secs(settings.server.keep_alive_seconds));
         let server = if settings.server.workers > 0 { server.workers(settings.server.workers) } else { server };
 
@@ -325,7 +345,8 @@ impl Application {
         } else {
             server.listen(listener)?.run()
         };
-        Ok(Self { port, server, metrics, stop_jobs, job_workers })
+        let drain = Duration::from_secs(settings.server.drain_seconds);
+        Ok(Self { port, server, metrics, stop_jobs, job_workers, draining, drain })
     }
 
     pub fn port(&self) -> u16 {
@@ -337,9 +358,28 @@ impl Application {
         self.metrics.as_ref().map(|(port, _)| *port)
     }
 
-    /// Serves until SIGTERM/SIGINT, then drains in-flight requests within the grace period.
-    /// Job workers then hand back what they run (at its next progress report) and stop.
+    /// Serves until SIGTERM or SIGINT. SIGTERM first drains for `server.drain_seconds`
+    /// (readiness fails, responses close their connections, requests are still served); then
+    /// the listener closes and in-flight requests get the grace period. Job workers then hand
+    /// back what they run (at its next progress report) and stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let (api_handle, draining, drain) = (self.server.handle(), self.draining.clone(), self.drain);
+        tokio::spawn(async move {
+            let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                tracing::error!("cannot listen for SIGTERM");
+                return;
+            };
+            tokio::select! {
+                _ = terminate.recv() => {
+                    tracing::info!(seconds = drain.as_secs(), "SIGTERM: draining before shutdown");
+                    draining.start();
+                    tokio::time::sleep(drain).await;
+                }
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping: no new connections; in-flight requests finish");
+            api_handle.stop(true).await;
+        });
         // Both servers run in this task; the metrics listener stops when the API does.
         let (metrics_handle, metrics_server) = match self.metrics {
             Some((_, server)) => (Some(server.handle()), Some(server)),

@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::ConnectionType;
 use actix_web::http::header::{CONTENT_ENCODING, HeaderName};
 use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
+use super::health::Draining;
 use crate::error::{ApiError, Code, INTERNAL_DETAIL};
 use crate::metrics::{HttpLabels, Metrics};
 use crate::request::RequestId;
@@ -24,11 +26,12 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub struct Edge {
     metrics: Arc<Metrics>,
+    draining: Draining,
 }
 
 impl Edge {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, draining: Draining) -> Self {
+        Self { metrics, draining }
     }
 }
 
@@ -44,13 +47,14 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(EdgeMiddleware { service: Rc::new(service), metrics: self.metrics.clone() }))
+        ready(Ok(EdgeMiddleware { service: Rc::new(service), metrics: self.metrics.clone(), draining: self.draining.clone() }))
     }
 }
 
 pub struct EdgeMiddleware<S> {
     service: Rc<S>,
     metrics: Arc<Metrics>,
+    draining: Draining,
 }
 
 impl<S, B> Service<ServiceRequest> for EdgeMiddleware<S>
@@ -72,6 +76,7 @@ where
         // matched), so failures that lose the request keep only what the metrics need.
         let method = req.method().clone();
         let metrics = self.metrics.clone();
+        let draining = self.draining.clone();
         let fut = self.service.call(req);
 
         async move {
@@ -99,6 +104,10 @@ where
                     return Err(HandlerPanicked { request_id }.into());
                 }
             };
+            if draining.is_on() {
+                // No idle connection is left for a load balancer to reuse once this stops.
+                response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+            }
             let headers = response.headers_mut();
             headers.insert(X_REQUEST_ID, request_id.header_value());
             // `identity` only told the compressor to leave a body alone (inference answers);
@@ -161,7 +170,7 @@ mod tests {
             App::new()
                 .route("/boom", web::get().to(|| async { panic!("boom"); #[allow(unreachable_code)] HttpResponse::Ok() }))
                 .route("/fine", web::get().to(|| async { HttpResponse::Ok().finish() }))
-                .wrap(Edge::new(Metrics::new())),
+                .wrap(Edge::new(Metrics::new(), Draining::default())),
         )
         .await;
         let response = test::try_call_service(&app, test::TestRequest::get().uri("/boom").to_request()).await;

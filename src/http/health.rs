@@ -15,16 +15,33 @@ use crate::redis_store::RedisStore;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Set once SIGTERM arrives: the process serves on while load balancers take it out of
+/// rotation (readiness fails, every response closes its connection), then stops.
+#[derive(Clone, Default)]
+pub struct Draining(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// What readiness probes ask: the shared dependencies, and nothing else of the application.
 #[derive(Clone)]
 pub struct Probes {
     db: sqlx::PgPool,
     redis: RedisStore,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    draining: Draining,
 }
 
 impl Probes {
-    pub fn new(db: sqlx::PgPool, redis: RedisStore) -> Self {
-        Self { db, redis }
+    pub fn new(db: sqlx::PgPool, redis: RedisStore, metrics: std::sync::Arc<crate::metrics::Metrics>, draining: Draining) -> Self {
+        Self { db, redis, metrics, draining }
     }
 
     /// Whether Postgres answers. Why it does not goes to the log: these probes are
@@ -52,11 +69,15 @@ pub struct Liveness {
 
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
+    /// `ready`, or `degraded` while a dependency the pod can serve without is down.
     #[schema(example = "ready")]
     pub status: &'static str,
     /// Each dependency with `ok` or the reason it failed.
     #[schema(example = json!({"postgres": "ok", "redis": "ok"}))]
     pub checks: BTreeMap<&'static str, String>,
+    /// What a dependency that is down costs while the pod goes on serving.
+    #[schema(example = json!([]))]
+    pub degraded: Vec<&'static str>,
 }
 
 /// Readiness failure: a problem document naming the failing dependencies.
@@ -74,43 +95,56 @@ pub async fn healthz() -> web::Json<Liveness> {
     web::Json(Liveness { status: "ok" })
 }
 
-/// Readiness: Postgres and Redis both answer. A 503 names each failing dependency.
+/// Redis holds only what Tessera can do without for a while: the result cache (calls run the
+/// model instead), rate-limit counters (each process falls back to its own share), the job
+/// stream (submissions wait in Postgres for the dispatcher). Rate limits fail open then, as
+/// `tenancy::rate_limit` explains. Readiness that failed on it would
+/// take every pod out of rotation at once, turning a Redis blip into a full outage.
+const WITHOUT_REDIS: &str = "redis: result cache bypassed, rate limits not enforced, new jobs wait for the dispatcher";
+
+/// Readiness: whether this pod can serve. Postgres is required (no caller is authenticated or
+/// audited without it); Redis is not: while it is down the answer stays 200 with `degraded`
+/// naming what is lost. Both outcomes are also the `tessera_dependency_up` gauge. A process
+/// draining before it stops is not ready, whatever its dependencies.
 #[utoipa::path(
     tag = "operations",
     responses(
-        (status = 200, body = Readiness),
+        (status = 200, body = Readiness, description = "The pod can serve, possibly degraded"),
         (status = 503, body = NotReady, content_type = "application/problem+json",
-         description = "A dependency is unavailable; `checks` names it"),
+         description = "Draining before shutdown, or a required dependency is unavailable (`checks` names it)"),
     )
 )]
 #[get("/readyz")]
 pub async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
+    if probes.draining.is_on() {
+        let problem = crate::error::ApiError::new(Code::ServiceUnavailable, "not ready: draining before shutdown").problem();
+        return HttpResponse::ServiceUnavailable()
+            .content_type(PROBLEM_JSON)
+            .json(NotReady { problem, checks: BTreeMap::from([("draining", "yes".to_owned())]) });
+    }
     let (postgres, redis) = tokio::join!(probes.postgres(PROBE_TIMEOUT), probes.redis(PROBE_TIMEOUT));
+    probes.metrics.dependency_up("postgres", postgres.is_ok());
+    probes.metrics.dependency_up("redis", redis.is_ok());
     let mut checks = BTreeMap::new();
-    let mut failing = Vec::new();
-    for (name, outcome) in [("postgres", postgres), ("redis", redis)] {
-        match outcome {
-            Ok(()) => {
-                checks.insert(name, "ok".to_owned());
-            }
-            Err(reason) => {
-                failing.push(name);
-                checks.insert(name, reason.to_owned());
-            }
-        }
+    checks.insert("postgres", postgres.err().unwrap_or("ok").to_owned());
+    checks.insert("redis", redis.err().unwrap_or("ok").to_owned());
+    if postgres.is_err() {
+        let problem = crate::error::ApiError::new(Code::ServiceUnavailable, "not ready: postgres unavailable").problem();
+        return HttpResponse::ServiceUnavailable()
+            .content_type(PROBLEM_JSON)
+            .insert_header((actix_web::http::header::RETRY_AFTER, 2))
+            .json(NotReady { problem, checks });
     }
-    if failing.is_empty() {
-        return HttpResponse::Ok().json(Readiness { status: "ready", checks });
-    }
-    let detail = format!("not ready: {} unavailable", failing.join(" and "));
-    let problem = crate::error::ApiError::new(Code::ServiceUnavailable, detail).problem();
-    HttpResponse::ServiceUnavailable()
-        .content_type(PROBLEM_JSON)
-        .insert_header((actix_web::http::header::RETRY_AFTER, 2))
-        .json(NotReady { problem, checks })
+    let degraded: Vec<&'static str> = if redis.is_err() { vec![WITHOUT_REDIS] } else { Vec::new() };
+    let status = if degraded.is_empty() { "ready" } else { "degraded" };
+    HttpResponse::Ok().json(Readiness { status, checks, degraded })
 }
 
-/// The operators' listener: `/metrics` alone, apart from the API, because metrics name every
+async fn healthz_text() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness { status: "ok" })
+}
+
+/// The operators' listener: `/metrics` (and `/healthz`) apart from the API, because metrics name every
 /// tenant and model. With a token configured, the scraper must send it as a bearer token.
 pub fn metrics_server(
     listener: std::net::TcpListener,
@@ -124,6 +158,8 @@ pub fn metrics_server(
             .app_data(token.clone())
             .app_data(metrics.clone())
             .route("/metrics", web::get().to(metrics_text))
+            // Liveness for processes without the API (`tessera worker`).
+            .route("/healthz", web::get().to(healthz_text))
             .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
     })
     .workers(1)

@@ -142,6 +142,12 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Entries in the stream: jobs waiting for a worker or running (acknowledged entries are
+    /// deleted), the backlog workers scale on.
+    pub async fn backlog(&self) -> redis::RedisResult<i64> {
+        redis::cmd("XLEN").arg(&self.stream).query_async(&mut self.redis.connection()).await
+    }
+
     /// Records a job that exhausted its attempts where operators watch for them.
     pub async fn dead_letter(&self, job: Uuid, tenant: Uuid, reason: &str) -> redis::RedisResult<()> {
         self.add(&self.dead, job, tenant, &[("reason", reason)]).await.map(drop)

@@ -62,6 +62,31 @@ impl JobService {
         handles
     }
 
+    /// Keeps `gauge` at the stream's backlog, read every `jobs.dispatch_interval_ms`, for
+    /// autoscalers; a failed read leaves the last value.
+    pub fn spawn_backlog_gauge(
+        &self,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let every = Duration::from_millis(self.settings.dispatch_interval_ms);
+        tokio::spawn(async move {
+            loop {
+                match queue.backlog().await {
+                    Ok(entries) => {
+                        gauge.set(entries);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reading the job backlog failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+
     /// Adds due jobs that are not in the stream (new while Redis was away, retries after
     /// back-off, jobs whose entry was lost) to it.
     async fn dispatch_loop(self, mut shutdown: watch::Receiver<bool>) {

@@ -165,3 +165,89 @@ async fn model_upload_streams_an_artifact_to_a_running_server() {
     let versions = app.items("/v1/tenants/acme/models/adder/versions", &owner).await;
     assert_eq!(versions.len(), 2);
 }
+
+/// `migrate --check` is what keeps a new release's pods from serving an older schema: it
+/// passes on a current database, through the application's own role, and fails (after
+/// `--wait`) on one whose newest migration is missing.
+#[tokio::test]
+async fn migrate_check_passes_only_when_every_migration_is_applied() {
+    let app = crate::helpers::spawn_app().await;
+    let check = |url: &str, wait: &'static str| {
+        let mut command = tessera();
+        command.env("TESSERA_ENV", "test").env("TESSERA__DATABASE__URL", url);
+        command.args(["migrate", "--check", "--wait", wait]);
+        async move { tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap() }
+    };
+    assert!(app.settings.database.url.contains("tessera_app"), "checked through the application role");
+    let current = check(&app.settings.database.url, "0").await;
+    assert!(current.status.success(), "{}", String::from_utf8_lossy(&current.stderr));
+
+    let owner = sqlx::PgPool::connect(app.settings.database.migration_url.as_deref().unwrap()).await.unwrap();
+    let newest: i64 = sqlx::query_scalar("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations) RETURNING version")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let behind = check(&app.settings.database.url, "3").await;
+    assert_eq!(behind.status.code(), Some(1));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "it waited before giving up");
+    let stderr = String::from_utf8_lossy(&behind.stderr);
+    assert!(stderr.contains("1 migration(s) not applied") && stderr.contains(&newest.to_string()), "{stderr}");
+
+    let unreachable = check("postgres://tessera_app@127.0.0.1:1/none", "0").await;
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot read the applied migrations"));
+}
+
+/// What a rolling restart relies on: on SIGTERM the server drains (readiness fails, requests
+/// are still answered, each with `Connection: close`), then stops accepting and exits.
+#[tokio::test]
+async fn sigterm_drains_then_stops() {
+    let app = crate::helpers::spawn_app().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = tessera();
+    command
+        .arg("serve")
+        .env("TESSERA_ENV", "test")
+        .env("TESSERA__DATABASE__URL", &app.settings.database.url)
+        .env("TESSERA__REDIS__URL", &app.settings.redis.url)
+        .env("TESSERA__REDIS__KEY_PREFIX", &app.settings.redis.key_prefix)
+        .env("TESSERA__REGISTRY__STORAGE__PATH", &app.settings.registry.storage.path)
+        .env("TESSERA__INFERENCE__ONNXRUNTIME_PATH", &app.settings.inference.onnxruntime_path)
+        .env("TESSERA__SERVER__PORT", port.to_string())
+        .env("TESSERA__SERVER__DRAIN_SECONDS", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut server = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = crate::helpers::eventually(30, || async {
+        client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "the server became ready");
+
+    let signalled = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    let draining = crate::helpers::eventually(2, || async {
+        client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    assert!(draining, "readiness fails while draining");
+    let response = client.get(format!("{base}/healthz")).send().await.expect("still answered while draining");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["connection"], "close");
+    let body: serde_json::Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["code"], "service_unavailable");
+    assert!(body["detail"].as_str().unwrap().contains("draining"), "{body}");
+
+    let exited = crate::helpers::eventually(15, || {
+        let done = server.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the server exits after draining");
+    assert!(signalled.elapsed() >= std::time::Duration::from_secs(3), "it served for the whole drain");
+    assert!(server.wait().unwrap().success());
+    assert!(client.get(format!("{base}/healthz")).send().await.is_err(), "nothing listens after the stop");
+}

@@ -23,23 +23,36 @@ async fn ready(app: &crate::helpers::TestApp) -> u16 {
     app.get("/readyz").await.status().as_u16()
 }
 
+/// Redis down leaves the pod serving, so readiness stays 200 and says what is degraded: a
+/// Service would otherwise take every pod out of rotation at once.
 #[tokio::test]
-async fn readyz_names_redis_while_it_is_down_and_recovers_without_restart() {
+async fn readyz_stays_ready_but_degraded_while_redis_is_down() {
     let mut redis = Outage::start(&redis_host_port()).await;
     let port = redis.port;
     let app = spawn_app_with(|s| s.redis.url = format!("redis://127.0.0.1:{port}")).await;
     assert_eq!(ready(&app).await, 200);
+    assert!(app.metrics_text().await.contains(r#"tessera_dependency_up{dependency="redis"} 1"#));
 
     redis.cut();
     let response = app.get("/readyz").await;
-    let body = assert_problem(response, 503, "service_unavailable").await;
-    assert!(body["detail"].as_str().unwrap().contains("redis"), "{body}");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
     assert_ne!(body["checks"]["redis"], "ok");
     assert_eq!(body["checks"]["postgres"], "ok");
+    assert!(body["degraded"][0].as_str().unwrap().starts_with("redis:"), "{body}");
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains(r#"tessera_dependency_up{dependency="redis"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"tessera_dependency_up{dependency="postgres"} 1"#), "{metrics}");
     assert_eq!(app.get("/healthz").await.status(), 200, "liveness must not depend on Redis");
 
     redis.restore().await;
-    assert!(eventually(10, || async { ready(&app).await == 200 }).await, "readyz did not recover after Redis came back");
+    let recovered = eventually(10, || async {
+        let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+        body["status"] == "ready" && body["degraded"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    assert!(recovered, "readiness did not report ready after Redis came back");
 }
 
 #[tokio::test]
@@ -59,6 +72,7 @@ async fn readyz_names_postgres_while_it_is_down_and_recovers_without_restart() {
     let body = assert_problem(response, 503, "service_unavailable").await;
     assert!(body["detail"].as_str().unwrap().contains("postgres"), "{body}");
     assert_eq!(body["checks"]["redis"], "ok");
+    assert!(app.metrics_text().await.contains(r#"tessera_dependency_up{dependency="postgres"} 0"#));
     assert_eq!(app.get("/healthz").await.status(), 200, "liveness must not depend on Postgres");
 
     postgres.restore().await;

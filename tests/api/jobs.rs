@@ -405,6 +405,10 @@ fn urlencode(text: &str) -> String {
 
 /// `tessera worker` processes against this test's database, Redis prefix and store.
 fn worker_process(app: &TestApp) -> std::process::Child {
+    worker_process_with_metrics(app, "127.0.0.1:0")
+}
+
+fn worker_process_with_metrics(app: &TestApp, metrics_address: &str) -> std::process::Child {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
     command.current_dir(env!("CARGO_MANIFEST_DIR"));
     for (key, _) in std::env::vars() {
@@ -423,6 +427,7 @@ fn worker_process(app: &TestApp) -> std::process::Child {
         .env("TESSERA__INFERENCE__ONNXRUNTIME_PATH", &s.inference.onnxruntime_path)
         .env("TESSERA__JOBS__VISIBILITY_TIMEOUT_MS", "4000")
         .env("TESSERA__JOBS__DISPATCH_INTERVAL_MS", "200")
+        .env("TESSERA__TELEMETRY__METRICS_ADDRESS", metrics_address)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     command.spawn().expect("tessera worker starts")
@@ -569,4 +574,38 @@ async fn training_into_a_new_model_respects_the_model_quota() {
     assert!(job["error"].as_str().unwrap().contains("quota"), "{job}");
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM model_versions").fetch_one(&s.app.db).await.unwrap();
     assert_eq!(versions, 0);
+}
+
+/// What an autoscaler reads: the backlog, from an API process and from a worker's own
+/// listener, which also answers liveness.
+#[tokio::test]
+async fn the_job_backlog_is_a_metric_of_api_and_worker_processes() {
+    let s = setup(0).await;
+    let dataset = s.dataset(blobs_csv(120, 5)).await;
+    for _ in 0..2 {
+        assert_eq!(s.submit("acme", &s.owner, &train_spec(&dataset, 2), None).await.status(), 201);
+    }
+    let backlog = |text: &str| text.lines().find_map(|l| l.strip_prefix("tessera_jobs_backlog ")).map(str::to_owned);
+    assert!(
+        eventually(10, || async { backlog(&s.app.metrics_text().await).as_deref() == Some("2") }).await,
+        "the API reports two jobs waiting: {}",
+        s.app.metrics_text().await
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _worker = Reaper(vec![worker_process_with_metrics(&s.app, &format!("127.0.0.1:{port}"))]);
+    let worker_url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert!(
+        eventually(30, || async { s.app.client.get(worker_url("/healthz")).send().await.is_ok_and(|r| r.status() == 200) }).await,
+        "the worker answers liveness on its metrics listener"
+    );
+    let drained = eventually(240, || async {
+        let Ok(response) = s.app.client.get(worker_url("/metrics")).send().await else { return false };
+        let worker = response.text().await.unwrap();
+        backlog(&worker).as_deref() == Some("0") && backlog(&s.app.metrics_text().await).as_deref() == Some("0")
+    })
+    .await;
+    assert!(drained, "both processes see the backlog drain as the worker finishes the jobs");
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status::text FROM jobs").fetch_all(&s.app.db).await.unwrap();
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
 }

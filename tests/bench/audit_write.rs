@@ -74,7 +74,7 @@ async fn run() {
             .route("/plain", web::get().to(plain))
             .route("/audited", web::get().to(audited))
             .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
-            .wrap(tessera::http::edge::Edge::new(state.metrics.clone())),
+            .wrap(tessera::http::edge::Edge::new(state.metrics.clone(), state.draining.clone())),
     )
     .await;
     let (header, header_agg) = (format!("Bearer {key}"), format!("Bearer {key_agg}"));

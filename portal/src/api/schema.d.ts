@@ -185,7 +185,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: Postgres and Redis both answer. A 503 names each failing dependency. */
+        /**
+         * Readiness: whether this pod can serve. Postgres is required (no caller is authenticated or
+         *     audited without it); Redis is not: while it is down the answer stays 200 with `degraded`
+         *     naming what is lost. Both outcomes are also the `tessera_dependency_up` gauge. A process
+         *     draining before it stops is not ready, whatever its dependencies.
+         */
         get: operations["readyz"];
         put?: never;
         post?: never;
@@ -1689,7 +1694,10 @@ export interface components {
             limit: number;
         };
         Readiness: {
-            /** @example ready */
+            /**
+             * @description `ready`, or `degraded` while a dependency the pod can serve without is down.
+             * @example ready
+             */
             status: string;
             /**
              * @description Each dependency with `ok` or the reason it failed.
@@ -1701,6 +1709,11 @@ export interface components {
             checks: {
                 [key: string]: string;
             };
+            /**
+             * @description What a dependency that is down costs while the pod goes on serving.
+             * @example []
+             */
+            degraded: string[];
         };
         RedeemResetRequest: {
             /** @description The reset token (`tsr_…`). */
@@ -2677,6 +2690,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description The pod can serve, possibly degraded */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2705,7 +2719,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A dependency is unavailable; `checks` names it */
+            /** @description Draining before shutdown, or a required dependency is unavailable (`checks` names it) */
             503: {
                 headers: {
                     [name: string]: unknown;
