@@ -1,5 +1,7 @@
--- wrk: POST one fixed OIP request body; count non-2xx answers.
+-- wrk: POST one fixed OIP request body; count answers by class.
 --   BODY_FILE  the request body      HEADERS  extra headers, 'K: V' separated by ';;'
+-- Prints one line: `non2xx=N bad=0 ok=N limited=N other=N` (limited: 429; other: any other
+-- non-2xx). Socket errors are in wrk's own summary.
 local threads = {}
 
 function setup(thread)
@@ -7,7 +9,7 @@ function setup(thread)
 end
 
 function init(args)
-  non2xx = 0
+  ok, limited, other = 0, 0, 0
   local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
   local body = f:read("*a")
   f:close()
@@ -24,15 +26,22 @@ function request()
 end
 
 function response(status, headers, body)
-  if status < 200 or status > 299 then
-    non2xx = non2xx + 1
+  if status >= 200 and status <= 299 then
+    ok = ok + 1
+  elseif status == 429 then
+    limited = limited + 1
+  else
+    other = other + 1
   end
 end
 
 function done(summary, latency, requests)
-  local total = 0
+  local totals = { ok = 0, limited = 0, other = 0 }
   for _, t in ipairs(threads) do
-    total = total + t:get("non2xx")
+    for k, _ in pairs(totals) do
+      totals[k] = totals[k] + t:get(k)
+    end
   end
-  io.write(string.format("non2xx=%d bad=0\n", total))
+  io.write(string.format("non2xx=%d bad=0 ok=%d limited=%d other=%d\n",
+    totals.limited + totals.other, totals.ok, totals.limited, totals.other))
 end
