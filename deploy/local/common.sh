@@ -97,6 +97,53 @@ ensure_test_python() {
   export TESSERA_TEST_PYTHONPATH="$PYDEPS_DIR"
 }
 
+# The Kubernetes manifests (deploy/kubernetes) are rendered with Debian's kubectl 1.20, whose
+# built-in kustomize v2.0.3 is the oldest they support; a newer kubectl already on the PATH
+# renders them too (NEWER_KUBECTL), and kubernetes.sh requires both renderings to agree. Where
+# another package owns /usr/bin/kubectl, Debian's is unpacked beside it instead of installed.
+# yamllint and kubernetes-validate (which bundles the Kubernetes JSON schemas: no network when
+# validating) come from PyPI.
+KUBERNETES_CLIENT_DIR="${KUBERNETES_CLIENT_DIR:-/var/tmp/tessera-kubernetes-client}"
+K8S_PYDEPS_DIR="${K8S_PYDEPS_DIR:-/var/tmp/tessera-k8s-pydeps}"
+KUBERNETES_VALIDATE_VERSION=1.37.0
+YAMLLINT_VERSION=1.38.0
+
+ensure_kubernetes_tools() {
+  if dpkg-query -W -f='${Status}' kubernetes-client 2>/dev/null | grep -q 'ok installed'; then
+    KUSTOMIZE_KUBECTL=/usr/bin/kubectl
+  elif ! command -v kubectl >/dev/null 2>&1; then
+    log "installing kubernetes-client"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+    KUSTOMIZE_KUBECTL=/usr/bin/kubectl
+  else
+    KUSTOMIZE_KUBECTL="$KUBERNETES_CLIENT_DIR/usr/bin/kubectl"
+    if [ ! -x "$KUSTOMIZE_KUBECTL" ]; then
+      log "unpacking Debian's kubernetes-client into $KUBERNETES_CLIENT_DIR"
+      local download
+      download="$(mktemp -d)"
+      if ! (cd "$download" && apt-get download kubernetes-client >/dev/null 2>&1); then
+        as_root apt-get update -qq
+        (cd "$download" && apt-get download kubernetes-client >/dev/null 2>&1) || die "could not download Debian's kubernetes-client"
+      fi
+      dpkg-deb -x "$download"/kubernetes-client_*.deb "$KUBERNETES_CLIENT_DIR"
+      rm -rf "$download"
+    fi
+  fi
+  NEWER_KUBECTL=""
+  if command -v kubectl >/dev/null 2>&1 && [ "$(readlink -f "$(command -v kubectl)")" != "$(readlink -f "$KUSTOMIZE_KUBECTL")" ]; then
+    NEWER_KUBECTL="$(command -v kubectl)"
+  fi
+  command -v python3 >/dev/null 2>&1 || { log "installing python3-pip"; as_root apt-get install -y -qq python3-pip >/dev/null; }
+  if ! PYTHONPATH="$K8S_PYDEPS_DIR" python3 -c "import sys, yamllint, kubernetes_validate.version as v
+sys.exit(not (v.__version__ == '$KUBERNETES_VALIDATE_VERSION' and yamllint.__version__ == '$YAMLLINT_VERSION'))" >/dev/null 2>&1; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and yamllint $YAMLLINT_VERSION into $K8S_PYDEPS_DIR"
+    python3 -m pip install --quiet --disable-pip-version-check --upgrade --target "$K8S_PYDEPS_DIR" \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION" >&2 \
+      || die "could not install kubernetes-validate and yamllint from PyPI"
+  fi
+}
+
 pg_up() { (exec 3<>"/dev/tcp/$PG_HOST/$PG_PORT") 2>/dev/null; }
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
 
