@@ -167,9 +167,10 @@ impl FromStr for Cursor {
     fn from_str(text: &str) -> Result<Self, UsageError> {
         let mut parts = text.splitn(3, ':');
         let mut next = || parts.next().ok_or(UsageError::InvalidCursor);
-        // Every cursor the schema allows is a position: one beyond the representable instants
-        // or versions sorts before or after them all.
-        let (earliest, latest) = (OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT), OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
+        // Every cursor the schema allows is a position: one beyond the instants Postgres and
+        // usage know (no bucket starts before 1970) or the versions sorts before or after them
+        // all.
+        let (earliest, latest) = (OffsetDateTime::UNIX_EPOCH, OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
         let start = next()?
             .parse::<i64>()
             .ok()

@@ -318,6 +318,10 @@ async fn bad_windows_and_parameters_are_refused_with_a_problem() {
     assert_problem(response, 400, "invalid_query").await;
     let response = app.get_as("/v1/tenants/acme/usage/export?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z", &acme.owner).await;
     assert_problem(response, 422, "unprocessable").await;
+    // Every cursor the schema allows is a position, however far before 1970 or after 9999.
+    for cursor in ["-547818257116:2133114263:ZSN0", "999999999999:1:a", "-1:0:a"] {
+        acme.usage(&app, &acme.owner, &format!("cursor={cursor}")).await;
+    }
     // The longest windows allowed are accepted.
     acme.usage(&app, &acme.owner, "from=2026-10-31T00:00:00Z&to=2026-12-01T00:00:00Z").await;
     acme.usage(&app, &acme.owner, "granularity=day&from=2026-09-01T00:00:00Z&to=2026-12-03T00:00:00Z").await;
