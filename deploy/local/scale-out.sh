@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Three `tessera serve` and two `tessera worker` processes behind HAProxy over one Postgres,
 # one Redis of their own and an S3-compatible store (moto), checked as one Tessera
-# (tests/scale/scale_out.py says what is checked). Run by test.sh after the suite.
+# (tests/scale/scale_out.py says what is checked), then the same processes through PgBouncer in
+# session mode. Run by test.sh after the suite.
 #
 #   deploy/local/scale-out.sh            the checks, on the debug build
 #   deploy/local/scale-out.sh --bench    throughput with 1, 2 and 3 API processes (release build;
@@ -21,6 +22,7 @@ export_test_env
 missing=()
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -44,4 +46,6 @@ fi
 log "scale-out checks"
 started=$SECONDS
 python3 tests/scale/scale_out.py --bin "$target/debug/tessera" "$@"
+log "the same processes through PgBouncer in session mode"
+PATH="$PATH:/usr/sbin" python3 tests/scale/scale_out.py --bin "$target/debug/tessera" --pgbouncer "$@"
 log "scale-out checks took $((SECONDS - started)) s"

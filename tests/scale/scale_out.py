@@ -19,6 +19,10 @@ Redis server of the test's own, behind HAProxy, with artifacts in an S3-compatib
   worker      a worker killed mid-training: the job finishes on the other, one version
   chains      `tessera audit verify --database --digests` over everything above
 
+With --pgbouncer, every process reaches Postgres through a PgBouncer of the test's own in
+session mode, and the checks that exercise the database run (placement, aliases, cache,
+audit, chains): transaction mode cannot work, as the README's "Connection budgets" explains.
+
 With --bench, measures instead throughput through the load balancer with 1, 2 and 3 API
 processes (and one process without it), with each process's CPU use.
 
@@ -173,6 +177,7 @@ class Cluster:
         self.database = f"tessera_scale_{uuid.uuid4().hex[:12]}"
         self.bucket = "tessera-scale"
         self.traces = Traces()
+        self.pgbouncer_port: int | None = None
 
     # processes
 
@@ -203,7 +208,7 @@ class Cluster:
         env.update({
             "TESSERA_ENV": "test",
             "TESSERA_CONFIG_DIR": os.path.join(ROOT, "config"),
-            "TESSERA__DATABASE__URL": f"postgres://tessera_app@{url.hostname}:{url.port or 5432}/{self.database}",
+            "TESSERA__DATABASE__URL": f"postgres://tessera_app@{url.hostname}:{self.pgbouncer_port or url.port or 5432}/{self.database}",
             "TESSERA__DATABASE__PASSWORD": os.environ.get("TESSERA_TEST_APP_PASSWORD", ""),
             "TESSERA__DATABASE__MIGRATION_URL": owner,
             "TESSERA__DATABASE__MIGRATE_ON_START": "false",
@@ -247,6 +252,36 @@ class Cluster:
         owner = urllib.parse.urlunsplit(url._replace(path="/" + self.database))
         return subprocess.run(["psql", owner, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
                               check=True, capture_output=True, text=True).stdout.strip()
+
+    def start_pgbouncer(self) -> None:
+        """PgBouncer in session mode in front of the test's Postgres. It refuses to run as root,
+        so as the postgres system user, from a directory that user can read."""
+        url = urllib.parse.urlsplit(os.environ["TESSERA_TEST_DATABASE_URL"])
+        home = tempfile.mkdtemp(prefix="tessera-pgbouncer-")
+        os.chmod(home, 0o755)
+        self.pgbouncer_port = free_port()
+        with open(os.path.join(home, "userlist.txt"), "w") as f:
+            f.write(f'"tessera_app" "{os.environ.get("TESSERA_TEST_APP_PASSWORD", "")}"\n')
+        with open(os.path.join(home, "pgbouncer.ini"), "w") as f:
+            f.write(f"""[databases]
+{self.database} = host={url.hostname} port={url.port or 5432}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.pgbouncer_port}
+unix_socket_dir =
+auth_type = plain
+auth_file = {home}/userlist.txt
+pool_mode = session
+# sqlx sets extra_float_digits at connection start, which PgBouncer passes on only when told.
+ignore_startup_parameters = extra_float_digits
+max_client_conn = 400
+default_pool_size = 60
+""")
+        for name in os.listdir(home):
+            os.chmod(os.path.join(home, name), 0o644)
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.spawn("pgbouncer", [*as_user, shutil.which("pgbouncer") or "pgbouncer", os.path.join(home, "pgbouncer.ini")])
+        wait_for("pgbouncer listens", lambda: socket.create_connection(("127.0.0.1", self.pgbouncer_port), 1).close() or True, 10)
 
     def create_database(self) -> None:
         admin = os.environ["TESSERA_TEST_DATABASE_URL"]
@@ -642,13 +677,16 @@ class Scenario:
         chains = c.psql("SELECT count(DISTINCT tenant_id) FROM audit_events")
         self.report(f"chains: {chains} chains, {events} events verified gapless and signed (audit verify --database --digests)")
 
-    def run(self) -> None:
-        c = self.c
-        self.body_file = os.path.join(c.work, "body.json")
+    def prepare(self) -> None:
+        """The load's request body, the tenants and their keys, the model on every process."""
+        self.body_file = os.path.join(self.c.work, "body.json")
         with open(self.body_file, "w") as f:
             json.dump(infer_body([1, 2, 3, 4], [4, 3, 2, 1]), f)
         self.setup_tenants()
         self.placement()
+
+    def run(self) -> None:
+        self.prepare()
         self.aliases()
         self.cache()
         self.rate_limit()
@@ -661,6 +699,14 @@ class Scenario:
         self.chains()
 
 
+    def through_pgbouncer(self) -> None:
+        self.prepare()
+        self.aliases()
+        self.cache()
+        self.audit()
+        self.chains()
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -668,11 +714,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench(c: Cluster, scenario: Scenario, seconds: int) -> None:
-    scenario.body_file = os.path.join(c.work, "body.json")
-    with open(scenario.body_file, "w") as f:
-        json.dump(infer_body([1, 2, 3, 4], [4, 3, 2, 1]), f)
-    scenario.setup_tenants()
-    scenario.placement()
+    scenario.prepare()
     c.psql("INSERT INTO audit_settings (tenant_id, inference_mode) SELECT id, 'every_call' FROM tenants "
            "WHERE slug = 'scale' ON CONFLICT (tenant_id) DO NOTHING")
     headers = f"Authorization: Bearer {scenario.caller};;Cache-Control: no-cache"
@@ -710,6 +752,7 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true", help="measure throughput with 1, 2 and 3 processes instead")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per benchmark run")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
+    parser.add_argument("--pgbouncer", action="store_true", help="reach Postgres through PgBouncer (session mode)")
     args = parser.parse_args()
     for tool in ("haproxy", "wrk", "redis-server", "psql"):
         check(shutil.which(tool) is not None, f"{tool} is not installed")
@@ -722,6 +765,8 @@ def main() -> None:
         cluster.start_redis()
         cluster.start_s3()
         cluster.create_database()
+        if args.pgbouncer:
+            cluster.start_pgbouncer()
         for index in range(3):
             cluster.start_api(index)
         for index in range(3):
@@ -729,6 +774,8 @@ def main() -> None:
         cluster.start_lb()
         if args.bench:
             bench(cluster, scenario, args.seconds)
+        elif args.pgbouncer:
+            scenario.through_pgbouncer()
         else:
             scenario.run()
         ok = True
@@ -737,7 +784,9 @@ def main() -> None:
             cluster.tail_logs()
         cluster.stop()
     if not args.bench:
-        print("\nScale-out: 3 API processes, 2 workers, HAProxy, one Postgres, one Redis, S3 (moto)")
+        through = ", through PgBouncer (session mode)" if args.pgbouncer else ""
+        workers = f", {len(cluster.workers)} workers" if cluster.workers else ""
+        print(f"\nScale-out: 3 API processes{workers}, HAProxy, one Postgres{through}, one Redis, S3 (moto)")
         for line in scenario.summary:
             print(f"  {line}")
         print(f"passed in {time.monotonic() - started:.0f} s")
