@@ -6,8 +6,10 @@
 //! Logs and traces are filtered apart: `log_filter` decides what is printed, never what is
 //! traced, so a quiet log level does not silence traces. Traces take every span at `info`
 //! and the client spans around Postgres and Redis (`CLIENT_SPANS`, `debug`, which cost
-//! nothing while nothing traces), sampled by `otlp.sample_ratio`. A caller's W3C
-//! `traceparent` makes the request's span a child of the caller's.
+//! nothing while nothing traces), sampled by `otlp.sample_ratio`. A W3C `traceparent` from a
+//! peer in `server.trusted_proxies` makes the request's span a child of the caller's, sampling
+//! decision included; from anyone else it is only a link, so that outside callers can neither
+//! force every request of theirs into the export nor keep theirs out of it.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{Error, HttpMessage};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -27,6 +29,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, TelemetrySettings};
+use crate::net::TrustedProxies;
 use crate::request::RequestId;
 
 /// The target of the spans around each Postgres transaction and Redis command: `debug`, so
@@ -106,9 +109,17 @@ impl RootSpanBuilder for TesseraRootSpan {
             exception.message = tracing::field::Empty,
         );
         if request.headers().contains_key("traceparent") {
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-            // Fails only when nothing traces; then there is nothing to attach either.
-            let _ = span.set_parent(parent);
+            let remote = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let peer = request.peer_addr().map(|address| address.ip());
+            if request.app_data::<TrustedProxies>().is_some_and(|proxies| proxies.contains_opt(peer)) {
+                // Fails only when nothing traces; then there is nothing to attach either.
+                let _ = span.set_parent(remote);
+            } else {
+                let context = remote.span().span_context().clone();
+                if context.is_valid() {
+                    span.add_link(context);
+                }
+            }
         }
         span
     }
