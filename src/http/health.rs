@@ -75,7 +75,7 @@ pub struct Readiness {
     /// Each dependency with `ok` or the reason it failed.
     #[schema(example = json!({"postgres": "ok", "redis": "ok"}))]
     pub checks: BTreeMap<&'static str, String>,
-    /// What a dependency that is down costs while the pod goes on serving.
+    /// The dependencies that are down while the pod goes on serving without them.
     #[schema(example = json!([]))]
     pub degraded: Vec<&'static str>,
 }
@@ -96,11 +96,12 @@ pub async fn healthz() -> web::Json<Liveness> {
 }
 
 /// Redis holds only what Tessera can do without for a while: the result cache (calls run the
-/// model instead), rate-limit counters (each process falls back to its own share), the job
-/// stream (submissions wait in Postgres for the dispatcher). Rate limits fail open then, as
-/// `tenancy::rate_limit` explains. Readiness that failed on it would
-/// take every pod out of rotation at once, turning a Redis blip into a full outage.
-const WITHOUT_REDIS: &str = "redis: result cache bypassed, rate limits not enforced, new jobs wait for the dispatcher";
+/// model instead), rate-limit and login-throttle counters (they fail open, as
+/// `tenancy::rate_limit` explains), the job stream (submissions wait in Postgres for the
+/// dispatcher). Readiness that failed on it would take every pod out of rotation at once,
+/// turning a Redis blip into a full outage. The body names the dependency only: what its loss
+/// switches off is for operators (logs, metrics, the README), not for anonymous callers.
+const WITHOUT_REDIS: &str = "redis";
 
 /// Readiness: whether this pod can serve. Postgres is required (no caller is authenticated or
 /// audited without it); Redis is not: while it is down the answer stays 200 with `degraded`

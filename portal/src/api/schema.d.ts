@@ -1710,7 +1710,7 @@ export interface components {
                 [key: string]: string;
             };
             /**
-             * @description What a dependency that is down costs while the pod goes on serving.
+             * @description The dependencies that are down while the pod goes on serving without them.
              * @example []
              */
             degraded: string[];
