@@ -78,9 +78,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body=None, headers=None, timeout=30.0):
-    """One HTTP request on a connection of its own: (status, headers, body bytes)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def request(port: int, method: str, path: str, body=None, headers=None, timeout=30.0, source: str | None = None):
+    """One HTTP request on a connection of its own: (status, headers, body bytes). `source`
+    picks the local address (another loopback address is another peer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                            source_address=(source, 0) if source else None)
     try:
         payload = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
         all_headers = {"content-type": "application/json"} if isinstance(body, (dict, list)) else {}
@@ -183,7 +185,10 @@ class Cluster:
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         out = open(os.path.join(self.work, f"{name}.log"), "ab")
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # A directory of its own: what a process writes to its disk shows there.
+        cwd = os.path.join(self.work, "cwd", name)
+        os.makedirs(cwd, exist_ok=True)
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd)
         self.children.append(child)
         return child
 
@@ -193,8 +198,13 @@ class Cluster:
         wait_for("redis starts", lambda: subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"],
                                                         capture_output=True, text=True).stdout.strip() == "PONG", 10)
 
+    def bucket_keys(self) -> list[str]:
+        status, _, body = request(self.s3_port, "GET", f"/{self.bucket}?list-type=2")
+        check(status == 200, f"listing the bucket: {status}")
+        return re.findall(r"<Key>([^<]+)</Key>", body.decode())
+
     def start_s3(self) -> None:
-        port = free_port()
+        port = self.s3_port = free_port()
         self.s3_endpoint = f"http://127.0.0.1:{port}"
         self.spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], os.environ.copy())
         wait_for("the S3 server starts", lambda: request(port, "GET", "/")[0] == 200, 30)
@@ -230,6 +240,8 @@ class Cluster:
             # Only callers' sampled traces are exported, not the load's.
             "TESSERA__TELEMETRY__OTLP__SAMPLE_RATIO": "0",
             "TESSERA__SERVER__DRAIN_SECONDS": str(DRAIN_SECONDS),
+            # HAProxy: its traceparent is followed; any other peer's is only a link.
+            "TESSERA__SERVER__TRUSTED_PROXIES": "127.0.0.1",
             "TESSERA__SERVER__SHUTDOWN_GRACE_SECONDS": "10",
             "TESSERA__JOBS__WORKERS": "0",
             "TESSERA__JOBS__VISIBILITY_TIMEOUT_MS": "4000",
@@ -436,9 +448,9 @@ class Scenario:
     def auth(self, token: str) -> dict:
         return {"authorization": f"Bearer {token}"}
 
-    def infer(self, port: int, model: str, body: dict, token: str, version: str | None = None, headers=None):
+    def infer(self, port: int, model: str, body: dict, token: str, version: str | None = None, headers=None, source=None):
         path = f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
-        return request(port, "POST", path, body, {**self.auth(token), **(headers or {})})
+        return request(port, "POST", path, body, {**self.auth(token), **(headers or {})}, source=source)
 
     def upload(self, port: int, tenant: str, token: str, model: str) -> None:
         self.c.tessera("model", "upload", MODEL, "--server", f"http://127.0.0.1:{port}", "--token", token,
@@ -458,9 +470,13 @@ class Scenario:
             check(status == 200, f"version uploaded through process 0, served by :{port}: {status} {raw[:300]!r}")
             out = json.loads(raw)["outputs"][0]["data"]
             check(out == [11, 22, 33, 44], f"the answer of :{port}: {out}")
-        disk = [p for p in os.listdir(c.work) if p.startswith("artifacts")]
-        check(not disk, f"no process wrote artifacts to a local disk: {disk}")
-        self.report(f"placement: version uploaded through process 0 ({objects} version) served by processes 1 and 2, artifacts in S3 only")
+        written = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(c.work, "cwd")) for name in names]
+        check(not written, f"no process wrote to its disk: {written}")
+        artifact = c.psql("SELECT id FROM model_versions")
+        keys = c.bucket_keys()
+        check(any(k.endswith(f"/artifacts/{artifact}") for k in keys), f"the artifact {artifact} is in the bucket: {keys}")
+        self.report(f"placement: version uploaded through process 0 ({objects} version) served by processes 1 and 2; "
+                    f"{len(keys)} objects in S3, nothing on the processes' disks")
 
     def aliases(self) -> None:
         c = self.c
@@ -533,11 +549,20 @@ class Scenario:
         check(ok == len(jobs), f"every audited call answered: {len([s for s in statuses if s != 200])} did not ({set(statuses)})")
         wait_for("every call is in the audit log",
                  lambda: int(c.psql(calls)) - before >= len(jobs), 30)
+        time.sleep(1)
+        recorded = int(c.psql(calls)) - before
+        check(recorded == len(jobs), f"each call recorded once: {recorded} of {len(jobs)}")
         self.report(f"audit: {len(jobs)} concurrent audited calls over 3 processes answered 200 and recorded")
 
     def trace(self) -> None:
         c = self.c
         trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+        # The same sampled traceparent straight from a peer that is no trusted proxy: a link
+        # at most, never a sampled child (sample_ratio is 0 here).
+        outside_id = uuid.uuid4().hex
+        status, _, raw = self.infer(c.api_ports[0], "add", infer_body([0.5] * 4, [0] * 4), self.caller,
+                                    headers={"traceparent": f"00-{outside_id}-{parent}-01"}, source="127.0.0.2")
+        check(status == 200, f"the outside call: {status} {raw[:200]!r}")
         time.sleep(RESOLVE_TTL_MS / 1000 + 0.2)  # the model is resolved from Postgres again
         body = infer_body([random.random() for _ in range(4)], [0] * 4)
         status, _, raw = self.infer(c.lb_port, "add", body, self.caller, headers={"traceparent": f"00-{trace_id}-{parent}-01"})
@@ -559,9 +584,10 @@ class Scenario:
             return span is roots[0]
 
         check(all(under_root(s) for s in spans), f"every span of the trace descends from the API span: {spans}")
+        check(not c.traces.of(outside_id), "an untrusted caller's sampled traceparent was followed")
         children = sorted({s["name"] for s in spans if s is not roots[0]})
         self.report(f"trace: one trace through the load balancer, API span '{roots[0]['name']}' under the caller's traceparent, "
-                    f"{len(spans)} spans including {', '.join(children)}")
+                    f"{len(spans)} spans including {', '.join(children)}; an outside caller's traceparent was not followed")
 
     def rolling_restart(self) -> None:
         c = self.c
