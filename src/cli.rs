@@ -448,7 +448,7 @@ async fn migrations_current(settings: Settings, wait_seconds: u64) -> anyhow::Re
                 println!("tessera: every migration of this build is applied");
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(pending) => format!("{} migration(s) not applied, the first {}", pending.len(), pending[0]),
+            Ok(pending) => format!("{} migration(s) not applied (or changed since), the first {}", pending.len(), pending[0]),
             Err(e) => format!("cannot read the applied migrations: {e}"),
         };
         if std::time::Instant::now() >= deadline {

@@ -160,15 +160,21 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
 }
 
-/// The embedded migrations the database has not applied (successfully), read through the
+/// The embedded migrations the database has not applied (successfully), or applied from a
+/// different text than this build's (which `migrate` itself would refuse), read through the
 /// application's own role. A database without the migrations table has none applied.
 pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
-    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
-        Ok(versions) => versions,
-        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P01") => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(MIGRATOR.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect())
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
+            Ok(rows) => rows,
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !applied.iter().any(|(version, checksum)| *version == m.version && checksum[..] == m.checksum[..]))
+        .map(|m| m.version)
+        .collect())
 }
 
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {

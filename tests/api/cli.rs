@@ -194,6 +194,14 @@ async fn migrate_check_passes_only_when_every_migration_is_applied() {
     let stderr = String::from_utf8_lossy(&behind.stderr);
     assert!(stderr.contains("1 migration(s) not applied") && stderr.contains(&newest.to_string()), "{stderr}");
 
+    // Applied, but from another text than this build's: as good as missing.
+    let edited: i64 = sqlx::query_scalar("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = (SELECT min(version) FROM _sqlx_migrations) RETURNING version")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    let changed = check(&app.settings.database.url, "0").await;
+    assert!(String::from_utf8_lossy(&changed.stderr).contains(&format!("2 migration(s) not applied (or changed since), the first {edited}")));
+
     let unreachable = check("postgres://tessera_app@127.0.0.1:1/none", "0").await;
     assert_eq!(unreachable.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot read the applied migrations"));
