@@ -38,9 +38,9 @@ UID = 10001
 # (src/cli.rs); its grace period must cover it plus a margin.
 WORKER_HANDBACK_SECONDS = 60
 WORKER_MARGIN_SECONDS = 10
-# After preStop, server.drain_seconds and server.shutdown_grace_seconds, the API still flushes
-# usage and exits.
-API_MARGIN_SECONDS = 5
+# After preStop, server.drain_seconds and server.shutdown_grace_seconds, the API waits for its
+# background tasks (src/startup.rs: the final usage flush, the audit checkpointer), then exits.
+API_MARGIN_SECONDS = 10
 # Loaded models may use at most this share of the memory limit: the rest is the binary,
 # ONNX Runtime's arenas and request buffers.
 MEMORY_BUDGET_SHARE = 0.75
@@ -1318,6 +1318,11 @@ MUTATIONS = [
         "API grace period shorter than preStop + shutdown grace",
         lambda d: pod_of(d, "api").update(terminationGracePeriodSeconds=30),
         "terminationGracePeriodSeconds 30 <",
+    ),
+    (
+        "API grace period without the margin for the final usage flush",
+        lambda d: pod_of(d, "api").update(terminationGracePeriodSeconds=43),
+        "terminationGracePeriodSeconds 43 <",
     ),
     (
         "shutdown grace raised without the grace period",
