@@ -231,6 +231,18 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def secret_sources(volume: dict) -> list[dict]:
+    """The Secrets a volume mounts: a secret volume, or a projected volume's secret sources
+    (each {secretName or name, items})."""
+    sources = []
+    if volume.get("secret") is not None:
+        sources.append(volume["secret"])
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        if source.get("secret") is not None:
+            sources.append(source["secret"])
+    return sources
+
+
 _QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _FACTOR = {
     None: 1,
@@ -507,6 +519,13 @@ class Checker:
         for volume in volumes.values():
             if "hostPath" in volume:
                 self.fail(obj, f"volume {volume.get('name')}: hostPath")
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                if "serviceAccountToken" in source:
+                    self.fail(
+                        obj,
+                        f"volume {volume.get('name')}: projected serviceAccountToken: Tessera calls no "
+                        "Kubernetes API, and a token would let a compromised pod do so",
+                    )
             if "emptyDir" in volume and not (volume.get("emptyDir") or {}).get("sizeLimit"):
                 self.fail(obj, f"volume {volume.get('name')}: emptyDir without sizeLimit")
 
@@ -530,13 +549,24 @@ class Checker:
                     self.check_migration(obj, container)
         if "migrate" not in roles:
             for volume in volumes.values():
-                keys = [i.get("key") for i in (volume.get("secret") or {}).get("items") or []]
-                if MIGRATION_PASSWORD_KEY in keys or (volume.get("secret") and not keys):
-                    self.fail(
-                        obj,
-                        f"volume {volume.get('name')} mounts {MIGRATION_PASSWORD_KEY} (or the "
-                        "whole Secret): the schema owner's password belongs to the migration Job only",
-                    )
+                for source in secret_sources(volume):
+                    keys = [i.get("key") for i in source.get("items") or []]
+                    if MIGRATION_PASSWORD_KEY in keys or not keys:
+                        self.fail(
+                            obj,
+                            f"volume {volume.get('name')} mounts {MIGRATION_PASSWORD_KEY} (or the "
+                            "whole Secret): the schema owner's password belongs to the migration Job only",
+                        )
+            for what, container in all_containers(pod):
+                for entry in container.get("env") or []:
+                    ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+                    if ref.get("key") == MIGRATION_PASSWORD_KEY:
+                        self.fail(
+                            obj,
+                            f"{what}: env {entry.get('name')} takes {MIGRATION_PASSWORD_KEY} from "
+                            f"Secret {ref.get('name')}: the schema owner's password belongs to the "
+                            "migration Job only",
+                        )
 
     def check_container(self, obj: dict, what: str, c: dict, volumes: dict) -> None:
         where = what
@@ -580,6 +610,15 @@ class Checker:
         mounts = [m for m in c.get("volumeMounts") or []]
         if not any(m.get("mountPath") == "/tmp" for m in mounts):
             self.fail(obj, f"{where}: no writable /tmp under a read-only root filesystem")
+
+        for source in c.get("envFrom") or []:
+            if source.get("secretRef"):
+                self.fail(
+                    obj,
+                    f"{where}: envFrom.secretRef {source['secretRef'].get('name')} puts every key of "
+                    "the Secret into the environment (the schema owner's password and the master keys "
+                    "with them): take keys one by one through valueFrom.secretKeyRef or a mounted file",
+                )
 
         values, literal = self.container_env(c)
         for name, value in literal.items():
@@ -1375,6 +1414,51 @@ MUTATIONS = [
         "schema owner's password in the API pod",
         lambda d: _add_item(pod_of(d, "api"), MIGRATION_PASSWORD_KEY),
         "belongs to the migration Job only",
+    ),
+    (
+        "schema owner's password in the worker's env",
+        lambda d: main_container(d, "worker")
+        .setdefault("env", [])
+        .append(
+            {
+                "name": "TESSERA__DATABASE__MIGRATION_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "tessera-secrets", "key": MIGRATION_PASSWORD_KEY}},
+            }
+        ),
+        f"takes {MIGRATION_PASSWORD_KEY} from Secret tessera-secrets",
+    ),
+    (
+        "schema owner's password through a projected volume",
+        lambda d: pod_of(d, "api")["volumes"].append(
+            {
+                "name": "owner",
+                "projected": {
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": "tessera-secrets",
+                                "items": [{"key": MIGRATION_PASSWORD_KEY, "path": MIGRATION_PASSWORD_KEY}],
+                            }
+                        }
+                    ]
+                },
+            }
+        ),
+        "volume owner mounts db-migration-password",
+    ),
+    (
+        "the whole Secret as environment variables",
+        lambda d: main_container(d, "api")
+        .setdefault("envFrom", [])
+        .append({"secretRef": {"name": "tessera-secrets"}}),
+        "envFrom.secretRef tessera-secrets puts every key",
+    ),
+    (
+        "ServiceAccount token through a projected volume",
+        lambda d: pod_of(d, "worker")["volumes"].append(
+            {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}
+        ),
+        "projected serviceAccountToken",
     ),
     (
         "metrics listener without a token",
