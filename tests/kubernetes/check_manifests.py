@@ -415,8 +415,8 @@ class Checker:
 
     @staticmethod
     def role(container: dict) -> str:
-        if container.get("command"):
-            return "other"
+        # By args alone, whatever `command` says: a command in front of Tessera's arguments must
+        # not exempt the container from the checks of its role.
         args = [str(a) for a in container.get("args") or ["serve"]]
         if args[:2] == ["migrate", "--check"]:
             return "migrate-check"
@@ -1372,6 +1372,22 @@ MUTATIONS = [
         "drain raised without the grace period",
         lambda d: config_map(d).update(TESSERA__SERVER__DRAIN_SECONDS="20"),
         "server.drain_seconds 20",
+    ),
+    (
+        "API checks hidden behind command:",
+        lambda d: (
+            main_container(d, "api").update(command=["/usr/local/bin/tessera"]),
+            main_container(d, "api")["resources"]["limits"].update(cpu="1"),
+        ),
+        "CPU limit on the API",
+    ),
+    (
+        "worker checks hidden behind command:",
+        lambda d: (
+            main_container(d, "worker").update(command=["/usr/local/bin/tessera"]),
+            pod_of(d, "worker").update(terminationGracePeriodSeconds=30),
+        ),
+        "a worker takes up to 60 s",
     ),
     ("API without preStop", lambda d: main_container(d, "api").pop("lifecycle"), "no preStop sleep"),
     (
