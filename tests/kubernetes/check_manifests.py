@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 import sys
 import tomllib
 import urllib.parse
@@ -81,6 +82,8 @@ SECRET_ENV = {
     "AWS_SESSION_TOKEN",
 }
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIALS?|_KEYS?)$")
+# URL query parameters that carry a credential (postgres://...?password=, redis://...?password=).
+SECRET_QUERY = re.compile(r"pass(word|wd)?$|^pwd$|secret|token|api_?key", re.IGNORECASE)
 # Production refuses to start without these (src/config.rs), whatever the command.
 PRODUCTION_SECRET_FILES = [
     ("auth", "api_key_secret_file"),
@@ -471,12 +474,54 @@ class Checker:
             )
             return
         if "://" in value:
+            self.check_url(obj, where, name, value)
+
+    def check_url(self, obj: dict, where: str, name: str, value: str) -> None:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            password = parts.password
+        except ValueError:
+            return
+        if password:
+            self.fail(obj, f"{where}: credentials in URL {name}: take the password from the Secret")
+        # sqlx takes `password` from the query string, redis-rs `pass` (unix-socket URLs).
+        for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if SECRET_QUERY.search(key):
+                self.fail(
+                    obj,
+                    f"{where}: credentials in the query of URL {name} ({key}=): take the password "
+                    "from the Secret",
+                )
+
+    def check_args(self, obj: dict, where: str, container: dict) -> None:
+        """Secrets written into command or args: they show in `kubectl get pod -o yaml`, in
+        `ps` and in every copy of the manifests, like a literal in env."""
+        words = []
+        for arg in [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]:
             try:
-                password = urllib.parse.urlsplit(value).password
+                words += shlex.split(arg)
             except ValueError:
-                password = None
-            if password:
-                self.fail(obj, f"{where}: credentials in URL {name}: take the password from the Secret")
+                words += arg.split()
+        for i, word in enumerate(words):
+            if word.startswith("-"):
+                option, has_value, value = word.lstrip("-").partition("=")
+                if not has_value:
+                    following = words[i + 1] if i + 1 < len(words) else ""
+                    value = "" if following.startswith("-") else following
+                env_name = option.upper().replace("-", "_").replace(".", "__")
+                if value and not env_name.endswith("_FILE") and (
+                    env_name in SECRET_ENV or SECRET_NAME.search(env_name)
+                ):
+                    self.fail(
+                        obj,
+                        f"{where}: literal secret in args ({word.split('=', 1)[0]}): use a *_FILE path "
+                        "into the mounted Secret",
+                    )
+            elif re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word):
+                name, value = word.split("=", 1)
+                self.check_literal(obj, f"{where}: args", name, value)
+            elif "://" in word:
+                self.check_url(obj, f"{where}: args", word.split("://", 1)[0], word)
 
     def check_namespaces(self) -> None:
         namespaces = self.by_kind.get("Namespace", [])
@@ -623,6 +668,7 @@ class Checker:
         values, literal = self.container_env(c)
         for name, value in literal.items():
             self.check_literal(obj, f"{where}: env", name, value)
+        self.check_args(obj, where, c)
         for name, value in values.items():
             if name.startswith("TESSERA__") and name.endswith("_FILE"):
                 self.check_secret_file(obj, where, name, value, mounts, volumes)
@@ -1274,6 +1320,37 @@ MUTATIONS = [
             TESSERA__DATABASE__URL="postgres://tessera_app:hunter2@db:5432/tessera"
         ),
         "credentials in URL",
+    ),
+    (
+        "password in the query of the database URL",
+        lambda d: config_map(d).update(
+            TESSERA__DATABASE__URL=config_map(d)["TESSERA__DATABASE__URL"]
+            + ("&" if "?" in config_map(d)["TESSERA__DATABASE__URL"] else "?")
+            + "password=hunter2"
+        ),
+        "credentials in the query of URL TESSERA__DATABASE__URL (password=)",
+    ),
+    (
+        "secret option in the API's args",
+        lambda d: main_container(d, "api").update(
+            args=["serve", "--api-key-secret=0123456789abcdef0123456789abcdef"]
+        ),
+        "literal secret in args (--api-key-secret)",
+    ),
+    (
+        "password in a URL in the worker's args",
+        lambda d: main_container(d, "worker")["args"].extend(
+            ["--database-url", "postgres://tessera_app:hunter2@db:5432/tessera"]
+        ),
+        "args: credentials in URL postgres",
+    ),
+    (
+        "secret variable in an init container's shell command",
+        lambda d: init_container(d, "api").update(
+            command=["sh", "-c"],
+            args=["TESSERA__REGISTRY__MASTER_KEYS=master-1:c2VlZA exec tessera migrate --check"],
+        ),
+        "args: literal secret value for TESSERA__REGISTRY__MASTER_KEYS",
     ),
     (
         "worker keeps its capabilities",
