@@ -69,6 +69,21 @@ CRD_KINDS = {
 
 # Tessera's secret settings (src/config.rs SECRET_KEYS) as environment variables, and other
 # well-known credentials: only valueFrom or a *_FILE path may provide them.
+# Sysctls Kubernetes namespaces per pod ("safe"; Pod Security's baseline allows only these as
+# of 1.29). Tessera sets none; any other would reach the node's kernel.
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
 SECRET_ENV = {
     "TESSERA__DATABASE__PASSWORD",
     "TESSERA__DATABASE__MIGRATION_PASSWORD",
@@ -543,6 +558,20 @@ class Checker:
         for field in ("hostNetwork", "hostPID", "hostIPC"):
             if pod.get(field):
                 self.fail(obj, f"{field} is set")
+        if pod.get("shareProcessNamespace"):
+            self.fail(
+                obj,
+                "shareProcessNamespace is set: each container would see the others' processes, "
+                "their environment and their files through /proc",
+            )
+        for sysctl in sc.get("sysctls") or []:
+            if sysctl.get("name") not in SAFE_SYSCTLS:
+                self.fail(obj, f"pod securityContext.sysctls {sysctl.get('name')} is not a safe sysctl")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            self.fail(obj, "pod securityContext.appArmorProfile is Unconfined")
+        for key, value in (template.get("metadata", {}).get("annotations") or {}).items():
+            if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value == "unconfined":
+                self.fail(obj, f"annotation {key}: unconfined")
         if pod.get("automountServiceAccountToken") is not False:
             self.fail(obj, "automountServiceAccountToken must be false on the pod")
         if pod.get("enableServiceLinks") is not False:
@@ -627,6 +656,10 @@ class Checker:
             self.fail(obj, f"{where}: securityContext.allowPrivilegeEscalation must be false")
         if sc.get("privileged"):
             self.fail(obj, f"{where}: securityContext.privileged is set")
+        if sc.get("procMount", "Default") != "Default":
+            self.fail(obj, f"{where}: securityContext.procMount {sc['procMount']}: only Default masks /proc")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            self.fail(obj, f"{where}: securityContext.appArmorProfile is Unconfined")
         caps = sc.get("capabilities") or {}
         if "ALL" not in (caps.get("drop") or []):
             self.fail(obj, f"{where}: securityContext.capabilities must drop ALL")
@@ -1383,6 +1416,42 @@ MUTATIONS = [
         "runAsUser must be 10001",
     ),
     ("pod on the host network", lambda d: pod_of(d, "api").update(hostNetwork=True), "hostNetwork is set"),
+    (
+        "unmasked /proc",
+        lambda d: main_container(d, "worker")["securityContext"].update(procMount="Unmasked"),
+        "procMount Unmasked",
+    ),
+    (
+        "unsafe sysctl",
+        lambda d: pod_of(d, "api")["securityContext"].update(
+            sysctls=[{"name": "kernel.core_pattern", "value": "|/tmp/x"}]
+        ),
+        "sysctls kernel.core_pattern is not a safe sysctl",
+    ),
+    (
+        "shared process namespace",
+        lambda d: pod_of(d, "api").update(shareProcessNamespace=True),
+        "shareProcessNamespace is set",
+    ),
+    (
+        "AppArmor unconfined",
+        lambda d: init_container(d, "worker")["securityContext"].update(
+            appArmorProfile={"type": "Unconfined"}
+        ),
+        "appArmorProfile is Unconfined",
+    ),
+    (
+        "AppArmor unconfined by the older annotation",
+        lambda d: by(d, "Deployment", component="api")["spec"]["template"]["metadata"]
+        .setdefault("annotations", {})
+        .update({"container.apparmor.security.beta.kubernetes.io/tessera": "unconfined"}),
+        "container.apparmor.security.beta.kubernetes.io/tessera: unconfined",
+    ),
+    (
+        "pod-level AppArmor unconfined",
+        lambda d: pod_of(d, "migration")["securityContext"].update(appArmorProfile={"type": "Unconfined"}),
+        "pod securityContext.appArmorProfile is Unconfined",
+    ),
     (
         "pod without a pod-level runAsNonRoot",
         lambda d: pod_of(d, "migration")["securityContext"].pop("runAsNonRoot"),
