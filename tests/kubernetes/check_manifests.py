@@ -801,18 +801,22 @@ class Checker:
         self.check_waits_for_migrations(obj, pod, container)
 
         pre_stop = ((container.get("lifecycle") or {}).get("preStop")) or {}
-        seconds = None
-        if "sleep" in pre_stop:
-            seconds = int(pre_stop["sleep"].get("seconds", 0))
-        elif "exec" in pre_stop:
-            command = [str(a) for a in pre_stop["exec"].get("command") or []]
-            if len(command) == 2 and command[0] in ("sleep", "/bin/sleep") and command[1].isdigit():
-                seconds = int(command[1])
-        if not seconds:
+        seconds = 0
+        if "sleep" in pre_stop or not pre_stop:
+            seconds = int((pre_stop.get("sleep") or {}).get("seconds", 0))
+            if not seconds:
+                self.fail(
+                    obj, f"{what}: no preStop sleep: the listener would close before endpoints are withdrawn"
+                )
+        else:
+            # An exec hook needs a sleep binary in the image; if it fails (a slimmer image, a
+            # PATH change) the kubelet records an event and sends SIGTERM at once, without the
+            # wait. The native action (Kubernetes 1.30+, the manifests' minimum) cannot fail so.
             self.fail(
-                obj, f"{what}: no preStop sleep: the listener would close before endpoints are withdrawn"
+                obj,
+                f"{what}: preStop must be the native sleep action, not {'/'.join(pre_stop)}: "
+                "a failing hook skips the wait for endpoints to be withdrawn",
             )
-            seconds = 0
         grace = int(setting(settings, "server", "shutdown_grace_seconds"))
         drain = int(setting(settings, "server", "drain_seconds"))
         needed = seconds + drain + grace + API_MARGIN_SECONDS
@@ -1536,6 +1540,13 @@ MUTATIONS = [
         "a worker takes up to 60 s",
     ),
     ("API without preStop", lambda d: main_container(d, "api").pop("lifecycle"), "no preStop sleep"),
+    (
+        "API preStop sleeping through exec",
+        lambda d: main_container(d, "api")["lifecycle"].update(
+            preStop={"exec": {"command": ["sleep", "10"]}}
+        ),
+        "preStop must be the native sleep action, not exec",
+    ),
     (
         "worker grace period shorter than the hand-back",
         lambda d: pod_of(d, "worker").update(terminationGracePeriodSeconds=30),
