@@ -249,6 +249,30 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def open_peers(rule: dict) -> str | None:
+    """Whom an ingress rule admits when that is more than some selected peers: every peer (no
+    `from`), every namespace or every pod of the namespace (empty selectors alone), every
+    address (an ipBlock of /0). None when each peer is narrowed."""
+    if not rule.get("from"):
+        return "every peer"
+    for peer in rule["from"]:
+        block = peer.get("ipBlock")
+        if block is not None:
+            if str(block.get("cidr", "")).endswith("/0"):
+                return f"every address (ipBlock {block.get('cidr')})"
+            continue
+        namespaces, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+        if namespaces is not None and not selector_narrows(namespaces) and not selector_narrows(pods):
+            return "every namespace (namespaceSelector: {})"
+        if namespaces is None and not selector_narrows(pods):
+            return "every pod of the namespace (podSelector: {})"
+    return None
+
+
+def selector_narrows(selector: dict | None) -> bool:
+    return bool(selector and (selector.get("matchLabels") or selector.get("matchExpressions")))
+
+
 def secret_sources(volume: dict) -> list[dict]:
     """The Secrets a volume mounts: a secret volume, or a projected volume's secret sources
     (each {secretName or name, items})."""
@@ -938,6 +962,13 @@ class Checker:
             for i, rule in enumerate(spec.get("egress") or []):
                 if not rule.get("ports"):
                     self.fail(policy, f"egress rule {i} without ports: egress must stay port-restricted")
+                for port in rule.get("ports") or []:
+                    if port.get("endPort", port.get("port")) != port.get("port"):
+                        self.fail(
+                            policy,
+                            f"egress rule {i}: port range {port.get('port')}-{port['endPort']}: "
+                            "name each dependency's port",
+                        )
             for i, rule in enumerate(spec.get("ingress") or []):
                 if not rule.get("ports"):
                     self.fail(policy, f"ingress rule {i} without ports")
@@ -965,25 +996,39 @@ class Checker:
                         metrics_ports.add(int(address.rsplit(":", 1)[-1]))
             for p in selecting:
                 for rule in (p.get("spec") or {}).get("ingress") or []:
+                    ranges = []
                     for port in rule.get("ports") or []:
                         number = port.get("port")
-                        if not any(self.container_port(c, number) for c in containers):
+                        if number is None or port.get("endPort"):
+                            # Every port, or a range: open whatever the pods listen on inside it.
+                            ranges.append((number or 1, port.get("endPort") or 65535))
+                            continue
+                        resolved = [n for c in containers if (n := self.container_port(c, number))]
+                        if not resolved:
                             self.fail(
                                 p, f"allows ingress to port {number}, which {ident(obj)}'s pods do not expose"
                             )
-                        if number in metrics_ports and not rule.get("from"):
+                            continue
+                        ranges.append((resolved[0], resolved[0]))
+                    # No ports: every port (refused above, but judged as what it opens).
+                    if not rule.get("ports"):
+                        ranges.append((1, 65535))
+                    who = open_peers(rule)
+                    for number in sorted(metrics_ports):
+                        if who and any(lo <= number <= hi for lo, hi in ranges):
                             self.fail(
                                 p,
-                                f"metrics port {number} open to every peer: allow only the monitoring namespace",
+                                f"metrics port {number} open to {who}: allow only the monitoring namespace",
                             )
-            egress = set()
+            egress = []
             for p in selecting:
                 for rule in (p.get("spec") or {}).get("egress") or []:
                     for port in rule.get("ports") or []:
-                        egress.add(port.get("port"))
+                        if isinstance(port.get("port"), int):
+                            egress.append((port["port"], port.get("endPort") or port["port"]))
             for c in containers:
                 for port, why in self.needed_egress(c):
-                    if port not in egress:
+                    if not any(lo <= port <= hi for lo, hi in egress):
                         self.fail(obj, f"container {c.get('name')}: no egress to port {port} ({why})")
 
     def needed_egress(self, container: dict) -> list[tuple[int, str]]:
@@ -1292,6 +1337,14 @@ def _open_egress(docs):
     by(docs, "NetworkPolicy", "tessera-egress")["spec"]["egress"].append(
         {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
     )
+
+
+def _open_ingress(docs, port):
+    """A policy of its own that admits every peer to `port` on the workers."""
+    policy = copy.deepcopy(by(docs, "NetworkPolicy", "tessera-metrics-ingress"))
+    policy["metadata"]["name"] = "extra"
+    policy["spec"]["ingress"] = [{"ports": [port]}]
+    docs.append(policy)
 
 
 def _second_worker_autoscaler(docs):
@@ -1658,6 +1711,37 @@ MUTATIONS = [
         "metrics port open to everyone",
         lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].pop("from"),
         "metrics port 9464 open to every peer",
+    ),
+    (
+        "metrics port open to every namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"namespaceSelector": {}}]}
+        ),
+        "metrics port 9464 open to every namespace",
+    ),
+    (
+        "metrics port open to every address",
+        lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+        ),
+        "metrics port 9464 open to every address",
+    ),
+    (
+        "metrics port opened by name, to everyone",
+        lambda d: _open_ingress(d, {"port": "metrics", "protocol": "TCP"}),
+        "metrics port 9464 open to every peer",
+    ),
+    (
+        "metrics port inside an open port range",
+        lambda d: _open_ingress(d, {"port": 8080, "endPort": 9999, "protocol": "TCP"}),
+        "metrics port 9464 open to every peer",
+    ),
+    (
+        "egress to every port",
+        lambda d: by(d, "NetworkPolicy", "tessera-egress")["spec"]["egress"][1]["ports"].append(
+            {"protocol": "TCP", "port": 1, "endPort": 65535}
+        ),
+        "port range 1-65535",
     ),
     (
         "no PodDisruptionBudget for the workers",
