@@ -21,6 +21,7 @@ under the containers' environment, as Tessera layers them. Standard library and 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import shlex
 import sys
@@ -83,6 +84,14 @@ SAFE_SYSCTLS = {
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
 }
+
+# Link-local IPv4, where clouds serve instance metadata and the node's credentials
+# (169.254.169.254), and AWS's IPv6 address of the same service.
+METADATA_NETWORKS = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00:ec2::254/128")]
+# The destination base/app/networkpolicy.yaml gives every egress rule until an overlay sets it.
+BASE_PLACEHOLDER = ipaddress.ip_network("203.0.113.0/24")
+# The label by which a development overlay's Namespace opts out of the production-only checks.
+DEVELOPMENT_LABEL = "tessera/development"
 
 SECRET_ENV = {
     "TESSERA__DATABASE__PASSWORD",
@@ -247,6 +256,16 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
         for c in pod.get(field) or []:
             out.append((f"{what} {c.get('name')}", c))
     return out
+
+
+def is_kube_dns(peer: dict) -> bool:
+    namespaces = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+    pods = (peer.get("podSelector") or {}).get("matchLabels") or {}
+    return (
+        "ipBlock" not in peer
+        and namespaces.get("kubernetes.io/metadata.name") == "kube-system"
+        and pods.get("k8s-app") == "kube-dns"
+    )
 
 
 def open_peers(rule: dict) -> str | None:
@@ -414,6 +433,11 @@ class Checker:
         for d in docs:
             self.by_kind.setdefault(d.get("kind"), []).append(d)
         self.containers_checked = 0
+        # Every rendering but the base is held to production's rules unless its Namespace says
+        # it is a development cluster.
+        self.production = not base and not any(
+            labels_of(ns).get(DEVELOPMENT_LABEL) == "true" for ns in self.by_kind.get("Namespace", [])
+        )
 
     def fail(self, obj: dict | None, message: str) -> None:
         self.errors.append(f"{ident(obj) if obj else '(render)'}: {message}")
@@ -962,6 +986,7 @@ class Checker:
             for i, rule in enumerate(spec.get("egress") or []):
                 if not rule.get("ports"):
                     self.fail(policy, f"egress rule {i} without ports: egress must stay port-restricted")
+                self.check_egress_destinations(policy, i, rule)
                 for port in rule.get("ports") or []:
                     if port.get("endPort", port.get("port")) != port.get("port"):
                         self.fail(
@@ -1030,6 +1055,54 @@ class Checker:
                 for port, why in self.needed_egress(c):
                     if not any(lo <= port <= hi for lo, hi in egress):
                         self.fail(obj, f"container {c.get('name')}: no egress to port {port} ({why})")
+
+    def check_egress_destinations(self, policy: dict, i: int, rule: dict) -> None:
+        numbers = {port.get("port") for port in rule.get("ports") or []}
+        if 53 in numbers:
+            if not rule.get("to") or not all(is_kube_dns(peer) for peer in rule["to"]):
+                self.fail(
+                    policy,
+                    f"egress rule {i}: DNS only to kube-dns (namespace kube-system, pods k8s-app: "
+                    "kube-dns): any other resolver can carry data out in its queries",
+                )
+        elif not rule.get("to"):
+            self.fail(
+                policy,
+                f"egress rule {i} (ports {', '.join(str(n) for n in sorted(numbers, key=str))}) has "
+                "no `to:`: it reaches every address, the Kubernetes API and other namespaces included",
+            )
+        for peer in rule.get("to") or []:
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            cidr = str(block.get("cidr", ""))
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+                excepted = [ipaddress.ip_network(e, strict=False) for e in block.get("except") or []]
+            except ValueError:
+                self.fail(policy, f"egress rule {i}: ipBlock {cidr!r} is not a network")
+                continue
+            for metadata in METADATA_NETWORKS:
+                if network.version != metadata.version or not network.overlaps(metadata):
+                    continue
+                reached = network if network.subnet_of(metadata) else metadata
+                if not any(e.version == reached.version and reached.subnet_of(e) for e in excepted):
+                    self.fail(
+                        policy,
+                        f"egress rule {i}: ipBlock {cidr} reaches {metadata} (the cloud metadata "
+                        "service, and the node's credentials) without excepting it",
+                    )
+            if network.prefixlen == 0 and self.production:
+                self.fail(
+                    policy,
+                    f"egress rule {i}: ipBlock {cidr} in production: name the dependency's subnets",
+                )
+            if not self.base and network.overlaps(BASE_PLACEHOLDER):
+                self.fail(
+                    policy,
+                    f"egress rule {i}: ipBlock {cidr} is the base's placeholder: the overlay must set "
+                    "this dependency's addresses",
+                )
 
     def needed_egress(self, container: dict) -> list[tuple[int, str]]:
         role = self.role(container)
@@ -1337,6 +1410,18 @@ def _open_egress(docs):
     by(docs, "NetworkPolicy", "tessera-egress")["spec"]["egress"].append(
         {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
     )
+
+
+def _egress_rule(docs, index):
+    return by(docs, "NetworkPolicy", "tessera-egress")["spec"]["egress"][index]
+
+
+def _production(docs):
+    """True, or LookupError for a development overlay's rendering."""
+    for ns in docs:
+        if ns.get("kind") == "Namespace" and labels_of(ns).get(DEVELOPMENT_LABEL) == "true":
+            raise LookupError("a development overlay")
+    return True
 
 
 def _open_ingress(docs, port):
@@ -1701,7 +1786,7 @@ MUTATIONS = [
         lambda d: remove(d, "NetworkPolicy", "tessera-default-deny"),
         "no NetworkPolicy with policyType Ingress",
     ),
-    ("open egress", _open_egress, "egress rule 5 without ports"),
+    ("open egress", _open_egress, "without ports: egress must stay port-restricted"),
     (
         "object store moved to a port egress does not allow",
         lambda d: config_map(d).update(TESSERA__REGISTRY__STORAGE__S3_ENDPOINT="https://s3.example.com:9443"),
@@ -1735,6 +1820,53 @@ MUTATIONS = [
         "metrics port inside an open port range",
         lambda d: _open_ingress(d, {"port": 8080, "endPort": 9999, "protocol": "TCP"}),
         "metrics port 9464 open to every peer",
+    ),
+    (
+        "Postgres egress to every address",
+        lambda d: _egress_rule(d, 1).pop("to"),
+        "egress rule 1 (ports 5432) has no `to:`",
+    ),
+    (
+        "DNS to any resolver",
+        lambda d: _egress_rule(d, 0).pop("to"),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "DNS to a public resolver",
+        lambda d: _egress_rule(d, 0).update(to=[{"ipBlock": {"cidr": "8.8.8.8/32"}}]),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "DNS to pods labelled kube-dns in any namespace",
+        lambda d: _egress_rule(d, 0).update(
+            to=[{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+        ),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "object store egress reaching the metadata service",
+        lambda d: _egress_rule(d, 3).update(
+            to=[{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
+        ),
+        "egress rule 3: ipBlock 0.0.0.0/0 reaches 169.254.0.0/16",
+    ),
+    (
+        "object store egress to a range around the metadata service",
+        lambda d: _egress_rule(d, 3).update(to=[{"ipBlock": {"cidr": "169.254.0.0/15"}}]),
+        "egress rule 3: ipBlock 169.254.0.0/15 reaches 169.254.0.0/16",
+    ),
+    (
+        "egress to 0.0.0.0/0 in production",
+        lambda d: _production(d)
+        and _egress_rule(d, 3).update(
+            to=[{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}}]
+        ),
+        "egress rule 3: ipBlock 0.0.0.0/0 in production",
+    ),
+    (
+        "a dependency left at the base's placeholder",
+        lambda d: _egress_rule(d, 2).update(to=[{"ipBlock": {"cidr": "203.0.113.0/24"}}]),
+        "egress rule 2: ipBlock 203.0.113.0/24 is the base's placeholder",
     ),
     (
         "egress to every port",
