@@ -847,6 +847,7 @@ class Checker:
         self.check_storage(obj, what, settings)
         self.check_memory_budget(obj, what, container, settings)
         self.check_waits_for_migrations(obj, pod, container)
+        self.check_trusted_proxies(obj, what, settings)
 
         pre_stop = ((container.get("lifecycle") or {}).get("preStop")) or {}
         seconds = 0
@@ -874,6 +875,30 @@ class Checker:
                 obj,
                 f"{what}: terminationGracePeriodSeconds {period} < preStop {seconds} + "
                 f"server.drain_seconds {drain} + server.shutdown_grace_seconds {grace} + {API_MARGIN_SECONDS}",
+            )
+
+    def check_trusted_proxies(self, obj, what, settings) -> None:
+        proxies = setting(settings, "server", "trusted_proxies", default=[])
+        if isinstance(proxies, str):
+            proxies = [p.strip() for p in proxies.split(",") if p.strip()]
+        for entry in proxies:
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                self.fail(obj, f"{what}: server.trusted_proxies {entry!r} is not an address or network")
+                continue
+            if network.prefixlen == 0:
+                self.fail(
+                    obj,
+                    f"{what}: server.trusted_proxies {entry} trusts every address: any client could "
+                    "choose its own address with X-Forwarded-For",
+                )
+        if self.production and not proxies:
+            self.fail(
+                obj,
+                f"{what}: server.trusted_proxies is not set: behind the ingress controller every client "
+                "would appear with its address, and login throttling by client address would let one "
+                "client lock out everyone",
             )
 
     def check_metrics_port(self, obj, what, container, settings) -> int | None:
@@ -1014,11 +1039,14 @@ class Checker:
                     )
             containers = pod.get("containers") or []
             metrics_ports = set()
+            api_ports = set()
             for c in containers:
                 if self.role(c) in ("serve", "worker"):
                     address = str(setting(self.settings_of(c), "telemetry", "metrics_address", default=""))
                     if ":" in address:
                         metrics_ports.add(int(address.rsplit(":", 1)[-1]))
+                if self.role(c) == "serve":
+                    api_ports.add(int(setting(self.settings_of(c), "server", "port")))
             for p in selecting:
                 for rule in (p.get("spec") or {}).get("ingress") or []:
                     ranges = []
@@ -1044,6 +1072,13 @@ class Checker:
                             self.fail(
                                 p,
                                 f"metrics port {number} open to {who}: allow only the monitoring namespace",
+                            )
+                    for number in sorted(api_ports):
+                        if who and any(lo <= number <= hi for lo, hi in ranges):
+                            self.fail(
+                                p,
+                                f"API port {number} open to {who}: allow only the ingress controller, "
+                                "which cleans the headers Tessera believes from its peers",
                             )
             egress = []
             for p in selecting:
@@ -1820,6 +1855,47 @@ MUTATIONS = [
         "metrics port inside an open port range",
         lambda d: _open_ingress(d, {"port": 8080, "endPort": 9999, "protocol": "TCP"}),
         "metrics port 9464 open to every peer",
+    ),
+    (
+        "API port open to every peer",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].pop("from"),
+        "API port 8080 open to every peer",
+    ),
+    (
+        "API port open to every namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"namespaceSelector": {}}]}
+        ),
+        "API port 8080 open to every namespace",
+    ),
+    (
+        "API port open to every pod of the namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"podSelector": {}}]}
+        ),
+        "API port 8080 open to every pod of the namespace",
+    ),
+    (
+        "API port open to every address",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+        ),
+        "API port 8080 open to every address",
+    ),
+    (
+        "API port opened by name in a policy of its own",
+        lambda d: _open_ingress(d, {"port": "http", "protocol": "TCP"}),
+        "API port 8080 open to every peer",
+    ),
+    (
+        "no trusted proxies in production",
+        lambda d: _production(d) and config_map(d).pop("TESSERA__SERVER__TRUSTED_PROXIES"),
+        "server.trusted_proxies is not set",
+    ),
+    (
+        "every address trusted as a proxy",
+        lambda d: config_map(d).update(TESSERA__SERVER__TRUSTED_PROXIES="10.0.0.0/8, 0.0.0.0/0"),
+        "server.trusted_proxies 0.0.0.0/0 trusts every address",
     ),
     (
         "Postgres egress to every address",
