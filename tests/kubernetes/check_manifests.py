@@ -48,6 +48,9 @@ API_MARGIN_SECONDS = 10
 MEMORY_BUDGET_SHARE = 0.75
 JOBS_BACKLOG_METRIC = "tessera_jobs_backlog"
 MIGRATION_PASSWORD_KEY = "db-migration-password"
+# The Secret with the master, signing and database keys. Operators (Prometheus, KEDA) read
+# Secrets of their own, so that none needs read access to this one.
+APP_SECRET = "tessera-secrets"
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet"}
 BUILTIN_KINDS = {
@@ -256,6 +259,16 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
         for c in pod.get(field) or []:
             out.append((f"{what} {c.get('name')}", c))
     return out
+
+
+def secret_key_refs(value) -> list[dict]:
+    """Every {name, key} reference to a Secret key inside a custom resource's spec."""
+    if isinstance(value, list):
+        return [ref for item in value for ref in secret_key_refs(item)]
+    if not isinstance(value, dict):
+        return []
+    refs = [value] if "name" in value and "key" in value else []
+    return refs + [ref for item in value.values() for ref in secret_key_refs(item)]
 
 
 def is_kube_dns(peer: dict) -> bool:
@@ -1295,6 +1308,12 @@ class Checker:
             for ref in spec.get("secretTargetRef") or []:
                 if set(ref) != {"parameter", "name", "key"}:
                     self.fail(ta, f"secretTargetRef entries need exactly parameter, name and key: {ref}")
+                if ref.get("name") == APP_SECRET:
+                    self.fail(
+                        ta,
+                        f"secretTargetRef {ref.get('parameter')} reads {APP_SECRET}: KEDA would need read "
+                        "access to the master and signing keys; use a Secret of its own (tessera-keda-redis)",
+                    )
 
     def check_service_monitors(self) -> None:
         for sm in self.by_kind.get("ServiceMonitor", []):
@@ -1308,6 +1327,13 @@ class Checker:
             ]
             if not services:
                 self.fail(sm, "its selector matches no Service")
+            for ref in secret_key_refs(spec):
+                if ref.get("name") == APP_SECRET:
+                    self.fail(
+                        sm,
+                        f"reads {APP_SECRET}/{ref.get('key')}: Prometheus would need read access to the "
+                        "master and signing keys; use a Secret of its own (tessera-metrics-token)",
+                    )
             endpoints = spec.get("endpoints") or []
             if not endpoints:
                 self.fail(sm, "no endpoints")
@@ -2015,6 +2041,30 @@ MUTATIONS = [
         "ServiceMonitor with a misspelt field",
         lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0].update(intervall="30s"),
         "unknown field intervall",
+    ),
+    (
+        "ServiceMonitor token from the Secret with the master keys",
+        lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"].update(
+            credentials={"name": APP_SECRET, "key": "metrics-token"}
+        ),
+        f"reads {APP_SECRET}/metrics-token",
+    ),
+    (
+        "ServiceMonitor basic auth from the Secret with the master keys",
+        lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0].update(
+            basicAuth={
+                "username": {"name": APP_SECRET, "key": "user"},
+                "password": {"name": APP_SECRET, "key": "pw"},
+            }
+        ),
+        f"reads {APP_SECRET}/pw",
+    ),
+    (
+        "KEDA reading the Secret with the master keys",
+        lambda d: by(d, "TriggerAuthentication")["spec"]["secretTargetRef"][0].update(
+            name=APP_SECRET, key="redis-password"
+        ),
+        f"secretTargetRef password reads {APP_SECRET}",
     ),
     (
         "ScaledObject on another stream",
