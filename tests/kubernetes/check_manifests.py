@@ -91,6 +91,8 @@ SAFE_SYSCTLS = {
 # Link-local IPv4, where clouds serve instance metadata and the node's credentials
 # (169.254.169.254), and AWS's IPv6 address of the same service.
 METADATA_NETWORKS = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00:ec2::254/128")]
+# libpq's modes that check the server's certificate (verify-ca: the chain only, not the name).
+VERIFYING_SSLMODES = {"verify-full", "verify-ca"}
 # The destination base/app/networkpolicy.yaml gives every egress rule until an overlay sets it.
 BASE_PLACEHOLDER = ipaddress.ip_network("203.0.113.0/24")
 # The label by which a development overlay's Namespace opts out of the production-only checks.
@@ -259,6 +261,24 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
         for c in pod.get(field) or []:
             out.append((f"{what} {c.get('name')}", c))
     return out
+
+
+def file_mounted(container: dict, volumes: dict, path: str) -> bool:
+    """Whether `path` is a file of a ConfigMap or Secret volume mounted in the container."""
+    for mount in container.get("volumeMounts") or []:
+        prefix = mount.get("mountPath", "").rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = volumes.get(mount.get("name")) or {}
+        sources = [volume[k] for k in ("configMap", "secret") if volume.get(k) is not None]
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            sources += [source[k] for k in ("configMap", "secret") if source.get(k) is not None]
+        relative = path[len(prefix) :]
+        for source in sources:
+            items = source.get("items")
+            if items is None or relative in [i.get("path") for i in items]:
+                return True
+    return False
 
 
 def secret_key_refs(value) -> list[dict]:
@@ -763,9 +783,36 @@ class Checker:
         for name, value in literal.items():
             self.check_literal(obj, f"{where}: env", name, value)
         self.check_args(obj, where, c)
+        self.check_database_tls(obj, where, c, volumes)
         for name, value in values.items():
             if name.startswith("TESSERA__") and name.endswith("_FILE"):
                 self.check_secret_file(obj, where, name, value, mounts, volumes)
+
+    def check_database_tls(self, obj, what, container, volumes) -> None:
+        """Production verifies Postgres's certificate: with sslmode=require a machine in the path
+        could present any certificate and read the passwords and every tenant's data."""
+        if not self.production or self.role(container) == "other":
+            return
+        settings = self.settings_of(container)
+        for key in ("url", "migration_url"):
+            url = str(setting(settings, "database", key, default="") or "")
+            if not url:
+                continue
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+            mode = query.get("sslmode", query.get("ssl-mode"))
+            if mode not in VERIFYING_SSLMODES:
+                self.fail(
+                    obj,
+                    f"{what}: database.{key} sslmode={mode or 'absent (prefer)'}: production must "
+                    "verify the server's certificate (sslmode=verify-full)",
+                )
+            root = query.get("sslrootcert", query.get("ssl-root-cert", query.get("ssl-ca")))
+            if root and not file_mounted(container, volumes, root):
+                self.fail(
+                    obj,
+                    f"{what}: database.{key} sslrootcert {root} is not mounted in this container "
+                    "from a ConfigMap or Secret",
+                )
 
     def check_secret_file(self, obj, where, name, path, mounts, volumes) -> None:
         for mount in mounts:
@@ -1881,6 +1928,36 @@ MUTATIONS = [
         "metrics port inside an open port range",
         lambda d: _open_ingress(d, {"port": 8080, "endPort": 9999, "protocol": "TCP"}),
         "metrics port 9464 open to every peer",
+    ),
+    (
+        "unverified TLS to Postgres in production",
+        lambda d: _production(d)
+        and config_map(d).update(
+            TESSERA__DATABASE__URL=config_map(d)["TESSERA__DATABASE__URL"].replace(
+                "sslmode=verify-full", "sslmode=require"
+            )
+        ),
+        "database.url sslmode=require: production must verify",
+    ),
+    (
+        "no sslmode for the migrations in production",
+        lambda d: _production(d)
+        and config_map(d).update(
+            TESSERA__DATABASE__MIGRATION_URL=config_map(d)["TESSERA__DATABASE__MIGRATION_URL"].split("?")[0]
+        ),
+        "database.migration_url sslmode=absent (prefer)",
+    ),
+    (
+        "Postgres CA not mounted in the workers' init container",
+        lambda d: _production(d)
+        and init_container(d, "worker").update(
+            volumeMounts=[
+                m
+                for m in init_container(d, "worker")["volumeMounts"]
+                if m["mountPath"] != "/var/run/secrets/tessera-ca"
+            ]
+        ),
+        "sslrootcert /var/run/secrets/tessera-ca/ca.crt is not mounted",
     ),
     (
         "API port open to every peer",
