@@ -3,8 +3,11 @@
 
     check_manifests.py [--base] RENDERED.yaml...
         Checks each file: one rendered kustomization (`kubectl kustomize DIR`) per file.
-        --base: the namespace-agnostic base, whose image has no tag yet and whose Job is not
-        yet named for a release; those two checks are skipped.
+        --base: the namespace-agnostic base, whose image has no tag yet, whose Job is not
+        yet named for a release and whose egress destinations are placeholders; those checks
+        are skipped, and so are production's. Any other rendering is held to production's
+        rules (verified TLS to Postgres, trusted proxies, no egress to 0.0.0.0/0) unless its
+        Namespace is labelled tessera/development: "true".
     check_manifests.py --self-test RENDERED.yaml...
         Proves the checks can fail: each file must pass as it is, then every broken copy
         (a container without runAsNonRoot, an init container allowed to escalate, a literal
