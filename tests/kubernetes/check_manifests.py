@@ -1172,6 +1172,14 @@ class Checker:
         for peer in rule.get("to") or []:
             block = peer.get("ipBlock")
             if block is None:
+                if "namespaceSelector" in peer and not selector_narrows(peer["namespaceSelector"]) and (
+                    not selector_narrows(peer.get("podSelector"))
+                ):
+                    self.fail(
+                        policy,
+                        f"egress rule {i}: to every pod of every namespace (an empty namespaceSelector "
+                        "alone): name the dependency's namespace and pods",
+                    )
                 continue
             cidr = str(block.get("cidr", ""))
             try:
@@ -2024,6 +2032,11 @@ MUTATIONS = [
             to=[{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
         ),
         "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "Redis egress to every pod of every namespace",
+        lambda d: _egress_rule(d, 2).update(to=[{"namespaceSelector": {}}]),
+        "egress rule 2: to every pod of every namespace",
     ),
     (
         "object store egress reaching the metadata service",
