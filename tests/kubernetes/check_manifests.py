@@ -3,8 +3,11 @@
 
     check_manifests.py [--base] RENDERED.yaml...
         Checks each file: one rendered kustomization (`kubectl kustomize DIR`) per file.
-        --base: the namespace-agnostic base, whose image has no tag yet and whose Job is not
-        yet named for a release; those two checks are skipped.
+        --base: the namespace-agnostic base, whose image has no tag yet, whose Job is not
+        yet named for a release and whose egress destinations are placeholders; those checks
+        are skipped, and so are production's. Any other rendering is held to production's
+        rules (verified TLS to Postgres, trusted proxies, no egress to 0.0.0.0/0) unless its
+        Namespace is labelled tessera/development: "true".
     check_manifests.py --self-test RENDERED.yaml...
         Proves the checks can fail: each file must pass as it is, then every broken copy
         (a container without runAsNonRoot, an init container allowed to escalate, a literal
@@ -21,7 +24,9 @@ under the containers' environment, as Tessera layers them. Standard library and 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
+import shlex
 import sys
 import tomllib
 import urllib.parse
@@ -38,14 +43,17 @@ UID = 10001
 # (src/cli.rs); its grace period must cover it plus a margin.
 WORKER_HANDBACK_SECONDS = 60
 WORKER_MARGIN_SECONDS = 10
-# After preStop, server.drain_seconds and server.shutdown_grace_seconds, the API still flushes
-# usage and exits.
-API_MARGIN_SECONDS = 5
+# After preStop, server.drain_seconds and server.shutdown_grace_seconds, the API waits for its
+# background tasks (src/startup.rs: the final usage flush, the audit checkpointer), then exits.
+API_MARGIN_SECONDS = 10
 # Loaded models may use at most this share of the memory limit: the rest is the binary,
 # ONNX Runtime's arenas and request buffers.
 MEMORY_BUDGET_SHARE = 0.75
 JOBS_BACKLOG_METRIC = "tessera_jobs_backlog"
 MIGRATION_PASSWORD_KEY = "db-migration-password"
+# The Secret with the master, signing and database keys. Operators (Prometheus, KEDA) read
+# Secrets of their own, so that none needs read access to this one.
+APP_SECRET = "tessera-secrets"
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet"}
 BUILTIN_KINDS = {
@@ -68,6 +76,31 @@ CRD_KINDS = {
 
 # Tessera's secret settings (src/config.rs SECRET_KEYS) as environment variables, and other
 # well-known credentials: only valueFrom or a *_FILE path may provide them.
+# Sysctls Kubernetes namespaces per pod ("safe"; Pod Security's baseline allows only these as
+# of 1.29). Tessera sets none; any other would reach the node's kernel.
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
+# Link-local IPv4, where clouds serve instance metadata and the node's credentials
+# (169.254.169.254), and AWS's IPv6 address of the same service.
+METADATA_NETWORKS = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00:ec2::254/128")]
+# libpq's modes that check the server's certificate (verify-ca: the chain only, not the name).
+VERIFYING_SSLMODES = {"verify-full", "verify-ca"}
+# The destination base/app/networkpolicy.yaml gives every egress rule until an overlay sets it.
+BASE_PLACEHOLDER = ipaddress.ip_network("203.0.113.0/24")
+# The label by which a development overlay's Namespace opts out of the production-only checks.
+DEVELOPMENT_LABEL = "tessera/development"
+
 SECRET_ENV = {
     "TESSERA__DATABASE__PASSWORD",
     "TESSERA__DATABASE__MIGRATION_PASSWORD",
@@ -81,6 +114,8 @@ SECRET_ENV = {
     "AWS_SESSION_TOKEN",
 }
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIALS?|_KEYS?)$")
+# URL query parameters that carry a credential (postgres://...?password=, redis://...?password=).
+SECRET_QUERY = re.compile(r"pass(word|wd)?$|^pwd$|secret|token|api_?key", re.IGNORECASE)
 # Production refuses to start without these (src/config.rs), whatever the command.
 PRODUCTION_SECRET_FILES = [
     ("auth", "api_key_secret_file"),
@@ -231,6 +266,80 @@ def all_containers(pod: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def file_mounted(container: dict, volumes: dict, path: str) -> bool:
+    """Whether `path` is a file of a ConfigMap or Secret volume mounted in the container."""
+    for mount in container.get("volumeMounts") or []:
+        prefix = mount.get("mountPath", "").rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = volumes.get(mount.get("name")) or {}
+        sources = [volume[k] for k in ("configMap", "secret") if volume.get(k) is not None]
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            sources += [source[k] for k in ("configMap", "secret") if source.get(k) is not None]
+        relative = path[len(prefix) :]
+        for source in sources:
+            items = source.get("items")
+            if items is None or relative in [i.get("path") for i in items]:
+                return True
+    return False
+
+
+def secret_key_refs(value) -> list[dict]:
+    """Every {name, key} reference to a Secret key inside a custom resource's spec."""
+    if isinstance(value, list):
+        return [ref for item in value for ref in secret_key_refs(item)]
+    if not isinstance(value, dict):
+        return []
+    refs = [value] if "name" in value and "key" in value else []
+    return refs + [ref for item in value.values() for ref in secret_key_refs(item)]
+
+
+def is_kube_dns(peer: dict) -> bool:
+    namespaces = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+    pods = (peer.get("podSelector") or {}).get("matchLabels") or {}
+    return (
+        "ipBlock" not in peer
+        and namespaces.get("kubernetes.io/metadata.name") == "kube-system"
+        and pods.get("k8s-app") == "kube-dns"
+    )
+
+
+def open_peers(rule: dict) -> str | None:
+    """Whom an ingress rule admits when that is more than some selected peers: every peer (no
+    `from`), every namespace or every pod of the namespace (empty selectors alone), every
+    address (an ipBlock of /0). None when each peer is narrowed."""
+    if not rule.get("from"):
+        return "every peer"
+    for peer in rule["from"]:
+        block = peer.get("ipBlock")
+        if block is not None:
+            if str(block.get("cidr", "")).endswith("/0"):
+                return f"every address (ipBlock {block.get('cidr')})"
+            continue
+        namespaces, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+        if namespaces is not None and not selector_narrows(namespaces) and not selector_narrows(pods):
+            return "every namespace (namespaceSelector: {})"
+        if namespaces is None and not selector_narrows(pods):
+            return "every pod of the namespace (podSelector: {})"
+    return None
+
+
+def selector_narrows(selector: dict | None) -> bool:
+    return bool(selector and (selector.get("matchLabels") or selector.get("matchExpressions")))
+
+
+def secret_sources(volume: dict) -> list[dict]:
+    """The Secrets a volume mounts: a secret volume, or a projected volume's secret sources
+    (each {secretName or name, items})."""
+    sources = []
+    if volume.get("secret") is not None:
+        sources.append(volume["secret"])
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        if source.get("secret") is not None:
+            sources.append(source["secret"])
+    return sources
+
+
 _QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _FACTOR = {
     None: 1,
@@ -360,6 +469,11 @@ class Checker:
         for d in docs:
             self.by_kind.setdefault(d.get("kind"), []).append(d)
         self.containers_checked = 0
+        # Every rendering but the base is held to production's rules unless its Namespace says
+        # it is a development cluster.
+        self.production = not base and not any(
+            labels_of(ns).get(DEVELOPMENT_LABEL) == "true" for ns in self.by_kind.get("Namespace", [])
+        )
 
     def fail(self, obj: dict | None, message: str) -> None:
         self.errors.append(f"{ident(obj) if obj else '(render)'}: {message}")
@@ -403,8 +517,8 @@ class Checker:
 
     @staticmethod
     def role(container: dict) -> str:
-        if container.get("command"):
-            return "other"
+        # By args alone, whatever `command` says: a command in front of Tessera's arguments must
+        # not exempt the container from the checks of its role.
         args = [str(a) for a in container.get("args") or ["serve"]]
         if args[:2] == ["migrate", "--check"]:
             return "migrate-check"
@@ -459,12 +573,54 @@ class Checker:
             )
             return
         if "://" in value:
+            self.check_url(obj, where, name, value)
+
+    def check_url(self, obj: dict, where: str, name: str, value: str) -> None:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            password = parts.password
+        except ValueError:
+            return
+        if password:
+            self.fail(obj, f"{where}: credentials in URL {name}: take the password from the Secret")
+        # sqlx takes `password` from the query string, redis-rs `pass` (unix-socket URLs).
+        for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if SECRET_QUERY.search(key):
+                self.fail(
+                    obj,
+                    f"{where}: credentials in the query of URL {name} ({key}=): take the password "
+                    "from the Secret",
+                )
+
+    def check_args(self, obj: dict, where: str, container: dict) -> None:
+        """Secrets written into command or args: they show in `kubectl get pod -o yaml`, in
+        `ps` and in every copy of the manifests, like a literal in env."""
+        words = []
+        for arg in [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]:
             try:
-                password = urllib.parse.urlsplit(value).password
+                words += shlex.split(arg)
             except ValueError:
-                password = None
-            if password:
-                self.fail(obj, f"{where}: credentials in URL {name}: take the password from the Secret")
+                words += arg.split()
+        for i, word in enumerate(words):
+            if word.startswith("-"):
+                option, has_value, value = word.lstrip("-").partition("=")
+                if not has_value:
+                    following = words[i + 1] if i + 1 < len(words) else ""
+                    value = "" if following.startswith("-") else following
+                env_name = option.upper().replace("-", "_").replace(".", "__")
+                if value and not env_name.endswith("_FILE") and (
+                    env_name in SECRET_ENV or SECRET_NAME.search(env_name)
+                ):
+                    self.fail(
+                        obj,
+                        f"{where}: literal secret in args ({word.split('=', 1)[0]}): use a *_FILE path "
+                        "into the mounted Secret",
+                    )
+            elif re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word):
+                name, value = word.split("=", 1)
+                self.check_literal(obj, f"{where}: args", name, value)
+            elif "://" in word:
+                self.check_url(obj, f"{where}: args", word.split("://", 1)[0], word)
 
     def check_namespaces(self) -> None:
         namespaces = self.by_kind.get("Namespace", [])
@@ -486,6 +642,20 @@ class Checker:
         for field in ("hostNetwork", "hostPID", "hostIPC"):
             if pod.get(field):
                 self.fail(obj, f"{field} is set")
+        if pod.get("shareProcessNamespace"):
+            self.fail(
+                obj,
+                "shareProcessNamespace is set: each container would see the others' processes, "
+                "their environment and their files through /proc",
+            )
+        for sysctl in sc.get("sysctls") or []:
+            if sysctl.get("name") not in SAFE_SYSCTLS:
+                self.fail(obj, f"pod securityContext.sysctls {sysctl.get('name')} is not a safe sysctl")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            self.fail(obj, "pod securityContext.appArmorProfile is Unconfined")
+        for key, value in (template.get("metadata", {}).get("annotations") or {}).items():
+            if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value == "unconfined":
+                self.fail(obj, f"annotation {key}: unconfined")
         if pod.get("automountServiceAccountToken") is not False:
             self.fail(obj, "automountServiceAccountToken must be false on the pod")
         if pod.get("enableServiceLinks") is not False:
@@ -507,6 +677,13 @@ class Checker:
         for volume in volumes.values():
             if "hostPath" in volume:
                 self.fail(obj, f"volume {volume.get('name')}: hostPath")
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                if "serviceAccountToken" in source:
+                    self.fail(
+                        obj,
+                        f"volume {volume.get('name')}: projected serviceAccountToken: Tessera calls no "
+                        "Kubernetes API, and a token would let a compromised pod do so",
+                    )
             if "emptyDir" in volume and not (volume.get("emptyDir") or {}).get("sizeLimit"):
                 self.fail(obj, f"volume {volume.get('name')}: emptyDir without sizeLimit")
 
@@ -530,13 +707,24 @@ class Checker:
                     self.check_migration(obj, container)
         if "migrate" not in roles:
             for volume in volumes.values():
-                keys = [i.get("key") for i in (volume.get("secret") or {}).get("items") or []]
-                if MIGRATION_PASSWORD_KEY in keys or (volume.get("secret") and not keys):
-                    self.fail(
-                        obj,
-                        f"volume {volume.get('name')} mounts {MIGRATION_PASSWORD_KEY} (or the "
-                        "whole Secret): the schema owner's password belongs to the migration Job only",
-                    )
+                for source in secret_sources(volume):
+                    keys = [i.get("key") for i in source.get("items") or []]
+                    if MIGRATION_PASSWORD_KEY in keys or not keys:
+                        self.fail(
+                            obj,
+                            f"volume {volume.get('name')} mounts {MIGRATION_PASSWORD_KEY} (or the "
+                            "whole Secret): the schema owner's password belongs to the migration Job only",
+                        )
+            for what, container in all_containers(pod):
+                for entry in container.get("env") or []:
+                    ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+                    if ref.get("key") == MIGRATION_PASSWORD_KEY:
+                        self.fail(
+                            obj,
+                            f"{what}: env {entry.get('name')} takes {MIGRATION_PASSWORD_KEY} from "
+                            f"Secret {ref.get('name')}: the schema owner's password belongs to the "
+                            "migration Job only",
+                        )
 
     def check_container(self, obj: dict, what: str, c: dict, volumes: dict) -> None:
         where = what
@@ -552,6 +740,10 @@ class Checker:
             self.fail(obj, f"{where}: securityContext.allowPrivilegeEscalation must be false")
         if sc.get("privileged"):
             self.fail(obj, f"{where}: securityContext.privileged is set")
+        if sc.get("procMount", "Default") != "Default":
+            self.fail(obj, f"{where}: securityContext.procMount {sc['procMount']}: only Default masks /proc")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            self.fail(obj, f"{where}: securityContext.appArmorProfile is Unconfined")
         caps = sc.get("capabilities") or {}
         if "ALL" not in (caps.get("drop") or []):
             self.fail(obj, f"{where}: securityContext.capabilities must drop ALL")
@@ -581,12 +773,49 @@ class Checker:
         if not any(m.get("mountPath") == "/tmp" for m in mounts):
             self.fail(obj, f"{where}: no writable /tmp under a read-only root filesystem")
 
+        for source in c.get("envFrom") or []:
+            if source.get("secretRef"):
+                self.fail(
+                    obj,
+                    f"{where}: envFrom.secretRef {source['secretRef'].get('name')} puts every key of "
+                    "the Secret into the environment (the schema owner's password and the master keys "
+                    "with them): take keys one by one through valueFrom.secretKeyRef or a mounted file",
+                )
+
         values, literal = self.container_env(c)
         for name, value in literal.items():
             self.check_literal(obj, f"{where}: env", name, value)
+        self.check_args(obj, where, c)
+        self.check_database_tls(obj, where, c, volumes)
         for name, value in values.items():
             if name.startswith("TESSERA__") and name.endswith("_FILE"):
                 self.check_secret_file(obj, where, name, value, mounts, volumes)
+
+    def check_database_tls(self, obj, what, container, volumes) -> None:
+        """Production verifies Postgres's certificate: with sslmode=require a machine in the path
+        could present any certificate and read the passwords and every tenant's data."""
+        if not self.production or self.role(container) == "other":
+            return
+        settings = self.settings_of(container)
+        for key in ("url", "migration_url"):
+            url = str(setting(settings, "database", key, default="") or "")
+            if not url:
+                continue
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+            mode = query.get("sslmode", query.get("ssl-mode"))
+            if mode not in VERIFYING_SSLMODES:
+                self.fail(
+                    obj,
+                    f"{what}: database.{key} sslmode={mode or 'absent (prefer)'}: production must "
+                    "verify the server's certificate (sslmode=verify-full)",
+                )
+            root = query.get("sslrootcert", query.get("ssl-root-cert", query.get("ssl-ca")))
+            if root and not file_mounted(container, volumes, root):
+                self.fail(
+                    obj,
+                    f"{what}: database.{key} sslrootcert {root} is not mounted in this container "
+                    "from a ConfigMap or Secret",
+                )
 
     def check_secret_file(self, obj, where, name, path, mounts, volumes) -> None:
         for mount in mounts:
@@ -681,20 +910,25 @@ class Checker:
         self.check_storage(obj, what, settings)
         self.check_memory_budget(obj, what, container, settings)
         self.check_waits_for_migrations(obj, pod, container)
+        self.check_trusted_proxies(obj, what, settings)
 
         pre_stop = ((container.get("lifecycle") or {}).get("preStop")) or {}
-        seconds = None
-        if "sleep" in pre_stop:
-            seconds = int(pre_stop["sleep"].get("seconds", 0))
-        elif "exec" in pre_stop:
-            command = [str(a) for a in pre_stop["exec"].get("command") or []]
-            if len(command) == 2 and command[0] in ("sleep", "/bin/sleep") and command[1].isdigit():
-                seconds = int(command[1])
-        if not seconds:
+        seconds = 0
+        if "sleep" in pre_stop or not pre_stop:
+            seconds = int((pre_stop.get("sleep") or {}).get("seconds", 0))
+            if not seconds:
+                self.fail(
+                    obj, f"{what}: no preStop sleep: the listener would close before endpoints are withdrawn"
+                )
+        else:
+            # An exec hook needs a sleep binary in the image; if it fails (a slimmer image, a
+            # PATH change) the kubelet records an event and sends SIGTERM at once, without the
+            # wait. The native action (Kubernetes 1.30+, the manifests' minimum) cannot fail so.
             self.fail(
-                obj, f"{what}: no preStop sleep: the listener would close before endpoints are withdrawn"
+                obj,
+                f"{what}: preStop must be the native sleep action, not {'/'.join(pre_stop)}: "
+                "a failing hook skips the wait for endpoints to be withdrawn",
             )
-            seconds = 0
         grace = int(setting(settings, "server", "shutdown_grace_seconds"))
         drain = int(setting(settings, "server", "drain_seconds"))
         needed = seconds + drain + grace + API_MARGIN_SECONDS
@@ -704,6 +938,30 @@ class Checker:
                 obj,
                 f"{what}: terminationGracePeriodSeconds {period} < preStop {seconds} + "
                 f"server.drain_seconds {drain} + server.shutdown_grace_seconds {grace} + {API_MARGIN_SECONDS}",
+            )
+
+    def check_trusted_proxies(self, obj, what, settings) -> None:
+        proxies = setting(settings, "server", "trusted_proxies", default=[])
+        if isinstance(proxies, str):
+            proxies = [p.strip() for p in proxies.split(",") if p.strip()]
+        for entry in proxies:
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                self.fail(obj, f"{what}: server.trusted_proxies {entry!r} is not an address or network")
+                continue
+            if network.prefixlen == 0:
+                self.fail(
+                    obj,
+                    f"{what}: server.trusted_proxies {entry} trusts every address: any client could "
+                    "choose its own address with X-Forwarded-For",
+                )
+        if self.production and not proxies:
+            self.fail(
+                obj,
+                f"{what}: server.trusted_proxies is not set: behind the ingress controller every client "
+                "would appear with its address, and login throttling by client address would let one "
+                "client lock out everyone",
             )
 
     def check_metrics_port(self, obj, what, container, settings) -> int | None:
@@ -816,6 +1074,14 @@ class Checker:
             for i, rule in enumerate(spec.get("egress") or []):
                 if not rule.get("ports"):
                     self.fail(policy, f"egress rule {i} without ports: egress must stay port-restricted")
+                self.check_egress_destinations(policy, i, rule)
+                for port in rule.get("ports") or []:
+                    if port.get("endPort", port.get("port")) != port.get("port"):
+                        self.fail(
+                            policy,
+                            f"egress rule {i}: port range {port.get('port')}-{port['endPort']}: "
+                            "name each dependency's port",
+                        )
             for i, rule in enumerate(spec.get("ingress") or []):
                 if not rule.get("ports"):
                     self.fail(policy, f"ingress rule {i} without ports")
@@ -836,33 +1102,113 @@ class Checker:
                     )
             containers = pod.get("containers") or []
             metrics_ports = set()
+            api_ports = set()
             for c in containers:
                 if self.role(c) in ("serve", "worker"):
                     address = str(setting(self.settings_of(c), "telemetry", "metrics_address", default=""))
                     if ":" in address:
                         metrics_ports.add(int(address.rsplit(":", 1)[-1]))
+                if self.role(c) == "serve":
+                    api_ports.add(int(setting(self.settings_of(c), "server", "port")))
             for p in selecting:
                 for rule in (p.get("spec") or {}).get("ingress") or []:
+                    ranges = []
                     for port in rule.get("ports") or []:
                         number = port.get("port")
-                        if not any(self.container_port(c, number) for c in containers):
+                        if number is None or port.get("endPort"):
+                            # Every port, or a range: open whatever the pods listen on inside it.
+                            ranges.append((number or 1, port.get("endPort") or 65535))
+                            continue
+                        resolved = [n for c in containers if (n := self.container_port(c, number))]
+                        if not resolved:
                             self.fail(
                                 p, f"allows ingress to port {number}, which {ident(obj)}'s pods do not expose"
                             )
-                        if number in metrics_ports and not rule.get("from"):
+                            continue
+                        ranges.append((resolved[0], resolved[0]))
+                    # No ports: every port (refused above, but judged as what it opens).
+                    if not rule.get("ports"):
+                        ranges.append((1, 65535))
+                    who = open_peers(rule)
+                    for number in sorted(metrics_ports):
+                        if who and any(lo <= number <= hi for lo, hi in ranges):
                             self.fail(
                                 p,
-                                f"metrics port {number} open to every peer: allow only the monitoring namespace",
+                                f"metrics port {number} open to {who}: allow only the monitoring namespace",
                             )
-            egress = set()
+                    for number in sorted(api_ports):
+                        if who and any(lo <= number <= hi for lo, hi in ranges):
+                            self.fail(
+                                p,
+                                f"API port {number} open to {who}: allow only the ingress controller, "
+                                "which cleans the headers Tessera believes from its peers",
+                            )
+            egress = []
             for p in selecting:
                 for rule in (p.get("spec") or {}).get("egress") or []:
                     for port in rule.get("ports") or []:
-                        egress.add(port.get("port"))
+                        if isinstance(port.get("port"), int):
+                            egress.append((port["port"], port.get("endPort") or port["port"]))
             for c in containers:
                 for port, why in self.needed_egress(c):
-                    if port not in egress:
+                    if not any(lo <= port <= hi for lo, hi in egress):
                         self.fail(obj, f"container {c.get('name')}: no egress to port {port} ({why})")
+
+    def check_egress_destinations(self, policy: dict, i: int, rule: dict) -> None:
+        numbers = {port.get("port") for port in rule.get("ports") or []}
+        if 53 in numbers:
+            if not rule.get("to") or not all(is_kube_dns(peer) for peer in rule["to"]):
+                self.fail(
+                    policy,
+                    f"egress rule {i}: DNS only to kube-dns (namespace kube-system, pods k8s-app: "
+                    "kube-dns): any other resolver can carry data out in its queries",
+                )
+        elif not rule.get("to"):
+            self.fail(
+                policy,
+                f"egress rule {i} (ports {', '.join(str(n) for n in sorted(numbers, key=str))}) has "
+                "no `to:`: it reaches every address, the Kubernetes API and other namespaces included",
+            )
+        for peer in rule.get("to") or []:
+            block = peer.get("ipBlock")
+            if block is None:
+                if "namespaceSelector" in peer and not selector_narrows(peer["namespaceSelector"]) and (
+                    not selector_narrows(peer.get("podSelector"))
+                ):
+                    self.fail(
+                        policy,
+                        f"egress rule {i}: to every pod of every namespace (an empty namespaceSelector "
+                        "alone): name the dependency's namespace and pods",
+                    )
+                continue
+            cidr = str(block.get("cidr", ""))
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+                excepted = [ipaddress.ip_network(e, strict=False) for e in block.get("except") or []]
+            except ValueError:
+                self.fail(policy, f"egress rule {i}: ipBlock {cidr!r} is not a network")
+                continue
+            for metadata in METADATA_NETWORKS:
+                if network.version != metadata.version or not network.overlaps(metadata):
+                    continue
+                reached = network if network.subnet_of(metadata) else metadata
+                if not any(e.version == reached.version and reached.subnet_of(e) for e in excepted):
+                    self.fail(
+                        policy,
+                        f"egress rule {i}: ipBlock {cidr} reaches {metadata} (the cloud metadata "
+                        "service, and the node's credentials) without excepting it",
+                    )
+            if network.prefixlen == 0 and self.production:
+                self.fail(
+                    policy,
+                    f"egress rule {i}: ipBlock {cidr} in production: name the dependency's subnets",
+                )
+            if not self.base and network.overlaps(BASE_PLACEHOLDER):
+                self.fail(
+                    policy,
+                    f"egress rule {i}: ipBlock {cidr} is the base's placeholder: the overlay must set "
+                    "this dependency's addresses",
+                )
 
     def needed_egress(self, container: dict) -> list[tuple[int, str]]:
         role = self.role(container)
@@ -1020,6 +1366,12 @@ class Checker:
             for ref in spec.get("secretTargetRef") or []:
                 if set(ref) != {"parameter", "name", "key"}:
                     self.fail(ta, f"secretTargetRef entries need exactly parameter, name and key: {ref}")
+                if ref.get("name") == APP_SECRET:
+                    self.fail(
+                        ta,
+                        f"secretTargetRef {ref.get('parameter')} reads {APP_SECRET}: KEDA would need read "
+                        "access to the master and signing keys; use a Secret of its own (tessera-keda-redis)",
+                    )
 
     def check_service_monitors(self) -> None:
         for sm in self.by_kind.get("ServiceMonitor", []):
@@ -1033,6 +1385,13 @@ class Checker:
             ]
             if not services:
                 self.fail(sm, "its selector matches no Service")
+            for ref in secret_key_refs(spec):
+                if ref.get("name") == APP_SECRET:
+                    self.fail(
+                        sm,
+                        f"reads {APP_SECRET}/{ref.get('key')}: Prometheus would need read access to the "
+                        "master and signing keys; use a Secret of its own (tessera-metrics-token)",
+                    )
             endpoints = spec.get("endpoints") or []
             if not endpoints:
                 self.fail(sm, "no endpoints")
@@ -1172,6 +1531,26 @@ def _open_egress(docs):
     )
 
 
+def _egress_rule(docs, index):
+    return by(docs, "NetworkPolicy", "tessera-egress")["spec"]["egress"][index]
+
+
+def _production(docs):
+    """True, or LookupError for a development overlay's rendering."""
+    for ns in docs:
+        if ns.get("kind") == "Namespace" and labels_of(ns).get(DEVELOPMENT_LABEL) == "true":
+            raise LookupError("a development overlay")
+    return True
+
+
+def _open_ingress(docs, port):
+    """A policy of its own that admits every peer to `port` on the workers."""
+    policy = copy.deepcopy(by(docs, "NetworkPolicy", "tessera-metrics-ingress"))
+    policy["metadata"]["name"] = "extra"
+    policy["spec"]["ingress"] = [{"ports": [port]}]
+    docs.append(policy)
+
+
 def _second_worker_autoscaler(docs):
     docs.append(
         {
@@ -1237,6 +1616,37 @@ MUTATIONS = [
         "credentials in URL",
     ),
     (
+        "password in the query of the database URL",
+        lambda d: config_map(d).update(
+            TESSERA__DATABASE__URL=config_map(d)["TESSERA__DATABASE__URL"]
+            + ("&" if "?" in config_map(d)["TESSERA__DATABASE__URL"] else "?")
+            + "password=hunter2"
+        ),
+        "credentials in the query of URL TESSERA__DATABASE__URL (password=)",
+    ),
+    (
+        "secret option in the API's args",
+        lambda d: main_container(d, "api").update(
+            args=["serve", "--api-key-secret=0123456789abcdef0123456789abcdef"]
+        ),
+        "literal secret in args (--api-key-secret)",
+    ),
+    (
+        "password in a URL in the worker's args",
+        lambda d: main_container(d, "worker")["args"].extend(
+            ["--database-url", "postgres://tessera_app:hunter2@db:5432/tessera"]
+        ),
+        "args: credentials in URL postgres",
+    ),
+    (
+        "secret variable in an init container's shell command",
+        lambda d: init_container(d, "api").update(
+            command=["sh", "-c"],
+            args=["TESSERA__REGISTRY__MASTER_KEYS=master-1:c2VlZA exec tessera migrate --check"],
+        ),
+        "args: literal secret value for TESSERA__REGISTRY__MASTER_KEYS",
+    ),
+    (
         "worker keeps its capabilities",
         lambda d: main_container(d, "worker")["securityContext"].pop("capabilities"),
         "must drop ALL",
@@ -1267,6 +1677,42 @@ MUTATIONS = [
         "runAsUser must be 10001",
     ),
     ("pod on the host network", lambda d: pod_of(d, "api").update(hostNetwork=True), "hostNetwork is set"),
+    (
+        "unmasked /proc",
+        lambda d: main_container(d, "worker")["securityContext"].update(procMount="Unmasked"),
+        "procMount Unmasked",
+    ),
+    (
+        "unsafe sysctl",
+        lambda d: pod_of(d, "api")["securityContext"].update(
+            sysctls=[{"name": "kernel.core_pattern", "value": "|/tmp/x"}]
+        ),
+        "sysctls kernel.core_pattern is not a safe sysctl",
+    ),
+    (
+        "shared process namespace",
+        lambda d: pod_of(d, "api").update(shareProcessNamespace=True),
+        "shareProcessNamespace is set",
+    ),
+    (
+        "AppArmor unconfined",
+        lambda d: init_container(d, "worker")["securityContext"].update(
+            appArmorProfile={"type": "Unconfined"}
+        ),
+        "appArmorProfile is Unconfined",
+    ),
+    (
+        "AppArmor unconfined by the older annotation",
+        lambda d: by(d, "Deployment", component="api")["spec"]["template"]["metadata"]
+        .setdefault("annotations", {})
+        .update({"container.apparmor.security.beta.kubernetes.io/tessera": "unconfined"}),
+        "container.apparmor.security.beta.kubernetes.io/tessera: unconfined",
+    ),
+    (
+        "pod-level AppArmor unconfined",
+        lambda d: pod_of(d, "migration")["securityContext"].update(appArmorProfile={"type": "Unconfined"}),
+        "pod securityContext.appArmorProfile is Unconfined",
+    ),
     (
         "pod without a pod-level runAsNonRoot",
         lambda d: pod_of(d, "migration")["securityContext"].pop("runAsNonRoot"),
@@ -1320,6 +1766,11 @@ MUTATIONS = [
         "terminationGracePeriodSeconds 30 <",
     ),
     (
+        "API grace period without the margin for the final usage flush",
+        lambda d: pod_of(d, "api").update(terminationGracePeriodSeconds=43),
+        "terminationGracePeriodSeconds 43 <",
+    ),
+    (
         "shutdown grace raised without the grace period",
         lambda d: config_map(d).update(TESSERA__SERVER__SHUTDOWN_GRACE_SECONDS="60"),
         "server.shutdown_grace_seconds 60",
@@ -1329,7 +1780,30 @@ MUTATIONS = [
         lambda d: config_map(d).update(TESSERA__SERVER__DRAIN_SECONDS="20"),
         "server.drain_seconds 20",
     ),
+    (
+        "API checks hidden behind command:",
+        lambda d: (
+            main_container(d, "api").update(command=["/usr/local/bin/tessera"]),
+            main_container(d, "api")["resources"]["limits"].update(cpu="1"),
+        ),
+        "CPU limit on the API",
+    ),
+    (
+        "worker checks hidden behind command:",
+        lambda d: (
+            main_container(d, "worker").update(command=["/usr/local/bin/tessera"]),
+            pod_of(d, "worker").update(terminationGracePeriodSeconds=30),
+        ),
+        "a worker takes up to 60 s",
+    ),
     ("API without preStop", lambda d: main_container(d, "api").pop("lifecycle"), "no preStop sleep"),
+    (
+        "API preStop sleeping through exec",
+        lambda d: main_container(d, "api")["lifecycle"].update(
+            preStop={"exec": {"command": ["sleep", "10"]}}
+        ),
+        "preStop must be the native sleep action, not exec",
+    ),
     (
         "worker grace period shorter than the hand-back",
         lambda d: pod_of(d, "worker").update(terminationGracePeriodSeconds=30),
@@ -1372,6 +1846,51 @@ MUTATIONS = [
         "belongs to the migration Job only",
     ),
     (
+        "schema owner's password in the worker's env",
+        lambda d: main_container(d, "worker")
+        .setdefault("env", [])
+        .append(
+            {
+                "name": "TESSERA__DATABASE__MIGRATION_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "tessera-secrets", "key": MIGRATION_PASSWORD_KEY}},
+            }
+        ),
+        f"takes {MIGRATION_PASSWORD_KEY} from Secret tessera-secrets",
+    ),
+    (
+        "schema owner's password through a projected volume",
+        lambda d: pod_of(d, "api")["volumes"].append(
+            {
+                "name": "owner",
+                "projected": {
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": "tessera-secrets",
+                                "items": [{"key": MIGRATION_PASSWORD_KEY, "path": MIGRATION_PASSWORD_KEY}],
+                            }
+                        }
+                    ]
+                },
+            }
+        ),
+        "volume owner mounts db-migration-password",
+    ),
+    (
+        "the whole Secret as environment variables",
+        lambda d: main_container(d, "api")
+        .setdefault("envFrom", [])
+        .append({"secretRef": {"name": "tessera-secrets"}}),
+        "envFrom.secretRef tessera-secrets puts every key",
+    ),
+    (
+        "ServiceAccount token through a projected volume",
+        lambda d: pod_of(d, "worker")["volumes"].append(
+            {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}
+        ),
+        "projected serviceAccountToken",
+    ),
+    (
         "metrics listener without a token",
         lambda d: config_map(d).pop("TESSERA__TELEMETRY__METRICS_TOKEN_FILE"),
         "metrics_token is required off loopback",
@@ -1386,7 +1905,7 @@ MUTATIONS = [
         lambda d: remove(d, "NetworkPolicy", "tessera-default-deny"),
         "no NetworkPolicy with policyType Ingress",
     ),
-    ("open egress", _open_egress, "egress rule 5 without ports"),
+    ("open egress", _open_egress, "without ports: egress must stay port-restricted"),
     (
         "object store moved to a port egress does not allow",
         lambda d: config_map(d).update(TESSERA__REGISTRY__STORAGE__S3_ENDPOINT="https://s3.example.com:9443"),
@@ -1396,6 +1915,160 @@ MUTATIONS = [
         "metrics port open to everyone",
         lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].pop("from"),
         "metrics port 9464 open to every peer",
+    ),
+    (
+        "metrics port open to every namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"namespaceSelector": {}}]}
+        ),
+        "metrics port 9464 open to every namespace",
+    ),
+    (
+        "metrics port open to every address",
+        lambda d: by(d, "NetworkPolicy", "tessera-metrics-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+        ),
+        "metrics port 9464 open to every address",
+    ),
+    (
+        "metrics port opened by name, to everyone",
+        lambda d: _open_ingress(d, {"port": "metrics", "protocol": "TCP"}),
+        "metrics port 9464 open to every peer",
+    ),
+    (
+        "metrics port inside an open port range",
+        lambda d: _open_ingress(d, {"port": 8080, "endPort": 9999, "protocol": "TCP"}),
+        "metrics port 9464 open to every peer",
+    ),
+    (
+        "unverified TLS to Postgres in production",
+        lambda d: _production(d)
+        and config_map(d).update(
+            TESSERA__DATABASE__URL=config_map(d)["TESSERA__DATABASE__URL"].replace(
+                "sslmode=verify-full", "sslmode=require"
+            )
+        ),
+        "database.url sslmode=require: production must verify",
+    ),
+    (
+        "no sslmode for the migrations in production",
+        lambda d: _production(d)
+        and config_map(d).update(
+            TESSERA__DATABASE__MIGRATION_URL=config_map(d)["TESSERA__DATABASE__MIGRATION_URL"].split("?")[0]
+        ),
+        "database.migration_url sslmode=absent (prefer)",
+    ),
+    (
+        "Postgres CA not mounted in the workers' init container",
+        lambda d: _production(d)
+        and init_container(d, "worker").update(
+            volumeMounts=[
+                m
+                for m in init_container(d, "worker")["volumeMounts"]
+                if m["mountPath"] != "/var/run/secrets/tessera-ca"
+            ]
+        ),
+        "sslrootcert /var/run/secrets/tessera-ca/ca.crt is not mounted",
+    ),
+    (
+        "API port open to every peer",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].pop("from"),
+        "API port 8080 open to every peer",
+    ),
+    (
+        "API port open to every namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"namespaceSelector": {}}]}
+        ),
+        "API port 8080 open to every namespace",
+    ),
+    (
+        "API port open to every pod of the namespace",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"podSelector": {}}]}
+        ),
+        "API port 8080 open to every pod of the namespace",
+    ),
+    (
+        "API port open to every address",
+        lambda d: by(d, "NetworkPolicy", "tessera-api-ingress")["spec"]["ingress"][0].update(
+            {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+        ),
+        "API port 8080 open to every address",
+    ),
+    (
+        "API port opened by name in a policy of its own",
+        lambda d: _open_ingress(d, {"port": "http", "protocol": "TCP"}),
+        "API port 8080 open to every peer",
+    ),
+    (
+        "no trusted proxies in production",
+        lambda d: _production(d) and config_map(d).pop("TESSERA__SERVER__TRUSTED_PROXIES"),
+        "server.trusted_proxies is not set",
+    ),
+    (
+        "every address trusted as a proxy",
+        lambda d: config_map(d).update(TESSERA__SERVER__TRUSTED_PROXIES="10.0.0.0/8, 0.0.0.0/0"),
+        "server.trusted_proxies 0.0.0.0/0 trusts every address",
+    ),
+    (
+        "Postgres egress to every address",
+        lambda d: _egress_rule(d, 1).pop("to"),
+        "egress rule 1 (ports 5432) has no `to:`",
+    ),
+    (
+        "DNS to any resolver",
+        lambda d: _egress_rule(d, 0).pop("to"),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "DNS to a public resolver",
+        lambda d: _egress_rule(d, 0).update(to=[{"ipBlock": {"cidr": "8.8.8.8/32"}}]),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "DNS to pods labelled kube-dns in any namespace",
+        lambda d: _egress_rule(d, 0).update(
+            to=[{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+        ),
+        "egress rule 0: DNS only to kube-dns",
+    ),
+    (
+        "Redis egress to every pod of every namespace",
+        lambda d: _egress_rule(d, 2).update(to=[{"namespaceSelector": {}}]),
+        "egress rule 2: to every pod of every namespace",
+    ),
+    (
+        "object store egress reaching the metadata service",
+        lambda d: _egress_rule(d, 3).update(
+            to=[{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
+        ),
+        "egress rule 3: ipBlock 0.0.0.0/0 reaches 169.254.0.0/16",
+    ),
+    (
+        "object store egress to a range around the metadata service",
+        lambda d: _egress_rule(d, 3).update(to=[{"ipBlock": {"cidr": "169.254.0.0/15"}}]),
+        "egress rule 3: ipBlock 169.254.0.0/15 reaches 169.254.0.0/16",
+    ),
+    (
+        "egress to 0.0.0.0/0 in production",
+        lambda d: _production(d)
+        and _egress_rule(d, 3).update(
+            to=[{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}}]
+        ),
+        "egress rule 3: ipBlock 0.0.0.0/0 in production",
+    ),
+    (
+        "a dependency left at the base's placeholder",
+        lambda d: _egress_rule(d, 2).update(to=[{"ipBlock": {"cidr": "203.0.113.0/24"}}]),
+        "egress rule 2: ipBlock 203.0.113.0/24 is the base's placeholder",
+    ),
+    (
+        "egress to every port",
+        lambda d: by(d, "NetworkPolicy", "tessera-egress")["spec"]["egress"][1]["ports"].append(
+            {"protocol": "TCP", "port": 1, "endPort": 65535}
+        ),
+        "port range 1-65535",
     ),
     (
         "no PodDisruptionBudget for the workers",
@@ -1461,6 +2134,30 @@ MUTATIONS = [
         "ServiceMonitor with a misspelt field",
         lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0].update(intervall="30s"),
         "unknown field intervall",
+    ),
+    (
+        "ServiceMonitor token from the Secret with the master keys",
+        lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"].update(
+            credentials={"name": APP_SECRET, "key": "metrics-token"}
+        ),
+        f"reads {APP_SECRET}/metrics-token",
+    ),
+    (
+        "ServiceMonitor basic auth from the Secret with the master keys",
+        lambda d: by(d, "ServiceMonitor")["spec"]["endpoints"][0].update(
+            basicAuth={
+                "username": {"name": APP_SECRET, "key": "user"},
+                "password": {"name": APP_SECRET, "key": "pw"},
+            }
+        ),
+        f"reads {APP_SECRET}/pw",
+    ),
+    (
+        "KEDA reading the Secret with the master keys",
+        lambda d: by(d, "TriggerAuthentication")["spec"]["secretTargetRef"][0].update(
+            name=APP_SECRET, key="redis-password"
+        ),
+        f"secretTargetRef password reads {APP_SECRET}",
     ),
     (
         "ScaledObject on another stream",
