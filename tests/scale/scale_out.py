@@ -249,8 +249,9 @@ class Cluster:
             "TESSERA__JOBS__EVENTS_POLL_MS": "100",
         })
         if self.args.bench:
+            # What is measured is the processes, not the trace pipeline.
             env.update({"TESSERA_ENV": "development", "TESSERA__SERVER__WORKERS": "0",
-                        "TESSERA__DATABASE__MAX_CONNECTIONS": "16"})
+                        "TESSERA__DATABASE__MAX_CONNECTIONS": "16", "TESSERA__TELEMETRY__OTLP__ENDPOINT": ""})
         return env
 
     def tessera(self, *args: str, check_ok: bool = True) -> subprocess.CompletedProcess:
@@ -733,6 +734,12 @@ class Scenario:
         self.chains()
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -754,10 +761,11 @@ def bench(c: Cluster, scenario: Scenario, seconds: int) -> None:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         result = wrk(port, "/v2/models/add/infer", scenario.body_file, headers, seconds, connections)
         cpu = {name: (cpu_seconds(pid) - before[name]) / result["elapsed"] * 100 for name, pid in pids.items()}
+        rss = max(rss_mib(c.apis[i].pid) for i in processes)
         failed = result["other"] + result["limited"] + result["socket_errors"]
         check(failed == 0, f"{label}: {failed} failed\n{result['raw']}")
         rows.append((label, connections, result["rps"], result["p99_ms"],
-                     ", ".join(f"{name} {share:.0f}%" for name, share in cpu.items())))
+                     ", ".join(f"{name} {share:.0f}%" for name, share in cpu.items()), rss))
         log(f"{label}, {connections} connections: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms")
 
     for connections in (16, 64):
@@ -766,10 +774,10 @@ def bench(c: Cluster, scenario: Scenario, seconds: int) -> None:
             c.start_lb(list(range(n)))
             measure(f"{n} process{'es' if n > 1 else ''} behind HAProxy", c.lb_port, list(range(n)), connections)
     print()
-    print("| setup | connections | req/s | p99 ms | CPU per process (% of one core) |")
-    print("|---|---:|---:|---:|---|")
-    for label, connections, rps, p99, cpu in rows:
-        print(f"| {label} | {connections} | {rps:,.0f} | {p99:.2f} | {cpu} |")
+    print("| setup | connections | req/s | p99 ms | CPU per process (% of one core) | largest API RSS MiB |")
+    print("|---|---:|---:|---:|---|---:|")
+    for label, connections, rps, p99, cpu, rss in rows:
+        print(f"| {label} | {connections} | {rps:,.0f} | {p99:.2f} | {cpu} | {rss:.0f} |")
 
 
 def main() -> None:
