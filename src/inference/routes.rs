@@ -99,7 +99,14 @@ pub async fn version_metadata(
 }
 
 /// Model readiness (loads the model if it is not loaded yet).
-#[utoipa::path(tag = "inference", params(ModelPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
+#[utoipa::path(
+    tag = "inference", params(ModelPath), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 422, description = "The version's artifact does not load (`invalid_model`)"),
+        (status = 503, description = "ONNX Runtime is unavailable (`service_unavailable`), with Retry-After"),
+    )
+)]
 #[get("/v2/models/{name}/ready")]
 pub async fn model_ready(
     guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
@@ -109,8 +116,15 @@ pub async fn model_ready(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "name": path.name, "ready": true })))
 }
 
-/// Version readiness.
-#[utoipa::path(tag = "inference", params(VersionPath), security(("bearer" = [])), responses((status = 200, description = "Ready")))]
+/// Version readiness (loads the version if it is not loaded yet).
+#[utoipa::path(
+    tag = "inference", params(VersionPath), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 422, description = "The version's artifact does not load (`invalid_model`)"),
+        (status = 503, description = "ONNX Runtime is unavailable (`service_unavailable`), with Retry-After"),
+    )
+)]
 #[get("/v2/models/{name}/versions/{version}/ready")]
 pub async fn version_ready(
     guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,

@@ -151,7 +151,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Version readiness. */
+        /** Version readiness (loads the version if it is not loaded yet). */
         get: operations["version_ready"];
         put?: never;
         post?: never;
@@ -2543,6 +2543,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The version's artifact does not load (`invalid_model`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -2554,6 +2563,15 @@ export interface operations {
             };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description ONNX Runtime is unavailable (`service_unavailable`), with Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2622,6 +2640,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The version's artifact does not load (`invalid_model`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Tenant rate limit exceeded; see `Retry-After` (`rate_limited`) */
             429: {
                 headers: {
@@ -2633,6 +2660,15 @@ export interface operations {
             };
             /** @description Unexpected server failure (`internal_error`) */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description ONNX Runtime is unavailable (`service_unavailable`), with Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
