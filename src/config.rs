@@ -283,6 +283,8 @@ pub struct InferenceSettings {
     /// Dynamic batching: most rows run together (1 = off) and the longest wait for company.
     pub max_batch_size: usize,
     pub max_queue_delay_us: u64,
+    /// Largest inference request body (the admin API keeps `server.max_body_bytes`).
+    pub max_request_bytes: usize,
     /// Loaded models are evicted, least recently used first, above this many artifact bytes.
     pub memory_budget_bytes: u64,
     /// Deadline of a request that sets none, and the cap on one it sets.
@@ -716,6 +718,9 @@ impl Settings {
         if i.cache_timeout_ms == 0 {
             return Err(ConfigError::new("inference.cache_timeout_ms", "must be at least 1"));
         }
+        if i.max_request_bytes == 0 || i.max_request_bytes > 1 << 30 {
+            return Err(ConfigError::new("inference.max_request_bytes", "must be between 1 and 1073741824"));
+        }
         if i.default_timeout_ms == 0 || i.default_timeout_ms > i.max_timeout_ms {
             return Err(ConfigError::new("inference.default_timeout_ms", "must be between 1 and inference.max_timeout_ms"));
         }
@@ -890,6 +895,7 @@ impl fmt::Display for RedactedSettings<'_> {
         let i = &s.inference;
         writeln!(f, "\n[inference]\nonnxruntime_path = {:?}\ninstances = {}\nintra_op_threads = {}", i.onnxruntime_path, i.instances, i.intra_op_threads)?;
         writeln!(f, "queue_capacity = {}\nmax_batch_size = {}\nmax_queue_delay_us = {}", i.queue_capacity, i.max_batch_size, i.max_queue_delay_us)?;
+        writeln!(f, "max_request_bytes = {}", i.max_request_bytes)?;
         writeln!(f, "memory_budget_bytes = {}\ndefault_timeout_ms = {}\nmax_timeout_ms = {}", i.memory_budget_bytes, i.default_timeout_ms, i.max_timeout_ms)?;
         writeln!(f, "cache_ttl_seconds = {}\ncache_timeout_ms = {}\nresolve_ttl_ms = {}", i.cache_ttl_seconds, i.cache_timeout_ms, i.resolve_ttl_ms)?;
         writeln!(f, "eager_aliases = {:?}", i.eager_aliases)?;

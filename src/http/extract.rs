@@ -120,6 +120,31 @@ pub fn payload_error(error: PayloadError) -> ApiError {
     }
 }
 
+/// A raw body of at most `limit` bytes, read as it streams in. A declared length beyond the
+/// limit is refused before a byte is read; a body that grows beyond it is refused as soon as
+/// it does, so no request holds more than `limit` bytes of it. The buffer is sized from the
+/// declared length (capped), so a large body is not copied as it grows.
+pub async fn body_within(request: &actix_web::HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    use futures::StreamExt;
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&length| length > limit as u64) {
+        return Err(ApiError::new(Code::PayloadTooLarge, format!("the body has {length} bytes; the limit is {limit}")));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(payload_error)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(Code::PayloadTooLarge, format!("the body exceeds the limit of {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -151,9 +151,11 @@ async fn infer(
     req: &actix_web::HttpRequest,
     name: String,
     version: Option<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = guard.tenant()?;
+    // Inference has a limit of its own: batch scoring sends far more than the admin API.
+    let body = crate::http::extract::body_within(req, body, guard.models.settings().max_request_bytes).await?;
     let headers = req.headers();
     let json_len = header_number(headers, HEADER_CONTENT_LENGTH)?.map(|n| n as usize);
     let timeout = header_number(headers, TIMEOUT_HEADER)?.map(std::time::Duration::from_millis);
@@ -212,7 +214,7 @@ pub async fn infer_latest(
     guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: actix_web::HttpRequest,
     path: web::Path<ModelPath>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     infer(guard, &req, path.into_inner().name, None, body).await
 }
@@ -232,7 +234,7 @@ pub async fn infer_version(
     guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: actix_web::HttpRequest,
     path: web::Path<VersionPath>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let VersionPath { name, version } = path.into_inner();
     infer(guard, &req, name, Some(version), body).await

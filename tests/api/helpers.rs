@@ -64,6 +64,20 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
+    /// An OIP request with the binary tensor data extension: the JSON `header`, then `tensors`.
+    pub async fn infer_binary(&self, token: &str, path: &str, header: &str, tensors: &[u8]) -> reqwest::Response {
+        let body = [header.as_bytes(), tensors].concat();
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("inference-header-content-length", header.len())
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// Runs SQL as the schema owner with triggers off, as an attacker with full access to the
     /// database would.
     pub async fn tamper(&self, sql: &str) {

@@ -99,20 +99,8 @@ async fn json_and_binary_inference_by_version_and_alias() {
         { "name": "y", "shape": [1, 4], "datatype": "FP32", "parameters": { "binary_data_size": 16 } },
     ], "outputs": [{ "name": "z", "parameters": { "binary_data": true } }] })
     .to_string();
-    let mut body = header.clone().into_bytes();
-    for v in x.iter().chain(x.iter()) {
-        body.extend_from_slice(&v.to_le_bytes());
-    }
-    let response = app
-        .client
-        .post(app.url("/v2/models/adder/infer"))
-        .bearer_auth(&acme.key)
-        .header("inference-header-content-length", header.len())
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let tensors: Vec<u8> = x.iter().chain(x.iter()).flat_map(|v| v.to_le_bytes()).collect();
+    let response = app.infer_binary(&acme.key, "/v2/models/adder/infer", &header, &tensors).await;
     assert_eq!(response.status(), 200);
     let json_len: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
     let bytes = response.bytes().await.unwrap();
@@ -559,4 +547,67 @@ async fn inference_answers_are_never_compressed() {
         .await
         .unwrap();
     assert_eq!(listing.headers()["content-encoding"], "gzip");
+}
+
+/// Batch scoring: a 4 MiB binary request (the size of 4,096 rows of 256 FP32 features) is
+/// served, past the admin API's 1 MiB; beyond inference's own limit a declared length is
+/// refused before its body is read, and an undeclared one as soon as it grows too long.
+#[tokio::test]
+async fn batch_sized_bodies_are_served_up_to_the_inference_limit() {
+    const LIMIT: usize = 8 << 20;
+    let app = crate::helpers::spawn_app_with(|s| s.inference.max_request_bytes = LIMIT).await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    acme.model(&app, "adder", ADD, json!({})).await;
+
+    let rows = (4 << 20) / 32;
+    let header = json!({ "inputs": [
+        { "name": "x", "shape": [rows, 4], "datatype": "FP32", "parameters": { "binary_data_size": rows * 16 } },
+        { "name": "y", "shape": [rows, 4], "datatype": "FP32", "parameters": { "binary_data_size": rows * 16 } },
+    ], "outputs": [{ "name": "z", "parameters": { "binary_data": true } }] })
+    .to_string();
+    let mut tensors: Vec<u8> = (0..rows * 4).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    tensors.extend((0..rows * 4).flat_map(|_| 0.5f32.to_le_bytes()));
+    assert!(tensors.len() >= 4 << 20 && tensors.len() > app.settings.server.max_body_bytes);
+    let response = app.infer_binary(&acme.key, "/v2/models/adder/infer", &header, &tensors).await;
+    assert_eq!(response.status(), 200);
+    let json_len: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let z: Vec<f32> = bytes[json_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(z.len(), rows * 4);
+    assert_eq!((z[0], z[rows * 4 - 1]), (0.5, (rows * 4 - 1) as f32 + 0.5));
+
+    // Too long, declared: refused with the headers alone, no body sent.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = |length: &str| {
+        format!(
+            "POST /v2/models/adder/infer HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n{length}\r\n",
+            acme.key
+        )
+    };
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    stream.write_all(head(&format!("content-length: {}\r\n", LIMIT + 1)).as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer)).await.expect("answered without the body").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("payload_too_large"), "{answer}");
+
+    // Too long, undeclared (chunked): refused once past the limit, while it is still sent.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    stream.write_all(head("transfer-encoding: chunked\r\n").as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..(2 * LIMIT >> 20) {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("payload_too_large"), "{answer}");
+    sender.abort();
 }

@@ -377,21 +377,8 @@ async fn burn_weights_upload_only_for_their_architecture_and_serve() {
     // NaN cannot be written in JSON, but binary tensors carry it: refused before the engine.
     let header = json!({ "inputs": [{ "name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": { "binary_data_size": 16 } }] })
         .to_string();
-    let mut body = header.clone().into_bytes();
-    for v in [0.5f32, f32::NAN, 2.0, 0.25] {
-        body.extend_from_slice(&v.to_le_bytes());
-    }
-    let response = s
-        .app
-        .client
-        .post(s.app.url("/v2/models/hand-made/infer"))
-        .bearer_auth(&s.owner)
-        .header("inference-header-content-length", header.len())
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let tensors: Vec<u8> = [0.5f32, f32::NAN, 2.0, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let response = s.app.infer_binary(&s.owner, "/v2/models/hand-made/infer", &header, &tensors).await;
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("element 1"), "{problem}");
