@@ -534,9 +534,14 @@ class Scenario:
 
     def audit(self) -> None:
         c = self.c
-        # Calls that arrive together share one chained record, which lists each of them.
-        calls = "SELECT coalesce(sum(json_array_length(details->'calls')), 0) FROM audit_events WHERE action = 'inference.call'"
-        before = int(c.psql(calls))
+        # Calls that arrive together share one chained record, which lists each of them. Only
+        # this tenant's, counted once the earlier steps' records have all landed (the other
+        # tenant's refused calls are still being written for a while).
+        calls = ("SELECT coalesce(sum(json_array_length(details->'calls')), 0) FROM audit_events "
+                 "WHERE action = 'inference.call' AND tenant_id = (SELECT id FROM tenants WHERE slug = 'scale')")
+        settled = []
+        wait_for("earlier calls are all recorded", lambda: settled.append(int(c.psql(calls))) or settled[-2:-1] == settled[-1:], 60, 1)
+        before = settled[-1]
         body = infer_body([0.5] * 4, [0.25] * 4)
         jobs = [port for port in c.api_ports for _ in range(500)]
         headers = {"cache-control": "no-cache"}
