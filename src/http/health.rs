@@ -105,7 +105,7 @@ const WITHOUT_REDIS: &str = "redis";
 
 /// Readiness: whether this pod can serve. Postgres is required (no caller is authenticated or
 /// audited without it); Redis is not: while it is down the answer stays 200 with `degraded`
-/// naming what is lost. Both outcomes are also the `tessera_dependency_up` gauge. A process
+/// naming it. Both outcomes are also the `tessera_dependency_up` gauge. A process
 /// draining before it stops is not ready, whatever its dependencies.
 #[utoipa::path(
     tag = "operations",
@@ -145,8 +145,8 @@ async fn healthz_text() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
-/// The operators' listener: `/metrics` (and `/healthz`) apart from the API, because metrics name every
-/// tenant and model. With a token configured, the scraper must send it as a bearer token.
+/// The operators' listener: `/metrics` (and `/healthz`) apart from the API, because metrics
+/// name every tenant and model. With a token configured, the scraper must send it as a bearer token.
 pub fn metrics_server(
     listener: std::net::TcpListener,
     metrics: std::sync::Arc<crate::metrics::Metrics>,

@@ -188,7 +188,7 @@ export interface paths {
         /**
          * Readiness: whether this pod can serve. Postgres is required (no caller is authenticated or
          *     audited without it); Redis is not: while it is down the answer stays 200 with `degraded`
-         *     naming what is lost. Both outcomes are also the `tessera_dependency_up` gauge. A process
+         *     naming it. Both outcomes are also the `tessera_dependency_up` gauge. A process
          *     draining before it stops is not ready, whatever its dependencies.
          */
         get: operations["readyz"];
