@@ -122,8 +122,9 @@ pub fn payload_error(error: PayloadError) -> ApiError {
 
 /// A raw body of at most `limit` bytes, read as it streams in. A declared length beyond the
 /// limit is refused before a byte is read; a body that grows beyond it is refused as soon as
-/// it does, so no request holds more than `limit` bytes of it. The buffer is sized from the
-/// declared length (capped), so a large body is not copied as it grows.
+/// it does, so no request holds more than `limit` bytes of it. The buffer grows by doubling
+/// up to the declared length, from at most `FIRST_RESERVE`: memory follows the bytes that
+/// arrived, not the length a client claims, at the cost of a few copies of a large body.
 pub async fn body_within(request: &actix_web::HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     use futures::StreamExt;
     let declared = request
@@ -134,11 +135,18 @@ pub async fn body_within(request: &actix_web::HttpRequest, mut payload: web::Pay
     if let Some(length) = declared.filter(|&length| length > limit as u64) {
         return Err(ApiError::new(Code::PayloadTooLarge, format!("the body has {length} bytes; the limit is {limit}")));
     }
-    let mut body = web::BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    const FIRST_RESERVE: usize = 1 << 20;
+    let declared = declared.map(|length| length as usize);
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_RESERVE));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(payload_error)?;
-        if body.len() + chunk.len() > limit {
+        let needed = body.len() + chunk.len();
+        if needed > limit {
             return Err(ApiError::new(Code::PayloadTooLarge, format!("the body exceeds the limit of {limit} bytes")));
+        }
+        if needed > body.capacity() {
+            let grown = needed.max(body.capacity() * 2).min(declared.unwrap_or(limit).max(needed));
+            body.reserve(grown - body.len());
         }
         body.extend_from_slice(&chunk);
     }
