@@ -156,8 +156,11 @@ test("datasets and jobs: upload a CSV, train, watch loss and accuracy live", asy
   await page.getByTestId("job-status").filter({ hasText: "succeeded" }).waitFor({ timeout: 120_000 });
   await page.getByRole("figure", { name: "Loss" }).waitFor();
   await page.getByRole("figure", { name: "Accuracy" }).waitFor();
-  const points = await page.getByRole("figure", { name: "Loss" }).locator("tbody tr").count();
-  assert.equal(points, 8, "one point per epoch");
+  // The job's status can read "succeeded" (fetched once on opening) before its event stream
+  // has delivered every epoch: wait for the eighth point, then check there are no more.
+  const points = page.getByRole("figure", { name: "Loss" }).locator("tbody tr");
+  await points.nth(7).waitFor();
+  assert.equal(await points.count(), 8, "one point per epoch");
   await accessible(page, "datasets and jobs");
   await done(page);
 });
