@@ -293,6 +293,33 @@ mod tests {
         assert_ne!(a.compute_hash(&GENESIS), b.compute_hash(&GENESIS));
     }
 
+    /// Details are hashed as written and verified as read back from Postgres: every float must
+    /// survive its text, or an untouched event (a training job's `samples_per_second`, say)
+    /// reads as changed.
+    #[test]
+    fn floats_in_details_read_back_as_hashed() {
+        let mut bits: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..200_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+            let value = match i % 3 {
+                0 => unit * 100_000.0,
+                1 => unit,
+                _ => f64::from_bits(bits),
+            };
+            if !value.is_finite() {
+                continue;
+            }
+            let written = canonical_json(&serde_json::json!({ "samples_per_second": value }));
+            let read: Value = serde_json::from_str(&written).unwrap();
+            assert_eq!(canonical_json(&read), written, "{value:e} does not survive its text");
+        }
+        let known: Value = serde_json::from_str(r#"{"seconds":0.21291890726713458}"#).unwrap();
+        assert_eq!(canonical_json(&known), r#"{"seconds":0.21291890726713458}"#);
+    }
+
     #[test]
     fn times_have_six_fractional_digits_in_utc() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_767_323_045_000_006_789).unwrap();
