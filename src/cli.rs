@@ -503,26 +503,17 @@ async fn worker(settings: Settings, concurrency: Option<usize>) -> anyhow::Resul
         return Ok(code);
     }
     let count = concurrency.unwrap_or(settings.jobs.workers).max(1);
-    let metrics_address = settings.telemetry.metrics_address.clone();
-    let metrics_token = settings.telemetry.metrics_token.clone();
     let state = AppState::new(settings)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut workers = state.jobs.start_workers(count, stopping.clone());
     workers.push(state.jobs.spawn_backlog_gauge(state.jobs_backlog.clone(), stopping));
     // The operators' listener, as beside the API: metrics, and liveness for an orchestrator.
-    let metrics_server = match metrics_address.as_str() {
-        "" => None,
-        address => {
-            let listener = std::net::TcpListener::bind(address).map_err(|e| {
-                anyhow::anyhow!("cannot bind telemetry.metrics_address {address}: {e} (set it to another address, or empty)")
-            })?;
-            tracing::info!(address = %listener.local_addr()?, "metrics listener");
-            let server = crate::http::health::metrics_server(listener, state.metrics.clone(), metrics_token)?;
-            let handle = server.handle();
-            tokio::spawn(server);
-            Some(handle)
-        }
-    };
+    let metrics_server = crate::http::health::bind_metrics_server(&state.settings.telemetry, state.metrics.clone())?.map(|(port, server)| {
+        tracing::info!(port, "metrics listener");
+        let handle = server.handle();
+        tokio::spawn(server);
+        handle
+    });
     tracing::info!(workers = count, "job workers started");
     println!("Tessera job workers running ({count})");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

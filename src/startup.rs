@@ -299,17 +299,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
 
-        let metrics = match settings.telemetry.metrics_address.as_str() {
-            "" => None,
-            address => {
-                let listener = TcpListener::bind(address)
-                    .map_err(|e| anyhow::anyhow!("cannot bind telemetry.metrics_address {address}: {e}"))?;
-                let port = listener.local_addr()?.port();
-                let server =
-                    health::metrics_server(listener, state.metrics.clone(), settings.telemetry.metrics_token.clone())?;
-                Some((port, server))
-            }
-        };
+        let metrics = health::bind_metrics_server(&settings.telemetry, state.metrics.clone())?;
 
         // Everything a serving process runs beside the API starts here, so that what tests
         // drive is what production runs.

@@ -145,9 +145,26 @@ async fn healthz_text() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
+/// The operators' listener as `telemetry.metrics_address` and `metrics_token` configure it:
+/// its port and server, or `None` when the address is empty. `serve` and `worker` both bind it here.
+pub fn bind_metrics_server(
+    telemetry: &crate::config::TelemetrySettings,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<Option<(u16, actix_web::dev::Server)>> {
+    let address = telemetry.metrics_address.as_str();
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let listener = std::net::TcpListener::bind(address).map_err(|e| {
+        anyhow::anyhow!("cannot bind telemetry.metrics_address {address}: {e} (set it to another address, or empty)")
+    })?;
+    let port = listener.local_addr()?.port();
+    Ok(Some((port, metrics_server(listener, metrics, telemetry.metrics_token.clone())?)))
+}
+
 /// The operators' listener: `/metrics` (and `/healthz`) apart from the API, because metrics
 /// name every tenant and model. With a token configured, the scraper must send it as a bearer token.
-pub fn metrics_server(
+fn metrics_server(
     listener: std::net::TcpListener,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     token: Option<secrecy::SecretString>,
