@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::cache::CacheStatus;
 use super::metadata::ModelMetadata;
-use super::service::{InferCall, InferenceService};
+use super::service::{HttpBody, InferCall, InferReply, InferenceService};
 use crate::audit::AuditActor;
 use crate::request::RequestInfo;
 use crate::error::{ApiError, Code};
@@ -168,13 +168,12 @@ async fn infer(
         actor: AuditActor::from(&guard.principal),
         name,
         version,
-        body: body.into(),
-        json_len,
+        request: HttpBody { body: body.into(), json_len },
         timeout,
         no_cache,
         info: RequestInfo::from_request(req),
     };
-    let reply = guard.infer(call).await?;
+    let reply: InferReply = guard.infer(call).await?;
     let mut response = HttpResponse::Ok();
     // Answers go out as they are, whatever the client accepts: the inference path does not
     // pay for compression. (`identity` stops the compressor; the edge drops it.)

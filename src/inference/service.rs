@@ -17,7 +17,7 @@ use super::error::InferenceError;
 use super::metrics::InferenceMetrics;
 use super::models::{LoadedModel, ModelManager, Resolved};
 use super::quiet::{self, CallInProgress};
-use super::protocol::{EncodedResponse, InferOutput, Limits, encode_infer_response, parse_infer_request_bytes};
+use super::protocol::{EncodedResponse, InferOutput, InferRequest, Limits, ProtocolError, encode_infer_response, parse_infer_request_bytes};
 use super::validate::{Prepared, prepare};
 use super::worker::{Job, WorkError};
 use crate::audit::sink::{AuditSink, CallEvent};
@@ -44,25 +44,90 @@ pub struct InferenceService {
     limits: Arc<Limits>,
 }
 
-pub struct InferCall {
+/// One call as its protocol delivered it. `R` is the request still in the protocol's form:
+/// it is parsed only once the model resolved, so an unknown model answers 404 whatever the body.
+pub struct InferCall<R> {
     pub tenant: TenantId,
     pub actor: AuditActor,
     pub name: String,
     /// Owned: the call's audit event takes it over when the call is done.
     pub version: Option<String>,
-    pub body: Bytes,
-    /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
-    pub json_len: Option<usize>,
-    /// Deadline asked for by header, if any.
+    pub request: R,
+    /// Deadline asked for outside the request (a header, a gRPC deadline), if any.
     pub timeout: Option<Duration>,
     /// `Cache-Control: no-cache`.
     pub no_cache: bool,
     pub info: RequestInfo,
 }
 
+/// An inference request in a protocol's wire form (the HTTP body, a gRPC message). Cloned
+/// when a large one is parsed on the blocking pool: a clone must share, not copy.
+pub trait WireRequest: Clone + Send + 'static {
+    /// Bytes received, as usage counts them.
+    fn wire_len(&self) -> usize;
+    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError>;
+}
+
+/// What a call answers, before any protocol encodes it.
+pub struct Answer<'a> {
+    pub model: &'a str,
+    pub version: &'a str,
+    pub id: Option<&'a str>,
+    pub outputs: Vec<InferOutput>,
+    /// Per output: whether the caller asked for it in binary (raw) form.
+    pub binary: &'a [bool],
+    pub cache: CacheStatus,
+}
+
+/// A protocol's encoding of an [`Answer`].
+pub trait WireReply: Sized {
+    fn encode(answer: Answer<'_>) -> Self;
+    /// Bytes sent, as usage counts them.
+    fn wire_len(&self) -> usize;
+    fn cache(&self) -> CacheStatus;
+}
+
+/// The HTTP body of an OIP v2 request: JSON, or JSON then binary tensors.
+#[derive(Clone)]
+pub struct HttpBody {
+    pub body: Bytes,
+    /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
+    pub json_len: Option<usize>,
+}
+
+impl WireRequest for HttpBody {
+    fn wire_len(&self) -> usize {
+        self.body.len()
+    }
+
+    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+        parse_infer_request_bytes(&self.body, self.json_len, limits)
+    }
+}
+
 pub struct InferReply {
     pub encoded: EncodedResponse,
     pub cache: CacheStatus,
+}
+
+impl WireReply for InferReply {
+    fn encode(answer: Answer<'_>) -> Self {
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("cache".to_owned(), json!(answer.cache.as_str()));
+        let names: Vec<&str> = answer.outputs.iter().map(|o| o.name.as_str()).collect();
+        let encoded = encode_infer_response(answer.model, Some(answer.version), answer.id, Some(&parameters), &answer.outputs, |name| {
+            names.iter().position(|n| *n == name).is_some_and(|i| answer.binary[i])
+        });
+        InferReply { encoded, cache: answer.cache }
+    }
+
+    fn wire_len(&self) -> usize {
+        self.encoded.body.len()
+    }
+
+    fn cache(&self) -> CacheStatus {
+        self.cache
+    }
 }
 
 fn failed(e: WorkError) -> InferenceError {
@@ -84,17 +149,17 @@ impl InferenceService {
         Self { models, cache, audit, metrics, usage, limits: Arc::new(Limits::default()) }
     }
 
-    pub async fn infer(&self, call: InferCall) -> Result<InferReply, InferenceError> {
+    pub async fn infer<R: WireRequest, A: WireReply>(&self, call: InferCall<R>) -> Result<A, InferenceError> {
         let started = Instant::now();
         let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
         // labels only ever name models that exist (a caller cannot mint series).
         let (result, resolved) = match self.models.resolve(call.tenant, &call.name, call.version.as_deref()).await {
-            Ok(resolved) => (self.infer_inner(&call, &resolved, started).await, Some(resolved)),
+            Ok(resolved) => (self.infer_inner::<R, A>(&call, &resolved, started).await, Some(resolved)),
             Err(e) => (Err(e), None),
         };
         let (outcome, cache, rows) = match &result {
-            Ok((reply, rows)) => (Outcome::Success, reply.cache, *rows),
+            Ok((reply, rows)) => (Outcome::Success, reply.cache(), *rows),
             Err(e) if e.code().status().is_client_error() => (Outcome::Denied, CacheStatus::Bypass, 0),
             Err(_) => (Outcome::Failure, CacheStatus::Bypass, 0),
         };
@@ -106,8 +171,8 @@ impl InferenceService {
             let usage = CallUsage {
                 rows: rows as u64,
                 cache_hit: cache == CacheStatus::Hit,
-                bytes_in: call.body.len() as u64,
-                bytes_out: result.as_ref().map_or(0, |(reply, _)| reply.encoded.body.len() as u64),
+                bytes_in: call.request.wire_len() as u64,
+                bytes_out: result.as_ref().map_or(0, |(reply, _)| reply.wire_len() as u64),
                 outcome: match &result {
                     Ok(_) => Ok(elapsed),
                     Err(e) => Err(e.code()),
@@ -130,15 +195,17 @@ impl InferenceService {
         result.map(|(reply, _)| reply)
     }
 
-    async fn infer_inner(&self, call: &InferCall, resolved: &Resolved, started: Instant) -> Result<(InferReply, usize), InferenceError> {
-        let parse = {
-            let (body, json_len, limits) = (call.body.clone(), call.json_len, self.limits.clone());
-            move || parse_infer_request_bytes(&body, json_len, &limits)
-        };
-        let mut request = if call.body.len() <= PARSE_INLINE_BYTES {
-            parse()
+    async fn infer_inner<R: WireRequest, A: WireReply>(
+        &self,
+        call: &InferCall<R>,
+        resolved: &Resolved,
+        started: Instant,
+    ) -> Result<(A, usize), InferenceError> {
+        let mut request = if call.request.wire_len() <= PARSE_INLINE_BYTES {
+            call.request.parse(&self.limits)
         } else {
-            tokio::task::spawn_blocking(parse).await.map_err(anyhow::Error::new)?
+            let (request, limits) = (call.request.clone(), self.limits.clone());
+            tokio::task::spawn_blocking(move || request.parse(&limits)).await.map_err(anyhow::Error::new)?
         }?;
 
         let settings = self.models.settings();
@@ -182,19 +249,9 @@ impl InferenceService {
             .zip(&selected)
             .map(|(o, (index, _))| InferOutput { name: model.outputs[*index].name.clone(), shape: o.shape, data: o.data })
             .collect();
-        let mut response_parameters = serde_json::Map::new();
-        response_parameters.insert("cache".to_owned(), json!(cache.as_str()));
         let binary: Vec<bool> = selected.iter().map(|(_, b)| *b).collect();
-        let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-        let encoded = encode_infer_response(
-            &model.name,
-            Some(&model.version_label),
-            id.as_deref(),
-            Some(&response_parameters),
-            &outputs,
-            |name| names.iter().position(|n| *n == name).is_some_and(|i| binary[i]),
-        );
-        Ok((InferReply { encoded, cache }, rows))
+        let answer = Answer { model: &model.name, version: &model.version_label, id: id.as_deref(), outputs, binary: &binary, cache };
+        Ok((A::encode(answer), rows))
     }
 
     /// A call to a model whose results are cached: joins the flight for its inputs, answers from
