@@ -8,19 +8,23 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{AUTHORIZATION, HeaderValue};
+use actix_web::http::header::AUTHORIZATION;
 use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use crate::error::{ApiError, Code};
+use crate::identity::Principal;
 use crate::identity::authenticate::Authenticator;
 use crate::tenancy::rate_limit::{Admission, RateLimiter};
 
 
 /// Extracts the credential of `Authorization: Bearer <credential>`.
-fn bearer(value: &HeaderValue) -> Result<&str, ApiError> {
-    let text = value.to_str().map_err(|_| ApiError::new(Code::InvalidToken, "the Authorization header is not ASCII"))?;
+fn bearer(value: &[u8]) -> Result<&str, ApiError> {
+    let text = std::str::from_utf8(value)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .ok_or_else(|| ApiError::new(Code::InvalidToken, "the Authorization header is not ASCII"))?;
     let (scheme, credential) = text
         .split_once(' ')
         .ok_or_else(|| ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"))?;
@@ -28,6 +32,20 @@ fn bearer(value: &HeaderValue) -> Result<&str, ApiError> {
         return Err(ApiError::new(Code::InvalidToken, "expected `Authorization: Bearer <token>`"));
     }
     Ok(credential.trim())
+}
+
+/// Admission, the same for every protocol (HTTP here, gRPC's `authorization` metadata): the
+/// credential becomes a principal, and a tenant's caller spends one unit of its rate limit.
+pub async fn admit(authenticator: &Authenticator, limiter: &RateLimiter, authorization: &[u8]) -> Result<Principal, ApiError> {
+    let principal = authenticator.authenticate(bearer(authorization)?).await?;
+    if let Some(tenant) = &principal.tenant {
+        if let Admission::Limited { retry_after_secs } = limiter.check(tenant).await {
+            return Err(ApiError::new(Code::RateLimited, format!("tenant {} is over its request rate", tenant.slug))
+                .with_retry_after(retry_after_secs));
+        }
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+    }
+    Ok(principal)
 }
 
 pub struct Authenticate {
@@ -104,22 +122,10 @@ where
         let authenticator = self.authenticator.clone();
         let limiter = self.limiter.clone();
         async move {
-            let principal = match bearer(&header) {
-                Ok(credential) => authenticator.authenticate(credential).await.map_err(ApiError::from),
-                Err(error) => Err(error),
-            };
-            let principal = match principal {
+            let principal = match admit(&authenticator, &limiter, header.as_bytes()).await {
                 Ok(principal) => principal,
                 Err(error) => return Ok(refuse(req, error)),
             };
-            if let Some(tenant) = &principal.tenant {
-                if let Admission::Limited { retry_after_secs } = limiter.check(tenant).await {
-                    let error = ApiError::new(Code::RateLimited, format!("tenant {} is over its request rate", tenant.slug))
-                        .with_retry_after(retry_after_secs);
-                    return Ok(refuse(req, error));
-                }
-                tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
-            }
             if let Some(slug) = super::guard::path_tenant_slug(req.path()) {
                 let resolved = match authenticator.tenants.by_slug(slug).await {
                     Ok(tenant) => tenant,
