@@ -8,6 +8,25 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    grpc(&root);
+    portal(&root);
+}
+
+/// The gRPC contract (`openapi/grpc_predict_v2.proto`) as Rust: parsed by protox, so no
+/// `protoc` is needed; the server side only, with `bytes` fields shared rather than copied.
+fn grpc(root: &Path) {
+    let proto = root.join("openapi/grpc_predict_v2.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let descriptors = protox::compile([&proto], [root.join("openapi")]).unwrap_or_else(|e| panic!("{}: {e}", proto.display()));
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_transport(false)
+        .bytes(".inference")
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the gRPC service: {e}"));
+}
+
+fn portal(root: &Path) {
     let dist = root.join("portal/dist");
     println!("cargo:rerun-if-changed=portal/dist");
     if !dist.join("index.html").is_file() {

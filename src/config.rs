@@ -186,6 +186,9 @@ pub struct AuditConfig {
 pub struct ServerSettings {
     pub host: String,
     pub port: u16,
+    /// The Open Inference Protocol over gRPC, on a port of its own (same host and TLS).
+    pub grpc_enabled: bool,
+    pub grpc_port: u16,
     pub workers: usize,
     pub max_body_bytes: usize,
     /// On SIGTERM: serve on, failing readiness and closing connections, this long first.
@@ -607,6 +610,9 @@ impl Settings {
             return Err(ConfigError::new("server.host", "must not be empty"));
         }
         crate::net::TrustedProxies::parse(&s.trusted_proxies).map_err(|e| ConfigError::new("server.trusted_proxies", e))?;
+        if s.grpc_enabled && s.grpc_port != 0 && s.grpc_port == s.port {
+            return Err(ConfigError::new("server.grpc_port", "must differ from server.port"));
+        }
         if s.max_body_bytes < 1024 {
             return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
         }
@@ -858,6 +864,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "environment = \"{}\"", s.environment.as_str())?;
         writeln!(f, "\n[server]")?;
         writeln!(f, "host = {:?}\nport = {}\nworkers = {}", s.server.host, s.server.port, s.server.workers)?;
+        writeln!(f, "grpc_enabled = {}\ngrpc_port = {}", s.server.grpc_enabled, s.server.grpc_port)?;
         writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
         writeln!(f, "drain_seconds = {}", s.server.drain_seconds)?;
         writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;

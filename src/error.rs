@@ -237,6 +237,10 @@ impl ApiError {
         &self.detail
     }
 
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after_secs
+    }
+
     pub fn problem(&self) -> Problem {
         Problem {
             type_: format!("{PROBLEM_TYPE_PREFIX}{}", self.code.as_str()),

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod data;
 pub mod db;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod inference;

@@ -54,7 +54,7 @@ impl RequestId {
 
     /// A UUIDv7: time-ordered, its other bits random. Not `Uuid::now_v7`, whose counter sits
     /// behind a lock every HTTP worker would take for every request; ids need not be monotonic.
-    fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let at = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
         let mut text = [0; 36];

@@ -279,6 +279,8 @@ pub struct Application {
     server: Server,
     /// The operators' `/metrics` listener, when `telemetry.metrics_address` is set.
     metrics: Option<(u16, Server)>,
+    /// The Open Inference Protocol over gRPC, when `server.grpc_enabled`.
+    grpc: Option<crate::grpc::GrpcServer>,
     /// In-process job workers (`jobs.workers`), the login-failure flusher, the usage flusher
     /// and the audit checkpointer, told to stop when the server does.
     stop_jobs: tokio::sync::watch::Sender<bool>,
@@ -320,6 +322,30 @@ impl Application {
             });
         }
 
+        let grpc = if settings.server.grpc_enabled {
+            let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.grpc_port)).map_err(|e| {
+                anyhow::anyhow!("cannot bind {}:{} (server.grpc_port): {e}", settings.server.host, settings.server.grpc_port)
+            })?;
+            let parts = crate::grpc::GrpcParts {
+                inference: state.inference.clone(),
+                authenticator: state.authenticator.clone(),
+                limiter: state.limiter.clone(),
+                probes: health::Probes::new(state.db.clone(), state.redis.clone(), state.metrics.clone(), state.draining.clone()),
+                proxies: crate::net::TrustedProxies::parse(&settings.server.trusted_proxies)
+                    .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
+                max_message_bytes: settings.inference.max_request_bytes,
+                tls: if settings.server.tls.enabled { Some(crate::tls::server_config(&settings.server.tls)?) } else { None },
+                threads: match settings.server.workers {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
+                shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+            };
+            Some(crate::grpc::GrpcServer::start(listener, parts)?)
+        } else {
+            None
+        };
+
         let draining = state.draining.clone();
         let shared = Shared::new();
         let server = HttpServer::new(move || create_app(state.clone(), shared.clone()))
@@ -336,11 +362,16 @@ impl Application {
             server.listen(listener)?.run()
         };
         let drain = Duration::from_secs(settings.server.drain_seconds);
-        Ok(Self { port, server, metrics, stop_jobs, job_workers, draining, drain })
+        Ok(Self { port, server, metrics, grpc, stop_jobs, job_workers, draining, drain })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the gRPC listener, if there is one.
+    pub fn grpc_port(&self) -> Option<u16> {
+        self.grpc.as_ref().map(crate::grpc::GrpcServer::port)
     }
 
     /// The port of the metrics listener, if there is one.
@@ -352,8 +383,9 @@ impl Application {
     /// (readiness fails, responses close their connections, requests are still served); then
     /// the listener closes and in-flight requests get the grace period. Job workers then hand
     /// back what they run (at its next progress report) and stop.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let (api_handle, draining, drain) = (self.server.handle(), self.draining.clone(), self.drain);
+        let mut grpc = self.grpc.take();
         tokio::spawn(async move {
             let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
                 tracing::error!("cannot listen for SIGTERM");
@@ -377,6 +409,10 @@ impl Application {
         };
         let api = async {
             let served = self.server.await;
+            // gRPC stops with HTTP: GOAWAY to its clients, then calls in flight get the grace.
+            if let Some(grpc) = grpc.as_mut() {
+                grpc.stop().await;
+            }
             if let Some(handle) = metrics_handle {
                 handle.stop(false).await;
             }
@@ -390,6 +426,9 @@ impl Application {
         let (served, ()) = futures::future::join(api, metrics).await;
         let _ = self.stop_jobs.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(self.job_workers)).await;
+        // Only now: tasks the gRPC runtime started (a Redis connection's driver) may serve the
+        // job workers until they stop.
+        drop(grpc);
         served
     }
 }

@@ -9,11 +9,14 @@
 #      (`Cache-Control: no-cache`);
 #   4. the cost of auditing every call: the tiny model in two tenants of the same server, one
 #      auditing every call (the default) and one in `aggregated` mode, in rounds that swap
-#      which of the two runs first.
+#      which of the two runs first;
+#   5. HTTP against gRPC, both driven by the same client (tests/bench/oip_load.rs) with the same
+#      tensors: the tiny model at 1 and 16 connections (gRPC with raw contents), and the MLP with
+#      8 rows at 16 (HTTP JSON, gRPC raw and typed). Every answer is checked against the first.
 #
 #   deploy/local/bench-inference.sh [PEERS_DIR]     (models and request bodies come from bench/peers)
 #
-# SECTIONS picks some of them (default "floor batching cache audit"); AUDIT_ROUNDS sets how
+# SECTIONS picks some of them (default "floor batching cache audit grpc"); AUDIT_ROUNDS sets how
 # many alternated rounds section 4 runs (default 2); DURATION is seconds per wrk run;
 # TESSERA_BENCH_BIN runs another build of Tessera instead of building this tree (A/B runs).
 set -euo pipefail
@@ -24,7 +27,7 @@ PEERS_DIR="$(cd "${1:-$TESSERA_ROOT/../shared/bench/peers}" && pwd)"
 PORT="${TESSERA_BENCH_PORT:-18990}"
 BARE_PORT="${BARE_PORT:-18991}"
 DURATION="${DURATION:-10}"
-SECTIONS=" ${SECTIONS:-floor batching cache audit} "
+SECTIONS=" ${SECTIONS:-floor batching cache audit grpc} "
 AUDIT_ROUNDS="${AUDIT_ROUNDS:-2}"
 section() { [[ "$SECTIONS" == *" $1 "* ]]; }
 
@@ -33,13 +36,18 @@ bench_load_tools "$PEERS_DIR"
 work="$(mktemp -d /tmp/tessera-bench-inference.XXXXXX)"
 bench_environment "$PORT" "$work"
 bin="$bench_bin"
-log "building the bare handler (release)"
-bare="$(cargo bench --locked --quiet --bench bare_oip --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
+# bench_executable NAME: builds tests/bench/NAME.rs (release) and prints its path.
+bench_executable() {
+  cargo bench --locked --quiet --bench "$1" --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_oip" and m.get("executable"):
-        print(m["executable"])')"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+log "building the bare handler and the load generator (release)"
+bare="$(bench_executable bare_oip)"
+load="$(bench_executable oip_load)"
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_models.py" "$work/models" >/dev/null
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_requests.py" "$work/models" "$work/req" >/dev/null
 cp tests/fixtures/models/slow_fp32.onnx "$work/models/slow.onnx"
@@ -115,6 +123,28 @@ if section cache; then
   wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
   wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 fi
+# load_run LABEL PROTOCOL ADDRESS MODEL BODY CONNECTIONS [TOKEN]: one oip_load run as a table row.
+load_run() {
+  local out
+  out="$("$load" "$2" "$3" "$4" "$5" "$6" "${DURATION}" ${7:+"$7"})"
+  python3 - "$1" "$6" "$out" <<'PY'
+import re, sys
+label, connections, text = sys.argv[1:4]
+f = dict(re.findall(r"(\w+)=([\d.]+)", text))
+failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
+print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} |")
+PY
+}
+if section grpc; then
+  grpc="127.0.0.1:$((PORT + 1))"
+  for c in 1 16; do
+    load_run "tessera HTTP, tiny (oip_load)" http "127.0.0.1:$PORT" tiny "$work/req/tiny_b1.json" "$c" "$caller"
+    load_run "tessera gRPC raw, tiny (oip_load)" grpc "$grpc" tiny "$work/req/tiny_b1.json" "$c" "$caller"
+  done
+  load_run "tessera HTTP JSON, mlp 8 rows (oip_load)" http "127.0.0.1:$PORT" mlp "$work/req/mlp_b8.json" 16 "$caller"
+  load_run "tessera gRPC raw, mlp 8 rows (oip_load)" grpc "$grpc" mlp "$work/req/mlp_b8.json" 16 "$caller"
+  load_run "tessera gRPC typed, mlp 8 rows (oip_load)" grpc-typed "$grpc" mlp "$work/req/mlp_b8.json" 16 "$caller"
+fi
 if section audit; then
   every() { wrk_run "tessera, tiny, every call audited ($1)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "$auth"; }
   aggregated() { wrk_run "tessera, tiny, aggregated audit ($1)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" 16 "Authorization: Bearer $caller_agg"; }
@@ -122,4 +152,13 @@ if section audit; then
   for round in $(seq 1 "$AUDIT_ROUNDS"); do
     if (( round % 2 )); then every "$round"; aggregated "$round"; else aggregated "$round"; every "$round"; fi
   done
+fi
+
+# Nothing was lost on the way: every chain the run wrote verifies, from the database.
+sleep 2
+if "$bin" audit verify --database >"$work/verify.txt" 2>&1; then
+  log "audit: $(grep -c ': OK' "$work/verify.txt") chains verify after the run"
+else
+  cat "$work/verify.txt" >&2
+  die "the audit chain does not verify after the run"
 fi

@@ -89,10 +89,10 @@ ensure_onnxruntime() {
 PYDEPS_DIR="${PYDEPS_DIR:-/var/tmp/tessera-pydeps}"
 
 ensure_test_python() {
-  if ! PYTHONPATH="$PYDEPS_DIR" python3 -c "import tritonclient.http, numpy" >/dev/null 2>&1; then
-    log "installing tritonclient[http] and numpy into $PYDEPS_DIR"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$PYDEPS_DIR" "tritonclient[http]" numpy >&2 \
-      || die "could not install tritonclient[http] from PyPI"
+  if ! PYTHONPATH="$PYDEPS_DIR" python3 -c "import tritonclient.http, tritonclient.grpc, numpy" >/dev/null 2>&1; then
+    log "installing tritonclient[http,grpc] and numpy into $PYDEPS_DIR"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYDEPS_DIR" "tritonclient[http,grpc]" numpy >&2 \
+      || die "could not install tritonclient[http,grpc] from PyPI"
   fi
   export TESSERA_TEST_PYTHONPATH="$PYDEPS_DIR"
 }
@@ -237,6 +237,8 @@ bench_environment() {
   export TESSERA__DATABASE__MIGRATION_URL="postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera_bench"
   export TESSERA__REDIS__KEY_PREFIX="tessera-bench"
   export TESSERA__SERVER__PORT="$port"
+  # gRPC beside HTTP, on the next port.
+  export TESSERA__SERVER__GRPC_PORT="$((port + 1))"
   export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
   export TESSERA__TELEMETRY__LOG_FILTER=warn
   # A port of its own for each server measured side by side (A/B runs, peers).

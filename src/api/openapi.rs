@@ -24,7 +24,9 @@ use crate::error::{Code, PROBLEM_JSON, Problem};
         (name = "members", description = "A tenant's members and their roles"),
         (name = "api-keys", description = "API keys for machines"),
         (name = "models", description = "The encrypted model registry: models, versions, aliases, artifacts, tenant keys"),
-        (name = "inference", description = "The Open Inference Protocol v2 (KServe / Triton HTTP), in the caller's tenant"),
+        (name = "inference", description = "The Open Inference Protocol v2 (KServe / Triton HTTP), in the caller's tenant. \
+         The same protocol is served over gRPC on `server.grpc_port` (8081): `inference.GRPCInferenceService`, \
+         contract in `openapi/grpc_predict_v2.proto`, with the same credentials in the `authorization` metadata"),
         (name = "jobs", description = "Datasets, training and batch inference jobs, their event streams and outputs"),
         (name = "audit", description = "The tamper-evident audit log: events, signed exports, signing keys, settings"),
         (name = "usage", description = "Inference usage per model version and hour or day; the tenant's quotas"),

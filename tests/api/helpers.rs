@@ -47,6 +47,8 @@ pub struct TestApp {
     pub port: u16,
     /// The operators' metrics listener.
     pub metrics_port: Option<u16>,
+    /// The Open Inference Protocol over gRPC.
+    pub grpc_port: Option<u16>,
     pub client: reqwest::Client,
     /// Owner connection to this test's database, for assertions and for tampering.
     pub db: PgPool,
@@ -214,6 +216,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(state.clone()).expect("application builds");
     let port = app.port();
     let metrics_port = app.metrics_port();
+    let grpc_port = app.grpc_port();
     tokio::spawn(app.run_until_stopped());
 
     let scheme = if settings.server.tls.enabled { "https" } else { "http" };
@@ -221,6 +224,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         address: format!("{scheme}://127.0.0.1:{port}"),
         port,
         metrics_port,
+        grpc_port,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         db,
         settings,

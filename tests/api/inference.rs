@@ -374,33 +374,85 @@ async fn every_call_is_audited() {
     assert_eq!(loaded, 1);
 }
 
-#[tokio::test]
-async fn tritonclient_works_unmodified() {
-    let Some(pythonpath) = std::env::var_os("TESSERA_TEST_PYTHONPATH") else {
+/// Where deploy/local/test.sh installed the Triton clients; `None` outside it (never in CI).
+fn triton_pythonpath() -> Option<std::ffi::OsString> {
+    let path = std::env::var_os("TESSERA_TEST_PYTHONPATH");
+    if path.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must provide tritonclient (deploy/local/test.sh installs it)");
         eprintln!("skipped: TESSERA_TEST_PYTHONPATH is not set (deploy/local/test.sh sets it)");
-        return;
-    };
-    let app = spawn_app().await;
-    let admin = app.platform_admin().await;
-    let acme = tenant(&app, &admin, "acme").await;
-    acme.model(&app, "adder", ADD, json!({})).await;
-    acme.alias(&app, "adder", "production", 1).await;
-    acme.model(&app, "dtypes", DTYPES, json!({})).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oip/tritonclient_check.py");
-    let (url, key) = (format!("127.0.0.1:{}", app.port), acme.key.clone());
+    }
+    path
+}
+
+/// Runs `tests/oip/<script>` with `args`; it exits non-zero on the first mismatch.
+async fn triton_check(pythonpath: std::ffi::OsString, script: &str, args: Vec<String>) {
+    let path = format!("{}/tests/oip/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").arg(script).arg(url).arg(key).env("PYTHONPATH", pythonpath).output()
+        std::process::Command::new("python3")
+            .arg(path)
+            .args(args)
+            .env("PYTHONPATH", pythonpath)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
     })
     .await
     .unwrap()
     .expect("python3 runs");
     assert!(
         output.status.success(),
-        "tritonclient check failed:\n{}\n{}",
+        "{script} failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A tenant serving the Triton checks' models: `adder` (alias `production`) and `dtypes`.
+async fn triton_tenant(app: &TestApp, admin: &str) -> Tenant {
+    let acme = tenant(app, admin, "acme").await;
+    acme.model(app, "adder", ADD, json!({})).await;
+    acme.alias(app, "adder", "production", 1).await;
+    acme.model(app, "dtypes", DTYPES, json!({})).await;
+    acme
+}
+
+#[tokio::test]
+async fn tritonclient_works_unmodified() {
+    let Some(pythonpath) = triton_pythonpath() else { return };
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = triton_tenant(&app, &admin).await;
+    triton_check(pythonpath, "tritonclient_check.py", vec![format!("127.0.0.1:{}", app.port), acme.key.clone()]).await;
+}
+
+#[tokio::test]
+async fn tritonclient_grpc_works_unmodified() {
+    let Some(pythonpath) = triton_pythonpath() else { return };
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = triton_tenant(&app, &admin).await;
+    app.add_member(&admin, "acme", "auditor@acme.test", "auditor").await;
+    let auditor = app.session("auditor@acme.test", Some("acme")).await.0;
+    let beta = tenant(&app, &admin, "beta").await;
+    beta.model(&app, "secret", ADD, json!({})).await;
+    // A tenant allowed one call a second: its burst spent, gRPC refuses as HTTP does.
+    app.create_tenant(&admin, "slow", json!({ "rate_limit_per_second": 1, "rate_limit_burst": 2 })).await;
+    app.add_member(&admin, "slow", "owner@slow.test", "owner").await;
+    let slow_owner = app.session("owner@slow.test", Some("slow")).await.0;
+    let slow = app.create_api_key(&slow_owner, "slow", "inference").await["secret"].as_str().unwrap().to_owned();
+
+    let url = format!("127.0.0.1:{}", app.grpc_port.expect("gRPC is on in tests"));
+    triton_check(pythonpath, "tritonclient_grpc_check.py", vec![url, acme.key.clone(), beta.key.clone(), auditor, slow]).await;
+
+    // The calls went through the same audit as HTTP: successes and refusals, per tenant.
+    app.state.audit_sink.flush().await;
+    let records: Vec<Value> =
+        sqlx::query_scalar("SELECT details FROM audit_events WHERE action = 'inference.call'").fetch_all(&app.db).await.unwrap();
+    let calls: Vec<serde_json::Map<String, Value>> = records.iter().flat_map(tessera::audit::sink::expand_calls).collect();
+    let model = |c: &serde_json::Map<String, Value>| c["resource_id"].as_str().unwrap_or_default().to_owned();
+    let outcome = |c: &serde_json::Map<String, Value>| c["outcome"].as_str().unwrap_or_default().to_owned();
+    assert!(calls.iter().filter(|c| model(c) == "adder" && outcome(c) == "success").count() >= 3, "{calls:#?}");
+    assert!(calls.iter().any(|c| model(c) == "adder" && outcome(c) == "denied"), "{calls:#?}");
+    assert!(calls.iter().any(|c| model(c) == "secret" && outcome(c) == "success"), "{calls:#?}");
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from dtypes_feeds import DATATYPES, FEEDS
+
 
 def check(condition, message):
     if not condition:
@@ -55,18 +57,7 @@ def main() -> int:
     check(np.array_equal(result.as_numpy("z"), x[:1] + y[:1]), "alias version")
 
     # Every datatype of the dtypes model, as binary data and as JSON.
-    feeds = {
-        "int64": np.array([[1, -2], [3, 4]], dtype=np.int64),
-        "int32": np.array([7, -8], dtype=np.int32),
-        "bool": np.array([[True, False, True], [False, False, True]]),
-        "fp64": np.array([1.25, -3.5], dtype=np.float64),
-        "uint8": np.array([[0, 1, 2, 254, 255], [5, 6, 7, 8, 9]], dtype=np.uint8),
-        "fp16": np.array([[0.5, -1.0], [2.0, 1024.0]], dtype=np.float16),
-        "int8": np.array([-128, 127], dtype=np.int8),
-        "string": np.array([b"tessera", b"caf\xc3\xa9"], dtype=np.object_),
-    }
-    datatypes = {"int64": "INT64", "int32": "INT32", "bool": "BOOL", "fp64": "FP64", "uint8": "UINT8",
-                 "fp16": "FP16", "int8": "INT8", "string": "BYTES"}
+    feeds, datatypes = FEEDS, DATATYPES
     for binary in (True, False):
         inputs = []
         for suffix, array in feeds.items():

@@ -234,6 +234,8 @@ class Cluster:
             "TESSERA__INFERENCE__ONNXRUNTIME_PATH": os.environ["ORT_DYLIB_PATH"],
             "TESSERA__INFERENCE__RESOLVE_TTL_MS": str(RESOLVE_TTL_MS),
             "TESSERA__TELEMETRY__METRICS_ADDRESS": "127.0.0.1:0",
+            # The load balancer in front is HTTP's; each process's gRPC port is its own.
+            "TESSERA__SERVER__GRPC_PORT": "0",
             # Quiet logs, and yet traces: the two are filtered apart.
             "TESSERA__TELEMETRY__LOG_FILTER": "warn",
             "TESSERA__TELEMETRY__OTLP__ENDPOINT": f"http://127.0.0.1:{self.traces.port}/v1/traces",

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use half::f16;
 
+use super::request::{ProtocolError, perr};
 use super::tensor::{DataType, TensorData, get_le};
 
 impl TensorData {
@@ -13,6 +14,12 @@ impl TensorData {
     pub fn from_canonical(datatype: DataType, bytes: &[u8], count: usize) -> Option<TensorData> {
         decode_binary(datatype, bytes, count, None).ok()
     }
+}
+
+/// Decodes one tensor of `count` elements sent as raw bytes (the binary extension's encoding,
+/// which gRPC's `raw_input_contents` share); BYTES elements are slices of `bytes`, not copies.
+pub fn decode_raw(name: &str, datatype: DataType, bytes: &Bytes, count: usize) -> Result<TensorData, ProtocolError> {
+    decode_binary(datatype, bytes, count, Some((bytes, 0))).map_err(|e| perr(format!("input '{name}', raw contents: {e}")))
 }
 
 /// Decodes one binary tensor. `shared` is the whole body and the offset of `bytes` in it, when

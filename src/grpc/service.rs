@@ -1,0 +1,322 @@
+//! `inference.GRPCInferenceService`: the Open Inference Protocol's gRPC calls over the same
+//! services as HTTP. A call is admitted as an HTTP request is, by `Admitted` before its message
+//! is read (`http::authenticate::admit`: the credential, then the tenant's rate limit); it needs
+//! `inference.run` in the credential's tenant, and reaches `InferenceService`, which validates,
+//! batches, caches, audits, meters and counts usage whichever protocol delivered the call.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderValue;
+use prost::Message;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::convert;
+use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::{
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
+    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+};
+use crate::audit::AuditActor;
+use crate::error::{ApiError, Code};
+use crate::http::authenticate::admit;
+use crate::http::health::Probes;
+use crate::identity::authenticate::Authenticator;
+use crate::identity::{Permission, Principal, perm};
+use crate::inference::InferenceService;
+use crate::inference::cache::CacheStatus;
+use crate::inference::protocol::{InferRequest, Limits, ProtocolError};
+use crate::inference::service::{Answer, InferCall, WireReply, WireRequest};
+use crate::net::TrustedProxies;
+use crate::request::{RequestId, RequestInfo};
+use crate::tenancy::TenantInfo;
+use crate::tenancy::rate_limit::RateLimiter;
+
+/// Longer user agents are cut to this many bytes, as over HTTP.
+const MAX_USER_AGENT: usize = 512;
+
+#[derive(Clone)]
+pub struct Inference {
+    pub(super) inference: InferenceService,
+    pub(super) probes: Probes,
+    pub(super) proxies: TrustedProxies,
+}
+
+/// The calls anyone may make, as `/v2/health/*` and `/v2` over HTTP.
+const PUBLIC: [&str; 3] = [
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ServerMetadata",
+];
+
+/// The service behind admission: every call but the public ones presents a credential that
+/// `admit` accepts, and its tenant has rate to spare, before a byte of its message is read.
+/// The principal rides in the request's extensions to the call.
+#[derive(Clone)]
+pub struct Admitted<S> {
+    pub(super) inner: S,
+    pub(super) authenticator: Arc<Authenticator>,
+    pub(super) limiter: RateLimiter,
+}
+
+impl<S> Service<http::Request<Body>> for Admitted<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The instance that was polled ready serves this call; a fresh clone waits for the next.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let (authenticator, limiter) = (self.authenticator.clone(), self.limiter.clone());
+        let path = request.uri().path();
+        let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
+        let public = PUBLIC.contains(&path);
+        Box::pin(
+            async move {
+                if !public {
+                    let admitted = match request.headers().get("authorization") {
+                        None => Err(ApiError::new(
+                            Code::Unauthenticated,
+                            "this call needs `authorization: Bearer <token or API key>` metadata",
+                        )),
+                        Some(value) => admit(&authenticator, &limiter, value.as_bytes()).await,
+                    };
+                    match admitted {
+                        Ok(principal) => {
+                            request.extensions_mut().insert(principal);
+                        }
+                        Err(error) => return Ok(status(error).into_http()),
+                    }
+                }
+                inner.call(request).await
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The method's name as a span field: one of the protocol's, or `unknown`.
+fn method_name(method: &str) -> &'static str {
+    ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"]
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("unknown")
+}
+
+/// A `ModelInferRequest` on its way through the inference path, shared rather than copied
+/// when a large one is parsed on the blocking pool.
+#[derive(Clone)]
+struct GrpcRequest {
+    message: Arc<ModelInferRequest>,
+    len: usize,
+}
+
+impl WireRequest for GrpcRequest {
+    fn wire_len(&self) -> usize {
+        self.len
+    }
+
+    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+        convert::infer_request(&self.message, limits)
+    }
+}
+
+struct GrpcReply {
+    message: ModelInferResponse,
+    cache: CacheStatus,
+}
+
+impl WireReply for GrpcReply {
+    fn encode(answer: Answer<'_>) -> Self {
+        let cache = answer.cache;
+        GrpcReply { message: convert::infer_response(answer), cache }
+    }
+
+    fn wire_len(&self) -> usize {
+        self.message.encoded_len()
+    }
+
+    fn cache(&self) -> CacheStatus {
+        self.cache
+    }
+}
+
+/// A refusal as gRPC status: the code nearest the HTTP status, the stable problem code in
+/// brackets before the detail and again in the `tessera-error-code` trailer, and `retry-after`
+/// in seconds when a retry may succeed.
+pub fn status(error: ApiError) -> Status {
+    let code = error.code();
+    let grpc = match code.status().as_u16() {
+        400 | 415 | 422 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        409 => tonic::Code::FailedPrecondition,
+        413 | 429 => tonic::Code::ResourceExhausted,
+        503 => tonic::Code::Unavailable,
+        504 => tonic::Code::DeadlineExceeded,
+        500 => tonic::Code::Internal,
+        _ => tonic::Code::Unknown,
+    };
+    if code.status().is_server_error() {
+        tracing::error!(error = ?error, "gRPC call failed");
+    }
+    let mut metadata = MetadataMap::new();
+    metadata.insert("tessera-error-code", tonic::metadata::MetadataValue::from_static(code.as_str()));
+    if let Some(secs) = error.retry_after() {
+        metadata.insert("retry-after", secs.into());
+    }
+    Status::with_metadata(grpc, format!("[{}] {}", code.as_str(), error.detail()), metadata)
+}
+
+fn refused(error: impl Into<ApiError>) -> Status {
+    status(error.into())
+}
+
+/// `grpc-timeout`: digits, then a unit (Hours, Minutes, Seconds, milli, micro, nano).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn version(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+impl Inference {
+    /// The caller `Admitted` let in, allowed `inference.run` in its own tenant. Without one
+    /// (a call that was never admitted), nothing: fail closed.
+    fn caller<T>(&self, request: &Request<T>) -> Result<(Principal, Arc<TenantInfo>), Status> {
+        let principal = request.extensions().get::<Principal>().cloned().ok_or_else(|| {
+            refused(ApiError::new(Code::Unauthenticated, "this call needs `authorization: Bearer <token or API key>` metadata"))
+        })?;
+        let tenant = principal.tenant.clone().ok_or_else(|| {
+            refused(ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one"))
+        })?;
+        let permission = Permission::from_u8(perm::INFERENCE_RUN);
+        if !principal.may(permission) {
+            return Err(refused(ApiError::new(
+                Code::Forbidden,
+                format!("this operation needs the `{}` permission", permission.as_str()),
+            )));
+        }
+        Ok((principal, tenant))
+    }
+
+    /// Where the call came from, as its audit event records it: the peer, or the client a
+    /// trusted proxy names in `x-forwarded-for`.
+    fn info<T>(&self, request: &Request<T>) -> RequestInfo {
+        let metadata = request.metadata();
+        let peer = request.remote_addr().map(|a| a.ip());
+        let client_addr = if !self.proxies.is_empty() && self.proxies.contains_opt(peer) {
+            let lines: Vec<String> =
+                metadata.get_all("x-forwarded-for").iter().map(|v| String::from_utf8_lossy(v.as_encoded_bytes()).into_owned()).collect();
+            self.proxies.client(peer, (!lines.is_empty()).then(|| lines.join(",")).as_deref())
+        } else {
+            peer
+        };
+        let header = |name: &str, max: usize| {
+            metadata.get(name).and_then(|v| {
+                let bytes = v.as_encoded_bytes();
+                HeaderValue::from_bytes(&bytes[..bytes.len().min(max)]).ok()
+            })
+        };
+        let request_id = header("x-request-id", usize::MAX).and_then(|v| RequestId::parse(&v)).unwrap_or_else(RequestId::generate);
+        RequestInfo { client_addr, user_agent: header("user-agent", MAX_USER_AGENT), request_id: Some(request_id) }
+    }
+}
+
+/// One span per call, as the HTTP root span is per request; admission records the tenant.
+fn span(method: &'static str) -> tracing::Span {
+    tracing::info_span!("grpc.request", otel.kind = "server", rpc.system = "grpc", rpc.method = method, tenant_id = tracing::field::Empty)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    /// Ready as `/v2/health/ready` is: ONNX Runtime loaded and Postgres answering.
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        let ready = self.inference.models.runtime_ready() && self.probes.postgres(Duration::from_secs(1)).await.is_ok();
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse { name: "tessera".to_owned(), version: crate::VERSION.to_owned(), extensions: Vec::new() }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let (principal, tenant) = self.caller(&request)?;
+        let message = request.get_ref();
+        self.inference
+            .readiness(&tenant, &message.name, version(&message.version), &AuditActor::from(&principal))
+            .await
+            .map_err(refused)?;
+        Ok(Response::new(ModelReadyResponse { ready: true }))
+    }
+
+    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let (_, tenant) = self.caller(&request)?;
+        let message = request.get_ref();
+        let metadata = self.inference.metadata(&tenant, &message.name, version(&message.version)).await.map_err(refused)?;
+        let tensors = |list: Vec<crate::inference::metadata::TensorMetadata>| {
+            list.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: metadata.name,
+            versions: metadata.versions,
+            platform: metadata.platform.to_owned(),
+            inputs: tensors(metadata.inputs),
+            outputs: tensors(metadata.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let (principal, tenant) = self.caller(&request)?;
+        let info = self.info(&request);
+        let timeout = grpc_timeout(request.metadata());
+        let message = request.into_inner();
+        let (name, version) = (message.model_name.clone(), version(&message.model_version).map(str::to_owned));
+        let len = message.encoded_len();
+        let call = InferCall {
+            tenant: tenant.id,
+            actor: AuditActor::from(&principal),
+            name,
+            version,
+            request: GrpcRequest { message: Arc::new(message), len },
+            timeout,
+            no_cache: false,
+            info,
+        };
+        let reply: GrpcReply = self.inference.infer(call).await.map_err(refused)?;
+        Ok(Response::new(reply.message))
+    }
+}
