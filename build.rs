@@ -22,6 +22,7 @@ fn grpc(root: &Path) {
         .build_client(false)
         .build_transport(false)
         .bytes(".inference")
+        .codec_path("crate::grpc::codec::CheckedCodec")
         .compile_fds(descriptors)
         .unwrap_or_else(|e| panic!("generating the gRPC service: {e}"));
 }

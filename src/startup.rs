@@ -334,6 +334,7 @@ impl Application {
                 proxies: crate::net::TrustedProxies::parse(&settings.server.trusted_proxies)
                     .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
                 max_message_bytes: settings.inference.max_request_bytes,
+                call_timeout: Duration::from_millis(settings.inference.max_timeout_ms) + Duration::from_secs(30),
                 tls: if settings.server.tls.enabled { Some(crate::tls::server_config(&settings.server.tls)?) } else { None },
                 threads: match settings.server.workers {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

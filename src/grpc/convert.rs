@@ -36,6 +36,9 @@ pub fn infer_request(message: &ModelInferRequest, limits: &Limits) -> Result<Inf
         .iter()
         .enumerate()
         .map(|(i, input)| {
+            if message.inputs[..i].iter().any(|other| other.name == input.name) {
+                return Err(refuse(format!("input '{}' appears more than once", input.name)));
+            }
             let datatype = DataType::parse(&input.datatype)
                 .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
             let (shape, count) = shape(&input.name, &input.shape, limits)?;
@@ -51,10 +54,17 @@ pub fn infer_request(message: &ModelInferRequest, limits: &Limits) -> Result<Inf
         })
         .collect::<Result<Vec<_>, _>>()?;
     let binary = raw || inputs.is_empty();
+    if message.outputs.len() > limits.max_inputs {
+        return Err(refuse(format!("{} outputs requested; at most {} are accepted", message.outputs.len(), limits.max_inputs)));
+    }
     let outputs = message
         .outputs
         .iter()
-        .map(|output| {
+        .enumerate()
+        .map(|(i, output)| {
+            if message.outputs[..i].iter().any(|other| other.name == output.name) {
+                return Err(refuse(format!("output '{}' is requested more than once", output.name)));
+            }
             let class_count = match output.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
                 None => 0,
                 Some(ParameterChoice::Int64Param(n)) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
@@ -72,11 +82,23 @@ pub fn infer_request(message: &ModelInferRequest, limits: &Limits) -> Result<Inf
     })
 }
 
+/// At most this many dimensions: more is no tensor a model takes, and the shape is echoed in
+/// error messages.
+const MAX_DIMS: usize = 32;
+
 fn shape(name: &str, dims: &[i64], limits: &Limits) -> Result<(Vec<usize>, usize), ProtocolError> {
+    if dims.len() > MAX_DIMS {
+        return Err(refuse(format!("input '{name}': {} dimensions; at most {MAX_DIMS}", dims.len())));
+    }
     let mut count = 1usize;
     let mut shape = Vec::with_capacity(dims.len());
     for &dim in dims {
         let dim = usize::try_from(dim).map_err(|_| refuse(format!("input '{name}': shape {dims:?} has a negative dimension")))?;
+        // Each dimension on its own too, as over HTTP: [0, huge] has no elements but would
+        // overflow the row arithmetic of batching and the signature checks.
+        if dim > limits.max_elements_per_tensor {
+            return Err(refuse(format!("input '{name}': dimension {dim} is larger than the limit of {}", limits.max_elements_per_tensor)));
+        }
         count = count
             .checked_mul(dim)
             .filter(|n| *n <= limits.max_elements_per_tensor)
@@ -283,7 +305,7 @@ mod tests {
             (message(vec![input("t", "FP32", &[1], None), input("u", "FP32", &[1], None)], vec![fp32_le(&[1.0])]), "2 inputs"),
             (message(vec![input("t", "FP8", &[1], None)], vec![vec![0]]), "unknown datatype 'FP8'"),
             (message(vec![input("t", "FP32", &[-1], None)], vec![vec![]]), "negative dimension"),
-            (message(vec![input("t", "UINT8", &[1 << 40, 1 << 40], None)], vec![vec![]]), "exceeds 1000 elements"),
+            (message(vec![input("t", "UINT8", &[100, 100], None)], vec![vec![]]), "exceeds 1000 elements"),
             (message(vec![input("t", "FP32", &[1], None); 3], vec![]), "at most 2"),
             (typed("FP32", &[2], InferTensorContents { fp32_contents: vec![1.0], ..Default::default() }), "fp32_contents holds 1"),
             (typed("INT8", &[1], InferTensorContents { int_contents: vec![128], ..Default::default() }), "128 is out of range for INT8"),
@@ -296,6 +318,19 @@ mod tests {
                 "beside raw_input_contents",
             ),
             (message(vec![input("t", "BOOL", &[1], None)], vec![vec![2]]), "expected 0 or 1"),
+            (message(vec![input("t", "UINT8", &[0, 1 << 40], None)], vec![vec![]]), "dimension 1099511627776 is larger"),
+            (message(vec![input("t", "UINT8", &[1; 33], None)], vec![vec![0]]), "33 dimensions"),
+            (message(vec![input("t", "UINT8", &[1], None), input("t", "UINT8", &[1], None)], vec![vec![0], vec![0]]), "appears more than once"),
+            (
+                ModelInferRequest {
+                    outputs: vec![
+                        super::super::proto::model_infer_request::InferRequestedOutputTensor { name: "z".to_owned(), parameters: HashMap::new() };
+                        2
+                    ],
+                    ..message(vec![], vec![])
+                },
+                "requested more than once",
+            ),
         ];
         for (request, expected) in cases {
             let error = infer_request(&request, &limits).expect_err(expected);

@@ -7,6 +7,7 @@
 //! The server runs on a runtime of its own with one thread per HTTP worker: actix's workers
 //! each run a single-threaded runtime, which a gRPC server cannot share.
 
+mod codec;
 mod convert;
 pub mod service;
 
@@ -35,6 +36,12 @@ use crate::tenancy::rate_limit::RateLimiter;
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once; beyond, accepting waits.
+const HANDSHAKES: usize = 64;
+/// Calls in flight on one connection (HTTP/2 streams).
+const STREAMS_PER_CONNECTION: u32 = 128;
+/// The largest message of every call but `ModelInfer` (names and versions).
+const SMALL_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// What the gRPC server needs: the services HTTP handlers reach, and the listener's settings.
 pub struct GrpcParts {
@@ -45,6 +52,9 @@ pub struct GrpcParts {
     pub proxies: TrustedProxies,
     /// The largest message accepted (`inference.max_request_bytes`) and sent.
     pub max_message_bytes: usize,
+    /// The longest a call may take, its message's arrival included: the longest inference
+    /// deadline (`inference.max_timeout_ms`) and then some.
+    pub call_timeout: Duration,
     pub tls: Option<rustls::ServerConfig>,
     pub threads: usize,
     pub shutdown_grace: Duration,
@@ -77,13 +87,19 @@ impl GrpcServer {
                 Err(e) => return tracing::error!(error = %e, "gRPC listener"),
             };
             let calls = GrpcInferenceServiceServer::new(Inference { inference: parts.inference, probes: parts.probes, proxies: parts.proxies })
-                .max_decoding_message_size(parts.max_message_bytes)
                 .max_encoding_message_size(parts.max_message_bytes);
-            let service = Admitted { inner: calls, authenticator: parts.authenticator, limiter: parts.limiter };
+            let service = Admitted {
+                small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
+                large: calls.max_decoding_message_size(parts.max_message_bytes),
+                authenticator: parts.authenticator,
+                limiter: parts.limiter,
+            };
             let incoming = accept(listener, parts.tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c))));
             let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
             let serve = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(60)))
+                .max_concurrent_streams(STREAMS_PER_CONNECTION)
+                .timeout(parts.call_timeout)
                 .serve_with_incoming_shutdown(service, incoming, async move {
                     let _ = stopped.await;
                     let _ = stopping_tx.send(());
@@ -133,9 +149,15 @@ fn accept(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            // The server stopped taking connections: so does the listener, at once.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (stream, _) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.
@@ -153,8 +175,10 @@ fn accept(
                     }
                 }
                 Some(acceptor) => {
+                    let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
                     let (acceptor, sender) = (acceptor.clone(), sender.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
                                 let _ = sender.send(Ok(Conn { io: Io::Tls(Box::new(stream)), info })).await;
@@ -164,9 +188,6 @@ fn accept(
                         }
                     });
                 }
-            }
-            if sender.is_closed() {
-                return;
             }
         }
     });

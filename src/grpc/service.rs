@@ -39,6 +39,9 @@ use crate::request::{RequestId, RequestInfo};
 use crate::tenancy::TenantInfo;
 use crate::tenancy::rate_limit::RateLimiter;
 
+/// A status message's detail is cut to this many bytes.
+const MAX_DETAIL: usize = 1024;
+
 /// Longer user agents are cut to this many bytes, as over HTTP.
 const MAX_USER_AGENT: usize = 512;
 
@@ -49,6 +52,30 @@ pub struct Inference {
     pub(super) proxies: TrustedProxies,
 }
 
+/// Every call but the public ones acts in the credential's tenant and needs `inference.run`,
+/// as the HTTP guard checks it for `/v2/models/...`.
+fn authorize(principal: &Principal) -> Result<Arc<TenantInfo>, ApiError> {
+    let tenant = principal
+        .tenant
+        .clone()
+        .ok_or_else(|| ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one"))?;
+    let permission = Permission::from_u8(perm::INFERENCE_RUN);
+    if !principal.may(permission) {
+        return Err(ApiError::new(Code::Forbidden, format!("this operation needs the `{}` permission", permission.as_str())));
+    }
+    Ok(tenant)
+}
+
+/// Names and versions as HTTP paths can carry them: no NUL (Postgres text cannot hold one)
+/// and no longer than a path segment would be.
+fn named(text: &str, field: &str) -> Result<(), Status> {
+    const MAX: usize = 1024;
+    if text.contains('\0') || text.len() > MAX {
+        return Err(refused(ApiError::new(Code::InvalidRequest, format!("{field} holds a NUL character or more than {MAX} bytes"))));
+    }
+    Ok(())
+}
+
 /// The calls anyone may make, as `/v2/health/*` and `/v2` over HTTP.
 const PUBLIC: [&str; 3] = [
     "/inference.GRPCInferenceService/ServerLive",
@@ -56,12 +83,19 @@ const PUBLIC: [&str; 3] = [
     "/inference.GRPCInferenceService/ServerMetadata",
 ];
 
+/// The only call whose message may be large (`inference.max_request_bytes`).
+const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
 /// The service behind admission: every call but the public ones presents a credential that
-/// `admit` accepts, and its tenant has rate to spare, before a byte of its message is read.
-/// The principal rides in the request's extensions to the call.
+/// `admit` accepts, with `inference.run` in its tenant, and that tenant has rate to spare,
+/// before a byte of its message is read. The principal rides in the request's extensions to
+/// the call. Only an admitted `ModelInfer` reaches `large`; every other call is decoded by
+/// `small`, whose messages are a few KiB at most, so no anonymous caller makes the server
+/// buffer more.
 #[derive(Clone)]
 pub struct Admitted<S> {
-    pub(super) inner: S,
+    pub(super) small: S,
+    pub(super) large: S,
     pub(super) authenticator: Arc<Authenticator>,
     pub(super) limiter: RateLimiter,
 }
@@ -76,17 +110,26 @@ where
     type Future = BoxFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        // Both are the same generated service, always ready.
+        match self.small.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.large.poll_ready(cx),
+            other => other,
+        }
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // The instance that was polled ready serves this call; a fresh clone waits for the next.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
-        let (authenticator, limiter) = (self.authenticator.clone(), self.limiter.clone());
         let path = request.uri().path();
+        let (public, infer) = (PUBLIC.contains(&path), path == INFER);
         let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
-        let public = PUBLIC.contains(&path);
+        // The instance that was polled ready serves this call; a fresh clone waits for the next.
+        let mut inner = if infer {
+            let fresh = self.large.clone();
+            std::mem::replace(&mut self.large, fresh)
+        } else {
+            let fresh = self.small.clone();
+            std::mem::replace(&mut self.small, fresh)
+        };
+        let (authenticator, limiter) = (self.authenticator.clone(), self.limiter.clone());
         Box::pin(
             async move {
                 if !public {
@@ -97,7 +140,7 @@ where
                         )),
                         Some(value) => admit(&authenticator, &limiter, value.as_bytes()).await,
                     };
-                    match admitted {
+                    match admitted.and_then(|principal| authorize(&principal).map(|_| principal)) {
                         Ok(principal) => {
                             request.extensions_mut().insert(principal);
                         }
@@ -182,7 +225,13 @@ pub fn status(error: ApiError) -> Status {
     if let Some(secs) = error.retry_after() {
         metadata.insert("retry-after", secs.into());
     }
-    Status::with_metadata(grpc, format!("[{}] {}", code.as_str(), error.detail()), metadata)
+    // Details can echo what the caller sent (names, shapes): a trailer stays small.
+    let detail = error.detail();
+    let mut end = detail.len().min(MAX_DETAIL);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    Status::with_metadata(grpc, format!("[{}] {}", code.as_str(), &detail[..end]), metadata)
 }
 
 fn refused(error: impl Into<ApiError>) -> Status {
@@ -216,16 +265,7 @@ impl Inference {
         let principal = request.extensions().get::<Principal>().cloned().ok_or_else(|| {
             refused(ApiError::new(Code::Unauthenticated, "this call needs `authorization: Bearer <token or API key>` metadata"))
         })?;
-        let tenant = principal.tenant.clone().ok_or_else(|| {
-            refused(ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one"))
-        })?;
-        let permission = Permission::from_u8(perm::INFERENCE_RUN);
-        if !principal.may(permission) {
-            return Err(refused(ApiError::new(
-                Code::Forbidden,
-                format!("this operation needs the `{}` permission", permission.as_str()),
-            )));
-        }
+        let tenant = authorize(&principal).map_err(status)?;
         Ok((principal, tenant))
     }
 
@@ -276,6 +316,8 @@ impl GrpcInferenceService for Inference {
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let (principal, tenant) = self.caller(&request)?;
         let message = request.get_ref();
+        named(&message.name, "name")?;
+        named(&message.version, "version")?;
         self.inference
             .readiness(&tenant, &message.name, version(&message.version), &AuditActor::from(&principal))
             .await
@@ -286,6 +328,8 @@ impl GrpcInferenceService for Inference {
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let (_, tenant) = self.caller(&request)?;
         let message = request.get_ref();
+        named(&message.name, "name")?;
+        named(&message.version, "version")?;
         let metadata = self.inference.metadata(&tenant, &message.name, version(&message.version)).await.map_err(refused)?;
         let tensors = |list: Vec<crate::inference::metadata::TensorMetadata>| {
             list.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
@@ -304,6 +348,8 @@ impl GrpcInferenceService for Inference {
         let info = self.info(&request);
         let timeout = grpc_timeout(request.metadata());
         let message = request.into_inner();
+        named(&message.model_name, "model_name")?;
+        named(&message.model_version, "model_version")?;
         let (name, version) = (message.model_name.clone(), version(&message.model_version).map(str::to_owned));
         let len = message.encoded_len();
         let call = InferCall {
@@ -316,7 +362,13 @@ impl GrpcInferenceService for Inference {
             no_cache: false,
             info,
         };
-        let reply: GrpcReply = self.inference.infer(call).await.map_err(refused)?;
+        // A task of its own: a caller that goes away (its deadline, a reset stream) drops this
+        // handler, but the call it started still ends, and is audited and counted.
+        let inference = self.inference.clone();
+        let reply: GrpcReply = tokio::spawn(async move { inference.infer(call).await })
+            .await
+            .map_err(|e| refused(ApiError::internal(e)))?
+            .map_err(refused)?;
         Ok(Response::new(reply.message))
     }
 }

@@ -123,6 +123,40 @@ def main() -> int:
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in e.details(), f"INT8 range: {e.details()}")
 
+    # Hostile messages: each refused with a client error, and the server serves on.
+    def rpc_error(call, code, fragment, what):
+        try:
+            call()
+            check(False, f"{what}: accepted")
+        except grpc.RpcError as e:
+            check(e.code() == code and fragment in e.details(), f"{what}: {e.code()} {e.details()}")
+    nul = service_pb2.ModelInferRequest(model_name="add\0er")
+    rpc_error(lambda: stub.ModelInfer(nul, metadata=metadata_pairs), grpc.StatusCode.INVALID_ARGUMENT, "[invalid_request]",
+              "a NUL in the model name")
+    rpc_error(lambda: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="a\0"), metadata=metadata_pairs),
+              grpc.StatusCode.INVALID_ARGUMENT, "[invalid_request]", "a NUL in a metadata name")
+    crowd = service_pb2.ModelInferRequest(model_name="adder")
+    for _ in range(257):
+        crowd.inputs.add()
+    rpc_error(lambda: stub.ModelInfer(crowd, metadata=metadata_pairs), grpc.StatusCode.INVALID_ARGUMENT, "inputs has 257",
+              "257 inputs")
+    twice = service_pb2.ModelInferRequest(model_name="adder")
+    twice.outputs.add(name="z")
+    twice.outputs.add(name="z")
+    for name in ("x", "y"):
+        twice.inputs.add(name=name, datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([0.0] * 4)
+    rpc_error(lambda: stub.ModelInfer(twice, metadata=metadata_pairs), grpc.StatusCode.INVALID_ARGUMENT, "more than once",
+              "an output requested twice")
+    # A megabyte to a public call, or to ModelInfer without a credential: refused, not buffered.
+    channel = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", 8 << 20)])
+    raw = lambda method: channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    padding = b"\x4a" + b"\x80\x80\x40" + b"\0" * (1 << 20)  # unknown field 9, 1 MiB of bytes
+    rpc_error(lambda: raw("ServerLive")(padding), grpc.StatusCode.OUT_OF_RANGE, "too large", "1 MiB to ServerLive")
+    rpc_error(lambda: raw("ModelInfer")(padding), grpc.StatusCode.UNAUTHENTICATED, "[unauthenticated]",
+              "1 MiB to ModelInfer without a credential")
+    check(client.is_server_live(), "still live after the hostile messages")
+
     # Errors: gRPC status, the problem code in the message.
     bad = [grpcclient.InferInput("x", [1, 5], "FP32"), grpcclient.InferInput("y", [1, 4], "FP32")]
     bad[0].set_data_from_numpy(np.zeros((1, 5), dtype=np.float32))
