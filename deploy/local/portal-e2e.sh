@@ -5,7 +5,7 @@
 # Called by test.sh after the cargo tests; runs alone too. Extra arguments go to `node --test`
 # (e.g. --test-name-pattern=headline). The headline test photographs the dashboard and the
 # models page into TESSERA_SCREENSHOTS (default: a temporary directory); the README's come from
-#   TESSERA_SCREENSHOTS=$PWD/docs/screenshots deploy/local/portal-e2e.sh --test-name-pattern=headline
+#   TESSERA_SCREENSHOTS=$PWD/portal/screenshots deploy/local/portal-e2e.sh --test-name-pattern=headline
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
