@@ -2,10 +2,11 @@
 //! `openapi/grpc_predict_v2.proto`), served by tonic on `server.grpc_port`.
 //!
 //! - `service`: the calls, over the same admission and services as HTTP;
+//! - `codec`: prost's codec after a count of the repeated fields on the wire;
 //! - `convert`: gRPC messages to the protocol's own request and answer types.
 //!
-//! The server runs on a runtime of its own with one thread per HTTP worker: actix's workers
-//! each run a single-threaded runtime, which a gRPC server cannot share.
+//! The server runs on threads of its own, one per HTTP worker, each a single-threaded runtime
+//! as actix's workers are (which a gRPC server cannot share).
 
 mod codec;
 mod convert;
@@ -60,62 +61,66 @@ pub struct GrpcParts {
     pub shutdown_grace: Duration,
 }
 
-/// A running gRPC server. Dropping it stops its runtime at once; `stop` lets calls in flight
-/// finish first.
+/// A running gRPC server: `threads` threads, each a single-threaded runtime serving the
+/// connections handed to it, as actix's workers serve HTTP; a call's tasks stay on one thread
+/// rather than wake another. `stop` stops accepting and lets calls in flight finish; the
+/// runtimes themselves end only when the server is dropped, since tasks they started (a
+/// Redis connection's driver) may serve the rest of the process until then.
 pub struct GrpcServer {
     port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
+    stop: tokio::sync::watch::Sender<bool>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+    release: tokio::sync::watch::Sender<bool>,
 }
 
 impl GrpcServer {
-    /// Binds `listener` and starts serving on a runtime of its own.
+    /// Serves on `listener` from threads of its own.
     pub fn start(listener: std::net::TcpListener, parts: GrpcParts) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(parts.threads.max(1))
-            .thread_name("tessera-grpc")
-            .enable_all()
-            .build()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let grace = parts.shutdown_grace;
-        let done = runtime.spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => listener,
-                Err(e) => return tracing::error!(error = %e, "gRPC listener"),
-            };
-            let calls = GrpcInferenceServiceServer::new(Inference { inference: parts.inference, probes: parts.probes, proxies: parts.proxies })
-                .max_encoding_message_size(parts.max_message_bytes);
-            let service = Admitted {
-                small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
-                large: calls.max_decoding_message_size(parts.max_message_bytes),
-                authenticator: parts.authenticator,
-                limiter: parts.limiter,
-            };
-            let incoming = accept(listener, parts.tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c))));
-            let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-            let serve = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(60)))
-                .max_concurrent_streams(STREAMS_PER_CONNECTION)
-                .timeout(parts.call_timeout)
-                .serve_with_incoming_shutdown(service, incoming, async move {
-                    let _ = stopped.await;
-                    let _ = stopping_tx.send(());
+        let calls = GrpcInferenceServiceServer::new(Inference { inference: parts.inference, probes: parts.probes, proxies: parts.proxies })
+            .max_encoding_message_size(parts.max_message_bytes);
+        let service = Admitted {
+            small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
+            large: calls.max_decoding_message_size(parts.max_message_bytes),
+            authenticator: parts.authenticator,
+            limiter: parts.limiter,
+        };
+        let tls = parts.tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let threads = parts.threads.max(1);
+        let (handoffs, inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::channel::<std::net::TcpStream>(64)).unzip();
+        // The first thread also accepts, and hands each connection to the threads in turn.
+        let mut accepting = Some((listener, handoffs));
+        let mut done = Vec::with_capacity(threads);
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            let (finished, finished_rx) = tokio::sync::oneshot::channel();
+            done.push(finished_rx);
+            let (service, tls, mut stopping, mut released) = (service.clone(), tls.clone(), stopping.clone(), released.clone());
+            let accepting = accepting.take();
+            let (timeout, grace) = (parts.call_timeout, parts.shutdown_grace);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::thread::Builder::new().name(format!("tessera-grpc-{index}")).spawn(move || {
+                runtime.block_on(async move {
+                    if let Some((listener, handoffs)) = accepting {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tokio::spawn(hand_out(listener, handoffs, stopping.clone()));
+                            }
+                            Err(e) => tracing::error!(error = %e, "gRPC listener"),
+                        }
+                    }
+                    let stopped = async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    };
+                    serve(service, inbox, tls, timeout, grace, stopped).await;
+                    let _ = finished.send(());
+                    let _ = released.wait_for(|r| *r).await;
                 });
-            tokio::pin!(serve);
-            // Past the grace period after the stop, calls still in flight are abandoned.
-            let deadline = async move {
-                let _ = stopping_rx.await;
-                tokio::time::sleep(grace).await;
-            };
-            tokio::select! {
-                served = &mut serve => if let Err(e) = served { tracing::error!(error = %e, "gRPC server") },
-                () = deadline => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
-            }
-        });
-        Ok(Self { port, stop: Some(stop), done: Some(done), runtime: Some(runtime) })
+            })?;
+        }
+        Ok(Self { port, stop, done, release })
     }
 
     pub fn port(&self) -> u16 {
@@ -124,10 +129,8 @@ impl GrpcServer {
 
     /// Stops accepting (clients get GOAWAY) and waits for calls in flight, up to the grace period.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
+        let _ = self.stop.send(true);
+        for done in self.done.drain(..) {
             let _ = done.await;
         }
     }
@@ -135,37 +138,87 @@ impl GrpcServer {
 
 impl Drop for GrpcServer {
     fn drop(&mut self) {
-        // Dropped from async code (tests, `run_until_stopped`): a runtime may not block there.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        let _ = self.stop.send(true);
+        let _ = self.release.send(true);
     }
 }
 
-/// Accepted connections, TLS ones once their handshake is done. Handshakes run apart, so a
-/// slow client holds up nobody else.
-fn accept(
+/// Accepts connections and hands them to the serving threads in turn, until the stop.
+async fn hand_out(
     listener: tokio::net::TcpListener,
+    handoffs: Vec<tokio::sync::mpsc::Sender<std::net::TcpStream>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "gRPC accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if handoffs[next % handoffs.len()].send(stream).await.is_err() {
+            return;
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
+/// One thread's server: the connections handed to it, TLS ones once their handshake is done.
+async fn serve(
+    service: Admitted<GrpcInferenceServiceServer<Inference>>,
+    inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
+    grace: Duration,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    let incoming = connections(inbox, tls);
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .timeout(timeout)
+        .serve_with_incoming_shutdown(service, incoming, async move {
+            stopped.await;
+            let _ = stopping_tx.send(());
+        });
+    tokio::pin!(serve);
+    // Past the grace period after the stop, calls still in flight are abandoned.
+    let deadline = async move {
+        let _ = stopping_rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = &mut serve => if let Err(e) = served { tracing::error!(error = %e, "gRPC server") },
+        () = deadline => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
+    }
+}
+
+/// The connections handed to this thread, TLS ones once their handshake is done. Handshakes
+/// run apart, so a slow client holds up nobody else.
+fn connections(
+    mut inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            // The server stopped taking connections: so does the listener, at once.
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            // The server stopped taking connections: so does this thread.
+            let handed = tokio::select! {
+                handed = inbox.recv() => handed,
                 () = sender.closed() => return,
             };
-            let (stream, _) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tracing::warn!(error = %e, "gRPC accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let Some(stream) = handed else { return };
+            let Ok(stream) = TcpStream::from_std(stream) else { continue };
             let _ = stream.set_nodelay(true);
             let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
             match &tls {
