@@ -136,7 +136,7 @@ print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms'])
 PY
 }
 if section grpc; then
-  grpc="127.0.0.1:$((PORT + 1))"
+  grpc="127.0.0.1:$TESSERA__SERVER__GRPC_PORT"
   for c in 1 16; do
     load_run "tessera HTTP, tiny (oip_load)" http "127.0.0.1:$PORT" tiny "$work/req/tiny_b1.json" "$c" "$caller"
     load_run "tessera gRPC raw, tiny (oip_load)" grpc "$grpc" tiny "$work/req/tiny_b1.json" "$c" "$caller"

@@ -237,8 +237,8 @@ bench_environment() {
   export TESSERA__DATABASE__MIGRATION_URL="postgres://tessera:$(cat "$owner_password")@127.0.0.1:5432/tessera_bench"
   export TESSERA__REDIS__KEY_PREFIX="tessera-bench"
   export TESSERA__SERVER__PORT="$port"
-  # gRPC beside HTTP, on the next port.
-  export TESSERA__SERVER__GRPC_PORT="$((port + 1))"
+  # gRPC beside HTTP, 100 ports up (the ports just above are the bare handler's and Burn's).
+  export TESSERA__SERVER__GRPC_PORT="$((port + 100))"
   export TESSERA__REGISTRY__STORAGE__PATH="$work/artifacts"
   export TESSERA__TELEMETRY__LOG_FILTER=warn
   # A port of its own for each server measured side by side (A/B runs, peers).
