@@ -27,6 +27,7 @@ use super::proto::{
 use crate::audit::AuditActor;
 use crate::error::{ApiError, Code};
 use crate::http::authenticate::admit;
+use crate::http::guard::{require, tenant_required};
 use crate::http::health::Probes;
 use crate::identity::authenticate::Authenticator;
 use crate::identity::{Permission, Principal, perm};
@@ -55,15 +56,13 @@ pub struct Inference {
 /// Every call but the public ones acts in the credential's tenant and needs `inference.run`,
 /// as the HTTP guard checks it for `/v2/models/...`.
 fn authorize(principal: &Principal) -> Result<Arc<TenantInfo>, ApiError> {
-    let tenant = principal
-        .tenant
-        .clone()
-        .ok_or_else(|| ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one"))?;
-    let permission = Permission::from_u8(perm::INFERENCE_RUN);
-    if !principal.may(permission) {
-        return Err(ApiError::new(Code::Forbidden, format!("this operation needs the `{}` permission", permission.as_str())));
-    }
+    let tenant = principal.tenant.clone().ok_or_else(tenant_required)?;
+    require(principal, Permission::from_u8(perm::INFERENCE_RUN))?;
     Ok(tenant)
+}
+
+fn unauthenticated() -> ApiError {
+    ApiError::new(Code::Unauthenticated, "this call needs `authorization: Bearer <token or API key>` metadata")
 }
 
 /// Names and versions as HTTP paths can carry them: no NUL (Postgres text cannot hold one)
@@ -134,10 +133,7 @@ where
             async move {
                 if !public {
                     let admitted = match request.headers().get("authorization") {
-                        None => Err(ApiError::new(
-                            Code::Unauthenticated,
-                            "this call needs `authorization: Bearer <token or API key>` metadata",
-                        )),
+                        None => Err(unauthenticated()),
                         Some(value) => admit(&authenticator, &limiter, value.as_bytes()).await,
                     };
                     match admitted.and_then(|principal| authorize(&principal).map(|_| principal)) {
@@ -262,9 +258,7 @@ impl Inference {
     /// The caller `Admitted` let in, allowed `inference.run` in its own tenant. Without one
     /// (a call that was never admitted), nothing: fail closed.
     fn caller<T>(&self, request: &Request<T>) -> Result<(Principal, Arc<TenantInfo>), Status> {
-        let principal = request.extensions().get::<Principal>().cloned().ok_or_else(|| {
-            refused(ApiError::new(Code::Unauthenticated, "this call needs `authorization: Bearer <token or API key>` metadata"))
-        })?;
+        let principal = request.extensions().get::<Principal>().cloned().ok_or_else(|| status(unauthenticated()))?;
         let tenant = authorize(&principal).map_err(status)?;
         Ok((principal, tenant))
     }

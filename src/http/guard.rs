@@ -39,9 +39,21 @@ impl<const P: u8, S: ?Sized + 'static> Guarded<P, S> {
     /// The tenant the operation acts on: the path's `{tenant}` when the route has one, else
     /// the credential's own tenant.
     pub fn tenant(&self) -> Result<&Arc<TenantInfo>, ApiError> {
-        self.tenant.as_ref().ok_or_else(|| {
-            ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one")
-        })
+        self.tenant.as_ref().ok_or_else(tenant_required)
+    }
+}
+
+/// The refusal of a credential scoped to no tenant where an operation acts on one.
+pub fn tenant_required() -> ApiError {
+    ApiError::new(Code::TenantRequired, "this operation acts on a tenant; use a credential scoped to one")
+}
+
+/// The one permission check, whichever protocol the request came by.
+pub fn require(principal: &Principal, permission: Permission) -> Result<(), ApiError> {
+    if principal.may(permission) {
+        Ok(())
+    } else {
+        Err(ApiError::new(Code::Forbidden, format!("this operation needs the `{}` permission", permission.as_str())))
     }
 }
 
@@ -99,12 +111,7 @@ impl<const P: u8, S: ?Sized + 'static> Guarded<P, S> {
                 Some(tenant)
             }
         };
-        if !principal.may(Self::PERMISSION) {
-            return Err(ApiError::new(
-                Code::Forbidden,
-                format!("this operation needs the `{}` permission", Self::PERMISSION.as_str()),
-            ));
-        }
+        require(&principal, Self::PERMISSION)?;
         // Fail closed: a service the application did not register is a server error, never a
         // way around the check above.
         let service = req.app_data::<web::Data<S>>().cloned().ok_or_else(|| {
