@@ -96,17 +96,31 @@ const MAX_USER_AGENT: usize = 512;
 
 impl RequestInfo {
     pub fn from_request(req: &HttpRequest) -> Self {
-        let peer = req.peer_addr().map(|a| a.ip());
-        let client_addr = match req.app_data::<crate::net::TrustedProxies>() {
+        let headers = req.headers();
+        Self::from_parts(
+            req.peer_addr().map(|a| a.ip()),
+            req.app_data::<crate::net::TrustedProxies>(),
+            headers.get_all("x-forwarded-for").map(HeaderValue::as_bytes),
+            headers.get(actix_web::http::header::USER_AGENT).map(HeaderValue::as_bytes),
+            req.extensions().get::<RequestId>().cloned(),
+        )
+    }
+
+    /// What any protocol knows of a request: the peer, the trusted proxies (whose
+    /// `X-Forwarded-For` lines, in order, name the client), the user agent and the request id.
+    pub fn from_parts<'a>(
+        peer: Option<IpAddr>,
+        proxies: Option<&crate::net::TrustedProxies>,
+        forwarded_for: impl Iterator<Item = &'a [u8]>,
+        user_agent: Option<&[u8]>,
+        request_id: Option<RequestId>,
+    ) -> Self {
+        let client_addr = match proxies {
             Some(proxies) if !proxies.is_empty() && proxies.contains_opt(peer) => {
                 // Every header line, in order: a proxy may add a line of its own after the one
                 // the client wrote. Read as bytes, so a client's garbage cannot hide the hops
                 // the proxies appended to its right.
-                let lines: Vec<String> = req
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
+                let lines: Vec<String> = forwarded_for.map(|v| String::from_utf8_lossy(v).into_owned()).collect();
                 proxies.client(peer, (!lines.is_empty()).then(|| lines.join(",")).as_deref())
             }
             _ => peer,
@@ -115,11 +129,8 @@ impl RequestInfo {
             client_addr,
             // Copied, not shared: a header value shares the buffer its request was read into,
             // which an inference call's event would keep alive until the audit writer drops it.
-            user_agent: req
-                .headers()
-                .get(actix_web::http::header::USER_AGENT)
-                .and_then(|v| HeaderValue::from_bytes(&v.as_bytes()[..v.len().min(MAX_USER_AGENT)]).ok()),
-            request_id: req.extensions().get::<RequestId>().cloned(),
+            user_agent: user_agent.and_then(|v| HeaderValue::from_bytes(&v[..v.len().min(MAX_USER_AGENT)]).ok()),
+            request_id,
         }
     }
 

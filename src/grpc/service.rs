@@ -43,9 +43,6 @@ use crate::tenancy::rate_limit::RateLimiter;
 /// A status message's detail is cut to this many bytes.
 const MAX_DETAIL: usize = 1024;
 
-/// Longer user agents are cut to this many bytes, as over HTTP.
-const MAX_USER_AGENT: usize = 512;
-
 #[derive(Clone)]
 pub struct Inference {
     pub(super) inference: InferenceService,
@@ -267,22 +264,18 @@ impl Inference {
     /// trusted proxy names in `x-forwarded-for`.
     fn info<T>(&self, request: &Request<T>) -> RequestInfo {
         let metadata = request.metadata();
-        let peer = request.remote_addr().map(|a| a.ip());
-        let client_addr = if !self.proxies.is_empty() && self.proxies.contains_opt(peer) {
-            let lines: Vec<String> =
-                metadata.get_all("x-forwarded-for").iter().map(|v| String::from_utf8_lossy(v.as_encoded_bytes()).into_owned()).collect();
-            self.proxies.client(peer, (!lines.is_empty()).then(|| lines.join(",")).as_deref())
-        } else {
-            peer
-        };
-        let header = |name: &str, max: usize| {
-            metadata.get(name).and_then(|v| {
-                let bytes = v.as_encoded_bytes();
-                HeaderValue::from_bytes(&bytes[..bytes.len().min(max)]).ok()
-            })
-        };
-        let request_id = header("x-request-id", usize::MAX).and_then(|v| RequestId::parse(&v)).unwrap_or_else(RequestId::generate);
-        RequestInfo { client_addr, user_agent: header("user-agent", MAX_USER_AGENT), request_id: Some(request_id) }
+        let request_id = metadata
+            .get("x-request-id")
+            .and_then(|v| HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
+            .and_then(|v| RequestId::parse(&v))
+            .unwrap_or_else(RequestId::generate);
+        RequestInfo::from_parts(
+            request.remote_addr().map(|a| a.ip()),
+            Some(&self.proxies),
+            metadata.get_all("x-forwarded-for").iter().map(|v| v.as_encoded_bytes()),
+            metadata.get("user-agent").map(|v| v.as_encoded_bytes()),
+            Some(request_id),
+        )
     }
 }
 
