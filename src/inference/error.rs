@@ -39,7 +39,7 @@ pub enum InferenceError {
     DeadlineWhileWaiting,
     #[error("the model failed: {0}")]
     ModelFailed(String),
-    #[error("the model's worker crashed and was replaced; retry")]
+    #[error("the model's worker crashed; the model is reloaded for the next call, so retry")]
     WorkerCrashed,
     #[error("the model's worker stopped")]
     WorkerStopped,

@@ -214,9 +214,20 @@ impl ModelManager {
         self.resolved.write().retain(|(t, n, _), _| !(*t == tenant.0 && n == name));
     }
 
-    /// The model if it is loaded (marked as used), without waiting for anything.
+    /// The model if it is loaded (marked as used), without waiting for anything. A model whose
+    /// engine panicked is forgotten here, and refused as a failed load would be for a while
+    /// before it is loaded afresh: input that panics an engine cannot make the server decrypt
+    /// and build the model again and again.
     pub fn loaded(&self, resolved: &Resolved) -> Option<Arc<LoadedModel>> {
-        let model = self.loaded.lock().get(&resolved.artifact)?.get()?.clone();
+        let mut loaded = self.loaded.lock();
+        let model = loaded.get(&resolved.artifact)?.get()?.clone();
+        if model.pool.is_broken() {
+            loaded.remove(&resolved.artifact);
+            let detail = format!("an engine of {} version {} crashed; it is loaded again shortly", model.name, model.version);
+            self.failed.lock().insert(resolved.artifact, (Instant::now(), Code::InferenceFailed, detail));
+            tracing::warn!(artifact = %resolved.artifact, tenant = %model.tenant.0, "model unloaded after its engine panicked");
+            return None;
+        }
         model.touch(self.epoch);
         Some(model)
     }
@@ -283,7 +294,9 @@ impl ModelManager {
             // The model was deleted and re-created under its name since it was resolved.
             return Err(InferenceError::VersionGone { model: name.to_owned(), version: resolved.version });
         }
-        let bytes: Arc<Vec<u8>> = Arc::new(artifact.bytes);
+        // Moved into the factory, which the pool drops once its engines are built: the
+        // plaintext is not kept while the model serves.
+        let bytes = artifact.bytes;
         let size = bytes.len() as u64;
         let serving = &resolved.serving;
         // Within the tenant's thread cap, whatever the model asked for when the cap was higher.
@@ -294,12 +307,12 @@ impl ModelManager {
             Runtime::Onnx(runtime) => {
                 let input_names: Vec<String> = inputs.iter().map(|t| t.name.clone()).collect();
                 let output_types: Vec<(String, DataType)> = outputs.iter().map(|t| (t.name.clone(), t.datatype)).collect();
-                Arc::new(move || {
+                Box::new(move || {
                     let session = runtime.session(&bytes, intra)?;
                     Ok(Box::new(OnnxEngine::new(session, input_names.clone(), output_types.clone())) as Box<dyn Engine>)
                 })
             }
-            Runtime::Burn(architecture) => Arc::new(move || {
+            Runtime::Burn(architecture) => Box::new(move || {
                 let network = crate::burnml::from_bytes(&architecture, &bytes)?;
                 Ok(Box::new(BurnEngine::new(network)) as Box<dyn Engine>)
             }),

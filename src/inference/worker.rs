@@ -1,11 +1,14 @@
 //! Worker actors: per loaded model version, a few dedicated threads, each owning one engine,
 //! fed through one bounded queue. A worker takes a job, lingers up to the batching delay for
 //! more jobs with the same trailing shapes, concatenates them along the batch dimension, runs
-//! the engine once and splits the outputs back in order. A panicking engine fails only the
-//! jobs of that run, and the worker rebuilds its engine before taking the next job.
+//! the engine once and splits the outputs back in order. Engines are built once, at start, and
+//! nothing the pool keeps can build another: the model's plaintext is not held while it
+//! serves. A panicking engine fails the jobs of its run and marks the pool broken: the pool
+//! runs nothing more, each worker drops its engine and stops at its next job, and the model is
+//! loaded afresh for later calls (`ModelManager::loaded`).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +24,8 @@ use super::quiet;
 /// round trips of a small call at one connection.
 const POLL_FOR_JOB: Duration = Duration::from_micros(300);
 
-pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, String> + Send + Sync>;
+/// Builds one engine; called once per instance while the pool starts, then dropped.
+pub type EngineFactory = Box<dyn Fn() -> Result<Box<dyn Engine>, String> + Send>;
 
 #[derive(Debug, Clone)]
 pub struct BatchPolicy {
@@ -37,7 +41,7 @@ pub struct BatchPolicy {
 pub enum WorkError {
     /// The engine refused the inputs or failed.
     Failed(String),
-    /// The engine panicked; the worker has been replaced.
+    /// The engine panicked; later calls get a freshly loaded model.
     Crashed,
     /// The job's deadline passed before it ran.
     DeadlineExceeded,
@@ -72,6 +76,10 @@ impl Job {
 struct Queue {
     receiver: Mutex<Receiver<Job>>,
     depth: AtomicUsize,
+    /// Workers still running.
+    alive: AtomicUsize,
+    /// An engine panicked: the pool is to be replaced.
+    broken: AtomicBool,
 }
 
 pub struct WorkerPool {
@@ -81,7 +89,8 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Builds every engine first (so a model that cannot load fails here, once), then starts
-    /// one thread per engine. Threads end when the pool is dropped and the queue drains.
+    /// one thread per engine; `factory` is dropped when this returns. Threads end when the pool
+    /// is dropped and the queue drains.
     pub fn start(
         label: &str,
         instances: usize,
@@ -93,11 +102,15 @@ impl WorkerPool {
     ) -> Result<Self, String> {
         let engines = (0..instances.max(1)).map(|_| factory()).collect::<Result<Vec<_>, _>>()?;
         let (sender, receiver) = sync_channel(capacity.max(1));
-        let queue = Arc::new(Queue { receiver: Mutex::new(receiver), depth: AtomicUsize::new(0) });
+        let queue = Arc::new(Queue {
+            receiver: Mutex::new(receiver),
+            depth: AtomicUsize::new(0),
+            alive: AtomicUsize::new(engines.len()),
+            broken: AtomicBool::new(false),
+        });
         let policy = if batchable { policy } else { BatchPolicy { max_batch_size: 1, ..policy } };
         for (i, engine) in engines.into_iter().enumerate() {
-            let worker =
-                Worker { queue: queue.clone(), policy: policy.clone(), engine, factory: factory.clone(), metrics: metrics.clone() };
+            let worker = Worker { queue: queue.clone(), policy: policy.clone(), engine, metrics: metrics.clone() };
             std::thread::Builder::new()
                 .name(format!("infer-{label}-{i}"))
                 .spawn(move || worker.run())
@@ -121,13 +134,17 @@ impl WorkerPool {
     pub fn queue_depth(&self) -> usize {
         self.queue.depth.load(Ordering::Relaxed)
     }
+
+    /// An engine panicked: this pool is not to be given more calls.
+    pub fn is_broken(&self) -> bool {
+        self.queue.broken.load(Ordering::Relaxed)
+    }
 }
 
 struct Worker {
     queue: Arc<Queue>,
     policy: BatchPolicy,
     engine: Box<dyn Engine>,
-    factory: EngineFactory,
     metrics: WorkerMetrics,
 }
 
@@ -137,9 +154,28 @@ impl Worker {
         loop {
             let Some(batch) = self.next_batch(&mut carried) else { return };
             if !self.execute(batch) {
-                tracing::error!("an inference worker stops: its engine cannot be rebuilt");
-                return;
+                return self.retire(carried);
             }
+        }
+    }
+
+    /// Once the pool is broken: the engine goes at once (whoever still holds the pool, its
+    /// memory is not kept), and the last worker to stop answers what is still queued until
+    /// the pool is dropped, so that no caller waits for a worker that is gone.
+    fn retire(self, carried: Option<Job>) {
+        let Worker { queue, engine, .. } = self;
+        drop(engine);
+        tracing::error!("an inference worker stops: an engine of its pool panicked, and the model is loaded afresh");
+        if let Some(job) = carried {
+            let _ = job.reply.send(Err(WorkError::Crashed));
+        }
+        if queue.alive.fetch_sub(1, Ordering::AcqRel) > 1 {
+            return;
+        }
+        let receiver = queue.receiver.lock().unwrap_or_else(|p| p.into_inner());
+        while let Ok(job) = receiver.recv() {
+            queue.depth.fetch_sub(1, Ordering::Relaxed);
+            let _ = job.reply.send(Err(WorkError::Crashed));
         }
     }
 
@@ -197,8 +233,14 @@ impl Worker {
         Some(batch)
     }
 
-    /// Runs a batch; false if the engine crashed and could not be rebuilt.
+    /// Runs a batch; false once the pool is broken (this engine panicked, now or before).
     fn execute(&mut self, batch: Vec<Job>) -> bool {
+        if self.queue.broken.load(Ordering::Relaxed) {
+            for job in batch {
+                let _ = job.reply.send(Err(WorkError::Crashed));
+            }
+            return false;
+        }
         let now = Instant::now();
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
@@ -236,32 +278,15 @@ impl Worker {
                 }
             }
             Err(_) => {
-                tracing::error!("an inference engine panicked; replacing it");
+                // Whatever state the engine was left in is not to be trusted with another call.
+                self.queue.broken.store(true, Ordering::Relaxed);
                 for job in live {
                     let _ = job.reply.send(Err(WorkError::Crashed));
                 }
-                return self.replace_engine();
+                return false;
             }
         }
         true
-    }
-
-    /// Returns false when the engine could not be rebuilt: the worker then stops, and its
-    /// siblings (or the next load of the model) carry on.
-    fn replace_engine(&mut self) -> bool {
-        for _ in 0..30 {
-            match (self.factory)() {
-                Ok(engine) => {
-                    self.engine = engine;
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "rebuilding an inference engine failed; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-        false
     }
 }
 
@@ -327,7 +352,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let built = Arc::new(AtomicUsize::new(0));
         let (r, b) = (runs.clone(), built.clone());
-        let factory: EngineFactory = Arc::new(move || {
+        let factory: EngineFactory = Box::new(move || {
             b.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(Doubler { runs: r.clone() }) as Box<dyn Engine>)
         });
@@ -364,17 +389,81 @@ mod tests {
         assert_eq!(runs.iter().sum::<usize>(), 19);
     }
 
+    /// An answer, or a failed test rather than a hung one.
+    async fn answer(rx: oneshot::Receiver<Result<Vec<RunOutput>, WorkError>>) -> Result<Vec<RunOutput>, WorkError> {
+        tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered within 10 s").expect("answered, not dropped")
+    }
+
     #[tokio::test]
-    async fn a_panicking_engine_fails_only_its_job_and_is_replaced() {
+    async fn a_panicking_engine_fails_its_jobs_and_marks_the_pool_broken() {
         let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
         let (pool, _, built) = pool(policy);
+        assert!(!pool.is_broken());
         let (poisoned, rx) = job(vec![-1.0]);
         pool.submit(poisoned).ok().unwrap();
-        assert!(matches!(rx.await.unwrap(), Err(WorkError::Crashed)));
-        let (fine, rx) = job(vec![3.0]);
+        assert!(matches!(answer(rx).await, Err(WorkError::Crashed)));
+        assert!(pool.is_broken(), "the pool is to be replaced");
+        // Its only worker is gone: what is queued now is answered, not left waiting.
+        let (late, rx) = job(vec![3.0]);
+        pool.submit(late).ok().unwrap();
+        assert!(matches!(answer(rx).await, Err(WorkError::Crashed)));
+        assert_eq!(pool.queue_depth(), 0);
+        assert_eq!(built.load(Ordering::SeqCst), 1, "nothing rebuilt the engine from kept bytes");
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_nothing_that_builds_engines() {
+        // Stands for the model's plaintext, which the factory owns.
+        let plaintext = Arc::new(vec![0u8; 16]);
+        let held = plaintext.clone();
+        let factory: EngineFactory = Box::new(move || {
+            let _ = held.len();
+            Ok(Box::new(Doubler { runs: Arc::new(Mutex::new(Vec::new())) }) as Box<dyn Engine>)
+        });
+        let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
+        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
+        let pool = WorkerPool::start("test", 2, 8, policy, true, factory, metrics).unwrap();
+        assert_eq!(Arc::strong_count(&plaintext), 1, "the pool holds the model's bytes");
+        let (fine, rx) = job(vec![2.0]);
         pool.submit(fine).ok().unwrap();
-        assert_eq!(rx.await.unwrap().unwrap()[0].data, TensorData::Fp32(vec![6.0]));
-        assert_eq!(built.load(Ordering::SeqCst), 2, "the engine was rebuilt once");
+        assert_eq!(rx.await.unwrap().unwrap()[0].data, TensorData::Fp32(vec![4.0]));
+    }
+
+    #[tokio::test]
+    async fn a_broken_pool_runs_nothing_more_and_drops_its_engines() {
+        struct Counted(Doubler, Arc<AtomicUsize>);
+        impl Engine for Counted {
+            fn run(&mut self, inputs: &[RunInput<'_>]) -> Result<Vec<RunOutput>, String> {
+                self.0.run(inputs)
+            }
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (runs, dropped) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+        let (r, d) = (runs.clone(), dropped.clone());
+        let factory: EngineFactory = Box::new(move || Ok(Box::new(Counted(Doubler { runs: r.clone() }, d.clone())) as Box<dyn Engine>));
+        let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
+        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
+        let pool = WorkerPool::start("test", 2, 8, policy, true, factory, metrics).unwrap();
+        let (poisoned, rx) = job(vec![-1.0]);
+        pool.submit(poisoned).ok().unwrap();
+        assert!(matches!(answer(rx).await, Err(WorkError::Crashed)));
+        // Whichever of the two workers takes them, nothing runs on a broken pool.
+        for i in 0..4 {
+            let (next, rx) = job(vec![i as f32]);
+            pool.submit(next).ok().unwrap();
+            assert!(matches!(answer(rx).await, Err(WorkError::Crashed)), "call {i}");
+        }
+        assert!(runs.lock().unwrap().is_empty(), "a broken pool ran {:?}", runs.lock().unwrap());
+        // Both workers have met a job since the panic, so both engines are gone, though the
+        // pool itself is still held here.
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.queue_depth(), 0);
     }
 
     #[tokio::test]
@@ -388,7 +477,13 @@ mod tests {
         assert!(runs.lock().unwrap().is_empty());
 
         let (sender, _receiver) = sync_channel(1);
-        let full = WorkerPool { sender, queue: Arc::new(Queue { receiver: Mutex::new(sync_channel(1).1), depth: AtomicUsize::new(0) }) };
+        let queue = Queue {
+            receiver: Mutex::new(sync_channel(1).1),
+            depth: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+        };
+        let full = WorkerPool { sender, queue: Arc::new(queue) };
         assert!(full.submit(job(vec![1.0]).0).is_ok());
         assert!(full.submit(job(vec![1.0]).0).is_err(), "a second job fits in a queue of one");
     }
