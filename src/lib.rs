@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod inference;
 pub mod jobs;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod page;

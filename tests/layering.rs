@@ -30,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "floor",
         &[
-            "burnml", "config", "crypto", "data", "db", "error", "metrics", "net", "page", "redis_store", "request", "telemetry",
+            "burnml", "config", "crypto", "data", "db", "error", "memory", "metrics", "net", "page", "redis_store", "request", "telemetry",
             "tls", "",
         ],
     ),

@@ -327,7 +327,11 @@ impl ModelManager {
         let label = format!("{name}-v{}", resolved.version);
         let worker_metrics = self.metrics.worker(tenant, name);
         let pool = tokio::task::spawn_blocking(move || {
-            WorkerPool::start(&label, instances, capacity, policy, batchable, factory, worker_metrics)
+            let pool = WorkerPool::start(&label, instances, capacity, policy, batchable, factory, worker_metrics);
+            // The plaintext is freed by now: a model's size in pages that no request would
+            // reuse soon.
+            crate::memory::return_freed();
+            pool
         })
             .await
             .map_err(anyhow::Error::new)?
