@@ -47,8 +47,9 @@ WORKER_MARGIN_SECONDS = 10
 # background tasks (src/startup.rs: the final usage flush, the audit checkpointer), then exits.
 API_MARGIN_SECONDS = 10
 # Resident memory of a serving process, measured (BENCHMARKS.md, "Several processes"): about
-# 130 MiB under load before any sizeable model, and a loaded ONNX model takes about 2.5 times
-# its artifact bytes (what inference.memory_budget_bytes counts) once ONNX Runtime holds it.
+# 130 MiB under load before any sizeable model, and a loaded ONNX model takes about 1.2 times
+# its artifact bytes (what inference.memory_budget_bytes counts) once ONNX Runtime holds it
+# (BENCHMARKS.md, "Memory per loaded model"); 2.5 leaves room for the requests in flight.
 BASELINE_RSS_BYTES = 256 * 1024 * 1024
 RSS_PER_BUDGET_BYTE = 2.5
 JOBS_BACKLOG_METRIC = "tessera_jobs_backlog"
