@@ -224,7 +224,7 @@ impl ModelManager {
         if model.pool.is_broken() {
             loaded.remove(&resolved.artifact);
             let detail = format!("an engine of {} version {} crashed; it is loaded again shortly", model.name, model.version);
-            self.failed.lock().insert(resolved.artifact, (Instant::now(), Code::InferenceFailed, detail));
+            self.failed.lock().insert(resolved.artifact, (Instant::now(), Code::ServiceUnavailable, detail));
             tracing::warn!(artifact = %resolved.artifact, tenant = %model.tenant.0, "model unloaded after its engine panicked");
             return None;
         }
