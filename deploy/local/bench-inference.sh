@@ -132,16 +132,30 @@ if section cache; then
   wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
   wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 fi
-# load_run LABEL PROTOCOL ADDRESS MODEL BODY CONNECTIONS [TOKEN]: one oip_load run as a table row.
+# cpu_ticks PID...: the user and system CPU time so far of these processes, in USER_HZ ticks.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/stat" 2>/dev/null; done | awk '{ sub(/.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
+}
+# load_run LABEL PROTOCOL ADDRESS MODEL BODY CONNECTIONS [TOKEN]: one oip_load run as a table
+# row; the CPU the server's processes ($measured, default Tessera's) and the client each spent
+# per call goes to cpu.md.
 load_run() {
-  local out
+  local out before after pids
+  read -ra pids <<<"${measured:-$server}"
+  before="$(cpu_ticks "${pids[@]}")"
   out="$("$load" "$2" "$3" "$4" "$5" "$6" "${DURATION}" ${7:+"$7"})"
-  python3 - "$1" "$6" "$out" <<'PY'
+  after="$(cpu_ticks "${pids[@]}")"
+  python3 - "$1" "$6" "$out" "$((after - before))" "$work/cpu.md" <<'PY'
 import re, sys
-label, connections, text = sys.argv[1:4]
+label, connections, text, server_ticks, cpu_file = sys.argv[1:6]
 f = dict(re.findall(r"(\w+)=([\d.]+)", text))
 failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
 print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} |")
+calls = int(f["ok"]) + failed
+if calls and label != "warmup":
+    with open(cpu_file, "a") as out:
+        out.write(f"| {label} | {connections} | {int(server_ticks) * 1e4 / calls:.1f} | {float(f['cpu_s']) * 1e6 / calls:.1f} |\n")
 PY
 }
 if section grpc; then
@@ -260,11 +274,20 @@ if section mlserver; then
   echo "| target | connections | req/s | p50 ms | p99 ms | failed |"
   echo "|---|---:|---:|---:|---:|---:|"
   load_run warmup grpc "127.0.0.1:$((mlserver_port + 1))" tiny "$work/req/tiny_b1.json" 16 >/dev/null
-  load_run "mlserver gRPC raw, tiny (oip_load)" grpc "127.0.0.1:$((mlserver_port + 1))" tiny "$work/req/tiny_b1.json" 16
+  mlserver_processes="$(pgrep -s "$mlserver_pid" | tr '\n' ' ')"
+  measured="$mlserver_processes" load_run "mlserver gRPC raw, tiny (oip_load)" grpc "127.0.0.1:$((mlserver_port + 1))" tiny "$work/req/tiny_b1.json" 16
   load_run "tessera gRPC raw, tiny (beside mlserver)" grpc "127.0.0.1:$TESSERA__SERVER__GRPC_PORT" tiny "$work/req/tiny_b1.json" 16 "$caller"
-  load_run "mlserver gRPC raw, mlp 8 rows (oip_load)" grpc "127.0.0.1:$((mlserver_port + 1))" mlp "$work/req/mlp_b8.json" 16
+  measured="$mlserver_processes" load_run "mlserver gRPC raw, mlp 8 rows (oip_load)" grpc "127.0.0.1:$((mlserver_port + 1))" mlp "$work/req/mlp_b8.json" 16
   load_run "tessera gRPC raw, mlp 8 rows (beside mlserver)" grpc "127.0.0.1:$TESSERA__SERVER__GRPC_PORT" mlp "$work/req/mlp_b8.json" 16 "$caller"
   kill -- -"$mlserver_pid" 2>/dev/null || true
+fi
+
+if [ -s "$work/cpu.md" ]; then
+  # Tessera's process alone: Postgres and Redis serve it (audit, rate limits) apart.
+  echo
+  echo "| oip_load run | connections | server CPU µs per call | client CPU µs per call |"
+  echo "|---|---:|---:|---:|"
+  cat "$work/cpu.md"
 fi
 
 # Nothing was lost on the way: every chain the run wrote verifies, from the database.

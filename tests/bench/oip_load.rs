@@ -10,7 +10,9 @@
 //!
 //! Every answer is checked: a success must carry the same outputs as the first one (`bad`
 //! counts those that differ), anything else is counted by its status. Prints one line:
-//! `rps=… p50_ms=… p99_ms=… ok=N bad=N limited=N other=N errors=N`.
+//! `rps=… p50_ms=… p99_ms=… ok=N bad=N limited=N other=N errors=N cpu_s=…`, the last being
+//! the load generator's own CPU time (user and system), so that a run can tell the client's
+//! cost per call from the server's.
 
 use std::io;
 use std::sync::Arc;
@@ -292,7 +294,7 @@ fn main() -> io::Result<()> {
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |us| *us as f64 / 1000.0);
     println!(
-        "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} bad={} limited={} other={} errors={}",
+        "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} bad={} limited={} other={} errors={} cpu_s={:.2}",
         tally.ok as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
@@ -300,7 +302,18 @@ fn main() -> io::Result<()> {
         tally.bad,
         tally.limited,
         tally.other,
-        tally.errors
+        tally.errors,
+        own_cpu_seconds()
     );
     Ok(())
+}
+
+/// This process's user and system CPU time so far (`/proc/self/stat`, in USER_HZ ticks).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are the 14th and 15th fields: the 12th and 13th after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
