@@ -5,6 +5,8 @@
 //! batches, caches, audits, meters and counts usage whichever protocol delivered the call.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -349,13 +351,88 @@ impl GrpcInferenceService for Inference {
             no_cache: false,
             info,
         };
-        // A task of its own: a caller that goes away (its deadline, a reset stream) drops this
-        // handler, but the call it started still ends, and is audited and counted.
+        // A caller that goes away (its deadline, a reset stream) drops this handler, but the
+        // call it started still ends, and is audited and counted.
         let inference = self.inference.clone();
-        let reply: GrpcReply = tokio::spawn(async move { inference.infer(call).await })
-            .await
-            .map_err(|e| refused(ApiError::internal(e)))?
-            .map_err(refused)?;
+        let reply: GrpcReply = RunsToEnd::new(async move { inference.infer(call).await }).await.map_err(refused)?;
         Ok(Response::new(reply.message))
+    }
+}
+
+/// A future polled where it is awaited, as any other; dropped before it ends, it runs on to
+/// its end as a task of its own. Unlike a task from the start, a call that ends while its
+/// caller waits (nearly all) costs no task, no scheduling and no wake-up across tasks.
+struct RunsToEnd<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> RunsToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(future: F) -> Self {
+        Self(Some(Box::pin(future)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for RunsToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(future) = self.0.as_mut() else { panic!("RunsToEnd polled after it ended") };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunsToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            // Off a runtime (the process is ending) there is nothing to run it on.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = future.await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_awaited_to_its_end_answers_where_it_is_awaited() {
+        assert_eq!(RunsToEnd::new(async { 3 }).await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_goes_away_still_runs_to_its_end() {
+        // Dropped after it started waiting, as when a caller resets its stream mid-call.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (ended, end) = tokio::sync::oneshot::channel();
+        let mut call = Box::pin(RunsToEnd::new(async move {
+            let _ = released.await;
+            let _ = ended.send("audited");
+        }));
+        assert!(futures::poll!(call.as_mut()).is_pending());
+        drop(call);
+        release.send(()).expect("the call still waits, on a task of its own");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), end).await.expect("in time").expect("ended"), "audited");
+
+        // Dropped before it was ever polled: it runs all the same, as a task would have.
+        let (ended, end) = tokio::sync::oneshot::channel();
+        drop(RunsToEnd::new(async move {
+            let _ = ended.send("audited");
+        }));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), end).await.expect("in time").expect("ended"), "audited");
     }
 }
