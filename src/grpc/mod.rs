@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::codegen::http;
+use tonic::transport::server::TcpConnectInfo;
 
 use self::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use self::service::{Admitted, Inference};
@@ -78,7 +79,7 @@ impl GrpcServer {
     pub fn start(listener: std::net::TcpListener, parts: GrpcParts) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
-        let calls = GrpcInferenceServiceServer::new(Inference { inference: parts.inference, probes: parts.probes, proxies: parts.proxies })
+        let calls = GrpcInferenceServiceServer::new(Inference { inference: Arc::new(parts.inference), probes: parts.probes, proxies: parts.proxies })
             .max_encoding_message_size(parts.max_message_bytes);
         let service = Admitted {
             small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
@@ -171,34 +172,66 @@ async fn hand_out(
     }
 }
 
-/// One thread's server: the connections handed to it, TLS ones once their handshake is done.
+/// One thread's server: HTTP/2 over the connections handed to it, TLS ones once their
+/// handshake is done. Served by hyper directly, as tonic's own server would, less what a call
+/// does not need here: a boxed service cloned per call, a layer per concern, a `date` header.
 async fn serve(
-    service: Admitted<GrpcInferenceServiceServer<Inference>>,
+    calls: Admitted<GrpcInferenceServiceServer<Inference>>,
     inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     timeout: Duration,
     grace: Duration,
     stopped: impl std::future::Future<Output = ()>,
 ) {
-    let incoming = connections(inbox, tls);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+    let calls = Arc::new(calls);
+    let mut incoming = connections(inbox, tls);
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2
+        .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(STREAMS_PER_CONNECTION)
-        .timeout(timeout)
-        .serve_with_incoming_shutdown(service, incoming, async move {
-            stopped.await;
-            let _ = stopping_tx.send(());
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .auto_date_header(false);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stopped);
+    loop {
+        let conn = tokio::select! {
+            conn = incoming.recv() => conn,
+            () = &mut stopped => break,
+        };
+        let Some(conn) = conn else { break };
+        let service = Connection { calls: calls.clone(), info: conn.info.clone(), timeout };
+        let served = graceful.watch(http2.serve_connection(hyper_util::rt::TokioIo::new(conn), service));
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "gRPC connection");
+            }
         });
-    tokio::pin!(serve);
-    // Past the grace period after the stop, calls still in flight are abandoned.
-    let deadline = async move {
-        let _ = stopping_rx.await;
-        tokio::time::sleep(grace).await;
-    };
+    }
+    drop(incoming);
+    // Stopped: every connection is told (GOAWAY) and its calls in flight may finish; past the
+    // grace period after the stop, calls still in flight are abandoned.
     tokio::select! {
-        served = &mut serve => if let Err(e) = served { tracing::error!(error = %e, "gRPC server") },
-        () = deadline => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
+    }
+}
+
+/// The calls of one connection, each with the connection's addresses for `Request::remote_addr`.
+struct Connection {
+    calls: Arc<Admitted<GrpcInferenceServiceServer<Inference>>>,
+    info: TcpConnectInfo,
+    timeout: Duration,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connection {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut request = request.map(tonic::body::Body::new);
+        request.extensions_mut().insert(self.info.clone());
+        self.calls.serve(request, self.timeout)
     }
 }
 
@@ -207,7 +240,7 @@ async fn serve(
 fn connections(
     mut inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+) -> tokio::sync::mpsc::Receiver<Conn> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     tokio::spawn(async move {
@@ -223,7 +256,7 @@ fn connections(
             let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
             match &tls {
                 None => {
-                    if sender.send(Ok(Conn { io: Io::Plain(stream), info })).await.is_err() {
+                    if sender.send(Conn { io: Io::Plain(stream), info }).await.is_err() {
                         return;
                     }
                 }
@@ -234,7 +267,7 @@ fn connections(
                         let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                let _ = sender.send(Ok(Conn { io: Io::Tls(Box::new(stream)), info })).await;
+                                let _ = sender.send(Conn { io: Io::Tls(Box::new(stream)), info }).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
                             Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
@@ -244,7 +277,7 @@ fn connections(
             }
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+    receiver
 }
 
 enum Io {
@@ -252,18 +285,10 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// One accepted connection, with the addresses `Request::remote_addr` reads.
-pub struct Conn {
+/// One accepted connection and its addresses.
+struct Conn {
     io: Io,
     info: TcpConnectInfo,
-}
-
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
-    }
 }
 
 impl AsyncRead for Conn {

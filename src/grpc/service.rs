@@ -7,8 +7,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
@@ -47,7 +47,8 @@ const MAX_DETAIL: usize = 1024;
 
 #[derive(Clone)]
 pub struct Inference {
-    pub(super) inference: InferenceService,
+    /// Shared, not cloned, by the calls: one reference count each.
+    pub(super) inference: Arc<InferenceService>,
     pub(super) probes: Probes,
     pub(super) proxies: TrustedProxies,
 }
@@ -98,51 +99,42 @@ pub struct Admitted<S> {
     pub(super) limiter: RateLimiter,
 }
 
-impl<S> Service<http::Request<Body>> for Admitted<S>
+impl<S> Admitted<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both are the same generated service, always ready.
-        match self.small.poll_ready(cx) {
-            Poll::Ready(Ok(())) => self.large.poll_ready(cx),
-            other => other,
-        }
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    /// Serves one call, within `timeout` from its first byte to its answer (a message that
+    /// arrives too slowly, say). One reference count per call, not one per service it holds:
+    /// both serving threads touch them.
+    pub(super) fn serve(self: &Arc<Self>, mut request: http::Request<Body>, timeout: Duration) -> BoxFuture<http::Response<Body>, Infallible> {
         let path = request.uri().path();
         let (public, infer) = (PUBLIC.contains(&path), path == INFER);
         let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
-        // The instance that was polled ready serves this call; a fresh clone waits for the next.
-        let mut inner = if infer {
-            let fresh = self.large.clone();
-            std::mem::replace(&mut self.large, fresh)
-        } else {
-            let fresh = self.small.clone();
-            std::mem::replace(&mut self.small, fresh)
+        let mut inner = if infer { self.large.clone() } else { self.small.clone() };
+        let this = self.clone();
+        let call = async move {
+            if !public {
+                let admitted = match request.headers().get("authorization") {
+                    None => Err(unauthenticated()),
+                    Some(value) => admit(&this.authenticator, &this.limiter, value.as_bytes()).await,
+                };
+                match admitted.and_then(|principal| authorize(&principal).map(|_| principal)) {
+                    Ok(principal) => {
+                        request.extensions_mut().insert(principal);
+                    }
+                    Err(error) => return Ok(status(error).into_http()),
+                }
+            }
+            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            inner.call(request).await
         };
-        let (authenticator, limiter) = (self.authenticator.clone(), self.limiter.clone());
         Box::pin(
             async move {
-                if !public {
-                    let admitted = match request.headers().get("authorization") {
-                        None => Err(unauthenticated()),
-                        Some(value) => admit(&authenticator, &limiter, value.as_bytes()).await,
-                    };
-                    match admitted.and_then(|principal| authorize(&principal).map(|_| principal)) {
-                        Ok(principal) => {
-                            request.extensions_mut().insert(principal);
-                        }
-                        Err(error) => return Ok(status(error).into_http()),
-                    }
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(answered) => answered,
+                    Err(_) => Ok(status(ApiError::new(Code::DeadlineExceeded, "the call took longer than the server allows")).into_http()),
                 }
-                inner.call(request).await
             }
             .instrument(span),
         )
