@@ -346,14 +346,18 @@ impl GrpcInferenceService for Inference {
         // A caller that goes away (its deadline, a reset stream) drops this handler, but the
         // call it started still ends, and is audited and counted.
         let inference = self.inference.clone();
-        let reply: GrpcReply = RunsToEnd::new(async move { inference.infer(call).await }).await.map_err(refused)?;
+        let reply: GrpcReply = RunsToEnd::new(async move { inference.infer(call).await }.in_current_span())
+            .await
+            .map_err(|panicked| refused(ApiError::internal(panicked)))?
+            .map_err(refused)?;
         Ok(Response::new(reply.message))
     }
 }
 
 /// A future polled where it is awaited, as any other; dropped before it ends, it runs on to
 /// its end as a task of its own. Unlike a task from the start, a call that ends while its
-/// caller waits (nearly all) costs no task, no scheduling and no wake-up across tasks.
+/// caller waits (nearly all) costs no task, no scheduling and no wake-up across tasks. A panic
+/// is answered as an error, as a task's would be, and what panicked is never polled again.
 struct RunsToEnd<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
 where
     F::Output: Send + 'static;
@@ -371,11 +375,16 @@ impl<F: Future + Send + 'static> Future for RunsToEnd<F>
 where
     F::Output: Send + 'static,
 {
-    type Output = F::Output;
+    type Output = Result<F::Output, Panicked>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(future) = self.0.as_mut() else { panic!("RunsToEnd polled after it ended") };
-        let output = std::task::ready!(future.as_mut().poll(cx));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        let output = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(_) => Err(Panicked),
+        };
         self.0 = None;
         Poll::Ready(output)
     }
@@ -386,16 +395,20 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        if let Some(future) = self.0.take() {
-            // Off a runtime (the process is ending) there is nothing to run it on.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = future.await;
-                });
-            }
+        // A runtime that is shutting down drops the task unrun, as it would have dropped a
+        // task spawned from the start; off a runtime there is nothing to run it on.
+        if let Some(future) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(future);
         }
     }
 }
+
+/// A call's future panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the call panicked")]
+struct Panicked;
 
 #[cfg(test)]
 mod tests {
@@ -403,7 +416,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_awaited_to_its_end_answers_where_it_is_awaited() {
-        assert_eq!(RunsToEnd::new(async { 3 }).await, 3);
+        assert_eq!(RunsToEnd::new(async { 3 }).await.ok(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_is_answered_as_an_error_and_not_run_again() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        let call = RunsToEnd::new(async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if counted.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                panic!("an engine's bug");
+            }
+            3
+        });
+        assert!(call.await.is_err(), "a panic is an error, not an unwinding of the server's task");
+        tokio::task::yield_now().await;
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1, "what panicked is not spawned to run again");
     }
 
     #[tokio::test]
