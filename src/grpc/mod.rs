@@ -1,5 +1,6 @@
 //! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, the contract in
-//! `openapi/grpc_predict_v2.proto`), served by tonic on `server.grpc_port`.
+//! `openapi/grpc_predict_v2.proto`), tonic's generated service over hyper's HTTP/2 on
+//! `server.grpc_port`.
 //!
 //! - `service`: the calls, over the same admission and services as HTTP;
 //! - `codec`: prost's codec after a count of the repeated fields on the wire;

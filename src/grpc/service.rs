@@ -7,8 +7,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
@@ -104,10 +104,11 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    /// Serves one call, within `timeout` from its first byte to its answer (a message that
-    /// arrives too slowly, say). One reference count per call, not one per service it holds:
-    /// both serving threads touch them.
+    /// Serves one call, within `timeout` or the caller's `grpc-timeout` if sooner, from its
+    /// first byte to its answer (a message that arrives too slowly, say). One reference count
+    /// per call, not one per service it holds: both serving threads touch them.
     pub(super) fn serve(self: &Arc<Self>, mut request: http::Request<Body>, timeout: Duration) -> BoxFuture<http::Response<Body>, Infallible> {
+        let timeout = grpc_timeout(request.headers()).map_or(timeout, |asked| asked.min(timeout));
         let path = request.uri().path();
         let (public, infer) = (PUBLIC.contains(&path), path == INFER);
         let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
@@ -133,7 +134,12 @@ where
             async move {
                 match tokio::time::timeout(timeout, call).await {
                     Ok(answered) => answered,
-                    Err(_) => Ok(status(ApiError::new(Code::DeadlineExceeded, "the call took longer than the server allows")).into_http()),
+                    // Anyone can send a message slowly: not worth an error in the log.
+                    Err(_) => {
+                        tracing::debug!("gRPC call timed out");
+                        let late = ApiError::new(Code::DeadlineExceeded, "the call took longer than its deadline or the server allows");
+                        Ok(quiet_status(tonic::Code::DeadlineExceeded, &late).into_http())
+                    }
                 }
             }
             .instrument(span),
@@ -207,6 +213,12 @@ pub fn status(error: ApiError) -> Status {
     if code.status().is_server_error() {
         tracing::error!(error = ?error, "gRPC call failed");
     }
+    quiet_status(grpc, &error)
+}
+
+/// The status of a refusal, logged by the caller if at all.
+fn quiet_status(grpc: tonic::Code, error: &ApiError) -> Status {
+    let code = error.code();
     let mut metadata = MetadataMap::new();
     metadata.insert("tessera-error-code", tonic::metadata::MetadataValue::from_static(code.as_str()));
     if let Some(secs) = error.retry_after() {
@@ -225,10 +237,13 @@ fn refused(error: impl Into<ApiError>) -> Status {
     status(error.into())
 }
 
-/// `grpc-timeout`: digits, then a unit (Hours, Minutes, Seconds, milli, micro, nano).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+/// `grpc-timeout`: at most 8 digits, then a unit (Hours, Minutes, Seconds, milli, micro, nano).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -327,7 +342,7 @@ impl GrpcInferenceService for Inference {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let (principal, tenant) = self.caller(&request)?;
         let info = self.info(&request);
-        let timeout = grpc_timeout(request.metadata());
+        let timeout = grpc_timeout(request.metadata().as_ref());
         let message = request.into_inner();
         named(&message.model_name, "model_name")?;
         named(&message.model_version, "model_version")?;
@@ -417,6 +432,22 @@ mod tests {
     #[tokio::test]
     async fn a_call_awaited_to_its_end_answers_where_it_is_awaited() {
         assert_eq!(RunsToEnd::new(async { 3 }).await.ok(), Some(3));
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
+        let read = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().expect("a header value"));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(read("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(read("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(read("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+        for refused in ["", "m", "123456789S", "-5S", "+5S", "5", "5x", "1.5S"] {
+            assert_eq!(read(refused), None, "{refused:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
     #[tokio::test]
