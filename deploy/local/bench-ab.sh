@@ -2,13 +2,15 @@
 # Two builds of Tessera on the inference path, in one run: the tiny model at each of CONNS
 # connections, served by build A and by build B in alternated rounds (A first in odd rounds,
 # B first in even ones, so a drift of the machine favours neither), each on a fresh
-# `tessera_bench` database. Prints a Markdown row per wrk run, then B against A per
-# connection count (means over the rounds).
+# `tessera_bench` database. Prints a Markdown row per run, then B against A per connection
+# count (means over the rounds).
 #
 #   deploy/local/bench-ab.sh BIN_A BIN_B [PEERS_DIR]
 #
-# ROUNDS (default 2), CONNS (default "1 16 64"), DURATION seconds per wrk run (10),
-# LABEL_A / LABEL_B (default A / B).
+# ROUNDS (default 2), CONNS (default "1 16 64"), DURATION seconds per run (10), LABEL_A /
+# LABEL_B (default A / B). PROTOCOL: `http` (default) drives HTTP with wrk; `grpc` drives gRPC
+# (raw contents) with tests/bench/oip_load.rs, and each row also gives the CPU time the
+# server's process spent per call.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -21,15 +23,38 @@ ROUNDS="${ROUNDS:-2}"
 CONNS="${CONNS:-1 16 64}"
 LABEL_A="${LABEL_A:-A}"
 LABEL_B="${LABEL_B:-B}"
+PROTOCOL="${PROTOCOL:-http}"
+case "$PROTOCOL" in http | grpc) ;; *) die "PROTOCOL is http or grpc" ;; esac
 
 bench_load_tools "$PEERS_DIR"
 work="$(mktemp -d /tmp/tessera-bench-ab.XXXXXX)"
+if [ "$PROTOCOL" = grpc ]; then
+  log "building the load generator (release)"
+  load="$(bench_executable oip_load)"
+fi
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_models.py" "$work/models" >/dev/null
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_requests.py" "$work/models" "$work/req" >/dev/null
 server=""
 trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi' EXIT
 
-# measure LABEL BIN ROUND: serves BIN on a fresh database and runs wrk at each of CONNS.
+# grpc_run LABEL CONNECTIONS TOKEN: one oip_load run against the gRPC port as a table row,
+# with the server's CPU per call.
+grpc_run() {
+  local out before after
+  before="$(cpu_ticks "$server")"
+  out="$("$load" grpc "127.0.0.1:$((PORT + 100))" tiny "$work/req/tiny_b1.json" "$2" "${DURATION:-10}" "$3")"
+  after="$(cpu_ticks "$server")"
+  python3 - "$1" "$2" "$out" "$((after - before))" <<'PY'
+import re, sys
+label, connections, text, ticks = sys.argv[1:5]
+f = dict(re.findall(r"(\w+)=([\d.]+)", text))
+failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
+calls = max(int(f["ok"]) + failed, 1)
+print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} | {int(ticks) * 1e4 / calls:.1f} |")
+PY
+}
+
+# measure LABEL BIN ROUND: serves BIN on a fresh database and drives it at each of CONNS.
 measure() {
   local label="$1" api="http://127.0.0.1:$PORT" uploader caller auth
   TESSERA_BENCH_BIN="$2" bench_environment "$PORT" "$work/$label-$3"
@@ -45,18 +70,31 @@ measure() {
     --no-progress >/dev/null
   auth="Authorization: Bearer $caller"
   for c in $CONNS; do
-    DURATION=2 wrk_run warmup "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth" >/dev/null
+    if [ "$PROTOCOL" = grpc ]; then
+      DURATION=2 grpc_run warmup "$c" "$caller" >/dev/null
+    else
+      DURATION=2 wrk_run warmup "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth" >/dev/null
+    fi
   done
   for c in $CONNS; do
-    wrk_run "$label (round $3)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth" | tee -a "$work/rows.md"
+    if [ "$PROTOCOL" = grpc ]; then
+      grpc_run "$label (round $3)" "$c" "$caller"
+    else
+      wrk_run "$label (round $3)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
+    fi | tee -a "$work/rows.md"
   done
   kill "$server"
   wait "$server" 2>/dev/null || true
   server=""
 }
 
-echo "| build | connections | req/s | p50 ms | p99 ms | non-2xx |"
-echo "|---|---:|---:|---:|---:|---:|"
+if [ "$PROTOCOL" = grpc ]; then
+  echo "| build | connections | req/s | p50 ms | p99 ms | failed | server CPU µs per call |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+else
+  echo "| build | connections | req/s | p50 ms | p99 ms | non-2xx |"
+  echo "|---|---:|---:|---:|---:|---:|"
+fi
 for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then
     measure "$LABEL_A" "$BIN_A" "$round"
@@ -70,16 +108,25 @@ done
 python3 - "$work/rows.md" "$LABEL_A" "$LABEL_B" <<'PY'
 import collections, re, sys
 rows, a, b = open(sys.argv[1]).read().splitlines(), sys.argv[2], sys.argv[3]
-rps = collections.defaultdict(list)
+rps, cpu = collections.defaultdict(list), collections.defaultdict(list)
 for row in rows:
     cells = [c.strip() for c in row.strip("|").split("|")]
     label = re.sub(r" \(round \d+\)$", "", cells[0])
     rps[(label, int(cells[1]))].append(float(cells[2].replace(",", "")))
+    if len(cells) > 6:
+        cpu[(label, int(cells[1]))].append(float(cells[6]))
+mean = lambda xs: sum(xs) / len(xs)
 print()
-print(f"| connections | {a} req/s (mean) | {b} req/s (mean) | {b} against {a} |")
-print("|---:|---:|---:|---:|")
+if cpu:
+    print(f"| connections | {a} req/s (mean) | {b} req/s (mean) | {b} against {a} | server CPU µs per call ({a}) | server CPU µs per call ({b}) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+else:
+    print(f"| connections | {a} req/s (mean) | {b} req/s (mean) | {b} against {a} |")
+    print("|---:|---:|---:|---:|")
 for conns in sorted({c for _, c in rps}):
-    ma = sum(rps[(a, conns)]) / len(rps[(a, conns)])
-    mb = sum(rps[(b, conns)]) / len(rps[(b, conns)])
-    print(f"| {conns} | {ma:,.0f} | {mb:,.0f} | {100 * (mb / ma - 1):+.1f}% |")
+    ma, mb = mean(rps[(a, conns)]), mean(rps[(b, conns)])
+    row = f"| {conns} | {ma:,.0f} | {mb:,.0f} | {100 * (mb / ma - 1):+.1f}% |"
+    if cpu:
+        row += f" {mean(cpu[(a, conns)]):.1f} | {mean(cpu[(b, conns)]):.1f} |"
+    print(row)
 PY

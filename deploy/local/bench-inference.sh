@@ -43,15 +43,6 @@ bench_load_tools "$PEERS_DIR"
 work="$(mktemp -d /tmp/tessera-bench-inference.XXXXXX)"
 bench_environment "$PORT" "$work"
 bin="$bench_bin"
-# bench_executable NAME: builds tests/bench/NAME.rs (release) and prints its path.
-bench_executable() {
-  cargo bench --locked --quiet --bench "$1" --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
-        print(m["executable"])' "$1"
-}
 log "building the bare handler and the load generator (release)"
 bare="$(bench_executable bare_oip)"
 load="$(bench_executable oip_load)"
@@ -132,11 +123,6 @@ if section cache; then
   wrk_run "tessera, heavy model 160 rows, cache hit" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers"
   wrk_run "tessera, heavy model 160 rows, cache bypass (runs)" "$api/v2/models/slow/infer" "$work/req/slow.bin" 1 "$slow_headers;;Cache-Control: no-cache"
 fi
-# cpu_ticks PID...: the user and system CPU time so far of these processes, in USER_HZ ticks.
-cpu_ticks() {
-  local pid
-  for pid in "$@"; do cat "/proc/$pid/stat" 2>/dev/null; done | awk '{ sub(/.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
-}
 # load_run LABEL PROTOCOL ADDRESS MODEL BODY CONNECTIONS [TOKEN]: one oip_load run as a table
 # row; the CPU the server's processes ($measured, default Tessera's) and the client each spent
 # per call goes to cpu.md.

@@ -327,6 +327,21 @@ bench_load_tools() {
   [ -x /tmp/peer-tools/bin/python ] || VENVS=tools "$1/setup_venvs.sh"
 }
 
+# bench_executable NAME: builds tests/bench/NAME.rs (release) and prints its path.
+bench_executable() {
+  cargo bench --locked --quiet --bench "$1" --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+# cpu_ticks PID...: the user and system CPU time so far of these processes, in USER_HZ ticks.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/stat" 2>/dev/null; done | awk '{ sub(/.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
+}
+
 # wrk_run LABEL URL BODY CONNECTIONS [HEADERS]: one wrk run of DURATION seconds (default 10)
 # with tests/bench/oip.lua; prints a Markdown row: req/s, p50 and p99 in ms, non-2xx count.
 # HEADERS: `Name: value` pairs separated by `;;`.
