@@ -455,6 +455,64 @@ async fn tritonclient_grpc_works_unmodified() {
     assert!(calls.iter().any(|c| model(c) == "secret" && outcome(c) == "success"), "{calls:#?}");
 }
 
+/// Opens a `ModelInfer` over raw HTTP/2, sends `prefix` of its message and no more, and
+/// returns the call's `grpc-status` and `tessera-error-code`, and how long the answer took.
+async fn grpc_half_call(app: &TestApp, headers: &[(&str, &str)], prefix: &'static [u8]) -> (String, String, std::time::Duration) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"))).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri("http://127.0.0.1/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut client = client.ready().await.unwrap();
+    let started = std::time::Instant::now();
+    let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    body.send_data(bytes::Bytes::from_static(prefix), false).unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(20), response).await.expect("an answer in time").unwrap();
+    let elapsed = started.elapsed();
+    let field = |headers: &http::HeaderMap, name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (status, code) = match field(response.headers(), "grpc-status") {
+        Some(status) => (status, field(response.headers(), "tessera-error-code")),
+        None => {
+            let trailers = response.into_body().trailers().await.unwrap().expect("trailers");
+            (field(&trailers, "grpc-status").expect("a status"), field(&trailers, "tessera-error-code"))
+        }
+    };
+    (status, code.unwrap_or_default(), elapsed)
+}
+
+#[tokio::test]
+async fn a_grpc_message_that_never_arrives_ends_at_the_callers_deadline() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    let bearer = format!("Bearer {}", acme.key);
+    // A message whose 5-byte prefix announces 100 bytes, of which 10 ever come.
+    const HALF: &[u8] = &[0, 0, 0, 0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+    // Admitted, it waits for the rest only as long as the caller's own deadline, not for the
+    // server's limit on a call (minutes).
+    let (status, code, elapsed) = grpc_half_call(&app, &[("authorization", &bearer), ("grpc-timeout", "300m")], HALF).await;
+    assert_eq!((status.as_str(), code.as_str()), ("4", "deadline_exceeded"), "DEADLINE_EXCEEDED with the problem code");
+    assert!(elapsed >= std::time::Duration::from_millis(250) && elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+
+    // Without a credential, or with a forged one, it is refused at once: nothing is read.
+    let cases = [
+        (vec![("grpc-timeout", "60S")], "unauthenticated"),
+        (vec![("authorization", "Bearer tsk_forged"), ("grpc-timeout", "60S")], "invalid_token"),
+    ];
+    for (headers, expected) in cases {
+        let (status, code, elapsed) = grpc_half_call(&app, &headers, HALF).await;
+        assert_eq!((status.as_str(), code.as_str()), ("16", expected), "{headers:?}");
+        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+    }
+}
+
 #[tokio::test]
 async fn models_load_once_eagerly_by_alias_and_the_least_recently_used_is_evicted() {
     // add_fp32 (140 B) + mlp_fp32 (1072 B) + dtypes (761 B) = 1973 B: one must go.
