@@ -40,18 +40,8 @@ trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$serve
 # grpc_run LABEL CONNECTIONS TOKEN: one oip_load run against the gRPC port as a table row,
 # with the server's CPU per call.
 grpc_run() {
-  local out before after
-  before="$(cpu_ticks "$server")"
-  out="$("$load" grpc "127.0.0.1:$((PORT + 100))" tiny "$work/req/tiny_b1.json" "$2" "${DURATION:-10}" "$3")"
-  after="$(cpu_ticks "$server")"
-  python3 - "$1" "$2" "$out" "$((after - before))" <<'PY'
-import re, sys
-label, connections, text, ticks = sys.argv[1:5]
-f = dict(re.findall(r"(\w+)=([\d.]+)", text))
-failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
-calls = max(int(f["ok"]) + failed, 1)
-print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} | {int(ticks) * 1e4 / calls:.1f} |")
-PY
+  oip_load_row "$1" "$2" "$server" "$load" grpc "127.0.0.1:$((PORT + 100))" tiny "$work/req/tiny_b1.json" "$2" "${DURATION:-10}" "$3" \
+    | cut -d'|' -f1-8 | sed 's/ $/ |/'
 }
 
 # measure LABEL BIN ROUND: serves BIN on a fresh database and drives it at each of CONNS.

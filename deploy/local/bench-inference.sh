@@ -127,22 +127,10 @@ fi
 # row; the CPU the server's processes ($measured, default Tessera's) and the client each spent
 # per call goes to cpu.md.
 load_run() {
-  local out before after pids
-  read -ra pids <<<"${measured:-$server}"
-  before="$(cpu_ticks "${pids[@]}")"
-  out="$("$load" "$2" "$3" "$4" "$5" "$6" "${DURATION}" ${7:+"$7"})"
-  after="$(cpu_ticks "${pids[@]}")"
-  python3 - "$1" "$6" "$out" "$((after - before))" "$work/cpu.md" <<'PY'
-import re, sys
-label, connections, text, server_ticks, cpu_file = sys.argv[1:6]
-f = dict(re.findall(r"(\w+)=([\d.]+)", text))
-failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
-print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} |")
-calls = int(f["ok"]) + failed
-if calls and label != "warmup":
-    with open(cpu_file, "a") as out:
-        out.write(f"| {label} | {connections} | {int(server_ticks) * 1e4 / calls:.1f} | {float(f['cpu_s']) * 1e6 / calls:.1f} |\n")
-PY
+  local row
+  row="$(oip_load_row "$1" "$6" "${measured:-$server}" "$load" "$2" "$3" "$4" "$5" "$6" "${DURATION}" ${7:+"$7"})"
+  echo "$row" | cut -d'|' -f1-7 | sed 's/ $/ |/'
+  [ "$1" = warmup ] || echo "$row" | awk -F'|' '{ print "|" $2 "|" $3 "|" $8 "|" $9 "|" }' >>"$work/cpu.md"
 }
 if section grpc; then
   grpc="127.0.0.1:$TESSERA__SERVER__GRPC_PORT"

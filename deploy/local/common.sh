@@ -342,6 +342,27 @@ cpu_ticks() {
   for pid in "$@"; do cat "/proc/$pid/stat" 2>/dev/null; done | awk '{ sub(/.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
 }
 
+# oip_load_row LABEL CONNECTIONS PIDS COMMAND...: runs COMMAND, an oip_load run at CONNECTIONS
+# connections, and prints it as a Markdown row: req/s, p50 and p99 in ms, failed calls, then
+# the CPU the processes PIDS (space-separated) and the client each spent per call, in µs.
+oip_load_row() {
+  local label="$1" connections="$2" out before after pids
+  read -ra pids <<<"$3"
+  shift 3
+  before="$(cpu_ticks "${pids[@]}")"
+  out="$("$@")"
+  after="$(cpu_ticks "${pids[@]}")"
+  python3 - "$label" "$connections" "$out" "$((after - before))" <<'PY'
+import re, sys
+label, connections, text, ticks = sys.argv[1:5]
+f = dict(re.findall(r"(\w+)=([\d.]+)", text))
+failed = sum(int(f[k]) for k in ("bad", "limited", "other", "errors"))
+calls = max(int(f["ok"]) + failed, 1)
+print(f"| {label} | {connections} | {float(f['rps']):,.0f} | {float(f['p50_ms']):.3f} | {float(f['p99_ms']):.3f} | {failed} "
+      f"| {int(ticks) * 1e4 / calls:.1f} | {float(f['cpu_s']) * 1e6 / calls:.1f} |")
+PY
+}
+
 # wrk_run LABEL URL BODY CONNECTIONS [HEADERS]: one wrk run of DURATION seconds (default 10)
 # with tests/bench/oip.lua; prints a Markdown row: req/s, p50 and p99 in ms, non-2xx count.
 # HEADERS: `Name: value` pairs separated by `;;`.
