@@ -3,7 +3,9 @@
 //! some 300 in memory; so before a request is decoded, its repeated fields are counted on the
 //! wire and a message with more entries than any request needs is refused. What is left to
 //! decode is within a small multiple of the message's size, which `max_decoding_message_size`
-//! bounds.
+//! bounds. A message that is not valid protobuf for the call's message is the caller's error,
+//! refused as `invalid_request` (prost's own codec answers `INTERNAL`, as if the server had
+//! failed).
 
 use std::marker::PhantomData;
 
@@ -11,7 +13,10 @@ use bytes::Buf;
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+use super::service::status;
+use crate::error::{ApiError, Code};
 
 /// At most this many entries in any repeated field that holds messages, strings or maps
 /// (inputs, outputs, raw contents, parameters): `Limits::max_inputs`, the most an inference
@@ -41,24 +46,25 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        CheckedDecoder(self.0.decoder(), PhantomData)
+        CheckedDecoder(PhantomData)
     }
 }
 
-pub struct CheckedDecoder<U>(ProstDecoder<U>, PhantomData<U>);
+pub struct CheckedDecoder<U>(PhantomData<U>);
 
 impl<U: Message + Default> Decoder for CheckedDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let refused = |detail: String| status(ApiError::new(Code::InvalidRequest, detail));
         // The whole message is buffered, in one piece, before it is decoded: `chunk` is all of it.
-        check(buf.chunk()).map_err(|e| Status::invalid_argument(format!("[invalid_request] {e}")))?;
-        self.0.decode(buf)
+        check(buf.chunk()).map_err(refused)?;
+        U::decode(buf).map(Some).map_err(|e| refused(format!("the message is not valid protobuf for this call: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        BufferSettings::default()
     }
 }
 

@@ -85,6 +85,7 @@ impl GrpcServer {
         let service = Admitted {
             small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
             large: calls.max_decoding_message_size(parts.max_message_bytes),
+            max_message_bytes: parts.max_message_bytes,
             authenticator: parts.authenticator,
             limiter: parts.limiter,
         };

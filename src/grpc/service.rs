@@ -19,7 +19,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::convert;
+use super::{SMALL_MESSAGE_BYTES, convert};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::{
@@ -95,6 +95,8 @@ const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 pub struct Admitted<S> {
     pub(super) small: S,
     pub(super) large: S,
+    /// The largest message `large` takes; `small`'s is `SMALL_MESSAGE_BYTES`.
+    pub(super) max_message_bytes: usize,
     pub(super) authenticator: Arc<Authenticator>,
     pub(super) limiter: RateLimiter,
 }
@@ -112,7 +114,7 @@ where
         let path = request.uri().path();
         let (public, infer) = (PUBLIC.contains(&path), path == INFER);
         let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
-        let mut inner = if infer { self.large.clone() } else { self.small.clone() };
+        let (mut inner, limit) = if infer { (self.large.clone(), self.max_message_bytes) } else { (self.small.clone(), SMALL_MESSAGE_BYTES) };
         let this = self.clone();
         let call = async move {
             if !public {
@@ -128,7 +130,7 @@ where
                 }
             }
             std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            inner.call(request).await
+            inner.call(request).await.map(|answer| over_limit(answer, limit))
         };
         Box::pin(
             async move {
@@ -146,6 +148,25 @@ where
         )
     }
 }
+
+/// tonic refuses a message longer than its limit, from the length its prefix announces and
+/// before reading it, with `OUT_OF_RANGE` and its own words in a trailers-only answer (its
+/// `Status` in the answer's extensions). That refusal, and only that, is answered as HTTP
+/// answers a body over its limit instead.
+fn over_limit(answer: http::Response<Body>, limit: usize) -> http::Response<Body> {
+    let too_long = answer.headers().get("grpc-status").is_some_and(|s| s.as_bytes() == b"11")
+        && answer
+            .extensions()
+            .get::<Status>()
+            .is_some_and(|s| s.code() == tonic::Code::OutOfRange && s.message().starts_with(TOO_LONG));
+    if !too_long {
+        return answer;
+    }
+    status(ApiError::new(Code::PayloadTooLarge, format!("the message exceeds the limit of {limit} bytes"))).into_http()
+}
+
+/// How tonic's decoder begins its refusal of a message over the limit.
+const TOO_LONG: &str = "Error, decoded message length too large";
 
 /// The method's name as a span field: one of the protocol's, or `unknown`.
 fn method_name(method: &str) -> &'static str {
@@ -428,6 +449,22 @@ struct Panicked;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tonics_refusal_of_a_long_message_is_answered_as_over_the_limit() {
+        let code = |answer: &http::Response<Body>| {
+            (answer.headers()["grpc-status"].to_str().unwrap().to_owned(), answer.headers().get("tessera-error-code").cloned())
+        };
+        let tonics = Status::out_of_range(format!("{TOO_LONG}: found 17 bytes, the limit is: 16 bytes")).into_http();
+        let answer = over_limit(tonics, 16);
+        assert_eq!(code(&answer), ("8".to_owned(), Some(http::HeaderValue::from_static("payload_too_large"))));
+
+        // Any other OUT_OF_RANGE, or any other answer, passes unchanged.
+        for answer in [Status::out_of_range("an index past the end").into_http(), Status::ok("").into_http(), http::Response::new(Body::default())] {
+            let before = answer.headers().clone();
+            assert_eq!(over_limit(answer, 16).headers(), &before);
+        }
+    }
 
     #[tokio::test]
     async fn a_call_awaited_to_its_end_answers_where_it_is_awaited() {

@@ -455,15 +455,15 @@ async fn tritonclient_grpc_works_unmodified() {
     assert!(calls.iter().any(|c| model(c) == "secret" && outcome(c) == "success"), "{calls:#?}");
 }
 
-/// Opens a `ModelInfer` over raw HTTP/2, sends `prefix` of its message and no more, and
+/// Opens a call of `method` over raw HTTP/2, sends `prefix` of its message and no more, and
 /// returns the call's `grpc-status` and `tessera-error-code`, and how long the answer took.
-async fn grpc_half_call(app: &TestApp, headers: &[(&str, &str)], prefix: &'static [u8]) -> (String, String, std::time::Duration) {
+async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], prefix: &'static [u8]) -> (String, String, std::time::Duration) {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"))).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
     let mut request = http::Request::builder()
         .method("POST")
-        .uri("http://127.0.0.1/inference.GRPCInferenceService/ModelInfer")
+        .uri(format!("http://127.0.0.1/inference.GRPCInferenceService/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in headers {
@@ -497,7 +497,7 @@ async fn a_grpc_message_that_never_arrives_ends_at_the_callers_deadline() {
 
     // Admitted, it waits for the rest only as long as the caller's own deadline, not for the
     // server's limit on a call (minutes).
-    let (status, code, elapsed) = grpc_half_call(&app, &[("authorization", &bearer), ("grpc-timeout", "300m")], HALF).await;
+    let (status, code, elapsed) = grpc_half_call(&app, "ModelInfer", &[("authorization", &bearer), ("grpc-timeout", "300m")], HALF).await;
     assert_eq!((status.as_str(), code.as_str()), ("4", "deadline_exceeded"), "DEADLINE_EXCEEDED with the problem code");
     assert!(elapsed >= std::time::Duration::from_millis(250) && elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
 
@@ -507,9 +507,41 @@ async fn a_grpc_message_that_never_arrives_ends_at_the_callers_deadline() {
         (vec![("authorization", "Bearer tsk_forged"), ("grpc-timeout", "60S")], "invalid_token"),
     ];
     for (headers, expected) in cases {
-        let (status, code, elapsed) = grpc_half_call(&app, &headers, HALF).await;
+        let (status, code, elapsed) = grpc_half_call(&app, "ModelInfer", &headers, HALF).await;
         assert_eq!((status.as_str(), code.as_str()), ("16", expected), "{headers:?}");
         assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+    }
+}
+
+/// A message longer than its call's limit is refused from the length its prefix announces,
+/// before it is read, and one that is not protobuf as the caller's error: both with a status
+/// and problem code, as HTTP refuses such bodies, not as a server failure.
+#[tokio::test]
+async fn grpc_messages_over_the_limit_or_not_protobuf_are_refused_with_a_code() {
+    let app = spawn_app_with(|s| s.inference.max_request_bytes = 1 << 20).await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    let bearer = format!("Bearer {}", acme.key);
+    let admitted = [("authorization", bearer.as_str()), ("grpc-timeout", "20S")];
+    // Prefixes announcing one byte more than the limits: 1 MiB for `ModelInfer`, 16 KiB for
+    // every other call.
+    const OVER_INFER: &[u8] = &[0, 0, 0x10, 0, 1];
+    const OVER_SMALL: &[u8] = &[0, 0, 0, 0x40, 1];
+    const NOT_PROTOBUF: &[u8] = &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+
+    let cases: [(&str, &[(&str, &str)], &'static [u8], (&str, &str)); 6] = [
+        ("ModelInfer", &admitted, OVER_INFER, ("8", "payload_too_large")),
+        ("ModelMetadata", &admitted, OVER_SMALL, ("8", "payload_too_large")),
+        ("ServerMetadata", &[], OVER_SMALL, ("8", "payload_too_large")),
+        ("ModelInfer", &admitted, NOT_PROTOBUF, ("3", "invalid_request")),
+        ("ModelReady", &admitted, NOT_PROTOBUF, ("3", "invalid_request")),
+        // Admission comes first: an anonymous caller learns nothing of the limits.
+        ("ModelInfer", &[], OVER_INFER, ("16", "unauthenticated")),
+    ];
+    for (method, headers, prefix, expected) in cases {
+        let (status, code, elapsed) = grpc_half_call(&app, method, headers, prefix).await;
+        assert_eq!((status.as_str(), code.as_str()), expected, "{method} {prefix:?}");
+        assert!(elapsed < std::time::Duration::from_secs(5), "answered before the rest would arrive: {elapsed:?}");
     }
 }
 

@@ -152,7 +152,9 @@ def main() -> int:
     raw = lambda method: channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
                                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
     padding = b"\x4a" + b"\x80\x80\x40" + b"\0" * (1 << 20)  # unknown field 9, 1 MiB of bytes
-    rpc_error(lambda: raw("ServerLive")(padding), grpc.StatusCode.OUT_OF_RANGE, "too large", "1 MiB to ServerLive")
+    rpc_error(lambda: raw("ServerLive")(padding), grpc.StatusCode.RESOURCE_EXHAUSTED, "[payload_too_large]", "1 MiB to ServerLive")
+    rpc_error(lambda: raw("ModelInfer")(b"\xff\xff\xff", metadata=metadata_pairs), grpc.StatusCode.INVALID_ARGUMENT,
+              "[invalid_request]", "a message that is not protobuf")
     rpc_error(lambda: raw("ModelInfer")(padding), grpc.StatusCode.UNAUTHENTICATED, "[unauthenticated]",
               "1 MiB to ModelInfer without a credential")
     check(client.is_server_live(), "still live after the hostile messages")
