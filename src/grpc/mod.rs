@@ -18,6 +18,7 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,8 +38,12 @@ use crate::inference::InferenceService;
 use crate::net::TrustedProxies;
 use crate::tenancy::rate_limit::RateLimiter;
 
-/// A TLS handshake that takes longer than this is dropped.
+/// A TLS handshake that takes longer than this is dropped, and so is a connection whose
+/// client has not sent HTTP/2's preface this long after it was accepted (or after its TLS
+/// handshake ended), so that connections that never start hold nothing for long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The client's connection preface (RFC 9113, section 3.4).
+const PREFACE_BYTES: usize = 24;
 /// TLS handshakes in progress at once; beyond, accepting waits.
 const HANDSHAKES: usize = 64;
 /// Calls in flight on one connection (HTTP/2 streams).
@@ -258,7 +263,7 @@ fn connections(
             let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
             match &tls {
                 None => {
-                    if sender.send(Conn { io: Io::Plain(stream), info }).await.is_err() {
+                    if sender.send(Conn::new(Io::Plain(stream), info)).await.is_err() {
                         return;
                     }
                 }
@@ -269,7 +274,7 @@ fn connections(
                         let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                let _ = sender.send(Conn { io: Io::Tls(Box::new(stream)), info }).await;
+                                let _ = sender.send(Conn::new(Io::Tls(Box::new(stream)), info)).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
                             Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
@@ -291,13 +296,42 @@ enum Io {
 struct Conn {
     io: Io,
     info: TcpConnectInfo,
+    /// Until the client's preface has arrived: by when it must have, and how many of its
+    /// bytes are still to come.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl Conn {
+    fn new(io: Io, info: TcpConnectInfo) -> Self {
+        Self { io, info, preface: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), PREFACE_BYTES)) }
+    }
 }
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
+        let polled = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let Some((deadline, left)) = &mut this.preface else { return polled };
+        match &polled {
+            Poll::Ready(result) => {
+                let read = buf.filled().len().saturating_sub(before);
+                *left = left.saturating_sub(read);
+                // Arrived, or the connection is over either way.
+                if *left == 0 || (read == 0 && room) || result.is_err() {
+                    this.preface = None;
+                }
+                polled
+            }
+            // Polling the deadline registers the task with it, so a read that waits is woken
+            // to fail.
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -513,6 +513,50 @@ async fn a_grpc_message_that_never_arrives_ends_at_the_callers_deadline() {
     }
 }
 
+/// A gRPC connection that never sends HTTP/2's preface, or only part of it, is closed after
+/// the handshake timeout (10 s) instead of being held open for as long as its client likes;
+/// one that sent it is served on past that.
+#[tokio::test]
+async fn a_grpc_connection_that_never_starts_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let address = ("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"));
+    let started = std::time::Instant::now();
+    let (healthy, connection) = h2::client::handshake(tokio::net::TcpStream::connect(address).await.unwrap()).await.unwrap();
+    tokio::spawn(connection);
+    let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(address).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for stream in [&mut silent, &mut partial] {
+        // The server's SETTINGS may come first; then the end of the connection.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let mut buf = [0u8; 256];
+            while let Ok(1..) = stream.read(&mut buf).await {}
+        })
+        .await;
+        assert!(closed.is_ok(), "still open after 30 s");
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_secs(9), "closed at the timeout, not before: {elapsed:?}");
+
+    // Past the timeout, the connection that started still serves calls.
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://127.0.0.1/inference.GRPCInferenceService/ServerLive")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = healthy.ready().await.expect("the started connection is open").send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+    let mut answer = response.await.unwrap().into_body();
+    while let Some(chunk) = answer.data().await {
+        chunk.unwrap();
+    }
+    let trailers = answer.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+}
+
 /// A message longer than its call's limit is refused from the length its prefix announces,
 /// before it is read, and one that is not protobuf as the caller's error: both with a status
 /// and problem code, as HTTP refuses such bodies, not as a server failure.
