@@ -31,10 +31,11 @@ async fn tls_serves_http2_through_alpn() {
     })
     .await;
     let url = app.url("/healthz");
+    let cacert = cert.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("curl")
             .args(["-s", "--http2", "--cacert"])
-            .arg(&cert)
+            .arg(&cacert)
             .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", &url])
             .output()
             .expect("curl is installed")
@@ -42,5 +43,29 @@ async fn tls_serves_http2_through_alpn() {
     .await
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "200 2", "{}", String::from_utf8_lossy(&output.stderr));
+
+    // gRPC's port serves over TLS with the same certificate: `ServerLive`, an empty message,
+    // answered `live: true` (field 1, varint 1).
+    let empty = dir.join("empty.grpc");
+    std::fs::write(&empty, [0u8; 5]).unwrap();
+    let url = format!("https://127.0.0.1:{}/inference.GRPCInferenceService/ServerLive", app.grpc_port.expect("gRPC is on in tests"));
+    let answer = dir.join("answer.grpc");
+    let answer_path = answer.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "--http2", "--cacert"])
+            .arg(&cert)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary"])
+            .arg(format!("@{}", empty.display()))
+            .arg("-o")
+            .arg(&answer_path)
+            .args(["-w", "%{http_code} %{http_version}", &url])
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200 2", "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(&answer).unwrap(), [0, 0, 0, 0, 2, 0x08, 0x01]);
     std::fs::remove_dir_all(dir).unwrap();
 }
