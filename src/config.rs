@@ -189,6 +189,8 @@ pub struct ServerSettings {
     /// The Open Inference Protocol over gRPC, on a port of its own (same host and TLS).
     pub grpc_enabled: bool,
     pub grpc_port: u16,
+    /// A gRPC connection on which no call starts for this long is told to go away.
+    pub grpc_idle_seconds: u64,
     pub workers: usize,
     pub max_body_bytes: usize,
     /// On SIGTERM: serve on, failing readiness and closing connections, this long first.
@@ -613,6 +615,9 @@ impl Settings {
         if s.grpc_enabled && s.grpc_port != 0 && s.grpc_port == s.port {
             return Err(ConfigError::new("server.grpc_port", "must differ from server.port"));
         }
+        if s.grpc_idle_seconds == 0 || s.grpc_idle_seconds > 86_400 {
+            return Err(ConfigError::new("server.grpc_idle_seconds", "must be between 1 and 86400"));
+        }
         if s.max_body_bytes < 1024 {
             return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
         }
@@ -865,6 +870,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "\n[server]")?;
         writeln!(f, "host = {:?}\nport = {}\nworkers = {}", s.server.host, s.server.port, s.server.workers)?;
         writeln!(f, "grpc_enabled = {}\ngrpc_port = {}", s.server.grpc_enabled, s.server.grpc_port)?;
+        writeln!(f, "grpc_idle_seconds = {}", s.server.grpc_idle_seconds)?;
         writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
         writeln!(f, "drain_seconds = {}", s.server.drain_seconds)?;
         writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;

@@ -341,6 +341,8 @@ impl Application {
                     n => n,
                 },
                 shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+                idle_timeout: Duration::from_secs(settings.server.grpc_idle_seconds),
+                draining: state.draining.clone(),
             };
             Some(crate::grpc::GrpcServer::start(listener, parts)?)
         } else {

@@ -32,7 +32,7 @@ use tonic::transport::server::TcpConnectInfo;
 
 use self::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use self::service::{Admitted, Inference};
-use crate::http::health::Probes;
+use crate::http::health::{Draining, Probes};
 use crate::identity::authenticate::Authenticator;
 use crate::inference::InferenceService;
 use crate::net::TrustedProxies;
@@ -66,6 +66,11 @@ pub struct GrpcParts {
     pub tls: Option<rustls::ServerConfig>,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    /// A connection on which no call starts for this long is told to go away (GOAWAY).
+    pub idle_timeout: Duration,
+    /// Once on, each connection is told to go away at its next call, as HTTP closes each
+    /// connection after its next response.
+    pub draining: Draining,
 }
 
 /// A running gRPC server: `threads` threads, each a single-threaded runtime serving the
@@ -105,9 +110,9 @@ impl GrpcServer {
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let (finished, finished_rx) = tokio::sync::oneshot::channel();
             done.push(finished_rx);
-            let (service, tls, mut stopping, mut released) = (service.clone(), tls.clone(), stopping.clone(), released.clone());
+            let (service, tls, stopping, mut released) = (service.clone(), tls.clone(), stopping.clone(), released.clone());
             let accepting = accepting.take();
-            let (timeout, grace) = (parts.call_timeout, parts.shutdown_grace);
+            let ends = Ends { call_timeout: parts.call_timeout, grace: parts.shutdown_grace, idle: parts.idle_timeout, draining: parts.draining.clone() };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::Builder::new().name(format!("tessera-grpc-{index}")).spawn(move || {
                 runtime.block_on(async move {
@@ -119,10 +124,7 @@ impl GrpcServer {
                             Err(e) => tracing::error!(error = %e, "gRPC listener"),
                         }
                     }
-                    let stopped = async move {
-                        let _ = stopping.wait_for(|s| *s).await;
-                    };
-                    serve(service, inbox, tls, timeout, grace, stopped).await;
+                    serve(service, inbox, tls, ends, stopping).await;
                     let _ = finished.send(());
                     let _ = released.wait_for(|r| *r).await;
                 });
@@ -179,6 +181,18 @@ async fn hand_out(
     }
 }
 
+/// When a connection's calls, and connections themselves, end.
+#[derive(Clone)]
+struct Ends {
+    /// The longest a call may take.
+    call_timeout: Duration,
+    /// After the stop, how long calls in flight may take to finish.
+    grace: Duration,
+    /// A connection on which no call starts for this long is told to go away.
+    idle: Duration,
+    draining: Draining,
+}
+
 /// One thread's server: HTTP/2 over the connections handed to it, TLS ones once their
 /// handshake is done. Served by hyper directly, as tonic's own server would, less what a call
 /// does not need here: a boxed service cloned per call, a layer per concern, a `date` header.
@@ -186,9 +200,8 @@ async fn serve(
     calls: Admitted<GrpcInferenceServiceServer<Inference>>,
     inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    timeout: Duration,
-    grace: Duration,
-    stopped: impl std::future::Future<Output = ()>,
+    ends: Ends,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let calls = Arc::new(calls);
     let mut incoming = connections(inbox, tls);
@@ -198,28 +211,82 @@ async fn serve(
         .max_concurrent_streams(STREAMS_PER_CONNECTION)
         .keep_alive_interval(Some(Duration::from_secs(60)))
         .auto_date_header(false);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(stopped);
+    // Every connection's task holds a sender; the last to end closes the channel.
+    let (open, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    let mut stopped = stopping.clone();
     loop {
         let conn = tokio::select! {
             conn = incoming.recv() => conn,
-            () = &mut stopped => break,
+            _ = stopped.wait_for(|s| *s) => break,
         };
         let Some(conn) = conn else { break };
-        let service = Connection { calls: calls.clone(), info: conn.info.clone(), timeout };
-        let served = graceful.watch(http2.serve_connection(hyper_util::rt::TokioIo::new(conn), service));
-        tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::debug!(error = %e, "gRPC connection");
-            }
-        });
+        let activity = Arc::new(Activity::default());
+        let service = Connection { calls: calls.clone(), info: conn.info.clone(), timeout: ends.call_timeout, activity: activity.clone(), draining: ends.draining.clone() };
+        let served = http2.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+        tokio::spawn(serve_connection(served, activity, ends.idle, stopping.clone(), open.clone()));
     }
-    drop(incoming);
+    drop((incoming, open));
     // Stopped: every connection is told (GOAWAY) and its calls in flight may finish; past the
     // grace period after the stop, calls still in flight are abandoned.
     tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
+        _ = all_ended.recv() => {}
+        () = tokio::time::sleep(ends.grace) => tracing::warn!("gRPC calls still in flight after the grace period were abandoned"),
+    }
+}
+
+/// What a connection's calls tell the task that serves it.
+#[derive(Default)]
+struct Activity {
+    /// Calls started so far.
+    calls: std::sync::atomic::AtomicU64,
+    /// The process drains: the connection should go away.
+    go_away: tokio::sync::Notify,
+}
+
+/// Serves one connection to its end. It is told to go away (GOAWAY; calls in flight finish,
+/// the client opens another connection for its next ones) when the server stops, when a call
+/// starts while the process drains, or once no call has started on it for `idle`: a client
+/// that only keeps a connection open holds it no longer than that.
+async fn serve_connection<S>(
+    served: hyper::server::conn::http2::Connection<hyper_util::rt::TokioIo<Conn>, S, hyper_util::rt::TokioExecutor>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = tonic::body::Body>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use std::sync::atomic::Ordering;
+    tokio::pin!(served);
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
+    let mut seen = activity.calls.load(Ordering::Relaxed);
+    let mut going = false;
+    loop {
+        tokio::select! {
+            ended = served.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "gRPC connection");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|s| *s), if !going => going = true,
+            () = activity.go_away.notified(), if !going => going = true,
+            () = quiet.as_mut(), if !going => {
+                let calls = activity.calls.load(Ordering::Relaxed);
+                if calls == seen {
+                    going = true;
+                } else {
+                    seen = calls;
+                    quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+        }
+        if going {
+            served.as_mut().graceful_shutdown();
+        }
     }
 }
 
@@ -228,6 +295,8 @@ struct Connection {
     calls: Arc<Admitted<GrpcInferenceServiceServer<Inference>>>,
     info: TcpConnectInfo,
     timeout: Duration,
+    activity: Arc<Activity>,
+    draining: Draining,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connection {
@@ -236,6 +305,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
     type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.activity.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.draining.is_on() {
+            self.activity.go_away.notify_one();
+        }
         let mut request = request.map(tonic::body::Body::new);
         request.extensions_mut().insert(self.info.clone());
         self.calls.serve(request, self.timeout)

@@ -540,6 +540,11 @@ async fn a_grpc_connection_that_never_starts_is_closed() {
     assert!(elapsed >= std::time::Duration::from_secs(9), "closed at the timeout, not before: {elapsed:?}");
 
     // Past the timeout, the connection that started still serves calls.
+    assert_eq!(grpc_server_live(&healthy).await, "0");
+}
+
+/// Makes a `ServerLive` call on an open HTTP/2 connection; returns its `grpc-status`.
+async fn grpc_server_live(connection: &h2::client::SendRequest<bytes::Bytes>) -> String {
     let request = http::Request::builder()
         .method("POST")
         .uri("http://127.0.0.1/inference.GRPCInferenceService/ServerLive")
@@ -547,14 +552,44 @@ async fn a_grpc_connection_that_never_starts_is_closed() {
         .header("te", "trailers")
         .body(())
         .unwrap();
-    let (response, mut body) = healthy.ready().await.expect("the started connection is open").send_request(request, false).unwrap();
+    let (response, mut body) = connection.clone().ready().await.expect("the connection is open").send_request(request, false).unwrap();
     body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
     let mut answer = response.await.unwrap().into_body();
     while let Some(chunk) = answer.data().await {
         chunk.unwrap();
     }
     let trailers = answer.trailers().await.unwrap().expect("trailers");
-    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// A gRPC connection on which no call starts for `server.grpc_idle_seconds` is told to go away
+/// (a client that only holds connections open holds them no longer), while one with calls is
+/// served on; once the process drains, a connection's next call is answered and then the
+/// connection goes away, as HTTP closes its connections after their next response.
+#[tokio::test]
+async fn grpc_connections_go_away_when_idle_or_when_the_process_drains() {
+    async fn open(app: &TestApp) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+        let address = ("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"));
+        let (client, connection) = h2::client::handshake(tokio::net::TcpStream::connect(address).await.unwrap()).await.unwrap();
+        (client, tokio::spawn(connection))
+    }
+    let app = spawn_app_with(|s| s.server.grpc_idle_seconds = 2).await;
+    let (_idle, idle_connection) = open(&app).await;
+    let (busy, busy_connection) = open(&app).await;
+    for _ in 0..10 {
+        assert_eq!(grpc_server_live(&busy).await, "0");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(idle_connection.is_finished(), "the idle connection went away");
+    assert!(!busy_connection.is_finished(), "the busy connection is served on");
+
+    // Draining, with the default idle timeout (minutes): only the drain can end it.
+    let app = spawn_app().await;
+    let (client, connection) = open(&app).await;
+    assert_eq!(grpc_server_live(&client).await, "0");
+    app.state.draining.start();
+    assert_eq!(grpc_server_live(&client).await, "0", "a call while draining is answered");
+    tokio::time::timeout(std::time::Duration::from_secs(5), connection).await.expect("then its connection goes away").unwrap().ok();
 }
 
 /// A message longer than its call's limit is refused from the length its prefix announces,
