@@ -189,7 +189,7 @@ pub struct ServerSettings {
     /// The Open Inference Protocol over gRPC, on a port of its own (same host and TLS).
     pub grpc_enabled: bool,
     pub grpc_port: u16,
-    /// A gRPC connection on which no call starts for this long is told to go away.
+    /// A gRPC connection on which no call starts for this long (up to twice) is told to go away.
     pub grpc_idle_seconds: u64,
     pub workers: usize,
     pub max_body_bytes: usize,

@@ -66,7 +66,7 @@ pub struct GrpcParts {
     pub tls: Option<rustls::ServerConfig>,
     pub threads: usize,
     pub shutdown_grace: Duration,
-    /// A connection on which no call starts for this long is told to go away (GOAWAY).
+    /// A connection on which no call starts for this long (up to twice) is told to go away.
     pub idle_timeout: Duration,
     /// Once on, each connection is told to go away at its next call, as HTTP closes each
     /// connection after its next response.
@@ -188,7 +188,7 @@ struct Ends {
     call_timeout: Duration,
     /// After the stop, how long calls in flight may take to finish.
     grace: Duration,
-    /// A connection on which no call starts for this long is told to go away.
+    /// A connection on which no call starts for this long (up to twice) is told to go away.
     idle: Duration,
     draining: Draining,
 }
@@ -223,7 +223,8 @@ async fn serve(
         let activity = Arc::new(Activity::default());
         let service = Connection { calls: calls.clone(), info: conn.info.clone(), timeout: ends.call_timeout, activity: activity.clone(), draining: ends.draining.clone() };
         let served = http2.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
-        tokio::spawn(serve_connection(served, activity, ends.idle, stopping.clone(), open.clone()));
+        let linger = ends.call_timeout + Duration::from_secs(5);
+        tokio::spawn(serve_connection(served, activity, (ends.idle, linger), stopping.clone(), open.clone()));
     }
     drop((incoming, open));
     // Stopped: every connection is told (GOAWAY) and its calls in flight may finish; past the
@@ -245,12 +246,15 @@ struct Activity {
 
 /// Serves one connection to its end. It is told to go away (GOAWAY; calls in flight finish,
 /// the client opens another connection for its next ones) when the server stops, when a call
-/// starts while the process drains, or once no call has started on it for `idle`: a client
-/// that only keeps a connection open holds it no longer than that.
+/// starts while the process drains, or when a look at it finds that no call has started since
+/// the previous look, `idle` before (so after between one and two times `idle` without a
+/// call; calls of every kind count, anonymous ones too). A connection still open `linger`
+/// after it was told, its calls' longest time and then some, is closed: h2 ends a connection
+/// after GOAWAY only once its client has answered a last ping, which a client can withhold.
 async fn serve_connection<S>(
     served: hyper::server::conn::http2::Connection<hyper_util::rt::TokioIo<Conn>, S, hyper_util::rt::TokioExecutor>,
     activity: Arc<Activity>,
-    idle: Duration,
+    (idle, linger): (Duration, Duration),
     mut stopping: tokio::sync::watch::Receiver<bool>,
     _open: tokio::sync::mpsc::Sender<()>,
 ) where
@@ -260,11 +264,13 @@ async fn serve_connection<S>(
 {
     use std::sync::atomic::Ordering;
     tokio::pin!(served);
-    let quiet = tokio::time::sleep(idle);
-    tokio::pin!(quiet);
+    // The next look for calls; once the connection is told to go away, its last moment.
+    let look = tokio::time::sleep(idle);
+    tokio::pin!(look);
     let mut seen = activity.calls.load(Ordering::Relaxed);
     let mut going = false;
     loop {
+        let told = going;
         tokio::select! {
             ended = served.as_mut() => {
                 if let Err(e) = ended {
@@ -274,18 +280,23 @@ async fn serve_connection<S>(
             }
             _ = stopping.wait_for(|s| *s), if !going => going = true,
             () = activity.go_away.notified(), if !going => going = true,
-            () = quiet.as_mut(), if !going => {
+            () = look.as_mut() => {
+                if going {
+                    tracing::debug!("gRPC connection closed: still open long after GOAWAY");
+                    return;
+                }
                 let calls = activity.calls.load(Ordering::Relaxed);
                 if calls == seen {
                     going = true;
                 } else {
                     seen = calls;
-                    quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+                    look.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
             }
         }
-        if going {
+        if going && !told {
             served.as_mut().graceful_shutdown();
+            look.as_mut().reset(tokio::time::Instant::now() + linger);
         }
     }
 }

@@ -576,9 +576,12 @@ async fn grpc_connections_go_away_when_idle_or_when_the_process_drains() {
     let app = spawn_app_with(|s| s.server.grpc_idle_seconds = 2).await;
     let (_idle, idle_connection) = open(&app).await;
     let (busy, busy_connection) = open(&app).await;
-    for _ in 0..10 {
+    for round in 0..10 {
         assert_eq!(grpc_server_live(&busy).await, "0");
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if round == 1 {
+            assert!(!idle_connection.is_finished(), "an idle connection is kept for the idle timeout first");
+        }
     }
     assert!(idle_connection.is_finished(), "the idle connection went away");
     assert!(!busy_connection.is_finished(), "the busy connection is served on");
