@@ -85,9 +85,11 @@ pub struct AuthenticateMiddleware<S> {
     limiter: RateLimiter,
 }
 
-fn nul_in_uri(uri: &actix_web::http::Uri) -> Option<ApiError> {
-    let has_nul = |text: &str| text.as_bytes().windows(3).any(|w| w == b"%00");
-    if has_nul(uri.path()) {
+/// `decoded` is the path as routing sees it, percent-decoded once (but for `%`, `/` and `+`):
+/// path parameters are decoded once more, so `%%300` there is a NUL too.
+fn nul_in_uri(uri: &actix_web::http::Uri, decoded: &str) -> Option<ApiError> {
+    let has_nul = |text: &str| text.contains('\0') || text.as_bytes().windows(3).any(|w| w == b"%00");
+    if has_nul(uri.path()) || has_nul(decoded) {
         return Some(ApiError::new(Code::InvalidPath, "the path holds a NUL character (%00)"));
     }
     uri.query().filter(|q| has_nul(q)).map(|_| ApiError::new(Code::InvalidQuery, "the query holds a NUL character (%00)"))
@@ -111,7 +113,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         // Postgres text cannot hold NUL, so no name, id or filter can contain one: refused
         // here, once, rather than failing in whichever query it would reach.
-        if let Some(error) = nul_in_uri(req.uri()) {
+        if let Some(error) = nul_in_uri(req.uri(), req.match_info().as_str()) {
             return std::future::ready(Ok(refuse(req, error))).boxed_local();
         }
         let Some(header) = req.headers().get(AUTHORIZATION).cloned() else {
