@@ -112,8 +112,13 @@ pub(crate) fn write_canonical(value: &Value, out: &mut Vec<u8>, redaction: Optio
     }
 }
 
-/// A JSON string as the policy lets it be stored (emails masked if asked).
+/// A JSON string as the policy lets it be stored (emails masked if asked). A NUL is written
+/// as U+FFFD, as in the record's text columns (`Record::storable`): Postgres keeps `\u0000` in
+/// `json` but cannot turn it into text, so `details->>` would fail on the record.
 pub(crate) fn write_string(text: &str, policy: MaskPolicy, out: &mut Vec<u8>) {
+    if text.contains('\0') {
+        return write_string(&text.replace('\0', "\u{FFFD}"), policy, out);
+    }
     if policy.emails && looks_like_email(text) {
         serde_json::to_writer(&mut *out, &mask_email(text)).expect("strings serialize");
     } else {

@@ -228,6 +228,17 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// Text columns cannot hold NUL, and a record Postgres refuses would hold up its whole
+    /// batch; so whatever a request managed to bring in, a NUL is stored, and hashed, as U+FFFD
+    /// (the replacement character), as `chain::write_string` writes it in `details`.
+    fn storable(&mut self) {
+        for text in [&mut self.resource_id, &mut self.client_addr, &mut self.user_agent, &mut self.request_id].into_iter().flatten() {
+            if text.contains('\0') {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
+        }
+    }
+
     pub fn new(event: AuditEvent, info: &RequestInfo, policy: MaskPolicy) -> Self {
         Self {
             details: chain::canonical_json_redacted(&event.details, policy),
@@ -248,8 +259,11 @@ impl Record {
 pub(crate) async fn append_records(
     conn: &mut PgConnection,
     tenant: Uuid,
-    records: Vec<Record>,
+    mut records: Vec<Record>,
 ) -> Result<(), AuditError> {
+    for record in &mut records {
+        record.storable();
+    }
     let (last_seq, last_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT last_seq, last_hash FROM audit_lock_head($1)")
         .bind(tenant)
         .fetch_one(&mut *conn)

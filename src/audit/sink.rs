@@ -325,6 +325,21 @@ pub fn expand_calls(details: &serde_json::Value) -> Vec<serde_json::Map<String, 
         .collect()
 }
 
+impl Call {
+    /// This call without the values its request brought in: model name, version, user agent
+    /// and request id. What the server knows itself (tenant, actor, outcome, time, client
+    /// address, code, rows) stays.
+    fn without_request_values(&self) -> Call {
+        let event = CallEvent {
+            model: Arc::from(NOT_RECORDABLE),
+            version: None,
+            info: RequestInfo { client_addr: self.event.info.client_addr, user_agent: None, request_id: None },
+            ..self.event.clone()
+        };
+        Call { event, at: self.at, mode: self.mode }
+    }
+}
+
 /// One submitted call.
 struct Call {
     event: CallEvent,
@@ -333,7 +348,14 @@ struct Call {
     mode: CallMode,
 }
 
-/// One transaction per tenant; retried with backoff until it lands.
+/// What a record stands in for when the database refused the values a request brought in.
+pub const NOT_RECORDABLE: &str = "[not recordable]";
+
+/// One transaction per tenant, retried with backoff until it lands. A batch the database
+/// refuses for what it holds would be refused for ever, and hold up every call queued behind
+/// it, of every tenant: its events are then written one at a time, and an event refused on
+/// its own is written without the values its request brought in (model name, version, user
+/// agent, request id), its resource `NOT_RECORDABLE`, so that the call is still on record.
 async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, counted: Vec<AuditEvent>) {
     let mut by_tenant: HashMap<Uuid, (Vec<Call>, Vec<AuditEvent>)> = HashMap::new();
     for call in calls {
@@ -343,18 +365,68 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, co
         by_tenant.entry(event.tenant.map(|t| t.0).unwrap_or(super::PLATFORM)).or_default().1.push(event);
     }
     for (tenant, (calls, counted)) in by_tenant {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match write(pool, auditor, tenant, &calls, &counted).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::error!(error = ?error, calls = calls.len(), "audit batch not written; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        if land(pool, auditor, tenant, &calls, &counted).await.is_ok() {
+            continue;
+        }
+        tracing::error!(%tenant, calls = calls.len(), events = counted.len(), "the database refused an audit batch; writing its events one at a time");
+        for call in calls {
+            if land(pool, auditor, tenant, std::slice::from_ref(&call), &[]).await.is_err() {
+                let stripped = call.without_request_values();
+                if land(pool, auditor, tenant, &[stripped], &[]).await.is_err() {
+                    tracing::error!(%tenant, "an inference call could not be audited: the database refused even its stripped record");
                 }
             }
         }
+        for event in counted {
+            if land(pool, auditor, tenant, &[], std::slice::from_ref(&event)).await.is_err()
+                && land(pool, auditor, tenant, &[], &[without_request_values(event)]).await.is_err()
+            {
+                tracing::error!(%tenant, "an audit event could not be written: the database refused even its stripped record");
+            }
+        }
     }
+}
+
+/// The database refused the batch for what it holds.
+struct Refused;
+
+/// Writes, retrying with backoff while the database fails (it is down, a connection broke);
+/// gives up only when it refuses the values themselves, which no retry changes.
+async fn land(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call], counted: &[AuditEvent]) -> Result<(), Refused> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match write(pool, auditor, tenant, calls, counted).await {
+            Ok(()) => return Ok(()),
+            Err(error) if refused_values(&error) => {
+                tracing::error!(error = ?error, calls = calls.len(), "audit records refused by the database");
+                return Err(Refused);
+            }
+            Err(error) => {
+                tracing::error!(error = ?error, calls = calls.len(), "audit batch not written; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A data exception (class 22), a violated constraint (23) or a value past a limit (54): the
+/// same values would be refused again.
+fn refused_values(error: &super::AuditError) -> bool {
+    let super::AuditError::Fault(crate::error::Fault::Database(sqlx::Error::Database(e))) = error else {
+        return false;
+    };
+    e.code().is_some_and(|code| ["22", "23", "54"].iter().any(|class| code.starts_with(class)))
+}
+
+/// A counted event without what requests brought in: its resource and the version it names.
+fn without_request_values(event: AuditEvent) -> AuditEvent {
+    let mut details = event.details;
+    if let Some(fields) = details.as_object_mut() {
+        fields.remove("version");
+        fields.insert("not_recordable".to_owned(), true.into());
+    }
+    AuditEvent { resource_id: Some(NOT_RECORDABLE.to_owned()), details, ..event }
 }
 
 async fn write(

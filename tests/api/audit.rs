@@ -577,3 +577,84 @@ async fn the_server_verifies_an_export_and_names_the_first_broken_event() {
     let huge = "x".repeat(64 * 1024 * 1024 + 1);
     assert_problem(verify(huge, Some(auditor)).await.unwrap(), 413, "payload_too_large").await;
 }
+
+/// No call can hold up the audit writer, which every tenant's calls wait on once its queue is
+/// full. A value Postgres text cannot hold (NUL), however it got past the edge, is stored and
+/// hashed as U+FFFD; a record the database refuses anyway (here, a constraint put on one model
+/// name) is written one event at a time, the refused one without the values its request
+/// brought in. Every call is on record and the chains verify.
+#[tokio::test]
+async fn no_call_event_can_hold_up_the_audit_writer() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = app.tenant_with_members(&admin, "acme").await;
+    let globex = app.tenant_with_members(&admin, "globex").await;
+    let call = |tenant: &str, model: &str, agent: &'static str| CallEvent {
+        tenant: TenantId(tenant.parse().unwrap()),
+        actor: AuditActor::anonymous(),
+        model: model.into(),
+        version: Some("v\0".to_owned()),
+        outcome: Outcome::Denied,
+        cache: "bypass",
+        rows: 0,
+        code: Some("not_found"),
+        info: tessera::request::RequestInfo {
+            client_addr: Some("192.0.2.9".parse().unwrap()),
+            user_agent: Some(actix_web::http::header::HeaderValue::from_static(agent)),
+            request_id: None,
+        },
+    };
+    let flushed = |app: &TestApp| {
+        let sink = app.state.audit_sink.clone();
+        async move { tokio::time::timeout(std::time::Duration::from_secs(20), sink.flush()).await.is_ok() }
+    };
+    app.state.audit_sink.call(call(&acme.id, "a\0b", "held")).await;
+    app.state.audit_sink.call(call(&globex.id, "fine", "fine")).await;
+    assert!(flushed(&app).await, "the audit writer is held up");
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tenant_id::text, details::text FROM audit_events WHERE action = 'inference.call' ORDER BY tenant_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let models: Vec<(String, String)> = stored
+        .iter()
+        .flat_map(|(tenant, details)| {
+            let details: serde_json::Value = serde_json::from_str(details).unwrap();
+            tessera::audit::sink::expand_calls(&details).into_iter().map(move |c| (tenant.clone(), c["resource_id"].as_str().unwrap().to_owned()))
+        })
+        .collect();
+    assert!(models.contains(&(acme.id.clone(), "a\u{FFFD}b".to_owned())), "{models:?}");
+    assert!(models.contains(&(globex.id.clone(), "fine".to_owned())), "{models:?}");
+
+    tamper(&app, "ALTER TABLE audit_events ADD CONSTRAINT refuses_poison CHECK (details::text NOT LIKE '%poison%')").await;
+    for _ in 0..3 {
+        app.state.audit_sink.call(call(&globex.id, "fine", "fine")).await;
+    }
+    app.state.audit_sink.call(call(&acme.id, "poison", "held")).await;
+    assert!(flushed(&app).await, "the audit writer is held up by a record the database refuses");
+    let refused: Vec<String> = sqlx::query_scalar(
+        "SELECT details::text FROM audit_events WHERE tenant_id = $1::uuid AND action = 'inference.call' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(&acme.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let details: serde_json::Value = serde_json::from_str(&refused[0]).unwrap();
+    let calls = tessera::audit::sink::expand_calls(&details);
+    assert_eq!(calls.len(), 1, "{details}");
+    assert_eq!(calls[0]["resource_id"], tessera::audit::sink::NOT_RECORDABLE);
+    assert_eq!((calls[0]["outcome"].as_str(), calls[0]["client_addr"].as_str()), (Some("denied"), Some("192.0.2.9")));
+    assert_eq!((calls[0]["user_agent"].as_str(), calls[0]["details"]["version"].as_str()), (None, None), "{details}");
+    let globex_calls: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(json_array_length(details->'calls')), 0)::bigint FROM audit_events WHERE tenant_id = $1::uuid AND action = 'inference.call'",
+    )
+    .bind(&globex.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(globex_calls, 4, "the other tenant's calls of the refused batch are on record");
+    for (tenant, verdict) in verify_all(&app).await {
+        assert!(matches!(verdict, Verdict::Ok { .. }), "{tenant}: {verdict}");
+    }
+}
