@@ -340,6 +340,7 @@ impl Application {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
                 },
+                max_connections: settings.server.grpc_max_connections,
                 shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 idle_timeout: Duration::from_secs(settings.server.grpc_idle_seconds),
                 draining: state.draining.clone(),

@@ -21,7 +21,10 @@ pub mod proto {
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,8 +47,12 @@ use crate::tenancy::rate_limit::RateLimiter;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client's connection preface (RFC 9113, section 3.4).
 const PREFACE_BYTES: usize = 24;
-/// TLS handshakes in progress at once; beyond, accepting waits.
-const HANDSHAKES: usize = 64;
+/// TLS handshakes in progress on one serving thread; beyond, a new connection is closed at
+/// once rather than waited for, so that stalled handshakes never hold up accepting.
+const HANDSHAKES: usize = 256;
+/// TLS handshakes in progress on one serving thread from one client (an IPv4 address, or an
+/// IPv6 /64): one client cannot take the slots of others.
+const HANDSHAKES_PER_CLIENT: usize = 8;
 /// Calls in flight on one connection (HTTP/2 streams).
 const STREAMS_PER_CONNECTION: u32 = 128;
 /// The largest message of every call but `ModelInfer` (names and versions).
@@ -65,6 +72,8 @@ pub struct GrpcParts {
     pub call_timeout: Duration,
     pub tls: Option<rustls::ServerConfig>,
     pub threads: usize,
+    /// Connections open at once, TLS handshakes included; beyond, new ones are closed at once.
+    pub max_connections: usize,
     pub shutdown_grace: Duration,
     /// A connection on which no call starts for this long (up to twice) is told to go away.
     pub idle_timeout: Duration,
@@ -103,9 +112,9 @@ impl GrpcServer {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (release, released) = tokio::sync::watch::channel(false);
         let threads = parts.threads.max(1);
-        let (handoffs, inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::channel::<std::net::TcpStream>(64)).unzip();
+        let (handoffs, inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::channel::<Accepted>(64)).unzip();
         // The first thread also accepts, and hands each connection to the threads in turn.
-        let mut accepting = Some((listener, handoffs));
+        let mut accepting = Some((listener, handoffs, Arc::new(OpenConnections { open: AtomicUsize::new(0), max: parts.max_connections })));
         let mut done = Vec::with_capacity(threads);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let (finished, finished_rx) = tokio::sync::oneshot::channel();
@@ -116,10 +125,10 @@ impl GrpcServer {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::Builder::new().name(format!("tessera-grpc-{index}")).spawn(move || {
                 runtime.block_on(async move {
-                    if let Some((listener, handoffs)) = accepting {
+                    if let Some((listener, handoffs, open)) = accepting {
                         match tokio::net::TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                tokio::spawn(hand_out(listener, handoffs, stopping.clone()));
+                                tokio::spawn(hand_out(listener, handoffs, open, stopping.clone()));
                             }
                             Err(e) => tracing::error!(error = %e, "gRPC listener"),
                         }
@@ -153,10 +162,41 @@ impl Drop for GrpcServer {
     }
 }
 
-/// Accepts connections and hands them to the serving threads in turn, until the stop.
+/// The count of open connections against its bound.
+struct OpenConnections {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One open connection's place in the count, given back when the connection ends.
+struct Slot(Arc<OpenConnections>);
+
+impl Slot {
+    fn take(count: &Arc<OpenConnections>) -> Option<Self> {
+        count.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < count.max).then_some(n + 1)).ok()?;
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection as accepted, with its place in the count.
+struct Accepted {
+    stream: std::net::TcpStream,
+    slot: Slot,
+}
+
+/// Accepts connections and hands them to the serving threads in turn, until the stop. Past
+/// `open`'s bound a new connection is closed at once: its client sees a reset and may retry,
+/// while the connections already open go on being served.
 async fn hand_out(
     listener: tokio::net::TcpListener,
-    handoffs: Vec<tokio::sync::mpsc::Sender<std::net::TcpStream>>,
+    handoffs: Vec<tokio::sync::mpsc::Sender<Accepted>>,
+    open: Arc<OpenConnections>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -174,7 +214,11 @@ async fn hand_out(
                 continue;
             }
         };
-        if handoffs[next % handoffs.len()].send(stream).await.is_err() {
+        let Some(slot) = Slot::take(&open) else {
+            tracing::debug!(open = open.max, "gRPC connection refused: as many are open as allowed");
+            continue;
+        };
+        if handoffs[next % handoffs.len()].send(Accepted { stream, slot }).await.is_err() {
             return;
         }
         next = next.wrapping_add(1);
@@ -198,7 +242,7 @@ struct Ends {
 /// does not need here: a boxed service cloned per call, a layer per concern, a `date` header.
 async fn serve(
     calls: Admitted<GrpcInferenceServiceServer<Inference>>,
-    inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
+    inbox: tokio::sync::mpsc::Receiver<Accepted>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ends: Ends,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -262,7 +306,6 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use std::sync::atomic::Ordering;
     tokio::pin!(served);
     // The next look for calls; once the connection is told to go away, its last moment.
     let look = tokio::time::sleep(idle);
@@ -316,7 +359,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
     type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
-        self.activity.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.activity.calls.fetch_add(1, Ordering::Relaxed);
         if self.draining.is_on() {
             self.activity.go_away.notify_one();
         }
@@ -327,13 +370,16 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
 }
 
 /// The connections handed to this thread, TLS ones once their handshake is done. Handshakes
-/// run apart, so a slow client holds up nobody else.
+/// run apart, so a slow client holds up nobody else, and are bounded in all and per client
+/// (`HANDSHAKES`, `HANDSHAKES_PER_CLIENT`): past either bound a new connection is closed at
+/// once, so that clients that start handshakes and stall cannot keep others out for longer
+/// than they stall, nor take more than their share.
 fn connections(
-    mut inbox: tokio::sync::mpsc::Receiver<std::net::TcpStream>,
+    mut inbox: tokio::sync::mpsc::Receiver<Accepted>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> tokio::sync::mpsc::Receiver<Conn> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+    let handshakes = Arc::new(parking_lot::Mutex::new(Handshakes::default()));
     tokio::spawn(async move {
         loop {
             // The server stopped taking connections: so does this thread.
@@ -341,24 +387,29 @@ fn connections(
                 handed = inbox.recv() => handed,
                 () = sender.closed() => return,
             };
-            let Some(stream) = handed else { return };
+            let Some(Accepted { stream, slot }) = handed else { return };
             let Ok(stream) = TcpStream::from_std(stream) else { continue };
             let _ = stream.set_nodelay(true);
             let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
             match &tls {
                 None => {
-                    if sender.send(Conn::new(Io::Plain(stream), info)).await.is_err() {
+                    if sender.send(Conn::new(Io::Plain(stream), info, slot)).await.is_err() {
                         return;
                     }
                 }
                 Some(acceptor) => {
-                    let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+                    let client = info.remote_addr.map(|a| client_key(a.ip()));
+                    let Some(handshake) = Handshake::start(&handshakes, client) else {
+                        tracing::debug!(client = ?info.remote_addr, "gRPC connection refused: too many TLS handshakes in progress");
+                        continue;
+                    };
                     let (acceptor, sender) = (acceptor.clone(), sender.clone());
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        drop(handshake);
+                        match accepted {
                             Ok(Ok(stream)) => {
-                                let _ = sender.send(Conn::new(Io::Tls(Box::new(stream)), info)).await;
+                                let _ = sender.send(Conn::new(Io::Tls(Box::new(stream)), info, slot)).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
                             Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
@@ -371,6 +422,57 @@ fn connections(
     receiver
 }
 
+/// The client a connection is counted against: its IPv4 address, or its IPv6 address's /64,
+/// the block one host is usually given.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// One thread's TLS handshakes in progress, in all and per client.
+#[derive(Default)]
+struct Handshakes {
+    all: usize,
+    by_client: HashMap<Option<IpAddr>, usize>,
+}
+
+/// A handshake's place among those in progress, given back when it ends either way.
+struct Handshake {
+    table: Arc<parking_lot::Mutex<Handshakes>>,
+    client: Option<IpAddr>,
+}
+
+impl Handshake {
+    fn start(table: &Arc<parking_lot::Mutex<Handshakes>>, client: Option<IpAddr>) -> Option<Self> {
+        let mut t = table.lock();
+        let mine = t.by_client.get(&client).copied().unwrap_or(0);
+        if t.all >= HANDSHAKES || mine >= HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        t.all += 1;
+        t.by_client.insert(client, mine + 1);
+        Some(Self { table: table.clone(), client })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut t = self.table.lock();
+        t.all -= 1;
+        if let std::collections::hash_map::Entry::Occupied(mut mine) = t.by_client.entry(self.client) {
+            *mine.get_mut() -= 1;
+            if *mine.get() == 0 {
+                mine.remove();
+            }
+        }
+    }
+}
+
 enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
@@ -380,14 +482,16 @@ enum Io {
 struct Conn {
     io: Io,
     info: TcpConnectInfo,
+    /// Its place in the count of open connections, until the connection is dropped.
+    _slot: Slot,
     /// Until the client's preface has arrived: by when it must have, and how many of its
     /// bytes are still to come.
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl Conn {
-    fn new(io: Io, info: TcpConnectInfo) -> Self {
-        Self { io, info, preface: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), PREFACE_BYTES)) }
+    fn new(io: Io, info: TcpConnectInfo, slot: Slot) -> Self {
+        Self { io, info, _slot: slot, preface: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), PREFACE_BYTES)) }
     }
 }
 
@@ -454,5 +558,50 @@ impl AsyncWrite for Conn {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_its_ipv4_address_or_its_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn handshakes_are_bounded_per_client_and_in_all_and_given_back() {
+        let table = Arc::new(parking_lot::Mutex::new(Handshakes::default()));
+        let client = |n: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(n)));
+        let first: Vec<_> = (0..HANDSHAKES_PER_CLIENT).map(|_| Handshake::start(&table, client(1)).unwrap()).collect();
+        assert!(Handshake::start(&table, client(1)).is_none(), "past the client's share");
+        drop(first);
+        assert!(table.lock().by_client.is_empty(), "given back when they end");
+
+        let mut held = Vec::new();
+        for n in 0.. {
+            match Handshake::start(&table, client(n)) {
+                Some(h) => held.push(h),
+                None => break,
+            }
+        }
+        assert_eq!(held.len(), HANDSHAKES);
+        held.pop();
+        assert!(Handshake::start(&table, client(u32::MAX)).is_some());
+    }
+
+    #[test]
+    fn open_connections_are_counted_to_their_bound_and_given_back() {
+        let count = Arc::new(OpenConnections { open: AtomicUsize::new(0), max: 2 });
+        let (a, _b) = (Slot::take(&count).unwrap(), Slot::take(&count).unwrap());
+        assert!(Slot::take(&count).is_none());
+        drop(a);
+        assert!(Slot::take(&count).is_some());
     }
 }

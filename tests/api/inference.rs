@@ -543,6 +543,52 @@ async fn a_grpc_connection_that_never_starts_is_closed() {
     assert_eq!(grpc_server_live(&healthy).await, "0");
 }
 
+/// Past `server.grpc_max_connections`, a new gRPC connection is closed as it is accepted while
+/// those open are served on; once one of them ends, a new one is taken again.
+#[tokio::test]
+async fn grpc_connections_past_the_bound_are_closed_as_they_come() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app_with(|s| s.server.grpc_max_connections = 3).await;
+    let address = ("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (client, connection) = h2::client::handshake(tokio::net::TcpStream::connect(address).await.unwrap()).await.unwrap();
+        open.push((client, tokio::spawn(connection)));
+    }
+    for (client, _) in &open {
+        assert_eq!(grpc_server_live(client).await, "0");
+    }
+    let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        while let Ok(1..) = extra.read(&mut buf).await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "a connection past the bound is closed at once");
+    for (client, _) in &open {
+        assert_eq!(grpc_server_live(client).await, "0", "the connections open are served on");
+    }
+
+    let (client, connection) = open.pop().unwrap();
+    drop(client);
+    connection.abort();
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            if let Ok((client, connection)) = h2::client::handshake(stream).await {
+                tokio::spawn(connection);
+                // A connection the server closed fails the call: its task panics, and this tries again.
+                if let Ok(status) = tokio::spawn(async move { grpc_server_live(&client).await }).await {
+                    return status;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(served.expect("a new connection is taken once one ended"), "0");
+}
+
 /// Makes a `ServerLive` call on an open HTTP/2 connection; returns its `grpc-status`.
 async fn grpc_server_live(connection: &h2::client::SendRequest<bytes::Bytes>) -> String {
     let request = http::Request::builder()

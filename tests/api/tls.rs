@@ -1,6 +1,6 @@
 use std::process::Command;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{TestApp, spawn_app_with};
 
 /// A self-signed certificate for 127.0.0.1, made with the openssl CLI.
 fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -19,8 +19,9 @@ fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     (cert, key)
 }
 
-#[tokio::test]
-async fn tls_serves_http2_through_alpn() {
+/// Tessera over TLS with a fresh self-signed certificate; the directory that holds it, and the
+/// certificate's path.
+async fn spawn_tls_app() -> (TestApp, std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("tessera-tls-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = self_signed(&dir);
@@ -30,6 +31,32 @@ async fn tls_serves_http2_through_alpn() {
         s.server.tls.key_path = key.clone();
     })
     .await;
+    (app, dir, cert)
+}
+
+/// A gRPC `ServerLive` call with curl over TLS (HTTP/2); `args` go before the others. The answer
+/// is written to `answer`; curl's output is the HTTP status and version.
+async fn curl_server_live(app: &TestApp, dir: &std::path::Path, cert: &std::path::Path, args: &[&str], answer: &std::path::Path) -> std::process::Output {
+    let empty = dir.join("empty.grpc");
+    std::fs::write(&empty, [0u8; 5]).unwrap();
+    let url = format!("https://127.0.0.1:{}/inference.GRPCInferenceService/ServerLive", app.grpc_port.expect("gRPC is on in tests"));
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "--http2"])
+        .args(args)
+        .arg("--cacert")
+        .arg(cert)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary"])
+        .arg(format!("@{}", empty.display()))
+        .arg("-o")
+        .arg(answer)
+        .args(["-w", "%{http_code} %{http_version}", &url]);
+    tokio::task::spawn_blocking(move || command.output().expect("curl is installed")).await.unwrap()
+}
+
+#[tokio::test]
+async fn tls_serves_http2_through_alpn() {
+    let (app, dir, cert) = spawn_tls_app().await;
     let url = app.url("/healthz");
     let cacert = cert.clone();
     let output = tokio::task::spawn_blocking(move || {
@@ -46,26 +73,44 @@ async fn tls_serves_http2_through_alpn() {
 
     // gRPC's port serves over TLS with the same certificate: `ServerLive`, an empty message,
     // answered `live: true` (field 1, varint 1).
-    let empty = dir.join("empty.grpc");
-    std::fs::write(&empty, [0u8; 5]).unwrap();
-    let url = format!("https://127.0.0.1:{}/inference.GRPCInferenceService/ServerLive", app.grpc_port.expect("gRPC is on in tests"));
     let answer = dir.join("answer.grpc");
-    let answer_path = answer.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args(["-s", "--http2", "--cacert"])
-            .arg(&cert)
-            .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary"])
-            .arg(format!("@{}", empty.display()))
-            .arg("-o")
-            .arg(&answer_path)
-            .args(["-w", "%{http_code} %{http_version}", &url])
-            .output()
-            .expect("curl is installed")
-    })
-    .await
-    .unwrap();
+    let output = curl_server_live(&app, &dir, &cert, &[], &answer).await;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "200 2", "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(std::fs::read(&answer).unwrap(), [0, 0, 0, 0, 2, 0x08, 0x01]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Clients that start TLS handshakes with the gRPC port and stall (connect, send nothing) keep
+/// no one else out: past a few from one client, their new connections are closed at once, and
+/// another client's call is served while theirs still stall. (Were handshakes waited for, the
+/// other client would wait for a stalled one to time out, 10 s.)
+#[tokio::test]
+async fn stalled_grpc_tls_handshakes_keep_no_other_client_out() {
+    use tokio::io::AsyncReadExt;
+    const STALLED: usize = 160;
+    let (app, dir, cert) = spawn_tls_app().await;
+    let port = app.grpc_port.expect("gRPC is on in tests");
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        stalled.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+
+    // Another client (another loopback address) is served at once, while they all stall.
+    let started = std::time::Instant::now();
+    let output = curl_server_live(&app, &dir, &cert, &["--interface", "127.0.0.2", "--max-time", "5"], &dir.join("answer.grpc")).await;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200 2", "served in {:?}: {}", started.elapsed(), String::from_utf8_lossy(&output.stderr));
+
+    // The stalling client keeps a few handshakes (8 per serving thread); the rest of its
+    // connections were closed as they came.
+    let mut closed = 0;
+    for stream in &mut stalled {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(std::time::Duration::from_millis(100), stream.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    let threads = app.settings.server.workers;
+    assert!(closed >= STALLED - 8 * threads, "{closed} of {STALLED} stalled connections closed");
+    assert!(closed < STALLED, "a client may still start a few handshakes");
     std::fs::remove_dir_all(dir).unwrap();
 }
