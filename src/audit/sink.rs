@@ -112,6 +112,9 @@ pub struct CallEvent {
     /// The error's code, for calls that failed.
     pub code: Option<&'static str>,
     pub info: RequestInfo,
+    /// The database refused this call's record as it came, so it is written without the
+    /// values its request brought in, its model `NOT_RECORDABLE`, and says so in its details.
+    pub not_recordable: bool,
 }
 
 impl CallEvent {
@@ -124,6 +127,9 @@ impl CallEvent {
         if let Some(code) = self.code {
             out.extend_from_slice(b",\"code\":");
             chain::write_string(code, policy, out);
+        }
+        if self.not_recordable {
+            out.extend_from_slice(b",\"not_recordable\":true");
         }
         write!(out, ",\"rows\":{},\"version\":", self.rows).expect("writing to a Vec cannot fail");
         match &self.version {
@@ -142,7 +148,8 @@ impl CallEvent {
     }
 
     fn same_details(&self, other: &CallEvent) -> bool {
-        (self.cache, self.code, self.rows, &self.version) == (other.cache, other.code, other.rows, &other.version)
+        (self.cache, self.code, self.rows, &self.version, self.not_recordable)
+            == (other.cache, other.code, other.rows, &other.version, other.not_recordable)
     }
 }
 
@@ -334,6 +341,7 @@ impl Call {
             model: Arc::from(NOT_RECORDABLE),
             version: None,
             info: RequestInfo { client_addr: self.event.info.client_addr, user_agent: None, request_id: None },
+            not_recordable: true,
             ..self.event.clone()
         };
         Call { event, at: self.at, mode: self.mode }
@@ -353,9 +361,10 @@ pub const NOT_RECORDABLE: &str = "[not recordable]";
 
 /// One transaction per tenant, retried with backoff until it lands. A batch the database
 /// refuses for what it holds would be refused for ever, and hold up every call queued behind
-/// it, of every tenant: its events are then written one at a time, and an event refused on
-/// its own is written without the values its request brought in (model name, version, user
-/// agent, request id), its resource `NOT_RECORDABLE`, so that the call is still on record.
+/// it, of every tenant: its calls are then written in halves, and halves of those, down to the
+/// calls refused on their own (a few transactions for each, not one per call of the batch),
+/// and those are written without the values their requests brought in (model name, version,
+/// user agent, request id), marked `not_recordable`, so that every call is still on record.
 async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, counted: Vec<AuditEvent>) {
     let mut by_tenant: HashMap<Uuid, (Vec<Call>, Vec<AuditEvent>)> = HashMap::new();
     for call in calls {
@@ -368,21 +377,35 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, co
         if land(pool, auditor, tenant, &calls, &counted).await.is_ok() {
             continue;
         }
-        tracing::error!(%tenant, calls = calls.len(), events = counted.len(), "the database refused an audit batch; writing its events one at a time");
-        for call in calls {
-            if land(pool, auditor, tenant, std::slice::from_ref(&call), &[]).await.is_err() {
-                let stripped = call.without_request_values();
-                if land(pool, auditor, tenant, &[stripped], &[]).await.is_err() {
-                    tracing::error!(%tenant, "an inference call could not be audited: the database refused even its stripped record");
-                }
-            }
-        }
+        tracing::error!(%tenant, calls = calls.len(), events = counted.len(), "the database refused an audit batch; writing it in parts");
+        land_in_parts(pool, auditor, tenant, &calls).await;
         for event in counted {
             if land(pool, auditor, tenant, &[], std::slice::from_ref(&event)).await.is_err()
                 && land(pool, auditor, tenant, &[], &[without_request_values(event)]).await.is_err()
             {
                 tracing::error!(%tenant, "an audit event could not be written: the database refused even its stripped record");
             }
+        }
+    }
+}
+
+/// Writes `calls`; if the database refuses them for their values, each half apart, and so on
+/// down to single calls, a refused one without its request's values.
+async fn land_in_parts(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) {
+    if land(pool, auditor, tenant, calls, &[]).await.is_ok() {
+        return;
+    }
+    match calls {
+        [] => {}
+        [call] => {
+            if land(pool, auditor, tenant, &[call.without_request_values()], &[]).await.is_err() {
+                tracing::error!(%tenant, "an inference call could not be audited: the database refused even its stripped record");
+            }
+        }
+        _ => {
+            let (first, second) = calls.split_at(calls.len() / 2);
+            Box::pin(land_in_parts(pool, auditor, tenant, first)).await;
+            Box::pin(land_in_parts(pool, auditor, tenant, second)).await;
         }
     }
 }
@@ -591,6 +614,7 @@ mod tests {
             cache: "miss",
             rows,
             code: None,
+            not_recordable: false,
             info: RequestInfo {
                 client_addr: Some(addr.parse().unwrap()),
                 user_agent: Some(HeaderValue::from_str(agent).unwrap()),

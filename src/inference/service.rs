@@ -189,6 +189,7 @@ impl InferenceService {
             cache: cache.as_str(),
             rows: rows as u64,
             code: result.as_ref().err().map(|e| e.code().as_str()),
+            not_recordable: false,
             info: call.info,
         };
         self.audit.call(event).await;

@@ -477,6 +477,7 @@ async fn per_call_events_are_batched_sampled_or_aggregated_as_the_tenant_chose()
         cache: "bypass",
         rows: i as u64,
         code: None,
+        not_recordable: false,
         info: Default::default(),
     };
     let count = |mode: &'static str| {
@@ -598,6 +599,7 @@ async fn no_call_event_can_hold_up_the_audit_writer() {
         cache: "bypass",
         rows: 0,
         code: Some("not_found"),
+        not_recordable: false,
         info: tessera::request::RequestInfo {
             client_addr: Some("192.0.2.9".parse().unwrap()),
             user_agent: Some(actix_web::http::header::HeaderValue::from_static(agent)),
@@ -628,24 +630,32 @@ async fn no_call_event_can_hold_up_the_audit_writer() {
     assert!(models.contains(&(globex.id.clone(), "fine".to_owned())), "{models:?}");
 
     tamper(&app, "ALTER TABLE audit_events ADD CONSTRAINT refuses_poison CHECK (details::text NOT LIKE '%poison%')").await;
-    for _ in 0..3 {
+    // One batch: the refused call among acme's others, and globex's.
+    for i in 0..9 {
         app.state.audit_sink.call(call(&globex.id, "fine", "fine")).await;
+        app.state.audit_sink.call(call(&acme.id, if i == 5 { "poison" } else { "fine" }, "held")).await;
     }
-    app.state.audit_sink.call(call(&acme.id, "poison", "held")).await;
     assert!(flushed(&app).await, "the audit writer is held up by a record the database refuses");
-    let refused: Vec<String> = sqlx::query_scalar(
-        "SELECT details::text FROM audit_events WHERE tenant_id = $1::uuid AND action = 'inference.call' ORDER BY seq DESC LIMIT 1",
+    let records: Vec<String> = sqlx::query_scalar(
+        "SELECT details::text FROM audit_events WHERE tenant_id = $1::uuid AND action = 'inference.call' ORDER BY seq",
     )
     .bind(&acme.id)
     .fetch_all(&app.db)
     .await
     .unwrap();
-    let details: serde_json::Value = serde_json::from_str(&refused[0]).unwrap();
-    let calls = tessera::audit::sink::expand_calls(&details);
-    assert_eq!(calls.len(), 1, "{details}");
-    assert_eq!(calls[0]["resource_id"], tessera::audit::sink::NOT_RECORDABLE);
-    assert_eq!((calls[0]["outcome"].as_str(), calls[0]["client_addr"].as_str()), (Some("denied"), Some("192.0.2.9")));
-    assert_eq!((calls[0]["user_agent"].as_str(), calls[0]["details"]["version"].as_str()), (None, None), "{details}");
+    let calls: Vec<_> = records
+        .iter()
+        .flat_map(|details| tessera::audit::sink::expand_calls(&serde_json::from_str(details).unwrap()))
+        .skip(1)
+        .collect();
+    let models: Vec<&str> = calls.iter().map(|c| c["resource_id"].as_str().unwrap()).collect();
+    let stripped = tessera::audit::sink::NOT_RECORDABLE;
+    assert_eq!(models, ["fine", "fine", "fine", "fine", "fine", stripped, "fine", "fine", "fine"], "every call on record, in order");
+    let refused = &calls[5];
+    assert_eq!((refused["outcome"].as_str(), refused["client_addr"].as_str()), (Some("denied"), Some("192.0.2.9")));
+    assert_eq!((refused["user_agent"].as_str(), refused["details"]["version"].as_str()), (None, None), "{refused:?}");
+    assert_eq!(refused["details"]["not_recordable"], true, "a stripped record says so: {refused:?}");
+    assert!(calls.iter().enumerate().all(|(i, c)| i == 5 || c["user_agent"] == "held"), "the others are whole");
     let globex_calls: i64 = sqlx::query_scalar(
         "SELECT coalesce(sum(json_array_length(details->'calls')), 0)::bigint FROM audit_events WHERE tenant_id = $1::uuid AND action = 'inference.call'",
     )
@@ -653,7 +663,7 @@ async fn no_call_event_can_hold_up_the_audit_writer() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(globex_calls, 4, "the other tenant's calls of the refused batch are on record");
+    assert_eq!(globex_calls, 10, "the other tenant's calls of the refused batch are on record");
     for (tenant, verdict) in verify_all(&app).await {
         assert!(matches!(verdict, Verdict::Ok { .. }), "{tenant}: {verdict}");
     }

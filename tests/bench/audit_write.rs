@@ -44,6 +44,7 @@ async fn audited(guard: Guarded<{ perm::INFERENCE_RUN }, AuditSink>, info: Reque
         cache: "bypass",
         rows: 1,
         code: None,
+        not_recordable: false,
         info,
     };
     guard.call(event).await;
