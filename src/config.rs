@@ -191,8 +191,10 @@ pub struct ServerSettings {
     pub grpc_port: u16,
     /// A gRPC connection on which no call starts for this long (up to twice) is told to go away.
     pub grpc_idle_seconds: u64,
-    /// gRPC connections open at once; past it, a new connection is closed as it is accepted.
+    /// gRPC connections open at once, in all and per client (an IPv4 address or an IPv6 /64;
+    /// trusted proxies count only in all); past either, a new one is closed as it is accepted.
     pub grpc_max_connections: usize,
+    pub grpc_max_connections_per_client: usize,
     pub workers: usize,
     pub max_body_bytes: usize,
     /// On SIGTERM: serve on, failing readiness and closing connections, this long first.
@@ -623,6 +625,9 @@ impl Settings {
         if s.grpc_max_connections == 0 || s.grpc_max_connections > 1_000_000 {
             return Err(ConfigError::new("server.grpc_max_connections", "must be between 1 and 1000000"));
         }
+        if s.grpc_max_connections_per_client == 0 || s.grpc_max_connections_per_client > s.grpc_max_connections {
+            return Err(ConfigError::new("server.grpc_max_connections_per_client", "must be between 1 and server.grpc_max_connections"));
+        }
         if s.max_body_bytes < 1024 {
             return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
         }
@@ -877,6 +882,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "grpc_enabled = {}\ngrpc_port = {}", s.server.grpc_enabled, s.server.grpc_port)?;
         writeln!(f, "grpc_idle_seconds = {}", s.server.grpc_idle_seconds)?;
         writeln!(f, "grpc_max_connections = {}", s.server.grpc_max_connections)?;
+        writeln!(f, "grpc_max_connections_per_client = {}", s.server.grpc_max_connections_per_client)?;
         writeln!(f, "max_body_bytes = {}", s.server.max_body_bytes)?;
         writeln!(f, "drain_seconds = {}", s.server.drain_seconds)?;
         writeln!(f, "shutdown_grace_seconds = {}", s.server.shutdown_grace_seconds)?;

@@ -341,6 +341,7 @@ impl Application {
                     n => n,
                 },
                 max_connections: settings.server.grpc_max_connections,
+                max_connections_per_client: settings.server.grpc_max_connections_per_client,
                 shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
                 idle_timeout: Duration::from_secs(settings.server.grpc_idle_seconds),
                 draining: state.draining.clone(),

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,12 +47,14 @@ use crate::tenancy::rate_limit::RateLimiter;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client's connection preface (RFC 9113, section 3.4).
 const PREFACE_BYTES: usize = 24;
-/// TLS handshakes in progress on one serving thread; beyond, a new connection is closed at
-/// once rather than waited for, so that stalled handshakes never hold up accepting.
+/// TLS handshakes in progress on one serving thread; a new one past it ends the oldest.
 const HANDSHAKES: usize = 256;
-/// TLS handshakes in progress on one serving thread from one client (an IPv4 address, or an
-/// IPv6 /64): one client cannot take the slots of others.
+/// TLS handshakes in progress on one serving thread from one client (`client_key`); a new one
+/// past it ends that client's oldest.
 const HANDSHAKES_PER_CLIENT: usize = 8;
+/// A connection on which no call has started this long after it opened is told to go away
+/// (sooner if `server.grpc_idle_seconds` is shorter).
+const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls in flight on one connection (HTTP/2 streams).
 const STREAMS_PER_CONNECTION: u32 = 128;
 /// The largest message of every call but `ModelInfer` (names and versions).
@@ -72,8 +74,10 @@ pub struct GrpcParts {
     pub call_timeout: Duration,
     pub tls: Option<rustls::ServerConfig>,
     pub threads: usize,
-    /// Connections open at once, TLS handshakes included; beyond, new ones are closed at once.
+    /// Connections open at once, TLS handshakes included, in all and per client (trusted
+    /// proxies, which carry many clients, only in all); past either, new ones are closed at once.
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub shutdown_grace: Duration,
     /// A connection on which no call starts for this long (up to twice) is told to go away.
     pub idle_timeout: Duration,
@@ -99,7 +103,7 @@ impl GrpcServer {
     pub fn start(listener: std::net::TcpListener, parts: GrpcParts) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
-        let calls = GrpcInferenceServiceServer::new(Inference { inference: Arc::new(parts.inference), probes: parts.probes, proxies: parts.proxies })
+        let calls = GrpcInferenceServiceServer::new(Inference { inference: Arc::new(parts.inference), probes: parts.probes, proxies: parts.proxies.clone() })
             .max_encoding_message_size(parts.max_message_bytes);
         let service = Admitted {
             small: calls.clone().max_decoding_message_size(SMALL_MESSAGE_BYTES),
@@ -108,18 +112,25 @@ impl GrpcServer {
             authenticator: parts.authenticator,
             limiter: parts.limiter,
         };
+        let open = Arc::new(OpenConnections {
+            max: parts.max_connections,
+            max_per_client: parts.max_connections_per_client,
+            proxies: parts.proxies.clone(),
+            counts: Default::default(),
+        });
         let tls = parts.tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (release, released) = tokio::sync::watch::channel(false);
         let threads = parts.threads.max(1);
         let (handoffs, inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::channel::<Accepted>(64)).unzip();
         // The first thread also accepts, and hands each connection to the threads in turn.
-        let mut accepting = Some((listener, handoffs, Arc::new(OpenConnections { open: AtomicUsize::new(0), max: parts.max_connections })));
+        let mut accepting = Some((listener, handoffs, open));
         let mut done = Vec::with_capacity(threads);
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let (finished, finished_rx) = tokio::sync::oneshot::channel();
             done.push(finished_rx);
             let (service, tls, stopping, mut released) = (service.clone(), tls.clone(), stopping.clone(), released.clone());
+            let proxies = parts.proxies.clone();
             let accepting = accepting.take();
             let ends = Ends { call_timeout: parts.call_timeout, grace: parts.shutdown_grace, idle: parts.idle_timeout, draining: parts.draining.clone() };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -133,7 +144,7 @@ impl GrpcServer {
                             Err(e) => tracing::error!(error = %e, "gRPC listener"),
                         }
                     }
-                    serve(service, inbox, tls, ends, stopping).await;
+                    serve(service, inbox, (tls, proxies), ends, stopping).await;
                     let _ = finished.send(());
                     let _ = released.wait_for(|r| *r).await;
                 });
@@ -162,25 +173,56 @@ impl Drop for GrpcServer {
     }
 }
 
-/// The count of open connections against its bound.
+/// Open connections, in all and per client (`client_key`), against their bounds. Trusted
+/// proxies carry many clients each: they count only in all.
 struct OpenConnections {
-    open: AtomicUsize,
     max: usize,
+    max_per_client: usize,
+    proxies: TrustedProxies,
+    /// Open in all, and per client.
+    counts: parking_lot::Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-/// One open connection's place in the count, given back when the connection ends.
-struct Slot(Arc<OpenConnections>);
+/// One open connection's place in the counts, given back when the connection ends.
+struct Slot {
+    counts: Arc<OpenConnections>,
+    client: Option<IpAddr>,
+}
 
 impl Slot {
-    fn take(count: &Arc<OpenConnections>) -> Option<Self> {
-        count.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < count.max).then_some(n + 1)).ok()?;
-        Some(Self(count.clone()))
+    /// A place for a connection from `peer`, or why there is none.
+    fn take(counts: &Arc<OpenConnections>, peer: IpAddr) -> Result<Self, &'static str> {
+        let client = (!counts.proxies.contains(peer)).then(|| client_key(peer));
+        let mut guard = counts.counts.lock();
+        let (all, by_client) = &mut *guard;
+        if *all >= counts.max {
+            return Err("as many connections are open as allowed");
+        }
+        if let Some(client) = client {
+            let mine = by_client.entry(client).or_insert(0);
+            if *mine >= counts.max_per_client {
+                return Err("as many connections are open from this client as allowed");
+            }
+            *mine += 1;
+        }
+        *all += 1;
+        Ok(Self { counts: counts.clone(), client })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let mut guard = self.counts.counts.lock();
+        let (all, by_client) = &mut *guard;
+        *all -= 1;
+        if let Some(client) = self.client
+            && let std::collections::hash_map::Entry::Occupied(mut mine) = by_client.entry(client)
+        {
+            *mine.get_mut() -= 1;
+            if *mine.get() == 0 {
+                mine.remove();
+            }
+        }
     }
 }
 
@@ -191,8 +233,8 @@ struct Accepted {
 }
 
 /// Accepts connections and hands them to the serving threads in turn, until the stop. Past
-/// `open`'s bound a new connection is closed at once: its client sees a reset and may retry,
-/// while the connections already open go on being served.
+/// `open`'s bounds a new connection is closed at once: its client sees the connection end and
+/// may retry, while the connections already open go on being served.
 async fn hand_out(
     listener: tokio::net::TcpListener,
     handoffs: Vec<tokio::sync::mpsc::Sender<Accepted>>,
@@ -205,8 +247,8 @@ async fn hand_out(
             accepted = listener.accept() => accepted,
             _ = stopping.wait_for(|s| *s) => return,
         };
-        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
-            Ok(stream) => stream,
+        let (stream, peer) = match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: wait rather than spin.
                 tracing::warn!(error = %e, "gRPC accept");
@@ -214,9 +256,12 @@ async fn hand_out(
                 continue;
             }
         };
-        let Some(slot) = Slot::take(&open) else {
-            tracing::debug!(open = open.max, "gRPC connection refused: as many are open as allowed");
-            continue;
+        let slot = match Slot::take(&open, peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%peer, "gRPC connection refused: {why}");
+                continue;
+            }
         };
         if handoffs[next % handoffs.len()].send(Accepted { stream, slot }).await.is_err() {
             return;
@@ -243,12 +288,12 @@ struct Ends {
 async fn serve(
     calls: Admitted<GrpcInferenceServiceServer<Inference>>,
     inbox: tokio::sync::mpsc::Receiver<Accepted>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, proxies): (Option<tokio_rustls::TlsAcceptor>, TrustedProxies),
     ends: Ends,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let calls = Arc::new(calls);
-    let mut incoming = connections(inbox, tls);
+    let mut incoming = connections(inbox, tls, proxies);
     let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     http2
         .timer(hyper_util::rt::TokioTimer::new())
@@ -290,11 +335,13 @@ struct Activity {
 
 /// Serves one connection to its end. It is told to go away (GOAWAY; calls in flight finish,
 /// the client opens another connection for its next ones) when the server stops, when a call
-/// starts while the process drains, or when a look at it finds that no call has started since
-/// the previous look, `idle` before (so after between one and two times `idle` without a
-/// call; calls of every kind count, anonymous ones too). A connection still open `linger`
-/// after it was told, its calls' longest time and then some, is closed: h2 ends a connection
-/// after GOAWAY only once its client has answered a last ping, which a client can withhold.
+/// starts while the process drains, when no call has started on it `FIRST_CALL_TIMEOUT` after
+/// it opened, or when a look at it finds that no call has started since the previous look,
+/// `idle` before (so after between one and two times `idle` without a call; calls of every
+/// kind count, anonymous ones too). A connection still open `linger` after it was told, its
+/// calls' longest time and then some (`HANDSHAKE_TIMEOUT` if it never had a call), is closed:
+/// h2 ends a connection after GOAWAY only once its client has answered a last ping, which a
+/// client can withhold.
 async fn serve_connection<S>(
     served: hyper::server::conn::http2::Connection<hyper_util::rt::TokioIo<Conn>, S, hyper_util::rt::TokioExecutor>,
     activity: Arc<Activity>,
@@ -308,7 +355,7 @@ async fn serve_connection<S>(
 {
     tokio::pin!(served);
     // The next look for calls; once the connection is told to go away, its last moment.
-    let look = tokio::time::sleep(idle);
+    let look = tokio::time::sleep(idle.min(FIRST_CALL_TIMEOUT));
     tokio::pin!(look);
     let mut seen = activity.calls.load(Ordering::Relaxed);
     let mut going = false;
@@ -339,7 +386,8 @@ async fn serve_connection<S>(
         }
         if going && !told {
             served.as_mut().graceful_shutdown();
-            look.as_mut().reset(tokio::time::Instant::now() + linger);
+            let last = if activity.calls.load(Ordering::Relaxed) == 0 { HANDSHAKE_TIMEOUT } else { linger };
+            look.as_mut().reset(tokio::time::Instant::now() + last);
         }
     }
 }
@@ -371,12 +419,13 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
 
 /// The connections handed to this thread, TLS ones once their handshake is done. Handshakes
 /// run apart, so a slow client holds up nobody else, and are bounded in all and per client
-/// (`HANDSHAKES`, `HANDSHAKES_PER_CLIENT`): past either bound a new connection is closed at
-/// once, so that clients that start handshakes and stall cannot keep others out for longer
-/// than they stall, nor take more than their share.
+/// (`HANDSHAKES`, `HANDSHAKES_PER_CLIENT`; trusted proxies only in all): past either bound a
+/// new handshake ends the oldest one, the client's own first. A handshake takes milliseconds,
+/// so clients that start handshakes and stall only ever end each other's.
 fn connections(
     mut inbox: tokio::sync::mpsc::Receiver<Accepted>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    proxies: TrustedProxies,
 ) -> tokio::sync::mpsc::Receiver<Conn> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let handshakes = Arc::new(parking_lot::Mutex::new(Handshakes::default()));
@@ -398,15 +447,14 @@ fn connections(
                     }
                 }
                 Some(acceptor) => {
-                    let client = info.remote_addr.map(|a| client_key(a.ip()));
-                    let Some(handshake) = Handshake::start(&handshakes, client) else {
-                        tracing::debug!(client = ?info.remote_addr, "gRPC connection refused: too many TLS handshakes in progress");
-                        continue;
-                    };
-                    let (acceptor, sender) = (acceptor.clone(), sender.clone());
-                    tokio::spawn(async move {
+                    let client = info.remote_addr.map(|a| a.ip()).filter(|ip| !proxies.contains(*ip)).map(client_key);
+                    let (acceptor, sender, table) = (acceptor.clone(), sender.clone(), handshakes.clone());
+                    let id = handshakes.lock().next_id();
+                    // It runs only once this task next waits, after it is in the table.
+                    let handshake = tokio::spawn(async move {
+                        let _in_progress = InProgress { table, id };
                         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                        drop(handshake);
+                        drop(_in_progress);
                         match accepted {
                             Ok(Ok(stream)) => {
                                 let _ = sender.send(Conn::new(Io::Tls(Box::new(stream)), info, slot)).await;
@@ -415,6 +463,10 @@ fn connections(
                             Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
                         }
                     });
+                    for ended in handshakes.lock().start(id, client, handshake.abort_handle()) {
+                        tracing::debug!("gRPC TLS handshake ended to make room for a newer one");
+                        ended.abort();
+                    }
                 }
             }
         }
@@ -434,42 +486,68 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One thread's TLS handshakes in progress, in all and per client.
+/// One thread's TLS handshakes in progress, oldest first, and how many each client has
+/// (`None`: a trusted proxy's, or one whose address is unknown, counted only in all).
 #[derive(Default)]
 struct Handshakes {
-    all: usize,
-    by_client: HashMap<Option<IpAddr>, usize>,
+    next: u64,
+    pending: std::collections::BTreeMap<u64, (Option<IpAddr>, tokio::task::AbortHandle)>,
+    by_client: HashMap<IpAddr, usize>,
 }
 
-/// A handshake's place among those in progress, given back when it ends either way.
-struct Handshake {
-    table: Arc<parking_lot::Mutex<Handshakes>>,
-    client: Option<IpAddr>,
-}
-
-impl Handshake {
-    fn start(table: &Arc<parking_lot::Mutex<Handshakes>>, client: Option<IpAddr>) -> Option<Self> {
-        let mut t = table.lock();
-        let mine = t.by_client.get(&client).copied().unwrap_or(0);
-        if t.all >= HANDSHAKES || mine >= HANDSHAKES_PER_CLIENT {
-            return None;
-        }
-        t.all += 1;
-        t.by_client.insert(client, mine + 1);
-        Some(Self { table: table.clone(), client })
+impl Handshakes {
+    fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
     }
-}
 
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        let mut t = self.table.lock();
-        t.all -= 1;
-        if let std::collections::hash_map::Entry::Occupied(mut mine) = t.by_client.entry(self.client) {
+    /// Adds a handshake; returns those it ends to stay within the bounds: the client's oldest
+    /// if the client is at its share, then the oldest of all if the table is full.
+    fn start(&mut self, id: u64, client: Option<IpAddr>, handshake: tokio::task::AbortHandle) -> Vec<tokio::task::AbortHandle> {
+        let mut ended = Vec::new();
+        if let Some(client) = client
+            && self.by_client.get(&client).is_some_and(|n| *n >= HANDSHAKES_PER_CLIENT)
+            && let Some(oldest) = self.pending.iter().find(|(_, (c, _))| *c == Some(client)).map(|(id, _)| *id)
+        {
+            ended.extend(self.end(oldest));
+        }
+        if self.pending.len() >= HANDSHAKES
+            && let Some(oldest) = self.pending.keys().next().copied()
+        {
+            ended.extend(self.end(oldest));
+        }
+        self.pending.insert(id, (client, handshake));
+        if let Some(client) = client {
+            *self.by_client.entry(client).or_insert(0) += 1;
+        }
+        ended
+    }
+
+    /// Takes a handshake out of the table, if it is still there.
+    fn end(&mut self, id: u64) -> Option<tokio::task::AbortHandle> {
+        let (client, handshake) = self.pending.remove(&id)?;
+        if let Some(client) = client
+            && let std::collections::hash_map::Entry::Occupied(mut mine) = self.by_client.entry(client)
+        {
             *mine.get_mut() -= 1;
             if *mine.get() == 0 {
                 mine.remove();
             }
         }
+        Some(handshake)
+    }
+}
+
+/// A handshake's place in its thread's table, given back when it ends either way (unless a
+/// newer one already took it).
+struct InProgress {
+    table: Arc<parking_lot::Mutex<Handshakes>>,
+    id: u64,
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.table.lock().end(self.id);
     }
 }
 
@@ -575,33 +653,62 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
     }
 
-    #[test]
-    fn handshakes_are_bounded_per_client_and_in_all_and_given_back() {
-        let table = Arc::new(parking_lot::Mutex::new(Handshakes::default()));
+    #[tokio::test]
+    async fn a_handshake_past_the_bounds_ends_the_clients_oldest_then_the_oldest_of_all() {
+        let mut table = Handshakes::default();
+        let mut tasks = std::collections::HashMap::new();
         let client = |n: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(n)));
-        let first: Vec<_> = (0..HANDSHAKES_PER_CLIENT).map(|_| Handshake::start(&table, client(1)).unwrap()).collect();
-        assert!(Handshake::start(&table, client(1)).is_none(), "past the client's share");
-        drop(first);
-        assert!(table.lock().by_client.is_empty(), "given back when they end");
-
-        let mut held = Vec::new();
-        for n in 0.. {
-            match Handshake::start(&table, client(n)) {
-                Some(h) => held.push(h),
-                None => break,
-            }
+        let mut start = |table: &mut Handshakes, who: Option<IpAddr>| {
+            let id = table.next_id();
+            let task = tokio::spawn(std::future::pending::<()>());
+            let ended: Vec<_> = table.start(id, who, task.abort_handle()).iter().map(tokio::task::AbortHandle::id).collect();
+            tasks.insert(task.id(), id);
+            ended.iter().map(|task| tasks[task]).collect::<Vec<u64>>()
+        };
+        let first = table.next + 1;
+        for _ in 0..HANDSHAKES_PER_CLIENT {
+            assert!(start(&mut table, client(1)).is_empty());
         }
-        assert_eq!(held.len(), HANDSHAKES);
-        held.pop();
-        assert!(Handshake::start(&table, client(u32::MAX)).is_some());
+        assert!(start(&mut table, None).is_empty(), "a trusted proxy's is counted in all only");
+        assert_eq!(start(&mut table, client(1)), vec![first], "the client's own oldest");
+        assert_eq!(table.by_client[&client(1).unwrap()], HANDSHAKES_PER_CLIENT);
+
+        for n in 2.. {
+            if table.pending.len() == HANDSHAKES {
+                break;
+            }
+            assert!(start(&mut table, client(n)).is_empty());
+        }
+        let oldest = *table.pending.keys().next().unwrap();
+        assert_eq!(start(&mut table, client(u32::MAX)), vec![oldest], "the oldest of all");
+        assert_eq!(table.pending.len(), HANDSHAKES);
+
+        // Ended either way, a handshake gives its place back, once.
+        let ids: Vec<u64> = table.pending.keys().copied().collect();
+        for id in &ids {
+            table.end(*id);
+            assert!(table.end(*id).is_none());
+        }
+        assert!(table.pending.is_empty() && table.by_client.is_empty());
     }
 
     #[test]
-    fn open_connections_are_counted_to_their_bound_and_given_back() {
-        let count = Arc::new(OpenConnections { open: AtomicUsize::new(0), max: 2 });
-        let (a, _b) = (Slot::take(&count).unwrap(), Slot::take(&count).unwrap());
-        assert!(Slot::take(&count).is_none());
+    fn open_connections_are_counted_in_all_and_per_client_but_a_proxys_only_in_all() {
+        let counts = Arc::new(OpenConnections {
+            max: 4,
+            max_per_client: 2,
+            proxies: TrustedProxies::parse(&["10.0.0.0/8"]).unwrap(),
+            counts: Default::default(),
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = [Slot::take(&counts, ip("192.0.2.1")).unwrap(), Slot::take(&counts, ip("::ffff:192.0.2.1")).unwrap()];
+        assert!(Slot::take(&counts, ip("192.0.2.1")).is_err(), "past the client's share");
+        let proxied = [Slot::take(&counts, ip("10.1.1.1")).unwrap(), Slot::take(&counts, ip("10.1.1.1")).unwrap()];
+        assert!(Slot::take(&counts, ip("192.0.2.2")).is_err(), "past the bound in all");
         drop(a);
-        assert!(Slot::take(&count).is_some());
+        assert!(Slot::take(&counts, ip("192.0.2.1")).is_ok());
+        drop(proxied);
+        assert_eq!(counts.counts.lock().0, 0);
+        assert!(counts.counts.lock().1.is_empty(), "given back when they end");
     }
 }

@@ -298,6 +298,13 @@ impl Drop for Outage {
     }
 }
 
+/// Connects to `port` on 127.0.0.1 from `local`, another loopback address: another client.
+pub async fn connect_from(local: std::net::Ipv4Addr, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((local, 0).into()).unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
 /// Asserts a response is an RFC 9457 problem with the given status and code; returns the body.
 pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");

@@ -543,45 +543,55 @@ async fn a_grpc_connection_that_never_starts_is_closed() {
     assert_eq!(grpc_server_live(&healthy).await, "0");
 }
 
-/// Past `server.grpc_max_connections`, a new gRPC connection is closed as it is accepted while
-/// those open are served on; once one of them ends, a new one is taken again.
+/// Past `server.grpc_max_connections`, or `server.grpc_max_connections_per_client` from one
+/// client, a new gRPC connection is closed as it is accepted while those open are served on; a
+/// trusted proxy's connections count only in all; once one ends, a new one is taken again.
 #[tokio::test]
-async fn grpc_connections_past_the_bound_are_closed_as_they_come() {
+async fn grpc_connections_past_the_bounds_are_closed_as_they_come() {
     use tokio::io::AsyncReadExt;
-    let app = spawn_app_with(|s| s.server.grpc_max_connections = 3).await;
-    let address = ("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"));
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        let (client, connection) = h2::client::handshake(tokio::net::TcpStream::connect(address).await.unwrap()).await.unwrap();
-        open.push((client, tokio::spawn(connection)));
-    }
-    for (client, _) in &open {
-        assert_eq!(grpc_server_live(client).await, "0");
-    }
-    let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let mut buf = [0u8; 64];
-        while let Ok(1..) = extra.read(&mut buf).await {}
+    let app = spawn_app_with(|s| {
+        s.server.grpc_max_connections = 4;
+        s.server.grpc_max_connections_per_client = 1;
+        s.server.trusted_proxies = vec!["127.0.0.3".into()];
     })
     .await;
-    assert!(closed.is_ok(), "a connection past the bound is closed at once");
-    for (client, _) in &open {
+    let port = app.grpc_port.expect("gRPC is on in tests");
+    let open = |from: [u8; 4]| async move {
+        let stream = crate::helpers::connect_from(from.into(), port).await;
+        let (client, connection) = h2::client::handshake(stream).await.unwrap();
+        (client, tokio::spawn(connection))
+    };
+    let refused = |from: [u8; 4]| async move {
+        let mut stream = crate::helpers::connect_from(from.into(), port).await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut buf = [0u8; 64];
+            while let Ok(1..) = stream.read(&mut buf).await {}
+        })
+        .await
+        .is_ok()
+    };
+    let mut connections = vec![open([127, 0, 0, 1]).await, open([127, 0, 0, 3]).await, open([127, 0, 0, 3]).await];
+    for (client, _) in &connections {
+        assert_eq!(grpc_server_live(client).await, "0");
+    }
+    assert!(refused([127, 0, 0, 1]).await, "a second connection from one client is closed at once");
+    connections.push(open([127, 0, 0, 2]).await);
+    assert!(refused([127, 0, 0, 4]).await, "a connection past the bound in all is closed at once");
+    for (client, _) in &connections {
         assert_eq!(grpc_server_live(client).await, "0", "the connections open are served on");
     }
 
-    let (client, connection) = open.pop().unwrap();
+    let (client, connection) = connections.swap_remove(0);
     drop(client);
     connection.abort();
     let served = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            if let Ok((client, connection)) = h2::client::handshake(stream).await {
-                tokio::spawn(connection);
-                // A connection the server closed fails the call: its task panics, and this tries again.
-                if let Ok(status) = tokio::spawn(async move { grpc_server_live(&client).await }).await {
-                    return status;
-                }
+            let (client, connection) = open([127, 0, 0, 1]).await;
+            // A connection the server closed fails the call: its task panics, and this tries again.
+            if let Ok(status) = tokio::spawn(async move { grpc_server_live(&client).await }).await {
+                return status;
             }
+            connection.abort();
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     })
