@@ -339,7 +339,7 @@ struct Activity {
 /// it opened, or when a look at it finds that no call has started since the previous look,
 /// `idle` before (so after between one and two times `idle` without a call; calls of every
 /// kind count, anonymous ones too). A connection still open `linger` after it was told, its
-/// calls' longest time and then some (`HANDSHAKE_TIMEOUT` if it never had a call), is closed:
+/// calls' longest time and then some (`HANDSHAKE_TIMEOUT` if no call ever started on it), is closed:
 /// h2 ends a connection after GOAWAY only once its client has answered a last ping, which a
 /// client can withhold.
 async fn serve_connection<S>(
@@ -359,6 +359,9 @@ async fn serve_connection<S>(
     tokio::pin!(look);
     let mut seen = activity.calls.load(Ordering::Relaxed);
     let mut going = false;
+    // A connection told to go away before its first call is closed sooner, unless a call
+    // still started on it (h2 takes new calls until its client answers the GOAWAY's ping).
+    let mut short_linger = false;
     loop {
         let told = going;
         tokio::select! {
@@ -372,6 +375,11 @@ async fn serve_connection<S>(
             () = activity.go_away.notified(), if !going => going = true,
             () = look.as_mut() => {
                 if going {
+                    if short_linger && activity.calls.load(Ordering::Relaxed) > 0 {
+                        short_linger = false;
+                        look.as_mut().reset(tokio::time::Instant::now() + linger);
+                        continue;
+                    }
                     tracing::debug!("gRPC connection closed: still open long after GOAWAY");
                     return;
                 }
@@ -386,8 +394,8 @@ async fn serve_connection<S>(
         }
         if going && !told {
             served.as_mut().graceful_shutdown();
-            let last = if activity.calls.load(Ordering::Relaxed) == 0 { HANDSHAKE_TIMEOUT } else { linger };
-            look.as_mut().reset(tokio::time::Instant::now() + last);
+            short_linger = activity.calls.load(Ordering::Relaxed) == 0;
+            look.as_mut().reset(tokio::time::Instant::now() + if short_linger { HANDSHAKE_TIMEOUT } else { linger });
         }
     }
 }
@@ -448,13 +456,16 @@ fn connections(
                 }
                 Some(acceptor) => {
                     let client = info.remote_addr.map(|a| a.ip()).filter(|ip| !proxies.contains(*ip)).map(client_key);
-                    let (acceptor, sender, table) = (acceptor.clone(), sender.clone(), handshakes.clone());
-                    let id = handshakes.lock().next_id();
-                    // It runs only once this task next waits, after it is in the table.
+                    let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                    let (id, ended) = handshakes.lock().start(client);
+                    for ended in ended {
+                        tracing::debug!("gRPC TLS handshake ended to make room for a newer one");
+                        ended.abort();
+                    }
+                    let in_progress = InProgress { table: handshakes.clone(), id };
                     let handshake = tokio::spawn(async move {
-                        let _in_progress = InProgress { table, id };
                         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                        drop(_in_progress);
+                        drop(in_progress);
                         match accepted {
                             Ok(Ok(stream)) => {
                                 let _ = sender.send(Conn::new(Io::Tls(Box::new(stream)), info, slot)).await;
@@ -463,9 +474,9 @@ fn connections(
                             Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
                         }
                     });
-                    for ended in handshakes.lock().start(id, client, handshake.abort_handle()) {
-                        tracing::debug!("gRPC TLS handshake ended to make room for a newer one");
-                        ended.abort();
+                    // Ended already (a newer one took its place before it was attached): so is it.
+                    if !handshakes.lock().attach(id, handshake.abort_handle()) {
+                        handshake.abort();
                     }
                 }
             }
@@ -486,44 +497,55 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One thread's TLS handshakes in progress, oldest first, and how many each client has
-/// (`None`: a trusted proxy's, or one whose address is unknown, counted only in all).
+/// One thread's TLS handshakes in progress, oldest first, each with its task once attached,
+/// and how many each client has (`None`: a trusted proxy's, or one whose address is unknown,
+/// counted only in all).
 #[derive(Default)]
 struct Handshakes {
     next: u64,
-    pending: std::collections::BTreeMap<u64, (Option<IpAddr>, tokio::task::AbortHandle)>,
+    pending: std::collections::BTreeMap<u64, (Option<IpAddr>, Option<tokio::task::AbortHandle>)>,
     by_client: HashMap<IpAddr, usize>,
 }
 
 impl Handshakes {
-    fn next_id(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    /// Adds a handshake; returns those it ends to stay within the bounds: the client's oldest
-    /// if the client is at its share, then the oldest of all if the table is full.
-    fn start(&mut self, id: u64, client: Option<IpAddr>, handshake: tokio::task::AbortHandle) -> Vec<tokio::task::AbortHandle> {
+    /// Adds a handshake of `client`; returns its id and the tasks of those it ends to stay
+    /// within the bounds: the client's oldest if the client is at its share; then, if the
+    /// table is full, the oldest of the client with the most in progress (a client that
+    /// stalls many handshakes, rather than one that makes one at a time), or the oldest of all
+    /// when none has more than one.
+    fn start(&mut self, client: Option<IpAddr>) -> (u64, Vec<tokio::task::AbortHandle>) {
         let mut ended = Vec::new();
         if let Some(client) = client
             && self.by_client.get(&client).is_some_and(|n| *n >= HANDSHAKES_PER_CLIENT)
-            && let Some(oldest) = self.pending.iter().find(|(_, (c, _))| *c == Some(client)).map(|(id, _)| *id)
         {
-            ended.extend(self.end(oldest));
+            ended.extend(self.end_oldest_of(Some(client)));
         }
-        if self.pending.len() >= HANDSHAKES
-            && let Some(oldest) = self.pending.keys().next().copied()
-        {
-            ended.extend(self.end(oldest));
+        if self.pending.len() >= HANDSHAKES {
+            let busiest = self.by_client.iter().max_by_key(|(_, n)| **n).filter(|(_, n)| **n > 1).map(|(c, _)| *c);
+            ended.extend(match busiest {
+                Some(busiest) => self.end_oldest_of(Some(busiest)),
+                None => self.pending.keys().next().copied().and_then(|oldest| self.end(oldest)),
+            });
         }
-        self.pending.insert(id, (client, handshake));
+        self.next += 1;
+        self.pending.insert(self.next, (client, None));
         if let Some(client) = client {
             *self.by_client.entry(client).or_insert(0) += 1;
         }
-        ended
+        (self.next, ended)
     }
 
-    /// Takes a handshake out of the table, if it is still there.
+    /// Gives a started handshake its task; false if it has ended already.
+    fn attach(&mut self, id: u64, handshake: tokio::task::AbortHandle) -> bool {
+        self.pending.get_mut(&id).map(|(_, task)| *task = Some(handshake)).is_some()
+    }
+
+    fn end_oldest_of(&mut self, client: Option<IpAddr>) -> Option<tokio::task::AbortHandle> {
+        let oldest = self.pending.iter().find(|(_, (c, _))| *c == client).map(|(id, _)| *id)?;
+        self.end(oldest)
+    }
+
+    /// Takes a handshake out of the table, if it is still there; returns its task, if any.
     fn end(&mut self, id: u64) -> Option<tokio::task::AbortHandle> {
         let (client, handshake) = self.pending.remove(&id)?;
         if let Some(client) = client
@@ -534,7 +556,7 @@ impl Handshakes {
                 mine.remove();
             }
         }
-        Some(handshake)
+        handshake
     }
 }
 
@@ -654,16 +676,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_handshake_past_the_bounds_ends_the_clients_oldest_then_the_oldest_of_all() {
+    async fn a_handshake_past_the_bounds_ends_the_clients_oldest_then_the_busiest_clients() {
         let mut table = Handshakes::default();
-        let mut tasks = std::collections::HashMap::new();
+        let mut tasks = HashMap::new();
         let client = |n: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(n)));
+        // Starts a handshake; returns the ids of those it ended.
         let mut start = |table: &mut Handshakes, who: Option<IpAddr>| {
-            let id = table.next_id();
+            let (id, ended) = table.start(who);
             let task = tokio::spawn(std::future::pending::<()>());
-            let ended: Vec<_> = table.start(id, who, task.abort_handle()).iter().map(tokio::task::AbortHandle::id).collect();
             tasks.insert(task.id(), id);
-            ended.iter().map(|task| tasks[task]).collect::<Vec<u64>>()
+            assert!(table.attach(id, task.abort_handle()));
+            ended.iter().map(|task| tasks[&task.id()]).collect::<Vec<u64>>()
         };
         let first = table.next + 1;
         for _ in 0..HANDSHAKES_PER_CLIENT {
@@ -673,23 +696,26 @@ mod tests {
         assert_eq!(start(&mut table, client(1)), vec![first], "the client's own oldest");
         assert_eq!(table.by_client[&client(1).unwrap()], HANDSHAKES_PER_CLIENT);
 
+        // The table fills with one handshake per client; client 1 still has its share.
         for n in 2.. {
             if table.pending.len() == HANDSHAKES {
                 break;
             }
             assert!(start(&mut table, client(n)).is_empty());
         }
-        let oldest = *table.pending.keys().next().unwrap();
-        assert_eq!(start(&mut table, client(u32::MAX)), vec![oldest], "the oldest of all");
+        let ones_oldest = *table.pending.iter().find(|(_, (c, _))| *c == client(1)).unwrap().0;
+        assert_eq!(start(&mut table, client(u32::MAX)), vec![ones_oldest], "the busiest client's oldest, not the oldest of all");
         assert_eq!(table.pending.len(), HANDSHAKES);
 
-        // Ended either way, a handshake gives its place back, once.
+        // Ended either way, a handshake gives its place back, once; one that ended before it
+        // was attached is told so.
         let ids: Vec<u64> = table.pending.keys().copied().collect();
         for id in &ids {
             table.end(*id);
             assert!(table.end(*id).is_none());
         }
         assert!(table.pending.is_empty() && table.by_client.is_empty());
+        assert!(!table.attach(ids[0], tokio::spawn(std::future::pending::<()>()).abort_handle()));
     }
 
     #[test]
