@@ -378,7 +378,8 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, co
             continue;
         }
         tracing::error!(%tenant, calls = calls.len(), events = counted.len(), "the database refused an audit batch; writing it in parts");
-        land_in_parts(pool, auditor, tenant, &calls).await;
+        // Without counted events, the calls alone were just refused: straight to their halves.
+        land_in_parts(pool, auditor, tenant, &calls, counted.is_empty()).await;
         for event in counted {
             if land(pool, auditor, tenant, &[], std::slice::from_ref(&event)).await.is_err()
                 && land(pool, auditor, tenant, &[], &[without_request_values(event)]).await.is_err()
@@ -389,10 +390,11 @@ async fn write_with_retry(pool: &PgPool, auditor: &Auditor, calls: Vec<Call>, co
     }
 }
 
-/// Writes `calls`; if the database refuses them for their values, each half apart, and so on
-/// down to single calls, a refused one without its request's values.
-async fn land_in_parts(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call]) {
-    if land(pool, auditor, tenant, calls, &[]).await.is_ok() {
+/// Writes `calls` (unless they are known to be `refused`); if the database refuses them for
+/// their values, each half apart, and so on down to single calls, a refused one without its
+/// request's values.
+async fn land_in_parts(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[Call], refused: bool) {
+    if !refused && land(pool, auditor, tenant, calls, &[]).await.is_ok() {
         return;
     }
     match calls {
@@ -404,8 +406,8 @@ async fn land_in_parts(pool: &PgPool, auditor: &Auditor, tenant: Uuid, calls: &[
         }
         _ => {
             let (first, second) = calls.split_at(calls.len() / 2);
-            Box::pin(land_in_parts(pool, auditor, tenant, first)).await;
-            Box::pin(land_in_parts(pool, auditor, tenant, second)).await;
+            Box::pin(land_in_parts(pool, auditor, tenant, first, false)).await;
+            Box::pin(land_in_parts(pool, auditor, tenant, second, false)).await;
         }
     }
 }
