@@ -302,6 +302,8 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let metrics = health::bind_metrics_server(&settings.telemetry, state.metrics.clone())?;
+        // One certificate and key for HTTP and gRPC, read once.
+        let tls = if settings.server.tls.enabled { Some(crate::tls::server_config(&settings.server.tls)?) } else { None };
 
         // Everything a serving process runs beside the API starts here, so that what tests
         // drive is what production runs.
@@ -335,7 +337,7 @@ impl Application {
                     .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
                 max_message_bytes: settings.inference.max_request_bytes,
                 call_timeout: Duration::from_millis(settings.inference.max_timeout_ms) + Duration::from_secs(30),
-                tls: if settings.server.tls.enabled { Some(crate::tls::server_config(&settings.server.tls)?) } else { None },
+                tls: tls.clone(),
                 threads: match settings.server.workers {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
@@ -360,11 +362,9 @@ impl Application {
         .keep_alive(std::time::Duration::from_secs(settings.server.keep_alive_seconds));
         let server = if settings.server.workers > 0 { server.workers(settings.server.workers) } else { server };
 
-        let server = if settings.server.tls.enabled {
-            let tls = crate::tls::server_config(&settings.server.tls)?;
-            server.listen_rustls_0_23(listener, tls)?.run()
-        } else {
-            server.listen(listener)?.run()
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?.run(),
+            None => server.listen(listener)?.run(),
         };
         let drain = Duration::from_secs(settings.server.drain_seconds);
         Ok(Self { port, server, metrics, grpc, stop_jobs, job_workers, draining, drain })
