@@ -110,7 +110,11 @@ where
     /// first byte to its answer (a message that arrives too slowly, say). One reference count
     /// per call, not one per service it holds: both serving threads touch them.
     pub(super) fn serve(self: &Arc<Self>, mut request: http::Request<Body>, timeout: Duration) -> BoxFuture<http::Response<Body>, Infallible> {
-        let timeout = grpc_timeout(request.headers()).map_or(timeout, |asked| asked.min(timeout));
+        let asked = grpc_timeout(request.headers());
+        let timeout = asked.map_or(timeout, |asked| asked.min(timeout));
+        if let Some(asked) = asked {
+            request.extensions_mut().insert(AskedTimeout(asked));
+        }
         let path = request.uri().path();
         let (public, infer) = (PUBLIC.contains(&path), path == INFER);
         let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
@@ -258,6 +262,10 @@ fn refused(error: impl Into<ApiError>) -> Status {
     status(error.into())
 }
 
+/// The caller's `grpc-timeout`, read once when its call arrives.
+#[derive(Clone, Copy)]
+struct AskedTimeout(Duration);
+
 /// `grpc-timeout`: at most 8 digits, then a unit (Hours, Minutes, Seconds, milli, micro, nano).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let text = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -363,7 +371,7 @@ impl GrpcInferenceService for Inference {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let (principal, tenant) = self.caller(&request)?;
         let info = self.info(&request);
-        let timeout = grpc_timeout(request.metadata().as_ref());
+        let timeout = request.extensions().get::<AskedTimeout>().map(|t| t.0);
         let message = request.into_inner();
         named(&message.model_name, "model_name")?;
         named(&message.model_version, "model_version")?;
