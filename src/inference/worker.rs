@@ -356,9 +356,19 @@ mod tests {
             b.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(Doubler { runs: r.clone() }) as Box<dyn Engine>)
         });
+        (start(1, 64, policy, factory), runs, built)
+    }
+
+    /// A pool of `workers` threads and a queue of `queue` jobs over `factory`'s engines.
+    fn start(workers: usize, queue: usize, policy: BatchPolicy, factory: EngineFactory) -> WorkerPool {
         let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
         let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
-        (WorkerPool::start("test", 1, 64, policy, true, factory, metrics).unwrap(), runs, built)
+        WorkerPool::start("test", workers, queue, policy, true, factory, metrics).unwrap()
+    }
+
+    /// One job at a time, no waiting for a batch.
+    fn unbatched() -> BatchPolicy {
+        BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] }
     }
 
     fn job(values: Vec<f32>) -> (Job, oneshot::Receiver<Result<Vec<RunOutput>, WorkError>>) {
@@ -396,8 +406,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_engine_fails_its_jobs_and_marks_the_pool_broken() {
-        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
-        let (pool, _, built) = pool(policy);
+        let (pool, _, built) = pool(unbatched());
         assert!(!pool.is_broken());
         let (poisoned, rx) = job(vec![-1.0]);
         pool.submit(poisoned).ok().unwrap();
@@ -420,10 +429,7 @@ mod tests {
             let _ = held.len();
             Ok(Box::new(Doubler { runs: Arc::new(Mutex::new(Vec::new())) }) as Box<dyn Engine>)
         });
-        let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
-        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
-        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
-        let pool = WorkerPool::start("test", 2, 8, policy, true, factory, metrics).unwrap();
+        let pool = start(2, 8, unbatched(), factory);
         assert_eq!(Arc::strong_count(&plaintext), 1, "the pool holds the model's bytes");
         let (fine, rx) = job(vec![2.0]);
         pool.submit(fine).ok().unwrap();
@@ -446,10 +452,7 @@ mod tests {
         let (runs, dropped) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
         let (r, d) = (runs.clone(), dropped.clone());
         let factory: EngineFactory = Box::new(move || Ok(Box::new(Counted(Doubler { runs: r.clone() }, d.clone())) as Box<dyn Engine>));
-        let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
-        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
-        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
-        let pool = WorkerPool::start("test", 2, 8, policy, true, factory, metrics).unwrap();
+        let pool = start(2, 8, unbatched(), factory);
         let (poisoned, rx) = job(vec![-1.0]);
         pool.submit(poisoned).ok().unwrap();
         assert!(matches!(answer(rx).await, Err(WorkError::Crashed)));
@@ -468,8 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_jobs_are_not_run_and_a_full_queue_refuses() {
-        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, preferred_sizes: vec![] };
-        let (pool, runs, _) = pool(policy);
+        let (pool, runs, _) = pool(unbatched());
         let (mut late, rx) = job(vec![1.0]);
         late.deadline = Some(Instant::now() - Duration::from_millis(1));
         pool.submit(late).ok().unwrap();
