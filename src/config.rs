@@ -309,6 +309,9 @@ pub struct InferenceSettings {
     pub tenant_max_threads: usize,
     /// A cache lookup slower than this is abandoned and the request served without it.
     pub cache_timeout_ms: u64,
+    /// Results larger than this are served but not cached: one tenant's large outputs cannot
+    /// fill the Redis that every tenant's cache, rate limits and jobs share.
+    pub cache_max_entry_bytes: usize,
     /// How long a resolved (model, version or alias) is reused before asking Postgres again.
     pub resolve_ttl_ms: u64,
     /// Versions behind these aliases are loaded at start and whenever the alias moves, so
@@ -739,6 +742,9 @@ impl Settings {
         if i.cache_timeout_ms == 0 {
             return Err(ConfigError::new("inference.cache_timeout_ms", "must be at least 1"));
         }
+        if i.cache_max_entry_bytes == 0 || i.cache_max_entry_bytes > 512 << 20 {
+            return Err(ConfigError::new("inference.cache_max_entry_bytes", "must be between 1 and 536870912 (512 MiB)"));
+        }
         if i.max_request_bytes == 0 || i.max_request_bytes > 1 << 30 {
             return Err(ConfigError::new("inference.max_request_bytes", "must be between 1 and 1073741824"));
         }
@@ -923,6 +929,7 @@ impl fmt::Display for RedactedSettings<'_> {
         writeln!(f, "max_request_bytes = {}", i.max_request_bytes)?;
         writeln!(f, "memory_budget_bytes = {}\ndefault_timeout_ms = {}\nmax_timeout_ms = {}", i.memory_budget_bytes, i.default_timeout_ms, i.max_timeout_ms)?;
         writeln!(f, "cache_ttl_seconds = {}\ncache_timeout_ms = {}\nresolve_ttl_ms = {}", i.cache_ttl_seconds, i.cache_timeout_ms, i.resolve_ttl_ms)?;
+        writeln!(f, "cache_max_entry_bytes = {}", i.cache_max_entry_bytes)?;
         writeln!(f, "eager_aliases = {:?}", i.eager_aliases)?;
         let r = &s.registry;
         writeln!(f, "\n[registry]\nmaster_keys = {}\nmax_artifact_bytes = {}", secret(true), r.max_artifact_bytes)?;

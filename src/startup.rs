@@ -150,7 +150,7 @@ impl AppState {
         // to start without one (`Application::build`).
         let runtime = OnnxRuntime::load(Some(&settings.inference.onnxruntime_path));
         let models = Arc::new(ModelManager::new(registry.clone(), runtime, settings.inference.clone(), inference_metrics.clone()));
-        let cache = Arc::new(ResultCache::new(redis.clone(), Duration::from_millis(settings.inference.cache_timeout_ms)));
+        let cache = Arc::new(ResultCache::new(redis.clone(), Duration::from_millis(settings.inference.cache_timeout_ms), settings.inference.cache_max_entry_bytes));
         let jobs = JobService::new(
             db.clone(),
             registry.clone(),

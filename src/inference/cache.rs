@@ -46,6 +46,8 @@ pub type Shared = Arc<(Vec<RunOutput>, CacheStatus)>;
 pub struct ResultCache {
     redis: RedisStore,
     timeout: Duration,
+    /// Larger results are not stored.
+    max_entry_bytes: usize,
     epoch: Instant,
     /// Milliseconds since `epoch` before which Redis is not asked (after a failure).
     skip_until: AtomicU64,
@@ -92,8 +94,8 @@ impl Drop for FlightGuard {
 }
 
 impl ResultCache {
-    pub fn new(redis: RedisStore, timeout: Duration) -> Self {
-        Self { redis, timeout, epoch: Instant::now(), skip_until: AtomicU64::new(0), inflight: Default::default() }
+    pub fn new(redis: RedisStore, timeout: Duration, max_entry_bytes: usize) -> Self {
+        Self { redis, timeout, max_entry_bytes, epoch: Instant::now(), skip_until: AtomicU64::new(0), inflight: Default::default() }
     }
 
     pub fn key(artifact: Uuid, inputs: &[(Vec<usize>, TensorData)], outputs: &[(usize, bool)], parameters: &serde_json::Map<String, serde_json::Value>) -> [u8; 32] {
@@ -149,12 +151,17 @@ impl ResultCache {
     }
 
     /// Stores before the flight lands, so that a request arriving just after it finds the
-    /// value in Redis instead of running the model again. Bounded by the cache timeout.
+    /// value in Redis instead of running the model again. Bounded by the cache timeout. A
+    /// result larger than `max_entry_bytes` is not stored (every element takes at least a
+    /// byte, so most are known too large before they are encoded).
     pub async fn put(&self, tenant: Uuid, key: &[u8; 32], outputs: &[RunOutput], ttl_seconds: u64) {
-        if !self.available() || ttl_seconds == 0 {
+        if !self.available() || ttl_seconds == 0 || outputs.iter().map(|o| o.data.len()).sum::<usize>() > self.max_entry_bytes {
             return;
         }
         let value = encode(outputs);
+        if value.len() > self.max_entry_bytes {
+            return;
+        }
         let redis_key = self.redis_key(tenant, key);
         let mut conn = self.redis.connection();
         let store = conn.set_ex::<_, _, ()>(&redis_key, value, ttl_seconds).instrument(redis_span("SETEX"));

@@ -248,6 +248,31 @@ async fn deterministic_models_are_cached_per_version_and_never_stale() {
     assert_eq!(cache(&infer(&app, &globex.key, "/v2/models/adder/infer", &request).await), "miss");
 }
 
+/// A result larger than `inference.cache_max_entry_bytes` is served but not cached, so one
+/// tenant's large outputs cannot fill the Redis every tenant shares; smaller ones still are.
+#[tokio::test]
+async fn results_too_large_for_the_cache_are_served_and_not_stored() {
+    let app = spawn_app_with(|s| s.inference.cache_max_entry_bytes = 1024).await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    acme.model(&app, "adder", ADD, json!({ "deterministic": true, "serving": { "cache_ttl_seconds": 60 } })).await;
+    let cache = |r: &reqwest::Response| r.headers()["tessera-cache"].to_str().unwrap().to_owned();
+    // 64 rows of 4 FP32: a 1 KiB output, over the limit once encoded. One row: far under.
+    let (large, small) = (add_request(64, 0.0), add_request(1, 0.0));
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        for request in [&large, &small] {
+            let response = infer(&app, &acme.key, "/v2/models/adder/infer", request).await;
+            assert_eq!(response.status(), 200);
+            statuses.push(cache(&response));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (large, small): (Vec<_>, Vec<_>) = statuses.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).unzip();
+    assert!(large.iter().all(|s| s == "miss"), "the large result was cached: {large:?}");
+    assert_eq!(small.last().map(String::as_str), Some("hit"), "{small:?}");
+}
+
 #[tokio::test]
 async fn inference_goes_on_without_redis_and_the_cache_comes_back() {
     let mut proxy = Outage::start(&redis_url().trim_start_matches("redis://").trim_end_matches('/').to_owned()).await;
