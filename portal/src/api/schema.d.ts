@@ -1061,7 +1061,9 @@ export interface components {
             /**
              * Format: uuid
              * @description Who created the key. Keys belong to the tenant: they keep working when their creator
-             *     leaves it (revoke them then if they should not).
+             *     leaves it (revoke them then if they should not), except admin keys, which are revoked
+             *     when their creator, or the creator of the admin key that made them, is removed or
+             *     loses the admin role, and with the key that made them.
              */
             created_by?: string | null;
             created_by_email?: string | null;
@@ -1429,7 +1431,9 @@ export interface components {
                 /**
                  * Format: uuid
                  * @description Who created the key. Keys belong to the tenant: they keep working when their creator
-                 *     leaves it (revoke them then if they should not).
+                 *     leaves it (revoke them then if they should not), except admin keys, which are revoked
+                 *     when their creator, or the creator of the admin key that made them, is removed or
+                 *     loses the admin role, and with the key that made them.
                  */
                 created_by?: string | null;
                 created_by_email?: string | null;

@@ -1,4 +1,6 @@
 //! A tenant's API keys: created by members for machines, never exceeding their creator's role.
+//! Keys belong to the tenant and outlive their creator's membership, except admin keys, whose
+//! power over members and keys ends when their creator's does (`revoke_admin_keys_of`).
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -34,8 +36,8 @@ impl TenantService {
         let (prefix, secret) = new_api_key();
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
         let key: ApiKeyView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH k AS (INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *) \
+            "WITH k AS (INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, created_by_key, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *) \
              SELECT {API_KEY_COLUMNS} FROM k LEFT JOIN users u ON u.id = k.created_by"
         )))
         .bind(Uuid::now_v7())
@@ -45,6 +47,10 @@ impl TenantService {
         .bind(&prefix)
         .bind(&self.hasher.digest(&secret)[..])
         .bind(actor.user_id())
+        .bind(match actor.actor {
+            crate::request::Actor::ApiKey { id } => Some(id),
+            _ => None,
+        })
         .bind(expires_at)
         .fetch_one(tx.conn())
         .await?;
@@ -83,11 +89,71 @@ impl TenantService {
             .resource("api_key", key)
             .details(serde_json::json!({ "prefix": prefix }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
+        let line = self.revoke_admin_keys_of(&mut tx, actor, Creator::Key(key), "api_key.revoked", info).await?;
         tx.commit().await?;
         self.authenticator.api_key_revoked(&prefix);
+        for prefix in &line {
+            self.authenticator.api_key_revoked(prefix);
+        }
         Ok(())
     }
 
+    /// Revokes the admin keys `creator` (a member, or a key being revoked) created, and the
+    /// admin keys those created, down the line: a removed or demoted admin, or a revoked admin
+    /// key, leaves no admin key behind. Other keys stay: they serve machines and cannot manage
+    /// members or keys. Returns the revoked keys' prefixes, for the caller to forget once its
+    /// transaction commits; their invitations are revoked and each revocation is audited as
+    /// `because`.
+    pub(super) async fn revoke_admin_keys_of(
+        &self,
+        tx: &mut TenantTx,
+        actor: &Principal,
+        creator: Creator,
+        because: &'static str,
+        info: &RequestInfo,
+    ) -> Result<Vec<String>, IdentityError> {
+        let (user, key) = match creator {
+            Creator::Member(user) => (Some(user), None),
+            Creator::Key(key) => (None, Some(key)),
+        };
+        let creator = user.or(key);
+        let revoked: Vec<(Uuid, String)> = sqlx::query_as(
+            "WITH RECURSIVE line AS ( \
+                 SELECT id FROM api_keys WHERE tenant_id = $1 AND role = 'admin' AND (created_by = $2 OR created_by_key = $3) \
+                 UNION \
+                 SELECT k.id FROM api_keys k JOIN line ON k.created_by_key = line.id WHERE k.tenant_id = $1 AND k.role = 'admin') \
+             UPDATE api_keys SET revoked_at = now() \
+             WHERE tenant_id = $1 AND id IN (SELECT id FROM line) AND revoked_at IS NULL RETURNING id, prefix",
+        )
+        .bind(tx.tenant().0)
+        .bind(user)
+        .bind(key)
+        .fetch_all(tx.conn())
+        .await?;
+        let mut events = Vec::with_capacity(revoked.len());
+        for (key, prefix) in &revoked {
+            Self::revoke_invitations_of(tx, "invited_by_key", *key).await?;
+            events.push(
+                AuditEvent::new(Some(tx.tenant()), AuditActor::from(actor), "api_key.revoked")
+                    .resource("api_key", key)
+                    .details(serde_json::json!({ "prefix": prefix, "because": because, "creator": creator })),
+            );
+        }
+        if !events.is_empty() {
+            self.auditor.record(tx.conn(), info, events).await?;
+        }
+        Ok(revoked.into_iter().map(|(_, prefix)| prefix).collect())
+    }
+
+}
+
+/// Whose admin keys `revoke_admin_keys_of` revokes.
+pub(super) enum Creator {
+    Member(Uuid),
+    Key(Uuid),
+}
+
+impl TenantService {
     /// API keys, oldest first (ids are time-ordered).
     pub async fn list_api_keys(&self, tenant: &TenantInfo, page: &PageRequest<Uuid>) -> Result<Page<ApiKeyView>, IdentityError> {
         let from = "api_keys k LEFT JOIN users u ON u.id = k.created_by \

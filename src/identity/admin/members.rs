@@ -320,8 +320,16 @@ impl TenantService {
             .resource("user", user)
             .details(serde_json::json!({ "from": current, "to": role }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
+        let revoked = if role.may_grant(Role::Admin) {
+            Vec::new()
+        } else {
+            self.revoke_admin_keys_of(&mut tx, actor, super::api_keys::Creator::Member(user), "member.role_changed", info).await?
+        };
         tx.commit().await?;
         self.authenticator.membership_changed(user);
+        for prefix in &revoked {
+            self.authenticator.api_key_revoked(prefix);
+        }
         Ok(member)
     }
 
@@ -354,8 +362,12 @@ impl TenantService {
             .resource("user", user)
             .details(serde_json::json!({ "role": current }));
         self.auditor.record(tx.conn(), info, vec![event]).await?;
+        let revoked = self.revoke_admin_keys_of(&mut tx, actor, super::api_keys::Creator::Member(user), "member.removed", info).await?;
         tx.commit().await?;
         self.authenticator.membership_changed(user);
+        for prefix in &revoked {
+            self.authenticator.api_key_revoked(prefix);
+        }
         Ok(())
     }
 

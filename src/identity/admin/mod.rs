@@ -67,7 +67,9 @@ pub struct ApiKeyView {
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
     /// Who created the key. Keys belong to the tenant: they keep working when their creator
-    /// leaves it (revoke them then if they should not).
+    /// leaves it (revoke them then if they should not), except admin keys, which are revoked
+    /// when their creator, or the creator of the admin key that made them, is removed or
+    /// loses the admin role, and with the key that made them.
     pub created_by: Option<Uuid>,
     pub created_by_email: Option<String>,
 }

@@ -99,3 +99,66 @@ async fn attack_08_invitations_die_with_their_inviters_rights() {
     let listed = app.items("/v1/tenants/acme/invitations", &owner).await;
     assert!(listed.iter().filter(|i| i["email"].as_str().unwrap().ends_with("@elsewhere.example")).all(|i| !i["revoked_at"].is_null()));
 }
+
+/// An admin who is leaving makes admin keys first, one with another so that it does not name
+/// her as its creator, and an invitation with that one: once she is removed, or demoted below
+/// admin, none of them works, so she has no way back into the tenant. Keys that cannot manage
+/// members or keys stay: they serve the tenant's machines.
+#[tokio::test]
+async fn attack_08_a_removed_or_demoted_admin_keeps_no_admin_key_and_no_way_back() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    for (slug, change) in [("acme", "removed"), ("globex", "demoted")] {
+        let tenant = app.tenant_with_members(&root, slug).await;
+        let owner = app.credential(As::Owner, &tenant, &root).await.unwrap();
+        let admin = app.credential(As::Admin, &tenant, &root).await.unwrap();
+        let secret = |created: serde_json::Value| created["secret"].as_str().unwrap().to_owned();
+        let first = secret(app.create_api_key(&admin, slug, "admin").await);
+        let second = secret(app.create_api_key(&first, slug, "admin").await);
+        let machine = secret(app.create_api_key(&second, slug, "inference").await);
+        let own = secret(app.create_api_key(&admin, slug, "ml_engineer").await);
+        let invitation = app
+            .post_json(&format!("/v1/tenants/{slug}/invitations"), Some(&second), &json!({ "email": "accomplice@elsewhere.example", "role": "admin" }))
+            .await;
+        assert_eq!(invitation.status(), 201);
+        let invitation = invitation.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+
+        let me: serde_json::Value = app.get_as("/v1/me", &admin).await.json().await.unwrap();
+        let admin_id = me["actor"]["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/tenants/{slug}/members/{admin_id}");
+        let changed = match change {
+            "removed" => app.call("DELETE", &path, Some(&owner), None).await,
+            _ => app.call("PATCH", &path, Some(&owner), Some(json!({ "role": "ml_engineer" }))).await,
+        };
+        assert!(changed.status().is_success(), "{change}: {}", changed.status());
+
+        for key in [&first, &second] {
+            assert_eq!(app.get_as(&format!("/v1/tenants/{slug}/members"), key).await.status(), 401, "{change}: an admin key still works");
+            let back = app
+                .post_json(&format!("/v1/tenants/{slug}/invitations"), Some(key), &json!({ "email": tenant.emails["admin"], "role": "admin" }))
+                .await;
+            assert_eq!(back.status(), 401, "{change}: an admin key still invites");
+        }
+        let accepted = app.post_json("/v1/invitations/accept", None, &json!({ "token": invitation, "password": "a-backdoor-password" })).await;
+        assert_problem(accepted, 422, "invalid_invitation").await;
+        // The machines' keys go on.
+        assert_eq!(app.get_as("/v2/models/none/ready", &machine).await.status(), 404, "{change}");
+        assert_eq!(app.get_as(&format!("/v1/tenants/{slug}/models"), &own).await.status(), 200, "{change}");
+        let revoked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events WHERE tenant_id = $1::uuid AND action = 'api_key.revoked' AND details->>'creator' = $2",
+        )
+        .bind(&tenant.id)
+        .bind(&admin_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(revoked, 2, "{change}: each revocation is audited");
+
+        // Revoking an admin key revokes the admin keys made with it.
+        let parent = app.create_api_key(&owner, slug, "admin").await;
+        let child = secret(app.create_api_key(parent["secret"].as_str().unwrap(), slug, "admin").await);
+        let parent_id = parent["id"].as_str().unwrap();
+        assert_eq!(app.call("DELETE", &format!("/v1/tenants/{slug}/api-keys/{parent_id}"), Some(&owner), None).await.status(), 204);
+        assert_eq!(app.get_as(&format!("/v1/tenants/{slug}/members"), &child).await.status(), 401, "a key made by a revoked one");
+    }
+}
