@@ -35,6 +35,17 @@ impl TenantService {
         };
         let (prefix, secret) = new_api_key();
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        Self::lock_grants(&mut tx).await?;
+        // The credential was checked when the request came, possibly from a cache; a member
+        // removed or a key revoked since (this or another process) makes no more keys.
+        let (user, by_key) = match actor.actor {
+            crate::request::Actor::User { id } => (Some(id), None),
+            crate::request::Actor::ApiKey { id } => (None, Some(id)),
+            crate::request::Actor::System => (None, None),
+        };
+        if !actor.platform_admin && !Self::still_may_grant(&mut tx, user, by_key, role).await? {
+            return Err(IdentityError::TokenRevoked("this credential no longer holds the role it would grant"));
+        }
         let key: ApiKeyView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH k AS (INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_digest, created_by, created_by_key, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *) \
@@ -46,11 +57,8 @@ impl TenantService {
         .bind(role)
         .bind(&prefix)
         .bind(&self.hasher.digest(&secret)[..])
-        .bind(actor.user_id())
-        .bind(match actor.actor {
-            crate::request::Actor::ApiKey { id } => Some(id),
-            _ => None,
-        })
+        .bind(user)
+        .bind(by_key)
         .bind(expires_at)
         .fetch_one(tx.conn())
         .await?;
@@ -70,6 +78,7 @@ impl TenantService {
         info: &RequestInfo,
     ) -> Result<(), IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        Self::lock_grants(&mut tx).await?;
         let role: Role = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
             .bind(key)
             .bind(tenant.id.0)
@@ -95,6 +104,14 @@ impl TenantService {
         for prefix in &line {
             self.authenticator.api_key_revoked(prefix);
         }
+        Ok(())
+    }
+
+    /// Serialises, per tenant, what makes keys and what takes grants away (removing a member,
+    /// changing a role, revoking a key), so that a key is never made from a grant being taken
+    /// away at the same moment, out of sight of the revocation's sweep.
+    pub(super) async fn lock_grants(tx: &mut TenantTx) -> Result<(), IdentityError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7301, hashtext($1::text))").bind(tx.tenant().0).execute(tx.conn()).await?;
         Ok(())
     }
 

@@ -123,9 +123,10 @@ impl TenantService {
         Ok(CreatedInvitation { invitation, token })
     }
 
-    /// Whether the user or API key that issued an invitation still holds every permission of
-    /// `role` in the transaction's tenant (or is a platform administrator).
-    pub(super) async fn inviter_may_grant(tx: &mut TenantTx, user: Option<Uuid>, key: Option<Uuid>, role: Role) -> Result<bool, IdentityError> {
+    /// Whether the user or API key that issued an invitation, or is creating a key, still holds
+    /// every permission of `role` in the transaction's tenant (or is a platform administrator),
+    /// as the database says now rather than as its credential said when it was checked.
+    pub(super) async fn still_may_grant(tx: &mut TenantTx, user: Option<Uuid>, key: Option<Uuid>, role: Role) -> Result<bool, IdentityError> {
         let held: Option<Role> = match (user, key) {
             (Some(user), _) => {
                 let (admin, member): (bool, Option<Role>) = sqlx::query_as(
@@ -236,7 +237,7 @@ impl TenantService {
         }
         // Honoured only while whoever invited may still grant the role: an admin removed or
         // demoted since cannot come back through an invitation they issued before.
-        if !Self::inviter_may_grant(&mut tx, invited_by, invited_by_key, role).await? {
+        if !Self::still_may_grant(&mut tx, invited_by, invited_by_key, role).await? {
             return Err(invalid());
         }
         let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
@@ -300,6 +301,7 @@ impl TenantService {
     ) -> Result<MemberView, IdentityError> {
         Self::check_grant(actor, role)?;
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        Self::lock_grants(&mut tx).await?;
         let current = Self::locked_role(&mut tx, user).await?;
         // Changing a member's role also takes their current one away: the actor must hold it.
         Self::check_grant(actor, current)?;
@@ -341,6 +343,7 @@ impl TenantService {
         info: &RequestInfo,
     ) -> Result<(), IdentityError> {
         let mut tx = TenantTx::begin(&self.pool, tenant.id).await?;
+        Self::lock_grants(&mut tx).await?;
         let current = Self::locked_role(&mut tx, user).await?;
         Self::check_grant(actor, current)?;
         if current == Role::Owner && self.owners_left_without(&mut tx, user).await? == 0 {

@@ -162,3 +162,31 @@ async fn attack_08_a_removed_or_demoted_admin_keeps_no_admin_key_and_no_way_back
         assert_eq!(app.get_as(&format!("/v1/tenants/{slug}/members"), &child).await.status(), 401, "a key made by a revoked one");
     }
 }
+
+/// A credential revoked by another process is still trusted here for a moment (the
+/// authenticator's cache): it makes no key in that moment, since making one asks the database
+/// whether its creator still holds the role.
+#[tokio::test]
+async fn attack_08_a_credential_revoked_elsewhere_makes_no_key_while_it_is_cached() {
+    let app = spawn_app().await;
+    let root = app.platform_admin().await;
+    let acme = app.tenant_with_members(&root, "acme").await;
+    let admin = app.credential(As::Admin, &acme, &root).await.unwrap();
+    let key = app.create_api_key(&admin, "acme", "admin").await;
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    // Both credentials are in the cache now.
+    assert_eq!(app.get_as("/v1/tenants/acme/members", &secret).await.status(), 200);
+    assert_eq!(app.get_as("/v1/tenants/acme/members", &admin).await.status(), 200);
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid").bind(key["id"].as_str().unwrap()).execute(&app.db).await.unwrap();
+    sqlx::query("DELETE FROM memberships WHERE user_id = (SELECT id FROM users WHERE email = $1)")
+        .bind(&acme.emails["admin"])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    for credential in [&secret, &admin] {
+        let minted = app.post_json("/v1/tenants/acme/api-keys", Some(credential), &json!({ "name": "late", "role": "admin" })).await;
+        assert_problem(minted, 401, "token_revoked").await;
+    }
+    let late: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE name = 'late'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(late, 0);
+}
