@@ -428,8 +428,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Connectio
 /// The connections handed to this thread, TLS ones once their handshake is done. Handshakes
 /// run apart, so a slow client holds up nobody else, and are bounded in all and per client
 /// (`HANDSHAKES`, `HANDSHAKES_PER_CLIENT`; trusted proxies only in all): past either bound a
-/// new handshake ends the oldest one, the client's own first. A handshake takes milliseconds,
-/// so clients that start handshakes and stall only ever end each other's.
+/// new handshake ends an older one, the client's own first, else the oldest of the client with
+/// the most in progress (`Handshakes::start`). A handshake takes milliseconds, so clients that
+/// start handshakes and stall end their own rather than anyone else's.
 fn connections(
     mut inbox: tokio::sync::mpsc::Receiver<Accepted>,
     tls: Option<tokio_rustls::TlsAcceptor>,
