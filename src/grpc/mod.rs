@@ -192,7 +192,7 @@ struct Slot {
 impl Slot {
     /// A place for a connection from `peer`, or why there is none.
     fn take(counts: &Arc<OpenConnections>, peer: IpAddr) -> Result<Self, &'static str> {
-        let client = (!counts.proxies.contains(peer)).then(|| client_key(peer));
+        let client = counted_client(&counts.proxies, peer);
         let mut guard = counts.counts.lock();
         let (all, by_client) = &mut *guard;
         if *all >= counts.max {
@@ -215,14 +215,7 @@ impl Drop for Slot {
         let mut guard = self.counts.counts.lock();
         let (all, by_client) = &mut *guard;
         *all -= 1;
-        if let Some(client) = self.client
-            && let std::collections::hash_map::Entry::Occupied(mut mine) = by_client.entry(client)
-        {
-            *mine.get_mut() -= 1;
-            if *mine.get() == 0 {
-                mine.remove();
-            }
-        }
+        give_back(by_client, self.client);
     }
 }
 
@@ -456,7 +449,7 @@ fn connections(
                     }
                 }
                 Some(acceptor) => {
-                    let client = info.remote_addr.map(|a| a.ip()).filter(|ip| !proxies.contains(*ip)).map(client_key);
+                    let client = info.remote_addr.and_then(|a| counted_client(&proxies, a.ip()));
                     let (acceptor, sender) = (acceptor.clone(), sender.clone());
                     let (id, ended) = handshakes.lock().start(client);
                     for ended in ended {
@@ -484,6 +477,24 @@ fn connections(
         }
     });
     receiver
+}
+
+/// The client a connection from `peer` counts against, if any: none for a trusted proxy, which
+/// carries many clients' connections and counts only in all.
+fn counted_client(proxies: &TrustedProxies, peer: IpAddr) -> Option<IpAddr> {
+    (!proxies.contains(peer)).then(|| client_key(peer))
+}
+
+/// One place of `client`'s given back; a client with none left is forgotten.
+fn give_back(by_client: &mut HashMap<IpAddr, usize>, client: Option<IpAddr>) {
+    if let Some(client) = client
+        && let std::collections::hash_map::Entry::Occupied(mut mine) = by_client.entry(client)
+    {
+        *mine.get_mut() -= 1;
+        if *mine.get() == 0 {
+            mine.remove();
+        }
+    }
 }
 
 /// The client a connection is counted against: its IPv4 address, or its IPv6 address's /64,
@@ -549,14 +560,7 @@ impl Handshakes {
     /// Takes a handshake out of the table, if it is still there; returns its task, if any.
     fn end(&mut self, id: u64) -> Option<tokio::task::AbortHandle> {
         let (client, handshake) = self.pending.remove(&id)?;
-        if let Some(client) = client
-            && let std::collections::hash_map::Entry::Occupied(mut mine) = self.by_client.entry(client)
-        {
-            *mine.get_mut() -= 1;
-            if *mine.get() == 0 {
-                mine.remove();
-            }
-        }
+        give_back(&mut self.by_client, client);
         handshake
     }
 }
