@@ -42,6 +42,13 @@ impl Principal {
         }
     }
 
+    pub fn key_id(&self) -> Option<Uuid> {
+        match self.actor {
+            Actor::ApiKey { id } => Some(id),
+            Actor::User { .. } | Actor::System => None,
+        }
+    }
+
     /// The operator acting through the `tessera` command line.
     pub fn operator() -> Self {
         Self { actor: Actor::System, tenant: None, role: None, platform_admin: true, token: None }

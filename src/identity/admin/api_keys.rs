@@ -38,11 +38,7 @@ impl TenantService {
         Self::lock_grants(&mut tx).await?;
         // The credential was checked when the request came, possibly from a cache; a member
         // removed or a key revoked since (this or another process) makes no more keys.
-        let (user, by_key) = match actor.actor {
-            crate::request::Actor::User { id } => (Some(id), None),
-            crate::request::Actor::ApiKey { id } => (None, Some(id)),
-            crate::request::Actor::System => (None, None),
-        };
+        let (user, by_key) = (actor.user_id(), actor.key_id());
         if !actor.platform_admin && !Self::still_may_grant(&mut tx, user, by_key, role).await? {
             return Err(IdentityError::TokenRevoked("this credential no longer holds the role it would grant"));
         }
@@ -161,7 +157,6 @@ impl TenantService {
         }
         Ok(revoked.into_iter().map(|(_, prefix)| prefix).collect())
     }
-
 }
 
 /// Whose admin keys `revoke_admin_keys_of` revokes.

@@ -96,10 +96,7 @@ impl TenantService {
         if member {
             return Err(IdentityError::AlreadyExists("this email already belongs to a member of the tenant".into()));
         }
-        let key = match actor.actor {
-            crate::request::Actor::ApiKey { id } => Some(id),
-            _ => None,
-        };
+        let key = actor.key_id();
         let invitation: InvitationView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH i AS (INSERT INTO invitations (id, tenant_id, email, role, token_digest, invited_by, invited_by_key, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *) \
