@@ -111,6 +111,7 @@ impl GrpcServer {
             max_message_bytes: parts.max_message_bytes,
             authenticator: parts.authenticator,
             limiter: parts.limiter,
+            proxies: parts.proxies.clone(),
         };
         let open = Arc::new(OpenConnections {
             max: parts.max_connections,

@@ -16,6 +16,7 @@ use prost::Message;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -38,6 +39,7 @@ use crate::inference::cache::CacheStatus;
 use crate::inference::protocol::{InferRequest, Limits, ProtocolError};
 use crate::inference::service::{Answer, InferCall, WireReply, WireRequest};
 use crate::net::TrustedProxies;
+use crate::telemetry::Caller;
 use crate::request::{RequestId, RequestInfo};
 use crate::tenancy::TenantInfo;
 use crate::tenancy::rate_limit::RateLimiter;
@@ -99,6 +101,8 @@ pub struct Admitted<S> {
     pub(super) max_message_bytes: usize,
     pub(super) authenticator: Arc<Authenticator>,
     pub(super) limiter: RateLimiter,
+    /// Whose `traceparent` the call's span follows (`telemetry::Caller`).
+    pub(super) proxies: TrustedProxies,
 }
 
 impl<S> Admitted<S>
@@ -117,7 +121,7 @@ where
         }
         let path = request.uri().path();
         let (public, infer) = (PUBLIC.contains(&path), path == INFER);
-        let span = span(path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
+        let span = span(&request, &self.proxies, path.rsplit('/').next().filter(|m| !m.is_empty()).map_or("unknown", method_name));
         let (mut inner, limit) = if infer { (self.large.clone(), self.max_message_bytes) } else { (self.small.clone(), SMALL_MESSAGE_BYTES) };
         let this = self.clone();
         let call = async move {
@@ -317,9 +321,17 @@ impl Inference {
     }
 }
 
-/// One span per call, as the HTTP root span is per request; admission records the tenant.
-fn span(method: &'static str) -> tracing::Span {
-    tracing::info_span!("grpc.request", otel.kind = "server", rpc.system = "grpc", rpc.method = method, tenant_id = tracing::field::Empty)
+/// One span per call, as the HTTP root span is per request, with the caller's trace context
+/// as HTTP takes it; admission records the tenant.
+fn span(request: &http::Request<Body>, proxies: &TrustedProxies, method: &'static str) -> tracing::Span {
+    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
+    let caller = Caller::of(header("traceparent"), header("tracestate"), || {
+        let peer = request.extensions().get::<TcpConnectInfo>().and_then(|info| info.remote_addr).map(|address| address.ip());
+        proxies.contains_opt(peer)
+    });
+    caller.root(|| {
+        tracing::info_span!(parent: None, "grpc.request", otel.kind = "server", rpc.system = "grpc", rpc.method = method, tenant_id = tracing::field::Empty)
+    })
 }
 
 #[tonic::async_trait]
@@ -472,6 +484,32 @@ mod tests {
             let before = answer.headers().clone();
             assert_eq!(over_limit(answer, 16).headers(), &before);
         }
+    }
+
+    #[test]
+    fn a_calls_span_follows_the_traceparent_of_a_trusted_proxy_only() {
+        let remote = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let proxies = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+        let request = |peer: &str, flags: &str| {
+            let mut request = http::Request::new(Body::default());
+            request.headers_mut().insert("traceparent", format!("00-{remote}-00f067aa0ba902b7-{flags}").parse().unwrap());
+            request.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(format!("{peer}:4000").parse().unwrap()) });
+            request
+        };
+        let trace = |peer: &str, flags: &str, ratio: f64| {
+            crate::telemetry::traced(ratio, || drop(span(&request(peer, flags), &proxies, "ModelInfer")))
+        };
+
+        let spans = trace("10.1.2.3", "01", 0.0);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].span_context.trace_id().to_string(), remote);
+        assert!(trace("10.1.2.3", "00", 1.0).is_empty());
+
+        assert!(trace("192.0.2.1", "01", 0.0).is_empty());
+        let spans = trace("192.0.2.1", "00", 1.0);
+        assert_eq!(spans.len(), 1);
+        assert_ne!(spans[0].span_context.trace_id().to_string(), remote);
+        assert_eq!(spans[0].links.links[0].span_context.trace_id().to_string(), remote);
     }
 
     #[tokio::test]
