@@ -36,6 +36,8 @@ pub enum JobError {
     NoFeatures,
     #[error("feature `{0}` is listed twice")]
     DuplicateFeature(String),
+    #[error("features name at most {0} columns, as many as a dataset holds")]
+    TooManyFeatures(usize),
     #[error("the dataset has no column `{0}`")]
     NoSuchColumn(String),
     #[error("the architecture takes {expected} input features; the dataset provides {provided} ({columns})")]
@@ -67,7 +69,9 @@ impl ErrorCode for JobError {
             E::JobNotFound(_) | E::DatasetNotFound(_) | E::NoOutput(_) => Code::NotFound,
             E::Finished { .. } => Code::JobFinished,
             E::IdempotencyKeyReused => Code::IdempotencyKeyReused,
-            E::InvalidDatasetName | E::InvalidParams(_) | E::NoFeatures | E::DuplicateFeature(_) => Code::InvalidRequest,
+            E::InvalidDatasetName | E::InvalidParams(_) | E::NoFeatures | E::DuplicateFeature(_) | E::TooManyFeatures(_) => {
+                Code::InvalidRequest
+            }
             // Well formed, but at odds with the dataset, the model or the architecture.
             E::InvalidArchitecture { .. }
             | E::InvalidConfig(_)

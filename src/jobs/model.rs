@@ -1,6 +1,8 @@
 //! What a job is, as clients submit and see it. Specs parse into types that are valid by
 //! construction; anything else is a 400 naming the field before a job row exists.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -10,6 +12,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use crate::burnml::Architecture;
 use crate::burnml::train::TrainParams;
+use crate::data::csv::MAX_COLUMNS;
 use crate::registry::model::{ModelName, VersionRef, is_plain_name};
 
 crate::text_enum! {
@@ -151,6 +154,7 @@ fn feature_columns() -> utoipa::openapi::Array {
     ArrayBuilder::new()
         .items(ObjectBuilder::new().schema_type(Type::String))
         .min_items(Some(1))
+        .max_items(Some(MAX_COLUMNS))
         .unique_items(true)
         .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]))
         .build()
@@ -268,18 +272,21 @@ impl JobRequest {
     }
 }
 
+/// Runs on the request's thread: linear in the names, of which there are no more than a
+/// dataset can have columns.
 fn check_columns(columns: Option<&[String]>) -> Result<(), JobError> {
-    if let Some(columns) = columns {
-        if columns.is_empty() {
-            return Err(JobError::NoFeatures);
-        }
-        for (i, c) in columns.iter().enumerate() {
-            if columns[..i].contains(c) {
-                return Err(JobError::DuplicateFeature(c.clone()));
-            }
-        }
+    let Some(columns) = columns else { return Ok(()) };
+    if columns.is_empty() {
+        return Err(JobError::NoFeatures);
     }
-    Ok(())
+    if columns.len() > MAX_COLUMNS {
+        return Err(JobError::TooManyFeatures(MAX_COLUMNS));
+    }
+    let mut seen = HashSet::with_capacity(columns.len());
+    match columns.iter().find(|c| !seen.insert(c.as_str())) {
+        Some(twice) => Err(JobError::DuplicateFeature(twice.clone())),
+        None => Ok(()),
+    }
 }
 
 /// Picks feature columns (and the target, for training) out of a table's header.
@@ -361,12 +368,28 @@ mod tests {
             (serde_json::json!({"architecture": "transformer"}), "transformer"),
             (serde_json::json!({"config": {"inputs": 2, "hidden": [4], "outputs": 2, "colour": 1}}), "colour"),
             (serde_json::json!({"features": ["y"]}), "target"),
+            (serde_json::json!({"features": ["a", "b", "a"]}), "`a` is listed twice"),
+            (serde_json::json!({"features": []}), "at least one"),
             (serde_json::json!({"model": "no spaces"}), "name"),
             (serde_json::json!({"unknown": 1}), "unknown"),
         ] {
             let err = train(extra.clone()).unwrap_err();
             assert!(err.contains(needle), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn more_features_than_a_dataset_has_columns_are_refused_at_once() {
+        // Within the body limit, and quadratic to compare pairwise: refused by their number.
+        let names: Vec<String> = (0..200_000).map(|i| format!("c{i}")).collect();
+        let started = std::time::Instant::now();
+        let err = train(serde_json::json!({ "features": names })).unwrap_err();
+        assert!(err.contains("at most 4096"), "{err}");
+        let mut names: Vec<String> = (0..MAX_COLUMNS).map(|i| format!("c{i}")).collect();
+        assert!(train(serde_json::json!({ "features": names })).is_ok());
+        names[MAX_COLUMNS - 1] = "c0".to_owned();
+        assert!(train(serde_json::json!({ "features": names })).unwrap_err().contains("`c0` is listed twice"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[test]
