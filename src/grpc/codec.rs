@@ -19,9 +19,8 @@ use super::service::status;
 use crate::error::{ApiError, Code};
 
 /// At most this many entries in any repeated field that holds messages, strings or maps
-/// (inputs, outputs, raw contents, parameters): `Limits::max_inputs`, the most an inference
-/// request may name.
-pub const MAX_ENTRIES: usize = 256;
+/// (inputs, outputs, raw contents, parameters): the most an inference request may name.
+pub const MAX_ENTRIES: usize = crate::inference::protocol::MAX_TENSORS;
 
 pub struct CheckedCodec<T, U>(ProstCodec<T, U>);
 

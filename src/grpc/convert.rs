@@ -10,7 +10,9 @@ use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
-use crate::inference::protocol::{DataType, InferInput, InferOutput, InferRequest, Limits, ProtocolError, RequestedOutput, TensorData, decode_raw};
+use crate::inference::protocol::{
+    DataType, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, ProtocolError, RequestedOutput, TensorData, decode_raw,
+};
 use crate::inference::service::Answer;
 
 fn refuse(message: String) -> ProtocolError {
@@ -81,10 +83,6 @@ pub fn infer_request(message: &ModelInferRequest, limits: &Limits) -> Result<Inf
         binary_data_output: binary,
     })
 }
-
-/// At most this many dimensions: more is no tensor a model takes, and the shape is echoed in
-/// error messages.
-const MAX_DIMS: usize = 32;
 
 fn shape(name: &str, dims: &[i64], limits: &Limits) -> Result<(Vec<usize>, usize), ProtocolError> {
     if dims.len() > MAX_DIMS {

@@ -12,17 +12,18 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::bare_non_finite::quote_non_finite;
 use super::binary::decode_binary;
 use super::json_data::parse_json_data;
-use super::request::{InferInput, InferRequest, Limits, ProtocolError, RequestedOutput, perr};
+use super::request::{InferInput, InferRequest, Limits, MAX_DIMS, MAX_TENSORS, ProtocolError, RequestedOutput, perr};
 use super::tensor::DataType;
 
 #[derive(Deserialize)]
@@ -32,9 +33,9 @@ struct WireRequest<'a> {
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
     #[serde(borrow)]
-    inputs: Vec<WireInput<'a>>,
+    inputs: Bounded<WireInput<'a>, MAX_TENSORS>,
     #[serde(default)]
-    outputs: Option<Vec<WireOutput>>,
+    outputs: Option<Bounded<WireOutput, MAX_TENSORS>>,
 }
 
 #[derive(Deserialize)]
@@ -42,7 +43,7 @@ struct WireInput<'a> {
     name: String,
     #[serde(borrow)]
     datatype: Cow<'a, str>,
-    shape: Vec<Num>,
+    shape: Bounded<Num, MAX_DIMS>,
     #[serde(default)]
     parameters: Option<WireInputParams>,
     #[serde(default, borrow)]
@@ -72,6 +73,50 @@ struct WireOutputParams {
     classification: Option<Num>,
     #[serde(default)]
     shared_memory_region: Option<IgnoredAny>,
+}
+
+/// A JSON array of at most `N` items, refused at the first one past them: a body of millions
+/// of tiny entries is never built up first, nor compared pairwise after.
+struct Bounded<T, const N: usize>(Vec<T>);
+
+/// What a `Bounded` array holds, for its error.
+trait Counted {
+    const WHAT: &'static str;
+}
+
+impl Counted for WireInput<'_> {
+    const WHAT: &'static str = "inputs";
+}
+
+impl Counted for WireOutput {
+    const WHAT: &'static str = "outputs";
+}
+
+impl Counted for Num {
+    const WHAT: &'static str = "dimensions in a shape";
+}
+
+impl<'de, T: Deserialize<'de> + Counted, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Counted, const N: usize> Visitor<'de> for V<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an array of at most {N} {}", T::WHAT)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == N {
+                        return Err(de::Error::custom(format_args!("more than {N} {}", T::WHAT)));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        d.deserialize_seq(V(PhantomData))
+    }
 }
 
 /// A JSON scalar where a non-negative integer is expected; anything else is kept as its text
@@ -173,12 +218,12 @@ fn parse_impl(
         }
     };
 
-    if wire.inputs.len() > limits.max_inputs {
-        return Err(perr(format!(
-            "the request has {} inputs, more than the limit of {}",
-            wire.inputs.len(),
-            limits.max_inputs
-        )));
+    let (wire_inputs, wire_outputs) = (wire.inputs.0, wire.outputs.map(|o| o.0).unwrap_or_default());
+    if wire_inputs.len() > limits.max_inputs {
+        return Err(perr(format!("the request has {} inputs, more than the limit of {}", wire_inputs.len(), limits.max_inputs)));
+    }
+    if wire_outputs.len() > limits.max_inputs {
+        return Err(perr(format!("the request asks for {} outputs, more than the limit of {}", wire_outputs.len(), limits.max_inputs)));
     }
 
     let mut parameters = wire.parameters.unwrap_or_default();
@@ -190,16 +235,16 @@ fn parse_impl(
         }
     };
 
-    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    let mut inputs = Vec::with_capacity(wire_inputs.len());
     let mut offset = 0usize; // into `binary`
-    for (index, input) in wire.inputs.into_iter().enumerate() {
+    for (index, input) in wire_inputs.into_iter().enumerate() {
         let name = input.name;
         if inputs[..index].iter().any(|i: &InferInput| i.name == name) {
             return Err(perr(format!("input '{name}' appears more than once")));
         }
         let datatype = DataType::parse(&input.datatype)
             .ok_or_else(|| perr(format!("input '{name}': unsupported datatype '{}'", input.datatype)))?;
-        let (shape, count) = check_shape(&name, &input.shape, limits)?;
+        let (shape, count) = check_shape(&name, &input.shape.0, limits)?;
 
         let mut binary_size = None;
         if let Some(params) = &input.parameters {
@@ -254,8 +299,8 @@ fn parse_impl(
         )));
     }
 
-    let mut outputs: Vec<RequestedOutput> = Vec::new();
-    for output in wire.outputs.unwrap_or_default() {
+    let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(wire_outputs.len());
+    for output in wire_outputs {
         let name = output.name;
         if outputs.iter().any(|o| o.name == name) {
             return Err(perr(format!("output '{name}' is requested more than once")));
@@ -379,6 +424,32 @@ mod tests {
     }
 
     #[test]
+    fn arrays_past_their_bounds_are_refused_as_they_are_read() {
+        // Millions of tiny entries fit a large body: refused at the first past the bound, not
+        // built up and compared pairwise (which took hours for the outputs of a 64 MiB body).
+        let started = std::time::Instant::now();
+        let outputs = (0..1_000_000).map(|i| format!(r#"{{"name":"o{i}"}}"#)).collect::<Vec<_>>().join(",");
+        let e = parse(&format!(r#"{{"inputs":[],"outputs":[{outputs}]}}"#)).unwrap_err();
+        assert!(e.message.contains("more than 256 outputs") && !e.syntax, "{}", e.message);
+        let shape = vec!["1"; 10_000_000].join(",");
+        let e = parse(&one("FP32", &format!("[{shape}]"), "[0]")).unwrap_err();
+        assert!(e.message.contains("more than 32 dimensions in a shape") && !e.syntax, "{}", e.message);
+        let input = r#"{"name":"x","datatype":"BOOL","shape":[1],"data":[true]}"#;
+        let e = parse(&format!(r#"{{"inputs":[{}]}}"#, vec![input; 257].join(","))).unwrap_err();
+        assert!(e.message.contains("more than 256 inputs"), "{}", e.message);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+
+        // Up to the bounds, as gRPC takes them.
+        let outputs = (0..MAX_TENSORS).map(|i| format!(r#"{{"name":"o{i}"}}"#)).collect::<Vec<_>>().join(",");
+        assert_eq!(parse(&format!(r#"{{"inputs":[],"outputs":[{outputs}]}}"#)).unwrap().outputs.len(), MAX_TENSORS);
+        let shape = vec!["1"; MAX_DIMS].join(",");
+        assert_eq!(parse(&one("FP32", &format!("[{shape}]"), "[0]")).unwrap().inputs[0].shape.len(), MAX_DIMS);
+        let limits = Limits { max_elements_per_tensor: 10, max_inputs: 1 };
+        let e = parse_infer_request(br#"{"inputs":[],"outputs":[{"name":"a"},{"name":"b"}]}"#, None, &limits).unwrap_err();
+        assert_eq!(e.message, "the request asks for 2 outputs, more than the limit of 1");
+    }
+
+    #[test]
     fn request_structure_errors() {
         let dup = r#"{"inputs":[{"name":"a","datatype":"BOOL","shape":[1],"data":[true]},{"name":"a","datatype":"BOOL","shape":[1],"data":[true]}]}"#;
         assert_eq!(err(dup), "input 'a' appears more than once");
@@ -430,7 +501,7 @@ mod tests {
         );
         assert_eq!(err(r#"{"id":"a"}"#), "malformed inference request: missing field `inputs` at line 1 column 10");
         assert!(err(r#"{"inputs":[{"datatype":"FP32","shape":[1],"data":[1]}]}"#).contains("missing field `name`"));
-        assert!(err(r#"{"inputs":{}}"#).contains("invalid type: map, expected a sequence"));
+        assert!(err(r#"{"inputs":{}}"#).contains("invalid type: map, expected an array of at most 256 inputs"));
         assert!(err(r#"{"id":5,"inputs":[]}"#).contains("invalid type: integer `5`, expected a string"));
         let bad_utf8 = b"{\"inputs\":[{\"name\":\"\xff\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[1]}]}";
         let e = parse_infer_request(bad_utf8, None, &Limits::default()).unwrap_err();

@@ -60,6 +60,13 @@ impl InferRequest {
     }
 }
 
+/// The most inputs, or outputs, a request names: more than any model has.
+pub const MAX_TENSORS: usize = 256;
+
+/// The most dimensions a tensor's shape has: more is no tensor a model takes, and shapes are
+/// echoed in error messages.
+pub const MAX_DIMS: usize = 32;
+
 /// Bounds applied while parsing, before anything proportional to a declared shape is
 /// allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +77,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_elements_per_tensor: 64 * 1024 * 1024, max_inputs: 256 }
+        Limits { max_elements_per_tensor: 64 * 1024 * 1024, max_inputs: MAX_TENSORS }
     }
 }
 
