@@ -18,6 +18,8 @@ pub enum InferenceError {
     InputShape { name: String, got: String, want: String },
     #[error("input '{name}': element {at} is {value}; this model takes finite numbers")]
     NotFinite { name: String, at: usize, value: f32 },
+    #[error("input '{name}': element {at} is not UTF-8, which a string tensor holds")]
+    NotUtf8 { name: String, at: usize },
     #[error("input '{0}' is missing")]
     MissingInput(String),
     #[error("unknown output '{name}'; the model gives {known}")]
@@ -77,6 +79,7 @@ impl ErrorCode for InferenceError {
             | E::InputDatatype { .. }
             | E::InputShape { .. }
             | E::NotFinite { .. }
+            | E::NotUtf8 { .. }
             | E::MissingInput(_)
             | E::UnknownOutput { .. }
             | E::ClassificationUnsupported(_) => Code::InvalidInput,

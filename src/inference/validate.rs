@@ -42,6 +42,13 @@ pub fn prepare(model: &LoadedModel, request: InferRequest) -> Result<Prepared, I
         {
             return Err(InferenceError::NotFinite { at, value: values[at], name: input.name });
         }
+        // ONNX Runtime takes strings: one element that is not would fail the whole run, and
+        // with it every other caller's rows batched into it.
+        if let TensorData::Bytes(elements) = &input.data
+            && let Some(at) = elements.iter().position(|element| std::str::from_utf8(element).is_err())
+        {
+            return Err(InferenceError::NotUtf8 { at, name: input.name });
+        }
         slots[index] = Some((input.shape, input.data));
     }
     let mut inputs = Vec::with_capacity(slots.len());

@@ -150,6 +150,39 @@ async fn every_datatype_round_trips_as_json() {
 }
 
 #[tokio::test]
+async fn a_string_tensor_that_is_not_utf8_is_refused_before_any_run() {
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    acme.model(&app, "dtypes", DTYPES, json!({})).await;
+    // Binary BYTES elements (a length, then the bytes) may hold anything: here "ok" and 0xFF.
+    let strings: &[u8] = &[2, 0, 0, 0, b'o', b'k', 1, 0, 0, 0, 0xff];
+    let header = json!({ "inputs": [
+        { "name": "in_int64", "shape": [1, 2], "datatype": "INT64", "data": [1, 2] },
+        { "name": "in_int32", "shape": [2], "datatype": "INT32", "data": [1, 2] },
+        { "name": "in_bool", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true] },
+        { "name": "in_fp64", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0] },
+        { "name": "in_uint8", "shape": [1, 5], "datatype": "UINT8", "data": [0, 1, 2, 3, 4] },
+        { "name": "in_fp16", "shape": [1, 2], "datatype": "FP16", "data": [0.5, 1.0] },
+        { "name": "in_int8", "shape": [2], "datatype": "INT8", "data": [1, 2] },
+        { "name": "in_string", "shape": [2], "datatype": "BYTES", "parameters": { "binary_data_size": strings.len() } },
+    ] })
+    .to_string();
+    let response = app
+        .client
+        .post(app.url("/v2/models/dtypes/infer"))
+        .bearer_auth(&acme.key)
+        .header("inference-header-content-length", header.len())
+        .body([header.as_bytes(), strings].concat())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, error) = problem(response).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_input"), "{error}");
+    assert!(error.contains("input 'in_string': element 1 is not UTF-8"), "{error}");
+}
+
+#[tokio::test]
 async fn inputs_are_checked_before_any_work() {
     let app = spawn_app().await;
     let admin = app.platform_admin().await;
