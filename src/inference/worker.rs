@@ -272,21 +272,45 @@ impl Worker {
                     let _ = job.reply.send(Ok(outputs));
                 }
             }
+            Ok(Err(_)) if live.len() > 1 => return self.one_by_one(live),
             Ok(Err(message)) => {
                 for job in live {
                     let _ = job.reply.send(Err(WorkError::Failed(message.clone())));
                 }
             }
-            Err(_) => {
-                // Whatever state the engine was left in is not to be trusted with another call.
-                self.queue.broken.store(true, Ordering::Relaxed);
-                for job in live {
-                    let _ = job.reply.send(Err(WorkError::Crashed));
+            Err(_) => return self.crashed(live),
+        }
+        true
+    }
+
+    /// Runs the jobs of a batch that failed one at a time: the rows of one caller (an index
+    /// past a vocabulary, say) fail a run that holds others', and the failure is that
+    /// caller's alone.
+    fn one_by_one(&mut self, jobs: Vec<Job>) -> bool {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            let alone = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), std::slice::from_ref(&job))));
+            match alone {
+                Ok(Ok(mut outputs)) => {
+                    let _ = job.reply.send(Ok(outputs.pop().unwrap_or_default()));
                 }
-                return false;
+                Ok(Err(message)) => {
+                    let _ = job.reply.send(Err(WorkError::Failed(message)));
+                }
+                Err(_) => return self.crashed(std::iter::once(job).chain(jobs).collect()),
             }
         }
         true
+    }
+
+    /// After a panic: whatever state the engine was left in is not to be trusted with another
+    /// call.
+    fn crashed(&mut self, jobs: Vec<Job>) -> bool {
+        self.queue.broken.store(true, Ordering::Relaxed);
+        for job in jobs {
+            let _ = job.reply.send(Err(WorkError::Crashed));
+        }
+        false
     }
 }
 
@@ -331,8 +355,8 @@ mod tests {
 
     use super::*;
 
-    /// Doubles its FP32 input; panics on a first element of -1; counts how many times it was
-    /// built and how many rows each run saw.
+    /// Doubles its FP32 input; panics on a first element of -1, fails a run holding -2
+    /// anywhere; counts how many times it was built and how many rows each run saw.
     struct Doubler {
         runs: Arc<Mutex<Vec<usize>>>,
     }
@@ -344,6 +368,9 @@ mod tests {
                 panic!("poisoned input");
             }
             self.runs.lock().unwrap().push(inputs[0].shape[0]);
+            if x.contains(&-2.0) {
+                return Err("index -2 is out of range".into());
+            }
             Ok(vec![RunOutput { shape: inputs[0].shape.to_vec(), data: TensorData::Fp32(x.iter().map(|v| v * 2.0).collect()) }])
         }
     }
@@ -397,6 +424,28 @@ mod tests {
         let runs = runs.lock().unwrap().clone();
         assert!(runs.len() < 10, "ten queued jobs were not batched: {runs:?}");
         assert_eq!(runs.iter().sum::<usize>(), 19);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_only_the_caller_whose_rows_failed_it() {
+        // A long queue delay gathers all four into one run first.
+        let policy = BatchPolicy { max_batch_size: 64, max_queue_delay: Duration::from_millis(300), preferred_sizes: vec![] };
+        let (pool, runs, _) = pool(policy);
+        let mut answers = Vec::new();
+        for values in [vec![1.0, 2.0], vec![3.0, -2.0], vec![4.0], vec![5.0]] {
+            let (job, rx) = job(values);
+            pool.submit(job).ok().unwrap();
+            answers.push(rx);
+        }
+        let answers: Vec<_> = futures::future::join_all(answers.into_iter().map(answer)).await;
+        assert!(matches!(&answers[1], Err(WorkError::Failed(message)) if message.contains("out of range")));
+        for (i, expected) in [(0, vec![2.0, 4.0]), (2, vec![8.0]), (3, vec![10.0])] {
+            let Ok(outputs) = &answers[i] else { panic!("job {i} failed with another's rows: {:?}", answers[i].as_ref().err()) };
+            assert_eq!(outputs[0].data, TensorData::Fp32(expected), "job {i}");
+        }
+        // The failed run of all four, then each on its own.
+        assert_eq!(runs.lock().unwrap().clone(), [6, 2, 2, 1, 1], "{:?}", runs.lock().unwrap());
+        assert!(!pool.is_broken());
     }
 
     /// An answer, or a failed test rather than a hung one.
