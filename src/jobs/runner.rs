@@ -247,6 +247,11 @@ impl JobService {
         }
     }
 
+    async fn tenant_active(tx: &mut TenantTx, tenant: TenantId) -> Result<bool, JobError> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1").bind(tenant.0).fetch_optional(tx.conn()).await?;
+        Ok(status.as_deref() == Some("active"))
+    }
+
     async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, JobError> {
         let mut tx = TenantTx::begin(&self.pool, tenant).await?;
         let state: Option<(JobStatus, bool, bool, bool, i32, i32, Option<String>)> = sqlx::query_as(
@@ -260,6 +265,14 @@ impl JobService {
         let Some((status, expired, due, cancel_requested, attempts, max_attempts, running_entry)) = state else {
             return Ok(Claim::Acknowledge);
         };
+        // A suspended tenant's job waits for its resumption, when the dispatcher hands it out
+        // again; one that was running when the tenant was suspended runs to its end.
+        let startable = status == JobStatus::Queued || (status == JobStatus::Running && expired);
+        if startable && !Self::tenant_active(&mut tx, tenant).await? {
+            sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
+            tx.commit().await?;
+            return Ok(Claim::Acknowledge);
+        }
         let takeover = match status {
             JobStatus::Queued if !due => {
                 // Early (a retry still backing off): the dispatcher adds it again when due.

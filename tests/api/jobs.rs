@@ -308,6 +308,27 @@ async fn cancel_stops_a_running_training_job_within_one_epoch() {
 }
 
 #[tokio::test]
+async fn a_suspended_tenants_jobs_wait_for_its_resumption() {
+    let s = setup(0).await;
+    let dataset = s.dataset(blobs_csv(60, 9)).await;
+    let id = s.submit("acme", &s.owner, &train_spec(&dataset, 2), None).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Handed to the stream already, or not yet: either way no worker may start it now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.app.call("POST", "/v1/tenants/acme/suspend", Some(&s.admin), None).await.status(), 200);
+    let _workers = Reaper(vec![worker_process(&s.app)]);
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE id = $1::uuid").bind(&id).fetch_one(&s.app.db).await.unwrap()
+    };
+    // Many dispatch rounds (200 ms) and a worker that would start a job within one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(status().await, "queued");
+
+    assert_eq!(s.app.call("POST", "/v1/tenants/acme/resume", Some(&s.admin), None).await.status(), 200);
+    let job = s.finished(&id, 120).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
+
+#[tokio::test]
 async fn a_job_that_keeps_failing_is_retried_with_backoff_then_dead_lettered() {
     let s = setup(1).await;
     let dataset = s.dataset(blobs_csv(30, 5)).await;
