@@ -14,7 +14,7 @@
 //! Sampling is decided when a trace's root span is made (`HeadSampled`), and only the spans of
 //! chosen traces reach the OpenTelemetry layer: that layer builds every span it sees, its
 //! attributes formatted, and starts it and attaches its context on every entry, before its
-//! sampler has a say. A trace left out costs a flag per span instead.
+//! sampler has a say. A trace left out costs a lookup per span instead.
 
 use std::any::TypeId;
 use std::cell::Cell;
@@ -237,8 +237,9 @@ impl Drop for Decision {
     }
 }
 
-/// Marks a span of a trace left out, and so every span made under it.
-struct Unsampled;
+/// Marks a span of a chosen trace, and so every span made under it. The spans of traces left
+/// out, nearly all at a low ratio, carry nothing: no allocation for them.
+struct Sampled;
 
 /// Lets only the spans of chosen traces through to `inner`: a root span is chosen with
 /// probability `ratio`, or as `Caller::root` decided; every other span as its parent was.
@@ -258,7 +259,7 @@ impl<L> HeadSampled<L> {
 }
 
 fn chosen<S: Subscriber + for<'a> LookupSpan<'a>>(id: &Id, ctx: &Context<'_, S>) -> bool {
-    ctx.span(id).is_none_or(|span| span.extensions().get::<Unsampled>().is_none())
+    ctx.span(id).is_some_and(|span| span.extensions().get::<Sampled>().is_some())
 }
 
 impl<S, L> Layer<S> for HeadSampled<L>
@@ -293,13 +294,15 @@ where
             None if attrs.is_contextual() => ctx.lookup_current(),
             None => None,
         };
-        let chosen = parent.map(|parent| parent.extensions().get::<Unsampled>().is_none());
-        let chosen = chosen.unwrap_or_else(|| self.choose_root());
-        if chosen {
-            self.inner.on_new_span(attrs, id, ctx);
-        } else if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Unsampled);
+        let chosen = parent.map(|parent| parent.extensions().get::<Sampled>().is_some());
+        if !chosen.unwrap_or_else(|| self.choose_root()) {
+            return;
         }
+        match ctx.span(id) {
+            Some(span) => span.extensions_mut().insert(Sampled),
+            None => return,
+        }
+        self.inner.on_new_span(attrs, id, ctx);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
@@ -319,8 +322,9 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let left_out = ctx.event_span(event).is_some_and(|span| span.extensions().get::<Unsampled>().is_some());
-        if !left_out {
+        // An event outside any span is no part of a trace: the layer behind drops it too.
+        let chosen = ctx.event_span(event).is_some_and(|span| span.extensions().get::<Sampled>().is_some());
+        if chosen {
             self.inner.on_event(event, ctx);
         }
     }
