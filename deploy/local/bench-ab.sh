@@ -10,7 +10,9 @@
 # ROUNDS (default 2), CONNS (default "1 16 64"), DURATION seconds per run (10), LABEL_A /
 # LABEL_B (default A / B). PROTOCOL: `http` (default) drives HTTP with wrk; `grpc` drives gRPC
 # (raw contents) with tests/bench/oip_load.rs, and each row also gives the CPU time the
-# server's process spent per call.
+# server's process spent per call. TRACES_A / TRACES_B: that side exports traces, sampled at
+# this ratio (0.0 to 1.0), to an OTLP/HTTP receiver the script runs, which answers every export
+# and counts what it got; unset, that side exports nothing (no endpoint).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
@@ -35,7 +37,33 @@ fi
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_models.py" "$work/models" >/dev/null
 /tmp/peer-tools/bin/python "$PEERS_DIR/make_requests.py" "$work/models" "$work/req" >/dev/null
 server=""
-trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi' EXIT
+receiver=""
+trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+      if [ -n "$receiver" ]; then kill "$receiver" 2>/dev/null || true; fi' EXIT
+traces_port="$((PORT + 300))"
+if [ -n "${TRACES_A:-}${TRACES_B:-}" ]; then
+  python3 - "$traces_port" "$work/exported" <<'PY' &
+import http.server, sys, threading
+got, lock = [0, 0], threading.Lock()
+class Receiver(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        with lock:
+            got[0] += 1
+            got[1] += len(body)
+            with open(sys.argv[2], "w") as f:
+                f.write(f"{got[0]} exports, {got[1]} bytes\n")
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+PY
+  receiver=$!
+fi
 
 # grpc_run LABEL CONNECTIONS TOKEN: one oip_load run against the gRPC port as a table row,
 # with the server's CPU per call.
@@ -44,14 +72,18 @@ grpc_run() {
     | cut -d'|' -f1-8 | sed 's/ $/ |/'
 }
 
-# measure LABEL BIN ROUND: serves BIN on a fresh database and drives it at each of CONNS.
+# measure LABEL BIN ROUND [TRACE_RATIO]: serves BIN on a fresh database and drives it at each
+# of CONNS.
 measure() {
-  local label="$1" api="http://127.0.0.1:$PORT" uploader caller auth
+  local label="$1" api="http://127.0.0.1:$PORT" uploader caller auth traces=()
   TESSERA_BENCH_BIN="$2" bench_environment "$PORT" "$work/$label-$3"
   bench_tenant bench
   uploader="$(bench_key bench uploader ml_engineer)"
   caller="$(bench_key bench caller inference)"
-  "$bench_bin" serve >"$work/$label-$3.log" 2>&1 &
+  if [ -n "${4:-}" ]; then
+    traces=("TESSERA__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:$traces_port/v1/traces" "TESSERA__TELEMETRY__OTLP__SAMPLE_RATIO=$4")
+  fi
+  env "${traces[@]}" "$bench_bin" serve >"$work/$label-$3.log" 2>&1 &
   server=$!
   wait_ready "$api/v2/health/ready" || { tail -n 20 "$work/$label-$3.log" >&2; die "$label did not become ready"; }
   curl -fsS "$api/v1/tenants/bench/models" -H "authorization: Bearer $uploader" -H 'content-type: application/json' \
@@ -87,11 +119,11 @@ else
 fi
 for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then
-    measure "$LABEL_A" "$BIN_A" "$round"
-    measure "$LABEL_B" "$BIN_B" "$round"
+    measure "$LABEL_A" "$BIN_A" "$round" "${TRACES_A:-}"
+    measure "$LABEL_B" "$BIN_B" "$round" "${TRACES_B:-}"
   else
-    measure "$LABEL_B" "$BIN_B" "$round"
-    measure "$LABEL_A" "$BIN_A" "$round"
+    measure "$LABEL_B" "$BIN_B" "$round" "${TRACES_B:-}"
+    measure "$LABEL_A" "$BIN_A" "$round" "${TRACES_A:-}"
   fi
 done
 
@@ -120,3 +152,6 @@ for conns in sorted({c for _, c in rps}):
         row += f" {mean(cpu[(a, conns)]):.1f} | {mean(cpu[(b, conns)]):.1f} |"
     print(row)
 PY
+if [ -s "$work/exported" ]; then
+  log "the trace receiver got $(cat "$work/exported")"
+fi
