@@ -241,18 +241,7 @@ impl Worker {
             }
             return false;
         }
-        let now = Instant::now();
-        let mut live = Vec::with_capacity(batch.len());
-        for job in batch {
-            if job.reply.is_closed() {
-                continue; // the caller gave up (deadline or disconnect): no work for nobody
-            }
-            if job.deadline.is_some_and(|d| d <= now) {
-                let _ = job.reply.send(Err(WorkError::DeadlineExceeded));
-                continue;
-            }
-            live.push(job);
-        }
+        let live = Self::live(batch);
         if live.is_empty() {
             return true;
         }
@@ -262,45 +251,61 @@ impl Worker {
             span.follows_from(job.span.id());
         }
         let _entered = span.enter();
+        self.run_and_answer(live)
+    }
+
+    /// The jobs still worth running: a caller that gave up (deadline or disconnect) is owed
+    /// no work, and one past its deadline is told so.
+    fn live(jobs: Vec<Job>) -> Vec<Job> {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.reply.is_closed() {
+                continue;
+            }
+            if job.deadline.is_some_and(|d| d <= now) {
+                let _ = job.reply.send(Err(WorkError::DeadlineExceeded));
+                continue;
+            }
+            live.push(job);
+        }
+        live
+    }
+
+    /// Runs jobs together and answers each. A run of several jobs that fails is run again in
+    /// halves, down to the job that fails alone: the rows of one caller (an index past a
+    /// vocabulary, say) fail a run that holds others', and the failure is that caller's alone,
+    /// for a few more runs than one.
+    fn run_and_answer(&mut self, jobs: Vec<Job>) -> bool {
+        let rows: usize = jobs.iter().map(Job::rows).sum();
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), &live)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), &jobs)));
         self.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_rows.observe(rows as f64);
         match outcome {
             Ok(Ok(per_job)) => {
-                for (job, outputs) in live.into_iter().zip(per_job) {
+                for (job, outputs) in jobs.into_iter().zip(per_job) {
                     let _ = job.reply.send(Ok(outputs));
                 }
+                true
             }
-            Ok(Err(_)) if live.len() > 1 => return self.one_by_one(live),
+            Ok(Err(_)) if jobs.len() > 1 => {
+                let mut first = jobs;
+                let second = first.split_off(first.len() / 2);
+                let (first, second) = (Self::live(first), Self::live(second));
+                if !first.is_empty() && !self.run_and_answer(first) {
+                    return self.crashed(second);
+                }
+                second.is_empty() || self.run_and_answer(second)
+            }
             Ok(Err(message)) => {
-                for job in live {
+                for job in jobs {
                     let _ = job.reply.send(Err(WorkError::Failed(message.clone())));
                 }
+                true
             }
-            Err(_) => return self.crashed(live),
+            Err(_) => self.crashed(jobs),
         }
-        true
-    }
-
-    /// Runs the jobs of a batch that failed one at a time: the rows of one caller (an index
-    /// past a vocabulary, say) fail a run that holds others', and the failure is that
-    /// caller's alone.
-    fn one_by_one(&mut self, jobs: Vec<Job>) -> bool {
-        let mut jobs = jobs.into_iter();
-        while let Some(job) = jobs.next() {
-            let alone = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(self.engine.as_mut(), std::slice::from_ref(&job))));
-            match alone {
-                Ok(Ok(mut outputs)) => {
-                    let _ = job.reply.send(Ok(outputs.pop().unwrap_or_default()));
-                }
-                Ok(Err(message)) => {
-                    let _ = job.reply.send(Err(WorkError::Failed(message)));
-                }
-                Err(_) => return self.crashed(std::iter::once(job).chain(jobs).collect()),
-            }
-        }
-        true
     }
 
     /// After a panic: whatever state the engine was left in is not to be trusted with another
@@ -443,8 +448,8 @@ mod tests {
             let Ok(outputs) = &answers[i] else { panic!("job {i} failed with another's rows: {:?}", answers[i].as_ref().err()) };
             assert_eq!(outputs[0].data, TensorData::Fp32(expected), "job {i}");
         }
-        // The failed run of all four, then each on its own.
-        assert_eq!(runs.lock().unwrap().clone(), [6, 2, 2, 1, 1], "{:?}", runs.lock().unwrap());
+        // The failed run of all four, then its halves, then the failed half's.
+        assert_eq!(runs.lock().unwrap().clone(), [6, 4, 2, 2, 2], "{:?}", runs.lock().unwrap());
         assert!(!pool.is_broken());
     }
 
