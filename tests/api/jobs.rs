@@ -322,6 +322,16 @@ async fn a_suspended_tenants_jobs_wait_for_its_resumption() {
     // Many dispatch rounds (200 ms) and a worker that would start a job within one.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(status().await, "queued");
+    // Not handed out again and again in the meantime either: the dispatcher leaves it out.
+    for _ in 0..10 {
+        let dispatched: Option<String> = sqlx::query_scalar("SELECT dispatched_at::text FROM jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+        assert_eq!(dispatched, None, "a suspended tenant's job was dispatched");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     assert_eq!(s.app.call("POST", "/v1/tenants/acme/resume", Some(&s.admin), None).await.status(), 200);
     let job = s.finished(&id, 120).await;
