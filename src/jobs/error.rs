@@ -69,11 +69,11 @@ impl ErrorCode for JobError {
             E::JobNotFound(_) | E::DatasetNotFound(_) | E::NoOutput(_) => Code::NotFound,
             E::Finished { .. } => Code::JobFinished,
             E::IdempotencyKeyReused => Code::IdempotencyKeyReused,
-            E::InvalidDatasetName | E::InvalidParams(_) | E::NoFeatures | E::DuplicateFeature(_) | E::TooManyFeatures(_) => {
-                Code::InvalidRequest
-            }
-            // Well formed, but at odds with the dataset, the model or the architecture.
-            E::InvalidArchitecture { .. }
+            E::InvalidDatasetName | E::InvalidParams(_) | E::NoFeatures | E::DuplicateFeature(_) => Code::InvalidRequest,
+            // Well formed, but at odds with the dataset (any dataset, for more features than
+            // one has columns), the model or the architecture.
+            E::TooManyFeatures(_)
+            | E::InvalidArchitecture { .. }
             | E::InvalidConfig(_)
             | E::TargetIsFeature(_)
             | E::NoSuchColumn(_)

@@ -154,7 +154,6 @@ fn feature_columns() -> utoipa::openapi::Array {
     ArrayBuilder::new()
         .items(ObjectBuilder::new().schema_type(Type::String))
         .min_items(Some(1))
-        .max_items(Some(MAX_COLUMNS))
         .unique_items(true)
         .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]))
         .build()
