@@ -23,7 +23,7 @@ use super::service::{JOB_COLUMNS, JobRow, JobService, record_event};
 use super::train;
 use crate::audit::{AuditEvent, Outcome};
 use crate::request::RequestInfo;
-use crate::tenancy::TenantId;
+use crate::tenancy::{TenantId, TenantStatus};
 use crate::tenancy::db::TenantTx;
 
 enum Claim {
@@ -248,8 +248,16 @@ impl JobService {
     }
 
     async fn tenant_active(tx: &mut TenantTx, tenant: TenantId) -> Result<bool, JobError> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1").bind(tenant.0).fetch_optional(tx.conn()).await?;
-        Ok(status.as_deref() == Some("active"))
+        let status: Option<TenantStatus> =
+            sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1").bind(tenant.0).fetch_optional(tx.conn()).await?;
+        Ok(status == Some(TenantStatus::Active))
+    }
+
+    /// Leaves a job to the dispatcher, which hands it out again once it may start.
+    async fn put_back(mut tx: TenantTx, job: Uuid) -> Result<Claim, JobError> {
+        sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(Claim::Acknowledge)
     }
 
     async fn claim(&self, tenant: TenantId, job: Uuid, worker: &str, entry: &str) -> Result<Claim, JobError> {
@@ -269,16 +277,12 @@ impl JobService {
         // again; one that was running when the tenant was suspended runs to its end.
         let startable = status == JobStatus::Queued || (status == JobStatus::Running && expired);
         if startable && !Self::tenant_active(&mut tx, tenant).await? {
-            sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
-            tx.commit().await?;
-            return Ok(Claim::Acknowledge);
+            return Self::put_back(tx, job).await;
         }
         let takeover = match status {
             JobStatus::Queued if !due => {
                 // Early (a retry still backing off): the dispatcher adds it again when due.
-                sqlx::query("UPDATE jobs SET dispatched_at = NULL WHERE id = $1").bind(job).execute(tx.conn()).await?;
-                tx.commit().await?;
-                return Ok(Claim::Acknowledge);
+                return Self::put_back(tx, job).await;
             }
             JobStatus::Queued => false,
             // A second entry for a job that runs under another one: a duplicate.
