@@ -168,15 +168,7 @@ async fn a_string_tensor_that_is_not_utf8_is_refused_before_any_run() {
         { "name": "in_string", "shape": [2], "datatype": "BYTES", "parameters": { "binary_data_size": strings.len() } },
     ] })
     .to_string();
-    let response = app
-        .client
-        .post(app.url("/v2/models/dtypes/infer"))
-        .bearer_auth(&acme.key)
-        .header("inference-header-content-length", header.len())
-        .body([header.as_bytes(), strings].concat())
-        .send()
-        .await
-        .unwrap();
+    let response = app.infer_binary(&acme.key, "/v2/models/dtypes/infer", &header, strings).await;
     let (status, code, error) = problem(response).await;
     assert_eq!((status, code.as_str()), (422, "invalid_input"), "{error}");
     assert!(error.contains("input 'in_string': element 1 is not UTF-8"), "{error}");
