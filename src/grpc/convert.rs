@@ -11,12 +11,12 @@ use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::inference::protocol::{
-    DataType, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, ProtocolError, RequestedOutput, TensorData, decode_raw,
+    DataType, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, ProtocolError, Refusal, RequestedOutput, TensorData, decode_raw,
 };
 use crate::inference::service::Answer;
 
 fn refuse(message: String) -> ProtocolError {
-    ProtocolError { message, syntax: false }
+    ProtocolError { message, kind: Refusal::Invalid }
 }
 
 /// The request as the inference path takes it. Outputs come back raw when the inputs came raw
@@ -333,7 +333,7 @@ mod tests {
         for (request, expected) in cases {
             let error = infer_request(&request, &limits).expect_err(expected);
             assert!(error.message.contains(expected), "{:?} does not contain {expected:?}", error.message);
-            assert!(!error.syntax);
+            assert_eq!(error.kind, Refusal::Invalid);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Inference's failures: what a call, a model's metadata or its loading can answer. The
 //! texts are what clients read.
 
-use super::protocol::{DataType, ProtocolError};
+use super::protocol::{DataType, ProtocolError, Refusal};
 use crate::error::{Code, ErrorCode, Fault};
 use crate::registry::error::RegistryError;
 
@@ -73,7 +73,8 @@ impl ErrorCode for InferenceError {
     fn code(&self) -> Code {
         use InferenceError as E;
         match self {
-            E::Protocol(e) if e.syntax => Code::InvalidJson,
+            E::Protocol(ProtocolError { kind: Refusal::Syntax, .. }) => Code::InvalidJson,
+            E::Protocol(ProtocolError { kind: Refusal::TooLarge, .. }) => Code::PayloadTooLarge,
             E::Protocol(_)
             | E::UnknownInput { .. }
             | E::InputDatatype { .. }

@@ -26,6 +26,9 @@ mod test_support;
 
 pub use binary::decode_raw;
 pub use parse::{parse_infer_request, parse_infer_request_bytes};
-pub use request::{InferInput, InferRequest, Limits, MAX_DIMS, MAX_TENSORS, ProtocolError, RequestedOutput};
+pub use request::{
+    DecodedBudget, InferInput, InferRequest, Limits, MAX_DIMS, MAX_NAME_BYTES, MAX_PARAMETERS, MAX_TENSORS, ProtocolError, Refusal,
+    RequestedOutput,
+};
 pub use response::{EncodedResponse, InferOutput, encode_infer_response, error_body};
 pub use tensor::{DataType, TensorData};

@@ -23,7 +23,10 @@ use serde_json::{Map, Value};
 use super::bare_non_finite::quote_non_finite;
 use super::binary::decode_binary;
 use super::json_data::parse_json_data;
-use super::request::{InferInput, InferRequest, Limits, MAX_DIMS, MAX_TENSORS, ProtocolError, RequestedOutput, perr};
+use super::request::{
+    DecodedBudget, InferInput, InferRequest, Limits, MAX_DIMS, MAX_NAME_BYTES, MAX_PARAMETERS, MAX_TENSORS, ProtocolError,
+    Refusal, RequestedOutput, perr,
+};
 use super::tensor::DataType;
 
 #[derive(Deserialize)]
@@ -31,7 +34,7 @@ struct WireRequest<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
     #[serde(borrow)]
     inputs: Bounded<WireInput<'a>, MAX_TENSORS>,
     #[serde(default)]
@@ -40,7 +43,7 @@ struct WireRequest<'a> {
 
 #[derive(Deserialize)]
 struct WireInput<'a> {
-    name: String,
+    name: Name,
     #[serde(borrow)]
     datatype: Cow<'a, str>,
     shape: Bounded<Num, MAX_DIMS>,
@@ -60,7 +63,7 @@ struct WireInputParams {
 
 #[derive(Deserialize)]
 struct WireOutput {
-    name: String,
+    name: Name,
     #[serde(default)]
     parameters: Option<WireOutputParams>,
 }
@@ -68,7 +71,7 @@ struct WireOutput {
 #[derive(Deserialize)]
 struct WireOutputParams {
     #[serde(default)]
-    binary_data: Option<Value>,
+    binary_data: Option<Scalar>,
     #[serde(default)]
     classification: Option<Num>,
     #[serde(default)]
@@ -166,6 +169,84 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
+/// A tensor's name, refused past `MAX_NAME_BYTES` without being echoed.
+struct Name(String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.len() > MAX_NAME_BYTES {
+            return Err(de::Error::custom(format_args!("a tensor name of {} bytes, more than {MAX_NAME_BYTES}", name.len())));
+        }
+        Ok(Name(name))
+    }
+}
+
+/// A parameter's value: a boolean, a number or a string, as the protocol defines them. An
+/// array or object is refused where it starts, before any of it is built.
+struct Scalar(Value);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a parameter value: a boolean, a number or a string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The request's `parameters`: at most `MAX_PARAMETERS` of them, each a `Scalar`.
+struct Parameters(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Parameters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Parameters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an object of at most {MAX_PARAMETERS} parameters")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Parameters, A::Error> {
+                let mut parameters = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if parameters.len() == MAX_PARAMETERS && !parameters.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!("more than {MAX_PARAMETERS} parameters")));
+                    }
+                    let Scalar(value) = map.next_value()?;
+                    parameters.insert(key, value);
+                }
+                Ok(Parameters(parameters))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Parses an inference request.
 ///
 /// `json_len` is the value of the `Inference-Header-Content-Length` header: `None` means the
@@ -200,7 +281,7 @@ fn parse_impl(
     if json_len > body.len() {
         return Err(ProtocolError {
             message: format!("Inference-Header-Content-Length is {json_len} but the request body has only {} bytes", body.len()),
-            syntax: true,
+            kind: Refusal::Syntax,
         });
     }
     let (json, binary) = body.split_at(json_len);
@@ -208,8 +289,8 @@ fn parse_impl(
     let wire: WireRequest<'_> = match serde_json::from_slice(json) {
         Ok(wire) => wire,
         Err(e) => {
-            let syntax = e.is_syntax() || e.is_eof();
-            let malformed = || ProtocolError { message: format!("malformed inference request: {e}"), syntax };
+            let kind = if e.is_syntax() || e.is_eof() { Refusal::Syntax } else { Refusal::Invalid };
+            let malformed = || ProtocolError { message: format!("malformed inference request: {e}"), kind };
             // tritonclient (rapidjson) and Python's json write non-finite floats as bare
             // `NaN` / `Infinity` / `-Infinity`, which Triton accepts. Retry with them quoted,
             // a form the FP element parsers take; only failing requests pay for this.
@@ -226,7 +307,7 @@ fn parse_impl(
         return Err(perr(format!("the request asks for {} outputs, more than the limit of {}", wire_outputs.len(), limits.max_inputs)));
     }
 
-    let mut parameters = wire.parameters.unwrap_or_default();
+    let mut parameters = wire.parameters.map(|p| p.0).unwrap_or_default();
     let binary_data_output = match parameters.remove("binary_data_output") {
         None => false,
         Some(Value::Bool(b)) => b,
@@ -237,14 +318,16 @@ fn parse_impl(
 
     let mut inputs = Vec::with_capacity(wire_inputs.len());
     let mut offset = 0usize; // into `binary`
+    let mut budget = DecodedBudget::for_request(body.len());
     for (index, input) in wire_inputs.into_iter().enumerate() {
-        let name = input.name;
+        let name = input.name.0;
         if inputs[..index].iter().any(|i: &InferInput| i.name == name) {
             return Err(perr(format!("input '{name}' appears more than once")));
         }
         let datatype = DataType::parse(&input.datatype)
             .ok_or_else(|| perr(format!("input '{name}': unsupported datatype '{}'", input.datatype)))?;
         let (shape, count) = check_shape(&name, &input.shape.0, limits)?;
+        budget.spend(&name, datatype, count)?;
 
         let mut binary_size = None;
         if let Some(params) = &input.parameters {
@@ -301,7 +384,7 @@ fn parse_impl(
 
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(wire_outputs.len());
     for output in wire_outputs {
-        let name = output.name;
+        let name = output.name.0;
         if outputs.iter().any(|o| o.name == name) {
             return Err(perr(format!("output '{name}' is requested more than once")));
         }
@@ -313,8 +396,8 @@ fn parse_impl(
             }
             match params.binary_data {
                 None => {}
-                Some(Value::Bool(b)) => binary_data = b,
-                Some(other) => {
+                Some(Scalar(Value::Bool(b))) => binary_data = b,
+                Some(Scalar(other)) => {
                     return Err(perr(format!("output '{name}': binary_data must be a boolean, got {other}")));
                 }
             }
@@ -418,9 +501,11 @@ mod tests {
         assert_eq!(e.message, "the request has 2 inputs, more than the limit of 1");
         // A declared shape far larger than the data fails without allocating for the shape.
         assert_eq!(
-            err(&one("FP64", "[60000000]", "[1]")),
-            "input 'x': expected 60000000 elements for shape [60000000], got 1"
+            err(&one("FP32", "[16000000]", "[1]")),
+            "input 'x': expected 16000000 elements for shape [16000000], got 1"
         );
+        // One past what the request's tensors may take decoded is refused before its data is read.
+        assert_eq!(parse(&one("FP64", "[60000000]", "[1]")).unwrap_err().kind, Refusal::TooLarge);
     }
 
     #[test]
@@ -430,10 +515,10 @@ mod tests {
         let started = std::time::Instant::now();
         let outputs = (0..1_000_000).map(|i| format!(r#"{{"name":"o{i}"}}"#)).collect::<Vec<_>>().join(",");
         let e = parse(&format!(r#"{{"inputs":[],"outputs":[{outputs}]}}"#)).unwrap_err();
-        assert!(e.message.contains("more than 256 outputs") && !e.syntax, "{}", e.message);
+        assert!(e.message.contains("more than 256 outputs") && e.kind == Refusal::Invalid, "{}", e.message);
         let shape = vec!["1"; 10_000_000].join(",");
         let e = parse(&one("FP32", &format!("[{shape}]"), "[0]")).unwrap_err();
-        assert!(e.message.contains("more than 32 dimensions in a shape") && !e.syntax, "{}", e.message);
+        assert!(e.message.contains("more than 32 dimensions in a shape") && e.kind == Refusal::Invalid, "{}", e.message);
         let input = r#"{"name":"x","datatype":"BOOL","shape":[1],"data":[true]}"#;
         let e = parse(&format!(r#"{{"inputs":[{}]}}"#, vec![input; 257].join(","))).unwrap_err();
         assert!(e.message.contains("more than 256 inputs"), "{}", e.message);
@@ -447,6 +532,75 @@ mod tests {
         let limits = Limits { max_elements_per_tensor: 10, max_inputs: 1 };
         let e = parse_infer_request(br#"{"inputs":[],"outputs":[{"name":"a"},{"name":"b"}]}"#, None, &limits).unwrap_err();
         assert_eq!(e.message, "the request asks for 2 outputs, more than the limit of 1");
+    }
+
+    #[test]
+    fn parameters_are_scalars_and_bounded_and_never_built_as_trees() {
+        // A 48 MiB body of nested empty arrays would be a tree of some 16 million values (half
+        // a gigabyte): refused where the first array starts.
+        let started = std::time::Instant::now();
+        let nested = format!(r#"{{"parameters":{{"p":[{}]}},"inputs":[]}}"#, vec!["[]"; 16_000_000].join(","));
+        let e = parse(&nested).unwrap_err();
+        assert_eq!(e.kind, Refusal::Invalid);
+        assert!(e.message.contains("expected a parameter value: a boolean, a number or a string"), "{}", e.message);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        for value in [r#"{"k":[1,2]}"#, "[1]"] {
+            let e = parse(&format!(r#"{{"parameters":{{"p":{value}}},"inputs":[]}}"#)).unwrap_err();
+            assert_eq!(e.kind, Refusal::Invalid, "{value}");
+        }
+        let e = parse(r#"{"inputs":[],"outputs":[{"name":"a","parameters":{"binary_data":[[[]]]}}]}"#).unwrap_err();
+        assert!(e.message.contains("a boolean, a number or a string"), "{}", e.message);
+
+        let many = (0..=MAX_PARAMETERS).map(|i| format!(r#""p{i}":1"#)).collect::<Vec<_>>().join(",");
+        let e = parse(&format!(r#"{{"parameters":{{{many}}},"inputs":[]}}"#)).unwrap_err();
+        assert!(e.message.contains("more than 256 parameters"), "{}", e.message);
+        // Up to the bound, and every scalar the protocol has.
+        let fine = (0..MAX_PARAMETERS - 4).map(|i| format!(r#""p{i}":1"#)).collect::<Vec<_>>().join(",");
+        let r = parse(&format!(r#"{{"parameters":{{{fine},"b":true,"f":0.5,"s":"x","n":-3}},"inputs":[]}}"#)).unwrap();
+        assert_eq!(r.parameters.len(), MAX_PARAMETERS);
+        assert_eq!((&r.parameters["b"], &r.parameters["f"], &r.parameters["s"], &r.parameters["n"]), (&Value::Bool(true), &Value::from(0.5), &Value::from("x"), &Value::from(-3)));
+    }
+
+    #[test]
+    fn tensor_names_past_their_bound_are_refused_without_being_echoed() {
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        for body in [
+            format!(r#"{{"inputs":[{{"name":"{long}","datatype":"BOOL","shape":[1],"data":[true]}}]}}"#),
+            format!(r#"{{"inputs":[],"outputs":[{{"name":"{long}"}}]}}"#),
+        ] {
+            let e = parse(&body).unwrap_err();
+            assert!(e.message.contains("a tensor name of 1025 bytes, more than 1024"), "{}", e.message);
+            assert!(!e.message.contains(&long));
+        }
+        let longest = "n".repeat(MAX_NAME_BYTES);
+        assert!(parse(&format!(r#"{{"inputs":[],"outputs":[{{"name":"{longest}"}}]}}"#)).is_ok());
+    }
+
+    #[test]
+    fn tensors_that_would_decode_to_many_times_the_body_are_refused_before_decoding() {
+        // Five million empty strings: 3 bytes each in JSON, a 32-byte handle each decoded
+        // (160 MB from 15).
+        let strings = vec![r#""""#; 5_000_000].join(",");
+        let e = parse(&one("BYTES", "[5000000]", &format!("[{strings}]"))).unwrap_err();
+        assert_eq!(e.kind, Refusal::TooLarge);
+        assert!(e.message.contains("input 'x': 5000000 BYTES elements would take more memory decoded"), "{}", e.message);
+        // Binary: 4-byte lengths, the same handles.
+        let header = r#"{"inputs":[{"name":"x","datatype":"BYTES","shape":[5000000],"parameters":{"binary_data_size":20000000}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        body.resize(header.len() + 20_000_000, 0);
+        let e = parse_infer_request(&body, Some(header.len()), &Limits::default()).unwrap_err();
+        assert_eq!(e.kind, Refusal::TooLarge, "{}", e.message);
+        // The budget is the request's, over all its inputs.
+        let mut budget = DecodedBudget::for_request(0);
+        assert!(budget.spend("a", DataType::Fp32, 8 << 20).is_ok());
+        assert!(budget.spend("b", DataType::Fp64, 4 << 20).is_ok());
+        assert!(budget.spend("c", DataType::Bool, 1).is_err());
+
+        // A million short strings in a 7 MB body, and numbers at 4x their text, pass.
+        let words = vec![r#""token""#; 1_000_000].join(",");
+        assert!(parse(&one("BYTES", "[1000000]", &format!("[{words}]"))).is_ok());
+        let zeros = vec!["0"; 8_000_000].join(",");
+        assert!(parse(&one("INT64", "[8000000]", &format!("[{zeros}]"))).is_ok());
     }
 
     #[test]
