@@ -1,9 +1,10 @@
 //! The messages' codec: prost's, after a look at the wire. prost allocates each entry of a
 //! repeated field as it decodes it, and an empty `inputs` entry takes 2 bytes on the wire but
 //! some 300 in memory; so before a request is decoded, its repeated fields are counted on the
-//! wire and a message with more entries than any request needs is refused. What is left to
-//! decode is within a small multiple of the message's size, which `max_decoding_message_size`
-//! bounds. A message that is not valid protobuf for the call's message is the caller's error,
+//! wire and a message with more entries than any request needs is refused, and so is one
+//! whose typed contents would decode to more than the inference path lets any request's
+//! tensors take (`DecodedBudget`). What is left to decode is within a small multiple of the
+//! message's size, which `max_decoding_message_size` bounds. A message that is not valid protobuf for the call's message is the caller's error,
 //! refused as `invalid_request` (prost's own codec answers `INTERNAL`, as if the server had
 //! failed).
 
@@ -17,6 +18,7 @@ use tonic_prost::{ProstCodec, ProstEncoder};
 
 use super::service::status;
 use crate::error::{ApiError, Code};
+use crate::inference::protocol::DecodedBudget;
 
 /// At most this many entries in any repeated field that holds messages, strings or maps
 /// (inputs, outputs, raw contents, parameters): the most an inference request may name.
@@ -56,10 +58,14 @@ impl<U: Message + Default> Decoder for CheckedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let refused = |detail: String| status(ApiError::new(Code::InvalidRequest, detail));
         // The whole message is buffered, in one piece, before it is decoded: `chunk` is all of it.
-        check(buf.chunk()).map_err(refused)?;
-        U::decode(buf).map(Some).map_err(|e| refused(format!("the message is not valid protobuf for this call: {e}")))
+        check(buf.chunk()).map_err(|refusal| match refusal {
+            Refusal::Invalid(detail) => status(ApiError::new(Code::InvalidRequest, detail)),
+            Refusal::TooLarge(detail) => status(ApiError::new(Code::PayloadTooLarge, detail)),
+        })?;
+        U::decode(buf)
+            .map(Some)
+            .map_err(|e| status(ApiError::new(Code::InvalidRequest, format!("the message is not valid protobuf for this call: {e}"))))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -67,56 +73,112 @@ impl<U: Message + Default> Decoder for CheckedDecoder<U> {
     }
 }
 
-/// Length-delimited fields of a request that are messages, strings or bytes, at any depth of
-/// `ModelInferRequest`: (field number, and the fields of the message it holds, if any).
-/// Request messages other than `ModelInferRequest` have only fields 1 and 2, so this counts
-/// nothing in them.
-fn check(message: &[u8]) -> Result<(), String> {
+/// Counts, on the wire, what decoding a request would allocate: the entries of its repeated
+/// fields that hold messages, strings or maps, and the elements of its inputs' typed contents
+/// (a one-byte varint decodes to as many as 8 bytes, an empty `bytes_contents` entry to a
+/// handle of 32), which `DecodedBudget` bounds as it bounds the tensors any request decodes
+/// to. Request messages other than `ModelInferRequest` have only fields 1 and 2, so this
+/// counts nothing in them.
+fn check(message: &[u8]) -> Result<(), Refusal> {
     // ModelInferRequest: 4 parameters, 5 inputs, 6 outputs, 7 raw_input_contents.
-    // InferInputTensor: 4 parameters; InferRequestedOutputTensor: 2 parameters.
+    // InferInputTensor: 4 parameters, 5 contents; InferRequestedOutputTensor: 2 parameters.
     let mut counts = [0usize; 8];
+    let mut decoded = 0usize;
     walk(message, |field, value| {
-        counts[field as usize] += 1;
+        let Field::Delimited(value) = value else { return Ok(()) };
+        if let Some(count) = counts.get_mut(field as usize) {
+            *count += 1;
+        }
         match field {
-            5 => count_nested(value, 4),
-            6 => count_nested(value, 2),
+            5 => {
+                let mut parameters = 0usize;
+                walk(value, |field, value| {
+                    match (field, value) {
+                        (4, _) => parameters += 1,
+                        (5, Field::Delimited(contents)) => decoded = decoded.saturating_add(typed_contents(contents)),
+                        _ => {}
+                    }
+                    Ok(())
+                })?;
+                if parameters > MAX_ENTRIES {
+                    return Err(Refusal::Invalid(format!("a tensor has {parameters} parameters; at most {MAX_ENTRIES}")));
+                }
+                Ok(())
+            }
+            6 => {
+                let mut parameters = 0usize;
+                walk(value, |field, _| {
+                    parameters += usize::from(field == 2);
+                    Ok(())
+                })?;
+                if parameters > MAX_ENTRIES {
+                    return Err(Refusal::Invalid(format!("a tensor has {parameters} parameters; at most {MAX_ENTRIES}")));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     })?;
     for (field, name) in [(4, "parameters"), (5, "inputs"), (6, "outputs"), (7, "raw_input_contents")] {
         if counts[field] > MAX_ENTRIES {
-            return Err(format!("{name} has {} entries; at most {MAX_ENTRIES}", counts[field]));
+            return Err(Refusal::Invalid(format!("{name} has {} entries; at most {MAX_ENTRIES}", counts[field])));
         }
+    }
+    if !DecodedBudget::for_request(message.len()).take(decoded) {
+        return Err(Refusal::TooLarge(format!(
+            "the inputs' typed contents would take {decoded} bytes decoded, more than a message of {} bytes may; \
+             send fewer rows per call, or raw_input_contents",
+            message.len()
+        )));
     }
     Ok(())
 }
 
-/// Counts the entries of field `parameters` in one nested tensor message.
-fn count_nested(message: &[u8], parameters: u32) -> Result<(), String> {
-    let mut count = 0usize;
-    walk(message, |field, _| {
-        if field == parameters {
-            count += 1;
-        }
+/// Why `check` refuses a message.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    Invalid(String),
+    TooLarge(String),
+}
+
+/// What an `InferTensorContents` decodes to, in bytes: per element, bool 1, int 4, int64 8,
+/// uint 4, uint64 8, fp32 4, fp64 8, and a handle per `bytes_contents` entry. Packed varints
+/// are counted by their last bytes, which is how many values they hold.
+fn typed_contents(contents: &[u8]) -> usize {
+    const WIDTH: [usize; 9] = [0, 1, 4, 8, 4, 8, 4, 8, std::mem::size_of::<bytes::Bytes>()];
+    let mut total = 0usize;
+    let _ = walk(contents, |field, value| {
+        let Some(&width) = WIDTH.get(field as usize).filter(|w| **w > 0) else { return Ok(()) };
+        let elements = match (field, value) {
+            (1..=5, Field::Delimited(packed)) => packed.iter().filter(|b| **b < 0x80).count(),
+            (6, Field::Delimited(packed)) => packed.len() / 4,
+            (7, Field::Delimited(packed)) => packed.len() / 8,
+            _ => 1,
+        };
+        total = total.saturating_add(elements.saturating_mul(width));
         Ok(())
-    })?;
-    if count > MAX_ENTRIES {
-        return Err(format!("a tensor has {count} parameters; at most {MAX_ENTRIES}"));
-    }
-    Ok(())
+    });
+    total
 }
 
-/// Calls `each(field, bytes)` for every length-delimited field of fields 1-7 of one message;
-/// other wire types are skipped. A malformed message is left for prost to refuse.
-fn walk(mut message: &[u8], mut each: impl FnMut(u32, &[u8]) -> Result<(), String>) -> Result<(), String> {
+/// One field's value as `walk` finds it.
+enum Field<'a> {
+    Scalar,
+    Delimited(&'a [u8]),
+}
+
+/// Calls `each(field, value)` for every field of one message, in order. A malformed message
+/// ends the walk quietly: it is left for prost to refuse.
+fn walk<'a>(mut message: &'a [u8], mut each: impl FnMut(u32, Field<'a>) -> Result<(), Refusal>) -> Result<(), Refusal> {
     while !message.is_empty() {
         let Ok(key) = prost::encoding::decode_varint(&mut message) else { return Ok(()) };
-        let (field, wire_type) = ((key >> 3) as u32, key & 7);
+        let (field, wire_type) = (u32::try_from(key >> 3).unwrap_or(u32::MAX), key & 7);
         match wire_type {
             0 => {
                 if prost::encoding::decode_varint(&mut message).is_err() {
                     return Ok(());
                 }
+                each(field, Field::Scalar)?;
             }
             1 | 5 => {
                 let width = if wire_type == 1 { 8 } else { 4 };
@@ -124,14 +186,13 @@ fn walk(mut message: &[u8], mut each: impl FnMut(u32, &[u8]) -> Result<(), Strin
                     return Ok(());
                 }
                 message = &message[width..];
+                each(field, Field::Scalar)?;
             }
             2 => {
                 let Ok(len) = prost::encoding::decode_varint(&mut message) else { return Ok(()) };
                 let Some(len) = usize::try_from(len).ok().filter(|l| *l <= message.len()) else { return Ok(()) };
                 let (value, rest) = message.split_at(len);
-                if (1..8).contains(&field) {
-                    each(field, value)?;
-                }
+                each(field, Field::Delimited(value))?;
                 message = rest;
             }
             _ => return Ok(()),
@@ -143,8 +204,43 @@ fn walk(mut message: &[u8], mut each: impl FnMut(u32, &[u8]) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-    use super::super::proto::{InferParameter, ModelInferRequest, ModelMetadataRequest};
+    use super::super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelMetadataRequest};
     use super::*;
+
+    fn refusal(checked: Result<(), Refusal>) -> String {
+        match checked {
+            Err(Refusal::Invalid(detail)) => detail,
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    fn typed(contents: InferTensorContents) -> ModelInferRequest {
+        ModelInferRequest { inputs: vec![InferInputTensor { name: "x".into(), contents: Some(contents), ..Default::default() }], ..Default::default() }
+    }
+
+    #[test]
+    fn typed_contents_that_would_decode_to_many_times_their_size_are_refused_before_decoding() {
+        // Ten million INT64 zeros: one byte each on the wire, eight decoded (80 MB from 10).
+        let zeros = typed(InferTensorContents { int64_contents: vec![0; 10_000_000], ..Default::default() }).encode_to_vec();
+        assert!(zeros.len() < 10_100_000);
+        assert!(matches!(check(&zeros), Err(Refusal::TooLarge(detail)) if detail.contains("80000000 bytes decoded")));
+        // Four million empty strings: two bytes each on the wire, a 32-byte handle decoded.
+        let strings = typed(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); 4_000_000], ..Default::default() });
+        assert!(matches!(check(&strings.encode_to_vec()), Err(Refusal::TooLarge(_))));
+        // Values sent one per field, unpacked, are counted alike.
+        assert_eq!(typed_contents(&[3 << 3, 0, 3 << 3, 0, 3 << 3, 0x80, 0x01]), 24);
+
+        // What real requests send passes: a language model's three INT64 tensors of 64 x 512
+        // tokens whose masks are all ones, and 64 MiB of FP32, which decodes to its own size.
+        let tokens = (0..3).map(|_| InferInputTensor {
+            contents: Some(InferTensorContents { int64_contents: vec![1; 64 * 512], ..Default::default() }),
+            ..Default::default()
+        });
+        assert_eq!(check(&ModelInferRequest { inputs: tokens.collect(), ..Default::default() }.encode_to_vec()), Ok(()));
+        let floats = typed(InferTensorContents { fp32_contents: vec![0.5; 16 << 20], ..Default::default() });
+        assert_eq!(check(&floats.encode_to_vec()), Ok(()));
+        assert_eq!(typed_contents(&InferTensorContents { fp32_contents: vec![0.5; 3], bytes_contents: vec![bytes::Bytes::new()], ..Default::default() }.encode_to_vec()), 12 + 32);
+    }
 
     #[test]
     fn requests_within_the_limits_pass_and_others_are_counted_on_the_wire() {
@@ -159,17 +255,17 @@ mod tests {
 
         let mut many_inputs = fine.clone();
         many_inputs.inputs.push(InferInputTensor::default());
-        assert!(check(&many_inputs.encode_to_vec()).unwrap_err().contains("inputs has 257 entries"));
+        assert!(refusal(check(&many_inputs.encode_to_vec())).contains("inputs has 257 entries"));
         let mut many_outputs = fine.clone();
         many_outputs.outputs.push(InferRequestedOutputTensor::default());
-        assert!(check(&many_outputs.encode_to_vec()).unwrap_err().contains("outputs has 257"));
+        assert!(refusal(check(&many_outputs.encode_to_vec())).contains("outputs has 257"));
         let mut many_raw = fine.clone();
         many_raw.raw_input_contents.push(bytes::Bytes::new());
-        assert!(check(&many_raw.encode_to_vec()).unwrap_err().contains("raw_input_contents has 257"));
+        assert!(refusal(check(&many_raw.encode_to_vec())).contains("raw_input_contents has 257"));
         let parameters = (0..=MAX_ENTRIES).map(|i| (format!("p{i}"), InferParameter::default())).collect();
         let mut nested = fine.clone();
         nested.inputs[3].parameters = parameters;
-        assert!(check(&nested.encode_to_vec()).unwrap_err().contains("257 parameters"));
+        assert!(refusal(check(&nested.encode_to_vec())).contains("257 parameters"));
 
         // Garbage is prost's to refuse, not a panic here.
         for garbage in [&b"\xff\xff\xff"[..], b"\x2a\xff\xff\xff\xff\x0f", b"\x2a\x05ab", b"\x0f"] {

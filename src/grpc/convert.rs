@@ -7,11 +7,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::proto::infer_parameter::ParameterChoice;
-use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::inference::protocol::{
-    DataType, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, ProtocolError, Refusal, RequestedOutput, TensorData, decode_raw,
+    DataType, DecodedBudget, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, MAX_NAME_BYTES, ProtocolError, Refusal,
+    RequestedOutput, TensorData, decode_raw,
 };
 use crate::inference::service::Answer;
 
@@ -19,65 +19,71 @@ fn refuse(message: String) -> ProtocolError {
     ProtocolError { message, kind: Refusal::Invalid }
 }
 
-/// The request as the inference path takes it. Outputs come back raw when the inputs came raw
-/// (or there were none), typed otherwise: the protocol does not mix the two in one response.
-pub fn infer_request(message: &ModelInferRequest, limits: &Limits) -> Result<InferRequest, ProtocolError> {
-    if message.inputs.len() > limits.max_inputs {
-        return Err(refuse(format!("{} inputs; at most {} are accepted", message.inputs.len(), limits.max_inputs)));
+fn bounded_name(name: &str, what: &str) -> Result<(), ProtocolError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(refuse(format!("an {what}'s name is {} bytes; at most {MAX_NAME_BYTES}", name.len())));
     }
-    let raw = !message.raw_input_contents.is_empty();
-    if raw && message.raw_input_contents.len() != message.inputs.len() {
+    Ok(())
+}
+
+/// The request as the inference path takes it, its tensors moved out of the message, not
+/// copied. Outputs come back raw when the inputs came raw (or there were none), typed
+/// otherwise: the protocol does not mix the two in one response. `wire_len` is the message's
+/// size, which bounds what its tensors may take decoded.
+pub fn infer_request(message: ModelInferRequest, wire_len: usize, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+    let ModelInferRequest { id, parameters: given, inputs: wire_inputs, outputs: wire_outputs, raw_input_contents, .. } = message;
+    if wire_inputs.len() > limits.max_inputs {
+        return Err(refuse(format!("{} inputs; at most {} are accepted", wire_inputs.len(), limits.max_inputs)));
+    }
+    let raw = !raw_input_contents.is_empty();
+    if raw && raw_input_contents.len() != wire_inputs.len() {
         return Err(refuse(format!(
             "raw_input_contents has {} entries for {} inputs; give one per input, in order",
-            message.raw_input_contents.len(),
-            message.inputs.len()
+            raw_input_contents.len(),
+            wire_inputs.len()
         )));
     }
-    let inputs = message
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, input)| {
-            if message.inputs[..i].iter().any(|other| other.name == input.name) {
-                return Err(refuse(format!("input '{}' appears more than once", input.name)));
+    let mut budget = DecodedBudget::for_request(wire_len);
+    let mut inputs: Vec<InferInput> = Vec::with_capacity(wire_inputs.len());
+    for (i, input) in wire_inputs.into_iter().enumerate() {
+        bounded_name(&input.name, "input")?;
+        if inputs.iter().any(|other| other.name == input.name) {
+            return Err(refuse(format!("input '{}' appears more than once", input.name)));
+        }
+        let datatype = DataType::parse(&input.datatype)
+            .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
+        let (shape, count) = shape(&input.name, &input.shape, limits)?;
+        budget.spend(&input.name, datatype, count)?;
+        let data = if raw {
+            if input.contents.is_some() {
+                return Err(refuse(format!("input '{}' has contents beside raw_input_contents; use one or the other", input.name)));
             }
-            let datatype = DataType::parse(&input.datatype)
-                .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
-            let (shape, count) = shape(&input.name, &input.shape, limits)?;
-            let data = if raw {
-                if input.contents.is_some() {
-                    return Err(refuse(format!("input '{}' has contents beside raw_input_contents; use one or the other", input.name)));
-                }
-                decode_raw(&input.name, datatype, &message.raw_input_contents[i], count)?
-            } else {
-                typed(input, datatype, count)?
-            };
-            Ok(InferInput { name: input.name.clone(), datatype, shape, data })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let binary = raw || inputs.is_empty();
-    if message.outputs.len() > limits.max_inputs {
-        return Err(refuse(format!("{} outputs requested; at most {} are accepted", message.outputs.len(), limits.max_inputs)));
+            decode_raw(&input.name, datatype, &raw_input_contents[i], count)?
+        } else {
+            typed(&input.name, input.contents.unwrap_or_default(), datatype, count)?
+        };
+        inputs.push(InferInput { name: input.name, datatype, shape, data });
     }
-    let outputs = message
-        .outputs
-        .iter()
-        .enumerate()
-        .map(|(i, output)| {
-            if message.outputs[..i].iter().any(|other| other.name == output.name) {
-                return Err(refuse(format!("output '{}' is requested more than once", output.name)));
-            }
-            let class_count = match output.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
-                None => 0,
-                Some(ParameterChoice::Int64Param(n)) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
-                Some(_) => return Err(refuse(format!("output '{}': classification must be a non-negative int64", output.name))),
-            };
-            Ok(RequestedOutput { name: output.name.clone(), binary_data: binary, class_count })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let binary = raw || inputs.is_empty();
+    if wire_outputs.len() > limits.max_inputs {
+        return Err(refuse(format!("{} outputs requested; at most {} are accepted", wire_outputs.len(), limits.max_inputs)));
+    }
+    let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(wire_outputs.len());
+    for output in wire_outputs {
+        bounded_name(&output.name, "output")?;
+        if outputs.iter().any(|other| other.name == output.name) {
+            return Err(refuse(format!("output '{}' is requested more than once", output.name)));
+        }
+        let class_count = match output.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
+            None => 0,
+            Some(ParameterChoice::Int64Param(n)) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(_) => return Err(refuse(format!("output '{}': classification must be a non-negative int64", output.name))),
+        };
+        outputs.push(RequestedOutput { name: output.name, binary_data: binary, class_count });
+    }
     Ok(InferRequest {
-        id: (!message.id.is_empty()).then(|| message.id.clone()),
-        parameters: parameters(&message.parameters),
+        id: (!id.is_empty()).then_some(id),
+        parameters: parameters(given),
         inputs,
         outputs,
         binary_data_output: binary,
@@ -107,10 +113,7 @@ fn shape(name: &str, dims: &[i64], limits: &Limits) -> Result<(Vec<usize>, usize
 }
 
 /// An input's typed contents, in the field its datatype uses.
-fn typed(input: &InferInputTensor, datatype: DataType, count: usize) -> Result<TensorData, ProtocolError> {
-    let empty = InferTensorContents::default();
-    let contents = input.contents.as_ref().unwrap_or(&empty);
-    let name = &input.name;
+fn typed(name: &str, contents: InferTensorContents, datatype: DataType, count: usize) -> Result<TensorData, ProtocolError> {
     let sized = |len: usize, field: &str| {
         if len == count {
             Ok(())
@@ -127,7 +130,7 @@ fn typed(input: &InferInputTensor, datatype: DataType, count: usize) -> Result<T
     Ok(match datatype {
         DataType::Bool => {
             sized(contents.bool_contents.len(), "bool_contents")?;
-            TensorData::Bool(contents.bool_contents.clone())
+            TensorData::Bool(contents.bool_contents)
         }
         DataType::Int8 | DataType::Int16 | DataType::Int32 => {
             sized(contents.int_contents.len(), "int_contents")?;
@@ -135,12 +138,12 @@ fn typed(input: &InferInputTensor, datatype: DataType, count: usize) -> Result<T
             match datatype {
                 DataType::Int8 => TensorData::Int8(narrow(name, values, datatype)?),
                 DataType::Int16 => TensorData::Int16(narrow(name, values, datatype)?),
-                _ => TensorData::Int32(values.clone()),
+                _ => TensorData::Int32(contents.int_contents),
             }
         }
         DataType::Int64 => {
             sized(contents.int64_contents.len(), "int64_contents")?;
-            TensorData::Int64(contents.int64_contents.clone())
+            TensorData::Int64(contents.int64_contents)
         }
         DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => {
             sized(contents.uint_contents.len(), "uint_contents")?;
@@ -148,39 +151,39 @@ fn typed(input: &InferInputTensor, datatype: DataType, count: usize) -> Result<T
             match datatype {
                 DataType::Uint8 => TensorData::Uint8(narrow(name, values, datatype)?),
                 DataType::Uint16 => TensorData::Uint16(narrow(name, values, datatype)?),
-                _ => TensorData::Uint32(values.clone()),
+                _ => TensorData::Uint32(contents.uint_contents),
             }
         }
         DataType::Uint64 => {
             sized(contents.uint64_contents.len(), "uint64_contents")?;
-            TensorData::Uint64(contents.uint64_contents.clone())
+            TensorData::Uint64(contents.uint64_contents)
         }
         DataType::Fp32 => {
             sized(contents.fp32_contents.len(), "fp32_contents")?;
-            TensorData::Fp32(contents.fp32_contents.clone())
+            TensorData::Fp32(contents.fp32_contents)
         }
         DataType::Fp64 => {
             sized(contents.fp64_contents.len(), "fp64_contents")?;
-            TensorData::Fp64(contents.fp64_contents.clone())
+            TensorData::Fp64(contents.fp64_contents)
         }
         DataType::Bytes => {
             sized(contents.bytes_contents.len(), "bytes_contents")?;
-            TensorData::Bytes(contents.bytes_contents.clone())
+            TensorData::Bytes(contents.bytes_contents)
         }
         DataType::Fp16 => return Err(refuse(format!("input '{name}': FP16 has no typed contents; send it in raw_input_contents"))),
     })
 }
 
-fn parameters(given: &HashMap<String, InferParameter>) -> Map<String, Value> {
+fn parameters(given: HashMap<String, InferParameter>) -> Map<String, Value> {
     given
-        .iter()
+        .into_iter()
         .filter_map(|(key, p)| {
-            let value = match p.parameter_choice.as_ref()? {
-                ParameterChoice::BoolParam(b) => Value::Bool(*b),
-                ParameterChoice::Int64Param(n) => Value::from(*n),
-                ParameterChoice::StringParam(s) => Value::String(s.clone()),
+            let value = match p.parameter_choice? {
+                ParameterChoice::BoolParam(b) => Value::Bool(b),
+                ParameterChoice::Int64Param(n) => Value::from(n),
+                ParameterChoice::StringParam(s) => Value::String(s),
             };
-            Some((key.clone(), value))
+            Some((key, value))
         })
         .collect()
 }
@@ -249,6 +252,9 @@ fn contents(data: TensorData) -> InferTensorContents {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
+    use super::super::proto::model_infer_request::InferInputTensor;
     use super::*;
     use crate::inference::cache::CacheStatus;
 
@@ -276,7 +282,7 @@ mod tests {
             vec![input("x", "FP32", &[1, 2], Some(InferTensorContents { fp32_contents: vec![1.5, -2.0], ..Default::default() }))],
             vec![],
         );
-        let (raw, typed) = (infer_request(&raw, &Limits::default()).unwrap(), infer_request(&typed, &Limits::default()).unwrap());
+        let (raw, typed) = (infer_request(raw, 0, &Limits::default()).unwrap(), infer_request(typed, 0, &Limits::default()).unwrap());
         assert_eq!(raw.inputs, typed.inputs);
         assert_eq!(raw.inputs[0].data, TensorData::Fp32(vec![1.5, -2.0]));
         assert_eq!(raw.inputs[0].shape, vec![1, 2]);
@@ -290,7 +296,7 @@ mod tests {
             raw.extend_from_slice(&(word.len() as u32).to_le_bytes());
             raw.extend_from_slice(word);
         }
-        let request = infer_request(&message(vec![input("s", "BYTES", &[3], None)], vec![raw]), &Limits::default()).unwrap();
+        let request = infer_request(message(vec![input("s", "BYTES", &[3], None)], vec![raw]), 0, &Limits::default()).unwrap();
         assert_eq!(request.inputs[0].data, TensorData::Bytes(vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"xyz")]));
     }
 
@@ -318,6 +324,8 @@ mod tests {
             (message(vec![input("t", "BOOL", &[1], None)], vec![vec![2]]), "expected 0 or 1"),
             (message(vec![input("t", "UINT8", &[0, 1 << 40], None)], vec![vec![]]), "dimension 1099511627776 is larger"),
             (message(vec![input("t", "UINT8", &[1; 33], None)], vec![vec![0]]), "33 dimensions"),
+            (message(vec![input(&"t".repeat(1025), "UINT8", &[1], None)], vec![vec![0]]), "an input's name is 1025 bytes; at most 1024"),
+
             (message(vec![input("t", "UINT8", &[1], None), input("t", "UINT8", &[1], None)], vec![vec![0], vec![0]]), "appears more than once"),
             (
                 ModelInferRequest {
@@ -331,10 +339,17 @@ mod tests {
             ),
         ];
         for (request, expected) in cases {
-            let error = infer_request(&request, &limits).expect_err(expected);
+            let len = request.encoded_len();
+            let error = infer_request(request, len, &limits).expect_err(expected);
             assert!(error.message.contains(expected), "{:?} does not contain {expected:?}", error.message);
-            assert_eq!(error.kind, Refusal::Invalid);
+            assert_eq!(error.kind, Refusal::Invalid, "{expected}");
         }
+        // Raw strings: 4-byte lengths, each a 32-byte handle decoded (160 MB from 20).
+        let strings = message(vec![input("t", "BYTES", &[5_000_000], None)], vec![vec![0; 20_000_000]]);
+        let len = strings.encoded_len();
+        let error = infer_request(strings, len, &Limits::default()).unwrap_err();
+        assert_eq!(error.kind, Refusal::TooLarge);
+        assert!(error.message.contains("input 't': 5000000 BYTES elements would take more memory decoded"), "{}", error.message);
     }
 
     #[test]
@@ -347,7 +362,7 @@ mod tests {
             name: "z".to_owned(),
             parameters: HashMap::from([("classification".to_owned(), InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(3)) })]),
         });
-        let parsed = infer_request(&request, &Limits::default()).unwrap();
+        let parsed = infer_request(request, 0, &Limits::default()).unwrap();
         assert_eq!(parsed.id.as_deref(), Some("r-1"));
         assert_eq!(parsed.parameters["timeout"], serde_json::json!(5000));
         assert_eq!(parsed.parameters["no_cache"], serde_json::json!(true));

@@ -184,11 +184,10 @@ fn method_name(method: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// A `ModelInferRequest` on its way through the inference path, shared rather than copied
-/// when a large one is parsed on the blocking pool.
-#[derive(Clone)]
+/// A `ModelInferRequest` on its way through the inference path.
+#[derive(Default)]
 struct GrpcRequest {
-    message: Arc<ModelInferRequest>,
+    message: ModelInferRequest,
     len: usize,
 }
 
@@ -197,8 +196,8 @@ impl WireRequest for GrpcRequest {
         self.len
     }
 
-    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
-        convert::infer_request(&self.message, limits)
+    fn parse(self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+        convert::infer_request(self.message, self.len, limits)
     }
 }
 
@@ -394,7 +393,7 @@ impl GrpcInferenceService for Inference {
             actor: AuditActor::from(&principal),
             name,
             version,
-            request: GrpcRequest { message: Arc::new(message), len },
+            request: GrpcRequest { message, len },
             timeout,
             no_cache: false,
             info,

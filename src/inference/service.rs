@@ -60,12 +60,13 @@ pub struct InferCall<R> {
     pub info: RequestInfo,
 }
 
-/// An inference request in a protocol's wire form (the HTTP body, a gRPC message). Cloned
-/// when a large one is parsed on the blocking pool: a clone must share, not copy.
-pub trait WireRequest: Clone + Send + 'static {
+/// An inference request in a protocol's wire form (the HTTP body, a gRPC message). Parsing
+/// takes it over, so that its tensors move into the request rather than being copied; the
+/// default is what is left behind.
+pub trait WireRequest: Default + Send + 'static {
     /// Bytes received, as usage counts them.
     fn wire_len(&self) -> usize;
-    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError>;
+    fn parse(self, limits: &Limits) -> Result<InferRequest, ProtocolError>;
 }
 
 /// What a call answers, before any protocol encodes it.
@@ -88,7 +89,7 @@ pub trait WireReply: Sized {
 }
 
 /// The HTTP body of an OIP v2 request: JSON, or JSON then binary tensors.
-#[derive(Clone)]
+#[derive(Default)]
 pub struct HttpBody {
     pub body: Bytes,
     /// `Inference-Header-Content-Length`: the JSON part of a binary-extension body.
@@ -100,7 +101,7 @@ impl WireRequest for HttpBody {
         self.body.len()
     }
 
-    fn parse(&self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+    fn parse(self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
         parse_infer_request_bytes(&self.body, self.json_len, limits)
     }
 }
@@ -149,13 +150,14 @@ impl InferenceService {
         Self { models, cache, audit, metrics, usage, limits: Arc::new(Limits::default()) }
     }
 
-    pub async fn infer<R: WireRequest, A: WireReply>(&self, call: InferCall<R>) -> Result<A, InferenceError> {
+    pub async fn infer<R: WireRequest, A: WireReply>(&self, mut call: InferCall<R>) -> Result<A, InferenceError> {
         let started = Instant::now();
         let _in_progress = CallInProgress::enter();
         // Resolve first: an unknown model is a 404 before any body is parsed, and metric
         // labels only ever name models that exist (a caller cannot mint series).
+        let bytes_in = call.request.wire_len() as u64;
         let (result, resolved) = match self.models.resolve(call.tenant, &call.name, call.version.as_deref()).await {
-            Ok(resolved) => (self.infer_inner::<R, A>(&call, &resolved, started).await, Some(resolved)),
+            Ok(resolved) => (self.infer_inner::<R, A>(&mut call, &resolved, started).await, Some(resolved)),
             Err(e) => (Err(e), None),
         };
         let (outcome, cache, rows) = match &result {
@@ -171,7 +173,7 @@ impl InferenceService {
             let usage = CallUsage {
                 rows: rows as u64,
                 cache_hit: cache == CacheStatus::Hit,
-                bytes_in: call.request.wire_len() as u64,
+                bytes_in,
                 bytes_out: result.as_ref().map_or(0, |(reply, _)| reply.wire_len() as u64),
                 outcome: match &result {
                     Ok(_) => Ok(elapsed),
@@ -198,14 +200,15 @@ impl InferenceService {
 
     async fn infer_inner<R: WireRequest, A: WireReply>(
         &self,
-        call: &InferCall<R>,
+        call: &mut InferCall<R>,
         resolved: &Resolved,
         started: Instant,
     ) -> Result<(A, usize), InferenceError> {
-        let mut request = if call.request.wire_len() <= PARSE_INLINE_BYTES {
-            call.request.parse(&self.limits)
+        let request = std::mem::take(&mut call.request);
+        let mut request = if request.wire_len() <= PARSE_INLINE_BYTES {
+            request.parse(&self.limits)
         } else {
-            let (request, limits) = (call.request.clone(), self.limits.clone());
+            let limits = self.limits.clone();
             tokio::task::spawn_blocking(move || request.parse(&limits)).await.map_err(anyhow::Error::new)?
         }?;
 

@@ -507,7 +507,7 @@ async fn tritonclient_grpc_works_unmodified() {
 
 /// Opens a call of `method` over raw HTTP/2, sends `prefix` of its message and no more, and
 /// returns the call's `grpc-status` and `tessera-error-code`, and how long the answer took.
-async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], prefix: &'static [u8]) -> (String, String, std::time::Duration) {
+async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], prefix: impl Into<bytes::Bytes>) -> (String, String, std::time::Duration) {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"))).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
@@ -522,7 +522,7 @@ async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], p
     let mut client = client.ready().await.unwrap();
     let started = std::time::Instant::now();
     let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
-    body.send_data(bytes::Bytes::from_static(prefix), false).unwrap();
+    body.send_data(prefix.into(), false).unwrap();
     let response = tokio::time::timeout(std::time::Duration::from_secs(20), response).await.expect("an answer in time").unwrap();
     let elapsed = started.elapsed();
     let field = |headers: &http::HeaderMap, name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
@@ -731,6 +731,56 @@ async fn grpc_messages_over_the_limit_or_not_protobuf_are_refused_with_a_code() 
         assert_eq!((status.as_str(), code.as_str()), expected, "{method} {prefix:?}");
         assert!(elapsed < std::time::Duration::from_secs(5), "answered before the rest would arrive: {elapsed:?}");
     }
+}
+
+/// Requests whose content would take many times their size in memory once decoded (tensors of
+/// millions of tiny strings or one-byte varints, parameters nested as trees) are refused before
+/// they are decoded, over both protocols, and the server serves on.
+#[tokio::test]
+async fn requests_that_would_decode_to_many_times_their_size_are_refused_before_decoding() {
+    use prost::Message;
+    use tessera::grpc::proto::model_infer_request::InferInputTensor;
+    use tessera::grpc::proto::{InferTensorContents, ModelInferRequest};
+
+    let app = spawn_app().await;
+    let admin = app.platform_admin().await;
+    let acme = tenant(&app, &admin, "acme").await;
+    acme.model(&app, "adder", ADD, json!({})).await;
+
+    // Five million empty strings: 15 MB of JSON, 160 MB of handles decoded.
+    let strings = json!({ "inputs": [{ "name": "a", "datatype": "BYTES", "shape": [5_000_000], "data": vec![""; 5_000_000] }] });
+    let response = infer(&app, &acme.key, "/v2/models/adder/infer", &strings).await;
+    let problem = crate::helpers::assert_problem(response, 413, "payload_too_large").await;
+    assert!(problem["detail"].as_str().unwrap().contains("5000000 BYTES elements"), "{problem}");
+
+    // A parameter nested as a tree is refused where it starts.
+    let mut nested = add_request(1, 0.0);
+    nested["parameters"] = json!({ "p": [[], [[]], {"k": [1]}] });
+    crate::helpers::assert_problem(infer(&app, &acme.key, "/v2/models/adder/infer", &nested).await, 422, "invalid_input").await;
+
+    // Over gRPC: typed contents of ten million one-byte INT64 varints (80 MB decoded from 10).
+    let message = ModelInferRequest {
+        model_name: "adder".to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "a".to_owned(),
+            datatype: "INT64".to_owned(),
+            shape: vec![10_000_000],
+            contents: Some(InferTensorContents { int64_contents: vec![0; 10_000_000], ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let bearer = format!("Bearer {}", acme.key);
+    let headers = [("authorization", bearer.as_str()), ("grpc-timeout", "20S")];
+    let (status, code, _) = grpc_half_call(&app, "ModelInfer", &headers, framed).await;
+    assert_eq!((status.as_str(), code.as_str()), ("8", "payload_too_large"));
+
+    // And the server serves on.
+    assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 200);
 }
 
 #[tokio::test]
