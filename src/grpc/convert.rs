@@ -19,6 +19,10 @@ fn refuse(message: String) -> ProtocolError {
     ProtocolError { message, kind: Refusal::Invalid }
 }
 
+/// The parameter that places a tensor in a shared memory region, which Tessera does not
+/// serve: a tensor that names one is refused, as over HTTP, not read from empty contents.
+const SHARED_MEMORY: &str = "shared_memory_region";
+
 fn bounded_name(name: &str, what: &str) -> Result<(), ProtocolError> {
     if name.len() > MAX_NAME_BYTES {
         return Err(refuse(format!("an {what}'s name is {} bytes; at most {MAX_NAME_BYTES}", name.len())));
@@ -53,6 +57,9 @@ pub fn infer_request(message: ModelInferRequest, wire_len: usize, limits: &Limit
         let datatype = DataType::parse(&input.datatype)
             .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
         let (shape, count) = shape(&input.name, &input.shape, limits)?;
+        if input.parameters.contains_key(SHARED_MEMORY) {
+            return Err(refuse(format!("input '{}': shared memory is not supported", input.name)));
+        }
         budget.spend(&input.name, datatype, count)?;
         let data = if raw {
             if input.contents.is_some() {
@@ -73,6 +80,9 @@ pub fn infer_request(message: ModelInferRequest, wire_len: usize, limits: &Limit
         bounded_name(&output.name, "output")?;
         if outputs.iter().any(|other| other.name == output.name) {
             return Err(refuse(format!("output '{}' is requested more than once", output.name)));
+        }
+        if output.parameters.contains_key(SHARED_MEMORY) {
+            return Err(refuse(format!("output '{}': shared memory is not supported", output.name)));
         }
         let class_count = match output.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
             None => 0,
@@ -325,6 +335,26 @@ mod tests {
             (message(vec![input("t", "UINT8", &[0, 1 << 40], None)], vec![vec![]]), "dimension 1099511627776 is larger"),
             (message(vec![input("t", "UINT8", &[1; 33], None)], vec![vec![0]]), "33 dimensions"),
             (message(vec![input(&"t".repeat(1025), "UINT8", &[1], None)], vec![vec![0]]), "an input's name is 1025 bytes; at most 1024"),
+            (
+                message(
+                    vec![InferInputTensor {
+                        parameters: HashMap::from([(SHARED_MEMORY.to_owned(), string_parameter("region"))]),
+                        ..input("t", "UINT8", &[1], None)
+                    }],
+                    vec![vec![0]],
+                ),
+                "input 't': shared memory is not supported",
+            ),
+            (
+                ModelInferRequest {
+                    outputs: vec![super::super::proto::model_infer_request::InferRequestedOutputTensor {
+                        name: "z".to_owned(),
+                        parameters: HashMap::from([(SHARED_MEMORY.to_owned(), string_parameter("region"))]),
+                    }],
+                    ..message(vec![], vec![])
+                },
+                "output 'z': shared memory is not supported",
+            ),
 
             (message(vec![input("t", "UINT8", &[1], None), input("t", "UINT8", &[1], None)], vec![vec![0], vec![0]]), "appears more than once"),
             (
