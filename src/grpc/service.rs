@@ -203,17 +203,22 @@ impl WireRequest for GrpcRequest {
 
 struct GrpcReply {
     message: ModelInferResponse,
+    /// `message.encoded_len()`, which walks the whole message: found once.
+    len: usize,
     cache: CacheStatus,
 }
 
 impl WireReply for GrpcReply {
+    const BOUNDED: bool = true;
+
     fn encode(answer: Answer<'_>) -> Self {
         let cache = answer.cache;
-        GrpcReply { message: convert::infer_response(answer), cache }
+        let message = convert::infer_response(answer);
+        GrpcReply { len: message.encoded_len(), message, cache }
     }
 
     fn wire_len(&self) -> usize {
-        self.message.encoded_len()
+        self.len
     }
 
     fn cache(&self) -> CacheStatus {

@@ -26,6 +26,11 @@ pub enum InferenceError {
     UnknownOutput { name: String, known: String },
     #[error("output '{0}': the classification extension is not supported")]
     ClassificationUnsupported(String),
+    #[error(
+        "the answer is {bytes} bytes, more than the {limit} a message may carry (inference.max_request_bytes); \
+         ask for fewer rows or outputs per call"
+    )]
+    AnswerTooLarge { bytes: usize, limit: usize },
 
     /// The model's queue is full: the call is turned away at once.
     #[error("model `{0}` is at capacity; retry shortly")]
@@ -84,6 +89,7 @@ impl ErrorCode for InferenceError {
             | E::MissingInput(_)
             | E::UnknownOutput { .. }
             | E::ClassificationUnsupported(_) => Code::InvalidInput,
+            E::AnswerTooLarge { .. } => Code::PayloadTooLarge,
             E::Overloaded(_) => Code::Overloaded,
             E::DeadlineWhileLoading | E::DeadlineBeforeRun | E::DeadlineBeforeAnswer | E::DeadlineWhileWaiting => {
                 Code::DeadlineExceeded

@@ -82,6 +82,9 @@ pub struct Answer<'a> {
 
 /// A protocol's encoding of an [`Answer`].
 pub trait WireReply: Sized {
+    /// Whether answers are bounded as requests are (`inference.max_request_bytes`): a gRPC
+    /// message is, an HTTP body is not.
+    const BOUNDED: bool = false;
     fn encode(answer: Answer<'_>) -> Self;
     /// Bytes sent, as usage counts them.
     fn wire_len(&self) -> usize;
@@ -255,7 +258,13 @@ impl InferenceService {
             .collect();
         let binary: Vec<bool> = selected.iter().map(|(_, b)| *b).collect();
         let answer = Answer { model: &model.name, version: &model.version_label, id: id.as_deref(), outputs, binary: &binary, cache };
-        Ok((A::encode(answer), rows))
+        let reply = A::encode(answer);
+        // Refused here rather than by the protocol's encoder, so that the caller reads why and
+        // the call is audited as what it was.
+        if A::BOUNDED && reply.wire_len() > settings.max_request_bytes {
+            return Err(InferenceError::AnswerTooLarge { bytes: reply.wire_len(), limit: settings.max_request_bytes });
+        }
+        Ok((reply, rows))
     }
 
     /// A call to a model whose results are cached: joins the flight for its inputs, answers from

@@ -508,6 +508,12 @@ async fn tritonclient_grpc_works_unmodified() {
 /// Opens a call of `method` over raw HTTP/2, sends `prefix` of its message and no more, and
 /// returns the call's `grpc-status` and `tessera-error-code`, and how long the answer took.
 async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], prefix: impl Into<bytes::Bytes>) -> (String, String, std::time::Duration) {
+    grpc_raw_call(app, method, headers, prefix.into(), false).await
+}
+
+/// A call of `method` over raw HTTP/2 that sends `data`, then ends its side of the stream if
+/// `end`; returns as `grpc_half_call` does.
+async fn grpc_raw_call(app: &TestApp, method: &str, headers: &[(&str, &str)], data: bytes::Bytes, end: bool) -> (String, String, std::time::Duration) {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", app.grpc_port.expect("gRPC is on in tests"))).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
@@ -522,14 +528,19 @@ async fn grpc_half_call(app: &TestApp, method: &str, headers: &[(&str, &str)], p
     let mut client = client.ready().await.unwrap();
     let started = std::time::Instant::now();
     let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
-    body.send_data(prefix.into(), false).unwrap();
+    body.send_data(data, end).unwrap();
     let response = tokio::time::timeout(std::time::Duration::from_secs(20), response).await.expect("an answer in time").unwrap();
     let elapsed = started.elapsed();
     let field = |headers: &http::HeaderMap, name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
     let (status, code) = match field(response.headers(), "grpc-status") {
         Some(status) => (status, field(response.headers(), "tessera-error-code")),
         None => {
-            let trailers = response.into_body().trailers().await.unwrap().expect("trailers");
+            // The answer's message, if any, is read first: trailers come after it.
+            let mut body = response.into_body();
+            while let Some(data) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.unwrap().len());
+            }
+            let trailers = body.trailers().await.unwrap().expect("trailers");
             (field(&trailers, "grpc-status").expect("a status"), field(&trailers, "tessera-error-code"))
         }
     };
@@ -781,6 +792,64 @@ async fn requests_that_would_decode_to_many_times_their_size_are_refused_before_
 
     // And the server serves on.
     assert_eq!(infer(&app, &acme.key, "/v2/models/adder/infer", &add_request(1, 0.0)).await.status(), 200);
+}
+
+/// An answer longer than a gRPC message may be is refused with a status and problem code that
+/// say so, and audited as refused, not as served.
+#[tokio::test]
+async fn a_grpc_answer_past_the_message_limit_is_refused_with_a_code() {
+    use prost::Message;
+    use tessera::grpc::proto::ModelInferRequest;
+    use tessera::grpc::proto::model_infer_request::InferInputTensor;
+
+    // The identity model's answer repeats its inputs under longer names ("out_" for "in_"),
+    // with its version and cache status: a few dozen bytes more than the request.
+    let tensors: [(&str, &str, Vec<i64>, Vec<u8>); 8] = [
+        ("in_int64", "INT64", vec![1, 2], vec![0; 16]),
+        ("in_int32", "INT32", vec![1], vec![0; 4]),
+        ("in_bool", "BOOL", vec![1, 3], vec![0; 3]),
+        ("in_fp64", "FP64", vec![1], vec![0; 8]),
+        ("in_uint8", "UINT8", vec![1, 5], vec![0; 5]),
+        ("in_fp16", "FP16", vec![1, 2], vec![0; 4]),
+        ("in_int8", "INT8", vec![1], vec![0; 1]),
+        ("in_string", "BYTES", vec![1], vec![1, 0, 0, 0, b'a']),
+    ];
+    let message = ModelInferRequest {
+        model_name: "dtypes".to_owned(),
+        inputs: tensors
+            .iter()
+            .map(|(name, datatype, shape, _)| InferInputTensor {
+                name: (*name).to_owned(),
+                datatype: (*datatype).to_owned(),
+                shape: shape.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: tensors.iter().map(|(.., raw)| bytes::Bytes::from(raw.clone())).collect(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+
+    for (limit, expected) in [(message.len() + 4, ("8", "payload_too_large")), (message.len() + 200, ("0", ""))] {
+        let app = spawn_app_with(|s| s.inference.max_request_bytes = limit).await;
+        let admin = app.platform_admin().await;
+        let acme = tenant(&app, &admin, "acme").await;
+        acme.model(&app, "dtypes", DTYPES, json!({})).await;
+        let bearer = format!("Bearer {}", acme.key);
+        let headers = [("authorization", bearer.as_str()), ("grpc-timeout", "20S")];
+        let (status, code, _) = grpc_raw_call(&app, "ModelInfer", &headers, framed.clone().into(), true).await;
+        assert_eq!((status.as_str(), code.as_str()), expected, "limit {limit}");
+
+        app.state.audit_sink.flush().await;
+        let records: Vec<Value> =
+            sqlx::query_scalar("SELECT details FROM audit_events WHERE action = 'inference.call'").fetch_all(&app.db).await.unwrap();
+        let calls: Vec<serde_json::Map<String, Value>> = records.iter().flat_map(tessera::audit::sink::expand_calls).collect();
+        let outcomes: Vec<&str> = calls.iter().map(|c| c["outcome"].as_str().unwrap()).collect();
+        assert_eq!(outcomes, [if expected.0 == "0" { "success" } else { "denied" }], "{calls:#?}");
+    }
 }
 
 #[tokio::test]
