@@ -4,9 +4,9 @@
 //! wire and a message with more entries than any request needs is refused, and so is one
 //! whose typed contents would decode to more than the inference path lets any request's
 //! tensors take (`DecodedBudget`). What is left to decode is within a small multiple of the
-//! message's size, which `max_decoding_message_size` bounds. A message that is not valid protobuf for the call's message is the caller's error,
-//! refused as `invalid_request` (prost's own codec answers `INTERNAL`, as if the server had
-//! failed).
+//! message's size, which `max_decoding_message_size` bounds. A message that is not valid
+//! protobuf for the call's message is the caller's error, refused as `invalid_request`
+//! (prost's own codec answers `INTERNAL`, as if the server had failed).
 
 use std::marker::PhantomData;
 
@@ -18,7 +18,7 @@ use tonic_prost::{ProstCodec, ProstEncoder};
 
 use super::service::status;
 use crate::error::{ApiError, Code};
-use crate::inference::protocol::DecodedBudget;
+use crate::inference::protocol::{DecodedBudget, MAX_DIMS};
 
 /// At most this many entries in any repeated field that holds messages, strings or maps
 /// (inputs, outputs, raw contents, parameters): the most an inference request may name.
@@ -81,7 +81,8 @@ impl<U: Message + Default> Decoder for CheckedDecoder<U> {
 /// counts nothing in them.
 fn check(message: &[u8]) -> Result<(), Refusal> {
     // ModelInferRequest: 4 parameters, 5 inputs, 6 outputs, 7 raw_input_contents.
-    // InferInputTensor: 4 parameters, 5 contents; InferRequestedOutputTensor: 2 parameters.
+    // InferInputTensor: 3 shape, 4 parameters, 5 contents; InferRequestedOutputTensor: 2
+    // parameters.
     let mut counts = [0usize; 8];
     let mut decoded = 0usize;
     walk(message, |field, value| {
@@ -91,15 +92,21 @@ fn check(message: &[u8]) -> Result<(), Refusal> {
         }
         match field {
             5 => {
-                let mut parameters = 0usize;
+                let (mut dimensions, mut parameters) = (0usize, 0usize);
                 walk(value, |field, value| {
                     match (field, value) {
+                        // The shape, packed (a varint ends at each byte below 0x80) or not.
+                        (3, Field::Delimited(packed)) => dimensions += packed.iter().filter(|b| **b < 0x80).count(),
+                        (3, Field::Scalar) => dimensions += 1,
                         (4, _) => parameters += 1,
-                        (5, Field::Delimited(contents)) => decoded = decoded.saturating_add(typed_contents(contents)),
+                        (5, Field::Delimited(contents)) => decoded = decoded.saturating_add(typed_contents(contents)?),
                         _ => {}
                     }
                     Ok(())
                 })?;
+                if dimensions > MAX_DIMS {
+                    return Err(Refusal::Invalid(format!("a tensor's shape has {dimensions} dimensions; at most {MAX_DIMS}")));
+                }
                 if parameters > MAX_ENTRIES {
                     return Err(Refusal::Invalid(format!("a tensor has {parameters} parameters; at most {MAX_ENTRIES}")));
                 }
@@ -144,10 +151,10 @@ enum Refusal {
 /// What an `InferTensorContents` decodes to, in bytes: per element, bool 1, int 4, int64 8,
 /// uint 4, uint64 8, fp32 4, fp64 8, and a handle per `bytes_contents` entry. Packed varints
 /// are counted by their last bytes, which is how many values they hold.
-fn typed_contents(contents: &[u8]) -> usize {
+fn typed_contents(contents: &[u8]) -> Result<usize, Refusal> {
     const WIDTH: [usize; 9] = [0, 1, 4, 8, 4, 8, 4, 8, std::mem::size_of::<bytes::Bytes>()];
     let mut total = 0usize;
-    let _ = walk(contents, |field, value| {
+    walk(contents, |field, value| {
         let Some(&width) = WIDTH.get(field as usize).filter(|w| **w > 0) else { return Ok(()) };
         let elements = match (field, value) {
             (1..=5, Field::Delimited(packed)) => packed.iter().filter(|b| **b < 0x80).count(),
@@ -157,8 +164,8 @@ fn typed_contents(contents: &[u8]) -> usize {
         };
         total = total.saturating_add(elements.saturating_mul(width));
         Ok(())
-    });
-    total
+    })?;
+    Ok(total)
 }
 
 /// One field's value as `walk` finds it.
@@ -167,35 +174,33 @@ enum Field<'a> {
     Delimited(&'a [u8]),
 }
 
-/// Calls `each(field, value)` for every field of one message, in order. A malformed message
-/// ends the walk quietly: it is left for prost to refuse.
+/// Calls `each(field, value)` for every field of one message, in order. What proto3 cannot
+/// hold is refused here rather than left for prost: prost skips an unknown group whole, so a
+/// group would hide from these counts whatever it is followed by.
 fn walk<'a>(mut message: &'a [u8], mut each: impl FnMut(u32, Field<'a>) -> Result<(), Refusal>) -> Result<(), Refusal> {
+    let malformed = || Refusal::Invalid("the message is not valid protobuf for this call".to_owned());
     while !message.is_empty() {
-        let Ok(key) = prost::encoding::decode_varint(&mut message) else { return Ok(()) };
-        let (field, wire_type) = (u32::try_from(key >> 3).unwrap_or(u32::MAX), key & 7);
-        match wire_type {
+        let key = prost::encoding::decode_varint(&mut message).map_err(|_| malformed())?;
+        let field = u32::try_from(key >> 3).ok().filter(|f| *f > 0).ok_or_else(malformed)?;
+        match key & 7 {
             0 => {
-                if prost::encoding::decode_varint(&mut message).is_err() {
-                    return Ok(());
-                }
+                prost::encoding::decode_varint(&mut message).map_err(|_| malformed())?;
                 each(field, Field::Scalar)?;
             }
-            1 | 5 => {
+            wire_type @ (1 | 5) => {
                 let width = if wire_type == 1 { 8 } else { 4 };
-                if message.len() < width {
-                    return Ok(());
-                }
-                message = &message[width..];
+                message = message.get(width..).ok_or_else(malformed)?;
                 each(field, Field::Scalar)?;
             }
             2 => {
-                let Ok(len) = prost::encoding::decode_varint(&mut message) else { return Ok(()) };
-                let Some(len) = usize::try_from(len).ok().filter(|l| *l <= message.len()) else { return Ok(()) };
+                let len = prost::encoding::decode_varint(&mut message).map_err(|_| malformed())?;
+                let len = usize::try_from(len).ok().filter(|l| *l <= message.len()).ok_or_else(malformed)?;
                 let (value, rest) = message.split_at(len);
                 each(field, Field::Delimited(value))?;
                 message = rest;
             }
-            _ => return Ok(()),
+            // Groups (3, 4) and wire types that do not exist.
+            _ => return Err(malformed()),
         }
     }
     Ok(())
@@ -228,7 +233,7 @@ mod tests {
         let strings = typed(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); 4_000_000], ..Default::default() });
         assert!(matches!(check(&strings.encode_to_vec()), Err(Refusal::TooLarge(_))));
         // Values sent one per field, unpacked, are counted alike.
-        assert_eq!(typed_contents(&[3 << 3, 0, 3 << 3, 0, 3 << 3, 0x80, 0x01]), 24);
+        assert_eq!(typed_contents(&[3 << 3, 0, 3 << 3, 0, 3 << 3, 0x80, 0x01]), Ok(24));
 
         // What real requests send passes: a language model's three INT64 tensors of 64 x 512
         // tokens whose masks are all ones, and 64 MiB of FP32, which decodes to its own size.
@@ -239,7 +244,10 @@ mod tests {
         assert_eq!(check(&ModelInferRequest { inputs: tokens.collect(), ..Default::default() }.encode_to_vec()), Ok(()));
         let floats = typed(InferTensorContents { fp32_contents: vec![0.5; 16 << 20], ..Default::default() });
         assert_eq!(check(&floats.encode_to_vec()), Ok(()));
-        assert_eq!(typed_contents(&InferTensorContents { fp32_contents: vec![0.5; 3], bytes_contents: vec![bytes::Bytes::new()], ..Default::default() }.encode_to_vec()), 12 + 32);
+        assert_eq!(
+            typed_contents(&InferTensorContents { fp32_contents: vec![0.5; 3], bytes_contents: vec![bytes::Bytes::new()], ..Default::default() }.encode_to_vec()),
+            Ok(12 + 32)
+        );
     }
 
     #[test]
@@ -267,10 +275,51 @@ mod tests {
         nested.inputs[3].parameters = parameters;
         assert!(refusal(check(&nested.encode_to_vec())).contains("257 parameters"));
 
-        // Garbage is prost's to refuse, not a panic here.
-        for garbage in [&b"\xff\xff\xff"[..], b"\x2a\xff\xff\xff\xff\x0f", b"\x2a\x05ab", b"\x0f"] {
-            let _ = check(garbage);
+        // Garbage is refused, not a panic.
+        for garbage in [&b"\xff\xff\xff"[..], b"\x2a\xff\xff\xff\xff\x0f", b"\x2a\x05ab", b"\x0f", b"\x00\x00"] {
+            assert!(check(garbage).is_err(), "{garbage:?}");
             assert!(ModelInferRequest::decode(garbage).is_err());
         }
+    }
+
+    #[test]
+    fn groups_which_prost_skips_whole_cannot_hide_what_follows_them() {
+        // An unknown group (field 15) ahead of millions of empty inputs: prost skips the group
+        // and decodes the inputs; it is refused before prost sees it.
+        let mut message = vec![0x7b, 0x7c];
+        for _ in 0..1_000_000 {
+            message.extend_from_slice(&[0x2a, 0x00]);
+        }
+        assert_eq!(ModelInferRequest::decode(&message[..]).unwrap().inputs.len(), 1_000_000);
+        assert!(matches!(check(&message), Err(Refusal::Invalid(_))));
+        // Inside an input, ahead of its contents, and inside the contents.
+        let contents = InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); 4_000_000], ..Default::default() }.encode_to_vec();
+        let mut hidden = vec![0x7b, 0x7c];
+        hidden.extend_from_slice(&contents);
+        let mut input = Vec::new();
+        prost::encoding::bytes::encode(5, &hidden, &mut input);
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(5, &input, &mut request);
+        assert!(ModelInferRequest::decode(&request[..]).is_ok());
+        assert!(matches!(check(&request), Err(Refusal::Invalid(_))));
+    }
+
+    #[test]
+    fn a_shape_of_more_dimensions_than_any_tensor_has_is_refused_before_decoding() {
+        // A packed shape of one-byte varints decodes to 8 bytes each.
+        let shape = |dims: usize| {
+            ModelInferRequest { inputs: vec![InferInputTensor { shape: vec![1; dims], ..Default::default() }], ..Default::default() }.encode_to_vec()
+        };
+        assert_eq!(check(&shape(MAX_DIMS)), Ok(()));
+        assert!(refusal(check(&shape(MAX_DIMS + 1))).contains("33 dimensions"));
+        assert!(refusal(check(&shape(10_000_000))).contains("10000000 dimensions"));
+        // Unpacked, one field per dimension, alike.
+        let mut unpacked = Vec::new();
+        for _ in 0..=MAX_DIMS {
+            unpacked.extend_from_slice(&[3 << 3, 1]);
+        }
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(5, &unpacked, &mut request);
+        assert!(refusal(check(&request)).contains("33 dimensions"));
     }
 }
