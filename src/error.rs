@@ -115,8 +115,24 @@ impl<E: ErrorCode> From<E> for ApiError {
         }
         let detail = error.to_string();
         let source = code.status().is_server_error().then(|| anyhow::Error::new(error));
-        ApiError { code, detail: Cow::Owned(detail), retry_after_secs, source }
+        ApiError { code, detail: bounded(Cow::Owned(detail)), retry_after_secs, source }
     }
+}
+
+/// The longest detail a client is sent, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// A detail cut to `MAX_DETAIL_BYTES`, at a character boundary: details can echo what the
+/// caller sent (names, values), and a refusal is never larger than that.
+fn bounded(detail: Cow<'static, str>) -> Cow<'static, str> {
+    if detail.len() <= MAX_DETAIL_BYTES {
+        return detail;
+    }
+    let mut end = MAX_DETAIL_BYTES - 3;
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...", &detail[..end]))
 }
 
 /// What fails under every domain alike: the database, Redis, or an invariant of the server.
@@ -207,7 +223,7 @@ pub struct Problem {
 
 impl ApiError {
     pub fn new(code: Code, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, detail: detail.into(), retry_after_secs: None, source: None }
+        Self { code, detail: bounded(detail.into()), retry_after_secs: None, source: None }
     }
 
     /// A server-side failure: the client learns only that it happened, the log gets the cause.
@@ -323,6 +339,23 @@ mod tests {
             assert!(seen.insert(code.as_str()), "duplicate code {}", code.as_str());
             assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
+    }
+
+    #[test]
+    fn details_are_cut_at_their_bound_on_a_character_boundary() {
+        let long = ApiError::new(Code::InvalidInput, "é".repeat(10_000));
+        assert!(long.detail().len() <= MAX_DETAIL_BYTES && long.detail().ends_with("é..."), "{}", long.detail().len());
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Echo(String);
+        impl ErrorCode for Echo {
+            fn code(&self) -> Code {
+                Code::InvalidInput
+            }
+        }
+        let from = ApiError::from(Echo("x".repeat(100_000)));
+        assert!(from.detail().len() <= MAX_DETAIL_BYTES);
+        assert_eq!(ApiError::new(Code::InvalidInput, "short").detail(), "short");
     }
 
     #[test]

@@ -190,8 +190,8 @@ pub(super) fn parse_json_data(datatype: DataType, raw: &str, count: usize) -> Re
     }
 }
 
-/// Shortens a JSON token for an error message.
-fn describe(tok: &str) -> String {
+/// Shortens a JSON token, or any text a caller sent, for an error message.
+pub(super) fn describe(tok: &str) -> String {
     const MAX: usize = 40;
     if tok.len() <= MAX {
         return tok.to_owned();

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::bare_non_finite::quote_non_finite;
 use super::binary::decode_binary;
-use super::json_data::parse_json_data;
+use super::json_data::{describe, parse_json_data};
 use super::request::{
     DecodedBudget, InferInput, InferRequest, Limits, MAX_DIMS, MAX_NAME_BYTES, MAX_PARAMETERS, MAX_TENSORS, ProtocolError,
     Refusal, RequestedOutput, perr,
@@ -159,13 +159,22 @@ impl<'de> Deserialize<'de> for Num {
                 Ok(Num::Bad(v.to_string()))
             }
             fn visit_str<E>(self, v: &str) -> Result<Num, E> {
-                Ok(Num::Bad(format!("{v:?}")))
+                Ok(Num::Bad(format!("{:?}", describe(v))))
             }
             fn visit_unit<E>(self) -> Result<Num, E> {
                 Ok(Num::Bad("null".to_owned()))
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A scalar a caller sent, as an error message shows it: strings shortened before they are
+/// escaped, since escaping can make each byte six.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("{:?}", describe(text)),
+        other => describe(&other.to_string()),
     }
 }
 
@@ -312,7 +321,7 @@ fn parse_impl(
         None => false,
         Some(Value::Bool(b)) => b,
         Some(other) => {
-            return Err(perr(format!("request parameter 'binary_data_output' must be a boolean, got {other}")));
+            return Err(perr(format!("request parameter 'binary_data_output' must be a boolean, got {}", shown(&other))));
         }
     };
 
@@ -325,7 +334,7 @@ fn parse_impl(
             return Err(perr(format!("input '{name}' appears more than once")));
         }
         let datatype = DataType::parse(&input.datatype)
-            .ok_or_else(|| perr(format!("input '{name}': unsupported datatype '{}'", input.datatype)))?;
+            .ok_or_else(|| perr(format!("input '{name}': unsupported datatype '{}'", describe(&input.datatype))))?;
         let (shape, count) = check_shape(&name, &input.shape.0, limits)?;
         budget.spend(&name, datatype, count)?;
 
@@ -398,7 +407,7 @@ fn parse_impl(
                 None => {}
                 Some(Scalar(Value::Bool(b))) => binary_data = b,
                 Some(Scalar(other)) => {
-                    return Err(perr(format!("output '{name}': binary_data must be a boolean, got {other}")));
+                    return Err(perr(format!("output '{name}': binary_data must be a boolean, got {}", shown(&other))));
                 }
             }
             if let Some(n) = params.classification {
@@ -559,6 +568,21 @@ mod tests {
         let r = parse(&format!(r#"{{"parameters":{{{fine},"b":true,"f":0.5,"s":"x","n":-3}},"inputs":[]}}"#)).unwrap();
         assert_eq!(r.parameters.len(), MAX_PARAMETERS);
         assert_eq!((&r.parameters["b"], &r.parameters["f"], &r.parameters["s"], &r.parameters["n"]), (&Value::Bool(true), &Value::from(0.5), &Value::from("x"), &Value::from(-3)));
+    }
+
+    #[test]
+    fn what_a_caller_sent_is_echoed_in_errors_shortened() {
+        let long = r"\u0001".repeat(1_000_000);
+        let bodies = [
+            format!(r#"{{"inputs":[{{"name":"x","datatype":"{long}","shape":[1],"data":[1]}}]}}"#),
+            format!(r#"{{"inputs":[{{"name":"x","datatype":"FP32","shape":["{long}"],"data":[1]}}]}}"#),
+            format!(r#"{{"parameters":{{"binary_data_output":"{long}"}},"inputs":[]}}"#),
+            format!(r#"{{"inputs":[],"outputs":[{{"name":"o","parameters":{{"binary_data":"{long}"}}}}]}}"#),
+        ];
+        for body in bodies {
+            let e = parse(&body).unwrap_err();
+            assert!(e.message.len() < 300, "{} bytes: {}", e.message.len(), &e.message[..300]);
+        }
     }
 
     #[test]
