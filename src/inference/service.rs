@@ -208,7 +208,8 @@ impl InferenceService {
         started: Instant,
     ) -> Result<(A, usize), InferenceError> {
         let request = std::mem::take(&mut call.request);
-        let mut request = if request.wire_len() <= PARSE_INLINE_BYTES {
+        let wire_len = request.wire_len();
+        let mut request = if wire_len <= PARSE_INLINE_BYTES {
             request.parse(&self.limits)
         } else {
             let limits = self.limits.clone();
@@ -239,7 +240,15 @@ impl InferenceService {
             }
         };
         let parameters = std::mem::take(&mut request.parameters);
-        let prepared = prepare(&model, request)?;
+        // Validation reads every element (UTF-8, finite values): a large request's on the
+        // blocking pool, as its parsing, not on a thread that serves other callers.
+        let large = wire_len > PARSE_INLINE_BYTES;
+        let prepared = if large {
+            let model = model.clone();
+            tokio::task::spawn_blocking(move || prepare(&model, request)).await.map_err(anyhow::Error::new)??
+        } else {
+            prepare(&model, request)?
+        };
         let rows = prepared.inputs.first().and_then(|(s, _)| s.first().copied()).unwrap_or(1);
         let selected: Vec<(usize, bool)> = prepared.outputs.clone();
 
@@ -248,7 +257,7 @@ impl InferenceService {
         } else {
             // Boxed: most calls never reach Redis, and every call's future would otherwise
             // carry room for its requests (and be copied when the handler is boxed).
-            Box::pin(self.cached_run(&model, prepared, &parameters, call.tenant, deadline)).await?
+            Box::pin(self.cached_run(&model, prepared, parameters, large, call.tenant, deadline)).await?
         };
 
         let outputs: Vec<InferOutput> = outputs
@@ -273,11 +282,20 @@ impl InferenceService {
         &self,
         model: &LoadedModel,
         prepared: Prepared,
-        parameters: &serde_json::Map<String, serde_json::Value>,
+        parameters: serde_json::Map<String, serde_json::Value>,
+        large: bool,
         tenant: TenantId,
         deadline: Instant,
     ) -> Result<(Vec<RunOutput>, CacheStatus), InferenceError> {
-        let key = ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, parameters);
+        // The key hashes every input: a large request's on the blocking pool.
+        let (key, prepared) = if large {
+            let artifact = model.artifact;
+            tokio::task::spawn_blocking(move || (ResultCache::key(artifact, &prepared.inputs, &prepared.outputs, &parameters), prepared))
+                .await
+                .map_err(anyhow::Error::new)?
+        } else {
+            (ResultCache::key(model.artifact, &prepared.inputs, &prepared.outputs, &parameters), prepared)
+        };
         let tenant = tenant.0;
         // Join before looking: a request arriving as a flight lands then finds the value
         // in Redis (stored before landing) rather than running the model a second time.

@@ -1004,7 +1004,11 @@ async fn inference_answers_are_never_compressed() {
 #[tokio::test]
 async fn batch_sized_bodies_are_served_up_to_the_inference_limit() {
     const LIMIT: usize = 8 << 20;
-    let app = crate::helpers::spawn_app_with(|s| s.inference.max_request_bytes = LIMIT).await;
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.inference.max_request_bytes = LIMIT;
+        s.inference.cache_max_entry_bytes = LIMIT;
+    })
+    .await;
     let admin = app.platform_admin().await;
     let acme = tenant(&app, &admin, "acme").await;
     acme.model(&app, "adder", ADD, json!({})).await;
@@ -1025,6 +1029,17 @@ async fn batch_sized_bodies_are_served_up_to_the_inference_limit() {
     let z: Vec<f32> = bytes[json_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(z.len(), rows * 4);
     assert_eq!((z[0], z[rows * 4 - 1]), (0.5, (rows * 4 - 1) as f32 + 0.5));
+
+    // Through the result cache, whose key of a large request is hashed on the blocking pool:
+    // the same answer, from the cache the second time.
+    acme.model(&app, "cached", ADD, json!({ "deterministic": true, "serving": { "cache_ttl_seconds": 60 } })).await;
+    for expected in ["miss", "hit"] {
+        let response = app.infer_binary(&acme.key, "/v2/models/cached/infer", &header, &tensors).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["tessera-cache"], expected);
+        let answer = response.bytes().await.unwrap();
+        assert_eq!(answer[answer.len() - rows * 16..], bytes[json_len..], "{expected}");
+    }
 
     // Too long, declared: refused with the headers alone, no body sent.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
