@@ -113,14 +113,48 @@ impl<E: ErrorCode> From<E> for ApiError {
         if code == Code::InternalError {
             return ApiError { retry_after_secs, ..ApiError::internal(error) };
         }
-        let detail = error.to_string();
+        let detail = shortened(&error, MAX_DETAIL_BYTES);
         let source = code.status().is_server_error().then(|| anyhow::Error::new(error));
-        ApiError { code, detail: bounded(Cow::Owned(detail)), retry_after_secs, source }
+        ApiError { code, detail: Cow::Owned(detail), retry_after_secs, source }
     }
 }
 
 /// The longest detail a client is sent, in bytes.
 pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// `value` as text of at most `max` bytes, cut at a character boundary with "..." added, and
+/// never formatted past that: what a caller sent can be megabytes, and escaping grows it.
+pub fn shortened(value: &(impl fmt::Display + ?Sized), max: usize) -> String {
+    struct Upto {
+        text: String,
+        max: usize,
+        cut: bool,
+    }
+    impl fmt::Write for Upto {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.max.saturating_sub(self.text.len());
+            if s.len() <= room {
+                self.text.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.text.push_str(&s[..end]);
+            self.cut = true;
+            // Stops the formatting: nothing past the bound is made.
+            Err(fmt::Error)
+        }
+    }
+    let budget = max.saturating_sub(3);
+    let mut out = Upto { text: String::new(), max: budget, cut: false };
+    let _ = fmt::write(&mut out, format_args!("{value}"));
+    if out.cut {
+        out.text.push_str("...");
+    }
+    out.text
+}
 
 /// A detail cut to `MAX_DETAIL_BYTES`, at a character boundary: details can echo what the
 /// caller sent (names, values), and a refusal is never larger than that.
@@ -356,6 +390,10 @@ mod tests {
         let from = ApiError::from(Echo("x".repeat(100_000)));
         assert!(from.detail().len() <= MAX_DETAIL_BYTES);
         assert_eq!(ApiError::new(Code::InvalidInput, "short").detail(), "short");
+        // Formatting stops at the bound: a Debug-escaped megabyte is never made whole.
+        let escaped = shortened(&format_args!("{:?}", "\u{ad}".repeat(1 << 20)), 64);
+        assert_eq!((escaped.len(), escaped.ends_with("...")), (64, true));
+        assert_eq!(shortened("abc", 64), "abc");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::inference::protocol::{
     DataType, DecodedBudget, InferInput, InferOutput, InferRequest, Limits, MAX_DIMS, MAX_NAME_BYTES, ProtocolError, Refusal,
     RequestedOutput, TensorData, decode_raw,
 };
+use crate::error::shortened;
 use crate::inference::service::Answer;
 
 fn refuse(message: String) -> ProtocolError {
@@ -55,7 +56,7 @@ pub fn infer_request(message: ModelInferRequest, wire_len: usize, limits: &Limit
             return Err(refuse(format!("input '{}' appears more than once", input.name)));
         }
         let datatype = DataType::parse(&input.datatype)
-            .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
+            .ok_or_else(|| refuse(format!("input '{}': unknown datatype '{}'", input.name, shortened(&input.datatype, 64))))?;
         let (shape, count) = shape(&input.name, &input.shape, limits)?;
         if input.parameters.contains_key(SHARED_MEMORY) {
             return Err(refuse(format!("input '{}': shared memory is not supported", input.name)));
