@@ -8,6 +8,7 @@
 //! protobuf for the call's message is the caller's error, refused as `invalid_request`
 //! (prost's own codec answers `INTERNAL`, as if the server had failed).
 
+use std::any::TypeId;
 use std::marker::PhantomData;
 
 use bytes::Buf;
@@ -16,6 +17,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstEncoder};
 
+use super::proto::ModelInferRequest;
 use super::service::status;
 use crate::error::{ApiError, Code};
 use crate::inference::protocol::{DecodedBudget, MAX_DIMS};
@@ -53,13 +55,20 @@ where
 
 pub struct CheckedDecoder<U>(PhantomData<U>);
 
-impl<U: Message + Default> Decoder for CheckedDecoder<U> {
+impl<U: Message + Default + 'static> Decoder for CheckedDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // The whole message is buffered, in one piece, before it is decoded: `chunk` is all of it.
-        check(buf.chunk()).map_err(|refusal| match refusal {
+        // The whole message is buffered, in one piece, before it is decoded: `chunk` is all of
+        // it. Only an inference request is counted; any message is walked for what proto3
+        // cannot hold.
+        let checked = if TypeId::of::<U>() == TypeId::of::<ModelInferRequest>() {
+            check(buf.chunk())
+        } else {
+            walk(buf.chunk(), |_, _| Ok(()))
+        };
+        checked.map_err(|refusal| match refusal {
             Refusal::Invalid(detail) => status(ApiError::new(Code::InvalidRequest, detail)),
             Refusal::TooLarge(detail) => status(ApiError::new(Code::PayloadTooLarge, detail)),
         })?;
@@ -73,12 +82,11 @@ impl<U: Message + Default> Decoder for CheckedDecoder<U> {
     }
 }
 
-/// Counts, on the wire, what decoding a request would allocate: the entries of its repeated
-/// fields that hold messages, strings or maps, and the elements of its inputs' typed contents
-/// (a one-byte varint decodes to as many as 8 bytes, an empty `bytes_contents` entry to a
-/// handle of 32), which `DecodedBudget` bounds as it bounds the tensors any request decodes
-/// to. Request messages other than `ModelInferRequest` have only fields 1 and 2, so this
-/// counts nothing in them.
+/// Counts, on the wire, what decoding a `ModelInferRequest` would allocate: the entries of
+/// its repeated fields that hold messages, strings or maps, and the elements of its inputs'
+/// typed contents (a one-byte varint decodes to as many as 8 bytes, an empty
+/// `bytes_contents` entry to a handle of 32), which `DecodedBudget` bounds as it bounds the
+/// tensors any request decodes to.
 fn check(message: &[u8]) -> Result<(), Refusal> {
     // ModelInferRequest: 4 parameters, 5 inputs, 6 outputs, 7 raw_input_contents.
     // InferInputTensor: 3 shape, 4 parameters, 5 contents; InferRequestedOutputTensor: 2
