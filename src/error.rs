@@ -156,17 +156,13 @@ pub fn shortened(value: &(impl fmt::Display + ?Sized), max: usize) -> String {
     out.text
 }
 
-/// A detail cut to `MAX_DETAIL_BYTES`, at a character boundary: details can echo what the
-/// caller sent (names, values), and a refusal is never larger than that.
+/// A detail cut to `MAX_DETAIL_BYTES`: details can echo what the caller sent (names, values),
+/// and a refusal is never larger than that.
 fn bounded(detail: Cow<'static, str>) -> Cow<'static, str> {
     if detail.len() <= MAX_DETAIL_BYTES {
         return detail;
     }
-    let mut end = MAX_DETAIL_BYTES - 3;
-    while !detail.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}...", &detail[..end]))
+    Cow::Owned(shortened(&*detail, MAX_DETAIL_BYTES))
 }
 
 /// What fails under every domain alike: the database, Redis, or an invariant of the server.

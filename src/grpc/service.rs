@@ -28,7 +28,7 @@ use super::proto::{
     ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 use crate::audit::AuditActor;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, shortened};
 use crate::http::authenticate::admit;
 use crate::http::guard::{require, tenant_required};
 use crate::http::health::Probes;
@@ -258,12 +258,7 @@ fn quiet_status(grpc: tonic::Code, error: &ApiError) -> Status {
         metadata.insert("retry-after", secs.into());
     }
     // Details can echo what the caller sent (names, shapes): a trailer stays small.
-    let detail = error.detail();
-    let mut end = detail.len().min(MAX_DETAIL);
-    while !detail.is_char_boundary(end) {
-        end -= 1;
-    }
-    Status::with_metadata(grpc, format!("[{}] {}", code.as_str(), &detail[..end]), metadata)
+    Status::with_metadata(grpc, format!("[{}] {}", code.as_str(), shortened(error.detail(), MAX_DETAIL)), metadata)
 }
 
 fn refused(error: impl Into<ApiError>) -> Status {

@@ -190,17 +190,9 @@ pub(super) fn parse_json_data(datatype: DataType, raw: &str, count: usize) -> Re
     }
 }
 
-/// Shortens a JSON token, or any text a caller sent, for an error message.
+/// Shortens a JSON token, or any text a caller sent, for an error message: 40 bytes and "...".
 pub(super) fn describe(tok: &str) -> String {
-    const MAX: usize = 40;
-    if tok.len() <= MAX {
-        return tok.to_owned();
-    }
-    let mut end = MAX;
-    while !tok.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &tok[..end])
+    crate::error::shortened(tok, 43)
 }
 
 /// Flattens a JSON value (a scalar, or arrays nested to any depth) into elements of `T`.
