@@ -27,7 +27,8 @@ use crate::error::ErrorCode;
 use crate::tenancy::TenantId;
 use crate::usage::{CallUsage, UsageRecorder};
 
-/// Bodies larger than this are parsed on the blocking pool rather than the executor.
+/// Requests larger than this are parsed, validated and keyed on the blocking pool rather than
+/// the executor.
 const PARSE_INLINE_BYTES: usize = 64 * 1024;
 
 /// How long a quiet server's HTTP worker polls for the model's answer before parking: enough
@@ -208,12 +209,14 @@ impl InferenceService {
         started: Instant,
     ) -> Result<(A, usize), InferenceError> {
         let request = std::mem::take(&mut call.request);
-        let wire_len = request.wire_len();
-        let mut request = if wire_len <= PARSE_INLINE_BYTES {
-            request.parse(&self.limits)
-        } else {
+        // Parsing, validation and the cache key each read every element: a large request's
+        // go to the blocking pool, not to a thread that serves other callers.
+        let large = request.wire_len() > PARSE_INLINE_BYTES;
+        let mut request = if large {
             let limits = self.limits.clone();
             tokio::task::spawn_blocking(move || request.parse(&limits)).await.map_err(anyhow::Error::new)?
+        } else {
+            request.parse(&self.limits)
         }?;
 
         let settings = self.models.settings();
@@ -240,9 +243,6 @@ impl InferenceService {
             }
         };
         let parameters = std::mem::take(&mut request.parameters);
-        // Validation reads every element (UTF-8, finite values): a large request's on the
-        // blocking pool, as its parsing, not on a thread that serves other callers.
-        let large = wire_len > PARSE_INLINE_BYTES;
         let prepared = if large {
             let model = model.clone();
             tokio::task::spawn_blocking(move || prepare(&model, request)).await.map_err(anyhow::Error::new)??
