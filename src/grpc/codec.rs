@@ -103,8 +103,8 @@ fn check(message: &[u8]) -> Result<(), Refusal> {
                 let (mut dimensions, mut parameters) = (0usize, 0usize);
                 walk(value, |field, value| {
                     match (field, value) {
-                        // The shape, packed (a varint ends at each byte below 0x80) or not.
-                        (3, Field::Delimited(packed)) => dimensions += packed.iter().filter(|b| **b < 0x80).count(),
+                        // The shape, packed or not.
+                        (3, Field::Delimited(packed)) => dimensions += varints(packed),
                         (3, Field::Scalar) => dimensions += 1,
                         (4, _) => parameters += 1,
                         (5, Field::Delimited(contents)) => decoded = decoded.saturating_add(typed_contents(contents)?),
@@ -157,15 +157,14 @@ enum Refusal {
 }
 
 /// What an `InferTensorContents` decodes to, in bytes: per element, bool 1, int 4, int64 8,
-/// uint 4, uint64 8, fp32 4, fp64 8, and a handle per `bytes_contents` entry. Packed varints
-/// are counted by their last bytes, which is how many values they hold.
+/// uint 4, uint64 8, fp32 4, fp64 8, and a handle per `bytes_contents` entry.
 fn typed_contents(contents: &[u8]) -> Result<usize, Refusal> {
     const WIDTH: [usize; 9] = [0, 1, 4, 8, 4, 8, 4, 8, std::mem::size_of::<bytes::Bytes>()];
     let mut total = 0usize;
     walk(contents, |field, value| {
         let Some(&width) = WIDTH.get(field as usize).filter(|w| **w > 0) else { return Ok(()) };
         let elements = match (field, value) {
-            (1..=5, Field::Delimited(packed)) => packed.iter().filter(|b| **b < 0x80).count(),
+            (1..=5, Field::Delimited(packed)) => varints(packed),
             (6, Field::Delimited(packed)) => packed.len() / 4,
             (7, Field::Delimited(packed)) => packed.len() / 8,
             _ => 1,
@@ -174,6 +173,11 @@ fn typed_contents(contents: &[u8]) -> Result<usize, Refusal> {
         Ok(())
     })?;
     Ok(total)
+}
+
+/// How many values a packed run of varints holds: each ends at its one byte below 0x80.
+fn varints(packed: &[u8]) -> usize {
+    packed.iter().filter(|b| **b < 0x80).count()
 }
 
 /// One field's value as `walk` finds it.
