@@ -115,31 +115,19 @@ impl RateLimiter {
 
     pub async fn check(&self, tenant: &TenantInfo) -> Admission {
         let lease = Self::lease_size(tenant).max(1);
+        // Nearly every call finds a token in hand: that path registers for no wake-up (a
+        // shared lock and list in `Notify`) and reads the clock once.
+        if let Some(admission) = self.decide(tenant, lease, false) {
+            return admission;
+        }
         let waited_since = Instant::now();
         loop {
             // Registered before the state is read, so a refill settling in between still wakes it.
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let start_refill = {
-                let mut leases = self.leases.lock();
-                let held = leases.entry(tenant.id.0).or_insert_with(Lease::empty);
-                let now = Instant::now();
-                if held.take(now) {
-                    if lease >= 4 && held.tokens <= lease / 4 && !held.refilling {
-                        held.refilling = true;
-                        drop(leases);
-                        self.spawn_refill(tenant, lease);
-                    }
-                    return Admission::Allowed;
-                }
-                if let Some(until) = held.denied_until.filter(|until| *until > now) {
-                    return Admission::Limited { retry_after_secs: ceil_secs(until - now) };
-                }
-                !std::mem::replace(&mut held.refilling, true)
-            };
-            if start_refill {
-                self.spawn_refill(tenant, lease);
+            if let Some(admission) = self.decide(tenant, lease, true) {
+                return admission;
             }
             let left = REFILL_WAIT.saturating_sub(waited_since.elapsed());
             if tokio::time::timeout(left, settled).await.is_err() {
@@ -147,6 +135,32 @@ impl RateLimiter {
                 return Admission::Allowed;
             }
         }
+    }
+
+    /// Admits or limits from the lease in hand; `None` means waiting for a refill, which
+    /// `claim` starts unless one is under way already.
+    fn decide(&self, tenant: &TenantInfo, lease: u32, claim: bool) -> Option<Admission> {
+        let start_refill = {
+            let mut leases = self.leases.lock();
+            let held = leases.entry(tenant.id.0).or_insert_with(Lease::empty);
+            let now = Instant::now();
+            if held.take(now) {
+                if lease >= 4 && held.tokens <= lease / 4 && !held.refilling {
+                    held.refilling = true;
+                    drop(leases);
+                    self.spawn_refill(tenant, lease);
+                }
+                return Some(Admission::Allowed);
+            }
+            if let Some(until) = held.denied_until.filter(|until| *until > now) {
+                return Some(Admission::Limited { retry_after_secs: ceil_secs(until - now) });
+            }
+            claim && !std::mem::replace(&mut held.refilling, true)
+        };
+        if start_refill {
+            self.spawn_refill(tenant, lease);
+        }
+        None
     }
 
     fn spawn_refill(&self, tenant: &TenantInfo, lease: u32) {
