@@ -73,16 +73,16 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(AuthenticateMiddleware {
             service: Rc::new(service),
-            authenticator: self.authenticator.clone(),
-            limiter: self.limiter.clone(),
+            admission: Rc::new((self.authenticator.clone(), self.limiter.clone())),
         }))
     }
 }
 
 pub struct AuthenticateMiddleware<S> {
     service: Rc<S>,
-    authenticator: Arc<Authenticator>,
-    limiter: RateLimiter,
+    /// One count to bump per request, on this worker only, instead of the shared ones (and
+    /// the Redis address the limiter's client holds) of each part.
+    admission: Rc<(Arc<Authenticator>, RateLimiter)>,
 }
 
 /// `decoded` is the path as routing sees it, percent-decoded once (but for `%`, `/` and `+`):
@@ -121,10 +121,10 @@ where
             return async move { fut.await.map(ServiceResponse::map_into_left_body) }.boxed_local();
         };
         let service = self.service.clone();
-        let authenticator = self.authenticator.clone();
-        let limiter = self.limiter.clone();
+        let admission = self.admission.clone();
         async move {
-            let principal = match admit(&authenticator, &limiter, header.as_bytes()).await {
+            let (authenticator, limiter) = &*admission;
+            let principal = match admit(authenticator, limiter, header.as_bytes()).await {
                 Ok(principal) => principal,
                 Err(error) => return Ok(refuse(req, error)),
             };
