@@ -59,7 +59,6 @@ pub struct InferenceMetrics {
 struct ModelSeries {
     labels: ModelLabels,
     latency: Histogram,
-    queue: Gauge,
     /// By outcome (success, error) and cache result (in `CacheStatus` order).
     calls: [[OnceLock<Counter>; 3]; 2],
 }
@@ -69,6 +68,8 @@ struct ModelSeries {
 pub struct WorkerMetrics {
     pub batch_rows: Histogram,
     pub run_seconds: Histogram,
+    /// Set by the pool as it queues a job.
+    pub queue_depth: Gauge,
 }
 
 impl InferenceMetrics {
@@ -100,7 +101,6 @@ impl InferenceMetrics {
         let labels = Self::labels(tenant, model);
         let series = Arc::new(ModelSeries {
             latency: self.latency.get_or_create(&labels).clone(),
-            queue: self.queue.get_or_create(&labels).clone(),
             calls: Default::default(),
             labels,
         });
@@ -119,12 +119,12 @@ impl InferenceMetrics {
             .inc();
     }
 
-    pub fn queue_depth(&self, tenant: TenantId, model: &str, depth: usize) {
-        self.series(tenant, model).queue.set(depth as i64);
-    }
-
     pub fn worker(&self, tenant: TenantId, model: &str) -> WorkerMetrics {
         let labels = Self::labels(tenant, model);
-        WorkerMetrics { batch_rows: self.batch.get_or_create(&labels).clone(), run_seconds: self.run.get_or_create(&labels).clone() }
+        WorkerMetrics {
+            batch_rows: self.batch.get_or_create(&labels).clone(),
+            run_seconds: self.run.get_or_create(&labels).clone(),
+            queue_depth: self.queue.get_or_create(&labels).clone(),
+        }
     }
 }

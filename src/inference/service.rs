@@ -336,7 +336,6 @@ impl InferenceService {
         if model.pool.submit(job).is_err() {
             return Err(InferenceError::Overloaded(model.name.clone()));
         }
-        self.metrics.queue_depth(model.tenant, &model.name, model.pool.queue_depth());
         let waiting = tracing::info_span!("inference.queue_and_run", model = %model.name, version = model.version);
         let polled = waiting.in_scope(|| {
             quiet::poll(POLL_FOR_ANSWER, || match answer.try_recv() {

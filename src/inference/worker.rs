@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TryS
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use super::engine::{Engine, RunInput, RunOutput};
@@ -85,6 +86,8 @@ struct Queue {
 pub struct WorkerPool {
     sender: SyncSender<Job>,
     queue: Arc<Queue>,
+    /// The queue's depth as last submitted, for operators.
+    depth_gauge: Gauge,
 }
 
 impl WorkerPool {
@@ -109,6 +112,7 @@ impl WorkerPool {
             broken: AtomicBool::new(false),
         });
         let policy = if batchable { policy } else { BatchPolicy { max_batch_size: 1, ..policy } };
+        let depth_gauge = metrics.queue_depth.clone();
         for (i, engine) in engines.into_iter().enumerate() {
             let worker = Worker { queue: queue.clone(), policy: policy.clone(), engine, metrics: metrics.clone() };
             std::thread::Builder::new()
@@ -116,14 +120,17 @@ impl WorkerPool {
                 .spawn(move || worker.run())
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         }
-        Ok(Self { sender, queue })
+        Ok(Self { sender, queue, depth_gauge })
     }
 
     /// Queues a job, or hands it back at once when the queue is full (backpressure).
     pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.queue.depth.fetch_add(1, Ordering::Relaxed);
+        let depth = self.queue.depth.fetch_add(1, Ordering::Relaxed) + 1;
         match self.sender.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.depth_gauge.set(depth as i64);
+                Ok(())
+            }
             Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
                 self.queue.depth.fetch_sub(1, Ordering::Relaxed);
                 Err(job)
@@ -394,7 +401,7 @@ mod tests {
     /// A pool of `workers` threads and a queue of `queue` jobs over `factory`'s engines.
     fn start(workers: usize, queue: usize, policy: BatchPolicy, factory: EngineFactory) -> WorkerPool {
         let histogram = || prometheus_client::metrics::histogram::Histogram::new([1.0]);
-        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram() };
+        let metrics = WorkerMetrics { batch_rows: histogram(), run_seconds: histogram(), queue_depth: Default::default() };
         WorkerPool::start("test", workers, queue, policy, true, factory, metrics).unwrap()
     }
 
@@ -539,7 +546,7 @@ mod tests {
             alive: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
         };
-        let full = WorkerPool { sender, queue: Arc::new(queue) };
+        let full = WorkerPool { sender, queue: Arc::new(queue), depth_gauge: Gauge::default() };
         assert!(full.submit(job(vec![1.0]).0).is_ok());
         assert!(full.submit(job(vec![1.0]).0).is_err(), "a second job fits in a queue of one");
     }
