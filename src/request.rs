@@ -100,7 +100,7 @@ impl RequestInfo {
         Self::from_parts(
             req.peer_addr().map(|a| a.ip()),
             req.app_data::<crate::net::TrustedProxies>(),
-            headers.get_all("x-forwarded-for").map(HeaderValue::as_bytes),
+            headers.get_all(actix_web::http::header::X_FORWARDED_FOR).map(HeaderValue::as_bytes),
             headers.get(actix_web::http::header::USER_AGENT).map(HeaderValue::as_bytes),
             req.extensions().get::<RequestId>().cloned(),
         )

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderName;
 use actix_web::{Error, HttpMessage};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
@@ -107,6 +108,10 @@ where
     HeadSampled::new(layer, ratio).with_filter(EnvFilter::new(TRACE_FILTER))
 }
 
+// Looked up by name on every request: made once, not copied from a `&str` each time.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// The per-request root span: request id, method, route template and status.
 pub struct TesseraRootSpan;
 
@@ -115,8 +120,8 @@ impl RootSpanBuilder for TesseraRootSpan {
         let extensions = request.extensions();
         let request_id = extensions.get::<RequestId>().map(RequestId::as_str).unwrap_or("");
         let headers = request.headers();
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let caller = Caller::of(header("traceparent"), header("tracestate"), || {
+        let header = |name: &HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
+        let caller = Caller::of(header(&TRACEPARENT), header(&TRACESTATE), || {
             let peer = request.peer_addr().map(|address| address.ip());
             request.app_data::<TrustedProxies>().is_some_and(|proxies| proxies.contains_opt(peer))
         });

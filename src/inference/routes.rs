@@ -3,7 +3,7 @@
 //! metadata are public, as probes and clients expect; everything about models needs
 //! `inference.run`. Errors are problem documents that also carry the protocol's `error` field.
 
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -19,10 +19,11 @@ use crate::http::guard::Guarded;
 use crate::identity::perm;
 use crate::http::health::Probes;
 
-pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
-pub const CACHE_HEADER: &str = "tessera-cache";
+// Names made once: looking a header up by `&str` copies a name that is not a standard one.
+pub const HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("tessera-cache");
 /// A deadline for one request, in milliseconds (capped by `inference.max_timeout_ms`).
-pub const TIMEOUT_HEADER: &str = "tessera-timeout-ms";
+pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("tessera-timeout-ms");
 
 #[derive(Serialize, ToSchema)]
 pub struct ServerMetadata {
@@ -134,8 +135,8 @@ pub async fn version_ready(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "name": path.name, "ready": true })))
 }
 
-fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
-    match headers.get(name) {
+fn header_number(headers: &HeaderMap, name: HeaderName) -> Result<Option<u64>, ApiError> {
+    match headers.get(&name) {
         None => Ok(None),
         Some(v) => v
             .to_str()
@@ -177,18 +178,18 @@ async fn infer(
     let mut response = HttpResponse::Ok();
     // Answers go out as they are, whatever the client accepts: the inference path does not
     // pay for compression. (`identity` stops the compressor; the edge drops it.)
-    response.insert_header((header::CONTENT_ENCODING, header::HeaderValue::from_static("identity")));
-    response.insert_header((CACHE_HEADER, reply.cache.as_str()));
+    response.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("identity")));
+    response.insert_header((CACHE_HEADER, HeaderValue::from_static(reply.cache.as_str())));
     if reply.cache == CacheStatus::Hit {
         response.insert_header((header::AGE, "0"));
     }
     match reply.encoded.json_len {
         Some(n) => {
-            response.content_type("application/octet-stream");
+            response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")));
             response.insert_header((HEADER_CONTENT_LENGTH, n));
         }
         None => {
-            response.content_type("application/json");
+            response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
         }
     }
     Ok(response.body(reply.encoded.body))
