@@ -37,6 +37,20 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The HTTP series of one method, route template and status.
+#[derive(Clone)]
+pub struct HttpSeries {
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl HttpSeries {
+    pub fn observe(&self, seconds: f64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
@@ -74,9 +88,12 @@ impl Metrics {
         (Arc::new(Self { registry, http_requests, http_duration, dependency_up }), more)
     }
 
-    pub fn observe_http(&self, labels: &HttpLabels, seconds: f64) {
-        self.http_requests.get_or_create(labels).inc();
-        self.http_duration.get_or_create(labels).observe(seconds);
+    /// One label set's HTTP series, to keep and record into without finding them again.
+    pub fn http_series(&self, labels: &HttpLabels) -> HttpSeries {
+        HttpSeries {
+            requests: self.http_requests.get_or_create(labels).clone(),
+            duration: self.http_duration.get_or_create(labels).clone(),
+        }
     }
 
     pub fn dependency_up(&self, dependency: &'static str, up: bool) {

@@ -3,6 +3,8 @@
 //! It sits outside everything else so that every response, including one produced by a
 //! panicking handler, carries `X-Request-Id` and is counted.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -11,7 +13,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::ConnectionType;
+use actix_web::http::{ConnectionType, Method};
 use actix_web::http::header::{CONTENT_ENCODING, HeaderName};
 use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
@@ -19,7 +21,7 @@ use futures::future::LocalBoxFuture;
 
 use super::health::Draining;
 use crate::error::{ApiError, Code, INTERNAL_DETAIL};
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::{HttpLabels, HttpSeries, Metrics};
 use crate::request::RequestId;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,14 +49,45 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(EdgeMiddleware { service: Rc::new(service), metrics: self.metrics.clone(), draining: self.draining.clone() }))
+        ready(Ok(EdgeMiddleware {
+            service: Rc::new(service),
+            shared: Rc::new(Shared {
+                metrics: self.metrics.clone(),
+                draining: self.draining.clone(),
+                series: RefCell::default(),
+            }),
+        }))
     }
 }
 
 pub struct EdgeMiddleware<S> {
     service: Rc<S>,
+    shared: Rc<Shared>,
+}
+
+/// What every request on this worker uses, behind one count that only this worker touches.
+struct Shared {
     metrics: Arc<Metrics>,
     draining: Draining,
+    /// The series this worker has recorded into, by method, route template and status: the
+    /// registry's families are behind a lock both workers take, and hash their labels.
+    series: RefCell<HashMap<(Method, String, u16), HttpSeries>>,
+}
+
+impl Shared {
+    fn observe(&self, method: &Method, route: String, status: u16, seconds: f64) {
+        let key = (method.clone(), route, status);
+        if let Some(series) = self.series.borrow().get(&key) {
+            series.observe(seconds);
+            return;
+        }
+        let (method, route, status) = key;
+        let labels = HttpLabels { method: method.as_str().to_owned(), route, status };
+        let series = self.metrics.http_series(&labels);
+        series.observe(seconds);
+        // Bounded like the labels themselves: route templates, methods the router knows.
+        self.series.borrow_mut().insert((method, labels.route, status), series);
+    }
 }
 
 impl<S, B> Service<ServiceRequest> for EdgeMiddleware<S>
@@ -75,8 +108,7 @@ where
         // Cloning the HttpRequest here would break routing (it must stay uniquely owned until
         // matched), so failures that lose the request keep only what the metrics need.
         let method = req.method().clone();
-        let metrics = self.metrics.clone();
-        let draining = self.draining.clone();
+        let shared = self.shared.clone();
         let fut = self.service.call(req);
 
         async move {
@@ -84,10 +116,7 @@ where
                 Ok(Ok(response)) => response,
                 Ok(Err(error)) => {
                     let status = error.as_response_error().status_code().as_u16();
-                    metrics.observe_http(
-                        &HttpLabels { method: method.as_str().to_owned(), route: "unmatched".to_owned(), status },
-                        started.elapsed().as_secs_f64(),
-                    );
+                    shared.observe(&method, "unmatched".to_owned(), status, started.elapsed().as_secs_f64());
                     return Err(error);
                 }
                 Err(panic) => {
@@ -97,14 +126,11 @@ where
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic payload".to_owned());
                     tracing::error!(request_id = request_id.as_str(), panic = %message, "request handler panicked");
-                    metrics.observe_http(
-                        &HttpLabels { method: method.as_str().to_owned(), route: "unmatched".to_owned(), status: 500 },
-                        started.elapsed().as_secs_f64(),
-                    );
+                    shared.observe(&method, "unmatched".to_owned(), 500, started.elapsed().as_secs_f64());
                     return Err(HandlerPanicked { request_id }.into());
                 }
             };
-            if draining.is_on() {
+            if shared.draining.is_on() {
                 // No idle connection is left for a load balancer to reuse once this stops.
                 response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
             }
@@ -120,12 +146,7 @@ where
             if let Some(span) = response.request().extensions().get::<tracing_actix_web::RootSpan>() {
                 span.record("http.route", route.as_str());
             }
-            let labels = HttpLabels {
-                method: method.as_str().to_owned(),
-                route,
-                status: response.status().as_u16(),
-            };
-            metrics.observe_http(&labels, started.elapsed().as_secs_f64());
+            shared.observe(&method, route, response.status().as_u16(), started.elapsed().as_secs_f64());
             Ok(response)
         }
         .boxed_local()
