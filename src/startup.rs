@@ -32,6 +32,7 @@ use crate::registry::keys::KeyService;
 use crate::registry::store::ArtifactStore;
 use crate::identity::authenticate::Authenticator;
 use crate::http::authenticate::Authenticate;
+use crate::http::compress::CompressUnless;
 use crate::identity::jwt::Keyring;
 use crate::identity::passwords::Passwords;
 use crate::identity::secrets::CredentialHasher;
@@ -265,11 +266,12 @@ pub fn create_app(
         .default_service(web::to(fallback::route_not_found))
         // Middleware order, outermost last: Edge sees every response (request id, metrics,
         // panics), then the per-request span, then compression (gzip or zstd, as the client
-        // accepts; a response that names its encoding is left alone), then problem+json
-        // rewriting, then authentication (before any handler or body extractor runs).
+        // accepts; inference answers and responses that name their encoding are left alone),
+        // then problem+json rewriting, then authentication (before any handler or body
+        // extractor runs).
         .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))
         .wrap(fallback::problem_rewriter())
-        .wrap(actix_web::middleware::Compress::default())
+        .wrap(CompressUnless::new(crate::inference::routes::is_infer_path))
         .wrap(TracingLogger::<TesseraRootSpan>::new())
         .wrap(Edge::new(state.metrics.clone(), state.draining.clone()))
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::{ConnectionType, Method};
-use actix_web::http::header::{CONTENT_ENCODING, HeaderName};
+use actix_web::http::header::HeaderName;
 use actix_web::{Error, HttpMessage, ResponseError};
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
@@ -134,13 +134,7 @@ where
                 // No idle connection is left for a load balancer to reuse once this stops.
                 response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
             }
-            let headers = response.headers_mut();
-            headers.insert(X_REQUEST_ID, request_id.header_value());
-            // `identity` only told the compressor to leave a body alone (inference answers);
-            // RFC 9110 keeps it out of responses.
-            if headers.get(CONTENT_ENCODING).is_some_and(|e| e.as_bytes() == b"identity") {
-                headers.remove(CONTENT_ENCODING);
-            }
+            response.headers_mut().insert(X_REQUEST_ID, request_id.header_value());
 
             let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
             if let Some(span) = response.request().extensions().get::<tracing_actix_web::RootSpan>() {

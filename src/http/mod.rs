@@ -3,6 +3,7 @@
 //! route table (`api`) sits above both.
 
 pub mod authenticate;
+pub mod compress;
 pub mod edge;
 pub mod extract;
 pub mod fallback;

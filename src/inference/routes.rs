@@ -147,6 +147,18 @@ fn header_number(headers: &HeaderMap, name: HeaderName) -> Result<Option<u64>, A
     }
 }
 
+/// Whether a path is an inference route's. Their answers go out as they are, whatever the
+/// client accepts: the inference path does not pay for compression.
+pub fn is_infer_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v2/models/") else { return false };
+    let mut segments = rest.split('/');
+    match (segments.next(), segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some(name), Some("infer"), None, _, _) => !name.is_empty(),
+        (Some(name), Some("versions"), Some(version), Some("infer"), None) => !name.is_empty() && !version.is_empty(),
+        _ => false,
+    }
+}
+
 async fn infer(
     guard: Guarded<{ perm::INFERENCE_RUN }, InferenceService>,
     req: &actix_web::HttpRequest,
@@ -176,9 +188,6 @@ async fn infer(
     };
     let reply: InferReply = guard.infer(call).await?;
     let mut response = HttpResponse::Ok();
-    // Answers go out as they are, whatever the client accepts: the inference path does not
-    // pay for compression. (`identity` stops the compressor; the edge drops it.)
-    response.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("identity")));
     response.insert_header((CACHE_HEADER, HeaderValue::from_static(reply.cache.as_str())));
     if reply.cache == CacheStatus::Hit {
         response.insert_header((header::AGE, "0"));
@@ -238,4 +247,19 @@ pub async fn infer_version(
 ) -> Result<HttpResponse, ApiError> {
     let VersionPath { name, version } = path.into_inner();
     infer(guard, &req, name, Some(version), body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_infer_path;
+
+    #[test]
+    fn inference_paths_are_the_infer_routes_only() {
+        for path in ["/v2/models/m/infer", "/v2/models/m/versions/3/infer", "/v2/models/infer/versions/production/infer"] {
+            assert!(is_infer_path(path), "{path}");
+        }
+        for path in ["/v2/models/infer", "/v2/models//infer", "/v2/models/m/infer/", "/v2/models/m/versions/3", "/v1/models/m/infer", "/v2/models/m/ready"] {
+            assert!(!is_infer_path(path), "{path}");
+        }
+    }
 }
