@@ -9,8 +9,8 @@
 #
 # ROUNDS (default 2), CONNS (default "1 16 64"), DURATION seconds per run (10), LABEL_A /
 # LABEL_B (default A / B). PROTOCOL: `http` (default) drives HTTP with wrk; `grpc` drives gRPC
-# (raw contents) with tests/bench/oip_load.rs, and each row also gives the CPU time the
-# server's process spent per call. TRACES_A / TRACES_B: that side exports traces, sampled at
+# (raw contents) with tests/bench/oip_load.rs. Each row also gives the CPU time the server's
+# process spent per call, which a busy machine moves less than the calls a second. TRACES_A / TRACES_B: that side exports traces, sampled at
 # this ratio (0.0 to 1.0), to an OTLP/HTTP receiver the script runs, which answers every export
 # and counts what it got; unset, that side exports nothing (no endpoint).
 set -euo pipefail
@@ -72,6 +72,21 @@ grpc_run() {
     | cut -d'|' -f1-8 | sed 's/ $/ |/'
 }
 
+# http_run LABEL CONNECTIONS AUTH_HEADER: one wrk run against the HTTP port as a table row, with
+# the server's CPU per call (its CPU time over the run's requests at the rate wrk reports).
+http_run() {
+  local before after row
+  before="$(cpu_ticks "$server")"
+  row="$(wrk_run "$1" "http://127.0.0.1:$PORT/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$2" "$3")"
+  after="$(cpu_ticks "$server")"
+  python3 - "$row" "$((after - before))" "${DURATION:-10}" <<'PY'
+import sys
+row, ticks, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+calls = max(float(row.strip("|").split("|")[2].replace(",", "")) * seconds, 1)
+print(f"{row} {ticks * 1e4 / calls:.1f} |")
+PY
+}
+
 # measure LABEL BIN ROUND [TRACE_RATIO]: serves BIN on a fresh database and drives it at each
 # of CONNS.
 measure() {
@@ -102,7 +117,7 @@ measure() {
     if [ "$PROTOCOL" = grpc ]; then
       grpc_run "$label (round $3)" "$c" "$caller"
     else
-      wrk_run "$label (round $3)" "$api/v2/models/tiny/infer" "$work/req/tiny_b1.json" "$c" "$auth"
+      http_run "$label (round $3)" "$c" "$auth"
     fi | tee -a "$work/rows.md"
   done
   kill "$server"
@@ -114,8 +129,8 @@ if [ "$PROTOCOL" = grpc ]; then
   echo "| build | connections | req/s | p50 ms | p99 ms | failed | server CPU µs per call |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
 else
-  echo "| build | connections | req/s | p50 ms | p99 ms | non-2xx |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| build | connections | req/s | p50 ms | p99 ms | non-2xx | server CPU µs per call |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
 fi
 for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then
