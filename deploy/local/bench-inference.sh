@@ -75,7 +75,8 @@ caller_agg="$(bench_key bench-agg caller inference)"
 server=$!
 BARE_MODEL="$work/models/tiny.onnx" BARE_PORT="$BARE_PORT" "$bare" >"$work/bare.log" 2>&1 &
 bare_pid=$!
-trap 'kill "$server" "$bare_pid" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# The servers by name: a bare `wait` would also wait for the `tee` below, which waits for us.
+trap 'kill "$server" "$bare_pid" 2>/dev/null || true; wait "$server" "$bare_pid" 2>/dev/null || true' EXIT
 wait_ready "http://127.0.0.1:$PORT/v2/health/ready"
 wait_ready "http://127.0.0.1:$BARE_PORT/v2/health/ready"
 
@@ -242,7 +243,8 @@ if section mlserver; then
   (cd "$repo" && MLSERVER_HTTP_PORT="$mlserver_port" MLSERVER_GRPC_PORT="$((mlserver_port + 1))" \
      PYTHONPATH="$PEERS_DIR/servers" exec setsid "$mlserver_venv/bin/mlserver" start . >"$work/mlserver.log" 2>&1) &
   mlserver_pid=$!
-  trap 'kill "$server" "$bare_pid" 2>/dev/null || true; kill -- -"$mlserver_pid" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+  trap 'kill "$server" "$bare_pid" 2>/dev/null || true; kill -- -"$mlserver_pid" 2>/dev/null || true
+        wait "$server" "$bare_pid" "$mlserver_pid" 2>/dev/null || true' EXIT
   wait_ready "http://127.0.0.1:$mlserver_port/v2/health/ready"
   echo
   echo "| target | connections | req/s | p50 ms | p99 ms | failed |"
