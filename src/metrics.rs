@@ -1,7 +1,8 @@
 //! Prometheus metrics: one registry per process, rendered at `GET /metrics`.
 //!
 //! Labels are bounded: routes are recorded by their template (`/v1/tenants/{tenant}`), never by
-//! the raw path, and anything that matched no route is `unmatched`.
+//! the raw path, anything that matched no route is `unmatched`, and a method outside HTTP's
+//! own is `other`.
 
 use std::sync::Arc;
 

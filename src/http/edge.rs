@@ -71,21 +71,39 @@ struct Shared {
     draining: Draining,
     /// The series this worker has recorded into, by method, route template and status: the
     /// registry's families are behind a lock both workers take, and hash their labels.
-    series: RefCell<HashMap<(Method, String, u16), HttpSeries>>,
+    series: RefCell<HashMap<(&'static str, String, u16), HttpSeries>>,
+}
+
+/// The methods a label names; any other a caller makes up is `other`, so that callers cannot
+/// mint series.
+static METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+fn method_label(method: &Method) -> &'static str {
+    METHODS.iter().find(|known| *known == method).map_or("other", Method::as_str)
 }
 
 impl Shared {
     fn observe(&self, method: &Method, route: String, status: u16, seconds: f64) {
-        let key = (method.clone(), route, status);
+        let key = (method_label(method), route, status);
         if let Some(series) = self.series.borrow().get(&key) {
             series.observe(seconds);
             return;
         }
         let (method, route, status) = key;
-        let labels = HttpLabels { method: method.as_str().to_owned(), route, status };
+        let labels = HttpLabels { method: method.to_owned(), route, status };
         let series = self.metrics.http_series(&labels);
         series.observe(seconds);
-        // Bounded like the labels themselves: route templates, methods the router knows.
+        // Bounded like the labels themselves: route templates, the methods above.
         self.series.borrow_mut().insert((method, labels.route, status), series);
     }
 }
@@ -197,5 +215,25 @@ mod tests {
 
         let response = test::call_service(&app, test::TestRequest::get().uri("/fine").to_request()).await;
         assert_eq!(response.status(), 200);
+    }
+
+    #[actix_web::test]
+    async fn methods_a_caller_makes_up_mint_no_series() {
+        let metrics = Metrics::new();
+        let app = test::init_service(
+            App::new()
+                .route("/fine", web::get().to(|| async { HttpResponse::Ok().finish() }))
+                .wrap(Edge::new(metrics.clone(), Draining::default())),
+        )
+        .await;
+        for n in 0..50 {
+            let method = Method::from_bytes(format!("PROBE{n}").as_bytes()).unwrap();
+            test::call_service(&app, test::TestRequest::default().method(method).uri("/fine").to_request()).await;
+        }
+        test::call_service(&app, test::TestRequest::delete().uri("/fine").to_request()).await;
+        let rendered = metrics.render();
+        assert!(!rendered.contains("PROBE"), "{rendered}");
+        assert!(rendered.contains(r#"method="other""#), "{rendered}");
+        assert!(rendered.contains(r#"method="DELETE""#), "{rendered}");
     }
 }
