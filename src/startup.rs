@@ -266,7 +266,8 @@ pub fn create_app(
         .default_service(web::to(fallback::route_not_found))
         // Middleware order, outermost last: Edge sees every response (request id, metrics,
         // panics), then the per-request span, then compression (gzip or zstd, as the client
-        // accepts; inference answers and responses that name their encoding are left alone),
+        // accepts; every response on an inference route, errors included, and responses that
+        // name their encoding are left alone),
         // then problem+json rewriting, then authentication (before any handler or body
         // extractor runs).
         .wrap(Authenticate::new(state.authenticator.clone(), state.limiter.clone()))

@@ -966,27 +966,40 @@ async fn a_model_that_fails_to_load_is_refused_at_once_for_a_while() {
     assert_eq!(failures, 1);
 }
 
-/// Inference answers go out as they are even to a client that accepts compression; the admin
-/// API beside them is compressed.
+/// Inference answers go out as they are even to a client that accepts compression, however the
+/// route is spelled and whether they succeed or not; the admin API beside them is compressed.
 #[tokio::test]
 async fn inference_answers_are_never_compressed() {
     let app = spawn_app().await;
     let admin = app.platform_admin().await;
     let acme = tenant(&app, &admin, "acme").await;
     acme.model(&app, "adder", ADD, json!({})).await;
-    let response = app
+    for path in ["/v2/models/adder/infer", "/v2/models/adder/%69nfer", "/v2/models/adder/%76ersions/1/infer"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&acme.key)
+            .header("accept-encoding", "gzip, zstd")
+            .json(&add_request(64, 0.0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().get("content-encoding").is_none(), "{path}: {:?}", response.headers());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["outputs"][0]["shape"], json!([64, 4]));
+    }
+    let refused = app
         .client
         .post(app.url("/v2/models/adder/infer"))
-        .bearer_auth(&acme.key)
-        .header("accept-encoding", "gzip, zstd")
+        .bearer_auth("not-a-credential")
+        .header("accept-encoding", "gzip")
         .json(&add_request(64, 0.0))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers().get("content-encoding").is_none(), "{:?}", response.headers());
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["outputs"][0]["shape"], json!([64, 4]));
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("content-encoding").is_none(), "{:?}", refused.headers());
     let listing = app
         .client
         .get(app.url("/v1/tenants/acme/models/adder/versions"))
