@@ -356,8 +356,11 @@ async fn concurrent_requests_share_one_rate_limit_refill() {
     let redis_now = |time: (u64, u64)| time.0 * 1_000_000 + time.1;
     let started: (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
     for _ in 0..3 {
+        let began = std::time::Instant::now();
         let decisions = futures::future::join_all((0..300).map(|_| limiter.check(&tenant))).await;
         assert!(decisions.iter().all(|d| matches!(d, Decision::Allowed)), "a request within the limit was refused");
+        // A waiter whose wake-up was lost is let through only after the limiter's 2 s wait.
+        assert!(began.elapsed() < std::time::Duration::from_millis(1_500), "a waiter missed the refill's wake-up");
     }
     let key = app.state.redis.key(&["ratelimit", &tenant.id.0.simple().to_string()]);
     let tat: f64 = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
