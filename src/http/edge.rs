@@ -218,7 +218,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn methods_a_caller_makes_up_mint_no_series() {
+    async fn each_workers_series_count_every_request_and_callers_mint_none() {
         let metrics = Metrics::new();
         let app = test::init_service(
             App::new()
@@ -226,6 +226,9 @@ mod tests {
                 .wrap(Edge::new(metrics.clone(), Draining::default())),
         )
         .await;
+        for _ in 0..3 {
+            test::call_service(&app, test::TestRequest::get().uri("/fine").to_request()).await;
+        }
         for n in 0..50 {
             let method = Method::from_bytes(format!("PROBE{n}").as_bytes()).unwrap();
             test::call_service(&app, test::TestRequest::default().method(method).uri("/fine").to_request()).await;
@@ -233,7 +236,12 @@ mod tests {
         test::call_service(&app, test::TestRequest::delete().uri("/fine").to_request()).await;
         let rendered = metrics.render();
         assert!(!rendered.contains("PROBE"), "{rendered}");
-        assert!(rendered.contains(r#"method="other""#), "{rendered}");
-        assert!(rendered.contains(r#"method="DELETE""#), "{rendered}");
+        for series in [
+            r#"{method="GET",route="/fine",status="200"} 3"#,
+            r#"{method="other",route="/fine",status="404"} 50"#,
+            r#"{method="DELETE",route="/fine",status="404"} 1"#,
+        ] {
+            assert!(rendered.contains(&format!("tessera_http_requests_total{series}")), "{series} in {rendered}");
+        }
     }
 }
