@@ -10,9 +10,10 @@
 # ROUNDS (default 2), CONNS (default "1 16 64"), DURATION seconds per run (10), LABEL_A /
 # LABEL_B (default A / B). PROTOCOL: `http` (default) drives HTTP with wrk; `grpc` drives gRPC
 # (raw contents) with tests/bench/oip_load.rs. Each row also gives the CPU time the server's
-# process spent per call, which a busy machine moves less than the calls a second. TRACES_A / TRACES_B: that side exports traces, sampled at
-# this ratio (0.0 to 1.0), to an OTLP/HTTP receiver the script runs, which answers every export
-# and counts what it got; unset, that side exports nothing (no endpoint).
+# process spent per call, which a busy machine moves less than the calls a second. TRACES_A /
+# TRACES_B: that side exports traces, sampled at this ratio (0.0 to 1.0), to an OTLP/HTTP
+# receiver the script runs, which answers every export and counts what it got; unset, that side
+# exports nothing (no endpoint).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$TESSERA_ROOT"
