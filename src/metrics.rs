@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// One of a fixed set (`other` for any method HTTP does not define): never what a caller sent.
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }

@@ -100,7 +100,7 @@ impl Shared {
             return;
         }
         let (method, route, status) = key;
-        let labels = HttpLabels { method: method.to_owned(), route, status };
+        let labels = HttpLabels { method, route, status };
         let series = self.metrics.http_series(&labels);
         series.observe(seconds);
         // Bounded like the labels themselves: route templates, the methods above.
