@@ -138,7 +138,8 @@ impl WorkerPool {
         }
     }
 
-    pub fn queue_depth(&self) -> usize {
+    #[cfg(test)]
+    fn queue_depth(&self) -> usize {
         self.queue.depth.load(Ordering::Relaxed)
     }
 
